@@ -1,0 +1,3 @@
+from thumbview.cli import main
+
+main()

@@ -1,0 +1,93 @@
+"""Safe image decoding: every image thumbview reads goes through `load_image`.
+
+Thumbnails come from the internet and from users, so decoding must never crash the
+pipeline or exhaust memory: truncated files, decompression bombs, CMYK, palette,
+alpha and animated GIFs all arrive in practice.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+# 50 megapixels is far above any YouTube thumbnail (maxres is 1280x720 = 0.9 MP) and
+# far below what would exhaust memory when decoded (50 MP x 4 bytes = 200 MB).
+DEFAULT_MAX_PIXELS = 50_000_000
+
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "MPO")
+
+# Refuse truncated files instead of silently padding them with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message says why in words a person understands."""
+
+
+def load_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode `source` (a path or raw bytes) to an RGB image, or raise `ImageError`.
+
+    The pixel count is checked from the header, before any pixel is decoded, so a
+    decompression bomb costs nothing. GIFs and other animations give their first frame.
+    Transparent images are composited on white, the way YouTube shows them.
+    """
+    name = "upload" if isinstance(source, bytes) else str(source)
+    try:
+        fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+    except FileNotFoundError as e:
+        raise ImageError(f"{name}: file not found") from e
+    except OSError as e:
+        raise ImageError(f"{name}: cannot open ({e.strerror or e})") from e
+    with fp:
+        return _decode(fp, name, max_pixels)
+
+
+def _decode(fp, name: str, max_pixels: int) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{name}: not an image (unrecognised format)") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{name}: too many pixels (decompression bomb guard)") from e
+    except OSError as e:
+        raise ImageError(f"{name}: unreadable image ({e})") from e
+    if img.format not in SUPPORTED_FORMATS:
+        raise ImageError(f"{name}: unsupported format {img.format}")
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageError(f"{name}: {width}x{height} exceeds the {max_pixels:,} pixel cap")
+    if width == 0 or height == 0:
+        raise ImageError(f"{name}: empty image")
+    try:
+        img.seek(0)  # first frame of an animation
+        img.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"{name}: corrupt or truncated image ({e})") from e
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any mode (L, P, CMYK, RGBA, LA, I;16, ...) to RGB; alpha goes onto white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if img.mode.startswith("I") or img.mode == "F":
+        # 16-bit / float grayscale: scale into 8 bits before converting.
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) / (hi - lo or 1.0) * 255.0
+        return Image.fromarray(scaled.astype("uint8")).convert("RGB")
+    return img.convert("RGB")
