@@ -8,9 +8,10 @@ alpha and animated GIFs all arrive in practice.
 from __future__ import annotations
 
 import io
-import warnings
+import struct
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 # 50 megapixels is far above any YouTube thumbnail (maxres is 1280x720 = 0.9 MP) and
@@ -22,39 +23,48 @@ SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "MPO")
 # Refuse truncated files instead of silently padding them with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+# What Pillow's plugins raise on malformed input besides OSError; hostile files reach all of them.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error)
+
 
 class ImageError(ValueError):
     """An image that cannot be used; the message says why in words a person understands."""
 
 
-def load_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(
+    source: str | Path | bytes | bytearray | memoryview, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
     """Decode `source` (a path or raw bytes) to an RGB image, or raise `ImageError`.
 
     The pixel count is checked from the header, before any pixel is decoded, so a
     decompression bomb costs nothing. GIFs and other animations give their first frame.
     Transparent images are composited on white, the way YouTube shows them.
     """
-    name = "upload" if isinstance(source, bytes) else str(source)
+    in_memory = isinstance(source, bytes | bytearray | memoryview)
+    name = "upload" if in_memory else str(source)
     try:
-        fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+        fp = io.BytesIO(source) if in_memory else open(source, "rb")  # noqa: SIM115
     except FileNotFoundError as e:
         raise ImageError(f"{name}: file not found") from e
     except OSError as e:
         raise ImageError(f"{name}: cannot open ({e.strerror or e})") from e
+    except (ValueError, TypeError) as e:  # embedded NUL byte, not a path at all
+        raise ImageError(f"{name}: not a valid path ({e})") from e
     with fp:
         return _decode(fp, name, max_pixels)
 
 
 def _decode(fp, name: str, max_pixels: int) -> Image.Image:
+    # No warnings.catch_warnings() here: it swaps process-wide state and is not thread-safe,
+    # and images are decoded from thread pools. Pillow raises DecompressionBombError itself
+    # above 2 x MAX_IMAGE_PIXELS; our own cap below handles everything smaller.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(fp)
+        img = Image.open(fp)
     except UnidentifiedImageError as e:
         raise ImageError(f"{name}: not an image (unrecognised format)") from e
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{name}: too many pixels (decompression bomb guard)") from e
-    except OSError as e:
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name}: too many pixels (decompression bomb guard: {e})") from e
+    except _DECODE_ERRORS as e:
         raise ImageError(f"{name}: unreadable image ({e})") from e
     if img.format not in SUPPORTED_FORMATS:
         raise ImageError(f"{name}: unsupported format {img.format}")
@@ -66,7 +76,7 @@ def _decode(fp, name: str, max_pixels: int) -> Image.Image:
     try:
         img.seek(0)  # first frame of an animation
         img.load()
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except _DECODE_ERRORS as e:
         raise ImageError(f"{name}: corrupt or truncated image ({e})") from e
     return to_rgb(img)
 
@@ -83,11 +93,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     if img.mode.startswith("I") or img.mode == "F":
-        # 16-bit / float grayscale: scale into 8 bits before converting.
-        import numpy as np
-
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        scaled = (arr - lo) / (hi - lo or 1.0) * 255.0
-        return Image.fromarray(scaled.astype("uint8")).convert("RGB")
+        # 16-bit grayscale: map the fixed 0..65535 range onto 0..255 (not min-max, which
+        # would turn a flat mid-grey into black). Float images are taken as 0..255 already.
+        arr = np.asarray(img, dtype=np.float64)  # (H, W)
+        scale = 1.0 if img.mode == "F" else 65535.0 / 255.0
+        scaled = np.clip(np.rint(arr / scale), 0, 255)
+        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
     return img.convert("RGB")

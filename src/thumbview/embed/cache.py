@@ -1,0 +1,211 @@
+"""The feature cache: each encoder's matrix is computed once per input and reused.
+
+Layout, one folder per encoder configuration::
+
+    CACHE_DIR/<encoder>-<spec_hash>/spec.json          # what produced it (encoder spec, versions)
+    CACHE_DIR/<encoder>-<spec_hash>/shard-00000.safetensors   # features (M, D) f32 + digests (M, 16) u8
+
+Rows are keyed by a digest of the *content* (image bytes, or title text), not by file name,
+so an edited image is recomputed, a renamed one is not, and a changed encoder spec lands in
+a different folder. Shards are written as work progresses, so an interrupted `embed` resumes
+where it stopped and adding images computes only the new ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from thumbview import __version__
+from thumbview.data.dataset import ThumbnailDataset
+from thumbview.data.images import ImageError, load_image
+from thumbview.embed.base import Encoder
+
+log = logging.getLogger(__name__)
+
+DIGEST_BYTES = 16
+SHARD_ROWS = 2048  # rows computed between two writes: the most work an interruption can lose
+
+
+class EmbedError(ValueError):
+    """Features could not be computed; the message names the input at fault."""
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """How an `embed` call was served: rows found in the cache vs computed now."""
+
+    n_rows: int
+    n_cached: int
+    n_computed: int
+    cache_path: Path
+
+
+def default_cache_dir(root: Path) -> Path:
+    """`DATA/.thumbview/features` when the dataset folder is writable, else the user cache.
+
+    `THUMBVIEW_CACHE_DIR` overrides both (read-only datasets, shared caches).
+    """
+    if env := os.environ.get("THUMBVIEW_CACHE_DIR"):
+        return Path(env)
+    root = Path(root).resolve()
+    if os.access(root, os.W_OK):
+        return root / ".thumbview" / "features"
+    tag = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    return Path.home() / ".cache" / "thumbview" / "features" / f"{root.name}-{tag}"
+
+
+def digest_bytes(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+
+
+def input_digests(dataset: ThumbnailDataset, encoder: Encoder, workers: int = 4) -> list[bytes]:
+    """One content digest per dataset row: of the image file's bytes, or of the title text."""
+    if encoder.modality == "text":
+        return [digest_bytes(t.encode("utf-8")) for t in dataset.titles]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda p: digest_bytes(Path(p).read_bytes()), dataset.paths))
+
+
+class FeatureStore:
+    """The shards of one encoder configuration: read them all, append new ones atomically."""
+
+    def __init__(self, cache_dir: Path, encoder: Encoder):
+        self.path = Path(cache_dir) / f"{encoder.name}-{encoder.spec_hash()}"
+        self.spec = encoder.spec()
+
+    def load(self) -> dict[bytes, np.ndarray]:
+        """digest -> feature row, over every valid shard; a spec mismatch means start afresh."""
+        if not self._spec_matches():
+            return {}
+        table: dict[bytes, np.ndarray] = {}
+        for shard in sorted(self.path.glob("shard-*.safetensors")):
+            try:
+                arrays = load_file(shard)
+            except Exception as e:  # a torn or foreign file: recompute its rows, never trust it
+                log.warning("ignoring unreadable cache shard %s (%s)", shard, e)
+                continue
+            for digest, row in zip(arrays["digests"], arrays["features"], strict=True):
+                table[digest.tobytes()] = row
+        return table
+
+    def append(self, digests: Sequence[bytes], features: np.ndarray) -> None:
+        """Write one shard (temp file + rename, so a crash never leaves half a shard)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._write_spec()
+        index = len(list(self.path.glob("shard-*.safetensors")))
+        target = self.path / f"shard-{index:05d}.safetensors"
+        arrays = {
+            "features": np.ascontiguousarray(features, dtype=np.float32),
+            "digests": np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, DIGEST_BYTES),
+        }
+        fd, tmp = tempfile.mkstemp(dir=self.path, suffix=".tmp")
+        os.close(fd)
+        save_file(arrays, tmp, metadata={"thumbview": __version__})
+        os.replace(tmp, target)
+
+    def _spec_matches(self) -> bool:
+        spec_file = self.path / "spec.json"
+        if not spec_file.exists():
+            return False
+        try:
+            stored = json.loads(spec_file.read_text())["spec"]
+        except (json.JSONDecodeError, KeyError):
+            return False
+        if stored != json.loads(json.dumps(self.spec)):
+            log.warning("cache %s was made by a different encoder spec; recomputing", self.path)
+            return False
+        return True
+
+    def _write_spec(self) -> None:
+        spec_file = self.path / "spec.json"
+        if self._spec_matches():
+            return
+        for stale in self.path.glob("shard-*.safetensors"):
+            stale.unlink()
+        payload = {"spec": self.spec, "thumbview_version": __version__, "digest": "blake2b-16"}
+        spec_file.write_text(json.dumps(payload, indent=2, sort_keys=True))
+
+
+def embed(
+    dataset: ThumbnailDataset,
+    encoder: Encoder,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+    workers: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, CacheStats]:
+    """Features (len(dataset), encoder.dim) float32, aligned with `dataset.table` rows.
+
+    `progress`, when given, is called with the number of rows just finished (the CLI
+    wires it to a progress bar; the library stays silent).
+    """
+    store = FeatureStore(cache_dir or default_cache_dir(dataset.root), encoder)
+    digests = input_digests(dataset, encoder, workers)
+    table = store.load()
+    todo = _unique_missing(digests, table)
+    if progress and len(digests) - len(todo):
+        progress(sum(d in table for d in digests))
+    for chunk in _chunks(todo, SHARD_ROWS):
+        rows = [row for row, _ in chunk]
+        feats = _compute(dataset, encoder, rows, batch_size, workers, progress)
+        chunk_digests = [d for _, d in chunk]
+        store.append(chunk_digests, feats)
+        table.update(zip(chunk_digests, feats, strict=True))
+    matrix = np.stack([table[d] for d in digests]) if digests else np.zeros((0, encoder.dim))
+    n_computed = len(todo)
+    stats = CacheStats(len(digests), len(digests) - n_computed, n_computed, store.path)
+    log.info("%s: %d rows, %d from cache, %d computed", encoder.name, *_counts(stats))
+    return matrix.astype(np.float32, copy=False), stats
+
+
+def _counts(stats: CacheStats) -> tuple[int, int, int]:
+    return stats.n_rows, stats.n_cached, stats.n_computed
+
+
+def _unique_missing(digests: list[bytes], table: dict[bytes, np.ndarray]) -> list[tuple[int, bytes]]:
+    """(row, digest) for each digest not cached yet, first occurrence only."""
+    seen: set[bytes] = set()
+    missing = []
+    for row, d in enumerate(digests):
+        if d not in table and d not in seen:
+            seen.add(d)
+            missing.append((row, d))
+    return missing
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _compute(dataset, encoder, rows, batch_size, workers, progress) -> np.ndarray:
+    """Encode `rows` in batches; images are decoded by a thread pool ahead of the model."""
+    outputs = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for batch_rows in _chunks(rows, batch_size):
+            if encoder.modality == "text":
+                inputs = [dataset.titles[r] for r in batch_rows]
+            else:
+                inputs = list(pool.map(lambda r: _open(dataset.paths[r]), batch_rows))
+            outputs.append(np.asarray(encoder.encode(inputs), dtype=np.float32))
+            if progress:
+                progress(len(batch_rows))
+    return np.concatenate(outputs) if outputs else np.zeros((0, encoder.dim), np.float32)
+
+
+def _open(path: Path):
+    try:
+        return load_image(path)
+    except ImageError as e:
+        raise EmbedError(f"{e} (load the dataset with image verification to skip such rows)") from e

@@ -1,0 +1,159 @@
+"""Feature cache: reuse, incremental computation, invalidation by spec and by content."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from thumbview.data.dataset import load_dataset, write_metadata
+from thumbview.embed.base import Encoder
+from thumbview.embed.cache import EmbedError, embed
+
+
+class CountingEncoder(Encoder):
+    """Mean colour per image; counts how many images it was asked to encode."""
+
+    name = "counting"
+    version = "1"
+    modality = "image"
+
+    def __init__(self, scale: float = 1.0):
+        self.scale = scale
+        self.calls = 0
+
+    @property
+    def dim(self) -> int:
+        return 3
+
+    def spec(self):
+        return {**super().spec(), "scale": self.scale}
+
+    def encode(self, inputs):
+        self.calls += len(inputs)
+        return np.stack([np.asarray(im, np.float32).mean(axis=(0, 1)) * self.scale for im in inputs])
+
+
+class TitleLength(Encoder):
+    name = "title-length"
+    version = "1"
+    modality = "text"
+    dim = 1
+
+    def encode(self, inputs):
+        return np.array([[len(t)] for t in inputs], np.float32)
+
+
+def make_dataset(root: Path, colours: list[tuple[int, int, int]], titles=None) -> Path:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, colour in enumerate(colours):
+        Image.new("RGB", (16, 9), colour).save(root / "images" / f"v{i}.png")
+        title = titles[i] if titles else f"title {i}"
+        rows.append({"file_name": f"images/v{i}.png", "views": 100 * (i + 1), "title": title, "video_id": f"v{i}"})
+    write_metadata(root, pd.DataFrame(rows))
+    return root
+
+
+COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (10, 20, 30)]
+
+
+def test_embed_matches_direct_encoding(tmp_path):
+    ds = load_dataset(make_dataset(tmp_path / "d", COLOURS))
+    features, stats = embed(ds, CountingEncoder(), cache_dir=tmp_path / "c", batch_size=3)
+    assert features.shape == (4, 3) and features.dtype == np.float32
+    np.testing.assert_allclose(features, np.array(COLOURS, np.float32))
+    assert (stats.n_cached, stats.n_computed) == (0, 4)
+
+
+def test_second_run_reuses_cache(tmp_path):
+    ds = load_dataset(make_dataset(tmp_path / "d", COLOURS))
+    first, _ = embed(ds, CountingEncoder(), cache_dir=tmp_path / "c")
+    encoder = CountingEncoder()
+    second, stats = embed(ds, encoder, cache_dir=tmp_path / "c")
+    assert encoder.calls == 0 and stats.n_cached == 4
+    np.testing.assert_array_equal(first, second)
+
+
+def test_added_images_are_the_only_ones_computed(tmp_path):
+    root = make_dataset(tmp_path / "d", COLOURS[:2])
+    embed(load_dataset(root), CountingEncoder(), cache_dir=tmp_path / "c")
+    make_dataset(root, COLOURS)  # two more rows
+    encoder = CountingEncoder()
+    features, stats = embed(load_dataset(root), encoder, cache_dir=tmp_path / "c")
+    assert encoder.calls == 2 and stats.n_computed == 2
+    np.testing.assert_allclose(features, np.array(COLOURS, np.float32))
+
+
+def test_changed_image_is_recomputed(tmp_path):
+    root = make_dataset(tmp_path / "d", COLOURS)
+    embed(load_dataset(root), CountingEncoder(), cache_dir=tmp_path / "c")
+    Image.new("RGB", (16, 9), (1, 2, 3)).save(root / "images" / "v0.png")
+    encoder = CountingEncoder()
+    features, _ = embed(load_dataset(root), encoder, cache_dir=tmp_path / "c")
+    assert encoder.calls == 1
+    np.testing.assert_allclose(features[0], [1, 2, 3])
+
+
+def test_changed_spec_recomputes_and_records_it(tmp_path):
+    ds = load_dataset(make_dataset(tmp_path / "d", COLOURS))
+    embed(ds, CountingEncoder(scale=1.0), cache_dir=tmp_path / "c")
+    encoder = CountingEncoder(scale=2.0)
+    features, stats = embed(ds, encoder, cache_dir=tmp_path / "c")
+    assert encoder.calls == 4
+    np.testing.assert_allclose(features, 2 * np.array(COLOURS, np.float32))
+    spec = json.loads((stats.cache_path / "spec.json").read_text())["spec"]
+    assert spec["scale"] == 2.0 and spec["encoder"] == "counting"
+
+
+def test_tampered_spec_file_is_not_trusted(tmp_path):
+    ds = load_dataset(make_dataset(tmp_path / "d", COLOURS))
+    _, stats = embed(ds, CountingEncoder(), cache_dir=tmp_path / "c")
+    spec_file = stats.cache_path / "spec.json"
+    payload = json.loads(spec_file.read_text())
+    payload["spec"]["version"] = "0"
+    spec_file.write_text(json.dumps(payload))
+    encoder = CountingEncoder()
+    embed(ds, encoder, cache_dir=tmp_path / "c")
+    assert encoder.calls == 4
+
+
+def test_corrupt_shard_is_recomputed(tmp_path):
+    ds = load_dataset(make_dataset(tmp_path / "d", COLOURS))
+    _, stats = embed(ds, CountingEncoder(), cache_dir=tmp_path / "c")
+    shard = next(stats.cache_path.glob("shard-*.safetensors"))
+    shard.write_bytes(b"not a safetensors file")
+    encoder = CountingEncoder()
+    features, _ = embed(ds, encoder, cache_dir=tmp_path / "c")
+    assert encoder.calls == 4
+    np.testing.assert_allclose(features, np.array(COLOURS, np.float32))
+
+
+def test_text_encoder_keys_on_title_content(tmp_path):
+    titles = ["a", "same 🔥", "same 🔥", "longer title"]
+    ds = load_dataset(make_dataset(tmp_path / "d", COLOURS, titles))
+    features, stats = embed(ds, TitleLength(), cache_dir=tmp_path / "c")
+    assert features[:, 0].tolist() == [len(t) for t in titles]
+    assert stats.n_computed == 3  # the duplicated title is encoded once
+
+
+def test_default_cache_dir_for_read_only_data(tmp_path, monkeypatch):
+    from thumbview.embed.cache import default_cache_dir
+
+    monkeypatch.delenv("THUMBVIEW_CACHE_DIR", raising=False)
+    monkeypatch.setattr("os.access", lambda *a, **k: False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = default_cache_dir(tmp_path / "data")
+    assert str(path).startswith(str(tmp_path / "home"))
+
+
+def test_unreadable_image_without_verification_gives_clear_error(tmp_path):
+    root = make_dataset(tmp_path / "d", COLOURS)
+    (root / "images" / "v1.png").write_bytes(b"garbage")
+    ds = load_dataset(root, verify_images=False)
+    with pytest.raises(EmbedError, match="v1.png"):
+        embed(ds, CountingEncoder(), cache_dir=tmp_path / "c")

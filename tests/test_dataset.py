@@ -1,0 +1,467 @@
+"""`load_dataset` / `write_metadata`: bad rows are skipped with the promised reason, text survives exactly."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from thumbview.data.dataset import (
+    DatasetError,
+    ThumbnailDataset,
+    load_dataset,
+    parse_count,
+    write_metadata,
+)
+
+HEADER = ["file_name", "views", "title", "video_id"]
+
+
+def put_image(root: Path, name: str, size=(8, 6), color=(200, 30, 30)) -> None:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, "JPEG")
+
+
+def put_csv(root: Path, rows: list[list[str]], header=HEADER) -> None:
+    """Write metadata.csv with the csv module, so every cell is exactly the text given."""
+    with (root / "metadata.csv").open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+
+
+def folder(tmp_path: Path, bad_rows: list[list[str]], n_good: int = 2) -> Path:
+    """A dataset folder with `n_good` valid rows first, then `bad_rows` (images not created)."""
+    root = tmp_path / "ds"
+    good = [[f"images/g{i}.jpg", str(100 * (i + 1)), f"good {i}", f"g{i}"] for i in range(n_good)]
+    for row in good:
+        put_image(root, row[0])
+    put_csv(root, good + bad_rows)
+    return root
+
+
+def assert_one_skip(ds: ThumbnailDataset, reason: str, n_good: int = 2) -> None:
+    assert ds.report.counts() == {reason: 1}, ds.report.skipped
+    assert len(ds) == n_good == ds.report.n_kept
+    assert ds.keys == [f"g{i}" for i in range(n_good)]
+
+
+# --- a clean folder -----------------------------------------------------------------------
+
+
+def test_clean_folder_gives_aligned_table(tmp_path):
+    root = tmp_path / "ds"
+    rows = [
+        ["images/a.jpg", "10", "first", "A", "ch1"],
+        ["nested/deeper/b.jpg", "2000", "second", "B", "ch2"],
+        ["c.jpg", "0", "third", "C", "ch1"],
+    ]
+    for row in rows:
+        put_image(root, row[0])
+    put_csv(root, rows, header=[*HEADER, "channel_id"])
+    ds = load_dataset(root)
+    assert len(ds) == 3 and ds.report.skipped == ()
+    assert ds.report.summary() == "3 rows, 3 kept, 0 skipped"
+    assert isinstance(ds.table.index, pd.RangeIndex)
+    assert ds.table["views"].dtype == np.int64
+    assert ds.views.dtype == np.float64 and ds.views.tolist() == [10.0, 2000.0, 0.0]
+    assert ds.paths == [root.resolve() / r[0] for r in rows]
+    assert all(p.is_file() for p in ds.paths)
+    assert ds.titles == ["first", "second", "third"] and ds.keys == ["A", "B", "C"]
+    assert ds.channels.dtype == object and ds.channels.tolist() == ["ch1", "ch2", "ch1"]
+
+
+def test_channels_is_none_without_channel_id(tmp_path):
+    assert load_dataset(folder(tmp_path, [])).channels is None
+
+
+# --- one test per skip reason -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "/etc/passwd",
+        "C:\\images\\x.jpg",
+        "C:x.jpg",
+        "\\\\server\\share\\x.jpg",
+        "../outside.jpg",
+        "images/../../outside.jpg",
+        "..\\outside.jpg",
+        "bad\x00name.jpg",
+    ],
+)
+def test_unsafe_file_name(tmp_path, name):
+    put_image(tmp_path, "outside.jpg")  # exists, so only the safety check can stop it
+    ds = load_dataset(folder(tmp_path, [[name, "5", "evil", "x"]]))
+    assert_one_skip(ds, "unsafe file_name")
+
+
+def test_symlink_escaping_the_folder_is_unsafe(tmp_path):
+    put_image(tmp_path, "outside.jpg")
+    root = folder(tmp_path, [["images/link.jpg", "5", "", "x"], ["images/ok.jpg", "6", "", "y"]])
+    (root / "images" / "link.jpg").symlink_to(tmp_path / "outside.jpg")
+    (root / "images" / "ok.jpg").symlink_to(root / "images" / "g0.jpg")  # stays inside: fine
+    ds = load_dataset(root)
+    assert ds.report.counts() == {"unsafe file_name": 1}
+    assert ds.keys == ["g0", "g1", "y"]
+
+
+def test_dot_dot_that_stays_inside_is_allowed(tmp_path):
+    root = folder(tmp_path, [["images/../images/g0.jpg", "5", "", "again"]])
+    assert load_dataset(root).keys == ["g0", "g1", "again"]
+
+
+@pytest.mark.parametrize("name", ["images/nope.jpg", "images", "", "   "])
+def test_missing_image(tmp_path, name):
+    assert_one_skip(load_dataset(folder(tmp_path, [[name, "5", "", "x"]])), "missing image")
+
+
+@pytest.mark.parametrize("content", ["truncated", "random", "text", "big"])
+def test_unreadable_image(tmp_path, content):
+    root = folder(tmp_path, [["images/bad.jpg", "5", "", "x"]])
+    bad = root / "images" / "bad.jpg"
+    if content == "truncated":
+        noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(bad, "JPEG", quality=95)
+        bad.write_bytes(bad.read_bytes()[:1500])
+    elif content == "random":
+        bad.write_bytes(np.random.default_rng(1).bytes(3000))
+    elif content == "text":
+        bad.write_text("<html>404 not found</html>")
+    else:
+        put_image(root, "images/bad.jpg", size=(100, 100))
+    ds = load_dataset(root, max_pixels=1000, workers=2)  # good images are 8x6 = 48 pixels
+    assert_one_skip(ds, "unreadable image")
+    assert "bad.jpg" in ds.report.skipped[0].detail
+
+
+@pytest.mark.parametrize(
+    "views", ["abc", "-5", "", "  ", "nan", "NaN", "inf", "-inf", "1.5", "1,2,3", "12,34", "1e30"]
+)
+def test_invalid_views(tmp_path, views):
+    root = folder(tmp_path, [["images/g0.jpg", views, "", "x"]])
+    assert_one_skip(load_dataset(root), "invalid views")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("1234", 1234), ("1234.0", 1234), (" 1,234 ", 1234), ("1,234,567", 1234567),
+     ("0", 0), ("1e3", 1000), ("+7", 7)],
+)  # fmt: skip
+def test_parse_count_accepts_common_spellings(text, value):
+    assert parse_count(text) == value
+
+
+def test_valid_view_spellings_reach_the_table(tmp_path):
+    root = folder(
+        tmp_path, [["images/g0.jpg", " 1,234 ", "", "x"], ["images/g1.jpg", "7.0", "", "y"]]
+    )
+    ds = load_dataset(root)
+    assert ds.table["views"].tolist() == [100, 200, 1234, 7]
+
+
+def test_duplicate_video_id_keeps_the_first(tmp_path):
+    root = folder(tmp_path, [["images/g1.jpg", "999", "copy", "g0"]])
+    ds = load_dataset(root)
+    assert_one_skip(ds, "duplicate video_id")
+    assert ds.table["views"].tolist() == [100, 200]
+    assert "row 0" in ds.report.skipped[0].detail
+
+
+def test_duplicate_of_a_skipped_row_is_kept(tmp_path):
+    """The first *usable* occurrence wins: a broken first copy does not shadow a good second."""
+    root = folder(tmp_path, [["images/missing.jpg", "1", "", "v"], ["images/g0.jpg", "2", "", "v"]])
+    ds = load_dataset(root)
+    assert ds.report.counts() == {"missing image": 1}
+    assert ds.keys == ["g0", "g1", "v"]
+
+
+def test_every_reason_at_once(tmp_path, caplog):
+    root = folder(
+        tmp_path,
+        [
+            ["../x.jpg", "1", "", "u"],
+            ["images/none.jpg", "1", "", "m"],
+            ["images/bad.jpg", "1", "", "r"],
+            ["images/g0.jpg", "-1", "", "v"],
+            ["images/g1.jpg", "", "", "v2"],
+            ["images/g1.jpg", "3", "", "g0"],
+        ],
+        n_good=3,
+    )
+    (root / "images" / "bad.jpg").write_bytes(b"\xff\xd8 not really")
+    with caplog.at_level(logging.DEBUG, logger="thumbview.data.dataset"):
+        ds = load_dataset(root)
+    report = ds.report
+    assert report.counts() == {
+        "unsafe file_name": 1,
+        "missing image": 1,
+        "unreadable image": 1,
+        "invalid views": 2,
+        "duplicate video_id": 1,
+    }
+    assert (report.n_rows, report.n_kept, len(ds)) == (9, 3, 3)
+    assert [s.row for s in report.skipped] == [3, 4, 5, 6, 7, 8]
+    assert report.skipped[0].file_name == "../x.jpg"
+    assert report.summary().startswith("9 rows, 3 kept, 6 skipped (")
+    assert "invalid views: 2" in report.summary()
+    assert isinstance(ds.table.index, pd.RangeIndex)
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any(report.summary() in m for m in info)
+    assert sum("skipped row" in m for m in debug) == 6
+
+
+# --- the folder as a whole ----------------------------------------------------------------
+
+
+def test_folder_level_errors(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        load_dataset(tmp_path / "absent")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(DatasetError, match="not a folder"):
+        load_dataset(tmp_path / "file.txt")
+    with pytest.raises(DatasetError, match="no metadata file"):
+        load_dataset(tmp_path)
+    put_csv(tmp_path, [])
+    (tmp_path / "metadata.jsonl").write_text("")
+    with pytest.raises(DatasetError, match="several metadata files"):
+        load_dataset(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("header", "missing", "found"),
+    [
+        (["file_name", "title"], "views", "file_name, title"),
+        (["path", "views"], "file_name", "path, views"),
+    ],
+)
+def test_missing_required_column_names_it(tmp_path, header, missing, found):
+    put_csv(tmp_path, [["a.jpg", "x"]], header=header)
+    message = f"metadata.csv has no '{missing}' column; columns found: {found}"
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("metadata.csv", b"", "cannot read metadata.csv"),
+        ("metadata.csv", b"file_name,views\n\xff\xfe,1\n", "cannot read metadata.csv"),
+        ("metadata.csv", b'file_name,views\n"a.jpg,1\n', "cannot read metadata.csv"),
+        (
+            "metadata.jsonl",
+            b'{"file_name": "a.jpg", "views": 1}\n{oops\n',
+            "line 2 is not valid JSON",
+        ),
+        ("metadata.jsonl", b"[1, 2]\n", "line 1 is not a JSON object"),
+        ("metadata.parquet", b"PAR1 garbage", "cannot read metadata.parquet"),
+    ],
+)
+def test_unparseable_metadata(tmp_path, name, content, match):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DatasetError, match=match):
+        load_dataset(tmp_path)
+
+
+def test_extra_trailing_fields_do_not_shift_columns(tmp_path):
+    put_image(tmp_path, "a.jpg")
+    (tmp_path / "metadata.csv").write_text("file_name,views\na.jpg,5,\n")
+    with pytest.warns(pd.errors.ParserWarning):
+        ds = load_dataset(tmp_path)
+    assert ds.table["file_name"].tolist() == ["a.jpg"] and ds.table["views"].tolist() == [5]
+
+
+def test_header_only_metadata_gives_an_empty_dataset(tmp_path):
+    put_csv(tmp_path, [])
+    ds = load_dataset(tmp_path)
+    assert (
+        len(ds) == 0
+        and ds.views.shape == (0,)
+        and ds.report.summary() == "0 rows, 0 kept, 0 skipped"
+    )
+
+
+def test_workers_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="workers"):
+        load_dataset(folder(tmp_path, []), workers=0)
+
+
+# --- text fidelity, defaults, other formats -----------------------------------------------
+
+TITLES = ["😀🔥 مرحبا بالعالم 你好世界 ", "NA", "", "null", 'a, "quoted"\nnew line', "  spaces  "]
+
+
+def test_titles_and_ids_round_trip_exactly(tmp_path):
+    root = tmp_path / "ds"
+    ids = ["000123", "NA", "nan", "-1cOhrVx0oQ", "1e5", "x"]
+    names = [f"images/{i}.jpg" for i in range(len(TITLES))]
+    for name in names:
+        put_image(root, name)
+    extra = ["0042", "", "None", "#N/A", "1.0", "ünï"]
+    table = pd.DataFrame(
+        {"file_name": names, "views": range(6), "title": TITLES, "video_id": ids, "note": extra}
+    )
+    write_metadata(root, table)
+    ds = load_dataset(root)
+    assert ds.titles == TITLES and ds.keys == ids
+    assert ds.table["note"].tolist() == extra
+    assert list(ds.table.columns) == ["file_name", "views", "title", "video_id", "note"]
+
+
+def test_defaults_for_absent_title_and_video_id(tmp_path):
+    for name in ["images/abc.jpg", "images/def.jpg"]:
+        put_image(tmp_path, name)
+    put_csv(
+        tmp_path, [["images/abc.jpg", "1"], ["images/def.jpg", "2"]], header=["file_name", "views"]
+    )
+    ds = load_dataset(tmp_path)
+    assert ds.keys == ["abc", "def"] and ds.titles == ["", ""]
+    put_csv(tmp_path, [["images/abc.jpg", "1", "t", ""], ["images/def.jpg", "2", "u", "ID"]])
+    assert load_dataset(tmp_path).keys == ["abc", "ID"]
+
+
+def test_optional_counts_become_nullable_numbers(tmp_path):
+    header = [*HEADER, "subscribers", "likes", "comments", "published_at"]
+    rows = [
+        ["images/g0.jpg", "1", "", "a", "1,000", "12", "", "2024-01-02T03:04:05Z"],
+        ["images/g1.jpg", "2", "", "b", "hidden", "", "-3", "2023-12-31T00:00:00.000Z"],
+    ]
+    put_image(tmp_path, "images/g0.jpg")
+    put_image(tmp_path, "images/g1.jpg")
+    put_csv(tmp_path, rows, header=header)
+    table = load_dataset(tmp_path).table
+    assert len(table) == 2
+    for column in ["subscribers", "likes", "comments"]:
+        assert table[column].dtype == "Int64"
+    assert table["subscribers"].tolist()[0] == 1000 and table["subscribers"].isna().tolist() == [
+        False,
+        True,
+    ]
+    assert table["likes"].tolist()[0] == 12 and table["likes"].isna().tolist() == [False, True]
+    assert table["comments"].isna().all()
+    assert table["published_at"].tolist() == [rows[0][-1], rows[1][-1]]  # kept verbatim
+
+
+def test_jsonl_metadata(tmp_path):
+    put_image(tmp_path, "images/a.jpg")
+    put_image(tmp_path, "images/b.jpg")
+    lines = [
+        {
+            "file_name": "images/a.jpg",
+            "views": 1234,
+            "title": TITLES[0],
+            "published_at": "2024-01-02T00:00:00Z",
+        },
+        {"file_name": "images/b.jpg", "views": "1,000", "video_id": "007", "likes": 5},
+    ]
+    text = "\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n\n"
+    (tmp_path / "metadata.jsonl").write_text(text, encoding="utf-8")
+    ds = load_dataset(tmp_path)
+    assert ds.table["views"].tolist() == [1234, 1000]
+    assert ds.titles == [TITLES[0], ""] and ds.keys == ["a", "007"]
+    assert ds.table["published_at"].tolist() == ["2024-01-02T00:00:00Z", ""]
+    assert ds.table["likes"].isna().tolist() == [True, False]
+
+
+def test_parquet_metadata(tmp_path):
+    put_image(tmp_path, "images/a.jpg")
+    put_image(tmp_path, "images/b.jpg")
+    df = pd.DataFrame(
+        {
+            "file_name": ["images/a.jpg", "images/b.jpg"],
+            "views": [5.0, np.nan],
+            "title": [TITLES[0], None],
+        }
+    )
+    df.to_parquet(tmp_path / "metadata.parquet")
+    ds = load_dataset(tmp_path)
+    assert ds.report.counts() == {"invalid views": 1}
+    assert ds.titles == [TITLES[0]] and ds.table["views"].tolist() == [5]
+
+
+def test_verify_images_false_skips_decoding(tmp_path):
+    root = folder(tmp_path, [["images/bad.jpg", "1", "", "x"], ["images/none.jpg", "1", "", "y"]])
+    (root / "images" / "bad.jpg").write_bytes(b"not an image")
+    ds = load_dataset(root, verify_images=False)
+    assert ds.report.counts() == {"missing image": 1}  # existence is still checked
+    assert ds.keys == ["g0", "g1", "x"]
+
+
+def test_progress_bar_path_runs(tmp_path):
+    assert len(load_dataset(folder(tmp_path, []), progress=True)) == 2
+
+
+def test_subset_keeps_report_and_realigns(tmp_path):
+    root = folder(tmp_path, [["images/none.jpg", "1", "", "y"]], n_good=4)
+    ds = load_dataset(root)
+    sub = ds.subset([3, 1])
+    assert sub.keys == ["g3", "g1"] and sub.views.tolist() == [400.0, 200.0]
+    assert sub.paths == [ds.paths[3], ds.paths[1]]
+    assert isinstance(sub.table.index, pd.RangeIndex)
+    assert sub.report is ds.report and sub.root == ds.root
+    assert ds.subset(np.array([True, False, False, True])).keys == ["g0", "g3"]
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+def test_write_metadata_is_atomic_and_overwrites(tmp_path, monkeypatch):
+    root = tmp_path / "new" / "ds"
+    first = pd.DataFrame({"file_name": ["a.jpg"], "views": [1]})
+    path = write_metadata(root, first)
+    assert path == root / "metadata.csv" and path.read_text() == "file_name,views\na.jpg,1\n"
+    write_metadata(root, first.assign(views=[2]))
+    assert path.read_text() == "file_name,views\na.jpg,2\n"
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_metadata(root, first)
+    assert path.read_text() == "file_name,views\na.jpg,2\n"  # old file intact
+    assert sorted(os.listdir(root)) == ["metadata.csv"]  # temp file cleaned up
+
+
+def test_write_metadata_refuses_bad_input(tmp_path):
+    with pytest.raises(DatasetError, match="views"):
+        write_metadata(tmp_path, pd.DataFrame({"file_name": ["a.jpg"]}))
+    (tmp_path / "metadata.jsonl").write_text("")
+    with pytest.raises(DatasetError, match="metadata.jsonl"):
+        write_metadata(tmp_path, pd.DataFrame({"file_name": ["a.jpg"], "views": [1]}))
+
+
+def test_hugging_face_imagefolder_reads_what_we_write(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    root = tmp_path / "ds"
+    titles = [TITLES[0], 'a, "quoted"\nnew line', "plain"]
+    names = [f"images/v{i}.jpg" for i in range(3)]
+    for name in names:
+        put_image(root, name)
+    write_metadata(root, pd.DataFrame({"file_name": names, "views": [1, 2, 3], "title": titles}))
+    hf = datasets.load_dataset("imagefolder", data_dir=str(root), cache_dir=str(tmp_path / "hf"))
+    train = hf["train"]
+    assert train.num_rows == len(load_dataset(root)) == 3
+    by_views = dict(zip(train["views"], train["title"], strict=True))
+    assert [by_views[v] for v in (1, 2, 3)] == titles
+    assert train[0]["image"].size == (8, 6)
+
+
+# --- the real dataset ---------------------------------------------------------------------
+
+
+def test_real_dataset_loads(shared_data):
+    ds = load_dataset(shared_data)
+    assert len(ds) > 4800
+    assert ds.report.summary().startswith(f"{ds.report.n_rows} rows, {len(ds)} kept")
+    assert ds.channels is not None and len(set(ds.keys)) == len(ds)
+    assert np.all(ds.views >= 0) and ds.table["likes"].dtype == "Int64"
