@@ -1,0 +1,287 @@
+"""Tests of the SAE feature study statistics (thumbview.sae.stats) on synthetic arrays."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from thumbview.sae import stats as S
+from thumbview.sae.stats import StudyConfig, StudyError
+
+FAST = {"n_perm": 20_000, "n_null_heldout": 20_000, "n_boot": 200}
+
+
+def sparse_codes(rng, n, n_lat, k, dtype=np.float32):
+    """CSR (n, n_lat) with exactly k distinct active latents per row (an SAE TopK code)."""
+    cols = np.argsort(rng.random((n, n_lat)), axis=1)[:, :k]  # (n, k) distinct per row
+    vals = rng.exponential(1.0, n * k).astype(dtype) + dtype(0.06)
+    return sp.csr_matrix((vals, (np.repeat(np.arange(n), k), cols.ravel())), shape=(n, n_lat))
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """20,000 videos x 200 latents, k=8; latents 0,1 multiply views x3, latents 2,3 x0.33."""
+    rng = np.random.default_rng(1)
+    x = sparse_codes(rng, 20_000, 200, 8)
+    views = rng.lognormal(8.0, 1.5, 20_000)
+    for latent, mult in [(0, 3.0), (1, 3.0), (2, 0.33), (3, 0.33)]:
+        views[x[:, latent].nonzero()[0]] *= mult
+    return x, views
+
+
+def test_planted_features_rank_at_top_and_bottom(planted):
+    x, views = planted
+    res = S.run_study(x, views, StudyConfig(**FAST))
+    f = res.features
+    assert len(f) > 150  # ~800 active rows per latent: nearly all qualify
+    assert set(f["latent_feature_index"].head(2)) == {0, 1}
+    assert set(f["latent_feature_index"].tail(2)) == {2, 3}
+    planted_rows = f[f["latent_feature_index"].isin([0, 1, 2, 3])]
+    assert (planted_rows["q"] < 0.01).all()
+    assert ((f["ratio"].head(2) > 2.0) & (f["ratio"].head(2) < 4.5)).all()
+    assert ((f["ratio"].tail(2) > 0.2) & (f["ratio"].tail(2) < 0.5)).all()
+    assert (f["ci_low"].head(2) > res.dataset_median).all()  # CI excludes the dataset median
+    table = res.table()
+    assert list(table.columns[:4]) == [
+        "top_or_bottom",
+        "rank",
+        "latent_feature_index",
+        "group_median_views",
+    ]
+    assert table["latent_feature_index"].iloc[0] in (0, 1)
+    assert table.query("top_or_bottom == 'bottom' and rank == 1")[
+        "latent_feature_index"
+    ].item() in (2, 3)
+    json.dumps(res.summary(), allow_nan=False)
+
+
+def test_heldout_test_detects_planted_top_videos():
+    rng = np.random.default_rng(2)
+    x = sparse_codes(rng, 6000, 60, 4).tolil()
+    views = rng.lognormal(8.0, 1.0, 6000)
+    for latent in range(20):  # each planted latent owns 150 rows, strongest there
+        rows = np.arange(latent * 150, (latent + 1) * 150)
+        x[rows, latent] = 10.0 + rng.random((150, 1)).astype(np.float32)
+        views[rows] *= 10.0 if latent < 10 else 0.1
+    cfg = StudyConfig(top_k=101, min_active=100, heldout_group=8, n_extreme=8, **FAST)
+    res = S.run_study(x.tocsr(), views, cfg)
+    assert set(res.features["latent_feature_index"].head(8)) <= set(range(10))
+    assert res.heldout.n_features == 8 and res.heldout.group_size == 8
+    assert res.p_hhm < 0.01 and res.p_lhm < 0.01
+    assert res.hhm > res.heldout.null_center > res.lhm
+
+
+def noise_run(seed: int) -> tuple[bool, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    n, n_lat = 2000, 40
+    x = np.where(rng.random((n, n_lat)) < 0.1, rng.exponential(1.0, (n, n_lat)), 0.0)
+    views = rng.lognormal(8.0, 1.5, n)  # independent of the latents
+    cfg = StudyConfig(
+        top_k=51,
+        min_active=50,
+        n_perm=4000,
+        n_null_heldout=1000,
+        heldout_group=5,
+        n_extreme=5,
+        n_boot=0,
+        seed=seed,
+    )
+    f = S.run_study(x.astype(np.float32), views, cfg).features
+    assert len(f) == n_lat
+    return bool((f["q"] < 0.05).any()), f["p"].to_numpy()
+
+
+def test_noise_latents_false_positive_rate():
+    runs = [noise_run(seed) for seed in range(100)]
+    n_with_discovery = sum(hit for hit, _ in runs)
+    assert n_with_discovery <= 5  # BH at 5%: a discovery in at most 5 of 100 null runs
+    p = np.concatenate([p for _, p in runs])
+    assert 0.03 < (p < 0.05).mean() < 0.07  # per-feature p-values are calibrated
+
+
+@pytest.mark.parametrize(("group_size", "statistic"), [(7, "median"), (10, "median"), (9, "mean")])
+def test_random_group_stats_equals_plain_loop(group_size, statistic, monkeypatch):
+    views = np.random.default_rng(3).lognormal(5.0, 2.0, 1234)
+    monkeypatch.setattr(S, "_CHUNK_ELEMS", 50)  # many chunks, still the same draws
+    got = S.random_group_stats(views, group_size, 300, np.random.default_rng(7), statistic)
+    rng = np.random.default_rng(7)
+    ref = []
+    for _ in range(300):
+        rows = np.minimum((rng.random(group_size) * len(views)).astype(int), len(views) - 1)
+        values = [float(views[r]) for r in rows]
+        ref.append(
+            statistics.median(values) if statistic == "median" else sum(values) / len(values)
+        )
+    if statistic == "median":
+        np.testing.assert_array_equal(got, ref)
+    else:
+        np.testing.assert_allclose(got, ref, rtol=1e-12)
+
+
+def test_dense_and_sparse_give_identical_results(planted):
+    x, views = planted
+    x, views = x[:6000], views[:6000]
+    cfg = StudyConfig(top_k=101, min_active=100, n_extreme=10, heldout_group=20, **FAST)
+    results = [S.run_study(m, views, cfg) for m in (x, x.tocsc(), x.toarray())]
+    for other in results[1:]:
+        pd.testing.assert_frame_equal(results[0].features, other.features)
+        np.testing.assert_array_equal(results[0].random_stats, other.random_stats)
+        assert results[0].summary() == other.summary()
+
+
+@pytest.mark.parametrize("top_k", [1, 5, 40])
+def test_top_activations_matches_argsort(top_k, monkeypatch):
+    rng = np.random.default_rng(4)
+    dense = np.where(rng.random((300, 30)) < 0.1, rng.integers(1, 4, (300, 30)), 0)
+    dense = dense.astype(np.float32)  # few levels: many ties, many columns with < 40 nonzeros
+    dense[:, 5] = 0.0  # an all-zero latent
+    ref = np.argsort(-dense, axis=0, kind="stable")[:top_k].T  # ties: lower row first
+    cols = np.array([5, 0, 29, 3])
+    monkeypatch.setattr(S, "_CHUNK_ELEMS", 64)  # exercise the column blocks
+    for m in (dense, sp.csr_matrix(dense), sp.csc_matrix(dense)):
+        idx, val = S.top_activations(m, top_k)
+        np.testing.assert_array_equal(idx, ref)
+        np.testing.assert_array_equal(val, np.take_along_axis(dense.T, ref, axis=1))
+        np.testing.assert_array_equal(S.top_activations(m, top_k, columns=cols)[0], ref[cols])
+
+
+def test_group_statistics_structure_of_defaults():
+    cfg = StudyConfig()
+    assert (cfg.top_k, cfg.hold_out, cfg.group_size, cfg.min_active) == (400, 1, 399, 399)
+    assert (cfg.threshold, cfg.statistic, cfg.n_null_heldout, cfg.heldout_group) == (
+        0.05,
+        "median",
+        1_000_000,
+        100,
+    )
+    rng = np.random.default_rng(5)
+    n = 1000
+    x = np.zeros((n, 3), np.float32)
+    x[:, 0] = rng.permutation(n) + 1.0  # all active: qualifies, strict order
+    x[:400, 1] = 0.5  # exactly 400 active (all tied): qualifies
+    x[:399, 2] = 0.5  # 399 active: does not ("more than 399 of the top 400")
+    views = rng.lognormal(8.0, 1.0, n)
+    res = S.run_study(x, views, StudyConfig(n_perm=1000, n_null_heldout=1000, n_boot=50))
+    f = res.features.set_index("latent_feature_index")
+    assert sorted(f.index) == [0, 1]
+    order = np.argsort(-x[:, 0])
+    assert f.loc[0, "top_video"] == order[0]
+    assert f.loc[0, "heldout_views"] == views[order[0]]
+    assert f.loc[0, "group_median_views"] == np.median(views[order[1:400]])
+    assert f.loc[1, "group_median_views"] == np.median(views[1:400])  # ties: rows 0..399
+    assert f.loc[0, "n"] == 399
+    assert res.heldout.n_features == 1  # two features: one held-out video per side
+
+
+def test_permutation_pvalues_and_bh_match_references():
+    rng = np.random.default_rng(6)
+    null = rng.integers(0, 50, 500).astype(float)  # ties on purpose
+    obs = np.array([-1.0, 0.0, 10.0, 25.0, 49.0, 60.0])
+    got = S.permutation_pvalues(obs, null, "two-sided")
+    for o, p in zip(obs, got, strict=True):
+        ge = (sum(v >= o for v in null) + 1) / 501
+        le = (sum(v <= o for v in null) + 1) / 501
+        assert p == pytest.approx(min(1.0, 2 * min(ge, le)))
+    assert S.permutation_pvalues(obs, null, "greater")[-1] == pytest.approx(1 / 501)
+    p = np.r_[rng.random(40) ** 3, 0.01, 0.01, 1.0]
+    m = len(p)
+    ranked = sorted(range(m), key=lambda i: p[i])
+    ref = np.empty(m)
+    running = 1.0
+    for r in range(m - 1, -1, -1):  # step-up from the largest p
+        running = min(running, p[ranked[r]] * m / (r + 1))
+        ref[ranked[r]] = running
+    np.testing.assert_allclose(S.bh_qvalues(p), ref, rtol=1e-12)
+    np.testing.assert_allclose(S._bh_numpy(p), ref, rtol=1e-12)
+
+
+def test_bootstrap_ci_equals_loop_with_same_draws(monkeypatch):
+    rng = np.random.default_rng(8)
+    groups = rng.lognormal(5.0, 1.0, (7, 21))
+    monkeypatch.setattr(S, "_CHUNK_ELEMS", 2 * 50 * 21)  # two features per block
+    lo, hi = S.bootstrap_ci(groups, 50, 0.9, np.random.default_rng(9), "median")
+    draw = np.random.default_rng(9)
+    for f in range(7):
+        rows = np.minimum((draw.random((50, 21)) * 21).astype(int), 20)  # (B, g)
+        boot = [np.median(groups[f, r]) for r in rows]
+        assert (lo[f], hi[f]) == pytest.approx(tuple(np.quantile(boot, [0.05, 0.95])))
+    assert (lo <= np.median(groups, axis=1)).all() and (np.median(groups, axis=1) <= hi).all()
+
+
+def test_residualize_equals_one_hot_ols():
+    rng = np.random.default_rng(10)
+    n = 600
+    channels = rng.choice(np.array(["a", "b", "c", "d"], dtype=object), n)
+    age = rng.uniform(0, 10, n)
+    y = 4.0 + 0.3 * age - 0.02 * age**2 + (channels == "b") * 1.5 + rng.normal(0, 0.5, n)
+    onehot = pd.get_dummies(channels).to_numpy(float)  # (n, 4)
+    design = np.column_stack([onehot, age, age**2])
+    ref = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    np.testing.assert_allclose(S.residualize(y, age, channels), ref, atol=1e-9)
+    design = np.column_stack([np.ones(n), age, age**2])
+    ref = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    np.testing.assert_allclose(S.residualize(y, age), ref, atol=1e-9)
+    views = 10**y - 1
+    adjusted = S.adjust_views(views, age, channels)
+    assert (adjusted > 0).all()
+    assert abs(np.corrcoef(np.log(adjusted), age)[0, 1]) < 1e-6
+    years = S.upload_age_years(["2020-01-01", "2022-01-01T00:00:00Z"])
+    np.testing.assert_allclose(years, [731 / 365.25, 0.0])
+
+
+def test_channel_mode_uses_mean_of_next_ten():
+    cfg = S.channel_config()
+    assert (cfg.top_k, cfg.hold_out, cfg.group_size, cfg.statistic) == (11, 1, 10, "mean")
+    assert (cfg.n_extreme, cfg.heldout_group) == (10, 10)
+    rng = np.random.default_rng(11)
+    n = 1050
+    x = sparse_codes(rng, n, 40, 4)
+    views = rng.lognormal(8.0, 1.0, n)
+    channels = np.repeat(np.array(["A", "B", "C"], dtype=object), [350, 380, 320])
+    results = S.run_by_channel(
+        x,
+        views,
+        channels,
+        ["A", "B"],
+        S.channel_config(n_perm=2000, n_null_heldout=2000, n_boot=50),
+    )
+    res = results["B"]
+    assert res.n_videos == 380 and res.stat_column == "group_mean_views"
+    row = res.features.iloc[0]
+    xb, vb = x[350:730].toarray(), views[350:730]
+    order = np.argsort(-xb[:, int(row["latent_feature_index"])], kind="stable")
+    assert row["group_mean_views"] == pytest.approx(vb[order[1:11]].mean(), rel=1e-12)
+    assert row["n"] == 10 and len(res.table()) == 2 * min(10, len(res.features))
+
+
+def test_bad_inputs_raise_study_error():
+    rng = np.random.default_rng(12)
+    x = sparse_codes(rng, 500, 20, 4)
+    views = rng.lognormal(8.0, 1.0, 500)
+    cfg = StudyConfig(top_k=21, min_active=20, n_perm=100, n_null_heldout=100, n_boot=0)
+    with pytest.raises(StudyError, match="rows but views"):
+        S.run_study(x, views[:-1], cfg)
+    with pytest.raises(StudyError, match="NaN"):
+        S.run_study(x, np.r_[np.nan, views[1:]], cfg)
+    with pytest.raises(StudyError, match="negative"):
+        S.run_study(x, np.r_[-1.0, views[1:]], cfg)
+    with pytest.raises(StudyError, match="at least 400"):
+        S.run_study(x[:300], views[:300])
+    with pytest.raises(StudyError, match=r"closest latents .* Lower `threshold`"):
+        S.run_study(x, views, StudyConfig(top_k=300, min_active=299))
+    with pytest.raises(StudyError, match="negative"):
+        S.run_study(-x, views, cfg)
+    with pytest.raises(StudyError, match="min_active"):
+        StudyConfig(top_k=11, min_active=11)
+    with pytest.raises(StudyError, match="statistic"):
+        StudyConfig(statistic="mode")
+    channels = np.array(["big"] * 480 + ["tiny"] * 20, dtype=object)
+    with pytest.raises(StudyError, match="channel 'tiny' .* at least 21"):
+        S.run_by_channel(x, views, channels, ["tiny"], cfg)
+    with pytest.raises(StudyError, match="no channel id"):
+        S.residualize(np.log(views), channels=np.array([None] + ["a"] * 499, dtype=object))
