@@ -111,6 +111,7 @@ class TitleEncoder(Encoder):
             from sentence_transformers import SentenceTransformer
 
             logger.debug("loading title model from %s", self.model_path)
+            _quiet_transformers()
             try:
                 self._model = SentenceTransformer(
                     str(self.model_path), device="cpu", local_files_only=True
@@ -129,3 +130,13 @@ def _version(dist: str) -> str | None:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def _quiet_transformers() -> None:
+    """transformers draws a weight-loading bar on stderr; thumbview shows its own progress."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency of sentence-transformers
+        pass

@@ -220,7 +220,7 @@ def load_model(model_dir: Path) -> tuple[ViewPredictor, dict[str, Encoder]]:
     saved = json.loads(spec_file.read_text())
     encoders = {name: get_encoder(name, **saved[name]["options"]) for name in model.config.encoders}
     for name, enc in encoders.items():
-        if enc.spec() != saved[name]["spec"]:
+        if json.loads(json.dumps(enc.spec())) != saved[name]["spec"]:
             log.warning("encoder %s differs from the one the model was trained with", name)
     return model, encoders
 

@@ -1,0 +1,169 @@
+"""Explain one thumbnail with the SAE study: which features fire, and how their videos fare.
+
+A creator's question is "what in *my* thumbnail goes with views?". The study ranked every
+qualifying SAE latent by the views of the videos that activate it most; here the latents
+active in one new image are looked up in that ranking (`all_features.csv`) and shown with
+example thumbnails from the study (`examples.json`). `load_study` reads a study once, so a
+server can explain many images against it; `explain_latents` is the pure lookup.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from thumbview.data.images import load_image
+from thumbview.sae.analyze import (
+    ALL_FEATURES_CSV,
+    EXAMPLES_JSON,
+    FEATURES_CSV,
+    SUMMARY_JSON,
+    encode_sparse,
+    load_sae_encoder,
+)
+from thumbview.sae.stats import StudyError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeatureExplanation:
+    """One SAE latent active in the image.
+
+    ratio / q / group_views are None when the latent was not in the study (it fired on too
+    few videos to qualify); `examples` are study thumbnails that activate it most.
+    """
+
+    latent: int
+    activation: float
+    ratio: float | None
+    q: float | None
+    group_views: float | None
+    examples: tuple[Path, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class StudyIndex:
+    """What `explain` needs from a finished study: per-latent numbers and example files."""
+
+    stats: dict[int, tuple[float, float, float]]  # latent -> (ratio, q, group views)
+    examples: dict[int, tuple[str, ...]]  # latent -> file names relative to dataset_root
+    dataset_root: Path | None
+    n_latents: int | None
+
+
+def load_study(path: str | Path) -> StudyIndex:
+    """A study folder (written by `run_analysis`) or its features CSV, as a `StudyIndex`.
+
+    The folder's all_features.csv (every qualifying latent) is preferred over features.csv
+    (the top/bottom table only).
+    """
+    path = Path(path)
+    if path.is_dir():
+        folder = path
+        csv = (
+            path / ALL_FEATURES_CSV if (path / ALL_FEATURES_CSV).is_file() else path / FEATURES_CSV
+        )
+    else:
+        folder, csv = path.parent, path
+    if not csv.is_file():
+        raise StudyError(
+            f"no study results at {path} (expected {ALL_FEATURES_CSV} or {FEATURES_CSV})"
+        )
+    stats = _read_stats(csv)
+    examples, root = _read_examples(folder / EXAMPLES_JSON)
+    n_latents = None
+    if (folder / SUMMARY_JSON).is_file():
+        n_latents = _read_json(folder / SUMMARY_JSON).get("n_latents")
+    return StudyIndex(stats, examples, root, None if n_latents is None else int(n_latents))
+
+
+def _read_stats(csv: Path) -> dict[int, tuple[float, float, float]]:
+    try:
+        table = pd.read_csv(csv)
+    except (OSError, ValueError) as e:
+        raise StudyError(f"cannot read {csv}: {e}") from e
+    group = [c for c in table.columns if str(c).startswith("group_") and str(c).endswith("_views")]
+    missing = {"latent_feature_index", "ratio", "q"} - set(table.columns)
+    if missing or not group:
+        raise StudyError(
+            f"{csv.name} is not a study table (missing {sorted(missing) or 'group_*_views'})"
+        )
+    table = table.drop_duplicates("latent_feature_index")
+    return {
+        int(lat): (float(r), float(q), float(g))
+        for lat, r, q, g in zip(
+            table["latent_feature_index"], table["ratio"], table["q"], table[group[0]], strict=True
+        )
+    }
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StudyError(f"cannot read {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise StudyError(f"{path} is not a JSON object")
+    return data
+
+
+def _read_examples(path: Path) -> tuple[dict[int, tuple[str, ...]], Path | None]:
+    if not path.is_file():
+        logger.warning("%s not found: explanations come without example thumbnails", path)
+        return {}, None
+    data = _read_json(path)
+    examples = {int(k): tuple(v) for k, v in (data.get("examples") or {}).items()}
+    root = data.get("dataset_root")
+    return examples, Path(root) if root else None
+
+
+def explain_latents(
+    latents: np.ndarray, study: StudyIndex, top: int = 10, n_examples: int = 3
+) -> list[FeatureExplanation]:
+    """The `top` most active latents of one image (d_sae,), strongest first, with study numbers."""
+    z = np.asarray(latents, dtype=np.float64).ravel()  # (d_sae,)
+    if study.n_latents is not None and len(z) != study.n_latents:
+        raise StudyError(
+            f"the SAE has {len(z)} latents but the study was run with {study.n_latents}; "
+            "use the SAE the study was made with"
+        )
+    active = np.flatnonzero(z > 0)
+    order = active[np.lexsort((active, -z[active]))][:top]  # ties: lower latent first
+    out = []
+    for latent in order.tolist():
+        ratio, q, views = study.stats.get(latent, (None, None, None))
+        names = study.examples.get(latent, ())[:n_examples]
+        root = study.dataset_root or Path(".")
+        out.append(
+            FeatureExplanation(
+                latent, float(z[latent]), ratio, q, views, tuple(root / n for n in names)
+            )
+        )
+    return out
+
+
+def explain_image(
+    image: Image.Image | str | Path | bytes,
+    sae_dir: str | Path,
+    study: str | Path | StudyIndex,
+    top: int = 10,
+    device: str = "cpu",
+) -> list[FeatureExplanation]:
+    """SAE features active in one thumbnail, strongest first, with their group's view ratio.
+
+    `study` is a study folder, its features CSV, or a loaded `StudyIndex`.
+    """
+    index = study if isinstance(study, StudyIndex) else load_study(study)
+    img = image if isinstance(image, Image.Image) else load_image(image)
+    sae, encoder = load_sae_encoder(sae_dir, device)
+    acts = encoder.encode([img.convert("RGB")])  # (1, d_in)
+    z = encode_sparse(sae, acts).toarray()[0]  # (d_sae,)
+    return explain_latents(z, index, top)

@@ -1,0 +1,373 @@
+"""Figures, image grids and the HTML report of the SAE feature study.
+
+The report is for a creator, not a statistician: one self-contained `report.html` (inline
+CSS, no scripts, relative links to PNGs beside it) that opens from disk on a laptop or a
+phone. Plots use matplotlib's `Figure` directly (Agg canvas, no pyplot global state, safe
+in worker threads); grids are composed with PIL, which is ~50x faster than a subplot grid
+when a study writes 200 of them.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from thumbview.data.images import ImageError, load_image
+from thumbview.sae.stats import StudyResult
+
+logger = logging.getLogger(__name__)
+
+CELL_W, CELL_H, LABEL_H, HEADER_H, PAD = 160, 90, 18, 22, 4
+_BG, _EMPTY, _TEXT = (255, 255, 255), (235, 235, 235), (30, 30, 30)
+
+
+def format_views(v: float) -> str:
+    """1234567 -> '1.2M views': how YouTube shows counts, short enough to fit under a thumbnail."""
+    if not math.isfinite(v):
+        return "? views"
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{unit} views"
+    return f"{v:.0f} views"
+
+
+# ------------------------------------------------------------------------------- plots
+
+
+def _log_axis(ax: Any, fmt: Any) -> None:
+    """Log x axis labelled in plain words ('3K', '2x') instead of powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v)))
+
+    def minor(v: float, _: Any) -> str:  # minor labels only where they cannot crowd
+        lo, hi = ax.get_xlim()
+        return fmt(v) if lo > 0 and math.log10(hi / lo) < 1.2 else ""
+
+    ax.xaxis.set_minor_formatter(FuncFormatter(minor))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+
+
+def _figure(width: float, height: float) -> tuple[Any, Any]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots()
+
+
+def plot_histogram(result: StudyResult, path: str | Path) -> Path:
+    """Feature-group statistics vs random-group statistics on a log axis, KS in the title.
+
+    Each histogram is normalised to fractions, since there may be more random groups than
+    features; zeros are clipped to the smallest positive value so the log axis can show them.
+    """
+    feat = result.features[result.stat_column].to_numpy(dtype=np.float64)  # (F,)
+    null = np.asarray(result.random_stats, dtype=np.float64)  # (R,)
+    both = np.concatenate([feat, null])
+    pos = both[both > 0]
+    lo, hi = (pos.min(), pos.max()) if len(pos) else (1.0, 10.0)
+    bins = np.geomspace(lo, hi * 1.0001 if hi > lo else lo * 1.1, 40)
+    fig, ax = _figure(7, 4)
+    for values, label, colour in ((null, "random groups", "0.6"), (feat, "feature groups", "C0")):
+        if len(values):
+            ax.hist(
+                np.clip(values, lo, None),
+                bins,
+                weights=np.full(len(values), 1 / len(values)),
+                alpha=0.55,
+                color=colour,
+                label=f"{label} ({len(values)})",
+            )
+    ax.axvline(result.dataset_statistic, color="k", lw=1, ls="--", label="all videos")
+    _log_axis(ax, lambda v: format_views(v).removesuffix(" views"))
+    ax.set_xlabel(f"group {result.config.statistic} views (n = {result.config.group_size} each)")
+    ax.set_ylabel("fraction of groups")
+    ax.set_title(f"KS D = {result.ks_statistic:.3f}, p = {result.ks_pvalue:.2g}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def plot_magnitude(result: StudyResult, path: str | Path) -> Path:
+    """Horizontal bars of group views / dataset views for the table's top and bottom features.
+
+    Bars start at 1 (no effect) on a log axis, so x2 and x0.5 look equally large; whiskers
+    are the bootstrap CI of the group statistic divided by the same denominator.
+    """
+    table = result.table()
+    denom = result.dataset_statistic if result.dataset_statistic > 0 else float("nan")
+    ratio = np.clip(table["ratio"].to_numpy(dtype=np.float64), 1e-3, None)  # (2k,)
+    ci = table[["ci_low", "ci_high"]].to_numpy(dtype=np.float64) / denom  # (2k, 2)
+    y = np.arange(len(table))[::-1]  # top feature #1 at the top
+    colours = np.where(table["top_or_bottom"] == "top", "tab:green", "tab:red")
+    fig, ax = _figure(7, min(36.0, max(3.0, 0.17 * len(table) + 1.3)))
+    ax.barh(y, ratio - 1, left=1, color=colours, alpha=0.8)
+    ok = np.isfinite(ci).all(axis=1)
+    if ok.any():
+        err = np.abs(np.stack([ratio[ok] - ci[ok, 0], ci[ok, 1] - ratio[ok]]))  # (2, m)
+        ax.errorbar(ratio[ok], y[ok], xerr=err, fmt="none", ecolor="k", elinewidth=0.8, capsize=2)
+    ax.axvline(1, color="k", lw=0.8)
+    _log_axis(ax, lambda v: f"{v:.2g}×")
+    labels = [
+        f"{s} {r}: #{f}"
+        for s, r, f in zip(
+            table["top_or_bottom"], table["rank"], table["latent_feature_index"], strict=True
+        )
+    ]
+    ax.set_yticks(y, labels, fontsize=7 if len(table) <= 40 else 5)
+    ax.set_xlabel(f"group {result.config.statistic} views / all videos' {result.config.statistic}")
+    ax.set_title(f"Feature effect sizes ({int(result.config.ci * 100)}% bootstrap CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------- grids
+
+
+@lru_cache(maxsize=1)
+def _font() -> Any:
+    try:
+        return ImageFont.load_default(size=12)
+    except TypeError:  # Pillow < 10.1 without FreeType sizes
+        return ImageFont.load_default()
+
+
+def _cell(path: Path) -> Image.Image:
+    """The image fitted (letterboxed) into one grid cell; unreadable files become grey."""
+    cell = Image.new("RGB", (CELL_W, CELL_H), _EMPTY)
+    try:
+        img = load_image(path)
+    except ImageError as e:
+        logger.warning("grid: %s", e)
+        return cell
+    img.thumbnail((CELL_W, CELL_H))
+    cell.paste(img, ((CELL_W - img.width) // 2, (CELL_H - img.height) // 2))
+    return cell
+
+
+def save_grid(
+    items: Sequence[tuple[Path, str]],
+    path: str | Path,
+    title: str,
+    reference: Sequence[Path] | None = None,
+    grid_size: int = 11,
+) -> Path:
+    """PNG: a row of up to `grid_size` (image, label) cells, plus a reference row if given."""
+    rows = [("top thumbnails", list(items)[:grid_size])]
+    if reference is not None:
+        rows.append(
+            ("top reference images", [(p, p.stem[:22]) for p in list(reference)[:grid_size]])
+        )
+    row_h = HEADER_H + CELL_H + LABEL_H
+    canvas = Image.new("RGB", (PAD + grid_size * (CELL_W + PAD), len(rows) * row_h + PAD), _BG)
+    draw = ImageDraw.Draw(canvas)
+    for r, (name, cells) in enumerate(rows):
+        top = r * row_h + PAD
+        draw.text((PAD, top + 3), f"{title}: {name}", fill=_TEXT, font=_font())
+        for i in range(grid_size):
+            x = PAD + i * (CELL_W + PAD)
+            if i >= len(cells):
+                draw.rectangle(
+                    (x, top + HEADER_H, x + CELL_W - 1, top + HEADER_H + CELL_H - 1), fill=_EMPTY
+                )
+                continue
+            canvas.paste(_cell(cells[i][0]), (x, top + HEADER_H))
+            draw.text((x + 2, top + HEADER_H + CELL_H + 2), cells[i][1], fill=_TEXT, font=_font())
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, optimize=True)
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------ report
+
+
+@dataclass(frozen=True)
+class FeatureCard:
+    """One feature of the table as the report shows it; ratios relative to all videos."""
+
+    side: str  # "top" | "bottom"
+    rank: int
+    latent: int
+    group_views: float
+    ratio: float
+    ci_low: float | None  # ratio scale
+    ci_high: float | None
+    q: float
+    grid: str  # path of the grid PNG relative to the report
+    titles: tuple[str, ...]  # titles of the top example videos
+
+    @classmethod
+    def from_table_row(
+        cls, row: dict[str, Any], result: StudyResult, grid: str, titles: Sequence[str]
+    ) -> FeatureCard:
+        denom = result.dataset_statistic
+
+        def scaled(v: Any) -> float | None:
+            v = float(v)
+            return v / denom if math.isfinite(v) and denom > 0 else None
+
+        return cls(
+            side=str(row["top_or_bottom"]),
+            rank=int(row["rank"]),
+            latent=int(row["latent_feature_index"]),
+            group_views=float(row[result.stat_column]),
+            ratio=float(row["ratio"]),
+            ci_low=scaled(row["ci_low"]),
+            ci_high=scaled(row["ci_high"]),
+            q=float(row["q"]),
+            grid=grid,
+            titles=tuple(titles),
+        )
+
+
+_CSS = """
+:root{--fg:#1d1d1f;--muted:#6e6e73;--line:#e3e3e8;--up:#1a7f37;--down:#c62828;--bg:#fafafa}
+*{box-sizing:border-box}body{margin:0;font:15px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:var(--fg);background:var(--bg)}
+main{max-width:1200px;margin:auto;padding:1rem}h1{font-size:1.6rem;margin:.5rem 0}h2{margin-top:2rem;font-size:1.25rem}
+.muted{color:var(--muted)}.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(11rem,1fr));gap:.75rem}
+.card{background:#fff;border:1px solid var(--line);border-radius:10px;padding:.75rem}.card strong{display:block;font-size:1.35rem}
+.card span{color:var(--muted);font-size:.85rem}img{max-width:100%;height:auto;display:block}
+.scroll{overflow-x:auto;background:#fff;border:1px solid var(--line);border-radius:10px}
+table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}th,td{padding:.4rem .6rem;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
+th:first-child,td:first-child{text-align:left}.up{color:var(--up)}.down{color:var(--down)}
+.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,28rem),1fr));gap:1rem}
+.plots figure,.feature{margin:0;background:#fff;border:1px solid var(--line);border-radius:10px;padding:.6rem}
+.features{display:grid;gap:1rem}.feature figcaption{margin-bottom:.4rem}.feature ul{margin:.4rem 0 0;padding-left:1.2rem;font-size:.9rem}
+@media (max-width:600px){body{font-size:14px}main{padding:.5rem}th,td{padding:.3rem .4rem}}
+"""
+
+
+def _num(v: Any, fmt: str = ".3g") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return format(v, fmt)
+
+
+def _ratio(card: FeatureCard) -> tuple[str, str]:
+    ci = "–" if card.ci_low is None else f"{card.ci_low:.2f}–{card.ci_high:.2f}×"
+    return f"{card.ratio:.2f}×", ci
+
+
+def _headline(summary: dict[str, Any]) -> str:
+    held = summary.get("heldout") or {}
+    stat = summary.get("config", {}).get("statistic", "median")
+    cards = [
+        (
+            format_views(summary.get("raw_dataset_median") or summary["dataset_median"]),
+            "median views of all videos",
+        ),
+        (f"{summary['n_qualifying']} / {summary['n_latents']}", "features studied / SAE latents"),
+        (str(summary.get("n_q_below_0.05", 0)), "features with q < 0.05"),
+        (
+            f"D = {_num(summary.get('ks_statistic'))}",
+            f"KS vs random groups, p = {_num(summary.get('ks_pvalue'), '.2g')}",
+        ),
+        (
+            f"p = {_num(held.get('p_hhm'), '.2g')}",
+            f"held-out top videos of high features (HHM {stat} {format_views(held.get('hhm') or float('nan'))})",
+        ),
+        (
+            f"p = {_num(held.get('p_lhm'), '.2g')}",
+            f"held-out top videos of low features (LHM {stat} {format_views(held.get('lhm') or float('nan'))})",
+        ),
+    ]
+    return "".join(
+        f'<div class="card"><strong>{html.escape(a)}</strong><span>{html.escape(b)}</span></div>'
+        for a, b in cards
+    )
+
+
+def _table(cards: Sequence[FeatureCard], side: str, stat: str, ci_name: str) -> str:
+    head = (
+        f"<tr><th>Rank</th><th>Feature</th><th>Group {stat}</th><th>vs all</th>"
+        f"<th>{ci_name} CI</th><th>q</th></tr>"
+    )
+    body = []
+    for c in (c for c in cards if c.side == side):
+        ratio, ci = _ratio(c)
+        cls = "up" if c.ratio >= 1 else "down"
+        body.append(
+            f'<tr><td>{c.rank}</td><td><a href="#{c.side}-{c.rank}">#{c.latent}</a></td>'
+            f'<td>{html.escape(format_views(c.group_views))}</td><td class="{cls}">{ratio}</td>'
+            f"<td>{html.escape(ci)}</td><td>{_num(c.q, '.2g')}</td></tr>"
+        )
+    return f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
+
+
+def _feature(card: FeatureCard) -> str:
+    ratio, ci = _ratio(card)
+    label = "Top" if card.side == "top" else "Bottom"
+    titles = "".join(f"<li>{html.escape(t)}</li>" for t in card.titles if t)
+    return (
+        f'<figure class="feature" id="{card.side}-{card.rank}"><figcaption><strong>{label} #{card.rank}'
+        f"</strong> · feature {card.latent} · {html.escape(ratio)} the views (CI {html.escape(ci)}) · "
+        f"q = {_num(card.q, '.2g')}</figcaption>"
+        f'<a href="{html.escape(card.grid)}"><img loading="lazy" src="{html.escape(card.grid)}" '
+        f'alt="thumbnails that activate feature {card.latent} most"></a>'
+        + (f"<ul>{titles}</ul>" if titles else "")
+        + "</figure>"
+    )
+
+
+def _intro(summary: dict[str, Any], stat: str) -> str:
+    """What was studied, in one escaped paragraph."""
+    cfg, dataset = summary.get("config", {}), summary.get("dataset", {})
+    scope = f"channel {summary['channel']}" if summary.get("channel") else "all channels"
+    group = int(cfg.get("top_k", 0)) - int(cfg.get("hold_out", 0))
+    text = (
+        f"{summary.get('n_rows', summary['n_videos'])} videos from {dataset.get('root', '?')} "
+        f"({scope}); views {summary.get('views', 'raw')}. Each feature is an SAE latent; its "
+        f"group is the {group} videos that activate it most after the very top one, "
+        f"summarised by their {stat} views."
+    )
+    return html.escape(text)
+
+
+def write_report(
+    path: str | Path,
+    summary: dict[str, Any],
+    cards: Sequence[FeatureCard],
+    plots: Sequence[tuple[str, str]] = (
+        ("magnitude.png", "How much more (or fewer) views each feature's videos get"),
+        ("histogram.png", "Feature groups vs random groups of videos"),
+    ),
+) -> Path:
+    """A self-contained report.html beside its PNGs; every piece of text is HTML-escaped."""
+    stat = summary.get("config", {}).get("statistic", "median")
+    ci_name = f"{100 * float(summary.get('config', {}).get('ci', 0.95)):g}%"
+    figures = "".join(
+        f'<figure><img src="{html.escape(src)}" alt="{html.escape(cap)}"><figcaption class="muted">'
+        f"{html.escape(cap)}</figcaption></figure>"
+        for src, cap in plots
+    )
+    doc = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Thumbnail features and views</title><style>{_CSS}</style></head>
+<body><main>
+<h1>Which thumbnail features go with more views?</h1>
+<p class="muted">{_intro(summary, stat)}</p>
+<section class="cards">{_headline(summary)}</section>
+<h2>Effect sizes</h2><div class="plots">{figures}</div>
+<h2>Features with the most views</h2>{_table(cards, "top", stat, ci_name)}
+<h2>Features with the fewest views</h2>{_table(cards, "bottom", stat, ci_name)}
+<h2>What the features look like</h2>
+<div class="features">{"".join(_feature(c) for c in cards)}</div>
+<p class="muted">q: Benjamini-Hochberg adjusted permutation p-value over all studied features.
+CI: bootstrap interval of the group {html.escape(stat)}, relative to all videos.</p>
+</main></body></html>
+"""
+    Path(path).write_text(doc, encoding="utf-8")
+    return Path(path)

@@ -1,0 +1,556 @@
+"""Training, checkpointing and saving of sparse autoencoders (the IO side of ``sae.model``).
+
+Why resumable: SAE training over CLIP token activations runs for hours on CPU, so a run
+checkpoints every N steps (weights, Adam moments, step and firing counters) and ``fit``
+continues an interrupted run from ``out_dir`` at the same step with the same data order,
+ending with the same weights as an uninterrupted run.
+
+Saved-SAE layout (``save_sae``/``load_sae``) follows SAELens: ``sae_weights.safetensors``
+with W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in), b_dec (d_in,) in float32, and
+``cfg.json`` with SAELens field names (d_in, d_sae, architecture "topk"/"standard",
+activation_fn_kwargs {"k": k}, apply_b_dec_to_input true, normalize_activations "none",
+dtype, device, model_name, hook_name, ...). Where it differs from what SAELens expects:
+
+- ``cfg.json`` has no ``sae_lens_version``, so SAELens reads it through its pre-6.0 config
+  converter (which maps ``activation_fn_kwargs`` / top-level ``hook_name`` to the 6.x fields);
+  ``k`` is also written at top level for 6.x readers.
+- ``model_name`` / ``hook_name`` name Hugging Face ``transformers`` modules
+  (e.g. "vision_model.encoder.layers.10"), not TransformerLens hook points, and they are only
+  set when the caller passes them in ``extra_cfg``.
+- thumbview's own training config is kept under a ``"thumbview"`` key, which SAELens ignores.
+- No ``sparsity.safetensors`` is written; the firing-frequency histogram is a PNG instead.
+
+Checkpoints (``out_dir/checkpoint``) are ``state.safetensors`` (weights, Adam state tensors
+by name, firing counters) plus ``trainer.json`` (configs, counters, Adam hyper-parameters).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from thumbview.progress import progress_bar
+from thumbview.sae.model import SaeConfig, SaeError, SaeInputError, SparseAutoencoder
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "sae_weights.safetensors"
+CFG_FILE = "cfg.json"
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "state.safetensors"
+TRAINER_FILE = "trainer.json"
+_WARMUP_MAX_FRACTION = 0.1  # warmup never exceeds this share of a known run length
+_EVAL_MAX_ROWS = 65_536  # rows of the training data re-scored for metrics.json
+_EVAL_LATENT_BUDGET = 2**24  # dense latents held at once by `evaluate` (64 MB of float32)
+_PARAM_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")
+# Changing these changes the data order or the LR schedule, so a resumed run would diverge.
+_RESUME_KEYS = ("batch_size", "lr", "warmup_steps", "epochs", "seed")
+
+
+class SaeFileError(ValueError):
+    """A saved SAE or checkpoint is missing, corrupt, or does not fit the model at hand."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping; ``dead_window`` is in samples (for the dead fraction)."""
+
+    batch_size: int = 1024
+    lr: float = 4e-4
+    warmup_steps: int = 1000
+    epochs: int = 1
+    seed: int = 0
+    checkpoint_every: int = 1000
+    log_every: int = 100
+    dead_window: int = 1_000_000
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name not in ("seed", "progress", "warmup_steps") and not value > 0:
+                raise SaeError(f"TrainConfig.{f.name} must be positive, got {value!r}")
+        if self.warmup_steps < 0:
+            raise SaeError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+@dataclass(frozen=True)
+class EvalMetrics:
+    """Reconstruction quality and sparsity over a whole activation set."""
+
+    fvu: float
+    explained_variance: float
+    l0: float
+    dead_fraction: float  # latents that never fired on this set
+    n: int
+
+
+# -- data --------------------------------------------------------------------------------
+Matrix = np.ndarray | torch.Tensor
+
+
+def _as_matrix(activations: Matrix, d_in: int) -> Matrix:
+    """Validate an (N, d_in) array without copying it (it may be a read-only memory map)."""
+    if isinstance(activations, np.ndarray) and not np.issubdtype(activations.dtype, np.number):
+        raise SaeInputError(f"activations must be numeric, got dtype {activations.dtype}")
+    if activations.ndim != 2 or activations.shape[1] != d_in:
+        raise SaeInputError(
+            f"expected activations of shape (n, {d_in}), got {tuple(activations.shape)}"
+        )
+    if activations.shape[0] < 2:
+        raise SaeInputError(f"need at least 2 activation rows, got {activations.shape[0]}")
+    for start in range(0, len(activations), 65_536):
+        if not bool(torch.isfinite(_take(activations, slice(start, start + 65_536))).all()):
+            raise SaeInputError("activations contain NaN or infinite values")
+    return activations
+
+
+def _take(data: Matrix, rows: slice | np.ndarray) -> torch.Tensor:
+    """Rows of `data` as a float32 tensor; numpy rows are copied so read-only input is fine."""
+    if isinstance(data, np.ndarray):
+        return torch.from_numpy(np.array(data[rows], dtype=np.float32))
+    index = torch.from_numpy(rows) if isinstance(rows, np.ndarray) else rows
+    return data[index].float()
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffle of one epoch depends only on (seed, epoch), so a resume can rebuild it."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _steps_per_epoch(n: int, batch_size: int) -> int:
+    """Full batches only (a short tail batch would give a noisy FVU); one batch if n < size."""
+    return max(1, n // batch_size)
+
+
+def _array_batches(x: Matrix, cfg: TrainConfig, start: int) -> Iterator[torch.Tensor]:
+    per_epoch = _steps_per_epoch(len(x), cfg.batch_size)
+    bs = min(cfg.batch_size, len(x))
+    for step in range(start, per_epoch * cfg.epochs):
+        epoch, i = divmod(step, per_epoch)
+        yield _take(x, _epoch_order(len(x), cfg.seed, epoch)[i * bs : (i + 1) * bs])  # (B, D)
+
+
+def _iter_batches(batches: Iterable, start: int) -> Iterator[torch.Tensor]:
+    """Caller-made batches: a resume skips the ones already trained on (same order assumed)."""
+    for step, batch in enumerate(batches):
+        if step < start:
+            continue
+        if isinstance(batch, torch.Tensor):
+            yield batch
+            continue
+        try:  # np.array copies, so read-only input (memory maps) is fine
+            yield torch.from_numpy(np.array(batch, dtype=np.float32))
+        except (TypeError, ValueError) as e:
+            raise SaeInputError(f"batch {step} is not a numeric array ({e})") from e
+
+
+# -- trainer -----------------------------------------------------------------------------
+class SaeTrainer:
+    """Adam + linear warmup on one SAE, with dead-latent tracking and resumable checkpoints.
+
+    Counters: ``steps_done``, ``samples_seen``; ``since_fired`` (d_sae,) samples since each
+    latent last fired (drives AuxK/ghost grads and the dead fraction); firing counts over
+    consecutive windows of ``dead_window`` samples (drives the density histogram).
+    """
+
+    def __init__(self, sae: SparseAutoencoder, cfg: TrainConfig | None = None) -> None:
+        self.sae = sae
+        self.cfg = cfg or TrainConfig()
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=self.cfg.lr)
+        device, n_lat = sae.W_enc.device, sae.cfg.d_sae
+        self.steps_done = 0
+        self.samples_seen = 0
+        self.total_steps: int | None = None
+        self.since_fired = torch.zeros(n_lat, dtype=torch.int64, device=device)
+        self.window_counts = torch.zeros(n_lat, dtype=torch.int64, device=device)
+        self.window_samples = 0
+        self.last_window_counts = torch.zeros(n_lat, dtype=torch.int64, device=device)
+        self.last_window_samples = 0
+        self.last_metrics: dict[str, float] = {}
+
+    def lr_at(self, step: int) -> float:
+        """Linear warmup, then constant; warmup shrinks for runs too short to afford it."""
+        warmup = self.cfg.warmup_steps
+        if self.total_steps is not None:
+            warmup = min(warmup, int(_WARMUP_MAX_FRACTION * self.total_steps))
+        return self.cfg.lr * min(1.0, (step + 1) / max(warmup, 1))
+
+    def step(self, batch: torch.Tensor | np.ndarray) -> dict[str, float]:
+        """One optimiser step on a (B, d_in) batch; returns its metrics as floats."""
+        if isinstance(batch, np.ndarray):
+            batch = _take(batch, slice(None))
+        lr = self.lr_at(self.steps_done)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        out = self.sae(batch, dead_mask=self.since_fired >= self.sae.cfg.dead_after)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if self.sae.cfg.normalize_decoder:
+            self.sae.remove_parallel_decoder_grad_()
+        self.optimizer.step()
+        if self.sae.cfg.normalize_decoder:
+            self.sae.normalize_decoder_()
+        self._track_firing(out.latents.detach())
+        names = ("loss", "fvu", "l0", "aux_loss", "l1_loss")
+        metrics = {name: float(getattr(out, name).detach()) for name in names}
+        self.last_metrics = {
+            "step": self.steps_done,
+            **metrics,
+            "dead_fraction": self.dead_fraction(),
+            "lr": lr,
+        }
+        return self.last_metrics
+
+    @torch.no_grad()
+    def _track_firing(self, latents: torch.Tensor) -> None:
+        fires = (latents > 0).sum(0)  # (S,) how many rows each latent fired on
+        self.since_fired += len(latents)
+        self.since_fired[fires > 0] = 0
+        self.window_counts += fires
+        self.window_samples += len(latents)
+        self.steps_done += 1
+        self.samples_seen += len(latents)
+        if self.window_samples >= self.cfg.dead_window:
+            self.last_window_counts = self.window_counts.clone()
+            self.last_window_samples = self.window_samples
+            self.window_counts.zero_()
+            self.window_samples = 0
+
+    def dead_fraction(self) -> float:
+        """Share of latents silent for the last ``dead_window`` samples (or all of training)."""
+        threshold = min(self.cfg.dead_window, self.samples_seen)
+        return float((self.since_fired >= max(threshold, 1)).float().mean())
+
+    def firing_frequency(self) -> np.ndarray:
+        """(d_sae,) fraction of samples each latent fired on, over the last full window."""
+        counts, n = self.last_window_counts, self.last_window_samples
+        if n == 0:
+            counts, n = self.window_counts, self.window_samples
+        return counts.cpu().numpy() / max(n, 1)
+
+    # -- evaluation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, activations: np.ndarray | torch.Tensor) -> EvalMetrics:
+        """FVU against the mean of the whole set (not per batch), L0, never-firing share."""
+        x = _as_matrix(activations, self.sae.cfg.d_in)
+        size = min(8192, max(64, _EVAL_LATENT_BUDGET // self.sae.cfg.d_sae))
+        s1, s2, sse, nonzero = 0.0, 0.0, 0.0, 0
+        fired = torch.zeros(self.sae.cfg.d_sae, dtype=torch.bool, device=self.sae.W_enc.device)
+        for start in range(0, len(x), size):
+            chunk = _take(x, slice(start, start + size)).to(self.sae.W_enc.device)  # (B, D)
+            out = self.sae(chunk)
+            s1 = s1 + chunk.double().sum(0)  # (D,)
+            s2 += float(chunk.double().pow(2).sum())
+            sse += float((out.recon.double() - chunk.double()).pow(2).sum())
+            active = out.latents > 0  # (B, S)
+            nonzero += int(active.sum())
+            fired |= active.any(0)
+        total = s2 - float(s1.pow(2).sum()) / len(x)  # sum ||x - mean||^2, one pass, in float64
+        fvu = sse / total if total > 0 else float("nan")
+        return EvalMetrics(
+            fvu=fvu,
+            explained_variance=1 - fvu,
+            l0=nonzero / len(x),
+            dead_fraction=1.0 - float(fired.float().mean()),
+            n=len(x),
+        )
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"sae.{k}": getattr(self.sae, k).detach() for k in _PARAM_KEYS}
+        for name, param in self.sae.named_parameters():
+            for key, value in self.optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optim.{name}.{key}"] = value
+        tensors["track.since_fired"] = self.since_fired
+        tensors["track.window_counts"] = self.window_counts
+        tensors["track.last_window_counts"] = self.last_window_counts
+        return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+
+    def _state_json(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "sae_config": self.sae.cfg.to_dict(),
+            "train_config": asdict(self.cfg),
+            "steps_done": self.steps_done,
+            "samples_seen": self.samples_seen,
+            "window_samples": self.window_samples,
+            "last_window_samples": self.last_window_samples,
+            "total_steps": self.total_steps,
+            "param_groups": self.optimizer.state_dict()["param_groups"],
+        }
+
+    def save_checkpoint(self, directory: str | Path) -> Path:
+        """Write the full training state; the folder is swapped in whole, never half-written."""
+        directory = Path(directory)
+        tmp, old = (
+            directory.with_name(directory.name + ".tmp"),
+            directory.with_name(directory.name + ".old"),
+        )
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(self._state_tensors(), tmp / STATE_FILE)
+        (tmp / TRAINER_FILE).write_text(json.dumps(self._state_json(), indent=2))
+        if directory.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            directory.rename(old)
+        tmp.rename(directory)
+        shutil.rmtree(old, ignore_errors=True)
+        return directory
+
+    def load_checkpoint(self, directory: str | Path) -> SaeTrainer:
+        """Restore a checkpoint written by `save_checkpoint` for the same SAE and data order."""
+        directory = _existing_checkpoint(Path(directory))
+        meta = _read_json(directory / TRAINER_FILE)
+        self._check_compatible(meta, directory)
+        tensors = _read_safetensors(directory / STATE_FILE)
+        try:
+            self._restore(meta, tensors)
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise SaeFileError(f"{directory}: checkpoint does not match this SAE ({e})") from e
+        log.info("resumed from %s at step %d", directory, self.steps_done)
+        return self
+
+    def _check_compatible(self, meta: dict[str, Any], directory: Path) -> None:
+        if meta.get("sae_config") != self.sae.cfg.to_dict():
+            raise SaeFileError(
+                f"{directory}: checkpoint was made for SAE config {meta.get('sae_config')}, "
+                f"not {self.sae.cfg.to_dict()}; use a fresh output folder"
+            )
+        saved, now = meta.get("train_config", {}), asdict(self.cfg)
+        changed = [k for k in _RESUME_KEYS if saved.get(k) != now[k]]
+        if changed:
+            diffs = ", ".join(f"{k}: {saved.get(k)} -> {now[k]}" for k in changed)
+            raise SaeFileError(
+                f"{directory}: cannot resume with changed training settings ({diffs})"
+            )
+
+    def _restore(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        device = self.sae.W_enc.device
+        self.sae.load_state_dict({k: tensors[f"sae.{k}"] for k in _PARAM_KEYS})
+        state: dict[int, dict[str, Any]] = {}
+        for i, (name, _) in enumerate(self.sae.named_parameters()):
+            prefix = f"optim.{name}."
+            found = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if found:
+                state[i] = found
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        for name in ("since_fired", "window_counts", "last_window_counts"):
+            setattr(self, name, tensors[f"track.{name}"].to(device))
+        for name in ("steps_done", "samples_seen", "window_samples", "last_window_samples"):
+            setattr(self, name, int(meta[name]))
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(
+        self,
+        activations: np.ndarray | torch.Tensor | Iterable,
+        out_dir: str | Path,
+        extra_cfg: dict[str, Any] | None = None,
+    ) -> SparseAutoencoder:
+        """Train on an (N, d_in) array (shuffled per epoch) or an iterable of batches (one pass).
+
+        Resumes from ``out_dir/checkpoint`` when present. Writes ``out_dir/sae`` (see
+        `save_sae`), ``metrics.json`` and ``feature_density.png``. An iterable must yield the
+        same batches in the same order on a resume; the ones already trained on are skipped.
+        """
+        out_dir = Path(out_dir)
+        is_array = isinstance(activations, np.ndarray | torch.Tensor)
+        data = _as_matrix(activations, self.sae.cfg.d_in) if is_array else None
+        if data is not None:
+            self.total_steps = _steps_per_epoch(len(data), self.cfg.batch_size) * self.cfg.epochs
+        if _has_checkpoint(out_dir / CHECKPOINT_DIR):
+            self.load_checkpoint(out_dir / CHECKPOINT_DIR)
+        start = self.steps_done
+        batches = (
+            _array_batches(data, self.cfg, start)
+            if data is not None
+            else _iter_batches(activations, start)
+        )
+        total = None if self.total_steps is None else self.total_steps - start
+        with progress_bar(total, "training SAE", enabled=self.cfg.progress) as advance:
+            for batch in batches:
+                self._train_one(batch, out_dir)
+                advance(1)
+        self.save_checkpoint(out_dir / CHECKPOINT_DIR)
+        self._write_outputs(out_dir, data, extra_cfg)
+        return self.sae
+
+    def _train_one(self, batch: torch.Tensor, out_dir: Path) -> None:
+        batch = batch.to(self.sae.W_enc.device)
+        if self.steps_done == 0:
+            self.sae.init_b_dec_(batch)
+        metrics = self.step(batch)
+        if self.steps_done % self.cfg.log_every == 0:
+            log.info("step %d: %s", self.steps_done, _fmt(metrics))
+        if self.steps_done % self.cfg.checkpoint_every == 0:
+            self.save_checkpoint(out_dir / CHECKPOINT_DIR)
+
+    def _write_outputs(self, out_dir: Path, data: Matrix | None, extra_cfg: dict | None) -> None:
+        save_sae(self.sae, out_dir / "sae", extra_cfg)
+        metrics: dict[str, Any] = {
+            "steps": self.steps_done,
+            "samples_seen": self.samples_seen,
+            "last_step": self.last_metrics,
+            "dead_fraction": self.dead_fraction(),
+        }
+        if data is not None:
+            rows = np.sort(
+                np.random.default_rng(self.cfg.seed).permutation(len(data))[:_EVAL_MAX_ROWS]
+            )
+            metrics["train_eval"] = asdict(self.evaluate(_take(data, rows)))
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        save_density_histogram(self.firing_frequency(), out_dir / "feature_density.png")
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+
+
+# -- files -------------------------------------------------------------------------------
+def _has_checkpoint(directory: Path) -> bool:
+    return (directory / TRAINER_FILE).exists() or (
+        directory.with_name(directory.name + ".old") / TRAINER_FILE
+    ).exists()
+
+
+def _existing_checkpoint(directory: Path) -> Path:
+    """The checkpoint folder, or its ``.old`` twin left by a crash during the swap."""
+    for candidate in (directory, directory.with_name(directory.name + ".old")):
+        if (candidate / TRAINER_FILE).exists():
+            return candidate
+    raise SaeFileError(f"{directory}: no checkpoint here ({TRAINER_FILE} missing)")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise SaeFileError(f"{path}: file not found") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SaeFileError(f"{path}: unreadable or corrupt JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise SaeFileError(f"{path}: expected a JSON object")
+    return data
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise SaeFileError(f"{path}: file not found")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SaeFileError(f"{path}: unreadable or corrupt safetensors file ({e})") from e
+
+
+def sae_lens_cfg(sae: SparseAutoencoder, extra_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``cfg.json`` content: SAELens field names, caller's metadata, thumbview's own config."""
+    cfg = sae.cfg
+    topk = cfg.arch == "topk"
+    core = {
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "architecture": "topk" if topk else "standard",
+        "activation_fn_str": "topk" if topk else "relu",
+        "activation_fn_kwargs": {"k": cfg.k} if topk else {},
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "dtype": "float32",
+        "thumbview": cfg.to_dict(),
+    }
+    if topk:
+        core["k"] = cfg.k
+    clash = set(extra_cfg or {}) & set(core)
+    if clash:
+        raise SaeError(f"extra_cfg may not override {sorted(clash)}")
+    defaults = {
+        "device": "cpu",
+        "model_name": None,
+        "hook_name": None,
+        "hook_layer": None,
+        "hook_head_index": None,
+        "context_size": None,
+        "prepend_bos": False,
+        "dataset_path": None,
+        "finetuning_scaling_factor": False,
+    }
+    return {**defaults, **(extra_cfg or {}), **core}
+
+
+def save_sae(
+    sae: SparseAutoencoder, directory: str | Path, extra_cfg: dict[str, Any] | None = None
+) -> Path:
+    """Write ``sae_weights.safetensors`` + ``cfg.json`` (SAELens layout; see module docstring)."""
+    directory = Path(directory)
+    cfg_json = json.dumps(sae_lens_cfg(sae, extra_cfg), indent=2)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: getattr(sae, k).detach().float().cpu().contiguous() for k in _PARAM_KEYS}
+    save_file(tensors, directory / WEIGHTS_FILE)
+    (directory / CFG_FILE).write_text(cfg_json)
+    return directory
+
+
+def _config_from_cfg_json(data: dict[str, Any], path: Path) -> SaeConfig:
+    """thumbview's own config if present, else one rebuilt from SAELens fields."""
+    try:
+        if "thumbview" in data:
+            return SaeConfig.from_dict(data["thumbview"])
+        d_in, d_sae = int(data["d_in"]), int(data["d_sae"])
+        if d_sae % d_in:
+            raise SaeFileError(f"{path}: d_sae={d_sae} is not a multiple of d_in={d_in}")
+        arch = "topk" if data.get("architecture") == "topk" else "relu-l1"
+        k = int(data.get("k") or data.get("activation_fn_kwargs", {}).get("k") or 1)
+        return SaeConfig(d_in=d_in, expansion_factor=d_sae // d_in, arch=arch, k=k)
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, SaeFileError):
+            raise
+        raise SaeFileError(f"{path}: not a usable SAE config ({e})") from e
+
+
+def load_sae(directory: str | Path) -> SparseAutoencoder:
+    """Inverse of `save_sae`; exact round-trip. Raises `SaeFileError` with the cause."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SaeFileError(f"{directory}: no such SAE folder")
+    cfg = _config_from_cfg_json(_read_json(directory / CFG_FILE), directory / CFG_FILE)
+    tensors = _read_safetensors(directory / WEIGHTS_FILE)
+    sae = SparseAutoencoder(cfg)
+    missing = [k for k in _PARAM_KEYS if k not in tensors]
+    if missing:
+        raise SaeFileError(f"{directory / WEIGHTS_FILE}: missing tensors {missing}")
+    for key in _PARAM_KEYS:
+        want, got = tuple(getattr(sae, key).shape), tuple(tensors[key].shape)
+        if want != got:
+            raise SaeFileError(
+                f"{directory / WEIGHTS_FILE}: {key} has shape {got}, config implies {want}"
+            )
+    sae.load_state_dict({k: tensors[k].float() for k in _PARAM_KEYS})
+    return sae
+
+
+def save_density_histogram(frequency: np.ndarray, path: str | Path) -> Path:
+    """PNG of log10 firing frequency per latent; never-firing latents are counted in the title."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, safe off the main thread
+
+    path = Path(path)
+    alive = frequency[frequency > 0]
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    if len(alive):
+        ax.hist(np.log10(alive), bins=50, color="tab:blue")
+    ax.set_xlabel("log10 firing frequency")
+    ax.set_ylabel("latents")
+    ax.set_title(f"{len(frequency) - len(alive)} of {len(frequency)} latents never fired")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path

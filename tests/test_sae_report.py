@@ -1,0 +1,98 @@
+"""Tests of the study's figures, grids and HTML report (thumbview.sae.report)."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from thumbview.sae import report as R
+from thumbview.sae.stats import StudyConfig, run_study
+
+SMALL = StudyConfig(
+    top_k=6, min_active=5, n_null_heldout=500, heldout_group=3, n_extreme=3, n_boot=50, n_perm=500
+)
+
+
+@pytest.fixture(scope="module")
+def result():
+    """A study on 200 videos x 20 latents where latent 0 picks high and latent 1 low views."""
+    rng = np.random.default_rng(0)
+    views = rng.lognormal(8, 1, 200)
+    x = rng.exponential(1.0, (200, 20)) * (rng.random((200, 20)) < 0.5)
+    order = np.argsort(views)
+    x[order[-10:], 0] = 5.0
+    x[order[:10], 1] = 5.0
+    return run_study(x, views, SMALL)
+
+
+def test_format_views():
+    assert R.format_views(999) == "999 views"
+    assert R.format_views(1234) == "1.23K views"
+    assert R.format_views(1_250_000) == "1.25M views"
+    assert R.format_views(3e9) == "3B views"
+    assert R.format_views(float("nan")) == "? views"
+
+
+def test_plots_are_written(result, tmp_path):
+    hist = R.plot_histogram(result, tmp_path / "h.png")
+    mag = R.plot_magnitude(result, tmp_path / "m.png")
+    for p in (hist, mag):
+        assert Image.open(p).format == "PNG"
+    assert Image.open(mag).height >= 300
+
+
+def test_grid_rows_labels_and_unreadable_images(tmp_path):
+    red = tmp_path / "red.png"
+    Image.new("RGB", (120, 90), (255, 0, 0)).save(red)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    one = R.save_grid(
+        [(red, "1K views"), (broken, "2 views")], tmp_path / "g1.png", "latent 3", None, 4
+    )
+    two = R.save_grid([(red, "1K views")], tmp_path / "g2.png", "latent 3", [red, red], 4)
+    a, b = Image.open(one).convert("RGB"), Image.open(two).convert("RGB")
+    assert a.width == b.width == R.PAD + 4 * (R.CELL_W + R.PAD)
+    assert b.height > 1.8 * a.height  # a second row of reference images
+    y = R.PAD + R.HEADER_H + R.CELL_H // 2
+    assert a.getpixel((R.PAD + R.CELL_W // 2, y)) == (255, 0, 0)  # the thumbnail is in cell 0
+    grey = a.getpixel((R.PAD + R.CELL_W + R.PAD + R.CELL_W // 2, y))
+    assert grey == R._EMPTY  # the unreadable image became an empty cell, not a crash
+
+
+class _Collect(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags, self.text, self.srcs = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.srcs += [v for k, v in attrs if k == "src"]
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_write_report_escapes_text_and_is_responsive(result, tmp_path):
+    summary = result.summary() | {"n_rows": 200, "dataset": {"root": "/data/<evil>"}}
+    table = result.table()
+    titles = ("<img src=x onerror=alert(1)>", "Tom & Jerry")
+    cards = [
+        R.FeatureCard.from_table_row(row, result, f"grids/{i}.png", titles)
+        for i, row in enumerate(table.to_dict(orient="records"))
+    ]
+    doc = R.write_report(tmp_path / "report.html", summary, cards).read_text(encoding="utf-8")
+    parser = _Collect()
+    parser.feed(doc)
+    assert "script" not in parser.tags
+    assert "x" not in parser.srcs  # the hostile title did not become an <img>
+    text = "".join(parser.text)
+    assert (
+        "<img src=x onerror=alert(1)>" in text and "Tom & Jerry" in text and "/data/<evil>" in text
+    )
+    assert 'name="viewport"' in doc and "grid-template-columns" in doc and "@media" in doc
+    assert set(parser.srcs) == {"magnitude.png", "histogram.png"} | {c.grid for c in cards}
+    assert f"#{cards[0].latent}" in text and f"{cards[0].ratio:.2f}×" in text
+    assert cards[0].ci_low is not None and cards[0].ci_low <= cards[0].ratio <= cards[0].ci_high

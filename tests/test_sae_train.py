@@ -1,0 +1,279 @@
+"""SAE training: a planted sparse dictionary is recovered, dead latents revive with AuxK,
+checkpoints resume to the same weights, and saved SAEs round-trip exactly."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from thumbview.sae.model import SaeConfig, SaeError, SaeInputError, SparseAutoencoder
+from thumbview.sae.train import (
+    SaeFileError,
+    SaeTrainer,
+    TrainConfig,
+    load_sae,
+    save_sae,
+)
+
+FAST = {"batch_size": 256, "lr": 4e-3, "warmup_steps": 10}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny matrices: a second thread only adds sync overhead, badly so on a shared box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@cache
+def planted(
+    n: int = 20_000, d: int = 32, atoms: int = 64, active: int = 3, span: int | None = None
+) -> np.ndarray:
+    """Each row is 3 of 64 unit atoms with weights in [0.5, 2]; atoms use the first `span` dims."""
+    rng = np.random.default_rng(0)
+    dictionary = np.zeros((atoms, d))
+    dictionary[:, : span or d] = rng.standard_normal((atoms, span or d))
+    dictionary /= np.linalg.norm(dictionary, axis=1, keepdims=True)
+    which = np.argsort(rng.random((n, atoms)), axis=1)[:, :active]
+    coef = np.zeros((n, atoms))
+    np.put_along_axis(coef, which, rng.uniform(0.5, 2.0, (n, active)), axis=1)
+    x = (coef @ dictionary).astype(np.float32)
+    x.setflags(write=False)
+    return x
+
+
+def test_topk_recovers_planted_dictionary(tmp_path):
+    x = planted()
+    sae = SparseAutoencoder(SaeConfig(d_in=32, expansion_factor=4, k=4), seed=0)
+    trainer = SaeTrainer(sae, TrainConfig(epochs=2, **FAST))
+    before = trainer.evaluate(x)
+    trainer.fit(x, tmp_path)
+    after = trainer.evaluate(x)
+    assert after.explained_variance > 0.8 > before.explained_variance + 0.1
+    assert after.l0 == 4 and after.n == 20_000
+    assert after.explained_variance == pytest.approx(1 - after.fvu)
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(128))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == trainer.steps_done == 2 * (20_000 // 256)
+    assert metrics["train_eval"]["explained_variance"] == pytest.approx(after.explained_variance)
+    assert (tmp_path / "feature_density.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "checkpoint" / "state.safetensors").exists()
+    reloaded = load_sae(tmp_path / "sae")
+    torch.testing.assert_close(reloaded.W_dec, sae.W_dec, rtol=0, atol=0)
+
+
+def test_relu_l1_with_ghost_grads_trains(tmp_path):
+    x = planted()
+    cfg = SaeConfig(d_in=32, expansion_factor=4, arch="relu-l1", dead_after=1024)
+    sae = SparseAutoencoder(cfg, seed=0)
+    with torch.no_grad():
+        sae.b_enc[96:] = -3.0  # a quarter start dead, so the ghost-grad term is exercised
+    trainer = SaeTrainer(sae, TrainConfig(**FAST))
+    history = []
+    order = np.random.default_rng(0).permutation(len(x))
+    for i in range(60):
+        batch = torch.from_numpy(x[order[i * 256 : (i + 1) * 256]])
+        if i == 0:
+            sae.init_b_dec_(batch)
+        history.append(trainer.step(batch))
+    assert np.mean([h["loss"] for h in history[-10:]]) < 0.5 * np.mean(
+        [h["loss"] for h in history[:10]]
+    )
+    assert max(h["aux_loss"] for h in history) > 0  # ghost grads switched on once latents were dead
+    assert trainer.evaluate(x).explained_variance > 0.7
+
+
+def _kill_latents(sae: SparseAutoencoder, span: int, frac: float = 0.75) -> None:
+    """Point most latents almost entirely outside the data's span: they lose every TopK race."""
+    n = int(frac * sae.cfg.d_sae)
+    w = torch.randn(n, sae.cfg.d_in, generator=torch.Generator().manual_seed(1))
+    w[:, :span] *= 0.05
+    w /= w.norm(dim=1, keepdim=True)
+    with torch.no_grad():
+        sae.W_dec[-n:] = w
+        sae.W_enc[:, -n:] = w.T
+
+
+def test_aux_loss_revives_dead_latents(tmp_path):
+    x = planted(span=16)
+    dead = {}
+    for aux in (0.0, 1 / 32):
+        cfg = SaeConfig(d_in=32, expansion_factor=4, k=4, dead_after=1024, aux_coefficient=aux)
+        sae = SparseAutoencoder(cfg, seed=0)
+        _kill_latents(sae, span=16)
+        trainer = SaeTrainer(sae, TrainConfig(dead_window=2048, **FAST))
+        trainer.fit(x, tmp_path / str(aux))
+        dead[aux] = trainer.evaluate(x).dead_fraction
+    assert dead[0.0] >= 0.7  # without AuxK the pushed-out latents never come back
+    assert dead[1 / 32] < dead[0.0] - 0.1
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashingTrainer(SaeTrainer):
+    """Dies after `crash_at` steps, like a killed process (unsaved steps are lost)."""
+
+    crash_at = 10
+
+    def step(self, batch):
+        if self.steps_done == self.crash_at:
+            raise _Crash
+        return super().step(batch)
+
+
+def _resume_setup(trainer_cls=SaeTrainer, **train_kw):
+    cfg = SaeConfig(d_in=32, expansion_factor=4, k=4, dead_after=300)
+    train = TrainConfig(
+        batch_size=128, lr=4e-3, warmup_steps=5, epochs=2, checkpoint_every=7, dead_window=500
+    )
+    return trainer_cls(
+        SparseAutoencoder(cfg, seed=0), TrainConfig(**{**train.__dict__, **train_kw})
+    )
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    x = planted(n=2000)
+    reference = _resume_setup()
+    reference.fit(x, tmp_path / "straight")
+    with pytest.raises(_Crash):
+        _resume_setup(_CrashingTrainer).fit(x, tmp_path / "resumed")
+    saved = json.loads((tmp_path / "resumed" / "checkpoint" / "trainer.json").read_text())
+    assert saved["steps_done"] == 7  # steps 8-10 were lost with the crash and are redone
+    resumed = _resume_setup()
+    resumed.fit(x, tmp_path / "resumed")
+    assert resumed.steps_done == reference.steps_done == 30
+    for name, p in reference.sae.named_parameters():
+        torch.testing.assert_close(dict(resumed.sae.named_parameters())[name], p, msg=name)
+    torch.testing.assert_close(resumed.since_fired, reference.since_fired)
+    assert resumed.samples_seen == reference.samples_seen
+
+
+def test_checkpoint_round_trip_restores_optimizer_state(tmp_path):
+    x = torch.tensor(planted(n=2000))
+    a = _resume_setup()
+    for i in range(3):
+        a.step(x[i * 128 : (i + 1) * 128])
+    a.save_checkpoint(tmp_path / "ckpt")
+    b = _resume_setup().load_checkpoint(tmp_path / "ckpt")
+    assert b.steps_done == 3
+    for p, q in zip(a.sae.parameters(), b.sae.parameters(), strict=True):
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(
+                a.optimizer.state[p][key], b.optimizer.state[q][key], rtol=0, atol=0
+            )
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    x = planted(n=2000)
+    _resume_setup().fit(x, tmp_path)
+    with pytest.raises(SaeFileError, match="batch_size: 128 -> 64"):
+        _resume_setup(batch_size=64).fit(x, tmp_path)
+    other = SaeTrainer(
+        SparseAutoencoder(SaeConfig(d_in=32, expansion_factor=2, k=4)), TrainConfig()
+    )
+    with pytest.raises(SaeFileError, match="SAE config"):
+        other.fit(x, tmp_path)
+
+
+def test_fit_accepts_an_iterator_of_batches(tmp_path):
+    x = planted(n=2000)
+    trainer = _resume_setup()
+    trainer.fit((x[i : i + 128] for i in range(0, 2000, 128)), tmp_path)
+    assert trainer.steps_done == 16
+    assert "train_eval" not in json.loads((tmp_path / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [
+        (np.zeros((10, 31), np.float32), SaeInputError, r"shape \(n, 32\), got \(10, 31\)"),
+        (np.full((10, 32), np.nan, np.float32), SaeInputError, "NaN"),
+        (np.zeros((1, 32), np.float32), SaeInputError, "at least 2"),
+        (np.array([["a"] * 32] * 4), SaeInputError, "numeric"),
+    ],
+)
+def test_fit_rejects_bad_activations(tmp_path, bad, error, message):
+    with pytest.raises(error, match=message):
+        _resume_setup().fit(bad, tmp_path)
+
+
+def test_fit_rejects_wrong_width_batches_from_an_iterator(tmp_path):
+    with pytest.raises(SaeInputError, match=r"\(batch, 32\)"):
+        _resume_setup().fit(iter([np.zeros((8, 30), np.float32)]), tmp_path)
+
+
+@pytest.mark.parametrize("arch", ["topk", "relu-l1"])
+def test_save_load_round_trip_is_exact_and_sae_lens_shaped(tmp_path, arch):
+    sae = SparseAutoencoder(SaeConfig(d_in=16, expansion_factor=4, arch=arch, k=3), seed=3)
+    with torch.no_grad():
+        sae.b_enc.uniform_(-1, 1)
+        sae.b_dec.uniform_(-1, 1)
+    save_sae(
+        sae,
+        tmp_path,
+        {
+            "model_name": "openai/clip-vit-large-patch14",
+            "hook_name": "vision_model.encoder.layers.10",
+        },
+    )
+    loaded = load_sae(tmp_path)
+    assert loaded.cfg == sae.cfg
+    for key in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        assert torch.equal(getattr(loaded, key), getattr(sae, key))
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert cfg["d_in"] == 16 and cfg["d_sae"] == 64 and cfg["dtype"] == "float32"
+    assert cfg["architecture"] == ("topk" if arch == "topk" else "standard")
+    assert cfg["apply_b_dec_to_input"] is True and cfg["normalize_activations"] == "none"
+    assert cfg["hook_name"] == "vision_model.encoder.layers.10"
+    assert cfg["activation_fn_kwargs"] == ({"k": 3} if arch == "topk" else {})
+    assert load_file(tmp_path / "sae_weights.safetensors")["W_enc"].shape == (16, 64)
+
+
+def test_load_reads_a_plain_sae_lens_config(tmp_path):
+    sae = SparseAutoencoder(SaeConfig(d_in=8, expansion_factor=2, k=2), seed=0)
+    save_sae(sae, tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    del cfg["thumbview"]
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    assert load_sae(tmp_path).cfg == SaeConfig(d_in=8, expansion_factor=2, k=2)
+
+
+def test_extra_cfg_cannot_override_core_fields(tmp_path):
+    with pytest.raises(SaeError, match="d_in"):
+        save_sae(
+            SparseAutoencoder(SaeConfig(d_in=8, expansion_factor=2, k=2)), tmp_path, {"d_in": 9}
+        )
+
+
+def test_load_errors_are_clear(tmp_path):
+    sae = SparseAutoencoder(SaeConfig(d_in=8, expansion_factor=2, k=2), seed=0)
+    with pytest.raises(SaeFileError, match="no such SAE folder"):
+        load_sae(tmp_path / "nope")
+    save_sae(sae, tmp_path)
+    weights = tmp_path / "sae_weights.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:50])
+    with pytest.raises(SaeFileError, match="corrupt safetensors"):
+        load_sae(tmp_path)
+    tensors = {k: getattr(sae, k).detach().contiguous() for k in ("W_enc", "b_enc", "W_dec")}
+    save_file({**tensors, "b_dec": torch.zeros(9)}, weights)
+    with pytest.raises(SaeFileError, match=r"b_dec has shape \(9,\), config implies \(8,\)"):
+        load_sae(tmp_path)
+    save_file(tensors, weights)
+    with pytest.raises(SaeFileError, match="missing tensors \\['b_dec'\\]"):
+        load_sae(tmp_path)
+    (tmp_path / "cfg.json").write_text("{not json")
+    with pytest.raises(SaeFileError, match="corrupt JSON"):
+        load_sae(tmp_path)
+    (tmp_path / "cfg.json").unlink()
+    with pytest.raises(SaeFileError, match="cfg.json: file not found"):
+        load_sae(tmp_path)
