@@ -35,7 +35,9 @@ class CountingEncoder(Encoder):
 
     def encode(self, inputs):
         self.calls += len(inputs)
-        return np.stack([np.asarray(im, np.float32).mean(axis=(0, 1)) * self.scale for im in inputs])
+        return np.stack(
+            [np.asarray(im, np.float32).mean(axis=(0, 1)) * self.scale for im in inputs]
+        )
 
 
 class TitleLength(Encoder):
@@ -54,7 +56,14 @@ def make_dataset(root: Path, colours: list[tuple[int, int, int]], titles=None) -
     for i, colour in enumerate(colours):
         Image.new("RGB", (16, 9), colour).save(root / "images" / f"v{i}.png")
         title = titles[i] if titles else f"title {i}"
-        rows.append({"file_name": f"images/v{i}.png", "views": 100 * (i + 1), "title": title, "video_id": f"v{i}"})
+        rows.append(
+            {
+                "file_name": f"images/v{i}.png",
+                "views": 100 * (i + 1),
+                "title": title,
+                "video_id": f"v{i}",
+            }
+        )
     write_metadata(root, pd.DataFrame(rows))
     return root
 

@@ -23,7 +23,9 @@ _console = Console(stderr=True)
 
 
 @contextmanager
-def progress_bar(total: int | None, description: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+def progress_bar(
+    total: int | None, description: str, enabled: bool = True
+) -> Iterator[Callable[[int], None]]:
     """Yield `advance(n)`; a no-op when disabled, so callers never branch on it."""
     if not enabled:
         yield lambda n=1: None

@@ -173,7 +173,9 @@ def _counts(stats: CacheStats) -> tuple[int, int, int]:
     return stats.n_rows, stats.n_cached, stats.n_computed
 
 
-def _unique_missing(digests: list[bytes], table: dict[bytes, np.ndarray]) -> list[tuple[int, bytes]]:
+def _unique_missing(
+    digests: list[bytes], table: dict[bytes, np.ndarray]
+) -> list[tuple[int, bytes]]:
     """(row, digest) for each digest not cached yet, first occurrence only."""
     seen: set[bytes] = set()
     missing = []
