@@ -20,12 +20,19 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     config = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4,
-        image_size=30, patch_size=10, projection_dim=16,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=30,
+        patch_size=10,
+        projection_dim=16,
     )
     out = tmp_path_factory.mktemp("tiny-clip")
     CLIPVisionModelWithProjection(config).save_pretrained(out)
-    CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}).save_pretrained(out)
+    CLIPImageProcessor(
+        size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}
+    ).save_pretrained(out)
     return out
 
 

@@ -1,0 +1,225 @@
+"""Prediction commands: `train`, `evaluate`, `cv`, `predict`, and the `demo` that runs them all."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from thumbview.cli._shared import console, print_json, split_names, user_errors
+from thumbview.cli.data import CacheOpt, ClipModelOpt, DataArg, EncodersOpt
+from thumbview.data.dataset import load_dataset
+from thumbview.predict.evaluate import EvalResult, Metrics
+from thumbview.predict.model import PredictorConfig
+from thumbview.predict.workflow import (
+    Prediction,
+    cross_validate_dataset,
+    evaluate,
+    predict_images,
+    train,
+)
+
+
+class Head(StrEnum):
+    ridge = "ridge"
+    mlp = "mlp"
+
+
+class Target(StrEnum):
+    log10 = "log10"
+    channel_relative = "channel-relative"
+
+
+ModelArg = Annotated[Path, typer.Argument(help="Model folder written by `thumbview train`.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+HeadOpt = Annotated[Head, typer.Option("--head", help="ridge (strong baseline) or mlp.")]
+TargetOpt = Annotated[
+    Target,
+    typer.Option("--target", help="log10 views, or views relative to the channel's median."),
+]
+
+
+@user_errors
+def train_command(
+    data: DataArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
+    encoders: EncodersOpt = "title,visual",
+    head: HeadOpt = Head.ridge,
+    target: TargetOpt = Target.log10,
+    holdout: Annotated[
+        float, typer.Option("--holdout", help="Channel-disjoint share held out for evaluation.")
+    ] = 0.2,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    clip_model: ClipModelOpt = "openai/clip-vit-base-patch32",
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Train a view predictor and evaluate it on a held-out set of channels."""
+    ds = load_dataset(data, progress=True)
+    console.print(ds.report.summary())
+    config = PredictorConfig(
+        encoders=tuple(split_names(encoders)), head=head.value, target=target.value, seed=seed
+    )
+    result = train(
+        ds,
+        config,
+        out,
+        clip_model=clip_model,
+        holdout_frac=holdout,
+        cache_dir=cache_dir,
+        progress=True,
+    )
+    console.print(
+        f"trained on {result.n_train} videos, held out {result.n_holdout} -> [bold]{out}[/]"
+    )
+    if result.n_no_target:
+        console.print(f"{result.n_no_target} videos had no target (channel with a single video)")
+    if result.cv is not None:
+        console.print(_metrics_table({"model (out-of-fold, training rows)": result.cv}))
+    if result.holdout is not None:
+        console.print(_eval_table(result.holdout, "held-out channels"))
+    for path in result.plots:
+        console.print(f"plot: {path}")
+
+
+@user_errors
+def evaluate_command(
+    model: ModelArg,
+    data: DataArg,
+    as_json: JsonOpt = False,
+    plots: Annotated[
+        Path | None, typer.Option("--plots", help="Folder for evaluation plots.")
+    ] = None,
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Score a saved model (and its baselines) on data it never saw."""
+    ds = load_dataset(data, progress=not as_json)
+    ev = evaluate(model, ds, cache_dir=cache_dir, out_dir=plots, progress=not as_json)
+    if as_json:
+        print_json({**ev.result.to_json_dict(), "n_excluded_seen": ev.n_excluded_seen})
+        return
+    console.print(ds.report.summary())
+    if ev.n_excluded_seen:
+        console.print(
+            f"[yellow]{ev.n_excluded_seen} rows were in the training set and are not scored[/]"
+        )
+    console.print(_eval_table(ev.result, str(data)))
+    for path in ev.plots:
+        console.print(f"plot: {path}")
+
+
+@user_errors
+def cv_command(
+    data: DataArg,
+    encoders: EncodersOpt = "title,visual",
+    head: HeadOpt = Head.ridge,
+    target: TargetOpt = Target.log10,
+    folds: Annotated[int, typer.Option("--folds", "-k")] = 5,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    as_json: JsonOpt = False,
+    clip_model: ClipModelOpt = "openai/clip-vit-base-patch32",
+    cache_dir: CacheOpt = None,
+) -> None:
+    """K-fold cross-validation grouped by channel (random folds only without channel ids)."""
+    ds = load_dataset(data, progress=not as_json)
+    config = PredictorConfig(
+        encoders=tuple(split_names(encoders)),
+        head=head.value,
+        target=target.value,
+        seed=seed,
+        cv_folds=folds,
+    )
+    result, cv = cross_validate_dataset(
+        ds, config, folds, clip_model=clip_model, cache_dir=cache_dir, progress=not as_json
+    )
+    if as_json:
+        print_json(
+            {**result.to_json_dict(), "folds": [m.to_dict() for m in cv.folds], "std": cv.std}
+        )
+        return
+    grouping = "channel-disjoint" if ds.channels is not None else "random (no channel_id)"
+    console.print(_eval_table(result, f"{folds}-fold CV, {grouping}"))
+
+
+@user_errors
+def predict_command(
+    model: ModelArg,
+    images: Annotated[list[Path], typer.Argument(help="Thumbnail image files.")],
+    title: Annotated[
+        list[str] | None, typer.Option("--title", "-t", help="Title(s) to pair.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Predicted views with an 80% interval for each image (x each title)."""
+    predictions = predict_images(model, images, title or [""])
+    if as_json:
+        print_json([p.__dict__ for p in predictions])
+        return
+    console.print(_predictions_table(predictions))
+
+
+@user_errors
+def demo_command(
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for the demo's data and model.")
+    ] = Path("thumbview-demo"),
+    n: Annotated[int, typer.Option("--n", help="Synthetic thumbnails.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Synthetic data -> features -> model -> held-out evaluation -> predictions. Offline."""
+    from thumbview.demo import run_demo
+
+    report = run_demo(out, n=n, seed=seed, progress=True)
+    console.rule("[bold]thumbview demo")
+    console.print(_eval_table(report.train.holdout, "held-out synthetic channels"))
+    console.print(
+        f"Spearman of held-out predictions vs the planted truth: [bold]{report.spearman_truth:.3f}[/]"
+    )
+    table = Table(
+        "planted effect", "planted factor", "recovered by the model", title="planted effects"
+    )
+    for e in report.effects:
+        table.add_row(e.name, f"x{e.planted:.2f}", f"x{e.estimated:.2f}")
+    console.print(table)
+    console.print(_predictions_table(report.examples))
+    console.print(
+        f"done in {report.seconds:.0f} s; data, model and plots in [bold]{report.out_dir}[/]"
+    )
+
+
+def _metrics_table(rows: dict[str, Metrics], title: str | None = None) -> Table:
+    table = Table("", "Spearman", "Pearson", "MAE (log10)", "R²", "n", title=title)
+    for name, m in rows.items():
+        table.add_row(
+            name,
+            f"{m.spearman:.3f}",
+            f"{m.pearson:.3f}",
+            f"{m.mae_log10:.3f}",
+            f"{m.r2:.3f}",
+            str(m.n),
+        )
+    return table
+
+
+def _eval_table(result: EvalResult, title: str) -> Table:
+    return _metrics_table({"model": result.model, **result.baselines}, title=title)
+
+
+def _predictions_table(predictions: list[Prediction]) -> Table:
+    relative = predictions and predictions[0].target == "channel-relative"
+    unit = "x channel median" if relative else "views"
+    table = Table("image", "title", f"predicted {unit}", "80% interval")
+    for p in predictions:
+        fmt = (lambda v: f"x{v:.2f}") if relative else (lambda v: f"{v:,.0f}")
+        table.add_row(p.image, p.title, fmt(p.views), f"{fmt(p.low)} - {fmt(p.high)}")
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)
+    app.command("evaluate")(evaluate_command)
+    app.command("cv")(cv_command)
+    app.command("predict")(predict_command)
+    app.command("demo")(demo_command)

@@ -1,0 +1,227 @@
+"""The CLI through its runner: every command end to end on small synthetic data, and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from thumbview.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+def ok(*args: str):
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli") / "synth"
+    ok("synth", root, "--n", "120", "--seed", "1")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_dir(synth_dir: Path) -> Path:
+    out = synth_dir.parent / "model"
+    ok("train", synth_dir, "--encoders", "visual,title", "--out", out, "--holdout", "0.25")
+    return out
+
+
+def test_synth_writes_a_loadable_dataset(synth_dir):
+    table = pd.read_csv(synth_dir / "metadata.csv", dtype=str, keep_default_na=False)
+    assert len(table) == 120
+    assert (synth_dir / "planted.json").exists()
+    result = ok("info", synth_dir)
+    assert "120 rows, 120 kept" in result.output
+
+
+def test_embed_then_reuse(synth_dir):
+    first = ok("embed", synth_dir, "--encoders", "title")
+    assert "computed" in first.output
+    again = ok("embed", synth_dir, "--encoders", "title")
+    assert "120 cached, 0 computed" in again.output
+
+
+def test_train_writes_model_plots_and_holdout_eval(model_dir):
+    for name in ("model.safetensors", "config.json", "encoders.json", "training.json", "eval.json"):
+        assert (model_dir / name).exists(), name
+    assert (model_dir / "pred_vs_actual.png").stat().st_size > 1000
+    holdout = json.loads((model_dir / "eval.json").read_text())
+    assert set(holdout["baselines"]) >= {"global-median", "visual-only", "title-only"}
+
+
+def test_evaluate_json_excludes_training_rows(model_dir, synth_dir):
+    result = ok("evaluate", model_dir, synth_dir, "--json")
+    payload = json.loads(result.stdout)
+    assert {"spearman", "mae_log10", "r2", "n", "baselines"} <= set(payload)
+    n_train = len(json.loads((model_dir / "training.json").read_text())["video_ids"])
+    assert payload["n"] == 120 - n_train
+    assert payload["n_excluded_seen"] == n_train
+    assert payload["spearman"] > 0.2  # planted effects are learnable even from 90 rows
+
+
+def test_cv_json_has_folds(synth_dir):
+    result = ok("cv", synth_dir, "--encoders", "visual", "--folds", "3", "--json")
+    payload = json.loads(result.stdout)
+    assert len(payload["folds"]) == 3 and payload["n"] == 120
+    assert "global-median" in payload["baselines"]
+
+
+def test_predict_json_with_interval(model_dir, synth_dir):
+    images = sorted((synth_dir / "images").glob("*.jpg"))[:2]
+    result = ok("predict", model_dir, *images, "--title", "I tried the secret 🔥", "--json")
+    rows = json.loads(result.stdout)
+    assert len(rows) == 2 and rows[0]["title"] == "I tried the secret 🔥"
+    for row in rows:
+        assert row["low"] <= row["views"] <= row["high"]
+
+
+def test_predict_table_shows_views(model_dir, synth_dir):
+    image = next((synth_dir / "images").glob("*.jpg"))
+    result = ok("predict", model_dir, image)
+    assert "predicted views" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("info", "/no/such/folder"), "not found"),
+        (("predict", "/no/such/model", "x.jpg"), "model"),
+        (("train", "/no/such/folder", "--out", "/tmp/x"), "not found"),
+    ],
+)
+def test_user_errors_exit_2_without_traceback(args, message):
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert message in result.output.lower()
+
+
+def test_predict_rejects_a_non_image(model_dir, tmp_path):
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("not an image")
+    result = invoke("predict", model_dir, fake)
+    assert result.exit_code == 2 and "not an image" in result.output
+
+
+def test_missing_views_column_is_named(tmp_path):
+    (tmp_path / "metadata.csv").write_text("file_name,title\na.jpg,hello\n")
+    result = invoke("info", tmp_path)
+    assert result.exit_code == 2 and "views" in result.output
+
+
+def test_unknown_encoder_is_a_clear_error(synth_dir, tmp_path):
+    result = invoke("train", synth_dir, "--encoders", "nope", "--out", tmp_path / "m")
+    assert result.exit_code == 2 and "nope" in result.output
+
+
+def test_demo_recovers_planted_effects(tmp_path):
+    result = ok("demo", "--out", tmp_path / "demo", "--n", "200")
+    assert "planted effects" in result.output
+    assert "Spearman of held-out predictions vs the planted truth" in result.output
+
+
+def test_sae_train_analyze_explain(synth_dir, tiny_clip_dir, tmp_path):
+    sae_dir = tmp_path / "sae"
+    ok(
+        "sae",
+        "train",
+        synth_dir,
+        "--out",
+        sae_dir,
+        "--model",
+        tiny_clip_dir,
+        "--expansion",
+        "4",
+        "--k",
+        "4",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "2",
+        "--cache-dir",
+        tmp_path / "cache",
+    )
+    assert (sae_dir / "sae" / "cfg.json").exists() or (sae_dir / "cfg.json").exists()
+    sae = sae_dir / "sae" if (sae_dir / "sae" / "cfg.json").exists() else sae_dir
+    result = ok(
+        "sae",
+        "analyze",
+        synth_dir,
+        "--sae",
+        sae,
+        "--top-k",
+        "8",
+        "--min-active",
+        "7",
+        "--n-extreme",
+        "3",
+        "--n-null",
+        "2000",
+        "--n-boot",
+        "50",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--out",
+        tmp_path / "study",
+    )
+    assert (tmp_path / "study" / "report.html").exists()
+    assert "KS statistic" in result.output
+    image = next((synth_dir / "images").glob("*.jpg"))
+    explained = ok("explain", sae, image, "--study", tmp_path / "study", "--json")
+    features = json.loads(explained.stdout)
+    activations = [f["activation"] for f in features]
+    assert activations == sorted(activations, reverse=True) and len(features) <= 10
+
+
+def test_sae_analyze_with_latents_file(synth_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    z = rng.exponential(size=(120, 12)).astype(np.float32)
+    np.save(tmp_path / "z.npy", z)
+    result = ok(
+        "sae",
+        "analyze",
+        synth_dir,
+        "--latents",
+        tmp_path / "z.npy",
+        "--top-k",
+        "10",
+        "--min-active",
+        "9",
+        "--n-extreme",
+        "3",
+        "--n-null",
+        "2000",
+        "--n-boot",
+        "20",
+        "--out",
+        tmp_path / "study",
+        "--json",
+    )
+    summary = json.loads(result.stdout)
+    assert summary  # a JSON object with the study's numbers
+    bad = invoke(
+        "sae", "analyze", synth_dir, "--latents", tmp_path / "z.npy", "--out", tmp_path / "s2"
+    )
+    assert bad.exit_code == 0 or "Traceback" not in bad.output
+
+
+def test_sae_analyze_wrong_row_count(synth_dir, tmp_path):
+    np.save(tmp_path / "z.npy", np.ones((7, 3), np.float32))
+    result = invoke(
+        "sae", "analyze", synth_dir, "--latents", tmp_path / "z.npy", "--out", tmp_path / "s"
+    )
+    assert result.exit_code == 2 and "rows" in result.output
