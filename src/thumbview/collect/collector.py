@@ -1,0 +1,415 @@
+"""Orchestration: list ids, describe them in batches, fetch thumbnails, commit one by one.
+
+Network work runs in a thread pool; every database write happens on the calling thread,
+one transaction per video, so killing the process at any instant loses at most the
+videos in flight, and re-running the same command picks up the queue where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import MappingProxyType
+
+from thumbview.collect.filters import FilterConfig, read_id_file, rejection_reason, shard_ids
+from thumbview.collect.http import FetchError, HttpClient
+from thumbview.collect.quota import quota_day
+from thumbview.collect.store import DB_NAME, Store, utc_now
+from thumbview.collect.thumbs import SavedThumb, ThumbSkip, fetch_thumbnail
+from thumbview.collect.types import Backend, CollectError, QuotaExhausted, Unavailable, VideoInfo
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """How a run behaves (what to keep lives in `filters`)."""
+
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    workers: int = 4
+    max_attempts: int = 3  # runs a transiently failing video gets before it is given up
+    export_every: int = 500  # rewrite metadata.csv after this many new rows
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.max_attempts < 1 or self.export_every < 1:
+            raise CollectError(f"invalid collect settings: {self}")
+
+
+@dataclass(frozen=True)
+class CollectSummary:
+    """What a run did. `stopped` is None when the queue was emptied, else "quota" / "interrupted"."""
+
+    out: Path
+    collected: int
+    total_rows: int
+    skipped: Mapping[str, int]
+    quota_used: int
+    remaining: int
+    stopped: str | None
+    elapsed_s: float
+
+    def describe(self) -> str:
+        skipped = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"
+        end = f"stopped ({self.stopped}), {self.remaining} left" if self.stopped else "done"
+        return (
+            f"{self.collected} collected ({self.total_rows} in {self.out}), skipped {skipped}; "
+            f"quota used {self.quota_used}; {end} in {self.elapsed_s:.1f}s"
+        )
+
+
+@dataclass(frozen=True)
+class RefreshSummary:
+    refreshed: int
+    unavailable: int
+    quota_used: int
+    remaining: int
+    stopped: str | None
+
+
+@dataclass(frozen=True)
+class _Job:
+    video_id: str
+    query: str
+    short_url: bool
+
+
+def export_metadata(root: Path, store: Store) -> Path:
+    """Write metadata.csv atomically from the store (via data.dataset.write_metadata if present)."""
+    table = store.table()
+    try:
+        from thumbview.data.dataset import write_metadata
+    except ImportError:
+        path = Path(root) / "metadata.csv"
+        tmp = path.with_name(f".metadata.csv.{os.getpid()}.tmp")
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+        return path
+    return write_metadata(root, table)
+
+
+def _attach_quota(backend: Backend, store: Store) -> int:
+    if backend.quota is None:
+        return 0
+    day = quota_day()
+    backend.quota.attach(store.quota_used(day), lambda units: store.add_quota(day, units))
+    return backend.quota.used_this_run
+
+
+def _quota_used(backend: Backend) -> int:
+    return 0 if backend.quota is None else backend.quota.used_this_run
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class _Run:
+    """One pass over the queue: describe batches, fetch thumbnails, commit on this thread."""
+
+    def __init__(self, store: Store, backend: Backend, http: HttpClient, config: CollectConfig):
+        self.store, self.backend, self.http, self.config = store, backend, http, config
+        self.skipped: Counter[str] = Counter()
+        self.collected = 0
+        self.done = 0
+        self.stopped: str | None = None
+        self.progress: Progress | None = None
+        self.total = 0
+
+    def _describe(self, jobs: Sequence[_Job]) -> list[tuple[_Job, VideoInfo | Unavailable]]:
+        try:
+            results = self.backend.fetch([j.video_id for j in jobs])
+        except FetchError as e:
+            results = [Unavailable(j.video_id, "fetch failed", str(e), False) for j in jobs]
+        return list(zip(jobs, results, strict=True))
+
+    def _thumb(self, job: _Job, video: VideoInfo) -> tuple[_Job, VideoInfo, object]:
+        try:
+            return job, video, fetch_thumbnail(self.http, video, self.store.root)
+        except ThumbSkip as e:
+            return job, video, e
+
+    def run(self, jobs: Sequence[_Job]) -> None:
+        batches = _chunks(jobs, self.backend.batch_size)
+        inflight: dict[Future, str] = {}
+        pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="collect")
+        try:
+            while True:
+                while self.stopped is None and len(inflight) < 2 * self.config.workers:
+                    batch = next(batches, None)
+                    if batch is None:
+                        break
+                    inflight[pool.submit(self._describe, batch)] = "describe"
+                if not inflight:
+                    break
+                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self._handle(pool, inflight, inflight.pop(future), future)
+        except KeyboardInterrupt:
+            self.stopped = "interrupted"
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _handle(self, pool: ThreadPoolExecutor, inflight: dict, kind: str, future: Future) -> None:
+        if kind == "thumb":
+            job, video, result = future.result()
+            if isinstance(result, ThumbSkip):
+                self._skip(job.video_id, result.reason, result.detail, result.permanent)
+            else:
+                self._commit(job, video, result)
+            return
+        try:
+            described = future.result()
+        except QuotaExhausted as e:
+            logger.warning("stopping: %s", e)
+            self.stopped = "quota"
+            return
+        for job, item in described:
+            if isinstance(item, Unavailable):
+                self._skip(job.video_id, item.reason, item.detail, item.permanent)
+                continue
+            video = dataclasses.replace(item, short_url=item.short_url or job.short_url)
+            reason = rejection_reason(video, self.config.filters)
+            if reason is None and not video.thumbnails:
+                reason = "no thumbnail"
+            if reason is not None:
+                self._skip(job.video_id, reason, "", True)
+            else:
+                inflight[pool.submit(self._thumb, job, video)] = "thumb"
+
+    def _skip(self, video_id: str, reason: str, detail: str, permanent: bool) -> None:
+        self.store.skip(video_id, reason, detail, permanent=permanent)
+        self.skipped[reason] += 1
+        self._tick()
+
+    def _commit(self, job: _Job, video: VideoInfo, thumb: SavedThumb) -> None:
+        row = dataclasses.asdict(video) | {
+            "file_name": thumb.file_name,
+            "thumbnail_url": thumb.url,
+            "width": thumb.width,
+            "height": thumb.height,
+            "query": job.query,
+            "collected_at": utc_now(),
+        }
+        self.store.add_video(row)
+        self.collected += 1
+        if self.collected % self.config.export_every == 0:
+            export_metadata(self.store.root, self.store)
+        self._tick()
+
+    def _tick(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def _collect(
+    store: Store,
+    backend: Backend,
+    http: HttpClient | None,
+    config: CollectConfig,
+    progress: Progress | None,
+    started: float,
+) -> CollectSummary:
+    """Work through the queue and export; the shared tail of every collect command."""
+    store.sweep()
+    jobs = [_Job(*p) for p in store.pending(config.max_attempts)]
+    http = http or getattr(backend, "http", None)  # share the API backend's pooled client
+    own_http = http is None
+    run = _Run(store, backend, http or HttpClient(), config)
+    run.progress, run.total = progress, len(jobs)
+    try:
+        run.run(jobs)
+    finally:
+        export_metadata(store.root, store)
+        if own_http:
+            run.http.close()
+    return CollectSummary(
+        out=store.root,
+        collected=run.collected,
+        total_rows=store.count(),
+        skipped=MappingProxyType(dict(run.skipped)),
+        quota_used=_quota_used(backend),
+        remaining=len(store.pending(config.max_attempts)),
+        stopped=run.stopped,
+        elapsed_s=time.monotonic() - started,
+    )
+
+
+def _list_into(
+    store: Store, pages: Iterator[list], label: str, cache_key: str | None, n: int
+) -> str | None:
+    """Queue every listed id page by page; returns "quota" if the quota ran out while listing."""
+    if cache_key is not None and store.listing_done(cache_key, n):
+        logger.info("%s: already listed, not paying for it again", label)
+        return None
+    try:
+        for page in pages:
+            store.add_pending((item.video_id, label, item.short_url) for item in page)
+    except QuotaExhausted as e:
+        logger.warning("listing %s stopped: %s", label, e)
+        return "quota"
+    except FetchError as e:
+        logger.error("listing %s failed (will be retried next run): %s", label, e)
+        return "listing failed"
+    if cache_key is not None:
+        store.mark_listing_done(cache_key, n)
+    return None
+
+
+def collect_search(
+    out: str | Path,
+    queries: Sequence[str],
+    *,
+    backend: Backend,
+    per_query: int = 100,
+    http: HttpClient | None = None,
+    config: CollectConfig | None = None,
+    progress: Progress | None = None,
+) -> CollectSummary:
+    """Search each query, queue up to `per_query` results, collect them."""
+    if per_query < 1 or not queries:
+        raise CollectError("give at least one query and --per-query >= 1")
+    started = time.monotonic()
+    with Store(out) as store:
+        _attach_quota(backend, store)
+        for query in queries:
+            key = f"search:{backend.name}:{query}"
+            if _list_into(store, backend.search(query, per_query), query, key, per_query):
+                break
+        return _collect(store, backend, http, config or CollectConfig(), progress, started)
+
+
+def collect_channel(
+    out: str | Path,
+    channel: str,
+    *,
+    backend: Backend,
+    limit: int | None = None,
+    http: HttpClient | None = None,
+    config: CollectConfig | None = None,
+    progress: Progress | None = None,
+) -> CollectSummary:
+    """Queue a channel's uploads (newest first, up to `limit`) and collect them."""
+    started = time.monotonic()
+    with Store(out) as store:
+        _attach_quota(backend, store)
+        _list_into(store, backend.channel(channel, limit), channel, None, limit or 0)
+        return _collect(store, backend, http, config or CollectConfig(), progress, started)
+
+
+def collect_ids(
+    out: str | Path,
+    ids: Path | Iterable[str],
+    *,
+    backend: Backend,
+    shard: tuple[int, int] = (0, 1),
+    http: HttpClient | None = None,
+    config: CollectConfig | None = None,
+    progress: Progress | None = None,
+) -> CollectSummary:
+    """Collect known ids (a file of ids/URLs, or parsed ids), keeping only shard i of n."""
+    started = time.monotonic()
+    if isinstance(ids, Path):
+        ids, bad = read_id_file(ids)
+        if bad:
+            logger.warning("%d lines of the id file are not video ids or URLs", bad)
+    with Store(out) as store:
+        _attach_quota(backend, store)
+        store.add_pending((video_id, "", False) for video_id in shard_ids(ids, *shard))
+        return _collect(store, backend, http, config or CollectConfig(), progress, started)
+
+
+def refresh(
+    out: str | Path,
+    *,
+    backend: Backend,
+    older_than: timedelta = timedelta(hours=12),
+    config: CollectConfig | None = None,
+    progress: Progress | None = None,
+) -> RefreshSummary:
+    """Append a new view count for every row whose latest count is older than `older_than`.
+
+    The old counts stay in `views_history`; the row's `views`/`collected_at` become the
+    latest. Rows refreshed less than `older_than` ago are left alone, so a killed refresh
+    re-run continues instead of starting over.
+    """
+    config = config or CollectConfig()
+    if not (Path(out) / DB_NAME).exists():
+        raise CollectError(f"{out} has no {DB_NAME}: nothing collected there to refresh")
+    cutoff = (datetime.now(UTC) - older_than).isoformat(timespec="microseconds")
+    with Store(out) as store:
+        _attach_quota(backend, store)
+        ids = store.video_ids(collected_before=cutoff.replace("+00:00", "Z"))
+        try:
+            counts, stopped = _refresh_ids(store, backend, ids, config.workers, progress)
+        finally:
+            export_metadata(store.root, store)
+    refreshed, unavailable, done = counts
+    return RefreshSummary(refreshed, unavailable, _quota_used(backend), len(ids) - done, stopped)
+
+
+def _refresh_ids(
+    store: Store, backend: Backend, ids: Sequence[str], workers: int, progress: Progress | None
+) -> tuple[tuple[int, int, int], str | None]:
+    """Fetch views batch by batch in a pool, committing each batch; stops at the quota."""
+    done = refreshed = unavailable = 0
+    stopped = None
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="refresh")
+    batches = _chunks(ids, backend.batch_size)
+    try:
+        for batch, future in _bounded(pool, _views_of(backend), batches, 2 * workers):
+            try:
+                updates = future.result()
+            except QuotaExhausted:
+                stopped = "quota"
+                break
+            except FetchError as e:  # these rows keep their old count and are retried next time
+                logger.warning("refresh of %d videos failed: %s", len(batch), e)
+                continue
+            store.record_views(updates, utc_now())
+            refreshed += len(updates)
+            unavailable += len(batch) - len(updates)
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(ids))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return (refreshed, unavailable, done), stopped
+
+
+def _views_of(backend: Backend) -> Callable[[Sequence[str]], list[tuple[str, int]]]:
+    def views(ids: Sequence[str]) -> list[tuple[str, int]]:
+        results = backend.fetch(ids, subscribers=False)
+        return [
+            (r.video_id, r.views)
+            for r in results
+            if isinstance(r, VideoInfo) and r.views is not None
+        ]
+
+    return views
+
+
+def _bounded(
+    pool: ThreadPoolExecutor, fn: Callable, items: Iterator, limit: int
+) -> Iterator[tuple]:
+    """Like pool.map, in completion order, with at most `limit` tasks in flight."""
+    inflight: dict[Future, object] = {}
+    for item in items:
+        inflight[pool.submit(fn, item)] = item
+        if len(inflight) >= limit:
+            done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield inflight.pop(future), future
+    for future in list(inflight):
+        yield inflight.pop(future), future

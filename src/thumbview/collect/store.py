@@ -1,0 +1,263 @@
+"""The crash-safe state of a collection: one SQLite file (WAL) beside the images.
+
+SQLite is the source of truth; `metadata.csv` is an export of it. The invariants that
+make kill -9 safe at any moment:
+- an image is written to a temp file and `os.replace`d into place *before* its row is
+  committed, so a committed row always has a whole image (an image without a row is an
+  orphan, swept on the next start and fetched again);
+- each video is one transaction (row + first view count + leaving the queue);
+- `video_id` is the primary key, so a video can never be stored twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+DB_NAME = "collect.sqlite"
+IMAGE_DIR = "images"
+COLUMNS = (
+    "file_name", "views", "title", "video_id", "channel_id", "channel_title", "published_at",
+    "subscribers", "duration_s", "likes", "comments", "thumbnail_url", "width", "height",
+    "query", "collected_at",
+)  # fmt: skip
+INT_COLUMNS = ("views", "subscribers", "likes", "comments", "width", "height")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS videos (
+    video_id TEXT PRIMARY KEY, file_name TEXT NOT NULL, views INTEGER NOT NULL, title TEXT,
+    channel_id TEXT, channel_title TEXT, published_at TEXT, subscribers INTEGER,
+    duration_s REAL, likes INTEGER, comments INTEGER, thumbnail_url TEXT,
+    width INTEGER, height INTEGER, query TEXT, collected_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS views_history (
+    video_id TEXT NOT NULL, views INTEGER NOT NULL, observed_at TEXT NOT NULL,
+    PRIMARY KEY (video_id, observed_at));
+CREATE TABLE IF NOT EXISTS pending (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, video_id TEXT NOT NULL UNIQUE,
+    query TEXT NOT NULL DEFAULT '', short_url INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS skipped (
+    video_id TEXT PRIMARY KEY, reason TEXT NOT NULL, detail TEXT, attempts INTEGER NOT NULL,
+    permanent INTEGER NOT NULL, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS listings (
+    source TEXT PRIMARY KEY, n INTEGER NOT NULL, done_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS quota (day TEXT PRIMARY KEY, units INTEGER NOT NULL);
+"""
+
+
+def utc_now() -> str:
+    """Timestamps are UTC ISO 8601 with microseconds, so they sort as text."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def image_relpath(video_id: str) -> str:
+    """`images/ab/abcdefghijk.jpg`: two-character buckets keep directories small at 1M files."""
+    return f"{IMAGE_DIR}/{video_id[:2]}/{video_id}.jpg"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so a reader (or a crash) sees the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class Store:
+    """The collection state in `root/collect.sqlite`; safe to share between threads."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.root / DB_NAME, check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._db:  # commit on success, roll back on error
+            yield self._db
+
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # -- the work queue ---------------------------------------------------------------
+    def add_pending(self, items: Iterable[tuple[str, str, bool]]) -> int:
+        """Queue (video_id, query, short_url) triples; ids already queued are ignored."""
+        with self._tx() as db:
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO pending (video_id, query, short_url) VALUES (?, ?, ?)",
+                ((v, q, int(s)) for v, q, s in items),
+            )
+            return db.total_changes - before
+
+    def pending(self, max_attempts: int) -> list[tuple[str, str, bool]]:
+        """Queued ids not yet collected nor given up on, in queue order."""
+        rows = self._query(
+            "SELECT p.video_id, p.query, p.short_url FROM pending p "
+            "WHERE NOT EXISTS (SELECT 1 FROM videos v WHERE v.video_id = p.video_id) "
+            "AND NOT EXISTS (SELECT 1 FROM skipped s WHERE s.video_id = p.video_id "
+            "AND (s.permanent = 1 OR s.attempts >= ?)) ORDER BY p.seq",
+            (max_attempts,),
+        )
+        return [(v, q, bool(s)) for v, q, s in rows]
+
+    def listing_done(self, source: str, n: int) -> bool:
+        """Whether `source` (a query or channel) was already listed to at least `n` results."""
+        rows = self._query("SELECT n FROM listings WHERE source = ?", (source,))
+        return bool(rows) and rows[0][0] >= n
+
+    def mark_listing_done(self, source: str, n: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO listings (source, n, done_at) VALUES (?, ?, ?)",
+                (source, n, utc_now()),
+            )
+
+    # -- results ----------------------------------------------------------------------
+    def add_video(self, row: dict[str, object]) -> None:
+        """Commit one collected video (its image must already be on disk) and its first count."""
+        if not (self.root / str(row["file_name"])).is_file():
+            raise RuntimeError(f"refusing a row without its image: {row['file_name']}")
+        values = [row.get(c) for c in COLUMNS]
+        with self._tx() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO videos ({', '.join(COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(COLUMNS))})",
+                values,
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO views_history (video_id, views, observed_at) "
+                "VALUES (?, ?, ?)",
+                (row["video_id"], row["views"], row["collected_at"]),
+            )
+            db.execute("DELETE FROM skipped WHERE video_id = ?", (row["video_id"],))
+
+    def skip(self, video_id: str, reason: str, detail: str = "", *, permanent: bool) -> None:
+        """Record why a video was not collected; transient failures count attempts across runs."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO skipped (video_id, reason, detail, attempts, permanent, at) "
+                "VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(video_id) DO UPDATE SET "
+                "reason = excluded.reason, detail = excluded.detail, "
+                "attempts = attempts + 1, permanent = excluded.permanent, at = excluded.at",
+                (video_id, reason, detail[:500], int(permanent), utc_now()),
+            )
+
+    def record_views(self, updates: Sequence[tuple[str, int]], observed_at: str) -> None:
+        """Append a view-count snapshot to the history and make it the latest in `videos`."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO views_history (video_id, views, observed_at) "
+                "VALUES (?, ?, ?)",
+                [(v, n, observed_at) for v, n in updates],
+            )
+            db.executemany(
+                "UPDATE videos SET views = ?, collected_at = ? WHERE video_id = ?",
+                [(n, observed_at, v) for v, n in updates],
+            )
+
+    # -- reading ----------------------------------------------------------------------
+    def video_ids(self, collected_before: str | None = None) -> list[str]:
+        """Collected ids, optionally only those whose latest count is older than a timestamp."""
+        if collected_before is None:
+            return [r[0] for r in self._query("SELECT video_id FROM videos ORDER BY video_id")]
+        return [
+            r[0]
+            for r in self._query(
+                "SELECT video_id FROM videos WHERE collected_at < ? ORDER BY video_id",
+                (collected_before,),
+            )
+        ]
+
+    def table(self) -> pd.DataFrame:
+        """The metadata table in `COLUMNS` order (nullable integer columns stay integers)."""
+        with self._lock:
+            frame = pd.read_sql_query(
+                f"SELECT {', '.join(COLUMNS)} FROM videos ORDER BY video_id", self._db
+            )
+        for column in INT_COLUMNS:
+            frame[column] = frame[column].astype("Int64")
+        return frame
+
+    def history(self, video_id: str) -> list[tuple[int, str]]:
+        """(views, observed_at) snapshots of one video, oldest first."""
+        return [
+            (int(n), str(t))
+            for n, t in self._query(
+                "SELECT views, observed_at FROM views_history WHERE video_id = ? "
+                "ORDER BY observed_at",
+                (video_id,),
+            )
+        ]
+
+    def skipped(self) -> pd.DataFrame:
+        with self._lock:
+            return pd.read_sql_query("SELECT * FROM skipped ORDER BY video_id", self._db)
+
+    def count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM videos")[0][0])
+
+    def known_files(self) -> set[str]:
+        return {r[0] for r in self._query("SELECT file_name FROM videos")}
+
+    # -- quota ------------------------------------------------------------------------
+    def quota_used(self, day: str) -> int:
+        rows = self._query("SELECT units FROM quota WHERE day = ?", (day,))
+        return int(rows[0][0]) if rows else 0
+
+    def add_quota(self, day: str, units: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO quota (day, units) VALUES (?, ?) "
+                "ON CONFLICT(day) DO UPDATE SET units = units + excluded.units",
+                (day, units),
+            )
+
+    def sweep(self) -> int:
+        """Delete temp files and images that have no committed row (left by a crash)."""
+        removed = 0
+        for path in self.root.glob(".metadata*.tmp"):  # a metadata.csv export cut short
+            path.unlink(missing_ok=True)
+            removed += 1
+        image_root = self.root / IMAGE_DIR
+        if not image_root.is_dir():
+            return removed
+        known = self.known_files()
+        for path in image_root.rglob("*"):
+            rel = path.relative_to(self.root).as_posix()
+            if path.is_file() and (path.name.endswith(".tmp") or rel not in known):
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            logger.info("removed %d leftover files from an interrupted run", removed)
+        return removed

@@ -1,0 +1,143 @@
+"""Pure parts of thumbview.collect: filters, ids, shards, quota arithmetic, retries, the store."""
+
+from __future__ import annotations
+
+import random
+from datetime import date
+from pathlib import Path
+
+import httpx
+import pytest
+
+from thumbview.collect import CollectError, FilterConfig, QuotaExhausted, QuotaTracker, Store
+from thumbview.collect.filters import (
+    parse_iso_duration,
+    parse_shard,
+    parse_video_id,
+    read_id_file,
+    rejection_reason,
+    shard_ids,
+)
+from thumbview.collect.http import (  # fmt: skip
+    FetchError,
+    HttpClient,
+    NotFoundError,
+    RetryPolicy,
+    backoff_delay,
+    parse_retry_after,
+)
+from thumbview.collect.quota import units_for_ids, units_for_search
+from thumbview.collect.types import VideoInfo
+
+
+def video(**kw) -> VideoInfo:
+    base = {"video_id": "abcdefghijk", "title": "t", "views": 1000, "duration_s": 300.0, "published_at": "2024-03-01T00:00:00Z"}  # fmt: skip
+    return VideoInfo(**(base | kw))
+
+
+def test_filters() -> None:
+    cfg = FilterConfig(min_views=500, since=date(2024, 1, 1), until=date(2024, 12, 31), max_duration_s=600)  # fmt: skip
+    assert rejection_reason(video(), cfg) is None
+    assert rejection_reason(video(views=10), cfg) == "below min views"
+    assert rejection_reason(video(duration_s=60.0), cfg) == "short"
+    assert rejection_reason(video(short_url=True), cfg) == "short"
+    assert rejection_reason(video(duration_s=60.0), FilterConfig(include_shorts=True)) is None
+    assert rejection_reason(video(duration_s=601.0), cfg) == "too long"
+    assert (
+        rejection_reason(video(published_at="2023-12-31T23:00:00Z"), cfg)
+        == "published before --since"
+    )
+    assert rejection_reason(video(published_at="2025-01-01"), cfg) == "published after --until"
+    assert rejection_reason(video(live=True), cfg) == "live or upcoming"
+    with pytest.raises(CollectError, match="after --until"):
+        FilterConfig(since=date(2024, 2, 1), until=date(2024, 1, 1))
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("PT1H2M3S", 3723.0),
+        ("PT45S", 45.0),
+        ("P1DT1S", 86401.0),
+        ("PT0S", 0.0),
+        ("", None),
+        ("bogus", None),
+    ],
+)
+def test_parse_iso_duration(text: str, seconds: float | None) -> None:
+    assert parse_iso_duration(text) == seconds
+
+
+def test_parse_video_id_and_id_file(tmp_path: Path) -> None:
+    for text in ["dQw4w9WgXcQ", "https://www.youtube.com/watch?v=dQw4w9WgXcQ&t=1", "https://youtu.be/dQw4w9WgXcQ", "https://youtube.com/shorts/dQw4w9WgXcQ"]:  # fmt: skip
+        assert parse_video_id(text) == "dQw4w9WgXcQ"
+    assert parse_video_id("not an id") is None
+    path = tmp_path / "ids.txt"
+    path.write_text(
+        "\ufeff# header\ndQw4w9WgXcQ\n\nhttps://youtu.be/dQw4w9WgXcQ\nKs-_Mh1QhMc,extra\nbad\n"
+    )
+    assert read_id_file(path) == (["dQw4w9WgXcQ", "Ks-_Mh1QhMc"], 1)
+    with pytest.raises(CollectError, match="cannot read"):
+        read_id_file(tmp_path / "missing.txt")
+
+
+def test_shards_cover_every_id_exactly_once() -> None:
+    rng = random.Random(0)
+    ids = ["".join(rng.choices("abcdefghijkLMNOP0123456789-_", k=11)) for _ in range(3000)]
+    shards = [list(shard_ids(ids, i, 7)) for i in range(7)]
+    assert sorted(sum(shards, [])) == sorted(ids)
+    assert all(300 < len(s) < 560 for s in shards)  # roughly even
+    # Independent of order: a shuffled list gives the same split.
+    assert set(shard_ids(list(reversed(ids)), 3, 7)) == set(shards[3])
+    assert parse_shard("2/7") == (2, 7)
+    for bad in ("7/7", "1", "-1/3", "0/0"):
+        with pytest.raises(CollectError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_quota_arithmetic_and_tracker() -> None:
+    assert units_for_ids(1_000_000) == 40_000  # 20k videos.list + 20k channels.list
+    assert units_for_search(1_000) == 2_000 + 40
+    tracker = QuotaTracker(limit=150, used=0)
+    spent: list[int] = []
+    tracker.attach(40, spent.append)
+    tracker.charge("search.list")
+    with pytest.raises(QuotaExhausted, match="10 of 150"):
+        tracker.charge("search.list")
+    tracker.charge("videos.list", 10)
+    assert (tracker.used, tracker.used_this_run, spent) == (150, 110, [100, 10])
+
+
+def test_backoff_and_retry_after() -> None:
+    policy = RetryPolicy(base_delay=1.0, max_delay=8.0)
+    rng = random.Random(0)
+    delays = [backoff_delay(k, policy, rng) for k in range(10) for _ in range(50)]
+    assert 0 <= min(delays) and max(delays) <= 8.0
+    assert parse_retry_after("7") == 7.0 and parse_retry_after(None) is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
+
+
+def test_http_client_retries_and_honours_retry_after() -> None:
+    answers = iter([httpx.Response(429, headers={"Retry-After": "3"}), httpx.Response(503), httpx.Response(200, content=b"ok")])  # fmt: skip
+    slept: list[float] = []
+    client = HttpClient(RetryPolicy(base_delay=0.01), sleep=slept.append, transport=httpx.MockTransport(lambda r: next(answers)))  # fmt: skip
+    assert client.get("http://x/a").content == b"ok"
+    assert slept[0] == 3.0 and slept[1] <= 0.02 and client.retries == 2
+    gone = HttpClient(transport=httpx.MockTransport(lambda r: httpx.Response(404)))
+    with pytest.raises(NotFoundError):
+        gone.get("http://x/b")
+    always = HttpClient(RetryPolicy(attempts=3, base_delay=0), transport=httpx.MockTransport(lambda r: httpx.Response(500)))  # fmt: skip
+    with pytest.raises(FetchError, match="gave up after 3 attempts"):
+        always.get("http://x/c")
+
+
+def test_store_sweeps_orphans_and_refuses_rows_without_images(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        orphan = tmp_path / "images" / "ab" / "abcdefghijk.jpg"
+        orphan.parent.mkdir(parents=True)
+        orphan.write_bytes(b"x")
+        (orphan.parent / ".x.jpg.1.2.tmp").write_bytes(b"half")
+        assert store.sweep() == 2 and not list((tmp_path / "images").rglob("*.*"))
+        with pytest.raises(RuntimeError, match="without its image"):
+            store.add_video({"file_name": "images/ab/abcdefghijk.jpg", "video_id": "abcdefghijk", "views": 1})  # fmt: skip
+        assert store.add_pending([("abcdefghijk", "q", False)] * 2) == 1
