@@ -98,12 +98,18 @@ def evaluate_command(
     ds = load_dataset(data, progress=not as_json)
     ev = evaluate(model, ds, cache_dir=cache_dir, out_dir=plots, progress=not as_json)
     if as_json:
-        print_json({**ev.result.to_json_dict(), "n_excluded_seen": ev.n_excluded_seen})
+        extra = {"n_excluded_seen": ev.n_excluded_seen, "n_shared_channels": ev.n_shared_channels}
+        print_json({**ev.result.to_json_dict(), **extra})
         return
     console.print(ds.report.summary())
     if ev.n_excluded_seen:
         console.print(
             f"[yellow]{ev.n_excluded_seen} rows were in the training set and are not scored[/]"
+        )
+    if ev.n_shared_channels:
+        console.print(
+            f"[yellow]{ev.n_shared_channels} channels also appear in training: "
+            "this is not a channel-disjoint test, expect optimistic numbers[/]"
         )
     console.print(_eval_table(ev.result, str(data)))
     for path in ev.plots:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -25,6 +24,7 @@ from thumbview.collect.quota import quota_day
 from thumbview.collect.store import DB_NAME, Store, utc_now
 from thumbview.collect.thumbs import SavedThumb, ThumbSkip, fetch_thumbnail
 from thumbview.collect.types import Backend, CollectError, QuotaExhausted, Unavailable, VideoInfo
+from thumbview.data.dataset import write_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -84,17 +84,8 @@ class _Job:
 
 
 def export_metadata(root: Path, store: Store) -> Path:
-    """Write metadata.csv atomically from the store (via data.dataset.write_metadata if present)."""
-    table = store.table()
-    try:
-        from thumbview.data.dataset import write_metadata
-    except ImportError:
-        path = Path(root) / "metadata.csv"
-        tmp = path.with_name(f".metadata.csv.{os.getpid()}.tmp")
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-        return path
-    return write_metadata(root, table)
+    """Write metadata.csv atomically from the store."""
+    return write_metadata(root, store.table())
 
 
 def _attach_quota(backend: Backend, store: Store) -> int:

@@ -12,7 +12,6 @@ make kill -9 safe at any moment:
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -62,20 +61,6 @@ def utc_now() -> str:
 def image_relpath(video_id: str) -> str:
     """`images/ab/abcdefghijk.jpg`: two-character buckets keep directories small at 1M files."""
     return f"{IMAGE_DIR}/{video_id[:2]}/{video_id}.jpg"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so a reader (or a crash) sees the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class Store:

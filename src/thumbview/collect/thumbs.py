@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from thumbview.collect.http import FetchError, HttpClient, NotFoundError
-from thumbview.collect.store import atomic_write, image_relpath
+from thumbview.collect.store import image_relpath
 from thumbview.collect.types import VideoInfo
 from thumbview.data.images import ImageError, load_image
+from thumbview.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from thumbview.data.images import DEFAULT_MAX_PIXELS, load_image
+from thumbview.fileio import atomic_write
 from thumbview.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -163,19 +162,8 @@ def write_metadata(root: str | Path, table: pd.DataFrame) -> Path:
     if others:
         raise DatasetError(f"{root} already has {', '.join(others)}; remove it first")
     root.mkdir(parents=True, exist_ok=True)
-    target = root / METADATA_NAMES[0]
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".metadata-", suffix=".csv.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            table.to_csv(f, index=False, lineterminator="\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    writer = lambda tmp: table.to_csv(tmp, index=False, lineterminator="\n", encoding="utf-8")  # noqa: E731
+    return atomic_write(root / METADATA_NAMES[0], writer)
 
 
 def parse_count(text: str) -> int:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import colorsys
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -30,6 +28,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from thumbview.data.dataset import write_metadata
+from thumbview.fileio import atomic_write
 from thumbview.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -643,10 +642,8 @@ def make_synthetic(out: str | Path, config: SynthConfig, progress: bool = False)
             Image.fromarray(rgb).save(out / name, "JPEG", quality=JPEG_QUALITY)
             advance(1)
     truth_cols = ["video_id", "true_log10_mean", *EFFECT_NAMES, "channel_log10", "age_log10"]
-    _atomic_write_text(
-        out / "truth.csv", table[truth_cols].to_csv(index=False, lineterminator="\n")
-    )
-    _atomic_write_text(
+    atomic_write(out / "truth.csv", table[truth_cols].to_csv(index=False, lineterminator="\n"))
+    atomic_write(
         out / "planted.json",
         json.dumps(planted_record(config, table), indent=2, ensure_ascii=False) + "\n",
     )
@@ -683,16 +680,3 @@ def planted_record(config: SynthConfig, table: pd.DataFrame) -> dict[str, Any]:
         "neutral": "topics, emoji, non-Latin titles, background clutter and channel names carry no effect",
         "truth_file": "truth.csv",
     }
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Temp file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

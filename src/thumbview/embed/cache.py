@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from thumbview import __version__
 from thumbview.data.dataset import ThumbnailDataset
 from thumbview.data.images import ImageError, load_image
 from thumbview.embed.base import Encoder
+from thumbview.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +109,9 @@ class FeatureStore:
             "features": np.ascontiguousarray(features, dtype=np.float32),
             "digests": np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, DIGEST_BYTES),
         }
-        fd, tmp = tempfile.mkstemp(dir=self.path, suffix=".tmp")
-        os.close(fd)
-        save_file(arrays, tmp, metadata={"thumbview": __version__})
-        os.replace(tmp, target)
+        atomic_write(
+            target, lambda tmp: save_file(arrays, tmp, metadata={"thumbview": __version__})
+        )
 
     def _spec_matches(self) -> bool:
         spec_file = self.path / "spec.json"
@@ -134,7 +133,7 @@ class FeatureStore:
         for stale in self.path.glob("shard-*.safetensors"):
             stale.unlink()
         payload = {"spec": self.spec, "thumbview_version": __version__, "digest": "blake2b-16"}
-        spec_file.write_text(json.dumps(payload, indent=2, sort_keys=True))
+        atomic_write(spec_file, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def embed(

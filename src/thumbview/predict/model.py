@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from thumbview import __version__
+from thumbview.fileio import atomic_write
 from thumbview.predict.evaluate import Metrics, compute_metrics, group_kfold
 from thumbview.predict.heads import HEADS, HeadError, MLPParams, head_from_arrays
 from thumbview.predict.target import TARGETS
@@ -243,11 +242,8 @@ class ViewPredictor:
             arrays["residual_quantiles"] = self.residual_quantiles_
             arrays["quantile_levels"] = self.quantile_levels_
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-        _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(arrays, p))
-        meta = self._meta()
-        _atomic_write(
-            directory / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2))
-        )
+        atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(arrays, p))
+        atomic_write(directory / CONFIG_FILE, json.dumps(self._meta(), indent=2))
         log.info("saved predictor to %s", directory)
         return directory
 
@@ -323,18 +319,6 @@ def _check_loaded_dims(model: ViewPredictor, directory: Path) -> None:
                 raise ArtifactError(
                     f"{directory}: block {name!r} scaler has shape {part.shape}, expected ({dim},)"
                 )
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write to a temp file beside `path`, then rename: a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _rows(blocks: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:

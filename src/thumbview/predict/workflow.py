@@ -156,14 +156,14 @@ def _split(dataset, usable: np.ndarray, holdout_frac: float, seed: int):
 
 
 def _write_training_record(out_dir, dataset, train_idx, options, encoders) -> None:
-    _write_json(
-        out_dir / ENCODERS_FILE,
-        {n: {"options": options[n], "spec": e.spec()} for n, e in encoders.items()},
-    )
+    specs = {n: {"options": options[n], "spec": e.spec()} for n, e in encoders.items()}
+    _write_json(out_dir / ENCODERS_FILE, specs)
+    channels = dataset.channels
     record = {
         "dataset": str(Path(dataset.root).resolve()),
         "n_train": len(train_idx),
         "video_ids": [dataset.keys[i] for i in train_idx],
+        "channels": sorted({str(channels[i]) for i in train_idx}) if channels is not None else [],
     }
     _write_json(out_dir / TRAINING_FILE, record)
 
@@ -257,21 +257,21 @@ def _score(model: ViewPredictor, model_dir: Path, blocks, y) -> EvalResult:
     return EvalResult(compute_metrics(y, model.predict(blocks)), baselines)
 
 
-def _training_ids(model_dir: Path) -> set[str]:
+def _training_record(model_dir: Path) -> dict:
     path = Path(model_dir) / TRAINING_FILE
-    return set(json.loads(path.read_text())["video_ids"]) if path.exists() else set()
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _training_ids(model_dir: Path) -> set[str]:
+    return set(_training_record(model_dir).get("video_ids", []))
 
 
 def _shared_channels(model_dir: Path, dataset: ThumbnailDataset, rows: np.ndarray) -> int:
     """Channels present both in training and here: such rows are not a channel-disjoint test."""
-    record = (
-        json.loads((Path(model_dir) / TRAINING_FILE).read_text())
-        if (Path(model_dir) / TRAINING_FILE).exists()
-        else {}
-    )
-    if dataset.channels is None or "channels" not in record:
+    trained = set(_training_record(model_dir).get("channels", []))
+    if dataset.channels is None or not trained:
         return 0
-    return len(set(record["channels"]) & set(dataset.channels[rows].tolist()))
+    return len(trained & {str(c) for c in dataset.channels[rows]})
 
 
 # ----- cross-validation ----------------------------------------------------------------------

@@ -1,0 +1,39 @@
+"""Crash-safe file writes, used by every stage that produces an artifact.
+
+A reader (or a crash) must see either the old file or the new one, never half of either:
+the content goes to a temp file in the same folder (so the rename stays on one filesystem),
+is flushed to disk, and then replaces the target in one `os.replace`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: str | Path, content: bytes | str | Callable[[Path], None]) -> Path:
+    """Write `content` to `path` atomically.
+
+    `content` is bytes, text (UTF-8), or a writer called with the temp path (for libraries
+    that write files themselves, e.g. `safetensors.save_file` or `DataFrame.to_csv`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if not callable(content):
+                f.write(content.encode("utf-8") if isinstance(content, str) else content)
+        if callable(content):
+            content(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes files owner-only
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

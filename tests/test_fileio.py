@@ -1,0 +1,31 @@
+"""atomic_write: the old file or the new one, never half, and no temp files left behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from thumbview.fileio import atomic_write
+
+
+def test_bytes_text_and_writer(tmp_path):
+    atomic_write(tmp_path / "a.bin", b"\x00\x01")
+    atomic_write(tmp_path / "sub" / "b.txt", "emoji 🔥 kept")
+    atomic_write(tmp_path / "c.txt", lambda p: p.write_text("from a writer"))
+    assert (tmp_path / "a.bin").read_bytes() == b"\x00\x01"
+    assert (tmp_path / "sub" / "b.txt").read_text(encoding="utf-8") == "emoji 🔥 kept"
+    assert (tmp_path / "c.txt").read_text() == "from a writer"
+    assert (tmp_path / "c.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_failed_write_keeps_the_old_file_and_cleans_up(tmp_path):
+    target = tmp_path / "model.json"
+    atomic_write(target, "old")
+
+    def broken(path):
+        path.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, broken)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.json"]
