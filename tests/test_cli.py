@@ -226,3 +226,62 @@ def test_sae_analyze_wrong_row_count(synth_dir, tmp_path):
         "sae", "analyze", synth_dir, "--latents", tmp_path / "z.npy", "--out", tmp_path / "s"
     )
     assert result.exit_code == 2 and "rows" in result.output
+
+
+def _tiny_video(path: Path, images: list[Path]) -> Path:
+    """Two seconds per thumbnail, 5 fps, mpeg4: enough shots for `frames` to choose from."""
+    import av
+    from PIL import Image
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        for image in images:
+            rgb = np.asarray(Image.open(image).convert("RGB").resize((320, 180)))
+            for _ in range(10):
+                for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                    container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_frames_command_writes_stills(model_dir, synth_dir, tmp_path):
+    images = sorted((synth_dir / "images").glob("*.jpg"))[:4]
+    video = _tiny_video(tmp_path / "clip.mp4", images)
+    result = ok(
+        "frames", video, "--model", model_dir, "--top", "2", "--out", tmp_path / "f", "--json"
+    )
+    payload = json.loads(result.stdout)
+    assert 1 <= len(payload["choices"]) <= 2
+    assert (tmp_path / "f" / "contact_sheet.png").exists()
+
+
+def test_frames_command_rejects_an_image(model_dir, synth_dir):
+    image = next((synth_dir / "images").glob("*.jpg"))
+    result = invoke("frames", image, "--model", model_dir)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_compare_command_ranks_and_draws(model_dir, synth_dir, tmp_path):
+    a, b = sorted((synth_dir / "images").glob("*.jpg"))[:2]
+    result = ok(
+        "compare",
+        a,
+        b,
+        "--model",
+        model_dir,
+        "-t",
+        "one",
+        "-t",
+        "two",
+        "--png",
+        tmp_path / "s.png",
+        "--json",
+    )
+    payload = json.loads(result.stdout)
+    assert len(payload["candidates"]) == 4  # 2 images x 2 titles
+    assert abs(sum(c["p_best"] for c in payload["candidates"]) - 1) < 1e-6
+    assert (tmp_path / "s.png").stat().st_size > 1000
+    table = ok("compare", a, b, "--model", model_dir)
+    assert "P(best)" in table.output

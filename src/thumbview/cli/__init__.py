@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from thumbview import __version__
+from thumbview.cli import creator as _creator
 from thumbview.cli import data as _data
 from thumbview.cli import predict as _predict
 from thumbview.cli import sae as _sae
@@ -44,6 +45,7 @@ def _main(
 
 _data.register(app)
 _predict.register(app)
+_creator.register(app)
 app.add_typer(collect_app, name="collect")
 app.add_typer(_sae.app, name="sae")
 app.command("explain")(_sae.explain_command)

@@ -1,0 +1,294 @@
+"""Pick thumbnail-worthy frames from a video: scan, score with the view predictor, diversify.
+
+`rank_frames` is the library entry point (the CLI is a thin shell over it). Candidates come
+from `extract.scan_video` (one per shot plus a uniform sample, minus black, blurry,
+mid-transition and near-duplicate frames). Each is scored by the trained predictor, with the
+video's title when given, and the top-k are chosen by maximal marginal relevance so they
+are good *and* different: at most one frame per shot until every shot has been used, and a
+penalty for looking like a frame already chosen.
+
+Similarity for MMR is the cosine between the model's own image features (each image block
+standardised with the model's block mean/scale, weighted 1/sqrt(D) as in the model's
+design matrix): frames the model sees as alike count as alike. A model with no image
+encoder (title only) falls back to the frames' HSV colour histograms (square-rooted, so the
+cosine is the Bhattacharyya coefficient).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from thumbview.embed.base import Encoder
+from thumbview.frames.extract import FramesError, ScanResult, grab_frames, scan_video
+from thumbview.frames.select import SelectConfig, mmr_select
+from thumbview.predict.model import ViewPredictor
+from thumbview.predict.target import views_from_log
+from thumbview.predict.workflow import image_blocks, load_model
+
+log = logging.getLogger(__name__)
+
+FRAMES_JSON = "frames.json"
+CONTACT_SHEET = "contact_sheet.png"
+FITS = ("crop", "letterbox")
+
+
+@dataclass(frozen=True)
+class FramesConfig:
+    """Every knob of frame ranking. `select` holds the shot/quality/duplicate thresholds."""
+
+    sample_fps: float = 2.0  # frames analysed per second of video
+    analysis_width: int = 320  # frames are scaled to this width for analysis and scoring
+    keyframes_only: bool = False  # decode keyframes only: much faster, sparser sampling
+    select: SelectConfig = SelectConfig()
+    diversity: float = 0.3  # MMR weight of dissimilarity vs predicted views (0 = pure score)
+    one_per_shot: bool = True  # no shot twice until every shot has one pick
+    output_size: tuple[int, int] = (1280, 720)
+    fit: str = "crop"  # "crop" to 16:9, or "letterbox" (black bars)
+    jpeg_quality: int = 92
+
+    def __post_init__(self) -> None:
+        if not self.sample_fps > 0:
+            raise FramesError(f"sample_fps must be > 0, got {self.sample_fps}")
+        if self.analysis_width < 32:
+            raise FramesError(f"analysis_width must be >= 32, got {self.analysis_width}")
+        if not 0 <= self.diversity <= 1:
+            raise FramesError(f"diversity must be in [0, 1], got {self.diversity}")
+        if self.fit not in FITS:
+            raise FramesError(f"fit must be one of {', '.join(FITS)}, got {self.fit!r}")
+        if min(self.output_size) < 16:
+            raise FramesError(f"output_size too small: {self.output_size}")
+
+
+@dataclass(frozen=True)
+class FrameChoice:
+    """One chosen frame; views are view counts (log10 target) or channel multipliers."""
+
+    timestamp_s: float
+    shot_index: int
+    predicted_views: float
+    low: float
+    high: float
+    path: Path | None
+    log10: float = 0.0  # the prediction in target units, for sorting and comparison
+
+
+@dataclass(frozen=True)
+class FramesResult:
+    """Chosen frames in pick order (best first) and what happened to the rest."""
+
+    choices: tuple[FrameChoice, ...]
+    skipped: dict[str, int] = field(hash=False)  # reason -> frames/candidates dropped
+    n_sampled: int
+    n_candidates: int
+    n_shots: int
+    duration_s: float
+    target: str
+    contact_sheet: Path | None = None
+    json_path: Path | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["choices"] = [
+            {**asdict(c), "path": None if c.path is None else str(c.path)} for c in self.choices
+        ]
+        for key in ("contact_sheet", "json_path"):
+            d[key] = None if d[key] is None else str(d[key])
+        return d
+
+
+def rank_frames(
+    video: Path,
+    model_dir: Path,
+    title: str = "",
+    top: int = 5,
+    out_dir: Path | None = None,
+    config: FramesConfig = FramesConfig(),
+    progress: Callable[[float], None] | None = None,
+) -> FramesResult:
+    """The `top` best, mutually different frames of `video` by predicted views.
+
+    With `out_dir`: stills (JPEG, `config.output_size`), a contact sheet and frames.json.
+    """
+    if top < 1:
+        raise FramesError(f"top must be >= 1, got {top}")
+    model, encoders = load_model(model_dir)
+    scan = scan_video(
+        Path(video),
+        config.select,
+        analysis_width=config.analysis_width,
+        sample_fps=config.sample_fps,
+        keyframes_only=config.keyframes_only,
+        progress=None if progress is None else (lambda f: progress(0.9 * f)),
+    )
+    if not scan.candidates:
+        raise FramesError(
+            f"{video}: no usable frame among {scan.n_sampled} sampled ({_skips(scan.skipped)})"
+        )
+    choices = _choose(model, encoders, scan, title, top, config)
+    result = FramesResult(
+        tuple(choices),
+        scan.skipped,
+        scan.n_sampled,
+        len(scan.candidates),
+        scan.n_shots,
+        scan.duration_s,
+        model.config.target,
+    )
+    if out_dir is not None:
+        result = write_outputs(result, Path(video), Path(out_dir), title, config)
+    if progress is not None:
+        progress(1.0)
+    log.info(
+        "%s: %d sampled, %d candidates, skipped %s",
+        video,
+        scan.n_sampled,
+        len(scan.candidates),
+        _skips(scan.skipped),
+    )
+    return result
+
+
+def _skips(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in skipped.items() if v) or "none skipped"
+
+
+def _choose(model, encoders, scan: ScanResult, title: str, top: int, config: FramesConfig):
+    """Score every candidate, then MMR; returns FrameChoices (path None) in pick order."""
+    cands = scan.candidates
+    images = [Image.fromarray(c.rgb) for c in cands]
+    blocks = image_blocks(encoders, images, [title] * len(images))
+    pred = model.predict(blocks)  # (N,)
+    lo, hi = model.predict_interval(blocks)
+    emb = diversity_embeddings(model, encoders, blocks, np.stack([c.hist for c in cands]))
+    shots = np.array([c.shot_index for c in cands]) if config.one_per_shot else None
+    order = mmr_select(pred, emb, top, config.diversity, shots)
+    scale = to_views(model.config.target)
+    return [
+        FrameChoice(
+            cands[i].timestamp_s,
+            cands[i].shot_index,
+            scale(pred[i]),
+            scale(lo[i]),
+            scale(hi[i]),
+            None,
+            float(pred[i]),
+        )
+        for i in order
+    ]
+
+
+def diversity_embeddings(
+    model: ViewPredictor,
+    encoders: dict[str, Encoder],
+    blocks: dict[str, np.ndarray],
+    hists: np.ndarray,
+) -> np.ndarray:
+    """(N, D) rows whose cosine says how alike two frames are (see the module docstring)."""
+    parts = []
+    for name in model.config.encoders:
+        if encoders[name].modality != "image":
+            continue
+        X = np.asarray(blocks[name], dtype=np.float64)  # (N, D_k)
+        parts.append((X - model.block_mean_[name]) / model.block_scale_[name] / np.sqrt(X.shape[1]))
+    if not parts:
+        return np.sqrt(np.asarray(hists, dtype=np.float64))  # (N, B)
+    return np.concatenate(parts, axis=1)
+
+
+def to_views(target: str) -> Callable[[float], float]:
+    """Target units -> view counts (log10 target) or channel multipliers."""
+    if target == "log10":
+        return lambda v: float(views_from_log(v))
+    return lambda v: float(10.0**v)
+
+
+# ----- outputs -------------------------------------------------------------------------------
+def fit_frame(rgb: np.ndarray, size: tuple[int, int], fit: str = "crop") -> Image.Image:
+    """`rgb` (H, W, 3) as a `size` (w, h) image: centre-cropped to the aspect, or letterboxed."""
+    img = Image.fromarray(rgb)
+    w, h = size
+    scale = (max if fit == "crop" else min)(w / img.width, h / img.height)
+    new = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    img = img.resize(new, Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", size, (0, 0, 0))
+    canvas.paste(img, ((w - new[0]) // 2, (h - new[1]) // 2))
+    return canvas
+
+
+def write_outputs(
+    result: FramesResult, video: Path, out_dir: Path, title: str, config: FramesConfig
+) -> FramesResult:
+    """Full-resolution stills, contact sheet and frames.json; returns the result with paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frames = grab_frames(video, [c.timestamp_s for c in result.choices])
+    choices, stills = [], []
+    for rank, c in enumerate(result.choices, start=1):
+        still = fit_frame(frames[c.timestamp_s], config.output_size, config.fit)
+        path = out_dir / f"frame_{rank:02d}_{c.timestamp_s:08.2f}s.jpg"
+        still.save(path, "JPEG", quality=config.jpeg_quality)
+        choices.append(_replace_path(c, path))
+        stills.append(still)
+    sheet = out_dir / CONTACT_SHEET
+    contact_sheet(stills, choices, result.target, f"{video.name}  {title}".strip()).save(sheet)
+    result = _with_paths(result, tuple(choices), sheet, out_dir / FRAMES_JSON)
+    payload = {"video": str(video), "title": title, "config": _config_json(config)}
+    payload.update(result.to_json_dict())
+    (out_dir / FRAMES_JSON).write_text(json.dumps(payload, indent=2, ensure_ascii=False))
+    return result
+
+
+def _replace_path(c: FrameChoice, path: Path) -> FrameChoice:
+    return FrameChoice(**{**asdict(c), "path": path})
+
+
+def _with_paths(result: FramesResult, choices, sheet: Path, json_path: Path) -> FramesResult:
+    fields = {k: getattr(result, k) for k in result.__dataclass_fields__}
+    return FramesResult(
+        **{**fields, "choices": choices, "contact_sheet": sheet, "json_path": json_path}
+    )
+
+
+def _config_json(config: FramesConfig) -> dict[str, Any]:
+    d = asdict(config)
+    d["output_size"] = list(config.output_size)
+    return d
+
+
+def format_views(v: float, target: str) -> str:
+    """12.3k / 1.2M views, or a channel multiplier like x1.8."""
+    if target != "log10":
+        return f"x{v:.2f}"
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return f"{v / div:.1f}{unit}"
+    return f"{v:.0f}"
+
+
+def contact_sheet(
+    stills: list[Image.Image], choices: list[FrameChoice], target: str, heading: str
+) -> Image.Image:
+    """A grid of the chosen stills with rank, timestamp, shot and predicted views."""
+    cell_w, cell_h, text_h, cols = 384, 216, 50, min(3, max(1, len(stills)))
+    rows = -(-len(stills) // cols)
+    sheet = Image.new("RGB", (cols * cell_w, 30 + rows * (cell_h + text_h)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=14)
+    draw.text((6, 6), heading[:120], fill=(0, 0, 0), font=font)
+    for i, (still, c) in enumerate(zip(stills, choices, strict=True)):
+        x, y = (i % cols) * cell_w, 30 + (i // cols) * (cell_h + text_h)
+        sheet.paste(still.resize((cell_w - 4, cell_h - 4)), (x + 2, y + 2))
+        mins, secs = divmod(c.timestamp_s, 60)
+        line1 = f"#{i + 1}  {int(mins):02d}:{secs:04.1f}  shot {c.shot_index}"
+        views = f"{format_views(c.predicted_views, target)} views"
+        band = f"({format_views(c.low, target)} - {format_views(c.high, target)})"
+        draw.text((x + 6, y + cell_h + 2), line1, fill=(0, 0, 0), font=font)
+        draw.text((x + 6, y + cell_h + 22), f"{views} {band}", fill=(0, 0, 0), font=font)
+    return sheet

@@ -1,0 +1,109 @@
+"""Comparing thumbnails: planted effects win, probabilities are exact and symmetric."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _model_fixture import model_dir  # noqa: F401  (shared session fixture)
+from thumbview.compare import (
+    CompareError,
+    Comparison,
+    compare,
+    compare_files,
+    p_beats_matrix,
+    p_best,
+    save_side_by_side,
+)
+from thumbview.data.synth import render_thumbnail
+from thumbview.predict.workflow import load_model
+
+
+def _thumb(seed: int, **flags: int) -> Image.Image:
+    return Image.fromarray(render_thumbnail(np.random.default_rng(seed), flags))
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir):  # noqa: F811
+    return load_model(model_dir)
+
+
+@pytest.fixture(scope="module")
+def high_low(loaded):
+    model, encoders = loaded
+    images = [_thumb(11, warm_colours=1, big_text=1), _thumb(12, dark_blurry=1)]
+    return compare(model, encoders, images, ["high.jpg", "low.jpg"]), images
+
+
+def test_planted_high_beats_low(high_low):
+    result, _ = high_low
+    first, second = result.candidates
+    assert first.image == "high.jpg" and first.p_best > 0.5
+    assert result.p_beats[0][1] > 0.5
+    assert first.low < first.views < first.high
+    assert first.p_best + second.p_best == pytest.approx(1.0)
+    assert result.p_beats[0][1] == pytest.approx(first.p_best)  # two candidates: the same thing
+    assert result.descriptors and result.descriptor_scale == "model feature sd"
+    spreads = [d.spread for d in result.descriptors]
+    assert spreads == sorted(spreads, reverse=True)
+    text = [d for d in result.descriptors if d.feature.startswith("text")]
+    assert text and all(d.highest == "high.jpg" for d in text)  # the planted big text
+
+
+def test_identical_inputs_give_exactly_one_half(loaded):
+    model, encoders = loaded
+    img = _thumb(5, warm_colours=1)
+    result = compare(model, encoders, [img, img.copy()], ["a.jpg", "b.jpg"])
+    assert result.p_beats[0][1] == 0.5 and result.p_beats[1][0] == 0.5
+    assert [c.p_best for c in result.candidates] == [0.5, 0.5]
+    assert result.descriptors == ()
+
+
+def test_pair_probabilities_sum_to_one_exactly():
+    rng = np.random.default_rng(0)
+    atoms = np.sort(rng.normal(0, 0.4, 100))
+    pred = rng.normal(4, 0.3, 6)
+    p = p_beats_matrix(pred, atoms)
+    assert np.allclose(p + p.T, 1.0, atol=1e-15, rtol=0)
+    assert np.all(np.diag(p) == 0.5)
+    # a plain reference: every pair of atoms, ties half
+    a, b = pred[0] + atoms[:, None], pred[1] + atoms[None, :]
+    assert p[0, 1] == pytest.approx(((a > b) + 0.5 * (a == b)).mean(), abs=1e-12)
+    best = p_best(pred, atoms)
+    assert best.sum() == pytest.approx(1.0) and np.argmax(best) == np.argmax(pred)
+
+
+def test_json_round_trip_and_picture(high_low, tmp_path):
+    result, images = high_low
+    again = Comparison.from_json_dict(json.loads(json.dumps(result.to_json_dict())))
+    assert again == result
+    png = save_side_by_side(result, images, tmp_path / "side.png")
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.width == 2 * 320
+
+
+def test_images_x_titles_and_files(model_dir, tmp_path):  # noqa: F811
+    paths = []
+    for i, flags in enumerate(({"warm_colours": 1}, {})):
+        paths.append(tmp_path / f"t{i}.jpg")
+        _thumb(20 + i, **flags).save(paths[-1])
+    result, images = compare_files(model_dir, paths, titles=["one", "two"])
+    assert len(result.candidates) == 4 and len(images) == 2
+    assert {(c.image, c.title) for c in result.candidates} == {
+        (p.name, t) for p in paths for t in ("one", "two")
+    }
+    assert sum(c.p_best for c in result.candidates) == pytest.approx(1.0)
+
+
+def test_bad_inputs(loaded):
+    model, encoders = loaded
+    img = _thumb(1)
+    with pytest.raises(CompareError, match="at least two"):
+        compare(model, encoders, [img], ["a"])
+    with pytest.raises(CompareError, match="names"):
+        compare(model, encoders, [img, img], ["a"])
+    with pytest.raises(CompareError, match="sae_dir"):
+        compare(model, encoders, [img, img], ["a", "b"], study=object())

@@ -1,0 +1,413 @@
+"""The web API: every endpoint, and every way a request can be refused with a JSON error."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("multipart")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from thumbview.data.dataset import load_dataset  # noqa: E402
+from thumbview.data.synth import SynthConfig, make_synthetic  # noqa: E402
+from thumbview.predict.model import PredictorConfig  # noqa: E402
+from thumbview.predict.workflow import load_model, predict_loaded, train  # noqa: E402
+from thumbview.serve import app as serve_app  # noqa: E402
+from thumbview.serve.jobs import to_jsonable  # noqa: E402
+from thumbview.serve.uploads import Limits, display_name  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def serve_model(tmp_path_factory) -> dict:
+    """A small visual-only model trained on synthetic thumbnails, and its dataset."""
+    root = tmp_path_factory.mktemp("serve")
+    make_synthetic(root / "ds", SynthConfig(n=40, seed=0))
+    ds = load_dataset(root / "ds")
+    train(ds, PredictorConfig(encoders=("visual",)), root / "model", holdout_frac=0)
+    return {"model": root / "model", "paths": ds.paths}
+
+
+def _fake_compare(model, encoders, images, names, titles, study=None):
+    """Stands in for thumbview.compare.compare until it exists: same call, same JSON keys."""
+    preds = predict_loaded(model, encoders, images, names, titles)
+    order = np.argsort([-p.log10 for p in preds])
+    rows = [
+        {**p.__dict__, "rank": int(np.flatnonzero(order == i)[0]) + 1, "p_beats_others": 0.5}
+        for i, p in enumerate(preds)
+    ]
+    return types.SimpleNamespace(to_json_dict=lambda: {"candidates": rows, "descriptors": []})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compare_module():
+    if importlib.util.find_spec("thumbview.compare") is not None:
+        yield
+        return
+    fake = types.ModuleType("thumbview.compare")
+    fake.compare = _fake_compare
+    sys.modules["thumbview.compare"] = fake
+    yield
+    del sys.modules["thumbview.compare"]
+
+
+@pytest.fixture(scope="module")
+def client(serve_model):
+    with TestClient(serve_app.create_app(serve_model["model"])) as c:
+        yield c
+
+
+def _jpeg(path_or_array, size=None) -> bytes:
+    img = Image.open(path_or_array) if isinstance(path_or_array, Path) else path_or_array
+    if size:
+        img = img.resize(size)
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _file(data: bytes, name: str = "thumb.jpg", ctype: str = "image/jpeg"):
+    return (name, data, ctype)
+
+
+def _error(resp, status: int, *words: str) -> str:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and "Traceback" not in body["error"]
+    for w in words:
+        assert w in body["error"], body["error"]
+    return body["error"]
+
+
+# ----------------------------------------------------------------------------- page, health
+def test_health_and_page(client):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["encoders"] == ["visual"]
+    assert health["explain"] is False and health["target"] == "log10"
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert asset in page.text and client.get(asset).status_code == 200
+    assert "/predict" in client.get("/openapi.json").json()["paths"]
+    _error(client.get("/no-such-page"), 404)
+    _error(client.get("/static/../app.py"), 404)
+
+
+# ----------------------------------------------------------------------------- predict
+def test_predict_matches_the_library(client, serve_model):
+    path = serve_model["paths"][0]
+    data = _jpeg(path)
+    resp = client.post("/predict", files={"image": _file(data)}, data={"title": "My video"})
+    assert resp.status_code == 200, resp.text
+    got = resp.json()["prediction"]
+    model, encoders = load_model(serve_model["model"])
+    want = predict_loaded(
+        model, encoders, [Image.open(io.BytesIO(data)).convert("RGB")], ["x"], ["My video"]
+    )[0]
+    assert got["image"] == "thumb.jpg" and got["title"] == "My video"
+    assert got["views"] == pytest.approx(want.views) and got["low"] <= got["views"] <= got["high"]
+    no_title = client.post("/predict", files={"image": _file(data)}).json()["prediction"]
+    assert no_title["title"] == ""
+
+
+def test_predict_bad_inputs(client, serve_model):
+    good = _jpeg(serve_model["paths"][0])
+    _error(client.post("/predict", data={"title": "x"}), 422, "missing field 'image'")
+    not_image = _file(b"this is plain text, not a JPEG", "holiday.jpg")
+    _error(client.post("/predict", files={"image": not_image}), 422, "holiday.jpg", "not an image")
+    truncated = _file(good[: len(good) // 2])
+    _error(client.post("/predict", files={"image": truncated}), 422, "thumb.jpg")
+    _error(client.post("/predict", files={"image": _file(b"")}), 422, "empty")
+    _error(
+        client.post("/predict", files={"image": _file(good)}, data={"title": "t" * 301}), 422, "300"
+    )
+    sneaky = _file(good, "../../etc/passwd")
+    assert (
+        client.post("/predict", files={"image": sneaky}).json()["prediction"]["image"] == "passwd"
+    )
+
+
+def test_upload_caps(serve_model):
+    path = serve_model["paths"][0]
+    app = serve_app.create_app(
+        serve_model["model"], limits=Limits(max_image_bytes=2000, max_image_pixels=10_000)
+    )
+    with TestClient(app) as c:
+        big = _jpeg(path, (320, 180))  # > 2000 bytes
+        _error(c.post("/predict", files={"image": _file(big)}), 413, "limit")
+        small = _jpeg(Image.new("RGB", (200, 100), (200, 30, 30)))  # 20,000 px, few bytes
+        assert len(small) < 2000
+        _error(c.post("/predict", files={"image": _file(small)}), 413, "pixel")
+        huge = {
+            "content-length": str(50 * 2**20),
+            "content-type": "multipart/form-data; boundary=x",
+        }
+        _error(c.post("/predict", content=b"--x--", headers=huge), 413, "request body")
+
+
+# ----------------------------------------------------------------------------- compare
+def test_compare_two_images_two_titles(client, serve_model):
+    files = [
+        ("images", _file(_jpeg(p), f"{n}.jpg"))
+        for p, n in zip(serve_model["paths"][:2], "ab", strict=True)
+    ]
+    resp = client.post("/compare", files=files, data={"titles": ["First", "Second"]})
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    assert out["images"] == ["a.jpg", "b.jpg"]
+    assert len(out["candidates"]) == 4
+    assert {(c["image"], c["title"]) for c in out["candidates"]} == {
+        (i, t) for i in ("a.jpg", "b.jpg") for t in ("First", "Second")
+    }
+    same = [("images", _file(_jpeg(serve_model["paths"][0]), "x.jpg"))] * 2
+    assert client.post("/compare", files=same).json()["images"] == ["x.jpg", "x.jpg (2)"]
+
+
+def test_compare_bad_inputs(client, serve_model):
+    one = [("images", _file(_jpeg(serve_model["paths"][0])))]
+    _error(client.post("/compare", files=one), 422, "between 2 and 6")
+    _error(client.post("/compare", files=one * 7), 422, "between 2 and 6")
+    _error(
+        client.post("/compare", files=one * 2, data={"titles": list("abcd")}),
+        422,
+        "at most 3 titles",
+    )
+    _error(client.post("/compare", data={"titles": "x"}), 422, "missing field 'images'")
+    bad = one + [("images", _file(b"GIF89a-but-not-really", "b.gif", "image/gif"))]
+    _error(client.post("/compare", files=bad), 422, "b.gif")
+
+
+# ----------------------------------------------------------------------------- errors, lock
+def test_unexpected_errors_are_generic_500s(serve_model, monkeypatch):
+    app = serve_app.create_app(serve_model["model"])
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("secret internal detail /home/user/model")
+
+    monkeypatch.setattr(serve_app, "predict_loaded", boom)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        msg = _error(
+            c.post("/predict", files={"image": _file(_jpeg(serve_model["paths"][0]))}), 500
+        )
+    assert "secret" not in msg and "server log" in msg
+
+
+def test_requests_take_turns_on_the_model(serve_model, monkeypatch):
+    """Concurrent requests never run the model at the same time (memory stays one copy)."""
+    app = serve_app.create_app(serve_model["model"])
+    active, peak, guard = [0], [0], threading.Lock()
+    real = serve_app.predict_loaded
+
+    def counting(*args, **kwargs):
+        with guard:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with guard:
+                active[0] -= 1
+
+    monkeypatch.setattr(serve_app, "predict_loaded", counting)
+    data = _jpeg(serve_model["paths"][1])
+    with TestClient(app) as c:
+        codes = []
+        threads = [
+            threading.Thread(
+                target=lambda: codes.append(
+                    c.post("/predict", files={"image": _file(data)}).status_code
+                )
+            )
+            for _ in range(6)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert codes == [200] * 6 and peak[0] == 1
+
+
+# ----------------------------------------------------------------------------- explain
+def test_explain_without_a_study_is_409(client, serve_model):
+    resp = client.post("/explain", files={"image": _file(_jpeg(serve_model["paths"][0]))})
+    _error(resp, 409, "--sae")
+    _error(client.get("/explain/examples/0/0"), 404)
+
+
+@pytest.fixture(scope="module")
+def sae_study(tiny_clip_dir, tmp_path_factory) -> dict:
+    """A random SAE over the tiny CLIP, and a hand-written study covering all its latents."""
+    pytest.importorskip("thumbview.sae.train")
+    from thumbview.sae.model import SaeConfig, SparseAutoencoder
+    from thumbview.sae.train import save_sae
+
+    root = tmp_path_factory.mktemp("sae-study")
+    sae = SparseAutoencoder(SaeConfig(d_in=32, expansion_factor=2, arch="relu-l1"), seed=3)
+    extra = {"clip_model": str(tiny_clip_dir), "clip_layer": -2, "clip_tokens": "cls"}
+    sae_dir = save_sae(sae, root / "sae", extra)
+    (root / "ex").mkdir()
+    for i in range(2):
+        Image.new("RGB", (32, 18), (40 * i, 90, 160)).save(root / "ex" / f"e{i}.png")
+    study = root / "study"
+    study.mkdir()
+    table = pd.DataFrame(
+        {
+            "latent_feature_index": range(64),
+            "ratio": np.linspace(0.5, 2.0, 64),
+            "q": 0.01,
+            "group_top_views": 1e4,
+        }
+    )
+    table.to_csv(study / "all_features.csv", index=False)
+    examples = {str(k): ["e0.png", "e1.png"] for k in range(64)}
+    (study / "examples.json").write_text(
+        json.dumps({"examples": examples, "dataset_root": str(root / "ex")})
+    )
+    (study / "summary.json").write_text(json.dumps({"n_latents": 64}))
+    return {"sae": sae_dir, "study": study}
+
+
+def test_explain_with_a_study(serve_model, sae_study):
+    app = serve_app.create_app(serve_model["model"], sae_study["sae"], sae_study["study"])
+    with TestClient(app) as c:
+        assert c.get("/health").json()["explain"] is True
+        resp = c.post(
+            "/explain", files={"image": _file(_jpeg(serve_model["paths"][0]))}, data={"top": "4"}
+        )
+        assert resp.status_code == 200, resp.text
+        feats = resp.json()["features"]
+        assert 1 <= len(feats) <= 4
+        acts = [f["activation"] for f in feats]
+        assert acts == sorted(acts, reverse=True) and all(f["ratio"] is not None for f in feats)
+        url = feats[0]["examples"][1]
+        assert url == f"/explain/examples/{feats[0]['latent']}/1"
+        img = c.get(url)
+        assert img.status_code == 200 and Image.open(io.BytesIO(img.content)).size == (32, 18)
+        _error(c.get(f"/explain/examples/{feats[0]['latent']}/2"), 404)
+        _error(c.get("/explain/examples/9999/0"), 404)
+        two = [
+            ("images", _file(_jpeg(p), f"{i}.jpg")) for i, p in enumerate(serve_model["paths"][:2])
+        ]
+        sae = c.post("/compare", files=two).json()["sae"]
+        assert sae and all(len(d["activations"]) == 2 for d in sae)
+        _error(c.post("/explain", files={"image": _file(b"nope")}), 422, "not an image")
+        _error(
+            c.post(
+                "/explain",
+                files={"image": _file(_jpeg(serve_model["paths"][0]))},
+                data={"top": "0"},
+            ),
+            422,
+            "top",
+        )
+
+
+# ----------------------------------------------------------------------------- frames
+def _video(path: Path, seconds: float = 3.0, fps: int = 10) -> Path:
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (160, 90))
+    for i in range(int(seconds * fps)):
+        frame = np.zeros((90, 160, 3), np.uint8)
+        frame[:] = (30, 60 + 60 * (i // 10), 200 - 50 * (i // 10))  # three "shots"
+        cv2.rectangle(frame, (20 + i, 20), (60 + i, 60), (255, 255, 255), -1)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def _wait(c, job_id: str, timeout: float = 60.0) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        job = c.get(f"/frames/{job_id}").json()
+        assert 0.0 <= job["progress"] <= 1.0
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError("frames job did not finish")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("thumbview.frames.rank") is None, reason="frames.rank not written yet"
+)
+def test_frames_job_end_to_end(client, tmp_path):
+    video = _video(tmp_path / "clip.mp4").read_bytes()
+    resp = client.post(
+        "/frames",
+        files={"video": ("my clip.mp4", video, "video/mp4")},
+        data={"title": "T", "top": "2"},
+    )
+    assert resp.status_code == 202, resp.text
+    job = _wait(client, resp.json()["job_id"])
+    assert job["status"] == "done" and job["progress"] == 1.0, job["error"]
+    choices = job["result"]["choices"]
+    assert 1 <= len(choices) <= 2
+    text = json.dumps(job["result"])
+    assert "/tmp" not in text and str(tmp_path) not in text  # no server paths leak
+    still = client.get(choices[0]["path"])
+    assert still.status_code == 200 and Image.open(io.BytesIO(still.content)).format == "JPEG"
+    _error(client.get(f"/frames/{job['job_id']}/stills/../../etc/passwd"), 404)
+    _error(client.get(f"/frames/{job['job_id']}/stills/frames.json"), 404)
+
+
+def test_frames_bad_inputs(client):
+    _error(client.get("/frames/0123456789abcdef01234567"), 404, "no frames job")
+    _error(client.get("/frames/nope/stills/x.jpg"), 404)
+    _error(
+        client.post("/frames", files={"video": ("v.mp4", b"not a video at all", "video/mp4")}),
+        422,
+        "v.mp4: not a video",
+    )
+    _error(client.post("/frames", data={"title": "x"}), 422, "missing field 'video'")
+
+
+def test_frames_upload_cap_and_busy_queue(serve_model, tmp_path):
+    gate = threading.Event()
+    app = serve_app.create_app(
+        serve_model["model"], limits=Limits(max_video_bytes=50_000, max_frame_jobs=1)
+    )
+    app.state.jobs._rank = lambda video, out_dir, progress, **kw: gate.wait(10) and {"choices": []}
+    video = _video(tmp_path / "v.mp4", seconds=1.0)
+    with TestClient(app) as c:
+        big = ("v.avi", b"\0" * 60_000, "video/x-msvideo")
+        _error(c.post("/frames", files={"video": big}), 413, "limit")
+        first = c.post("/frames", files={"video": ("v.mp4", video.read_bytes(), "video/mp4")})
+        assert first.status_code == 202
+        second = c.post("/frames", files={"video": ("v.mp4", video.read_bytes(), "video/mp4")})
+        _error(second, 429, "already being ranked")
+        gate.set()
+        assert _wait(c, first.json()["job_id"])["status"] == "done"
+
+
+# ----------------------------------------------------------------------------- helpers
+def test_results_never_carry_server_paths(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    stills: dict = {}
+    got = to_jsonable(
+        {
+            "still": str(tmp_path / "a.jpg"),
+            "other": Path("/etc/passwd"),
+            "n": np.float32(2.5),
+            "bad": float("nan"),
+        },
+        tmp_path,
+        "/frames/j/stills/",
+        stills,
+    )
+    assert got == {"still": "/frames/j/stills/a.jpg", "other": "passwd", "n": 2.5, "bad": None}
+    assert stills == {"a.jpg": (tmp_path / "a.jpg").resolve()}
+    assert display_name("C:\\Users\\me\\..\\x<y>.png", 0) == "x_y_.png"
+    assert display_name("../..", 3) == "image 4"
