@@ -150,14 +150,16 @@ def test_text_encoder_keys_on_title_content(tmp_path):
     assert stats.n_computed == 3  # the duplicated title is encoded once
 
 
-def test_default_cache_dir_for_read_only_data(tmp_path, monkeypatch):
+def test_default_cache_dir_is_outside_the_dataset(tmp_path, monkeypatch):
     from thumbview.embed.cache import default_cache_dir
 
     monkeypatch.delenv("THUMBVIEW_CACHE_DIR", raising=False)
-    monkeypatch.setattr("os.access", lambda *a, **k: False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     path = default_cache_dir(tmp_path / "data")
-    assert str(path).startswith(str(tmp_path / "home"))
+    assert path.is_relative_to(tmp_path / "cache") and not path.is_relative_to(tmp_path / "data")
+    assert default_cache_dir(tmp_path / "other") != path  # one folder per dataset
+    monkeypatch.setenv("THUMBVIEW_CACHE_DIR", str(tmp_path / "mine"))
+    assert default_cache_dir(tmp_path / "data") == tmp_path / "mine"
 
 
 def test_unreadable_image_without_verification_gives_clear_error(tmp_path):

@@ -25,7 +25,7 @@ ClipModelOpt = Annotated[
     typer.Option("--clip-model", help="CLIP model id on the Hub or a local directory."),
 ]
 CacheOpt = Annotated[
-    Path | None, typer.Option("--cache-dir", help="Feature cache (default: DATA/.thumbview).")
+    Path | None, typer.Option("--cache-dir", help="Feature cache (default: ~/.cache/thumbview).")
 ]
 
 

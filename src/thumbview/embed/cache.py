@@ -52,17 +52,17 @@ class CacheStats:
 
 
 def default_cache_dir(root: Path) -> Path:
-    """`DATA/.thumbview/features` when the dataset folder is writable, else the user cache.
+    """`~/.cache/thumbview/features/<folder>-<hash of its path>`; `THUMBVIEW_CACHE_DIR` overrides.
 
-    `THUMBVIEW_CACHE_DIR` overrides both (read-only datasets, shared caches).
+    Never inside the dataset folder: datasets are often read-only, shared or synced, and
+    permission bits do not stop root from writing where it should not.
     """
     if env := os.environ.get("THUMBVIEW_CACHE_DIR"):
         return Path(env)
     root = Path(root).resolve()
-    if os.access(root, os.W_OK):
-        return root / ".thumbview" / "features"
     tag = hashlib.sha256(str(root).encode()).hexdigest()[:12]
-    return Path.home() / ".cache" / "thumbview" / "features" / f"{root.name}-{tag}"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "thumbview" / "features" / f"{root.name}-{tag}"
 
 
 def digest_bytes(data: bytes) -> bytes:
