@@ -111,6 +111,21 @@ def test_user_errors_exit_2_without_traceback(args, message):
     assert message in result.output.lower()
 
 
+def test_explain_a_model_prediction(model_dir, synth_dir):
+    image = next((synth_dir / "images").glob("*.jpg"))
+    result = ok("explain", model_dir, image, "--title", "I tried the secret", "--json")
+    ex = json.loads(result.stdout)
+    total = ex["baseline_log10"] + sum(b["contribution_log10"] for b in ex["blocks"])
+    assert abs(total - ex["log10"]) < 1e-6  # ridge attributions add up exactly
+    assert ex["features"] and "typical thumbnail" in ok("explain", model_dir, image).output
+
+
+def test_explain_rejects_a_folder_that_is_neither(tmp_path, synth_dir):
+    image = next((synth_dir / "images").glob("*.jpg"))
+    result = invoke("explain", tmp_path, image)
+    assert result.exit_code == 2 and "neither" in result.output
+
+
 def test_predict_rejects_a_non_image(model_dir, tmp_path):
     fake = tmp_path / "fake.jpg"
     fake.write_text("not an image")

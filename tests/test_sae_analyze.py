@@ -193,6 +193,21 @@ def test_control_age_removes_the_age_effect(data, latents, tmp_path):
     assert summary["raw_dataset_median"] == pytest.approx(np.median(data["ds"].views))
 
 
+def test_channel_control_warns_only_when_channel_variance_is_not_estimable(data, caplog):
+    ds = data["ds"]
+    with caplog.at_level("INFO", logger="thumbview.sae"):
+        pooled = A.grouping_views(ds, ("age", "channel"))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "partial pooling" in caplog.text and "lambda=" in caplog.text
+    assert len(np.unique(np.round(pooled, 6))) == N  # no video's views collapse to the mean
+    lone = type(ds)(ds.root, ds.table.assign(channel_id=[f"c{i}" for i in range(N)]), ds.report)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="thumbview.sae"):
+        views = A.grouping_views(lone, ("age", "channel"))
+    assert "channel effects cannot be estimated" in caplog.text
+    np.testing.assert_allclose(views, A.grouping_views(ds, ("age",)))  # channel left alone
+
+
 def test_control_without_published_at_is_a_clear_error(data, latents, tmp_path):
     ds = data["ds"]
     no_dates = type(ds)(ds.root, ds.table.drop(columns="published_at"), ds.report)

@@ -222,7 +222,8 @@ def test_residualize_equals_one_hot_ols():
     onehot = pd.get_dummies(channels).to_numpy(float)  # (n, 4)
     design = np.column_stack([onehot, age, age**2])
     ref = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
-    np.testing.assert_allclose(S.residualize(y, age, channels), ref, atol=1e-9)
+    fixed = S.residualize(y, age, channels, channel_mode="fixed")
+    np.testing.assert_allclose(fixed, ref, atol=1e-9)
     design = np.column_stack([np.ones(n), age, age**2])
     ref = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
     np.testing.assert_allclose(S.residualize(y, age), ref, atol=1e-9)
@@ -232,6 +233,78 @@ def test_residualize_equals_one_hot_ols():
     assert abs(np.corrcoef(np.log(adjusted), age)[0, 1]) < 1e-6
     years = S.upload_age_years(["2020-01-01", "2022-01-01T00:00:00Z"])
     np.testing.assert_allclose(years, [731 / 365.25, 0.0])
+
+
+@pytest.fixture(scope="module")
+def many_small_channels():
+    """2,000 single-video channels (effects ~ N(0, 0.5^2)) + 20 channels of 150 videos with
+    strong effects (+-1.5); ages differ by channel, so age and channel must be fit jointly."""
+    rng = np.random.default_rng(11)
+    n_big, size_big, n_single = 20, 150, 2000
+    big_fx = rng.choice([-1.5, 1.5], n_big)
+    fx = np.r_[np.repeat(big_fx, size_big), rng.normal(0, 0.5, n_single)]  # (N,)
+    channels = np.r_[np.repeat(np.arange(n_big), size_big), n_big + np.arange(n_single)]
+    age = rng.uniform(0, 8, len(fx)) + 0.5 * fx  # channel-correlated ages
+    signal = rng.normal(0, 1.0, len(fx))  # the non-age, non-channel part of log views
+    y = 3.0 + 0.3 * age - 0.02 * age**2 + fx + signal
+    return {"y": y, "age": age, "channels": channels.astype(str), "signal": signal, "n_big": 3000}
+
+
+def test_pooled_channels_keep_single_video_signal(many_small_channels):
+    d = many_small_channels
+    fit = S.fit_residuals(d["y"], d["age"], d["channels"])
+    single = slice(d["n_big"], None)
+    r = fit.residuals[single]
+    assert np.ptp(r) > 1 and np.corrcoef(r, d["signal"][single])[0, 1] > 0.8
+    big_means = fit.residuals[: d["n_big"]].reshape(20, 150).mean(axis=1)
+    assert np.abs(big_means).max() < 0.1  # +-1.5 offsets removed up to lambda / (150 + lambda)
+    assert 2 < fit.channel_lambda < 8  # planted: 1 / (0.25 + a little from the big channels)
+    np.testing.assert_allclose(fit.coef[1:], [0.3, -0.02], atol=0.06)
+    assert abs(np.corrcoef(fit.residuals, d["age"])[0, 1]) < 1e-9  # GLS residuals _|_ age
+    fixed = S.residualize(d["y"], d["age"], d["channels"], channel_mode="fixed")
+    np.testing.assert_allclose(fixed[single], 0, atol=1e-9)  # why fixed effects fail here
+    adjusted = S.adjust_views(10 ** (d["y"] + 2), d["age"], d["channels"])
+    assert len(np.unique(np.round(adjusted[single], 6))) == 2000
+
+
+def test_variance_components_recover_balanced_design():
+    rng = np.random.default_rng(12)
+    n_ch, size, s2_w, s2_b = 400, 8, 0.6, 0.3
+    codes = np.repeat(np.arange(n_ch), size)
+    age = rng.uniform(0, 5, len(codes))
+    y = (
+        1.0
+        + 0.4 * age
+        + rng.normal(0, s2_b**0.5, n_ch)[codes]
+        + rng.normal(0, s2_w**0.5, len(codes))
+    )
+    fit = S.fit_residuals(y, age, codes, quadratic=False)
+    comp = fit.shrinkage
+    assert comp.n_channels == n_ch and comp.n_multi_video == n_ch and comp.estimable
+    assert comp.sigma2_within == pytest.approx(s2_w, rel=0.07)
+    assert comp.sigma2_between == pytest.approx(s2_b, rel=0.2)
+    assert fit.channel_lambda == pytest.approx(comp.sigma2_within / comp.sigma2_between)
+    assert fit.coef[1] == pytest.approx(0.4, abs=0.02)
+    # effects are the channel means of (y - X beta) shrunk by n / (n + lambda)
+    r = y - np.column_stack([np.ones(len(y)), age]) @ fit.coef
+    means = np.bincount(codes, weights=r) / size
+    np.testing.assert_allclose(fit.channel_effects, size / (size + fit.channel_lambda) * means)
+
+
+def test_channel_effects_vanish_when_not_estimable(caplog):
+    rng = np.random.default_rng(13)
+    y, age = rng.normal(0, 1, 300), rng.uniform(0, 5, 300)
+    ols = S.residualize(y, age)
+    with caplog.at_level("WARNING", logger="thumbview.sae.stats"):
+        fit = S.fit_residuals(y, age, np.arange(300))  # every channel has one video
+    assert "cannot be estimated" in caplog.text and not fit.shrinkage.estimable
+    assert fit.channel_lambda == np.inf
+    np.testing.assert_allclose(fit.residuals, ols, atol=1e-9)
+    no_fx = np.repeat(np.arange(100), 3)  # sigma2_between = 0 planted: clipped, lambda inf
+    comp = S.channel_variance_components(rng.normal(0, 1, 300), no_fx)
+    assert comp.estimable and comp.sigma2_between < 0.1
+    with pytest.raises(StudyError, match="channel_mode"):
+        S.residualize(y, channels=no_fx, channel_mode="random")
 
 
 def test_channel_mode_uses_mean_of_next_ten():

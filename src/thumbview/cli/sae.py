@@ -191,18 +191,52 @@ def _print_study(outputs) -> None:
 
 @user_errors
 def explain_command(
-    sae: Annotated[Path, typer.Argument(help="SAE folder (from `sae train`).")],
+    source: Annotated[
+        Path, typer.Argument(help="A model folder (`train`) or an SAE folder (`sae train`).")
+    ],
     image: Annotated[Path, typer.Argument(help="A thumbnail.")],
+    title: Annotated[
+        str, typer.Option("--title", "-t", help="Title, for a model that reads titles.")
+    ] = "",
     study: Annotated[
-        Path | None, typer.Option("--study", help="Study folder (default SAE/study).")
+        Path | None, typer.Option("--study", help="SAE study folder (default SAE/study).")
     ] = None,
     top: Annotated[int, typer.Option("--top")] = 10,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """The SAE features active in one thumbnail, with their group's view ratio and examples."""
+    """Why this thumbnail: the model's feature contributions, or the SAE features it activates."""
+    if (source / "model.safetensors").exists():
+        _explain_model(source, image, title, top, as_json)
+    elif (source / "cfg.json").exists():
+        _explain_sae(source, image, study or source / "study", top, as_json)
+    else:
+        raise ValueError(
+            f"{source} is neither a model folder (model.safetensors) nor an SAE folder (cfg.json)"
+        )
+
+
+def _explain_model(model_dir: Path, image: Path, title: str, top: int, as_json: bool) -> None:
+    from thumbview.predict.explain import explain_prediction
+
+    ex = explain_prediction(model_dir, image, title, top=top)
+    if as_json:
+        print_json(ex.to_json_dict())
+        return
+    console.print(
+        f"predicted {ex.views:,.3g} ({ex.target}); a typical thumbnail gets {ex.baseline_views:,.3g}"
+    )
+    table = Table("part", "value", "typical", "effect on views")
+    for b in ex.blocks:
+        table.add_row(f"[bold]{b.name}[/] (all)", "", "", f"x{b.factor:.2f}")
+    for f in ex.features:
+        table.add_row(f.name, f"{f.value:.3g}", f"{f.typical:.3g}", f"x{f.factor:.2f}")
+    console.print(table)
+
+
+def _explain_sae(sae: Path, image: Path, study: Path, top: int, as_json: bool) -> None:
     from thumbview.sae.explain import explain_image
 
-    features = explain_image(image, sae, study or sae / "study", top=top)
+    features = explain_image(image, sae, study, top=top)
     if as_json:
         print_json([{**f.__dict__, "examples": [str(p) for p in f.examples]} for f in features])
         return

@@ -445,6 +445,85 @@ def heldout_test(
 
 # ---------------------------------------------------------------------- covariate control
 
+ChannelMode = Literal["pooled", "fixed"]
+
+
+@dataclass(frozen=True)
+class ChannelShrinkage:
+    """Variance components of a random channel intercept and the shrinkage they imply.
+
+    A channel of n videos keeps n / (n + lambda) of its mean residual as its effect, with
+    lambda = sigma2_within / sigma2_between. Fixed effects are lambda = 0 (a lone video's
+    residual is always 0); lambda = inf means no channel effect is removed. `estimable` is
+    False when the data cannot separate the two components (then lambda = inf).
+    """
+
+    sigma2_within: float
+    sigma2_between: float
+    n_channels: int
+    n_multi_video: int
+    estimable: bool = True
+
+    @property
+    def shrinkage_lambda(self) -> float:
+        """sigma2_within / sigma2_between (0 without within noise, inf without channel effects)."""
+        if not self.estimable or self.sigma2_between <= 0:
+            return math.inf
+        return self.sigma2_within / self.sigma2_between if self.sigma2_within > 0 else 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class ResidualFit:
+    """Residual log views and the fitted covariate model.
+
+    coef: (1 + p,) intercept then age terms; channel_effects: (C,) per channel code (first
+    appearance order, see `channel_codes`), None without channels; shrinkage: variance
+    components in "pooled" mode, else None; channel_lambda: 0 in "fixed" mode, the estimated
+    lambda in "pooled" mode, None without channels.
+    """
+
+    residuals: np.ndarray
+    coef: np.ndarray
+    channel_effects: np.ndarray | None = None
+    shrinkage: ChannelShrinkage | None = None
+    channel_lambda: float | None = None
+
+
+def fit_residuals(
+    log_views: np.ndarray,
+    age: np.ndarray | None = None,
+    channels: np.ndarray | None = None,
+    *,
+    quadratic: bool = True,
+    channel_mode: ChannelMode = "pooled",
+) -> ResidualFit:
+    """Fit log views ~ 1 + age (+ age^2) + channel intercept; residuals are orthogonal to age.
+
+    "pooled" (default) treats channels as random intercepts: lambda comes from method-of-
+    moments variance components on the within-channel (fixed-effects) residuals, then the
+    age terms and channel effects are estimated JOINTLY by exact GLS for that lambda (random-
+    effects quasi-demeaning, no backfitting). Single-video channels, the bulk of real data,
+    keep most of their own signal; big channels get (nearly) their whole mean removed.
+    "fixed" is plain channel fixed effects (OLS on a one-hot design), which zeroes every
+    single-video channel's residual.
+    """
+    _require(channel_mode in ("pooled", "fixed"), "channel_mode must be 'pooled' or 'fixed'")
+    y = _finite_1d(log_views, "log_views")
+    slopes = _age_terms(age, len(y), quadratic)  # (N, p)
+    design = np.column_stack([np.ones(len(y)), slopes])  # (N, 1 + p)
+    if channels is None:
+        beta, *_ = np.linalg.lstsq(design, y, rcond=None)
+        return ResidualFit(residuals=y - design @ beta, coef=beta)
+    codes = channel_codes(channels, len(y))
+    shrinkage = None
+    lam = 0.0
+    if channel_mode == "pooled":
+        within = _within_residuals(y, slopes, codes)  # (N,)
+        shrinkage = channel_variance_components(within, codes, p=slopes.shape[1])
+        lam = shrinkage.shrinkage_lambda
+    beta, effects, resid = _random_intercept_gls(y, design, codes, lam)
+    return ResidualFit(resid, beta, effects, shrinkage, lam)
+
 
 def residualize(
     log_views: np.ndarray,
@@ -452,40 +531,124 @@ def residualize(
     channels: np.ndarray | None = None,
     *,
     quadratic: bool = True,
+    channel_mode: ChannelMode = "pooled",
 ) -> np.ndarray:
-    """Residuals of OLS of log views on [1, age, age^2] + channel fixed effects, (N,).
+    """Residual log views after age (linear + quadratic) and channel effects, (N,).
 
-    Channel effects use the within transform (demean y and age by channel), which equals OLS
-    on a one-hot design without building an N x C matrix (Frisch-Waugh-Lovell).
+    See `fit_residuals`: channels are partially pooled by default; channel_mode="fixed"
+    gives the exact one-hot OLS residuals.
     """
-    y = _finite_1d(log_views, "log_views")
-    cols = []
-    if age is not None:
-        a = _finite_1d(age, "age", len(y))
-        cols = [a, a**2] if quadratic else [a]
-    design = np.column_stack(cols) if cols else np.empty((len(y), 0))  # (N, p)
-    if channels is None:
-        design = np.column_stack([np.ones(len(y)), design])
-        y_w, x_w = y, design
+    fit = fit_residuals(log_views, age, channels, quadratic=quadratic, channel_mode=channel_mode)
+    return fit.residuals
+
+
+def channel_variance_components(
+    values: np.ndarray, channels: np.ndarray, p: int = 0
+) -> ChannelShrinkage:
+    """Method-of-moments (one-way ANOVA) variance components of a channel intercept.
+
+    `values` (N,) are log views minus slope effects estimated WITHIN channels (so channel
+    effects correlated with age do not bias them; Amemiya 1971). sigma2_within is the pooled
+    within-channel variance (only channels with >= 2 videos contribute; `p` slope df are
+    spent). The channel means r_c have variance sigma2_between + sigma2_within / n_c, so the
+    unweighted variance of the means minus sigma2_within * mean(1 / n_c) is unbiased for
+    sigma2_between (clipped at 0) and is not dominated by a few huge channels.
+    """
+    v = _finite_1d(values, "values")
+    codes = channel_codes(channels, len(v))
+    counts = np.bincount(codes).astype(np.float64)  # (C,)
+    n_ch, n_multi = len(counts), int((counts >= 2).sum())
+    df_within = len(v) - n_ch - p
+    if n_ch < 2 or n_multi == 0 or df_within <= 0:
+        logger.warning(
+            "channel effects cannot be estimated (%d channels, %d with >= 2 videos, %d "
+            "within-channel degrees of freedom): views are not adjusted for channel",
+            n_ch,
+            n_multi,
+            df_within,
+        )
+        return ChannelShrinkage(math.nan, math.nan, n_ch, n_multi, estimable=False)
+    s2_w = float(np.sum(_demean(v, codes) ** 2) / df_within)
+    means = np.bincount(codes, weights=v) / counts  # (C,)
+    s2_b = max(0.0, float(np.var(means, ddof=1) - s2_w * np.mean(1.0 / counts)))
+    return ChannelShrinkage(s2_w, s2_b, n_ch, n_multi)
+
+
+def _age_terms(age: np.ndarray | None, n: int, quadratic: bool) -> np.ndarray:
+    """[age, age^2] (or [age]) as (N, p); (N, 0) without age."""
+    if age is None:
+        return np.empty((n, 0))
+    a = _finite_1d(age, "age", n)
+    return np.column_stack([a, a**2] if quadratic else [a])
+
+
+def _within_residuals(y: np.ndarray, slopes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """y minus slope effects from the within-channel (fixed-effects) fit, (N,)."""
+    if slopes.shape[1] == 0:
+        return y
+    beta, *_ = np.linalg.lstsq(_demean(slopes, codes), _demean(y, codes), rcond=None)  # (p,)
+    return y - slopes @ beta
+
+
+def _random_intercept_gls(
+    y: np.ndarray, design: np.ndarray, codes: np.ndarray, lam: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact GLS of a random-intercept model for a given lambda; returns (beta, u, resid).
+
+    Quasi-demeaning by theta_c = 1 - sqrt(lambda / (n_c + lambda)) whitens the within-
+    channel correlation, so OLS on the transformed data is GLS (lambda = 0: fixed effects;
+    inf: pooled OLS). The channel effects are the BLUPs u_c = n_c / (n_c + lambda) *
+    mean_c(y - X beta), and resid = y - X beta - u, which is orthogonal to every column of X.
+    """
+    counts = np.bincount(codes).astype(np.float64)  # (C,)
+    if math.isinf(lam):
+        theta, weight = np.zeros_like(counts), np.zeros_like(counts)
     else:
-        codes = channel_codes(channels, len(y))
-        y_w, x_w = _demean(y, codes), _demean(design, codes)
-    if x_w.shape[1] == 0:
-        return y_w
-    beta, *_ = np.linalg.lstsq(x_w, y_w, rcond=None)  # (p,)
-    return y_w - x_w @ beta
+        theta = 1.0 - np.sqrt(lam / (counts + lam))
+        weight = counts / (counts + lam)
+    y_q = y - theta[codes] * _channel_means(y, codes, counts)
+    x_q = design - theta[codes, None] * _channel_means(design, codes, counts)  # (N, 1 + p)
+    beta, *_ = np.linalg.lstsq(x_q, y_q, rcond=None)  # (1 + p,)
+    r = y - design @ beta  # (N,)
+    effects = weight * np.bincount(codes, weights=r) / counts  # (C,)
+    return beta, effects, r - effects[codes]
+
+
+def _channel_means(x: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Each row's channel mean of x, same shape as x ((N,) or (N, p))."""
+    if x.ndim == 1:
+        return (np.bincount(codes, weights=x) / counts)[codes]
+    cols = [np.bincount(codes, weights=x[:, j]) / counts for j in range(x.shape[1])]
+    return np.column_stack(cols)[codes] if cols else np.empty_like(x)
 
 
 def adjust_views(
-    views: np.ndarray, age: np.ndarray | None = None, channels: np.ndarray | None = None
+    views: np.ndarray,
+    age: np.ndarray | None = None,
+    channels: np.ndarray | None = None,
+    *,
+    channel_mode: ChannelMode = "pooled",
 ) -> np.ndarray:
     """Views with age/channel effects removed, back on a (positive) views scale, (N,).
 
     10 ** (residual + mean log10(1 + views)): what the video would have (plus one) at the
     average age and channel. Positive, so it drops into `run_study` in place of views.
+    Logs the channel shrinkage lambda at INFO (see `fit_residuals`).
     """
     log_v = np.log10(1.0 + check_views(views))
-    return 10.0 ** (residualize(log_v, age, channels) + log_v.mean())
+    fit = fit_residuals(log_v, age, channels, channel_mode=channel_mode)
+    if fit.shrinkage is not None:
+        s = fit.shrinkage
+        logger.info(
+            "channel partial pooling: %d channels (%d with >= 2 videos), sigma2_within=%.4g, "
+            "sigma2_between=%.4g, lambda=%.4g",
+            s.n_channels,
+            s.n_multi_video,
+            s.sigma2_within,
+            s.sigma2_between,
+            fit.channel_lambda,
+        )
+    return 10.0 ** (fit.residuals + log_v.mean())
 
 
 def upload_age_years(published_at: Any, reference: Any = None) -> np.ndarray:
@@ -505,13 +668,8 @@ def channel_codes(channels: Any, n: int | None = None) -> np.ndarray:
 
 
 def _demean(x: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    counts = np.bincount(codes).astype(np.float64)  # (C,)
-    if x.ndim == 1:
-        return x - (np.bincount(codes, weights=x) / counts)[codes]
-    out = np.empty_like(x)
-    for j in range(x.shape[1]):
-        out[:, j] = x[:, j] - (np.bincount(codes, weights=x[:, j]) / counts)[codes]
-    return out
+    """x minus its channel means (the within transform), same shape as x."""
+    return x - _channel_means(x, codes, np.bincount(codes).astype(np.float64))
 
 
 def _finite_1d(x: Any, name: str, n: int | None = None) -> np.ndarray:
