@@ -72,6 +72,7 @@ def test_evaluate_json_excludes_training_rows(model_dir, synth_dir):
     assert payload["n_excluded_seen"] == n_train
     assert payload["spearman"] > 0.2  # planted effects are learnable even from 90 rows
     assert payload["n_shared_channels"] == 0  # the hold-out split was channel-disjoint
+    assert payload["interval_level"] == 0.8 and 0 <= payload["interval_coverage"] <= 1
 
 
 def test_cv_json_has_folds(synth_dir):

@@ -134,7 +134,17 @@ def test_evaluate_predictor_json():
         "visual-only",
     }
     d = result.to_json_dict()
-    assert set(d) == {"spearman", "pearson", "mae_log10", "r2", "n", "baselines"}
+    assert set(d) == {
+        "spearman",
+        "pearson",
+        "mae_log10",
+        "r2",
+        "n",
+        "baselines",
+        "interval_coverage",
+        "interval_level",
+    }
+    assert d["interval_coverage"] is None  # cross-validation scores point predictions only
     assert d["baselines"]["global-median"]["spearman"] is None  # NaN -> null, strict JSON
     json.dumps(d, allow_nan=False)
     # A single-block ridge predictor and the same-block baseline see identical folds.

@@ -210,7 +210,10 @@ def _metrics_table(rows: dict[str, Metrics], title: str | None = None) -> Table:
 
 
 def _eval_table(result: EvalResult, title: str) -> Table:
-    return _metrics_table({"model": result.model, **result.baselines}, title=title)
+    table = _metrics_table({"model": result.model, **result.baselines}, title=title)
+    if result.interval_coverage is not None:
+        table.caption = f"{result.interval_level:.0%} intervals covered {result.interval_coverage:.1%} of actual values"
+    return table
 
 
 def _predictions_table(predictions: list[Prediction]) -> Table:

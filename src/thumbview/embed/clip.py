@@ -57,6 +57,25 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _OFFLINE_VALUES = {"1", "ON", "YES", "TRUE"}
 
 
+def native_bf16(device: str) -> bool:
+    """Whether `device` runs bf16 matrix multiplies in hardware (else bf16 is emulated, slower)."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: stay exact
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """'auto' -> 'bfloat16' where the hardware has it (~3-4x faster, cosine > 0.9999 to
+    float32), else 'float32'. The resolved name goes into the cache key."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if native_bf16(device) else "float32"
+
+
 class ClipError(ValueError):
     """A CLIP encoder was asked for something it cannot do (bad layer, tokens, inputs)."""
 
@@ -314,7 +333,8 @@ class ClipEncoder(Encoder):
     -2 = after the second-to-last block); `tokens` pools it: "cls" = token 0, "mean" =
     mean over the patch tokens. Nothing is loaded until `dim`, `spec()` or `encode` needs it.
 
-    `dtype="bfloat16"` runs the matrix multiplies under bf16 autocast (LayerNorm and
+    `dtype="auto"` (default) picks bfloat16 where the hardware supports it natively, else
+    float32. `dtype="bfloat16"` runs the matrix multiplies under bf16 autocast (LayerNorm and
     softmax stay float32): ~3-4x faster on CPUs with AVX512-BF16/AMX, outputs within ~1%
     of float32. It is part of `spec()`, so the two never share a cache.
     """
@@ -331,14 +351,15 @@ class ClipEncoder(Encoder):
         device: str = "cpu",
         batch_size: int = 32,
         workers: int | None = None,
-        dtype: str = "float32",
+        dtype: str = "auto",
     ) -> None:
         if tokens not in ("cls", "mean"):
             raise ClipError(f"tokens must be 'cls' or 'mean' for encode, got {tokens!r}")
         if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
             raise ClipError(f"layer must be an int or None, got {layer!r}")
-        if dtype not in DTYPES:
-            raise ClipError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if dtype != "auto" and dtype not in DTYPES:
+            raise ClipError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
+        dtype = resolve_dtype(dtype, device)
         if batch_size < 1:
             raise ClipError(f"batch_size must be at least 1, got {batch_size}")
         self.model, self.layer, self.tokens = str(model), layer, tokens

@@ -209,14 +209,23 @@ def baseline_metrics(
 
 @dataclass(frozen=True)
 class EvalResult:
-    """The model's cross-validated metrics next to its baselines (what `thumbview eval` writes)."""
+    """The model's metrics next to its baselines (what `thumbview evaluate` writes).
+
+    interval_coverage: share of rows whose actual value fell inside the model's interval
+    (None where no interval was scored, e.g. cross-validation folds); it should be close to
+    `interval_level` on data like the training data.
+    """
 
     model: Metrics
     baselines: dict[str, Metrics]
+    interval_coverage: float | None = None
+    interval_level: float | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         """Flat model metrics + `baselines`; NaN becomes None so the output is strict JSON."""
         out: dict[str, Any] = _json_safe(self.model.to_dict())
+        out["interval_coverage"] = self.interval_coverage
+        out["interval_level"] = self.interval_level
         out["baselines"] = {name: _json_safe(m.to_dict()) for name, m in self.baselines.items()}
         return out
 

@@ -254,7 +254,10 @@ def _score(model: ViewPredictor, model_dir: Path, blocks, y) -> EvalResult:
         if base_dir.exists():
             base = ViewPredictor.load(base_dir)
             baselines[f"{name}-only"] = compute_metrics(y, base.predict({name: blocks[name]}))
-    return EvalResult(compute_metrics(y, model.predict(blocks)), baselines)
+    lo, hi = model.predict_interval(blocks)
+    coverage = float(np.mean((y >= lo) & (y <= hi)))
+    metrics = compute_metrics(y, model.predict(blocks))
+    return EvalResult(metrics, baselines, coverage, model.config.coverage)
 
 
 def _training_record(model_dir: Path) -> dict:
