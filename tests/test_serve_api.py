@@ -106,6 +106,14 @@ def test_health_and_page(client):
 
 
 # ----------------------------------------------------------------------------- predict
+def test_api_docs_work_offline(client):
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "/docs-assets/swagger-ui-bundle.js" in page.text and "cdn" not in page.text.lower()
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert "/predict" in client.get("/openapi.json").json()["paths"]
+
+
 def test_predict_matches_the_library(client, serve_model):
     path = serve_model["paths"][0]
     data = _jpeg(path)

@@ -252,6 +252,7 @@ def create_app(
         version=__version__,
         summary="Predict the views of YouTube thumbnails and titles, compare and explain them.",
         lifespan=lifespan,
+        docs_url=None,  # served below from local Swagger UI files: the page must work offline
     )
     app.state.engine, app.state.jobs, app.state.limits = engine, jobs, limits
     _install_error_handlers(app)
@@ -343,6 +344,27 @@ def _add_page_routes(app: FastAPI, engine: Engine) -> None:
         return FileResponse(STATIC_DIR / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _add_docs_route(app)
+
+
+def _add_docs_route(app: FastAPI) -> None:
+    """OpenAPI docs at /docs with Swagger UI from the swagger-ui-bundle package, not a CDN."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    app.mount(
+        "/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets"
+    )
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Any:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="thumbview API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
 
 
 def run(
