@@ -38,9 +38,15 @@ class ActivationSource:
     tokens: str = "cls"
 
     def extra_cfg(self) -> dict:
+        """thumbview's keys plus SAELens' `model_name` / `hook_name` (a transformers module)."""
+        index = ClipEncoder(self.clip_model, layer=self.layer).layer_index(self.layer)
+        # hidden_states[i] is the output of block i - 1; hidden_states[0] the embeddings.
+        hook = f"vision_model.encoder.layers.{index - 1}" if index else "vision_model.pre_layrnorm"
         return {
             "clip_model": self.clip_model,
             "model_name": self.clip_model,
+            "hook_name": hook,
+            "hook_layer": max(index - 1, 0),
             "clip_layer": self.layer,
             "clip_tokens": self.tokens,
         }
