@@ -21,8 +21,9 @@ err_console = Console(stderr=True)
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError)
 
 
-def setup_logging(verbose: bool) -> None:
-    level = logging.DEBUG if verbose else logging.INFO
+def setup_logging(verbosity: int) -> None:
+    """Warnings by default (the commands print their own results); -v info, -vv debug."""
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     handler = RichHandler(console=err_console, show_path=False, show_time=False)
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True, format="%(message)s")
     logging.getLogger("thumbview").setLevel(level)

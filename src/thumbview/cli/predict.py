@@ -198,15 +198,14 @@ def demo_command(
 def _metrics_table(rows: dict[str, Metrics], title: str | None = None) -> Table:
     table = Table("", "Spearman", "Pearson", "MAE (log10)", "R²", "n", title=title)
     for name, m in rows.items():
-        table.add_row(
-            name,
-            f"{m.spearman:.3f}",
-            f"{m.pearson:.3f}",
-            f"{m.mae_log10:.3f}",
-            f"{m.r2:.3f}",
-            str(m.n),
-        )
+        cells = (m.spearman, m.pearson, m.mae_log10, m.r2)
+        table.add_row(name, *(_number(v) for v in cells), str(m.n))
     return table
+
+
+def _number(value: float) -> str:
+    """'-' where a metric is undefined (a constant prediction has no rank correlation)."""
+    return "-" if value != value else f"{value:.3f}"
 
 
 def _eval_table(result: EvalResult, title: str) -> Table:

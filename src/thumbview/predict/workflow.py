@@ -240,7 +240,7 @@ def evaluate(
     rows = np.flatnonzero(keep & mask)
     if len(rows) < 3:
         raise PredictorError(f"only {len(rows)} unseen rows with a target: nothing to evaluate on")
-    blocks = _rows(dataset_blocks(dataset.subset(rows), encoders, cache_dir, progress), slice(None))
+    blocks = dataset_blocks(dataset.subset(rows), encoders, cache_dir, progress)
     result = _score(model, Path(model_dir), blocks, y[rows])
     paths = _evaluation_plots(model, blocks, y[rows], Path(out_dir)) if out_dir else []
     shared = _shared_channels(model_dir, dataset, rows)
