@@ -5,10 +5,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import sys
 import threading
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -38,29 +36,6 @@ def serve_model(tmp_path_factory) -> dict:
     ds = load_dataset(root / "ds")
     train(ds, PredictorConfig(encoders=("visual",)), root / "model", holdout_frac=0)
     return {"model": root / "model", "paths": ds.paths}
-
-
-def _fake_compare(model, encoders, images, names, titles, study=None):
-    """Stands in for thumbview.compare.compare until it exists: same call, same JSON keys."""
-    preds = predict_loaded(model, encoders, images, names, titles)
-    order = np.argsort([-p.log10 for p in preds])
-    rows = [
-        {**p.__dict__, "rank": int(np.flatnonzero(order == i)[0]) + 1, "p_beats_others": 0.5}
-        for i, p in enumerate(preds)
-    ]
-    return types.SimpleNamespace(to_json_dict=lambda: {"candidates": rows, "descriptors": []})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compare_module():
-    if importlib.util.find_spec("thumbview.compare") is not None:
-        yield
-        return
-    fake = types.ModuleType("thumbview.compare")
-    fake.compare = _fake_compare
-    sys.modules["thumbview.compare"] = fake
-    yield
-    del sys.modules["thumbview.compare"]
 
 
 @pytest.fixture(scope="module")
@@ -288,8 +263,13 @@ def sae_study(tiny_clip_dir, tmp_path_factory) -> dict:
     return {"sae": sae_dir, "study": study}
 
 
-def test_explain_with_a_study(serve_model, sae_study):
+def test_explain_with_a_study(serve_model, sae_study, monkeypatch):
     app = serve_app.create_app(serve_model["model"], sae_study["sae"], sae_study["study"])
+
+    def no_reload(*args, **kwargs):
+        raise AssertionError("the SAE must be loaded once, at start-up")
+
+    monkeypatch.setattr("thumbview.sae.analyze.load_sae_encoder", no_reload)
     with TestClient(app) as c:
         assert c.get("/health").json()["explain"] is True
         resp = c.post(

@@ -204,14 +204,19 @@ def compare(
     sae_dir: Path | None = None,
     coverage: float = 0.8,
     top_features: int = 5,
+    sae_models: tuple | None = None,
 ) -> Comparison:
-    """Every image x title, ranked by P(best), with P(A beats B) and the biggest differences."""
+    """Every image x title, ranked by P(best), with P(A beats B) and the biggest differences.
+
+    `sae_models`: an already loaded (SparseAutoencoder, ClipEncoder) pair, so a server that
+    holds them does not reload them per request; otherwise they are loaded from `sae_dir`.
+    """
     titles = list(titles) or [""]
     if len(images) != len(names):
         raise CompareError(f"{len(images)} images but {len(names)} names")
     if len(images) * len(titles) < 2:
         raise CompareError("need at least two candidates (images x titles) to compare")
-    if study is not None and sae_dir is None:
+    if study is not None and sae_dir is None and sae_models is None:
         raise CompareError("an SAE study needs the SAE it was made with (sae_dir)")
     pairs = [(i, t) for i in range(len(images)) for t in titles]
     blocks = image_blocks(encoders, [images[i] for i, _ in pairs], [t for _, t in pairs])
@@ -235,7 +240,7 @@ def compare(
         for k in order
     )
     descs, how = _descriptors(model, blocks, images, names, len(titles), top_features)
-    sae = _sae(images, study, sae_dir, top_features) if study is not None else ()
+    sae = _sae(images, study, sae_models or sae_dir, top_features) if study is not None else ()
     p = tuple(tuple(float(beats[a, b]) for b in order) for a in order)
     return Comparison(cands, p, descs, sae, tuple(names), model.config.target, coverage, how)
 
@@ -252,10 +257,10 @@ def _descriptors(model, blocks, images, names, n_titles: int, top: int):
     return descriptor_diffs(values, scale, names, top), "relative to the mean magnitude"
 
 
-def _sae(images, study, sae_dir, top: int) -> tuple[SaeDiff, ...]:
+def _sae(images, study, sae_source, top: int) -> tuple[SaeDiff, ...]:
     from thumbview.sae.analyze import encode_sparse, load_sae_encoder
 
-    sae, clip = load_sae_encoder(sae_dir)
+    sae, clip = sae_source if isinstance(sae_source, tuple) else load_sae_encoder(sae_source)
     z = encode_sparse(sae, clip.encode([img.convert("RGB") for img in images])).toarray()
     return sae_diffs(z, study, top)  # z: (I, d_sae)
 

@@ -89,6 +89,7 @@ class Engine:
                 study=self.study,
                 sae_dir=self.sae_dir,
                 coverage=self.model.config.coverage,
+                sae_models=(self.sae, self.sae_encoder) if self.study is not None else None,
             )
         # `images` in upload order lets the page match candidates to its previews.
         return {"images": [d.name for d in images], **result.to_json_dict()}
