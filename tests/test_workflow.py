@@ -89,3 +89,11 @@ def test_real_data_channel_disjoint_evaluation(shared_data, tmp_path):
     assert np.isfinite(ev.result.model.r2)
     # Conformal intervals from channel-grouped out-of-fold residuals hold on new channels.
     assert 0.72 < ev.result.interval_coverage < 0.88
+
+
+def test_mlp_training_writes_its_learning_curve(synth, tmp_path):
+    config = PredictorConfig(encoders=("visual",), head="mlp", mlp={"max_epochs": 30})
+    result = train(synth, config, tmp_path / "m", holdout_frac=0.25)
+    names = {p.name for p in result.plots}
+    assert {"training_curve.png", "pred_vs_actual.png", "residuals.png"} <= names
+    assert (tmp_path / "m" / "training_curve.png").stat().st_size > 1000

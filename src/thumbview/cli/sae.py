@@ -124,6 +124,17 @@ def analyze_command(
     n_boot: Annotated[
         int | None, typer.Option("--n-boot", help="Bootstrap resamples (1000).")
     ] = None,
+    n_random: Annotated[
+        int | None,
+        typer.Option("--n-random", help="Random groups for the KS test (one per feature)."),
+    ] = None,
+    heldout_group: Annotated[
+        int | None,
+        typer.Option("--heldout-group", help="Features per side in the held-out test (100)."),
+    ] = None,
+    n_perm: Annotated[
+        int | None, typer.Option("--n-perm", help="Null size for per-feature p-values.")
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False,
     cache_dir: CacheOpt = None,
@@ -149,6 +160,9 @@ def analyze_command(
         n_extreme=n_extreme,
         n_null_heldout=n_null,
         n_boot=n_boot,
+        n_random=n_random,
+        heldout_group=heldout_group,
+        n_perm=n_perm,
         seed=seed,
     )
     config = AnalyzeConfig(
