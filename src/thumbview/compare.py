@@ -221,12 +221,21 @@ def compare(
     pairs = [(i, t) for i in range(len(images)) for t in titles]
     blocks = image_blocks(encoders, [images[i] for i, _ in pairs], [t for _, t in pairs])
     pred = model.predict(blocks)  # (N,)
-    lo, hi = model.predict_interval(blocks, coverage)
     atoms = residual_atoms(model)
     best, beats = p_best(pred, atoms), p_beats_matrix(pred, atoms)
     order = np.lexsort((-pred, -best))
+    cands = _candidates(model, blocks, pred, best, order, pairs, names, coverage)
+    descs, how = _descriptors(model, blocks, images, names, len(titles), top_features)
+    sae = _sae(images, study, sae_models or sae_dir, top_features) if study is not None else ()
+    p = tuple(tuple(float(beats[a, b]) for b in order) for a in order)
+    return Comparison(cands, p, descs, sae, tuple(names), model.config.target, coverage, how)
+
+
+def _candidates(model, blocks, pred, best, order, pairs, names, coverage) -> tuple[Candidate, ...]:
+    """The candidates in `order`, with views (or multipliers) and the conformal interval."""
+    lo, hi = model.predict_interval(blocks, coverage)
     scale = to_views(model.config.target)
-    cands = tuple(
+    return tuple(
         Candidate(
             names[pairs[k][0]],
             pairs[k][0],
@@ -239,10 +248,6 @@ def compare(
         )
         for k in order
     )
-    descs, how = _descriptors(model, blocks, images, names, len(titles), top_features)
-    sae = _sae(images, study, sae_models or sae_dir, top_features) if study is not None else ()
-    p = tuple(tuple(float(beats[a, b]) for b in order) for a in order)
-    return Comparison(cands, p, descs, sae, tuple(names), model.config.target, coverage, how)
 
 
 def _descriptors(model, blocks, images, names, n_titles: int, top: int):

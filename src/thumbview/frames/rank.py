@@ -133,26 +133,14 @@ def rank_frames(
             f"{video}: no usable frame among {scan.n_sampled} sampled ({_skips(scan.skipped)})"
         )
     choices = _choose(model, encoders, scan, title, top, config)
-    result = FramesResult(
-        tuple(choices),
-        scan.skipped,
-        scan.n_sampled,
-        len(scan.candidates),
-        scan.n_shots,
-        scan.duration_s,
-        model.config.target,
-    )
+    result = FramesResult(tuple(choices), scan.skipped, scan.n_sampled, len(scan.candidates),
+                          scan.n_shots, scan.duration_s, model.config.target)  # fmt: skip
     if out_dir is not None:
         result = write_outputs(result, Path(video), Path(out_dir), title, config)
     if progress is not None:
         progress(1.0)
-    log.info(
-        "%s: %d sampled, %d candidates, skipped %s",
-        video,
-        scan.n_sampled,
-        len(scan.candidates),
-        _skips(scan.skipped),
-    )
+    log.info("%s: %d sampled, %d candidates, skipped %s", video, scan.n_sampled,
+             len(scan.candidates), _skips(scan.skipped))  # fmt: skip
     return result
 
 
