@@ -120,16 +120,20 @@ class AnalysisOutputs:
 # ------------------------------------------------------------------------ SAE latents
 
 
-def read_sae_cfg(sae_dir: str | Path) -> dict[str, Any]:
-    """The SAE's cfg.json as a dict; a missing or broken file is a StudyError."""
-    path = Path(sae_dir) / "cfg.json"
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object; a missing or broken file is a StudyError."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StudyError(f"cannot read the SAE config {path}: {e}") from e
+        raise StudyError(f"cannot read {path}: {e}") from e
     if not isinstance(data, dict):
         raise StudyError(f"{path} is not a JSON object")
     return data
+
+
+def read_sae_cfg(sae_dir: str | Path) -> dict[str, Any]:
+    """The SAE's cfg.json as a dict."""
+    return read_json_object(Path(sae_dir) / "cfg.json")
 
 
 def clip_settings(cfg: dict[str, Any]) -> tuple[str, int, str]:

@@ -9,11 +9,9 @@ server can explain many images against it; `explain_latents` is the pure lookup.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +25,7 @@ from thumbview.sae.analyze import (
     SUMMARY_JSON,
     encode_sparse,
     load_sae_encoder,
+    read_json_object,
 )
 from thumbview.sae.stats import StudyError
 
@@ -81,7 +80,7 @@ def load_study(path: str | Path) -> StudyIndex:
     examples, root = _read_examples(folder / EXAMPLES_JSON)
     n_latents = None
     if (folder / SUMMARY_JSON).is_file():
-        n_latents = _read_json(folder / SUMMARY_JSON).get("n_latents")
+        n_latents = read_json_object(folder / SUMMARY_JSON).get("n_latents")
     return StudyIndex(stats, examples, root, None if n_latents is None else int(n_latents))
 
 
@@ -105,21 +104,11 @@ def _read_stats(csv: Path) -> dict[int, tuple[float, float, float]]:
     }
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StudyError(f"cannot read {path}: {e}") from e
-    if not isinstance(data, dict):
-        raise StudyError(f"{path} is not a JSON object")
-    return data
-
-
 def _read_examples(path: Path) -> tuple[dict[int, tuple[str, ...]], Path | None]:
     if not path.is_file():
         logger.warning("%s not found: explanations come without example thumbnails", path)
         return {}, None
-    data = _read_json(path)
+    data = read_json_object(path)
     examples = {int(k): tuple(v) for k, v in (data.get("examples") or {}).items()}
     root = data.get("dataset_root")
     return examples, Path(root) if root else None
