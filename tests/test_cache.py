@@ -168,3 +168,27 @@ def test_unreadable_image_without_verification_gives_clear_error(tmp_path):
     ds = load_dataset(root, verify_images=False)
     with pytest.raises(EmbedError, match="v1.png"):
         embed(ds, CountingEncoder(), cache_dir=tmp_path / "c")
+
+
+class InterruptedEncoder(CountingEncoder):
+    """Stops (as Ctrl-C would) once it has encoded `limit` images."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def encode(self, inputs):
+        if self.calls + len(inputs) > self.limit:
+            raise KeyboardInterrupt
+        return super().encode(inputs)
+
+
+def test_interrupted_embed_resumes_where_it_stopped(tmp_path, monkeypatch):
+    monkeypatch.setattr("thumbview.embed.cache.SHARD_ROWS", 2)  # a shard every two rows
+    ds = load_dataset(make_dataset(tmp_path / "d", COLOURS))
+    with pytest.raises(KeyboardInterrupt):
+        embed(ds, InterruptedEncoder(limit=3), cache_dir=tmp_path / "c", batch_size=1)
+    encoder = CountingEncoder()
+    features, stats = embed(ds, encoder, cache_dir=tmp_path / "c", batch_size=1)
+    assert stats.n_cached == 2 and encoder.calls == 2  # the first shard survived
+    np.testing.assert_allclose(features, np.array(COLOURS, np.float32))

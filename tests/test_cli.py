@@ -301,3 +301,13 @@ def test_compare_command_ranks_and_draws(model_dir, synth_dir, tmp_path):
     assert (tmp_path / "s.png").stat().st_size > 1000
     table = ok("compare", a, b, "--model", model_dir)
     assert "P(best)" in table.output
+
+
+def test_ctrl_c_says_how_to_resume(synth_dir, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("thumbview.cli.data.embed", interrupted)
+    result = invoke("embed", synth_dir, "--encoders", "title")
+    assert result.exit_code == 130
+    assert "run the same command to resume" in result.output and "Traceback" not in result.output

@@ -41,6 +41,12 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except USER_ERRORS as e:
             err_console.print(f"[bold red]error:[/] {e}", highlight=False)
             raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            # Long stages (embed, sae train, collect) save as they go: say so, don't dump a trace.
+            err_console.print(
+                "[yellow]interrupted[/]: finished work is saved; run the same command to resume"
+            )
+            raise typer.Exit(code=130) from None
 
     return wrapper
 

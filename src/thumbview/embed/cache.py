@@ -18,7 +18,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,18 +191,32 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 
 
 def _compute(dataset, encoder, rows, batch_size, workers, progress) -> np.ndarray:
-    """Encode `rows` in batches; images are decoded by a thread pool ahead of the model."""
+    """Encode `rows` in batches while a thread pool decodes the next batch's images."""
     outputs = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for batch_rows in _chunks(rows, batch_size):
-            if encoder.modality == "text":
-                inputs = [dataset.titles[r] for r in batch_rows]
-            else:
-                inputs = list(pool.map(lambda r: _open(dataset.paths[r]), batch_rows))
-            outputs.append(np.asarray(encoder.encode(inputs), dtype=np.float32))
+        batches = list(_chunks(rows, batch_size))
+        pending = _submit(pool, dataset, encoder, batches[0]) if batches else []
+        for i, batch_rows in enumerate(batches):
+            inputs = [f.result() for f in pending]
+            if i + 1 < len(batches):  # decode ahead: the model never waits on PIL
+                pending = _submit(pool, dataset, encoder, batches[i + 1])
+            outputs.append(np.asarray(encoder.encode(inputs), dtype=np.float32))  # (B, D)
             if progress:
                 progress(len(batch_rows))
     return np.concatenate(outputs) if outputs else np.zeros((0, encoder.dim), np.float32)
+
+
+def _submit(pool: ThreadPoolExecutor, dataset, encoder, batch_rows) -> list:
+    """Futures for one batch's inputs: decoded images, or titles (already in memory)."""
+    if encoder.modality == "text":
+        return [_done(dataset.titles[r]) for r in batch_rows]
+    return [pool.submit(_open, dataset.paths[r]) for r in batch_rows]
+
+
+def _done(value):
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def _open(path: Path):
