@@ -38,6 +38,7 @@ from thumbview.collect import (
     collect_search,
     refresh,
 )
+from thumbview.collect.store import utc_now
 from thumbview.data.images import load_image
 
 SIZES = {"maxres": (128, 72), "standard": (64, 48), "high": (48, 36), "medium": (32, 18), "default": (24, 18)}  # fmt: skip
@@ -380,3 +381,76 @@ def test_bad_key_is_a_clear_error(fake: FakeYouTube, tmp_path: Path) -> None:
     with pytest.raises(CollectError, match="refused videos.list"):
         collect_ids(tmp_path, [vid(0)], backend=api)
     assert os.path.exists(tmp_path / "metadata.csv")  # exported even on the way out
+
+
+def _thumb_calls(fake: FakeYouTube) -> int:
+    return sum(n for path, n in fake.calls.items() if path.startswith("/vi/"))
+
+
+def test_looser_filters_collect_earlier_filter_skips(fake: FakeYouTube, tmp_path: Path) -> None:
+    ids = [vid(i) for i in range(40)]  # views are 1000 + i; i % 10 == 7 is a Short
+    strict = CollectConfig(filters=FilterConfig(min_views=1030))
+    first = collect_ids(tmp_path, ids, backend=backend(fake), config=strict)
+    assert first.collected == 9 and dict(first.skipped) == {"below min views": 30, "short": 1}
+    videos_calls, thumb_calls = fake.calls["/v3/videos"], _thumb_calls(fake)
+
+    loose = CollectConfig(filters=FilterConfig(min_views=1010))
+    before_second = utc_now()
+    second = collect_ids(tmp_path, ids, backend=backend(fake), config=loose)
+    # 10..29 now pass, except the Shorts 17 and 27, whose reason changes to "short".
+    assert second.collected == 18 and second.total_rows == 27 and second.rechecked == 31
+    assert dict(second.skipped) == {"below min views": 10, "short": 3}
+    assert second.quota_used == 0 and fake.calls["/v3/videos"] == videos_calls  # offline check
+    assert _thumb_calls(fake) > thumb_calls
+    table = check_dataset(tmp_path).set_index("video_id")
+    assert sorted(table.index) == sorted(vid(i) for i in range(10, 40) if i % 10 != 7)
+    assert table.loc[vid(10), "views"] == 1010 and table.loc[vid(10), "subscribers"] == 105
+    assert table.loc[vid(10), "collected_at"] < before_second  # when its views were read
+    with Store(tmp_path) as store:
+        skipped = store.skipped().set_index("video_id")
+        assert len(store.history(vid(10))) == 1
+    assert skipped.loc[vid(17), "reason"] == "short" and vid(10) not in skipped.index
+    assert json.loads(skipped.loc[vid(5), "filters"])["min_views"] == 1010
+    assert ds_len(tmp_path) == 27
+
+    thumb_calls = _thumb_calls(fake)
+    third = collect_ids(tmp_path, ids, backend=backend(fake), config=strict)
+    assert third.collected == 0 and third.total_rows == 27  # a stricter filter removes nothing
+    assert fake.calls["/v3/videos"] == videos_calls and _thumb_calls(fake) == thumb_calls
+    assert third.quota_used == 0 and third.remaining == 0
+    fourth = collect_ids(tmp_path, ids, backend=backend(fake), config=strict)
+    assert fourth.rechecked == 0 and fourth.collected == 0  # same filters: not even re-read
+    assert check_dataset(tmp_path)["video_id"].is_unique
+
+
+def ds_len(root: Path) -> int:
+    dataset_mod = pytest.importorskip("thumbview.data.dataset")
+    return len(dataset_mod.load_dataset(root))
+
+
+OLD_SKIPPED = """CREATE TABLE skipped (
+    video_id TEXT PRIMARY KEY, reason TEXT NOT NULL, detail TEXT, attempts INTEGER NOT NULL,
+    permanent INTEGER NOT NULL, at TEXT NOT NULL);"""
+
+
+def test_database_without_filter_columns_is_upgraded(fake: FakeYouTube, tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "collect.sqlite") as db:  # as the first release left it
+        db.executescript(OLD_SKIPPED)
+        db.executemany(
+            "INSERT INTO skipped VALUES (?, ?, '', 1, 1, '2024-01-01T00:00:00Z')",
+            [(vid(4), "unavailable"), (vid(5), "below min views"), (vid(7), "short")],
+        )
+    db.close()
+    ids = [vid(4), vid(5), vid(6), vid(7)]
+    summary = collect_ids(tmp_path, ids, backend=backend(fake))
+    # The old filter skips are described again (no metadata was kept); "unavailable" stays.
+    assert summary.collected == 2 and dict(summary.skipped) == {"short": 1}
+    with Store(tmp_path) as store:
+        skipped = store.skipped().set_index("video_id")
+    assert list(skipped.index) == [vid(4), vid(7)]
+    assert skipped.loc[vid(4), "permanent"] == 1 and pd.isna(skipped.loc[vid(4), "filters"])
+    assert isinstance(skipped.loc[vid(7), "info"], str)  # now re-checkable offline
+    calls = fake.calls["/v3/videos"]
+    shorts_too = CollectConfig(filters=FilterConfig(include_shorts=True))
+    again = collect_ids(tmp_path, ids, backend=backend(fake), config=shorts_too)
+    assert again.collected == 1 and fake.calls["/v3/videos"] == calls

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import date
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 
 from thumbview.collect import CollectError, FilterConfig, QuotaExhausted, QuotaTracker, Store
 from thumbview.collect.filters import (
+    FILTER_REASONS,
+    filter_key,
     parse_iso_duration,
     parse_shard,
     parse_video_id,
@@ -27,7 +30,8 @@ from thumbview.collect.http import (  # fmt: skip
     parse_retry_after,
 )
 from thumbview.collect.quota import units_for_ids, units_for_search
-from thumbview.collect.types import VideoInfo
+from thumbview.collect.store import decode_video, encode_video
+from thumbview.collect.types import Thumb, VideoInfo
 
 
 def video(**kw) -> VideoInfo:
@@ -51,6 +55,26 @@ def test_filters() -> None:
     assert rejection_reason(video(live=True), cfg) == "live or upcoming"
     with pytest.raises(CollectError, match="after --until"):
         FilterConfig(since=date(2024, 2, 1), until=date(2024, 1, 1))
+
+
+def test_filter_reasons_and_key() -> None:
+    """Every reason a looser config can lift is tagged; the key ignores nothing that counts."""
+    strict = FilterConfig(min_views=500, since=date(2024, 1, 1), until=date(2024, 2, 1), max_duration_s=600)  # fmt: skip
+    lifted = [video(views=10), video(duration_s=60.0), video(duration_s=601.0),
+              video(published_at=""), video(published_at="2023-01-01"), video(published_at="2025-01-01")]  # fmt: skip
+    reasons = {rejection_reason(v, strict) for v in lifted}
+    assert reasons == FILTER_REASONS
+    assert all(rejection_reason(v, FilterConfig(include_shorts=True)) is None for v in lifted)
+    assert rejection_reason(video(live=True), FilterConfig()) not in FILTER_REASONS
+    assert rejection_reason(video(views=None), FilterConfig()) not in FILTER_REASONS
+    assert filter_key(strict) == filter_key(FilterConfig(**vars(strict)))
+    assert json.loads(filter_key(strict))["since"] == "2024-01-01"
+    assert len({filter_key(FilterConfig(min_views=n)) for n in (0, 1, 2)}) == 3
+
+
+def test_video_round_trips_through_json() -> None:
+    v = video(title="Café 日本 😀", thumbnails=(Thumb("https://x/a.jpg", 0, 1280, 720), Thumb("https://x/b.jpg", 4)), short_url=True)  # fmt: skip
+    assert decode_video(encode_video(v, "2024-05-01T00:00:00Z")) == (v, "2024-05-01T00:00:00Z")
 
 
 @pytest.mark.parametrize(

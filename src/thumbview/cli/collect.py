@@ -108,6 +108,8 @@ def _report(summary: CollectSummary) -> None:
     table = Table(title=f"collect -> {summary.out}", show_header=False)
     table.add_row("collected", str(summary.collected))
     table.add_row("rows in dataset", str(summary.total_rows))
+    if summary.rechecked:
+        table.add_row("re-checked against the new filters", str(summary.rechecked))
     for reason, count in sorted(summary.skipped.items()):
         table.add_row(f"skipped: {reason}", str(count))
     table.add_row("quota used", str(summary.quota_used))

@@ -3,6 +3,12 @@
 Network work runs in a thread pool; every database write happens on the calling thread,
 one transaction per video, so killing the process at any instant loses at most the
 videos in flight, and re-running the same command picks up the queue where it stopped.
+
+Videos left out by a filter are re-checked at the start of every run whose filters differ
+from the ones that rejected them, from the metadata stored with the skip (no request):
+those the current filters keep are collected (only their thumbnail is downloaded), the
+others stay skipped under the current reason. Filters only ever add rows: a stricter
+re-run never deletes a video already collected.
 """
 
 from __future__ import annotations
@@ -18,10 +24,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 
-from thumbview.collect.filters import FilterConfig, read_id_file, rejection_reason, shard_ids
+from thumbview.collect.filters import (
+    FILTER_REASONS,
+    FilterConfig,
+    filter_key,
+    read_id_file,
+    rejection_reason,
+    shard_ids,
+)
 from thumbview.collect.http import FetchError, HttpClient
 from thumbview.collect.quota import quota_day
-from thumbview.collect.store import DB_NAME, Store, utc_now
+from thumbview.collect.store import DB_NAME, Store, decode_video, encode_video, utc_now
 from thumbview.collect.thumbs import SavedThumb, ThumbSkip, fetch_thumbnail
 from thumbview.collect.types import Backend, CollectError, QuotaExhausted, Unavailable, VideoInfo
 from thumbview.data.dataset import write_metadata
@@ -47,7 +60,11 @@ class CollectConfig:
 
 @dataclass(frozen=True)
 class CollectSummary:
-    """What a run did. `stopped` is None when the queue was emptied, else "quota" / "interrupted"."""
+    """What a run did. `stopped` is None when the queue was emptied, else "quota" / "interrupted".
+
+    `rechecked` counts earlier filter skips re-checked offline against changed filters;
+    those kept are in `collected`, those still rejected in `skipped`.
+    """
 
     out: Path
     collected: int
@@ -57,12 +74,15 @@ class CollectSummary:
     remaining: int
     stopped: str | None
     elapsed_s: float
+    rechecked: int = 0
 
     def describe(self) -> str:
         skipped = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"
         end = f"stopped ({self.stopped}), {self.remaining} left" if self.stopped else "done"
+        rechecked = f", {self.rechecked} filtered videos re-checked" if self.rechecked else ""
         return (
-            f"{self.collected} collected ({self.total_rows} in {self.out}), skipped {skipped}; "
+            f"{self.collected} collected ({self.total_rows} in {self.out}){rechecked}, "
+            f"skipped {skipped}; "
             f"quota used {self.quota_used}; {end} in {self.elapsed_s:.1f}s"
         )
 
@@ -81,6 +101,7 @@ class _Job:
     video_id: str
     query: str
     short_url: bool
+    observed_at: str | None = None  # when its stored metadata was read (re-checked skips)
 
 
 def export_metadata(root: Path, store: Store) -> Path:
@@ -110,6 +131,7 @@ class _Run:
 
     def __init__(self, store: Store, backend: Backend, http: HttpClient, config: CollectConfig):
         self.store, self.backend, self.http, self.config = store, backend, http, config
+        self.filter_key = filter_key(config.filters)
         self.skipped: Counter[str] = Counter()
         self.collected = 0
         self.done = 0
@@ -130,13 +152,19 @@ class _Run:
         except ThumbSkip as e:
             return job, video, e
 
-    def run(self, jobs: Sequence[_Job]) -> None:
+    def run(self, jobs: Sequence[_Job], ready: Sequence[tuple[_Job, VideoInfo]] = ()) -> None:
+        """Fetch thumbnails of the `ready` (already described) videos, then work the queue."""
         batches = _chunks(jobs, self.backend.batch_size)
+        described = iter(ready)
         inflight: dict[Future, str] = {}
         pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="collect")
         try:
             while True:
                 while self.stopped is None and len(inflight) < 2 * self.config.workers:
+                    item = next(described, None)
+                    if item is not None:
+                        inflight[pool.submit(self._thumb, *item)] = "thumb"
+                        continue
                     batch = next(batches, None)
                     if batch is None:
                         break
@@ -173,10 +201,19 @@ class _Run:
             reason = rejection_reason(video, self.config.filters)
             if reason is None and not video.thumbnails:
                 reason = "no thumbnail"
-            if reason is not None:
+            if reason in FILTER_REASONS:
+                self._filtered(video, reason)
+            elif reason is not None:
                 self._skip(job.video_id, reason, "", True)
             else:
                 inflight[pool.submit(self._thumb, job, video)] = "thumb"
+
+    def _filtered(self, video: VideoInfo, reason: str) -> None:
+        """A filter skip keeps its metadata, so other filters can take it later offline."""
+        info = encode_video(video, utc_now())
+        self.store.skip_filtered(video.video_id, reason, self.filter_key, info)
+        self.skipped[reason] += 1
+        self._tick()
 
     def _skip(self, video_id: str, reason: str, detail: str, permanent: bool) -> None:
         self.store.skip(video_id, reason, detail, permanent=permanent)
@@ -190,7 +227,7 @@ class _Run:
             "width": thumb.width,
             "height": thumb.height,
             "query": job.query,
-            "collected_at": utc_now(),
+            "collected_at": job.observed_at or utc_now(),  # when `views` was read
         }
         self.store.add_video(row)
         self.collected += 1
@@ -214,13 +251,15 @@ def _collect(
 ) -> CollectSummary:
     """Work through the queue and export; the shared tail of every collect command."""
     store.sweep()
+    ready, still, rechecked = _recheck_filtered(store, config.filters)
     jobs = [_Job(*p) for p in store.pending(config.max_attempts)]
     http = http or getattr(backend, "http", None)  # share the API backend's pooled client
     own_http = http is None
     run = _Run(store, backend, http or HttpClient(), config)
-    run.progress, run.total = progress, len(jobs)
+    run.skipped.update(still)
+    run.progress, run.total = progress, len(ready) + len(jobs)
     try:
-        run.run(jobs)
+        run.run(jobs, ready)
     finally:
         export_metadata(store.root, store)
         if own_http:
@@ -234,7 +273,45 @@ def _collect(
         remaining=len(store.pending(config.max_attempts)),
         stopped=run.stopped,
         elapsed_s=time.monotonic() - started,
+        rechecked=rechecked,
     )
+
+
+def _recheck_filtered(
+    store: Store, filters: FilterConfig
+) -> tuple[list[tuple[_Job, VideoInfo]], Counter[str], int]:
+    """Re-apply `filters` to the filter skips made under other settings, from stored metadata.
+
+    Returns the videos that now pass (to collect: thumbnail only), the reasons of those
+    still rejected (their skips now name the current reason and settings) and how many
+    were re-checked. Skips from before metadata was stored are put back in the queue.
+    """
+    key = filter_key(filters)
+    ready: list[tuple[_Job, VideoInfo]] = []
+    still: Counter[str] = Counter()
+    legacy: list[str] = []
+    after, rechecked = "", 0
+    while rows := store.filtered_skips(key, after):
+        updates = []
+        for video_id, info, query, short_url in rows:
+            if info is None:
+                legacy.append(video_id)
+                continue
+            video, observed_at = decode_video(info)
+            rechecked += 1
+            reason = rejection_reason(video, filters)
+            if reason is None:
+                ready.append((_Job(video_id, query, short_url, observed_at), video))
+            else:
+                updates.append((video_id, reason))
+                still[reason] += 1
+        store.refilter(updates, key)
+        after = rows[-1][0]
+    store.unskip(legacy)
+    if rechecked or legacy:
+        logger.info("re-checked %d filtered videos: %d now kept; %d to describe again",
+                    rechecked, len(ready), len(legacy))  # fmt: skip
+    return ready, still, rechecked
 
 
 def _list_into(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -12,6 +14,12 @@ from pathlib import Path
 from thumbview.collect.types import CollectError, VideoInfo
 
 SHORTS_MAX_S = 60.0
+# Reasons that depend on the FilterConfig (so a looser config may keep the video); the
+# others `rejection_reason` gives (live, no view count) are facts about the video itself.
+FILTER_REASONS = frozenset(
+    {"below min views", "short", "too long", "no publish date",
+     "published before --since", "published after --until"}
+)  # fmt: skip
 _ID = r"[A-Za-z0-9_-]{11}"
 _ID_RE = re.compile(rf"^{_ID}$")
 _URL_RES = (
@@ -39,6 +47,18 @@ class FilterConfig:
             raise CollectError(f"--min-views must be >= 0, got {self.min_views}")
         if self.since and self.until and self.since > self.until:
             raise CollectError(f"--since {self.since} is after --until {self.until}")
+
+
+def filter_key(cfg: FilterConfig) -> str:
+    """Canonical JSON of the settings, stored with each filter skip.
+
+    Equal settings give the same text whatever the field order, so a re-run with the same
+    filters can tell, without loading anything, that its filter skips need no second look.
+    """
+    fields = {
+        k: v.isoformat() if isinstance(v, date) else v for k, v in dataclasses.asdict(cfg).items()
+    }
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
 
 def is_short(video: VideoInfo) -> bool:

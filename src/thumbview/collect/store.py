@@ -7,10 +7,17 @@ make kill -9 safe at any moment:
   orphan, swept on the next start and fetched again);
 - each video is one transaction (row + first view count + leaving the queue);
 - `video_id` is the primary key, so a video can never be stored twice.
+
+A video left out by a *filter* (`FILTER_REASONS`) is kept in `skipped` with the filter
+settings that rejected it (`filters`, canonical JSON) and the metadata read at the time
+(`info`), so a later run with other filters can re-check it locally and fetch only its
+thumbnail. Databases made before these columns existed are upgraded in place.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import sqlite3
 import threading
@@ -20,6 +27,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+
+from thumbview.collect.filters import FILTER_REASONS
+from thumbview.collect.types import Thumb, VideoInfo
 
 logger = logging.getLogger(__name__)
 
@@ -46,16 +56,58 @@ CREATE TABLE IF NOT EXISTS pending (
     query TEXT NOT NULL DEFAULT '', short_url INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS skipped (
     video_id TEXT PRIMARY KEY, reason TEXT NOT NULL, detail TEXT, attempts INTEGER NOT NULL,
-    permanent INTEGER NOT NULL, at TEXT NOT NULL);
+    permanent INTEGER NOT NULL, at TEXT NOT NULL, filters TEXT, info TEXT);
 CREATE TABLE IF NOT EXISTS listings (
     source TEXT PRIMARY KEY, n INTEGER NOT NULL, done_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS quota (day TEXT PRIMARY KEY, units INTEGER NOT NULL);
 """
+# Columns added to `skipped` after the first release: (name, SQL type).
+_SKIP_UPGRADE = (("filters", "TEXT"), ("info", "TEXT"))
 
 
 def utc_now() -> str:
     """Timestamps are UTC ISO 8601 with microseconds, so they sort as text."""
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def encode_video(video: VideoInfo, observed_at: str) -> str:
+    """JSON of a described video and when it was read, enough to collect it later offline."""
+    return json.dumps(
+        {"observed_at": observed_at, "video": dataclasses.asdict(video)}, ensure_ascii=False
+    )
+
+
+def decode_video(text: str) -> tuple[VideoInfo, str]:
+    """Inverse of `encode_video`: (video, observed_at)."""
+    data = json.loads(text)
+    fields = dict(data["video"])
+    fields["thumbnails"] = tuple(Thumb(**t) for t in fields["thumbnails"])
+    return VideoInfo(**fields), str(data["observed_at"])
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Add the `skipped` columns an older database lacks (one exclusive transaction).
+
+    Filter skips recorded before the upgrade have no settings or metadata; they get
+    `filters = ''` (matching no real settings) so the next run describes them again.
+    """
+    db.execute("BEGIN IMMEDIATE")  # two processes opening the same old file: one upgrades
+    try:
+        have = {row[1] for row in db.execute("PRAGMA table_info(skipped)")}
+        missing = [(name, kind) for name, kind in _SKIP_UPGRADE if name not in have]
+        for name, kind in missing:
+            db.execute(f"ALTER TABLE skipped ADD COLUMN {name} {kind}")
+        if ("filters", "TEXT") in missing:
+            marks = ", ".join("?" * len(FILTER_REASONS))
+            db.execute(
+                f"UPDATE skipped SET filters = '' WHERE permanent = 1 AND reason IN ({marks})",
+                sorted(FILTER_REASONS),
+            )
+            logger.info("upgraded %s: filter skips will be re-checked", DB_NAME)
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
 
 
 def image_relpath(video_id: str) -> str:
@@ -74,6 +126,7 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        _upgrade(self._db)
 
     def close(self) -> None:
         with self._lock:
@@ -106,12 +159,17 @@ class Store:
             return db.total_changes - before
 
     def pending(self, max_attempts: int) -> list[tuple[str, str, bool]]:
-        """Queued ids not yet collected nor given up on, in queue order."""
+        """Queued ids to describe: not collected, not given up on, not filtered out.
+
+        Filter skips are not described again: `filtered_skips` hands them to the
+        collector, which re-checks them against the current filters from `info`.
+        """
         rows = self._query(
             "SELECT p.video_id, p.query, p.short_url FROM pending p "
             "WHERE NOT EXISTS (SELECT 1 FROM videos v WHERE v.video_id = p.video_id) "
             "AND NOT EXISTS (SELECT 1 FROM skipped s WHERE s.video_id = p.video_id "
-            "AND (s.permanent = 1 OR s.attempts >= ?)) ORDER BY p.seq",
+            "AND (s.permanent = 1 OR s.attempts >= ? OR s.filters IS NOT NULL)) "
+            "ORDER BY p.seq",
             (max_attempts,),
         )
         return [(v, q, bool(s)) for v, q, s in rows]
@@ -148,15 +206,60 @@ class Store:
             db.execute("DELETE FROM skipped WHERE video_id = ?", (row["video_id"],))
 
     def skip(self, video_id: str, reason: str, detail: str = "", *, permanent: bool) -> None:
-        """Record why a video was not collected; transient failures count attempts across runs."""
+        """Record why a video was not collected; transient failures count attempts across runs.
+
+        This replaces a filter skip (its video then goes back to the describe queue);
+        attempts count only failures, so they restart at 1 after a filter skip.
+        """
         with self._tx() as db:
             db.execute(
                 "INSERT INTO skipped (video_id, reason, detail, attempts, permanent, at) "
                 "VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(video_id) DO UPDATE SET "
                 "reason = excluded.reason, detail = excluded.detail, "
-                "attempts = attempts + 1, permanent = excluded.permanent, at = excluded.at",
+                "attempts = CASE WHEN filters IS NULL THEN attempts + 1 ELSE 1 END, "
+                "permanent = excluded.permanent, at = excluded.at, filters = NULL, info = NULL",
                 (video_id, reason, detail[:500], int(permanent), utc_now()),
             )
+
+    def skip_filtered(self, video_id: str, reason: str, filters: str, info: str) -> None:
+        """Record a filter skip with the settings that caused it and the video's metadata."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO skipped "
+                "(video_id, reason, detail, attempts, permanent, at, filters, info) "
+                "VALUES (?, ?, '', 0, 0, ?, ?, ?)",
+                (video_id, reason, utc_now(), filters, info),
+            )
+
+    def filtered_skips(
+        self, filters: str, after: str = "", limit: int = 1000
+    ) -> list[tuple[str, str | None, str, bool]]:
+        """Filter skips made under other settings: (video_id, info, query, short_url).
+
+        Paged by video id (`after` = the last id of the previous page) so a million of
+        them never sit in memory at once; skips made under `filters` are left out.
+        """
+        rows = self._query(
+            "SELECT s.video_id, s.info, COALESCE(p.query, ''), COALESCE(p.short_url, 0) "
+            "FROM skipped s LEFT JOIN pending p ON p.video_id = s.video_id "
+            "WHERE s.filters IS NOT NULL AND s.filters != ? AND s.video_id > ? "
+            "ORDER BY s.video_id LIMIT ?",
+            (filters, after, limit),
+        )
+        return [(v, info, q, bool(short)) for v, info, q, short in rows]
+
+    def refilter(self, updates: Sequence[tuple[str, str]], filters: str) -> None:
+        """Filter skips that the `filters` settings still reject: (video_id, new reason)."""
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE skipped SET reason = ?, filters = ?, at = ? WHERE video_id = ?",
+                [(reason, filters, utc_now(), v) for v, reason in updates],
+            )
+
+    def unskip(self, video_ids: Sequence[str]) -> None:
+        """Forget skips so their videos are described again (legacy filter skips)."""
+        with self._tx() as db:
+            db.executemany("DELETE FROM skipped WHERE video_id = ?", [(v,) for v in video_ids])
 
     def record_views(self, updates: Sequence[tuple[str, int]], observed_at: str) -> None:
         """Append a view-count snapshot to the history and make it the latest in `videos`."""
