@@ -331,7 +331,11 @@ def _wait(c, job_id: str, timeout: float = 60.0) -> dict:
 @pytest.mark.skipif(
     importlib.util.find_spec("thumbview.frames.rank") is None, reason="frames.rank not written yet"
 )
-def test_frames_job_end_to_end(client, tmp_path):
+def test_frames_job_end_to_end(client, tmp_path, monkeypatch):
+    def no_reload(*args, **kwargs):
+        raise AssertionError("frame jobs must use the model loaded at start-up")
+
+    monkeypatch.setattr("thumbview.frames.rank.load_model", no_reload)
     video = _video(tmp_path / "clip.mp4").read_bytes()
     resp = client.post(
         "/frames",

@@ -106,7 +106,7 @@ class FramesResult:
 
 def rank_frames(
     video: Path,
-    model_dir: Path,
+    model_dir: Path | tuple,
     title: str = "",
     top: int = 5,
     out_dir: Path | None = None,
@@ -116,10 +116,11 @@ def rank_frames(
     """The `top` best, mutually different frames of `video` by predicted views.
 
     With `out_dir`: stills (JPEG, `config.output_size`), a contact sheet and frames.json.
+    `model_dir` may also be an already loaded `(ViewPredictor, encoders)` pair (the web app).
     """
     if top < 1:
         raise FramesError(f"top must be >= 1, got {top}")
-    model, encoders = load_model(model_dir)
+    model, encoders = model_dir if isinstance(model_dir, tuple) else load_model(model_dir)
     scan = scan_video(
         Path(video),
         config.select,

@@ -239,9 +239,7 @@ def create_app(
         Path(sae_dir) if sae_dir else None,
         Path(study_dir) if study_dir else None,
     )
-    jobs = FrameJobs(
-        _frame_ranker(engine.model_dir), limits.max_frame_jobs, limits.keep_finished_jobs
-    )
+    jobs = FrameJobs(_frame_ranker(engine), limits.max_frame_jobs, limits.keep_finished_jobs)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -264,11 +262,14 @@ def create_app(
     return app
 
 
-def _frame_ranker(model_dir: Path) -> Callable[..., Any]:
+def _frame_ranker(engine: Engine) -> Callable[..., Any]:
+    """Frame jobs score with the models the engine already holds: no second copy in memory."""
+
     def rank(video: Path, out_dir: Path, progress: Callable[[float], None], **options: Any):
         from thumbview.frames.rank import rank_frames
 
-        return rank_frames(video, model_dir, out_dir=out_dir, progress=progress, **options)
+        loaded = (engine.model, engine.encoders)
+        return rank_frames(video, loaded, out_dir=out_dir, progress=progress, **options)
 
     return rank
 
