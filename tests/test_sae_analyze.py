@@ -191,6 +191,9 @@ def test_control_age_removes_the_age_effect(data, latents, tmp_path):
     summary = json.loads((tmp_path / "ctrl" / "out" / "summary.json").read_text())
     assert summary["controls"] == ["age", "channel"]
     assert summary["raw_dataset_median"] == pytest.approx(np.median(data["ds"].views))
+    assert summary["channel_shrinkage_lambda"] > 0  # partial pooling, not fixed effects
+    raw_summary = json.loads((tmp_path / "raw" / "out" / "summary.json").read_text())
+    assert raw_summary["channel_shrinkage_lambda"] is None
 
 
 def test_channel_control_warns_only_when_channel_variance_is_not_estimable(data, caplog):

@@ -31,7 +31,7 @@ from thumbview.sae.stats import (
     StudyConfig,
     StudyError,
     StudyResult,
-    adjust_views,
+    adjust_views_fit,
     channel_config,
     check_latents,
     run_study,
@@ -317,8 +317,13 @@ def align_latents(latents: Any, dataset: ThumbnailDataset) -> LatentMatrix:
 
 def grouping_views(dataset: ThumbnailDataset, control: Sequence[str]) -> np.ndarray:
     """Views the study groups (N,): raw, or with upload age / channel effects removed."""
+    return _grouping(dataset, control)[0]
+
+
+def _grouping(dataset: ThumbnailDataset, control: Sequence[str]) -> tuple[np.ndarray, float | None]:
+    """(views to group, channel shrinkage lambda or None)."""
     if not control:
-        return dataset.views
+        return dataset.views, None
     table = dataset.table
     age = None
     if "age" in control:
@@ -329,7 +334,8 @@ def grouping_views(dataset: ThumbnailDataset, control: Sequence[str]) -> np.ndar
         _require_column(table, "channel_id", "channel")
         channels = dataset.channels
         _warn_single_video_channels(channels)
-    return adjust_views(dataset.views, age, channels)
+    views, fit = adjust_views_fit(dataset.views, age, channels)
+    return views, fit.channel_lambda
 
 
 def single_video_share(channels: np.ndarray) -> float:
@@ -404,7 +410,7 @@ def run_analysis(
     out.mkdir(parents=True, exist_ok=True)
     study = config.resolved_study()
     ds, x = _study_rows(dataset, check_latents(align_latents(latents, dataset)), config, study)
-    views = grouping_views(ds, config.control)
+    views, channel_lambda = _grouping(ds, config.control)
     t1 = time.perf_counter()
     result = run_study(x, views, study)
     t2 = time.perf_counter()
@@ -412,6 +418,7 @@ def run_analysis(
     paths = _write_outputs(ds, x, result, config, out, reference, progress)
     timings = {"prepare_s": t1 - t0, "study_s": t2 - t1, "write_s": time.perf_counter() - t2}
     summary = _summary(dataset, ds, result, config, views, timings, sae_dir)
+    summary["channel_shrinkage_lambda"] = _json_safe(channel_lambda)
     paths["summary_json"].write_text(json.dumps(summary, indent=2, allow_nan=False))
     paths["report_html"] = report.write_report(out / REPORT_HTML, summary, paths["cards"])
     logger.info("study written to %s", out)

@@ -635,6 +635,17 @@ def adjust_views(
     average age and channel. Positive, so it drops into `run_study` in place of views.
     Logs the channel shrinkage lambda at INFO (see `fit_residuals`).
     """
+    return adjust_views_fit(views, age, channels, channel_mode=channel_mode)[0]
+
+
+def adjust_views_fit(
+    views: np.ndarray,
+    age: np.ndarray | None = None,
+    channels: np.ndarray | None = None,
+    *,
+    channel_mode: ChannelMode = "pooled",
+) -> tuple[np.ndarray, ResidualFit]:
+    """`adjust_views` and the fit behind it (for reporting lambda and the age terms)."""
     log_v = np.log10(1.0 + check_views(views))
     fit = fit_residuals(log_v, age, channels, channel_mode=channel_mode)
     if fit.shrinkage is not None:
@@ -648,7 +659,7 @@ def adjust_views(
             s.sigma2_between,
             fit.channel_lambda,
         )
-    return 10.0 ** (fit.residuals + log_v.mean())
+    return 10.0 ** (fit.residuals + log_v.mean()), fit
 
 
 def upload_age_years(published_at: Any, reference: Any = None) -> np.ndarray:
