@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -178,7 +179,7 @@ def analyze_command(
         ds, z, config, out, progress=not as_json, sae_dir=sae, cache_dir=cache_dir
     )
     if as_json:
-        print_json(outputs.result.summary())
+        print_json(json.loads(outputs.summary_json.read_text()))  # the file, controls included
         return
     _print_study(outputs)
 
