@@ -49,6 +49,7 @@ def info(data: DataArg) -> None:
     console.print(ds.report.summary())
     if ds.report.skipped:
         table = Table("row", "file_name", "reason", "detail", title="skipped rows (first 20)")
+        table.caption = "row: 0-based data row of the metadata file (in a CSV, line = row + 2)"
         for s in ds.report.skipped[:20]:
             table.add_row(str(s.row), s.file_name, s.reason, s.detail)
         console.print(table)
