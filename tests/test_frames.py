@@ -235,3 +235,8 @@ def test_bad_inputs_raise_frames_error(tmp_path, kind, message):
 
     with pytest.raises(FramesError, match=message):
         scan_video(_bad(tmp_path, kind))
+
+
+def test_chosen_frames_are_listed_best_first(ranked):
+    views = [c.predicted_views for c in ranked.choices]
+    assert views == sorted(views, reverse=True)

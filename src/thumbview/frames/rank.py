@@ -82,7 +82,7 @@ class FrameChoice:
 
 @dataclass(frozen=True)
 class FramesResult:
-    """Chosen frames in pick order (best first) and what happened to the rest."""
+    """Chosen frames, best predicted first, and what happened to the rest."""
 
     choices: tuple[FrameChoice, ...]
     skipped: dict[str, int] = field(hash=False)  # reason -> frames/candidates dropped
@@ -150,7 +150,11 @@ def _skips(skipped: dict[str, int]) -> str:
 
 
 def _choose(model, encoders, scan: ScanResult, title: str, top: int, config: FramesConfig):
-    """Score every candidate, then MMR; returns FrameChoices (path None) in pick order."""
+    """Score every candidate, pick a diverse set by MMR, and return it best-first.
+
+    MMR decides *which* frames (so the top 5 are not one shot five times); the order shown
+    to people is by predicted views, since that is what "rank 1" means to a creator.
+    """
     cands = scan.candidates
     images = [Image.fromarray(c.rgb) for c in cands]
     blocks = image_blocks(encoders, images, [title] * len(images))
@@ -158,7 +162,8 @@ def _choose(model, encoders, scan: ScanResult, title: str, top: int, config: Fra
     lo, hi = model.predict_interval(blocks)
     emb = diversity_embeddings(model, encoders, blocks, np.stack([c.hist for c in cands]))
     shots = np.array([c.shot_index for c in cands]) if config.one_per_shot else None
-    order = mmr_select(pred, emb, top, config.diversity, shots)
+    chosen = mmr_select(pred, emb, top, config.diversity, shots)
+    order = sorted(chosen, key=lambda i: -pred[i])
     scale = to_views(model.config.target)
     return [
         FrameChoice(
