@@ -238,5 +238,6 @@ def test_bad_inputs_raise_frames_error(tmp_path, kind, message):
 
 
 def test_chosen_frames_are_listed_best_first(ranked):
-    views = [c.predicted_views for c in ranked.choices]
+    result, _, _ = ranked
+    views = [c.predicted_views for c in result.choices]
     assert views == sorted(views, reverse=True)
