@@ -13,11 +13,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import thumbview.data.dataset as dataset_module
 from thumbview.data.dataset import (
     DatasetError,
     ThumbnailDataset,
     load_dataset,
     parse_count,
+    verify_cache_path,
     write_metadata,
 )
 
@@ -465,3 +467,192 @@ def test_real_dataset_loads(shared_data):
     assert ds.report.summary().startswith(f"{ds.report.n_rows} rows, {len(ds)} kept")
     assert ds.channels is not None and len(set(ds.keys)) == len(ds)
     assert np.all(ds.views >= 0) and ds.table["likes"].dtype == "Int64"
+
+
+# --- the verification cache ---------------------------------------------------------------
+
+
+@pytest.fixture
+def decoded(monkeypatch, tmp_path) -> list[str]:
+    """Names of the files `load_dataset` fully decodes, with caches in a fresh folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("THUMBVIEW_CACHE_DIR", raising=False)
+    calls: list[str] = []
+    real = dataset_module.load_image
+
+    def counting(path, **kwargs):
+        calls.append(Path(path).name)  # list.append is thread-safe
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(dataset_module, "load_image", counting)
+    return calls
+
+
+def messy(tmp_path: Path) -> Path:
+    """Three good images, one undecodable, one missing: both verdicts are cached."""
+    root = folder(
+        tmp_path, [["images/bad.jpg", "1", "", "x"], ["images/none.jpg", "1", "", "y"]], n_good=3
+    )
+    (root / "images" / "bad.jpg").write_bytes(b"\xff\xd8 not really")
+    return root
+
+
+def touch_later(path: Path) -> None:
+    """Move the mtime on by a second, as a rewrite some time later would."""
+    mtime = path.stat().st_mtime_ns + 10**9
+    os.utime(path, ns=(mtime, mtime))
+
+
+def assert_same(a: ThumbnailDataset, b: ThumbnailDataset) -> None:
+    pd.testing.assert_frame_equal(a.table, b.table)
+    assert a.report == b.report
+
+
+def test_second_load_decodes_nothing_and_agrees(tmp_path, decoded):
+    root = messy(tmp_path)
+    first = load_dataset(root, workers=2)
+    assert sorted(decoded) == ["bad.jpg", "g0.jpg", "g1.jpg", "g2.jpg"]
+    assert verify_cache_path(root).is_file()
+    decoded.clear()
+    second = load_dataset(root, workers=2)
+    assert decoded == []
+    assert_same(first, second)
+    assert second.report.counts() == {"unreadable image": 1, "missing image": 1}
+    uncached = load_dataset(root, verify_cache=False)
+    assert len(decoded) == 4  # the switch turns the cache off
+    assert_same(first, uncached)
+
+
+def test_changed_files_are_decoded_again(tmp_path, decoded):
+    root = messy(tmp_path)
+    load_dataset(root)
+    put_image(root, "images/g0.jpg", color=(0, 0, 255))  # new bytes, same size possibly
+    touch_later(root / "images" / "g0.jpg")
+    good = root / "images" / "g1.jpg"
+    good.write_bytes(good.read_bytes()[:40])  # corrupted after the first load
+    touch_later(good)
+    decoded.clear()
+    ds = load_dataset(root)
+    assert sorted(decoded) == ["g0.jpg", "g1.jpg"]
+    assert ds.report.counts() == {"unreadable image": 2, "missing image": 1}
+    assert [s.file_name for s in ds.report.skipped if s.reason == "unreadable image"] == [
+        "images/g1.jpg",
+        "images/bad.jpg",
+    ]
+    decoded.clear()
+    put_image(root, "images/bad.jpg")  # fixed: a cached failure is not sticky either
+    ds = load_dataset(root)
+    assert decoded == ["bad.jpg"] and ds.keys == ["g0", "g2", "x"]
+
+
+def test_same_size_rewrite_is_caught_by_mtime(tmp_path, decoded):
+    root = folder(tmp_path, [])
+    load_dataset(root)
+    path = root / "images" / "g0.jpg"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 :] = b"\x00" * (len(data) - len(data) // 2)  # same length, broken
+    path.write_bytes(bytes(data))
+    touch_later(path)
+    decoded.clear()
+    ds = load_dataset(root)
+    assert decoded == ["g0.jpg"] and ds.keys == ["g1"]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "wrong arrays"])
+def test_corrupt_cache_is_ignored(tmp_path, decoded, damage, caplog):
+    root = messy(tmp_path)
+    first = load_dataset(root)
+    cache = verify_cache_path(root)
+    if damage == "garbage":
+        cache.write_bytes(np.random.default_rng(0).bytes(500))
+    elif damage == "truncated":
+        cache.write_bytes(cache.read_bytes()[:-20])
+    elif damage == "empty":
+        cache.write_bytes(b"")
+    else:  # a well-formed file whose content does not fit: never half-trusted
+        from safetensors.numpy import load_file, save_file
+
+        arrays = load_file(cache)
+        arrays["sizes"] = arrays["sizes"][:2]
+        save_file(arrays, cache, metadata=dataset_module._verify_setting(root.resolve(), 2**26))
+    decoded.clear()
+    with caplog.at_level(logging.WARNING, logger="thumbview.data.dataset"):
+        second = load_dataset(root, max_pixels=2**26)
+    assert len(decoded) == 4
+    assert_same(first, second)
+    assert any("ignoring unreadable verification cache" in r.getMessage() for r in caplog.records)
+    decoded.clear()
+    load_dataset(root, max_pixels=2**26)
+    assert decoded == []  # rewritten, valid again
+
+
+def test_changing_max_pixels_verifies_again(tmp_path, decoded):
+    root = folder(tmp_path, [["images/big.jpg", "5", "", "x"]])
+    put_image(root, "images/big.jpg", size=(100, 100))
+    assert len(load_dataset(root)) == 3
+    decoded.clear()
+    ds = load_dataset(root, max_pixels=1000)  # good images are 8x6 = 48 pixels
+    assert len(decoded) == 3
+    assert ds.report.counts() == {"unreadable image": 1} and ds.keys == ["g0", "g1"]
+    decoded.clear()
+    assert len(load_dataset(root)) == 3 and len(decoded) == 3  # one setting is remembered
+
+
+def test_cache_lives_outside_the_dataset(tmp_path, decoded, monkeypatch):
+    root = messy(tmp_path)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    load_dataset(root)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    cache = verify_cache_path(root)
+    assert cache.is_file() and cache.is_relative_to(tmp_path / "xdg" / "thumbview" / "verified")
+    assert verify_cache_path(tmp_path / "other" / "ds") != cache  # one file per dataset
+    monkeypatch.setenv("THUMBVIEW_CACHE_DIR", str(tmp_path / "mine"))
+    assert verify_cache_path(root).parent == tmp_path / "mine" / "verified"
+
+
+def test_read_only_dataset_folder(tmp_path, decoded):
+    root = messy(tmp_path)
+    dirs = [root, root / "images"]
+    for d in dirs:
+        d.chmod(0o555)
+    try:
+        first = load_dataset(root)
+        decoded.clear()
+        assert_same(first, load_dataset(root))
+        assert decoded == []
+    finally:
+        for d in dirs:
+            d.chmod(0o755)
+
+
+def test_unwritable_cache_only_warns(tmp_path, decoded, monkeypatch, caplog):
+    root = messy(tmp_path)
+    (tmp_path / "blocker").write_text("a file where the cache folder should go")
+    monkeypatch.setenv("THUMBVIEW_CACHE_DIR", str(tmp_path / "blocker"))
+    with caplog.at_level(logging.WARNING, logger="thumbview.data.dataset"):
+        ds = load_dataset(root)
+    assert ds.report.counts() == {"unreadable image": 1, "missing image": 1}
+    assert any("cannot write verification cache" in r.getMessage() for r in caplog.records)
+
+
+def test_lookup_matches_a_plain_dict(tmp_path):
+    """The vectorised join against the obvious per-file dictionary lookup."""
+    rng = np.random.default_rng(0)
+    m = 500
+    keys = rng.integers(0, 2**63, m, dtype=np.uint64)
+    sizes = rng.integers(0, 3, m).astype(np.int64)
+    mtimes = rng.integers(0, 3, m).astype(np.int64)
+    cached = dataset_module._Verdicts(keys, sizes, mtimes, [None] * m)
+    pick = rng.integers(0, m, 800)
+    cur_keys = np.where(
+        rng.random(800) < 0.2, rng.integers(0, 2**63, 800, dtype=np.uint64), keys[pick]
+    )
+    cur_sizes = np.where(rng.random(800) < 0.2, -1, sizes[pick] + (rng.random(800) < 0.2))
+    current = dataset_module._Verdicts(cur_keys, cur_sizes, mtimes[pick], [None] * 800)
+    table = {(k, s, t): i for i, (k, s, t) in enumerate(zip(keys, sizes, mtimes, strict=True))}
+    expected = [
+        table.get((k, s, t), -1) if s >= 0 else -1
+        for k, s, t in zip(cur_keys, cur_sizes, mtimes[pick], strict=True)
+    ]
+    assert dataset_module._lookup(cached, current).tolist() == expected
+    assert dataset_module._lookup(None, current).tolist() == [-1] * 800

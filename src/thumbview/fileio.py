@@ -7,6 +7,7 @@ is flushed to disk, and then replaces the target in one `os.replace`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -37,3 +38,19 @@ def atomic_write(path: str | Path, content: bytes | str | Callable[[Path], None]
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def user_cache_root() -> Path:
+    """`$XDG_CACHE_HOME/thumbview`, else `~/.cache/thumbview`: where derived, rebuildable data lives.
+
+    Never inside a dataset folder: datasets are often read-only, shared or synced, and
+    permission bits do not stop root from writing where it should not.
+    """
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "thumbview"
+
+
+def dataset_cache_name(root: str | Path) -> str:
+    """`<folder>-<hash of its resolved path>`: readable, yet two folders named alike never share."""
+    root = Path(root).resolve()
+    tag = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    return f"{root.name}-{tag}"

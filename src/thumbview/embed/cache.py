@@ -29,7 +29,7 @@ from thumbview import __version__
 from thumbview.data.dataset import ThumbnailDataset
 from thumbview.data.images import ImageError, load_image
 from thumbview.embed.base import Encoder
-from thumbview.fileio import atomic_write
+from thumbview.fileio import atomic_write, dataset_cache_name, user_cache_root
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,7 @@ def default_cache_dir(root: Path) -> Path:
     """
     if env := os.environ.get("THUMBVIEW_CACHE_DIR"):
         return Path(env)
-    root = Path(root).resolve()
-    tag = hashlib.sha256(str(root).encode()).hexdigest()[:12]
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "thumbview" / "features" / f"{root.name}-{tag}"
+    return user_cache_root() / "features" / dataset_cache_name(root)
 
 
 def digest_bytes(data: bytes) -> bytes:
