@@ -115,6 +115,16 @@ def test_symlink_escaping_the_folder_is_unsafe(tmp_path):
     assert ds.keys == ["g0", "g1", "y"]
 
 
+def test_symlinked_folder_escaping_the_dataset_is_unsafe(tmp_path):
+    put_image(tmp_path / "elsewhere", "secret.jpg")
+    rows = [["images/ext/secret.jpg", "5", "", "x"], ["images/ext/secret.jpg", "6", "", "y"]]
+    root = folder(tmp_path, rows)
+    (root / "images" / "ext").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    ds = load_dataset(root)
+    assert ds.report.counts() == {"unsafe file_name": 2}  # the folder verdict is cached
+    assert ds.keys == ["g0", "g1"]
+
+
 def test_dot_dot_that_stays_inside_is_allowed(tmp_path):
     root = folder(tmp_path, [["images/../images/g0.jpg", "5", "", "again"]])
     assert load_dataset(root).keys == ["g0", "g1", "again"]
