@@ -31,8 +31,9 @@ from PIL import Image, ImageDraw, ImageFont
 from thumbview.data.images import load_image
 from thumbview.embed.base import Encoder
 from thumbview.embed.visual import FEATURE_NAMES, describe
-from thumbview.frames.rank import fit_frame, format_views, to_views
+from thumbview.frames.rank import fit_frame, format_views
 from thumbview.predict.model import ViewPredictor
+from thumbview.predict.target import to_views
 from thumbview.predict.workflow import image_blocks, load_model
 
 log = logging.getLogger(__name__)

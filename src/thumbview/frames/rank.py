@@ -30,7 +30,7 @@ from thumbview.embed.base import Encoder
 from thumbview.frames.extract import FramesError, ScanResult, grab_frames, scan_video
 from thumbview.frames.select import SelectConfig, mmr_select
 from thumbview.predict.model import ViewPredictor
-from thumbview.predict.target import views_from_log
+from thumbview.predict.target import to_views
 from thumbview.predict.workflow import image_blocks, load_model
 
 log = logging.getLogger(__name__)
@@ -195,13 +195,6 @@ def diversity_embeddings(
     if not parts:
         return np.sqrt(np.asarray(hists, dtype=np.float64))  # (N, B)
     return np.concatenate(parts, axis=1)
-
-
-def to_views(target: str) -> Callable[[float], float]:
-    """Target units -> view counts (log10 target) or channel multipliers."""
-    if target == "log10":
-        return lambda v: float(views_from_log(v))
-    return lambda v: float(10.0**v)
 
 
 # ----- outputs -------------------------------------------------------------------------------

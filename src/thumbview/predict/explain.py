@@ -38,7 +38,7 @@ from thumbview.data.images import load_image
 from thumbview.embed.base import Encoder
 from thumbview.predict.heads import MLPHead, RidgeHead
 from thumbview.predict.model import ViewPredictor
-from thumbview.predict.target import views_from_log
+from thumbview.predict.target import to_views
 from thumbview.predict.workflow import image_blocks, load_model
 
 log = logging.getLogger(__name__)
@@ -241,18 +241,11 @@ def explain_row(
     residual = prediction - baseline - float(contrib.sum())
     if method != "exact-linear":
         log.debug("integrated gradients: additivity gap %.2g log10", residual)
-    to_views = _to_views(model.config.target)
+    scale = to_views(model.config.target)
     return PredictionExplanation(
-        image, title, model.config.target, method, prediction, to_views(prediction),
-        baseline, to_views(baseline), residual, tuple(block_rows), tuple(features[:top]),
+        image, title, model.config.target, method, prediction, scale(prediction),
+        baseline, scale(baseline), residual, tuple(block_rows), tuple(features[:top]),
     )  # fmt: skip
-
-
-def _to_views(target: str) -> Callable[[float], float]:
-    """log10 target -> view count; channel-relative -> multiplier of the channel's usual views."""
-    if target == "log10":
-        return lambda y: float(views_from_log(y))
-    return lambda y: float(10.0**y)
 
 
 def interpretable_names(encoder: Encoder) -> list[str] | None:

@@ -9,6 +9,8 @@ usual views). Leaving the video itself out keeps its own views from leaking into
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -36,6 +38,14 @@ def log_views(views) -> np.ndarray:
 def views_from_log(y) -> np.ndarray:
     """Inverse of `log_views`: `10**y - 1` (a prediction in log10 units back to a view count)."""
     return np.power(10.0, np.asarray(y, dtype=np.float64)) - 1.0
+
+
+def to_views(target: str) -> Callable[[float], float]:
+    """Target units -> what people read: a view count (log10 target) or, for the
+    channel-relative target, a multiplier of the channel's usual views."""
+    if target == "log10":
+        return lambda y: float(views_from_log(y))
+    return lambda y: float(10.0**y)
 
 
 def channel_codes(channels, n: int) -> np.ndarray:

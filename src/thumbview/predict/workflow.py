@@ -34,7 +34,7 @@ from thumbview.predict.evaluate import (
     group_train_test_split,
 )
 from thumbview.predict.model import PredictorConfig, PredictorError, ViewPredictor
-from thumbview.predict.target import make_target, views_from_log
+from thumbview.predict.target import make_target, to_views
 from thumbview.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -344,7 +344,7 @@ def predict_loaded(
 
 
 def _prediction(name: str, title: str, y: float, lo: float, hi: float, target: str) -> Prediction:
-    scale = (lambda v: float(views_from_log(v))) if target == "log10" else (lambda v: float(10**v))
+    scale = to_views(target)
     return Prediction(name, title, y, scale(y), scale(lo), scale(hi), target)
 
 
