@@ -34,7 +34,7 @@ from thumbview.embed.visual import FEATURE_NAMES, describe
 from thumbview.frames.rank import fit_frame, format_views
 from thumbview.predict.model import ViewPredictor
 from thumbview.predict.target import to_views
-from thumbview.predict.workflow import image_blocks, load_model
+from thumbview.predict.workflow import combination_blocks, load_model
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +219,7 @@ def compare(
         raise CompareError("need at least two candidates (images x titles) to compare")
     if study is not None and sae_dir is None and sae_models is None:
         raise CompareError("an SAE study needs the SAE it was made with (sae_dir)")
-    pairs = [(i, t) for i in range(len(images)) for t in titles]
-    blocks = image_blocks(encoders, [images[i] for i, _ in pairs], [t for _, t in pairs])
+    pairs, blocks = combination_blocks(encoders, images, titles)
     pred = model.predict(blocks)  # (N,)
     atoms = residual_atoms(model)
     best, beats = p_best(pred, atoms), p_beats_matrix(pred, atoms)

@@ -81,6 +81,17 @@ def image_blocks(
     }
 
 
+def combination_blocks(
+    encoders: dict[str, Encoder], images: Sequence[Image.Image], titles: Sequence[str]
+):
+    """Every image x title, image-major: ([(image index, title)], blocks with one row per pair).
+
+    One definition of the order, shared by predictions and comparisons (the web page relies on it).
+    """
+    pairs = [(i, t) for i in range(len(images)) for t in (list(titles) or [""])]
+    return pairs, image_blocks(encoders, [images[i] for i, _ in pairs], [t for _, t in pairs])
+
+
 def _rows(blocks: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
     return {name: X[idx] for name, X in blocks.items()}
 
@@ -333,8 +344,7 @@ def predict_loaded(
     titles: Sequence[str] = ("",),
 ) -> list[Prediction]:
     """Like `predict_images` for images already decoded (the web app, comparisons)."""
-    pairs = [(i, t) for i in range(len(images)) for t in (titles or ("",))]
-    blocks = image_blocks(encoders, [images[i] for i, _ in pairs], [t for _, t in pairs])
+    pairs, blocks = combination_blocks(encoders, images, titles)
     point = model.predict(blocks)
     lo, hi = model.predict_interval(blocks)
     return [
