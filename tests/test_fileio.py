@@ -29,3 +29,16 @@ def test_failed_write_keeps_the_old_file_and_cleans_up(tmp_path):
         atomic_write(target, broken)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["model.json"]
+
+
+def test_json_safe_makes_strict_json():
+    import json
+
+    import numpy as np
+
+    from thumbview.fileio import json_safe
+
+    value = {1: [np.float32(0.5), float("nan"), (np.int64(3), float("inf"))], "n": np.float64(2.0)}
+    safe = json_safe(value)
+    assert safe == {"1": [0.5, None, [3, None]], "n": 2.0}
+    json.dumps(safe, allow_nan=False)  # raises if anything non-finite survived

@@ -8,10 +8,12 @@ is flushed to disk, and then replaces the target in one `os.replace`.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: str | Path, content: bytes | str | Callable[[Path], None]) -> Path:
@@ -54,3 +56,19 @@ def dataset_cache_name(root: str | Path) -> str:
     root = Path(root).resolve()
     tag = hashlib.sha256(str(root).encode()).hexdigest()[:12]
     return f"{root.name}-{tag}"
+
+
+def json_safe(x: Any) -> Any:
+    """Recursively: NaN/inf -> None, numpy scalars -> Python, tuples -> lists, keys -> str.
+
+    Every JSON artifact thumbview writes is strict JSON (`allow_nan=False` readers accept it).
+    """
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v) for v in x]
+    if hasattr(x, "item") and getattr(x, "ndim", None) == 0:  # numpy scalar
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x

@@ -18,6 +18,8 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import mean_absolute_error, r2_score
 
+from thumbview.fileio import json_safe
+
 if TYPE_CHECKING:
     from thumbview.predict.model import PredictorConfig
 
@@ -223,10 +225,10 @@ class EvalResult:
 
     def to_json_dict(self) -> dict[str, Any]:
         """Flat model metrics + `baselines`; NaN becomes None so the output is strict JSON."""
-        out: dict[str, Any] = _json_safe(self.model.to_dict())
+        out: dict[str, Any] = json_safe(self.model.to_dict())
         out["interval_coverage"] = self.interval_coverage
         out["interval_level"] = self.interval_level
-        out["baselines"] = {name: _json_safe(m.to_dict()) for name, m in self.baselines.items()}
+        out["baselines"] = {name: json_safe(m.to_dict()) for name, m in self.baselines.items()}
         return out
 
 
@@ -241,7 +243,3 @@ def evaluate_predictor(
 
 def _rows(blocks: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.asarray(X)[idx] for name, X in blocks.items()}
-
-
-def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}

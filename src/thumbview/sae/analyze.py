@@ -25,6 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from thumbview.data.dataset import LoadReport, ThumbnailDataset
+from thumbview.fileio import json_safe
 from thumbview.progress import progress_bar
 from thumbview.sae import report
 from thumbview.sae.stats import (
@@ -418,7 +419,7 @@ def run_analysis(
     paths = _write_outputs(ds, x, result, config, out, reference, progress)
     timings = {"prepare_s": t1 - t0, "study_s": t2 - t1, "write_s": time.perf_counter() - t2}
     summary = _summary(dataset, ds, result, config, views, timings, sae_dir)
-    summary["channel_shrinkage_lambda"] = _json_safe(channel_lambda)
+    summary["channel_shrinkage_lambda"] = json_safe(channel_lambda)
     paths["summary_json"].write_text(json.dumps(summary, indent=2, allow_nan=False))
     paths["report_html"] = report.write_report(out / REPORT_HTML, summary, paths["cards"])
     logger.info("study written to %s", out)
@@ -589,17 +590,4 @@ def _summary(
             "timings": {k: round(v, 3) for k, v in timings.items()},
         }
     )
-    return _json_safe(out)
-
-
-def _json_safe(x: Any) -> Any:
-    """NaN/inf -> None, numpy scalars -> Python, recursively (summary.json is strict JSON)."""
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
+    return json_safe(out)

@@ -28,6 +28,8 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import stats as sps
 
+from thumbview.fileio import json_safe
+
 logger = logging.getLogger(__name__)
 
 Statistic = Literal["median", "mean"]
@@ -769,19 +771,7 @@ class StudyResult:
             "n_q_below_0.05": int((q < 0.05).sum()),
             "table": self.table().to_dict(orient="records"),
         }
-        return _jsonable(out)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+        return json_safe(out)
 
 
 def qualifying_latents(latents: Any, config: StudyConfig) -> np.ndarray:
