@@ -23,6 +23,7 @@ from thumbview.data.images import load_image
 from thumbview.embed.base import Encoder
 from thumbview.embed.cache import embed
 from thumbview.embed.registry import get_encoder
+from thumbview.inference.predictor import ENCODERS_FILE, LoadedPredictor, Prediction
 from thumbview.predict import plots
 from thumbview.predict.evaluate import (
     CVResult,
@@ -34,13 +35,12 @@ from thumbview.predict.evaluate import (
     group_train_test_split,
 )
 from thumbview.predict.model import PredictorConfig, PredictorError, ViewPredictor
-from thumbview.predict.target import make_target, to_views
+from thumbview.predict.target import make_target
 from thumbview.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
-ENCODERS_FILE = "encoders.json"
 TRAINING_FILE = "training.json"
 EVAL_FILE = "eval.json"
 
@@ -221,19 +221,9 @@ class Evaluation:
 
 
 def load_model(model_dir: Path) -> tuple[ViewPredictor, dict[str, Encoder]]:
-    """The predictor and freshly built encoders with the settings it was trained with."""
-    model = ViewPredictor.load(model_dir)
-    spec_file = Path(model_dir) / ENCODERS_FILE
-    if not spec_file.exists():
-        raise PredictorError(
-            f"{model_dir} has no {ENCODERS_FILE}; was it written by `thumbview train`?"
-        )
-    saved = json.loads(spec_file.read_text())
-    encoders = {name: get_encoder(name, **saved[name]["options"]) for name in model.config.encoders}
-    for name, enc in encoders.items():
-        if json.loads(json.dumps(enc.spec())) != saved[name]["spec"]:
-            log.warning("encoder %s differs from the one the model was trained with", name)
-    return model, encoders
+    """The predictor and freshly built encoders (see `LoadedPredictor.load`)."""
+    loaded = LoadedPredictor.load(model_dir)
+    return loaded.model, loaded.encoders
 
 
 def evaluate(
@@ -313,27 +303,13 @@ def cross_validate_dataset(
 
 
 # ----- prediction ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Prediction:
-    """One thumbnail x title. For the log10 target `views*` are view counts; for the
-    channel-relative target they are multipliers of the channel's typical views."""
-
-    image: str
-    title: str
-    log10: float
-    views: float
-    low: float
-    high: float
-    target: str
-
-
 def predict_images(
     model_dir: Path, images: Sequence[Path | str], titles: Sequence[str] = ("",)
 ) -> list[Prediction]:
-    """Every image x title combination, with the model's conformal interval."""
-    model, encoders = load_model(model_dir)
+    """Every image x title combination, with the model's interval at its own coverage."""
+    loaded = LoadedPredictor.load(model_dir)  # a bad model folder is reported before images
     opened = [load_image(p) for p in images]
-    return predict_loaded(model, encoders, opened, [str(p) for p in images], titles)
+    return loaded.predict_images(opened, [str(p) for p in images], titles)
 
 
 def predict_loaded(
@@ -344,18 +320,7 @@ def predict_loaded(
     titles: Sequence[str] = ("",),
 ) -> list[Prediction]:
     """Like `predict_images` for images already decoded (the web app, comparisons)."""
-    pairs, blocks = combination_blocks(encoders, images, titles)
-    point = model.predict(blocks)
-    lo, hi = model.predict_interval(blocks)
-    return [
-        _prediction(names[i], t, float(p), float(a), float(b), model.config.target)
-        for (i, t), p, a, b in zip(pairs, point, lo, hi, strict=True)
-    ]
-
-
-def _prediction(name: str, title: str, y: float, lo: float, hi: float, target: str) -> Prediction:
-    scale = to_views(target)
-    return Prediction(name, title, y, scale(y), scale(lo), scale(hi), target)
+    return LoadedPredictor(model, encoders, Path()).predict_images(images, names, titles)
 
 
 def _write_json(path: Path, payload: Any) -> None:
