@@ -16,10 +16,12 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
 
 import pandas as pd
 import pytest
@@ -85,7 +87,11 @@ class FakeYouTube:
     def video_item(self, video_id: str) -> dict:
         v = self.videos[video_id]
         thumbs = {
-            k: {"url": f"{self.base}/vi/{video_id}/{k}.jpg", "width": w, "height": h}
+            k: {
+                "url": f"{self.base}/vi/{quote(video_id, safe='')}/{k}.jpg",
+                "width": w,
+                "height": h,
+            }
             for k, (w, h) in SIZES.items()
             if k in v["sizes"]
         }
@@ -93,7 +99,7 @@ class FakeYouTube:
             "kind": "youtube#video",
             "id": video_id,
             "snippet": {
-                "publishedAt": f"2024-0{int(video_id[-1]) % 9 + 1}-15T10:00:00Z",
+                "publishedAt": f"2024-0{int(video_id[-1], 36) % 9 + 1}-15T10:00:00Z",
                 "channelId": v["channel"],
                 "title": v["title"],
                 "thumbnails": thumbs,
@@ -147,7 +153,7 @@ class Handler(BaseHTTPRequestHandler):
     def _thumb(self, path: str) -> None:
         time.sleep(self.fake.thumb_delay)
         _, _, video_id, name = path.split("/")
-        v = self.fake.videos.get(video_id)
+        v = self.fake.videos.get(unquote(video_id))
         size = name.removesuffix(".jpg")
         if v is None or size not in v["sizes"] or size in v["broken_sizes"]:
             return self._send(404, b"")
@@ -182,18 +188,27 @@ class Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def fake() -> FakeYouTube:
-    state = FakeYouTube(60)
-    handler = type("BoundHandler", (Handler,), {"fake": state})
+def fake() -> Iterator[FakeYouTube]:
+    with serve_fake(60) as state:
+        yield state
+
+
+@contextmanager
+def serve_fake(n: int, handler_class: type[Handler] | None = None) -> Iterator[FakeYouTube]:
+    """A FakeYouTube of `n` videos served on 127.0.0.1 for the duration of the block."""
+    state = FakeYouTube(n)
+    handler = type("BoundHandler", (handler_class or Handler,), {"fake": state})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.handle_error = lambda *args: None  # clients that timed out close early: expected
     server.daemon_threads = True
     state.base = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def backend(fake: FakeYouTube, limit: int = 10_000) -> DataApiBackend:

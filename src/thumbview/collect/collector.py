@@ -28,9 +28,11 @@ from thumbview.collect.filters import (
     FILTER_REASONS,
     FilterConfig,
     filter_key,
+    is_video_id,
     read_id_file,
     rejection_reason,
     shard_ids,
+    show_id,
 )
 from thumbview.collect.http import FetchError, HttpClient
 from thumbview.collect.quota import quota_day
@@ -42,6 +44,7 @@ from thumbview.data.dataset import write_metadata
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (done, total)
+INVALID_ID = "invalid video id"  # the summary key of ids refused where they enter
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,23 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start : start + size]
 
 
+def valid_ids(ids: Sequence[object], source: str) -> tuple[list[str], int]:
+    """The ids of YouTube's form, and how many others were dropped (each logged).
+
+    Ids come from responses (search, listings, yt-dlp) and from users' lists; one that is
+    not an id (`../../x`) must never reach the queue, where it would later become a path.
+    """
+    good = [video_id for video_id in ids if _keep_id(video_id, source)]
+    return good, len(ids) - len(good)
+
+
+def _keep_id(video_id: object, source: str) -> bool:
+    if is_video_id(video_id):
+        return True
+    logger.warning("skipped %s from %s: not a YouTube video id", show_id(video_id), source)
+    return False
+
+
 class _Run:
     """One pass over the queue: describe batches, fetch thumbnails, commit on this thread."""
 
@@ -144,6 +164,11 @@ class _Run:
             results = self.backend.fetch([j.video_id for j in jobs])
         except FetchError as e:
             results = [Unavailable(j.video_id, "fetch failed", str(e), False) for j in jobs]
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # a malformed answer
+            if isinstance(e, CollectError):
+                raise
+            detail = f"malformed answer: {type(e).__name__}: {str(e)[:200]}"
+            results = [Unavailable(j.video_id, "bad response", detail, False) for j in jobs]
         return list(zip(jobs, results, strict=True))
 
     def _thumb(self, job: _Job, video: VideoInfo) -> tuple[_Job, VideoInfo, object]:
@@ -194,6 +219,11 @@ class _Run:
             self.stopped = "quota"
             return
         for job, item in described:
+            if item.video_id != job.video_id:  # the backend answered for another id
+                logger.warning("skipped %s: the backend described it as %s",
+                               job.video_id, show_id(item.video_id))  # fmt: skip
+                self._skip(job.video_id, INVALID_ID, f"answered {show_id(item.video_id)}", True)
+                continue
             if isinstance(item, Unavailable):
                 self._skip(job.video_id, item.reason, item.detail, item.permanent)
                 continue
@@ -248,8 +278,12 @@ def _collect(
     config: CollectConfig,
     progress: Progress | None,
     started: float,
+    invalid: int = 0,
 ) -> CollectSummary:
-    """Work through the queue and export; the shared tail of every collect command."""
+    """Work through the queue and export; the shared tail of every collect command.
+
+    `invalid` counts the ids refused on the way into the queue (reported as skips).
+    """
     store.sweep()
     ready, still, rechecked = _recheck_filtered(store, config.filters)
     jobs = [_Job(*p) for p in store.pending(config.max_attempts)]
@@ -257,6 +291,8 @@ def _collect(
     own_http = http is None
     run = _Run(store, backend, http or HttpClient(), config)
     run.skipped.update(still)
+    if invalid:
+        run.skipped[INVALID_ID] += invalid
     run.progress, run.total = progress, len(ready) + len(jobs)
     try:
         run.run(jobs, ready)
@@ -314,25 +350,36 @@ def _recheck_filtered(
     return ready, still, rechecked
 
 
+@dataclass
+class _Listed:
+    """How listing went: `stopped` is "quota" / "listing failed" / None; `invalid` ids refused."""
+
+    stopped: str | None = None
+    invalid: int = 0
+
+
 def _list_into(
     store: Store, pages: Iterator[list], label: str, cache_key: str | None, n: int
-) -> str | None:
-    """Queue every listed id page by page; returns "quota" if the quota ran out while listing."""
+) -> _Listed:
+    """Queue every listed id (of YouTube's form) page by page, stopping at the quota."""
+    listed = _Listed()
     if cache_key is not None and store.listing_done(cache_key, n):
         logger.info("%s: already listed, not paying for it again", label)
-        return None
+        return listed
     try:
         for page in pages:
-            store.add_pending((item.video_id, label, item.short_url) for item in page)
+            good = [item for item in page if _keep_id(item.video_id, f"listing {label!r}")]
+            listed.invalid += len(page) - len(good)
+            store.add_pending((item.video_id, label, item.short_url) for item in good)
     except QuotaExhausted as e:
         logger.warning("listing %s stopped: %s", label, e)
-        return "quota"
+        listed.stopped = "quota"
     except FetchError as e:
         logger.error("listing %s failed (will be retried next run): %s", label, e)
-        return "listing failed"
-    if cache_key is not None:
+        listed.stopped = "listing failed"
+    if cache_key is not None and listed.stopped is None:
         store.mark_listing_done(cache_key, n)
-    return None
+    return listed
 
 
 def collect_search(
@@ -351,11 +398,15 @@ def collect_search(
     started = time.monotonic()
     with Store(out) as store:
         _attach_quota(backend, store)
+        invalid = 0
         for query in queries:
             key = f"search:{backend.name}:{query}"
-            if _list_into(store, backend.search(query, per_query), query, key, per_query):
+            listed = _list_into(store, backend.search(query, per_query), query, key, per_query)
+            invalid += listed.invalid
+            if listed.stopped:
                 break
-        return _collect(store, backend, http, config or CollectConfig(), progress, started)
+        config = config or CollectConfig()
+        return _collect(store, backend, http, config, progress, started, invalid)
 
 
 def collect_channel(
@@ -372,8 +423,9 @@ def collect_channel(
     started = time.monotonic()
     with Store(out) as store:
         _attach_quota(backend, store)
-        _list_into(store, backend.channel(channel, limit), channel, None, limit or 0)
-        return _collect(store, backend, http, config or CollectConfig(), progress, started)
+        listed = _list_into(store, backend.channel(channel, limit), channel, None, limit or 0)
+        config = config or CollectConfig()
+        return _collect(store, backend, http, config, progress, started, listed.invalid)
 
 
 def collect_ids(
@@ -392,10 +444,12 @@ def collect_ids(
         ids, bad = read_id_file(ids)
         if bad:
             logger.warning("%d lines of the id file are not video ids or URLs", bad)
+    ids, invalid = valid_ids(list(ids), "the id list")
     with Store(out) as store:
         _attach_quota(backend, store)
         store.add_pending((video_id, "", False) for video_id in shard_ids(ids, *shard))
-        return _collect(store, backend, http, config or CollectConfig(), progress, started)
+        config = config or CollectConfig()
+        return _collect(store, backend, http, config, progress, started, invalid)
 
 
 def refresh(
@@ -459,10 +513,11 @@ def _refresh_ids(
 def _views_of(backend: Backend) -> Callable[[Sequence[str]], list[tuple[str, int]]]:
     def views(ids: Sequence[str]) -> list[tuple[str, int]]:
         results = backend.fetch(ids, subscribers=False)
+        asked = set(ids)  # an answer for an id not asked for (crafted or not) is ignored
         return [
             (r.video_id, r.views)
             for r in results
-            if isinstance(r, VideoInfo) and r.views is not None
+            if isinstance(r, VideoInfo) and r.views is not None and r.video_id in asked
         ]
 
     return views

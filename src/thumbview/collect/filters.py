@@ -21,7 +21,7 @@ FILTER_REASONS = frozenset(
      "published before --since", "published after --until"}
 )  # fmt: skip
 _ID = r"[A-Za-z0-9_-]{11}"
-_ID_RE = re.compile(rf"^{_ID}$")
+_ID_RE = re.compile(_ID, re.ASCII)
 _URL_RES = (
     re.compile(rf"[?&]v=({_ID})"),
     re.compile(rf"youtu\.be/({_ID})"),
@@ -108,10 +108,36 @@ def parse_iso_duration(text: str | None) -> float | None:
     return parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
 
 
+class InvalidVideoId(CollectError):
+    """Text that is not a YouTube video id, where one was expected (a crafted or broken answer)."""
+
+
+def is_video_id(text: object) -> bool:
+    """Whether `text` has YouTube's video-id form: exactly 11 of `A-Z a-z 0-9 _ -`.
+
+    Every id is checked against this where it enters the queue and where it becomes a
+    path, because an id from a response (`../../x`) would otherwise name a file anywhere.
+    """
+    return isinstance(text, str) and _ID_RE.fullmatch(text) is not None
+
+
+def check_video_id(text: object) -> str:
+    """`text` if it is a video id, else `InvalidVideoId` (its repr shortened, so a log stays one line)."""
+    if not is_video_id(text):
+        raise InvalidVideoId(f"not a YouTube video id: {show_id(text)}")
+    return str(text)
+
+
+def show_id(text: object) -> str:
+    """A bounded, escaped rendering of an untrusted id for logs and messages."""
+    shown = repr(text)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
 def parse_video_id(text: str) -> str | None:
     """The 11-character video id in a bare id or any YouTube video URL, else None."""
     text = text.strip()
-    if _ID_RE.match(text):
+    if _ID_RE.fullmatch(text):
         return text
     for pattern in _URL_RES:
         m = pattern.search(text)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from thumbview.collect.filters import FILTER_REASONS
+from thumbview.collect.filters import FILTER_REASONS, check_video_id
 from thumbview.collect.types import Thumb, VideoInfo
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,11 @@ def _upgrade(db: sqlite3.Connection) -> None:
 
 
 def image_relpath(video_id: str) -> str:
-    """`images/ab/abcdefghijk.jpg`: two-character buckets keep directories small at 1M files."""
+    """`images/ab/abcdefghijk.jpg`: two-character buckets keep directories small at 1M files.
+
+    Raises `InvalidVideoId` for anything but a video id: this is where an id becomes a path.
+    """
+    video_id = check_video_id(video_id)
     return f"{IMAGE_DIR}/{video_id[:2]}/{video_id}.jpg"
 
 
@@ -149,12 +153,16 @@ class Store:
 
     # -- the work queue ---------------------------------------------------------------
     def add_pending(self, items: Iterable[tuple[str, str, bool]]) -> int:
-        """Queue (video_id, query, short_url) triples; ids already queued are ignored."""
+        """Queue (video_id, query, short_url) triples; ids already queued are ignored.
+
+        The caller filters ids (and counts the skips); one that is not an id here is a bug,
+        so it raises `InvalidVideoId` and nothing of the batch is queued.
+        """
+        rows = [(check_video_id(v), q, int(s)) for v, q, s in items]
         with self._tx() as db:
             before = db.total_changes
             db.executemany(
-                "INSERT OR IGNORE INTO pending (video_id, query, short_url) VALUES (?, ?, ?)",
-                ((v, q, int(s)) for v, q, s in items),
+                "INSERT OR IGNORE INTO pending (video_id, query, short_url) VALUES (?, ?, ?)", rows
             )
             return db.total_changes - before
 
@@ -189,6 +197,8 @@ class Store:
     # -- results ----------------------------------------------------------------------
     def add_video(self, row: dict[str, object]) -> None:
         """Commit one collected video (its image must already be on disk) and its first count."""
+        if row["file_name"] != image_relpath(str(row["video_id"])):
+            raise RuntimeError(f"refusing a row whose file is not its id's: {row['file_name']!r}")
         if not (self.root / str(row["file_name"])).is_file():
             raise RuntimeError(f"refusing a row without its image: {row['file_name']}")
         values = [row.get(c) for c in COLUMNS]
