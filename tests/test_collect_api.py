@@ -41,10 +41,13 @@ from thumbview.collect import (
     refresh,
 )
 from thumbview.collect.store import utc_now
+from thumbview.collect.thumbs import THUMB_HOSTS
 from thumbview.data.images import load_image
 
 SIZES = {"maxres": (128, 72), "standard": (64, 48), "high": (48, 36), "medium": (32, 18), "default": (24, 18)}  # fmt: skip
 TITLES = ["Café ☕ \"quoted\", comma", "日本語のタイトル 🎉", "العربية 😀 Ελληνικά", "  spaces  ", "emoji 👩‍👩‍👧‍👦"]  # fmt: skip
+# The fake serves thumbnails from 127.0.0.1: allowed here, on top of YouTube's image hosts.
+LOCAL_HOSTS = THUMB_HOSTS | {"127.0.0.1"}
 POLICY = RetryPolicy(
     attempts=4, base_delay=0.001, max_delay=0.01, max_retry_after=0.01, timeout=0.5
 )
@@ -211,6 +214,11 @@ def serve_fake(n: int, handler_class: type[Handler] | None = None) -> Iterator[F
         server.server_close()
 
 
+def cfg(**settings: object) -> CollectConfig:
+    """A CollectConfig that accepts the fake's thumbnail host."""
+    return CollectConfig(thumb_hosts=LOCAL_HOSTS, **settings)
+
+
 def backend(fake: FakeYouTube, limit: int = 10_000) -> DataApiBackend:
     http = HttpClient(POLICY, seed=0)
     return DataApiBackend(
@@ -237,7 +245,7 @@ def test_search_end_to_end_with_faults(fake: FakeYouTube, tmp_path: Path) -> Non
     fake.faults[f"/vi/{vid(0)}/maxres.jpg"] = ["429", "truncate", "500"]
     fake.faults[f"/vi/{vid(2)}/standard.jpg"] = ["slow"]
     api = backend(fake)
-    config = CollectConfig(filters=FilterConfig(min_views=100), workers=4)
+    config = cfg(filters=FilterConfig(min_views=100), workers=4)
     summary = collect_search(tmp_path, ["AI", "Tech"], backend=api, per_query=35, config=config)
 
     shorts = {vid(i) for i in range(60) if i % 10 == 7}
@@ -265,7 +273,9 @@ def test_search_end_to_end_with_faults(fake: FakeYouTube, tmp_path: Path) -> Non
 
 
 def test_datasets_imagefolder_and_thumbview_loader(fake: FakeYouTube, tmp_path: Path, monkeypatch) -> None:  # fmt: skip
-    summary = collect_ids(tmp_path / "ds", [vid(i) for i in range(12)], backend=backend(fake))
+    summary = collect_ids(
+        tmp_path / "ds", [vid(i) for i in range(12)], backend=backend(fake), config=cfg()
+    )
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     import datasets
 
@@ -282,22 +292,28 @@ def test_datasets_imagefolder_and_thumbview_loader(fake: FakeYouTube, tmp_path: 
 
 
 def test_quota_stops_cleanly_and_resumes(fake: FakeYouTube, tmp_path: Path) -> None:
-    first = collect_search(tmp_path, ["AI"], backend=backend(fake, limit=101), per_query=35)
+    first = collect_search(
+        tmp_path, ["AI"], backend=backend(fake, limit=101), per_query=35, config=cfg()
+    )
     assert first.stopped == "quota" and first.quota_used == 101  # search + one videos.list
     assert first.collected == 0 and first.remaining == 30
     with Store(tmp_path) as store:
         assert store.count() == 0 and len(store.pending(3)) == 30
     # Same day, same limit: the spent units are remembered, nothing more is spent.
-    again = collect_search(tmp_path, ["AI"], backend=backend(fake, limit=101), per_query=35)
+    again = collect_search(
+        tmp_path, ["AI"], backend=backend(fake, limit=101), per_query=35, config=cfg()
+    )
     assert again.quota_used == 0 and again.stopped == "quota"
-    done = collect_search(tmp_path, ["AI"], backend=backend(fake, limit=200), per_query=35)
+    done = collect_search(
+        tmp_path, ["AI"], backend=backend(fake, limit=200), per_query=35, config=cfg()
+    )
     assert done.stopped is None and done.quota_used == 2  # no second search.list
     assert done.total_rows == 30  # 35 results, 5 of them repeats
     check_dataset(tmp_path)
 
 
 def test_refresh_keeps_history(fake: FakeYouTube, tmp_path: Path) -> None:
-    collect_ids(tmp_path, [vid(i) for i in range(5)], backend=backend(fake))
+    collect_ids(tmp_path, [vid(i) for i in range(5)], backend=backend(fake), config=cfg())
     before = pd.read_csv(tmp_path / "metadata.csv").set_index("video_id")
     for i in range(5):
         fake.videos[vid(i)]["views"] += 500
@@ -317,7 +333,7 @@ def test_refresh_keeps_history(fake: FakeYouTube, tmp_path: Path) -> None:
 
 def test_transient_failures_are_not_retried_forever(fake: FakeYouTube, tmp_path: Path) -> None:
     fake.faults[f"/vi/{vid(0)}/maxres.jpg"] = ["500"] * 100
-    config = CollectConfig(max_attempts=2)
+    config = cfg(max_attempts=2)
     for _ in range(3):
         summary = collect_ids(tmp_path, [vid(0), vid(1)], backend=backend(fake), config=config)
     assert summary.remaining == 0 and summary.total_rows == 1
@@ -333,7 +349,7 @@ from thumbview.collect import CollectConfig, DataApiBackend, HttpClient, RetryPo
 http = HttpClient(RetryPolicy(attempts=3, base_delay=0.001, timeout=2.0))
 api = DataApiBackend("test-key", http=http, base_url=sys.argv[2])
 ids = ["vid%08d" % i for i in range(60)]
-collect_ids(sys.argv[1], ids, backend=api, config=CollectConfig(workers=4, export_every=5))
+collect_ids(sys.argv[1], ids, backend=api, config=CollectConfig(workers=4, export_every=5, thumb_hosts=frozenset({"127.0.0.1"})))
 """
 
 
@@ -352,7 +368,7 @@ def test_sigkill_mid_run_then_resume(fake: FakeYouTube, tmp_path: Path) -> None:
     killed_at = _rows(out)
     assert 10 <= killed_at < 54
     fake.thumb_delay = 0.0
-    summary = collect_ids(out, [vid(i) for i in range(60)], backend=backend(fake))
+    summary = collect_ids(out, [vid(i) for i in range(60)], backend=backend(fake), config=cfg())
     assert summary.collected == 54 - killed_at and summary.total_rows == 54
     table = check_dataset(out)
     assert sorted(table["video_id"]) == sorted(vid(i) for i in range(60) if i % 10 != 7)
@@ -377,6 +393,7 @@ def test_cli_ids_with_shard(fake: FakeYouTube, tmp_path: Path) -> None:
     lines = [f"https://www.youtube.com/watch?v={vid(i)}&t=3" for i in range(10)] + ["junk", ""]
     ids_file.write_text("\n".join(lines), encoding="utf-8")
     env = {"YOUTUBE_API_KEY": "test-key", "YOUTUBE_API_BASE_URL": fake.base + "/v3"}
+    env["THUMBVIEW_THUMB_HOSTS"] = "127.0.0.1"
     totals = 0
     for shard in ("0/2", "1/2"):
         args = ["ids", str(tmp_path / shard[0]), str(ids_file), "--backend", "api", "--shard", shard, "--include-shorts"]  # fmt: skip
@@ -394,7 +411,7 @@ def test_bad_key_is_a_clear_error(fake: FakeYouTube, tmp_path: Path) -> None:
 
     api = DataApiBackend("wrong", http=HttpClient(POLICY), base_url=fake.base + "/v3")
     with pytest.raises(CollectError, match="refused videos.list"):
-        collect_ids(tmp_path, [vid(0)], backend=api)
+        collect_ids(tmp_path, [vid(0)], backend=api, config=cfg())
     assert os.path.exists(tmp_path / "metadata.csv")  # exported even on the way out
 
 
@@ -404,12 +421,12 @@ def _thumb_calls(fake: FakeYouTube) -> int:
 
 def test_looser_filters_collect_earlier_filter_skips(fake: FakeYouTube, tmp_path: Path) -> None:
     ids = [vid(i) for i in range(40)]  # views are 1000 + i; i % 10 == 7 is a Short
-    strict = CollectConfig(filters=FilterConfig(min_views=1030))
+    strict = cfg(filters=FilterConfig(min_views=1030))
     first = collect_ids(tmp_path, ids, backend=backend(fake), config=strict)
     assert first.collected == 9 and dict(first.skipped) == {"below min views": 30, "short": 1}
     videos_calls, thumb_calls = fake.calls["/v3/videos"], _thumb_calls(fake)
 
-    loose = CollectConfig(filters=FilterConfig(min_views=1010))
+    loose = cfg(filters=FilterConfig(min_views=1010))
     before_second = utc_now()
     second = collect_ids(tmp_path, ids, backend=backend(fake), config=loose)
     # 10..29 now pass, except the Shorts 17 and 27, whose reason changes to "short".
@@ -457,7 +474,7 @@ def test_database_without_filter_columns_is_upgraded(fake: FakeYouTube, tmp_path
         )
     db.close()
     ids = [vid(4), vid(5), vid(6), vid(7)]
-    summary = collect_ids(tmp_path, ids, backend=backend(fake))
+    summary = collect_ids(tmp_path, ids, backend=backend(fake), config=cfg())
     # The old filter skips are described again (no metadata was kept); "unavailable" stays.
     assert summary.collected == 2 and dict(summary.skipped) == {"short": 1}
     with Store(tmp_path) as store:
@@ -466,6 +483,6 @@ def test_database_without_filter_columns_is_upgraded(fake: FakeYouTube, tmp_path
     assert skipped.loc[vid(4), "permanent"] == 1 and pd.isna(skipped.loc[vid(4), "filters"])
     assert isinstance(skipped.loc[vid(7), "info"], str)  # now re-checkable offline
     calls = fake.calls["/v3/videos"]
-    shorts_too = CollectConfig(filters=FilterConfig(include_shorts=True))
+    shorts_too = cfg(filters=FilterConfig(include_shorts=True))
     again = collect_ids(tmp_path, ids, backend=backend(fake), config=shorts_too)
     assert again.collected == 1 and fake.calls["/v3/videos"] == calls

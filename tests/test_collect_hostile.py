@@ -8,16 +8,26 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote
 
 import pandas as pd
 import pytest
 from PIL import Image
 
-from test_collect_api import FakeYouTube, backend, check_dataset, serve_fake, vid
+from test_collect_api import (
+    LOCAL_HOSTS,
+    FakeYouTube,
+    Handler,
+    backend,
+    cfg,
+    check_dataset,
+    serve_fake,
+    vid,
+)
 from thumbview.collect import (
-    CollectConfig,
     FilterConfig,
     Store,
     YtDlpBackend,
@@ -42,9 +52,53 @@ def escaped_files(tmp_path: Path, out: Path) -> list[Path]:
     return [p for p in tmp_path.rglob("*") if p.is_file() and out not in p.parents]
 
 
+HUGE = 64 * 2**20  # what a hostile host offers
+CAP = 256 * 1024  # the collector's cap in these tests
+
+
+class HostileHandler(Handler):
+    """The fake API, plus thumbnail sizes that are huge (chunked or declared) or redirect away.
+
+    `fake.videos[id]["hostile"]` maps a size name to "chunked", "declared" or "away";
+    `fake.sent[path]` counts the body bytes the server managed to send.
+    """
+
+    protocol_version = "HTTP/1.1"
+
+    def _thumb(self, path: str) -> None:
+        _, _, video_id, name = path.split("/")
+        v = self.fake.videos.get(unquote(video_id), {})
+        action = v.get("hostile", {}).get(name.removesuffix(".jpg"))
+        if action is None:
+            return super()._thumb(path)
+        if action == "away":  # same server, under a name that is not on the allow-list
+            port = self.server.server_address[1]
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{port}/vi/{video_id}/high.jpg?away")
+            self.send_header("Content-Length", "0")
+            return self.end_headers()
+        self._huge(path, declared=action == "declared")
+
+    def _huge(self, path: str, declared: bool) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header(*(("Content-Length", str(HUGE)) if declared else ("Transfer-Encoding", "chunked")))  # fmt: skip
+        self.end_headers()
+        chunk = b"\xff\xd8\xff" + b"\0" * (64 * 1024 - 3)
+        try:
+            for _ in range(HUGE // len(chunk)):
+                self.wfile.write(chunk if declared else b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                with self.fake.lock:
+                    self.fake.sent[path] = self.fake.sent.get(path, 0) + len(chunk)
+            self.wfile.write(b"" if declared else b"0\r\n\r\n")
+        except OSError:  # the client hung up: what a capped download does
+            self.close_connection = True
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeYouTube]:
-    with serve_fake(60) as state:
+    with serve_fake(60, HostileHandler) as state:
+        state.sent = {}
         yield state
 
 
@@ -64,7 +118,7 @@ def test_crafted_ids_from_the_data_api_never_become_paths(fake: FakeYouTube, tmp
     for crafted in (CRAFTED, SHORT_CRAFTED):
         plant(fake, crafted)
     out = deep_out(tmp_path)
-    config = CollectConfig(filters=FilterConfig(include_shorts=True))
+    config = cfg(filters=FilterConfig(include_shorts=True))
     summary = collect_search(
         out, ["AI", "Tech"], backend=backend(fake), per_query=50, config=config
     )
@@ -123,3 +177,68 @@ def test_crafted_ids_from_ytdlp_never_become_paths(tmp_path: Path) -> None:
         skipped = store.skipped().set_index("video_id")
     assert skipped.loc["abcdefghijk", "reason"] == INVALID_ID  # answered for another id
     assert json.dumps(str(skipped.loc["abcdefghijk", "detail"])).count("escaped") == 1
+
+
+def wait_sent(fake: FakeYouTube, path: str) -> int:
+    """Bytes the server sent on `path`, once its handler has stopped writing."""
+    last, deadline = -1, time.monotonic() + 5
+    while time.monotonic() < deadline:
+        now = fake.sent.get(path, 0)
+        if now == last:
+            return now
+        last = now
+        time.sleep(0.2)
+    return last
+
+
+@pytest.mark.parametrize("mode", ["chunked", "declared"])
+def test_download_stops_at_the_cap(fake: FakeYouTube, tmp_path: Path, mode: str) -> None:
+    from thumbview.collect import HttpClient, RetryPolicy
+    from thumbview.collect.http import RefusedError
+
+    fake.videos[vid(0)]["hostile"] = {"maxres": mode}
+    path = f"/vi/{vid(0)}/maxres.jpg"
+    http = HttpClient(RetryPolicy(attempts=3, base_delay=0.0, timeout=5.0))
+    sink = (tmp_path / "sink").open("w+b")
+    with pytest.raises(RefusedError, match="cap"):
+        http.download(fake.base + path, sink, max_bytes=CAP, hosts=LOCAL_HOSTS)
+    assert sink.tell() <= CAP  # never more than the cap on disk
+    assert fake.calls[path] == 1  # a refusal is not retried
+    # The client hung up: the server could not push the 64 MB (socket buffers hold a few MB).
+    assert wait_sent(fake, path) < 16 * 2**20
+    http.close()
+
+
+def test_redirect_to_another_host_is_refused(fake: FakeYouTube, tmp_path: Path) -> None:
+    from thumbview.collect import HttpClient
+    from thumbview.collect.http import RefusedError
+
+    fake.videos[vid(1)]["hostile"] = {"maxres": "away"}
+    http = HttpClient()
+    with (tmp_path / "sink").open("w+b") as sink, pytest.raises(RefusedError, match="localhost"):
+        http.download(f"{fake.base}/vi/{vid(1)}/maxres.jpg", sink, max_bytes=CAP, hosts=LOCAL_HOSTS)  # fmt: skip
+    assert fake.calls[f"/vi/{vid(1)}/high.jpg"] == 0  # the redirect target was never asked
+    with (tmp_path / "sink").open("w+b") as sink, pytest.raises(RefusedError, match="allowed"):
+        http.download(f"{fake.base}/vi/{vid(1)}/high.jpg", sink, max_bytes=CAP, hosts={"i.ytimg.com"})  # fmt: skip
+    http.close()
+
+
+def test_collector_with_crafted_ids_and_oversized_bodies(fake: FakeYouTube, tmp_path: Path) -> None:  # fmt: skip
+    """The probe of issue 10 as a test: one run meets every hostile answer at once."""
+    plant(fake, CRAFTED)
+    fake.videos[vid(0)]["hostile"] = {"maxres": "chunked", "standard": "away"}  # falls to high
+    fake.videos[vid(2)]["hostile"] = {k: "declared" for k in ("maxres", "standard", "high", "medium", "default")}  # fmt: skip
+    fake.videos[vid(4)]["hostile"] = {"maxres": "chunked", "standard": "chunked", "high": "away", "medium": "chunked", "default": "chunked"}  # fmt: skip
+    out = deep_out(tmp_path)
+    config = cfg(filters=FilterConfig(include_shorts=True), thumb_max_bytes=CAP, workers=2)
+    ids = [CRAFTED] + [vid(i) for i in range(6)]
+    summary = collect_ids(out, ids, backend=backend(fake), config=config)
+    assert summary.skipped == {INVALID_ID: 1, "thumbnail refused": 2}
+    assert summary.collected == 4
+    table = check_dataset(out).set_index("video_id")
+    assert table.loc[vid(0), "thumbnail_url"].endswith("/high.jpg")
+    assert escaped_files(tmp_path, out) == []
+    assert max(fake.sent.values()) < 16 * 2**20
+    with Store(out) as store:
+        skipped = store.skipped().set_index("video_id")
+    assert "cap" in skipped.loc[vid(2), "detail"] and skipped.loc[vid(2), "permanent"] == 1

@@ -15,7 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from thumbview.cli._shared import console, err_console, user_errors
+from thumbview.cli._shared import console, err_console, split_names, user_errors
 from thumbview.collect import (
     CollectConfig,
     CollectSummary,
@@ -78,7 +78,9 @@ def _config(
         max_duration_s=max_duration,
         include_shorts=include_shorts,
     )
-    return CollectConfig(filters=filters, workers=workers)
+    hosts = os.environ.get("THUMBVIEW_THUMB_HOSTS")  # tests: the fake's 127.0.0.1
+    extra = {"thumb_hosts": frozenset(split_names(hosts))} if hosts else {}
+    return CollectConfig(filters=filters, workers=workers, **extra)
 
 
 def _day(value: datetime | None) -> date | None:

@@ -37,7 +37,13 @@ from thumbview.collect.filters import (
 from thumbview.collect.http import FetchError, HttpClient
 from thumbview.collect.quota import quota_day
 from thumbview.collect.store import DB_NAME, Store, decode_video, encode_video, utc_now
-from thumbview.collect.thumbs import SavedThumb, ThumbSkip, fetch_thumbnail
+from thumbview.collect.thumbs import (
+    DEFAULT_MAX_BYTES,
+    THUMB_HOSTS,
+    SavedThumb,
+    ThumbSkip,
+    fetch_thumbnail,
+)
 from thumbview.collect.types import Backend, CollectError, QuotaExhausted, Unavailable, VideoInfo
 from thumbview.data.dataset import write_metadata
 
@@ -55,9 +61,12 @@ class CollectConfig:
     workers: int = 4
     max_attempts: int = 3  # runs a transiently failing video gets before it is given up
     export_every: int = 500  # rewrite metadata.csv after this many new rows
+    thumb_max_bytes: int = DEFAULT_MAX_BYTES  # a larger thumbnail body is refused mid-stream
+    thumb_hosts: frozenset[str] = THUMB_HOSTS  # image hosts a thumbnail may come (redirect) from
 
     def __post_init__(self) -> None:
-        if self.workers < 1 or self.max_attempts < 1 or self.export_every < 1:
+        settings = (self.workers, self.max_attempts, self.export_every, self.thumb_max_bytes)
+        if min(settings) < 1 or not self.thumb_hosts:
             raise CollectError(f"invalid collect settings: {self}")
 
 
@@ -173,7 +182,11 @@ class _Run:
 
     def _thumb(self, job: _Job, video: VideoInfo) -> tuple[_Job, VideoInfo, object]:
         try:
-            return job, video, fetch_thumbnail(self.http, video, self.store.root)
+            saved = fetch_thumbnail(
+                self.http, video, self.store.root,
+                max_bytes=self.config.thumb_max_bytes, hosts=self.config.thumb_hosts,
+            )  # fmt: skip
+            return job, video, saved
         except ThumbSkip as e:
             return job, video, e
 

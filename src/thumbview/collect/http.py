@@ -10,15 +10,17 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import IO, Any
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
 logger = logging.getLogger(__name__)
 
+MAX_REDIRECTS = 5
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = "thumbview-collect/0.1 (+https://github.com/thumbview)"
 
@@ -34,6 +36,17 @@ class FetchError(RuntimeError):
 
 class NotFoundError(FetchError):
     """404 / 410: the resource does not exist (a missing thumbnail size, a deleted video)."""
+
+
+class RefusedError(FetchError):
+    """A download refused for good: a body over the size cap, or a host not on the allow-list."""
+
+
+def check_host(url: str, hosts: Collection[str]) -> None:
+    """Raise `RefusedError` unless `url` is http(s) on one of `hosts` (exact host names)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or (parts.hostname or "") not in hosts:
+        raise RefusedError(f"{url[:200]}: host {parts.hostname!r} is not an allowed image host")
 
 
 @dataclass(frozen=True)
@@ -97,12 +110,45 @@ class HttpClient:
 
     def get(self, url: str, params: Mapping[str, Any] | None = None) -> httpx.Response:
         """GET `url`; return a 2xx response or raise NotFoundError / FetchError."""
+
+        def once() -> httpx.Response:
+            response = self._client.get(url, params=params)
+            response.read()  # a body cut short raises here, inside the retry loop
+            return response
+
+        return self._with_retries(url, once)
+
+    def download(self, url: str, sink: IO[bytes], *, max_bytes: int, hosts: Collection[str]) -> str:
+        """Stream `url` into `sink` (rewound on each retry); returns the final URL.
+
+        At most `max_bytes` are ever read (decoded), whatever `Content-Length` says or does
+        not say (chunked bodies), and redirects are followed only to `hosts`: an answer
+        from a hostile or broken host can neither fill the memory or disk nor point the
+        collector at another server. Those refusals raise `RefusedError` and are not retried.
+        """
+        return str(self._with_retries(url, lambda: self._stream(url, sink, max_bytes, hosts)).url)
+
+    def _stream(
+        self, url: str, sink: IO[bytes], max_bytes: int, hosts: Collection[str]
+    ) -> httpx.Response:
+        for _ in range(MAX_REDIRECTS + 1):
+            check_host(url, hosts)
+            with self._client.stream("GET", url, follow_redirects=False) as response:
+                if response.is_redirect:
+                    url = urljoin(url, response.headers["Location"])
+                    continue
+                if response.status_code < 300:
+                    _copy_capped(response, sink, max_bytes)
+                return response
+        raise RefusedError(f"{url[:200]}: more than {MAX_REDIRECTS} redirects")
+
+    def _with_retries(self, url: str, once: Callable[[], httpx.Response]) -> httpx.Response:
+        """Call `once` until it gives a 2xx; 404/410 and other 4xx raise at once."""
         last = "no attempt"
         for attempt in range(self.policy.attempts):
             wait: float | None = None
             try:
-                response = self._client.get(url, params=params)
-                response.read()  # a body cut short raises here, inside the retry loop
+                response = once()
             except httpx.TransportError as e:  # timeouts, resets, truncated bodies
                 last = f"{type(e).__name__}: {e}"
             else:
@@ -110,9 +156,9 @@ class HttpClient:
                 if status < 300:
                     return response
                 if status in (404, 410):
-                    raise NotFoundError(f"{url}: HTTP {status}", status, response.text[:500])
+                    raise NotFoundError(f"{url}: HTTP {status}", status, _text(response))
                 if status not in RETRY_STATUS:
-                    raise FetchError(f"{url}: HTTP {status}", status, response.text[:500])
+                    raise FetchError(f"{url}: HTTP {status}", status, _text(response))
                 last = f"HTTP {status}"
                 wait = parse_retry_after(response.headers.get("Retry-After"))
             if attempt + 1 < self.policy.attempts:
@@ -137,3 +183,26 @@ class HttpClient:
                 if attempt == 1:
                     raise FetchError(f"{url}: response is not JSON ({e})") from e
         raise AssertionError("unreachable")
+
+
+def _text(response: httpx.Response) -> str:
+    """The start of an error body, or "" for a streamed body left unread."""
+    try:
+        return response.text[:500]
+    except httpx.ResponseNotRead:
+        return ""
+
+
+def _copy_capped(response: httpx.Response, sink: IO[bytes], max_bytes: int) -> None:
+    """Write the body to `sink` chunk by chunk, refusing it as soon as it passes `max_bytes`."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise RefusedError(f"{response.url}: {declared} bytes is over the {max_bytes}-byte cap")
+    sink.seek(0)
+    sink.truncate()
+    read = 0
+    for chunk in response.iter_bytes():
+        read += len(chunk)
+        if read > max_bytes:
+            raise RefusedError(f"{response.url}: body over the {max_bytes}-byte cap")
+        sink.write(chunk)
