@@ -19,6 +19,7 @@ from thumbview.collect.collector import (
 )
 from thumbview.collect.filters import FilterConfig, parse_shard, read_id_file, shard_ids
 from thumbview.collect.http import HttpClient, RetryPolicy
+from thumbview.collect.lock import LockHeld, dataset_lock
 from thumbview.collect.quota import QuotaTracker
 from thumbview.collect.store import Store
 from thumbview.collect.types import (
@@ -38,6 +39,7 @@ __all__ = [
     "DataApiBackend",
     "FilterConfig",
     "HttpClient",
+    "LockHeld",
     "QuotaExhausted",
     "QuotaTracker",
     "RefreshSummary",
@@ -49,6 +51,7 @@ __all__ = [
     "collect_channel",
     "collect_ids",
     "collect_search",
+    "dataset_lock",
     "export_metadata",
     "parse_shard",
     "read_id_file",

@@ -35,6 +35,7 @@ from thumbview.collect.filters import (
     show_id,
 )
 from thumbview.collect.http import FetchError, HttpClient
+from thumbview.collect.lock import dataset_lock
 from thumbview.collect.quota import quota_day
 from thumbview.collect.store import DB_NAME, Store, decode_video, encode_video, utc_now
 from thumbview.collect.thumbs import (
@@ -409,7 +410,7 @@ def collect_search(
     if per_query < 1 or not queries:
         raise CollectError("give at least one query and --per-query >= 1")
     started = time.monotonic()
-    with Store(out) as store:
+    with dataset_lock(out), Store(out) as store:
         _attach_quota(backend, store)
         invalid = 0
         for query in queries:
@@ -434,7 +435,7 @@ def collect_channel(
 ) -> CollectSummary:
     """Queue a channel's uploads (newest first, up to `limit`) and collect them."""
     started = time.monotonic()
-    with Store(out) as store:
+    with dataset_lock(out), Store(out) as store:
         _attach_quota(backend, store)
         listed = _list_into(store, backend.channel(channel, limit), channel, None, limit or 0)
         config = config or CollectConfig()
@@ -458,7 +459,7 @@ def collect_ids(
         if bad:
             logger.warning("%d lines of the id file are not video ids or URLs", bad)
     ids, invalid = valid_ids(list(ids), "the id list")
-    with Store(out) as store:
+    with dataset_lock(out), Store(out) as store:
         _attach_quota(backend, store)
         store.add_pending((video_id, "", False) for video_id in shard_ids(ids, *shard))
         config = config or CollectConfig()
@@ -483,7 +484,7 @@ def refresh(
     if not (Path(out) / DB_NAME).exists():
         raise CollectError(f"{out} has no {DB_NAME}: nothing collected there to refresh")
     cutoff = (datetime.now(UTC) - older_than).isoformat(timespec="microseconds")
-    with Store(out) as store:
+    with dataset_lock(out), Store(out) as store:
         _attach_quota(backend, store)
         ids = store.video_ids(collected_before=cutoff.replace("+00:00", "Z"))
         try:
