@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,46 @@ def test_lock_of_another_host_is_respected(tmp_path: Path) -> None:
     with pytest.raises(LockHeld, match="other-machine.example"):
         collect_ids(out, [], backend=NoNetwork())
     assert json.loads((out / LOCK_NAME).read_text()) == other
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fds")
+def test_image_and_metadata_writes_fsync_their_folder(tmp_path: Path, monkeypatch) -> None:
+    import io
+
+    import httpx
+    import pandas as pd
+    from PIL import Image
+
+    from thumbview.collect import HttpClient, RetryPolicy
+    from thumbview.collect.thumbs import fetch_thumbnail
+    from thumbview.collect.types import Thumb, VideoInfo
+    from thumbview.data.dataset import write_metadata
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            events.append(("fsync dir", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        real_replace(src, dst)
+        events.append(("replace", str(dst)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 18)).save(buffer, format="JPEG")
+    jpeg = buffer.getvalue()
+    http = HttpClient(RetryPolicy(attempts=1), transport=httpx.MockTransport(lambda r: httpx.Response(200, content=jpeg)))  # fmt: skip
+    video = VideoInfo("abcdefghijk", "t", 5, thumbnails=(Thumb("https://i.ytimg.com/vi/x/hqdefault.jpg", 2),))  # fmt: skip
+    out = tmp_path / "out"
+    saved = fetch_thumbnail(http, video, out)
+    image = out / saved.file_name
+    # The rename, then its folder, then the folders it had to create (images/ab, images, out).
+    assert events[0] == ("replace", str(image))
+    assert [p for _, p in events[1:]] == [str(image.parent), str(image.parent.parent), str(out), str(tmp_path)]  # fmt: skip
+    events.clear()
+    write_metadata(out, pd.DataFrame({"file_name": [saved.file_name], "views": [5]}))
+    assert events == [("replace", str(out / "metadata.csv")), ("fsync dir", str(out))]

@@ -2,7 +2,9 @@
 
 A reader (or a crash) must see either the old file or the new one, never half of either:
 the content goes to a temp file in the same folder (so the rename stays on one filesystem),
-is flushed to disk, and then replaces the target in one `os.replace`.
+is flushed to disk, and then replaces the target in one `os.replace`; the folder is then
+flushed too, since a rename lives in the folder's entries: without it a power cut can undo
+the rename while a database row written after it (a collected video) survives.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def atomic_write(path: str | Path, content: bytes | str | Callable[[Path], None]
     that write files themselves, e.g. `safetensors.save_file` or `DataFrame.to_csv`).
     """
     path = Path(path)
+    created = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
@@ -39,7 +42,23 @@ def atomic_write(path: str | Path, content: bytes | str | Callable[[Path], None]
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    for folder in (path.parent, *(d.parent for d in created)):  # new folders' entries too
+        fsync_dir(folder)
     return path
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Flush a folder's entries (renames, new files) to disk; a no-op where unsupported."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # Windows cannot open a folder: its renames are already durable
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a folder (EINVAL)
+        pass
+    finally:
+        os.close(fd)
 
 
 def user_cache_root() -> Path:
