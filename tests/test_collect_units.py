@@ -165,3 +165,55 @@ def test_store_sweeps_orphans_and_refuses_rows_without_images(tmp_path: Path) ->
         with pytest.raises(RuntimeError, match="without its image"):
             store.add_video({"file_name": "images/ab/abcdefghijk.jpg", "video_id": "abcdefghijk", "views": 1})  # fmt: skip
         assert store.add_pending([("abcdefghijk", "q", False)] * 2) == 1
+
+
+def test_cli_flags_are_derived_from_collect_options() -> None:
+    """The four commands' shared flags, defaults and help come from CollectOptions alone."""
+    import typer.main
+
+    from thumbview.cli.collect import app
+    from thumbview.collect.options import FILTERS, CollectOptions, option_fields
+    from thumbview.collect.quota import DEFAULT_DAILY_QUOTA
+
+    commands = typer.main.get_command(app).commands
+    for name in ("search", "channel", "ids", "refresh"):
+        params = {p.name: p for p in commands[name].params}
+        groups = frozenset({"source"}) if name == "refresh" else None
+        for f in option_fields(groups):
+            param = params.pop(f.name)
+            assert param.opts == ["--" + f.name.replace("_", "-")]
+            assert param.help == f.metadata["help"]
+            assert param.default == f.default or str(param.default) == str(f.default)
+        leftover = set(params) - {"out", "queries", "per_query", "channel", "limit", "ids_file", "shard", "older_than"}  # fmt: skip
+        assert leftover == set(), (name, leftover)
+        if name == "refresh":
+            assert not any(f.name in params for f in option_fields(frozenset({FILTERS})))
+    assert CollectOptions().daily_quota == DEFAULT_DAILY_QUOTA == QuotaTracker().limit
+    options = CollectOptions(min_views=5, since=date(2024, 1, 1), thumb_hosts=" a.example, B.example ")  # fmt: skip
+    config = options.config()
+    assert config.filters.min_views == 5 and config.filters.since == date(2024, 1, 1)
+    assert config.thumb_hosts == {"a.example", "b.example"} and config.workers == 4
+
+
+def test_cli_options_reach_the_run(tmp_path: Path, monkeypatch) -> None:
+    """A flag set on the command line arrives in the library call, converted."""
+    from typer.testing import CliRunner
+
+    import thumbview.cli.collect as cli
+
+    seen = {}
+
+    def fake_collect_ids(out, ids, *, backend, shard, config, progress):
+        seen.update(backend=backend, shard=shard, config=config)
+        raise CollectError("stop here")
+
+    monkeypatch.setattr(cli, "collect_ids", fake_collect_ids)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("abcdefghijk\n", encoding="utf-8")
+    args = ["ids", str(tmp_path / "o"), str(ids), "--backend", "api", "--api-key", "k", "--daily-quota", "77", "--since", "2024-02-03", "--include-shorts", "--thumb-max-bytes", "1000", "--shard", "1/3"]  # fmt: skip
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 2 and "stop here" in result.output
+    assert seen["backend"].quota.limit == 77 and seen["shard"] == (1, 3)
+    filters = seen["config"].filters
+    assert filters.since == date(2024, 2, 3) and filters.include_shorts
+    assert seen["config"].thumb_max_bytes == 1000

@@ -3,88 +3,80 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, get_type_hints
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from thumbview.cli._shared import console, err_console, split_names, user_errors
+from thumbview.cli._shared import console, err_console, user_errors
 from thumbview.collect import (
-    CollectConfig,
     CollectSummary,
-    DataApiBackend,
-    FilterConfig,
-    HttpClient,
-    QuotaTracker,
-    RetryPolicy,
-    YtDlpBackend,
     collect_channel,
     collect_ids,
     collect_search,
     parse_shard,
     refresh,
 )
-from thumbview.collect.api import DEFAULT_BASE_URL
-from thumbview.collect.types import Backend
+from thumbview.collect.options import CollectOptions, option_fields
 
 app = typer.Typer(help="Collect thumbnails + metadata from YouTube into a dataset folder.")
 
-
-class BackendName(StrEnum):
-    ytdlp = "ytdlp"
-    api = "api"
-
-
 Out = Annotated[Path, typer.Argument(help="Dataset folder (created; re-use it to resume).")]
-BackendOpt = Annotated[
-    BackendName, typer.Option("--backend", help="ytdlp (no key) or api (YOUTUBE_API_KEY).")
-]
-KeyOpt = Annotated[str, typer.Option("--api-key", envvar="YOUTUBE_API_KEY", show_default=False)]
-BaseOpt = Annotated[str, typer.Option("--api-base-url", envvar="YOUTUBE_API_BASE_URL")]
-QuotaOpt = Annotated[int, typer.Option("--daily-quota", help="Stop before this many units.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", help="Parallel requests.")]
-MinViews = Annotated[int, typer.Option("--min-views")]
-DateOpt = Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"])]
-MaxDur = Annotated[float | None, typer.Option("--max-duration", help="Seconds.")]
-Shorts = Annotated[bool, typer.Option("--include-shorts", help="Keep videos <= 60 s.")]
+_DATE_FORMATS = ["%Y-%m-%d"]
 
 
-def _backend(name: BackendName, key: str, base_url: str, daily_quota: int) -> Backend:
-    if name is BackendName.api:
-        quota = QuotaTracker(daily_quota)
-        return DataApiBackend(key, http=HttpClient(), quota=quota, base_url=base_url)
-    return YtDlpBackend(policy=RetryPolicy(attempts=3, base_delay=2.0))
+def with_options(groups: frozenset[str] | None = None) -> Callable[[Callable], Callable]:
+    """Give a command one flag per `CollectOptions` field of `groups`, and pass `options=`.
+
+    The flags' names, defaults, help and env vars all come from the dataclass, so the four
+    commands cannot drift apart. A `date` field becomes a YYYY-MM-DD option.
+    """
+    chosen = option_fields(groups)
+    hints = get_type_hints(CollectOptions)
+
+    def decorate(fn: Callable) -> Callable:
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "options"]  # fmt: skip
+        added = [_parameter(f, hints[f.name]) for f in chosen]
+
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            values = {f.name: _value(kwargs.pop(f.name)) for f in chosen}
+            return fn(*args, options=CollectOptions(**values), **kwargs)
+
+        command.__signature__ = inspect.Signature([*own, *added])  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in (*own, *added)}
+        return command
+
+    return decorate
 
 
-def _config(
-    workers: int,
-    min_views: int,
-    since: datetime | None,
-    until: datetime | None,
-    max_duration: float | None,
-    include_shorts: bool,
-) -> CollectConfig:
-    filters = FilterConfig(
-        min_views=min_views,
-        since=_day(since),
-        until=_day(until),
-        max_duration_s=max_duration,
-        include_shorts=include_shorts,
+def _parameter(f: dataclasses.Field, hint: Any) -> inspect.Parameter:
+    """The typer option of one `CollectOptions` field."""
+    meta = dict(f.metadata)
+    extra = {k: meta[k] for k in ("envvar", "show_default") if k in meta}
+    if hint == date | None:
+        hint, extra["formats"] = datetime | None, _DATE_FORMATS
+    flag = "--" + f.name.replace("_", "-")
+    option = typer.Option(flag, help=meta["help"], **extra)
+    return inspect.Parameter(
+        f.name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=f.default,
+        annotation=Annotated[hint, option],
     )
-    hosts = os.environ.get("THUMBVIEW_THUMB_HOSTS")  # tests: the fake's 127.0.0.1
-    extra = {"thumb_hosts": frozenset(split_names(hosts))} if hosts else {}
-    return CollectConfig(filters=filters, workers=workers, **extra)
 
 
-def _day(value: datetime | None) -> date | None:
-    return None if value is None else value.date()
+def _value(value: Any) -> Any:
+    return value.date() if isinstance(value, datetime) else value
 
 
 @contextmanager
@@ -126,24 +118,16 @@ def _report(summary: CollectSummary) -> None:
 
 @app.command()
 @user_errors
+@with_options()
 def search(
     out: Out,
     queries: Annotated[list[str], typer.Argument(help="Search queries.")],
-    per_query: Annotated[int, typer.Option("--per-query")] = 100,
-    backend: BackendOpt = BackendName.ytdlp,
-    api_key: KeyOpt = "",
-    api_base_url: BaseOpt = DEFAULT_BASE_URL,
-    daily_quota: QuotaOpt = 10_000,
-    workers: WorkersOpt = 4,
-    min_views: MinViews = 0,
-    since: DateOpt = None,
-    until: DateOpt = None,
-    max_duration: MaxDur = None,
-    include_shorts: Shorts = False,
+    per_query: Annotated[int, typer.Option("--per-query", help="Results per query.")] = 100,
+    *,
+    options: CollectOptions,
 ) -> None:
     """Collect the top results of each search query."""
-    source = _backend(backend, api_key, api_base_url, daily_quota)
-    config = _config(workers, min_views, since, until, max_duration, include_shorts)
+    source, config = options.make_backend(), options.config()
     with _progress("collecting") as progress:
         summary = collect_search(
             out, queries, backend=source, per_query=per_query, config=config, progress=progress
@@ -153,24 +137,16 @@ def search(
 
 @app.command()
 @user_errors
+@with_options()
 def channel(
     out: Out,
     channel: Annotated[str, typer.Argument(help="@handle, channel URL or UC... channel id.")],
     limit: Annotated[int | None, typer.Option("--limit", help="Newest N uploads.")] = None,
-    backend: BackendOpt = BackendName.ytdlp,
-    api_key: KeyOpt = "",
-    api_base_url: BaseOpt = DEFAULT_BASE_URL,
-    daily_quota: QuotaOpt = 10_000,
-    workers: WorkersOpt = 4,
-    min_views: MinViews = 0,
-    since: DateOpt = None,
-    until: DateOpt = None,
-    max_duration: MaxDur = None,
-    include_shorts: Shorts = False,
+    *,
+    options: CollectOptions,
 ) -> None:
     """Collect a channel's uploads."""
-    source = _backend(backend, api_key, api_base_url, daily_quota)
-    config = _config(workers, min_views, since, until, max_duration, include_shorts)
+    source, config = options.make_backend(), options.config()
     with _progress("collecting") as progress:
         summary = collect_channel(
             out, channel, backend=source, limit=limit, config=config, progress=progress
@@ -180,24 +156,16 @@ def channel(
 
 @app.command()
 @user_errors
+@with_options()
 def ids(
     out: Out,
     ids_file: Annotated[Path, typer.Argument(help="One video id or URL a line.")],
     shard: Annotated[str, typer.Option("--shard", help="i/n: this machine's share.")] = "0/1",
-    backend: BackendOpt = BackendName.ytdlp,
-    api_key: KeyOpt = "",
-    api_base_url: BaseOpt = DEFAULT_BASE_URL,
-    daily_quota: QuotaOpt = 10_000,
-    workers: WorkersOpt = 4,
-    min_views: MinViews = 0,
-    since: DateOpt = None,
-    until: DateOpt = None,
-    max_duration: MaxDur = None,
-    include_shorts: Shorts = False,
+    *,
+    options: CollectOptions,
 ) -> None:
     """Collect a list of known video ids (split across machines with --shard i/n)."""
-    source = _backend(backend, api_key, api_base_url, daily_quota)
-    config = _config(workers, min_views, since, until, max_duration, include_shorts)
+    source, config = options.make_backend(), options.config()
     with _progress("collecting") as progress:
         summary = collect_ids(
             out, ids_file, backend=source, shard=parse_shard(shard), config=config,
@@ -208,21 +176,19 @@ def ids(
 
 @app.command("refresh")
 @user_errors
+@with_options(frozenset({"source"}))
 def refresh_cmd(
     out: Out,
     older_than: Annotated[float, typer.Option("--older-than", help="Hours.")] = 12.0,
-    backend: BackendOpt = BackendName.ytdlp,
-    api_key: KeyOpt = "",
-    api_base_url: BaseOpt = DEFAULT_BASE_URL,
-    daily_quota: QuotaOpt = 10_000,
-    workers: WorkersOpt = 4,
+    *,
+    options: CollectOptions,
 ) -> None:
     """Re-read view counts of collected videos; the old counts stay in views_history."""
-    source = _backend(backend, api_key, api_base_url, daily_quota)
+    source = options.make_backend()
     with _progress("refreshing") as progress:
         summary = refresh(
             out, backend=source, older_than=timedelta(hours=older_than),
-            config=CollectConfig(workers=workers), progress=progress,
+            config=options.config(), progress=progress,
         )  # fmt: skip
     console.print(
         f"refreshed {summary.refreshed}, unavailable {summary.unavailable}, "

@@ -20,6 +20,7 @@ from thumbview.collect.collector import (
 from thumbview.collect.filters import FilterConfig, parse_shard, read_id_file, shard_ids
 from thumbview.collect.http import HttpClient, RetryPolicy
 from thumbview.collect.lock import LockHeld, dataset_lock
+from thumbview.collect.options import CollectOptions
 from thumbview.collect.quota import QuotaTracker
 from thumbview.collect.store import Store
 from thumbview.collect.types import (
@@ -35,6 +36,7 @@ __all__ = [
     "Backend",
     "CollectConfig",
     "CollectError",
+    "CollectOptions",
     "CollectSummary",
     "DataApiBackend",
     "FilterConfig",
