@@ -23,6 +23,7 @@ from thumbview.collect import (
     collect_channel,
     collect_ids,
     collect_search,
+    merge_shards,
     parse_shard,
     refresh,
 )
@@ -195,6 +196,18 @@ def refresh_cmd(
         f"quota used {summary.quota_used}"
         + (f"; stopped ({summary.stopped}), {summary.remaining} left" if summary.stopped else "")
     )
+
+
+@app.command()
+@user_errors
+def merge(
+    out: Out,
+    shards: Annotated[list[Path], typer.Argument(help="Shard folders (collect ids --shard i/n).")],
+) -> None:
+    """Merge shard folders into OUT: no duplicate, no lost row; safe to run again."""
+    with _progress("merging") as progress:
+        summary = merge_shards(out, shards, progress=progress)
+    console.print(summary.describe(), highlight=False, markup=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,6 +20,7 @@ from thumbview.collect.collector import (
 from thumbview.collect.filters import FilterConfig, parse_shard, read_id_file, shard_ids
 from thumbview.collect.http import HttpClient, RetryPolicy
 from thumbview.collect.lock import LockHeld, dataset_lock
+from thumbview.collect.merge import MergeSummary, merge_shards
 from thumbview.collect.options import CollectOptions
 from thumbview.collect.quota import QuotaTracker
 from thumbview.collect.store import Store
@@ -42,6 +43,7 @@ __all__ = [
     "FilterConfig",
     "HttpClient",
     "LockHeld",
+    "MergeSummary",
     "QuotaExhausted",
     "QuotaTracker",
     "RefreshSummary",
@@ -55,6 +57,7 @@ __all__ = [
     "collect_search",
     "dataset_lock",
     "export_metadata",
+    "merge_shards",
     "parse_shard",
     "read_id_file",
     "refresh",

@@ -197,23 +197,52 @@ class Store:
     # -- results ----------------------------------------------------------------------
     def add_video(self, row: dict[str, object]) -> None:
         """Commit one collected video (its image must already be on disk) and its first count."""
+        self.put_video(row, [(row["video_id"], row["views"], row["collected_at"])])
+
+    def put_video(self, row: dict[str, object], history: Sequence[tuple[str, int, str]]) -> None:
+        """Insert or replace a row (its image already on disk) with view snapshots, in one go."""
         if row["file_name"] != image_relpath(str(row["video_id"])):
             raise RuntimeError(f"refusing a row whose file is not its id's: {row['file_name']!r}")
         if not (self.root / str(row["file_name"])).is_file():
             raise RuntimeError(f"refusing a row without its image: {row['file_name']}")
-        values = [row.get(c) for c in COLUMNS]
         with self._tx() as db:
             db.execute(
                 f"INSERT OR REPLACE INTO videos ({', '.join(COLUMNS)}) "
                 f"VALUES ({', '.join('?' * len(COLUMNS))})",
-                values,
+                [row.get(c) for c in COLUMNS],
             )
-            db.execute(
-                "INSERT OR IGNORE INTO views_history (video_id, views, observed_at) "
-                "VALUES (?, ?, ?)",
-                (row["video_id"], row["views"], row["collected_at"]),
-            )
+            self._add_history(db, history)
             db.execute("DELETE FROM skipped WHERE video_id = ?", (row["video_id"],))
+
+    def add_history(self, history: Sequence[tuple[str, int, str]]) -> int:
+        """Add (video_id, views, observed_at) snapshots; those already there are ignored."""
+        with self._tx() as db:
+            return self._add_history(db, history)
+
+    @staticmethod
+    def _add_history(db: sqlite3.Connection, history: Sequence[tuple[str, int, str]]) -> int:
+        before = db.total_changes
+        db.executemany(
+            "INSERT OR IGNORE INTO views_history (video_id, views, observed_at) VALUES (?, ?, ?)",
+            history,
+        )
+        return db.total_changes - before
+
+    def video_row(self, video_id: str) -> dict[str, object] | None:
+        """The stored row of `video_id` (COLUMNS as keys), or None."""
+        rows = self._query(f"SELECT {', '.join(COLUMNS)} FROM videos WHERE video_id = ?", (video_id,))  # fmt: skip
+        return dict(zip(COLUMNS, rows[0], strict=True)) if rows else None
+
+    def add_skips(self, rows: Sequence[tuple]) -> None:
+        """Copy `skipped` rows (all columns, table order) for ids neither collected nor skipped."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO skipped "
+                "(video_id, reason, detail, attempts, permanent, at, filters, info) "
+                "SELECT ?, ?, ?, ?, ?, ?, ?, ? "
+                "WHERE NOT EXISTS (SELECT 1 FROM videos WHERE video_id = ?1)",
+                rows,
+            )
 
     def skip(self, video_id: str, reason: str, detail: str = "", *, permanent: bool) -> None:
         """Record why a video was not collected; transient failures count attempts across runs.

@@ -1,0 +1,245 @@
+"""Merge shard folders (`collect ids ... --shard i/n` on several machines) into one dataset.
+
+Each shard is a collect folder; its `collect.sqlite` is read (read-only) and every video is
+folded into OUT's own store, so OUT is a collect folder too (refresh and further merges work):
+
+- rows are deduplicated by `video_id`; when two folders hold the same video the row with the
+  **latest `collected_at`** (the newest view count) wins, then the one with **more filled
+  fields**, and on a full tie the row already in OUT (else the first shard named) stays;
+- `views_history` is the union of every folder's snapshots, so no count is lost;
+- the winning row's image is validated and copied atomically *before* the row is committed
+  (the collector's invariant: a committed row always has its whole image);
+- `skipped` records are copied for videos no folder collected, so a later run does not
+  re-fetch what a shard already gave up on.
+
+Merging is idempotent: a second merge of the same shards changes nothing (same rule, ties
+keep OUT's row, snapshots are keyed by time). Shards are never written to. Anything in a
+shard that is not what the collector writes (an id not of YouTube's form, a file name that
+is not the id's, a symlinked or oversized or undecodable image) is refused and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from thumbview.collect.collector import export_metadata
+from thumbview.collect.filters import is_video_id, show_id
+from thumbview.collect.lock import dataset_lock
+from thumbview.collect.store import COLUMNS, DB_NAME, Store, image_relpath
+from thumbview.collect.thumbs import DEFAULT_MAX_BYTES, JPEG_MAGIC
+from thumbview.collect.types import CollectError
+from thumbview.data.images import ImageError, load_image
+from thumbview.fileio import atomic_write
+
+logger = logging.getLogger(__name__)
+
+PAGE = 1000  # rows read from a shard at a time: memory stays flat at a million rows
+Row = dict[str, object]
+
+
+@dataclass(frozen=True)
+class MergeSummary:
+    """What a merge did: rows `added` to OUT, `updated` (a newer row won), `unchanged`."""
+
+    out: Path
+    shards: int
+    added: int
+    updated: int
+    unchanged: int
+    history_added: int
+    refused: Mapping[str, int]
+    total_rows: int
+    elapsed_s: float
+
+    def describe(self) -> str:
+        refused = ", ".join(f"{k}: {v}" for k, v in sorted(self.refused.items())) or "none"
+        return (
+            f"merged {self.shards} shards into {self.out}: {self.added} added, "
+            f"{self.updated} updated, {self.unchanged} unchanged, {self.history_added} view "
+            f"snapshots added; refused {refused}; {self.total_rows} rows in {self.elapsed_s:.1f}s"
+        )
+
+
+def completeness(row: Row) -> tuple[str, int]:
+    """The merge's order on two rows of one video: newest `collected_at`, then most filled."""
+    filled = sum(row.get(c) not in (None, "") for c in COLUMNS)
+    return str(row.get("collected_at") or ""), filled
+
+
+def merge_shards(
+    out: str | Path,
+    shards: Sequence[str | Path],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    progress: Callable[[int, int], None] | None = None,
+) -> MergeSummary:
+    """Fold every shard's videos, view history and skips into OUT (see the module doc)."""
+    started = time.monotonic()
+    out = Path(out)
+    sources = _check_shards(out, shards)
+    counts: Counter[str] = Counter()
+    refused: Counter[str] = Counter()
+    with dataset_lock(out), Store(out) as store:
+        store.sweep()
+        try:
+            for shard in sources:
+                with _open_shard(shard) as db:
+                    _merge_one(store, shard, db, max_bytes, counts, refused, progress)
+        finally:
+            export_metadata(out, store)
+        total = store.count()
+    return MergeSummary(
+        out, len(sources), counts["added"], counts["updated"], counts["unchanged"],
+        counts["history"], MappingProxyType(dict(refused)), total, time.monotonic() - started,
+    )  # fmt: skip
+
+
+def _check_shards(out: Path, shards: Sequence[str | Path]) -> list[Path]:
+    """The distinct shard folders, each a collect folder, none of them OUT itself."""
+    found: dict[Path, Path] = {}
+    for shard in map(Path, shards):
+        if not (shard / DB_NAME).is_file():
+            raise CollectError(f"{shard} is not a collect folder (no {DB_NAME})")
+        if shard.resolve() == out.resolve():
+            raise CollectError(f"{shard} is OUT itself: merge other folders into it")
+        found.setdefault(shard.resolve(), shard)
+    if not found:
+        raise CollectError("give at least one shard folder to merge")
+    return list(found.values())
+
+
+@contextmanager
+def _open_shard(shard: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to a shard's database (a shard is never written to)."""
+    uri = (shard / DB_NAME).resolve().as_uri() + "?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True)
+        db.execute("SELECT 1 FROM videos LIMIT 1")
+    except sqlite3.DatabaseError as e:
+        raise CollectError(f"cannot read {shard / DB_NAME}: {e}") from e
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def _pages(db: sqlite3.Connection) -> Iterator[list[Row]]:
+    """The shard's rows in pages of PAGE, ordered by video_id."""
+    after: object = ""
+    select = f"SELECT {', '.join(COLUMNS)} FROM videos WHERE video_id > ? ORDER BY video_id LIMIT ?"  # fmt: skip
+    while rows := db.execute(select, (after, PAGE)).fetchall():
+        yield [dict(zip(COLUMNS, r, strict=True)) for r in rows]
+        after = rows[-1][COLUMNS.index("video_id")]
+
+
+def _history(db: sqlite3.Connection, first: object, last: object) -> dict[str, list[tuple]]:
+    """Snapshots of the ids between `first` and `last` (one page), by id."""
+    by_id: dict[str, list[tuple]] = {}
+    rows = db.execute(
+        "SELECT video_id, views, observed_at FROM views_history "
+        "WHERE video_id >= ? AND video_id <= ?",
+        (first, last),
+    )
+    for video_id, views, observed_at in rows:
+        if isinstance(views, int) and isinstance(observed_at, str):
+            by_id.setdefault(video_id, []).append((video_id, views, observed_at))
+    return by_id
+
+
+def _merge_one(
+    store: Store,
+    shard: Path,
+    db: sqlite3.Connection,
+    max_bytes: int,
+    counts: Counter[str],
+    refused: Counter[str],
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    total = db.execute("SELECT COUNT(*) FROM videos").fetchone()[0]
+    done = 0
+    for page in _pages(db):
+        history = _history(db, page[0]["video_id"], page[-1]["video_id"])
+        for row in page:
+            problem = _row_problem(row)
+            if problem is None:
+                problem = _merge_row(store, shard, row, history.get(str(row["video_id"]), []), max_bytes, counts)  # fmt: skip
+            if problem is not None:
+                logger.warning("%s: refused %s: %s", shard, show_id(row["video_id"]), problem)
+                refused[problem.split(":")[0]] += 1
+        done += len(page)
+        if progress is not None:
+            progress(done, total)
+    _merge_skips(store, db)
+
+
+def _row_problem(row: Row) -> str | None:
+    """Why a shard row is not one the collector could have written, or None."""
+    video_id = row["video_id"]
+    if not is_video_id(video_id):
+        return "invalid video id"
+    if row["file_name"] != image_relpath(str(video_id)):
+        return f"bad file name: {show_id(row['file_name'])}"
+    if not isinstance(row["views"], int) or row["views"] < 0:
+        return "bad views"
+    if not isinstance(row["collected_at"], str):
+        return "bad collected_at"
+    return None
+
+
+def _merge_row(
+    store: Store, shard: Path, row: Row, history: list[tuple], max_bytes: int, counts: Counter
+) -> str | None:
+    """Fold one valid row into OUT; returns a refusal reason or None."""
+    current = store.video_row(str(row["video_id"]))
+    if current is not None and completeness(row) <= completeness(current):
+        counts["history"] += store.add_history(history)
+        counts["unchanged"] += 1
+        return None
+    try:
+        data = _read_image(shard, str(row["file_name"]), max_bytes)
+    except (OSError, ImageError, ValueError) as e:
+        return f"bad image: {str(e)[:200]}"
+    atomic_write(store.root / str(row["file_name"]), data)  # the image first, then its row
+    before = len(store.history(str(row["video_id"])))
+    store.put_video(row, history or [(row["video_id"], row["views"], row["collected_at"])])
+    counts["history"] += len(store.history(str(row["video_id"]))) - before
+    counts["added" if current is None else "updated"] += 1
+    return None
+
+
+def _read_image(shard: Path, file_name: str, max_bytes: int) -> bytes:
+    """A shard's image bytes: a regular file inside the shard, a whole JPEG, within the cap."""
+    path = shard / file_name
+    if path.is_symlink() or not path.resolve().is_relative_to(shard.resolve()):
+        raise ValueError(f"{file_name} leaves the shard folder")
+    if not path.is_file():
+        raise ValueError(f"{file_name} is missing")
+    if path.stat().st_size > max_bytes:
+        raise ValueError(f"{file_name} is over the {max_bytes}-byte cap")
+    data = path.read_bytes()
+    if not data.startswith(JPEG_MAGIC):
+        raise ValueError(f"{file_name} is not a JPEG")
+    load_image(data)  # whole and decodable
+    return data
+
+
+def _merge_skips(store: Store, db: sqlite3.Connection) -> None:
+    """Copy the shard's skips of valid ids, a page at a time (old databases lack two columns)."""
+    have = {r[1] for r in db.execute("PRAGMA table_info(skipped)")}
+    extra = ", ".join(c if c in have else "NULL" for c in ("filters", "info"))
+    select = (
+        f"SELECT video_id, reason, detail, attempts, permanent, at, {extra} FROM skipped "
+        "WHERE video_id > ? ORDER BY video_id LIMIT ?"
+    )
+    after: object = ""
+    while rows := db.execute(select, (after, PAGE)).fetchall():
+        store.add_skips([r for r in rows if is_video_id(r[0])])
+        after = rows[-1][0]
