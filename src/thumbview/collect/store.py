@@ -197,7 +197,7 @@ class Store:
     # -- results ----------------------------------------------------------------------
     def add_video(self, row: dict[str, object]) -> None:
         """Commit one collected video (its image must already be on disk) and its first count."""
-        self.put_video(row, [(row["video_id"], row["views"], row["collected_at"])])
+        self.put_video(row, [(row.get("video_id"), row.get("views"), row.get("collected_at"))])
 
     def put_video(self, row: dict[str, object], history: Sequence[tuple[str, int, str]]) -> None:
         """Insert or replace a row (its image already on disk) with view snapshots, in one go."""
