@@ -217,3 +217,16 @@ def test_cli_options_reach_the_run(tmp_path: Path, monkeypatch) -> None:
     filters = seen["config"].filters
     assert filters.since == date(2024, 2, 3) and filters.include_shorts
     assert seen["config"].thumb_max_bytes == 1000
+
+
+def test_cli_summary_shows_a_path_with_brackets_verbatim(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from thumbview.cli.collect import app
+
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# nothing to fetch\n", encoding="utf-8")
+    out = tmp_path / "x[/]y[bold]z"
+    result = CliRunner().invoke(app, ["ids", str(out), str(ids)], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "x[/]y[bold]z" in result.output

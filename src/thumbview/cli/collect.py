@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -100,13 +101,13 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
 
 
 def _report(summary: CollectSummary) -> None:
-    table = Table(title=f"collect -> {summary.out}", show_header=False)
+    table = Table(title=escape(f"collect -> {summary.out}"), show_header=False)
     table.add_row("collected", str(summary.collected))
     table.add_row("rows in dataset", str(summary.total_rows))
     if summary.rechecked:
         table.add_row("re-checked against the new filters", str(summary.rechecked))
     for reason, count in sorted(summary.skipped.items()):
-        table.add_row(f"skipped: {reason}", str(count))
+        table.add_row(escape(f"skipped: {reason}"), str(count))
     table.add_row("quota used", str(summary.quota_used))
     table.add_row("time", f"{summary.elapsed_s:.1f} s")
     console.print(table)
