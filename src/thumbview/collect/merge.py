@@ -25,6 +25,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from thumbview.fileio import atomic_write
 logger = logging.getLogger(__name__)
 
 PAGE = 1000  # rows read from a shard at a time: memory stays flat at a million rows
+COPY_THREADS = 8  # image copies in flight: their fsyncs overlap
 Row = dict[str, object]
 
 
@@ -163,21 +165,61 @@ def _merge_one(
     refused: Counter[str],
     progress: Callable[[int, int], None] | None,
 ) -> None:
+    """Merge a shard page by page: refuse, pick winners, copy their images in parallel,
+    then commit the page's rows and snapshots in one transaction (images first)."""
     total = db.execute("SELECT COUNT(*) FROM videos").fetchone()[0]
     done = 0
-    for page in _pages(db):
-        history = _history(db, page[0]["video_id"], page[-1]["video_id"])
-        for row in page:
-            problem = _row_problem(row)
-            if problem is None:
-                problem = _merge_row(store, shard, row, history.get(str(row["video_id"]), []), max_bytes, counts)  # fmt: skip
-            if problem is not None:
-                logger.warning("%s: refused %s: %s", shard, show_id(row["video_id"]), problem)
-                refused[problem.split(":")[0]] += 1
-        done += len(page)
-        if progress is not None:
-            progress(done, total)
+    with ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="merge") as pool:
+        for page in _pages(db):
+            history = _history(db, page[0]["video_id"], page[-1]["video_id"])
+            winners, kept = _winners(store, shard, page, counts, refused)
+            copied = pool.map(lambda r: _copy_image(shard, store.root, r, max_bytes), winners)
+            items = []
+            for row, problem in zip(winners, copied, strict=True):
+                if problem is not None:
+                    _refuse(shard, row, problem, refused)
+                    continue
+                items.append((row, history.get(str(row["video_id"])) or [_first_snapshot(row)]))
+                counts["updated" if row.pop("_known") else "added"] += 1
+            others = [h for video_id in kept for h in history.get(video_id, [])]
+            counts["history"] += store.put_videos(items, others)
+            done += len(page)
+            if progress is not None:
+                progress(done, total)
     _merge_skips(store, db)
+
+
+def _winners(
+    store: Store, shard: Path, page: list[Row], counts: Counter[str], refused: Counter[str]
+) -> tuple[list[Row], list[str]]:
+    """Valid rows of `page` that beat OUT's row (marked `_known` if OUT has one), and the
+    ids whose OUT row stays."""
+    valid = []
+    for row in page:
+        problem = _row_problem(row)
+        if problem is None:
+            valid.append(row)
+        else:
+            _refuse(shard, row, problem, refused)
+    current = store.video_rows([str(r["video_id"]) for r in valid])
+    winners, kept = [], []
+    for row in valid:
+        known = current.get(str(row["video_id"]))
+        if known is not None and completeness(row) <= completeness(known):
+            kept.append(str(row["video_id"]))
+            counts["unchanged"] += 1
+        else:
+            winners.append(row | {"_known": known is not None})
+    return winners, kept
+
+
+def _refuse(shard: Path, row: Row, problem: str, refused: Counter[str]) -> None:
+    logger.warning("%s: refused %s: %s", shard, show_id(row["video_id"]), problem)
+    refused[problem.split(":")[0]] += 1
+
+
+def _first_snapshot(row: Row) -> tuple:
+    return row["video_id"], row["views"], row["collected_at"]
 
 
 def _row_problem(row: Row) -> str | None:
@@ -194,24 +236,13 @@ def _row_problem(row: Row) -> str | None:
     return None
 
 
-def _merge_row(
-    store: Store, shard: Path, row: Row, history: list[tuple], max_bytes: int, counts: Counter
-) -> str | None:
-    """Fold one valid row into OUT; returns a refusal reason or None."""
-    current = store.video_row(str(row["video_id"]))
-    if current is not None and completeness(row) <= completeness(current):
-        counts["history"] += store.add_history(history)
-        counts["unchanged"] += 1
-        return None
+def _copy_image(shard: Path, out: Path, row: Row, max_bytes: int) -> str | None:
+    """Copy a winner's image into OUT atomically (fsync'd); returns a refusal or None."""
     try:
         data = _read_image(shard, str(row["file_name"]), max_bytes)
     except (OSError, ImageError, ValueError) as e:
         return f"bad image: {str(e)[:200]}"
-    atomic_write(store.root / str(row["file_name"]), data)  # the image first, then its row
-    before = len(store.history(str(row["video_id"])))
-    store.put_video(row, history or [(row["video_id"], row["views"], row["collected_at"])])
-    counts["history"] += len(store.history(str(row["video_id"]))) - before
-    counts["added" if current is None else "updated"] += 1
+    atomic_write(out / str(row["file_name"]), data)
     return None
 
 

@@ -197,27 +197,41 @@ class Store:
     # -- results ----------------------------------------------------------------------
     def add_video(self, row: dict[str, object]) -> None:
         """Commit one collected video (its image must already be on disk) and its first count."""
-        self.put_video(row, [(row.get("video_id"), row.get("views"), row.get("collected_at"))])
+        self.put_videos([(row, [(row.get("video_id"), row.get("views"), row.get("collected_at"))])])
 
-    def put_video(self, row: dict[str, object], history: Sequence[tuple[str, int, str]]) -> None:
-        """Insert or replace a row (its image already on disk) with view snapshots, in one go."""
-        if row["file_name"] != image_relpath(str(row["video_id"])):
-            raise RuntimeError(f"refusing a row whose file is not its id's: {row['file_name']!r}")
-        if not (self.root / str(row["file_name"])).is_file():
-            raise RuntimeError(f"refusing a row without its image: {row['file_name']}")
+    def put_videos(
+        self,
+        items: Sequence[tuple[dict[str, object], Sequence[tuple]]],
+        history: Sequence[tuple] = (),
+    ) -> int:
+        """Insert or replace rows (images already on disk) with their view snapshots, plus
+        other `history` snapshots, in one transaction; returns the snapshots added."""
+        for row, _ in items:
+            if row["file_name"] != image_relpath(str(row["video_id"])):
+                raise RuntimeError(f"refusing a row whose file is not its id's: {row['file_name']!r}")  # fmt: skip
+            if not (self.root / str(row["file_name"])).is_file():
+                raise RuntimeError(f"refusing a row without its image: {row['file_name']}")
         with self._tx() as db:
-            db.execute(
+            db.executemany(
                 f"INSERT OR REPLACE INTO videos ({', '.join(COLUMNS)}) "
                 f"VALUES ({', '.join('?' * len(COLUMNS))})",
-                [row.get(c) for c in COLUMNS],
+                [[row.get(c) for c in COLUMNS] for row, _ in items],
             )
-            self._add_history(db, history)
-            db.execute("DELETE FROM skipped WHERE video_id = ?", (row["video_id"],))
+            added = self._add_history(db, [h for _, rows in items for h in rows] + list(history))
+            db.executemany(
+                "DELETE FROM skipped WHERE video_id = ?", [(row["video_id"],) for row, _ in items]
+            )
+        return added
 
-    def add_history(self, history: Sequence[tuple[str, int, str]]) -> int:
-        """Add (video_id, views, observed_at) snapshots; those already there are ignored."""
-        with self._tx() as db:
-            return self._add_history(db, history)
+    def video_rows(self, video_ids: Sequence[str]) -> dict[str, dict[str, object]]:
+        """The stored rows of those of `video_ids` that are collected, by id."""
+        found: dict[str, dict[str, object]] = {}
+        for start in range(0, len(video_ids), 500):  # SQLite's bound-parameter limit
+            chunk = video_ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for r in self._query(f"SELECT {', '.join(COLUMNS)} FROM videos WHERE video_id IN ({marks})", chunk):  # fmt: skip
+                found[r[COLUMNS.index("video_id")]] = dict(zip(COLUMNS, r, strict=True))
+        return found
 
     @staticmethod
     def _add_history(db: sqlite3.Connection, history: Sequence[tuple[str, int, str]]) -> int:
@@ -227,11 +241,6 @@ class Store:
             history,
         )
         return db.total_changes - before
-
-    def video_row(self, video_id: str) -> dict[str, object] | None:
-        """The stored row of `video_id` (COLUMNS as keys), or None."""
-        rows = self._query(f"SELECT {', '.join(COLUMNS)} FROM videos WHERE video_id = ?", (video_id,))  # fmt: skip
-        return dict(zip(COLUMNS, rows[0], strict=True)) if rows else None
 
     def add_skips(self, rows: Sequence[tuple]) -> None:
         """Copy `skipped` rows (all columns, table order) for ids neither collected nor skipped."""
