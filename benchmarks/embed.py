@@ -144,6 +144,42 @@ def bench_optional(label: str, factory: Callable[[], object], inputs) -> tuple |
     return (label, len(inputs), seconds, peak_rss_mb())
 
 
+def bench_visual(images, repeats: int) -> tuple[list, list[str]]:
+    """The visual encoder's fast profile against version 1's settings ("reference").
+
+    Both use the same threads, warmed up, interleaved; the ratio is the speed-up, and the
+    notes say how far the face/text columns moved (the colour/edge columns are identical).
+    """
+    from thumbview.embed.visual import FEATURE_NAMES, VisualEncoder
+
+    encoders = {p: VisualEncoder(profile=p) for p in ("reference", "fast")}
+    for enc in encoders.values():
+        enc.encode(images[:2])
+    best = interleaved(
+        {f"visual {p}": (lambda e=e: e.encode(images)) for p, e in encoders.items()}, repeats
+    )
+    rss = peak_rss_mb()
+    rows = [(name, len(images), seconds, rss) for name, (_, seconds) in best.items()]
+    (ref, ref_s), (fast, fast_s) = best["visual reference"], best["visual fast"]
+    notes = [f"visual fast: {ref_s / fast_s:.2f}x the reference (goal >= 5x)"]
+    for col in ("face count", "text boxes", "text area (fraction)", "text length (characters)"):
+        j = FEATURE_NAMES.index(col)
+        same = np.isclose(ref[:, j], fast[:, j], atol=0.02 if "area" in col else 0).mean()
+        notes.append(f"{col}: equal to the reference on {100 * same:.0f}% of images")
+    other = [j for j, n in enumerate(FEATURE_NAMES) if not n.startswith(("face", "text"))]
+    notes.append(
+        f"max |difference| in the other columns: {np.abs(ref[:, other] - fast[:, other]).max():.1e}"
+    )
+    return rows, notes
+
+
+def dataset_images(folder: Path, n: int) -> list[Image.Image]:
+    """The first n images of any thumbview dataset folder (e.g. `thumbview synth` output)."""
+    with open(folder / "metadata.csv", newline="", encoding="utf-8") as f:
+        rows = [r for _, r in zip(range(n), csv.DictReader(f), strict=False)]
+    return [load_image(folder / r["file_name"]) for r in rows]
+
+
 def other_encoders(images, titles) -> list[tuple]:
     """visual (with faces, else without when OpenCV lacks its cascades) and title rows."""
     from importlib import import_module
@@ -169,12 +205,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--visual-n", type=int, default=64, help="images for the visual row (OCR is slow)"
     )
+    parser.add_argument(
+        "--visual-only",
+        type=Path,
+        nargs="*",
+        default=None,
+        help="only the visual fast-vs-reference rows, on the real thumbnails and these dataset folders",
+    )
     args = parser.parse_args(argv)
     images, titles, source = load_inputs(args.n)
+    if args.visual_only is not None:
+        sets = [(source, images[: args.visual_n])]
+        sets += [(str(d), dataset_images(d, args.visual_n)) for d in args.visual_only]
+        for label, imgs in sets:
+            rows, notes = bench_visual(imgs, args.repeats)
+            print(f"\n{label} ({imgs[0].size[0]}x{imgs[0].size[1]})")
+            print_table(rows, notes)
+        return
     print(f"inputs: {source}; torch threads: {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         rows, notes = bench_clip(build_vit_b32(Path(tmp)), images, args.batch_size, args.repeats)
     rows += other_encoders(images[: args.visual_n], titles)
+    print_table(rows, notes)
+
+
+def print_table(rows: list[tuple], notes: list[str]) -> None:
     print(
         "\n| encoder | items | seconds | items/s | peak RSS so far (MB) |\n|---|---:|---:|---:|---:|"
     )

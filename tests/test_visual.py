@@ -238,3 +238,46 @@ def test_registry_builds_visual():
     assert isinstance(enc, VisualEncoder) and enc.spec()["ocr"] is False
     with pytest.raises(EncoderOptionError, match="visual"):
         get_encoder("visual", colour=True)
+
+
+# ----- the fast profile against version 1's settings ("reference") ----------------------------
+# Stated tolerances (also in the VisualEncoder/RapidTextReader docstrings): the colour, edge
+# and layout columns are identical; face count and text box count equal the reference on at
+# least 80% of thumbnails and never differ by more than one box; text area within 0.05.
+FACE_TEXT = [j for j, n in enumerate(FEATURE_NAMES) if "face" in n or n.startswith("text")]
+OTHER = [j for j in range(N_FEATURES) if j not in FACE_TEXT]
+
+
+@pytest.fixture(scope="module")
+def planted_thumbnails() -> list[Image.Image]:
+    """Synthetic 16:9 thumbnails, half with a drawn face and half with a big text block."""
+    from thumbview.data.synth import render_thumbnail
+
+    rng = np.random.default_rng(7)
+    flags = [{"face": i % 2 == 0, "big_text": i % 3 != 2} for i in range(18)]
+    return [Image.fromarray(render_thumbnail(rng, f)) for f in flags]
+
+
+@needs_haar
+def test_fast_profile_agrees_with_reference(planted_thumbnails):
+    fast = VisualEncoder(profile="fast").encode(planted_thumbnails)
+    ref = VisualEncoder(profile="reference").encode(planted_thumbnails)
+    np.testing.assert_allclose(fast[:, OTHER], ref[:, OTHER], rtol=1e-6, atol=1e-6)
+    for name in ("face count", "text boxes"):
+        j = COL[name]
+        assert (fast[:, j] == ref[:, j]).mean() >= 0.8, name
+        assert np.abs(fast[:, j] - ref[:, j]).max() <= 1, name
+    area = COL["text area (fraction)"]
+    assert (np.abs(fast[:, area] - ref[:, area]) <= 0.05).mean() >= 0.8
+    assert ref[:, COL["text boxes"]].sum() > 0 and ref[:, COL["face count"]].sum() > 0  # planted
+
+
+def test_profile_is_part_of_the_cache_key():
+    fast, ref = (
+        VisualEncoder(ocr=False, profile="fast"),
+        VisualEncoder(ocr=False, profile="reference"),
+    )
+    assert fast.spec()["profile"] == "fast" and fast.spec()["version"] == "2"
+    assert fast.spec_hash() != ref.spec_hash()
+    with pytest.raises(VisualInputError, match="profile"):
+        VisualEncoder(profile="turbo")
