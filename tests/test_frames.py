@@ -93,12 +93,13 @@ def video(tmp_path_factory) -> tuple[Path, dict[str, list[tuple[float, float]]]]
 @pytest.fixture(scope="module")
 def ranked(video, model_dir, tmp_path_factory):  # noqa: F811
     from thumbview.frames import FramesConfig, rank_frames
+    from thumbview.inference import LoadedPredictor
 
     seen: list[float] = []
     out = tmp_path_factory.mktemp("frames-out")
     result = rank_frames(
         video[0],
-        model_dir,
+        LoadedPredictor.load(model_dir),
         top=5,
         out_dir=out,
         config=FramesConfig(sample_fps=4),

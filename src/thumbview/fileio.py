@@ -8,6 +8,7 @@ is flushed to disk, and then replaces the target in one `os.replace`.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import tempfile
@@ -72,3 +73,13 @@ def json_safe(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+def write_json(path: str | Path, payload: Any) -> Path:
+    """Strict JSON (NaN/inf -> null, numpy -> Python), indented, written atomically.
+
+    The one way thumbview writes a JSON artifact: readers never see half a file, and
+    `json.loads(..., allow_nan=False)`-style readers (browsers, jq) accept every file.
+    """
+    text = json.dumps(json_safe(payload), indent=2, ensure_ascii=False, allow_nan=False)
+    return atomic_write(path, text + "\n")
