@@ -427,3 +427,13 @@ def test_markup_in_file_names_is_shown_literally_on_one_line(model_dir, tmp_path
     assert result.exit_code == 2 and "Traceback" not in result.output
     error_lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and name in error_lines[0], result.output
+
+
+def test_the_demo_folder_is_ignored_by_git():
+    import inspect
+
+    from thumbview.cli.predict import demo_command
+
+    default = inspect.signature(demo_command).parameters["out"].default
+    ignore = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().split()
+    assert f"{default}/" in ignore

@@ -50,6 +50,9 @@ def test_planted_high_beats_low(high_low):
     assert spreads == sorted(spreads, reverse=True)
     text = [d for d in result.descriptors if d.feature.startswith("text")]
     assert text and all(d.highest == "high.jpg" for d in text)  # the planted big text
+    assert all(d.effect is not None for d in result.descriptors)
+    readings = [d.reading("high.jpg") for d in text]  # planted: more text, more views
+    assert "higher in the winner, and that tends to help" in readings, readings
 
 
 def test_identical_inputs_give_exactly_one_half(loaded):

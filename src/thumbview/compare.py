@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,18 @@ class DescriptorDiff:
     values: tuple[float, ...]
     spread: float
     highest: str  # name of the image with the largest value
+    # change in the winner's predicted log10 views when this descriptor goes from the lowest
+    # to the highest value among the images (its other features kept); None when the model
+    # does not read the descriptors (no `visual` encoder)
+    effect: float | None = None
+
+    def reading(self, winner: str) -> str:
+        """'higher in the winner, and that tends to help': what a creator needs from a diff."""
+        where = "higher" if self.highest == winner else "lower"
+        if self.effect is None or self.effect == 0:
+            return f"{where} in the winner (the model does not weigh it directly)"
+        helps = (self.effect > 0) == (where == "higher")
+        return f"{where} in the winner, and that tends to {'help' if helps else 'hurt'}"
 
 
 @dataclass(frozen=True)
@@ -234,6 +246,7 @@ def compare(
     order = np.lexsort((-pred, -best))
     cands = _candidates(predictor, blocks, pred, best, order, pairs, names)
     descs, how = _descriptors(model, blocks, images, names, len(titles), top_features)
+    descs = _with_effects(predictor, blocks, int(order[0]), descs)
     diffs = sae_diffs(sae.latents(images), study, top_features) if study is not None else ()
     p = tuple(tuple(float(beats[a, b]) for b in order) for a in order)
     return Comparison(
@@ -270,6 +283,21 @@ def _descriptors(model, blocks, images, names, n_titles: int, top: int):
     values = np.stack([describe(np.asarray(img.convert("RGB"))) for img in images])  # (I, F)
     scale = np.maximum(np.abs(values).mean(axis=0), 1e-9)
     return descriptor_diffs(values, scale, names, top), "relative to the mean magnitude"
+
+
+def _with_effects(predictor, blocks, row: int, descs) -> tuple[DescriptorDiff, ...]:
+    """Each descriptor's effect on the winner's prediction, low -> high (see `DescriptorDiff`)."""
+    if "visual" not in blocks or not descs:
+        return descs
+    out = []
+    for d in descs:
+        f = FEATURE_NAMES.index(d.feature)
+        pair = {name: np.repeat(X[row : row + 1], 2, axis=0) for name, X in blocks.items()}
+        pair["visual"] = np.array(pair["visual"], dtype=np.float64)  # (2, F)
+        pair["visual"][:, f] = (min(d.values), max(d.values))
+        low, high = predictor.predict(pair)  # (2,)
+        out.append(replace(d, effect=float(high - low)))
+    return tuple(out)
 
 
 def compare_files(

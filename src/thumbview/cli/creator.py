@@ -146,10 +146,13 @@ def _print_comparison(comparison) -> None:
         )
     console.print(table)
     if comparison.descriptors:
+        winner = comparison.candidates[0].image
         names = [safe(n) for n in comparison.image_names]
-        why = Table("descriptor", *names, "highest in", title="what differs most")
+        why = Table(
+            "descriptor", *names, f"vs the winner ({safe(winner)})", title="what differs most"
+        )
         for d in comparison.descriptors[:6]:
-            why.add_row(d.feature, *(format_number(v) for v in d.values), safe(d.highest))
+            why.add_row(d.feature, *(format_number(v) for v in d.values), d.reading(winner))
         console.print(why)
     for s in comparison.sae[:5]:
         ratio = "-" if s.ratio is None else f"{format_views(s.ratio, 'channel-relative')} views"
