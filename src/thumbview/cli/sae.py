@@ -12,6 +12,7 @@ from rich.table import Table
 
 from thumbview.cli._shared import console, print_json, user_errors
 from thumbview.cli.data import CacheOpt, DataArg
+from thumbview.layout import default_study_dir, sae_weights_dir
 
 app = typer.Typer(help="Sparse autoencoder on CLIP activations, and which features go with views.")
 
@@ -178,7 +179,7 @@ def analyze_command(
         if sae
         else load_latents_file(latents, len(ds))
     )
-    out = out or ((sae / "study") if sae else Path("study"))
+    out = out or default_study_dir(sae)
     outputs = run_analysis(
         ds, z, config, out, progress=not as_json, sae_dir=sae, cache_dir=cache_dir
     )
@@ -228,8 +229,8 @@ def explain_command(
     """Why this thumbnail: the model's feature contributions, or the SAE features it activates."""
     if (source / "model.safetensors").exists():
         _explain_model(source, image, title, top, as_json)
-    elif (source / "cfg.json").exists():
-        _explain_sae(source, image, study or source / "study", top, as_json)
+    elif (sae_weights_dir(source) / "cfg.json").exists():  # the `sae train --out` or its sae/
+        _explain_sae(source, image, study or default_study_dir(source), top, as_json)
     else:
         raise ValueError(
             f"{source} is neither a model folder (model.safetensors) nor an SAE folder (cfg.json)"
