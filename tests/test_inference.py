@@ -186,3 +186,23 @@ def test_predict_json_never_prints_nan(model_dir, tmp_path):  # noqa: F811
     result = CliRunner().invoke(app, ["predict", str(folder), str(image), "--json"])
     assert result.exit_code == 2 and "non-finite" in result.output
     assert "NaN" not in result.stdout and "Traceback" not in result.output
+
+
+def test_cli_tables_label_the_models_interval(model_dir_90, tmp_path):  # noqa: F811
+    from typer.testing import CliRunner
+
+    from thumbview.cli import app
+
+    paths = []
+    for i, flags in enumerate(({"warm_colours": 1, "big_text": 1}, {"dark_blurry": 1})):
+        paths.append(tmp_path / f"candidate {i}.jpg")
+        _thumb(30 + i, **flags).save(paths[-1])
+    runner = CliRunner()
+    for args in (
+        ["predict", str(model_dir_90), str(paths[0])],
+        ["compare", "--model", str(model_dir_90), *map(str, paths)],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "90% interval" in result.output and "80%" not in result.output
+    assert "in the winner" in result.output  # compare says which way each difference goes
