@@ -7,6 +7,7 @@ model's own configured coverage (never a hard-coded 80%).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -18,7 +19,12 @@ import numpy as np
 from PIL import Image
 
 from thumbview.embed.base import Encoder
-from thumbview.embed.registry import EncoderOptionError, get_encoder
+from thumbview.embed.registry import (
+    EncoderOptionError,
+    UnknownEncoderError,
+    encoder_class,
+    get_encoder,
+)
 from thumbview.layout import MODEL_ENCODERS
 from thumbview.predict.model import ArtifactError, PredictorError, ViewPredictor
 from thumbview.predict.target import to_views
@@ -84,7 +90,7 @@ class LoadedPredictor:
                 raise ArtifactError(f"{model_dir / ENCODERS_FILE}: no entry for encoder {name!r}")
             try:
                 encoders[name] = get_encoder(name, **saved[name]["options"])
-            except EncoderOptionError as e:  # options the encoder does not take
+            except (EncoderOptionError, UnknownEncoderError) as e:  # a name or option it lacks
                 raise ArtifactError(f"{model_dir / ENCODERS_FILE}: {name}: {e}") from e
             if json.loads(json.dumps(encoders[name].spec())) != saved[name].get("spec"):
                 log.warning("encoder %s differs from the one the model was trained with", name)
@@ -100,9 +106,13 @@ class LoadedPredictor:
         model_dir = Path(model_dir)
         model = ViewPredictor.load(model_dir)
         saved = _read_encoder_specs(model_dir)
-        missing = [n for n in model.config.encoders if n not in saved]
-        if missing:
-            raise ArtifactError(f"{model_dir / ENCODERS_FILE}: no entry for encoder {missing[0]!r}")
+        for name in model.config.encoders:
+            if name not in saved:
+                raise ArtifactError(f"{model_dir / ENCODERS_FILE}: no entry for encoder {name!r}")
+            try:  # the options must fit the encoder's constructor (nothing is built)
+                inspect.signature(encoder_class(name)).bind(**saved[name]["options"])
+            except (TypeError, ValueError) as e:
+                raise ArtifactError(f"{model_dir / ENCODERS_FILE}: {name}: {e}") from e
 
     # ----- what the model is ------------------------------------------------------------------
     @property
