@@ -323,7 +323,8 @@ def test_ctrl_c_says_how_to_resume(synth_dir, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("thumbview.embed.cache.embed", interrupted)  # imported by the command
+    # patched where the command looks it up at call time (no module keeps the fake)
+    monkeypatch.setattr("thumbview.predict.workflow.build_encoders", interrupted)
     result = invoke("embed", synth_dir, "--encoders", "title")
     assert result.exit_code == 130
     assert "run the same command to resume" in result.output and "Traceback" not in result.output
