@@ -67,14 +67,14 @@ def measure(video: Path, model_dir: Path, keyframes_only: bool, out_dir: Path) -
     from PIL import Image
 
     from thumbview.frames import FramesConfig, rank_frames
-    from thumbview.predict.workflow import load_model
+    from thumbview.inference import LoadedPredictor
 
-    model, encoders = load_model(model_dir)  # import/model/OCR load is not video throughput
-    encoders["visual"].encode([Image.new("RGB", (320, 180))])
+    predictor = LoadedPredictor.load(model_dir)  # import/model/OCR load is not throughput
+    predictor.encoders["visual"].encode([Image.new("RGB", (320, 180))])
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     result = rank_frames(
-        video, model_dir, top=5, out_dir=out_dir, config=FramesConfig(keyframes_only=keyframes_only)
+        video, predictor, top=5, out_dir=out_dir, config=FramesConfig(keyframes_only=keyframes_only)
     )
     wall = time.perf_counter() - start
     return {

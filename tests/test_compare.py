@@ -19,7 +19,7 @@ from thumbview.compare import (
     save_side_by_side,
 )
 from thumbview.data.synth import render_thumbnail
-from thumbview.predict.workflow import load_model
+from thumbview.inference import LoadedPredictor
 
 
 def _thumb(seed: int, **flags: int) -> Image.Image:
@@ -28,14 +28,13 @@ def _thumb(seed: int, **flags: int) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def loaded(model_dir):  # noqa: F811
-    return load_model(model_dir)
+    return LoadedPredictor.load(model_dir)
 
 
 @pytest.fixture(scope="module")
 def high_low(loaded):
-    model, encoders = loaded
     images = [_thumb(11, warm_colours=1, big_text=1), _thumb(12, dark_blurry=1)]
-    return compare(model, encoders, images, ["high.jpg", "low.jpg"]), images
+    return compare(loaded, images, ["high.jpg", "low.jpg"]), images
 
 
 def test_planted_high_beats_low(high_low):
@@ -51,12 +50,14 @@ def test_planted_high_beats_low(high_low):
     assert spreads == sorted(spreads, reverse=True)
     text = [d for d in result.descriptors if d.feature.startswith("text")]
     assert text and all(d.highest == "high.jpg" for d in text)  # the planted big text
+    assert all(d.effect is not None for d in result.descriptors)
+    readings = [d.reading("high.jpg") for d in text]  # planted: more text, more views
+    assert "higher in the winner, and that tends to help" in readings, readings
 
 
 def test_identical_inputs_give_exactly_one_half(loaded):
-    model, encoders = loaded
     img = _thumb(5, warm_colours=1)
-    result = compare(model, encoders, [img, img.copy()], ["a.jpg", "b.jpg"])
+    result = compare(loaded, [img, img.copy()], ["a.jpg", "b.jpg"])
     assert result.p_beats[0][1] == 0.5 and result.p_beats[1][0] == 0.5
     assert [c.p_best for c in result.candidates] == [0.5, 0.5]
     assert result.descriptors == ()
@@ -99,11 +100,10 @@ def test_images_x_titles_and_files(model_dir, tmp_path):  # noqa: F811
 
 
 def test_bad_inputs(loaded):
-    model, encoders = loaded
     img = _thumb(1)
     with pytest.raises(CompareError, match="at least two"):
-        compare(model, encoders, [img], ["a"])
+        compare(loaded, [img], ["a"])
     with pytest.raises(CompareError, match="names"):
-        compare(model, encoders, [img, img], ["a"])
-    with pytest.raises(CompareError, match="sae_dir"):
-        compare(model, encoders, [img, img], ["a", "b"], study=object())
+        compare(loaded, [img, img], ["a"])
+    with pytest.raises(CompareError, match="needs the SAE"):
+        compare(loaded, [img, img], ["a", "b"], study=object())

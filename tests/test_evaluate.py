@@ -182,7 +182,7 @@ def test_plots_write_valid_pngs(tmp_path):
 
 
 def test_axis_labels_are_in_views():
-    assert format_views(np.log10(1001)) == "1k" and format_views(np.log10(1 + 2.5e6)) == "2.5M"
+    assert format_views(np.log10(1001)) == "1K" and format_views(np.log10(1 + 2.5e6)) == "2.5M"
     assert format_factor(1.0) == "\u00d710" and format_factor(np.log10(0.5)) == "\u00d70.5"
 
 

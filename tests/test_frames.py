@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from _model_fixture import model_dir  # noqa: F401  (shared session fixture)
+from _model_fixture import model_dir, model_dir_90  # noqa: F401  (shared session fixtures)
 from thumbview.data.synth import render_thumbnail
 
 FPS, W, H = 10, 320, 180
@@ -93,12 +93,13 @@ def video(tmp_path_factory) -> tuple[Path, dict[str, list[tuple[float, float]]]]
 @pytest.fixture(scope="module")
 def ranked(video, model_dir, tmp_path_factory):  # noqa: F811
     from thumbview.frames import FramesConfig, rank_frames
+    from thumbview.inference import LoadedPredictor
 
     seen: list[float] = []
     out = tmp_path_factory.mktemp("frames-out")
     result = rank_frames(
         video[0],
-        model_dir,
+        LoadedPredictor.load(model_dir),
         top=5,
         out_dir=out,
         config=FramesConfig(sample_fps=4),
@@ -143,6 +144,24 @@ def test_outputs_written(ranked):
     assert [c["timestamp_s"] for c in payload["choices"]] == [c.timestamp_s for c in result.choices]
     assert payload["skipped"] == result.skipped
     assert seen and seen == sorted(seen) and seen[-1] == 1.0
+
+
+def test_frames_use_the_models_own_coverage(ranked, video, model_dir_90):  # noqa: F811
+    """A 90% model ranks the same frames with wider, 90%-labelled intervals (not 80%)."""
+    from thumbview.frames import FramesConfig, rank_frames
+    from thumbview.inference import LoadedPredictor
+
+    result80 = ranked[0]
+    result90 = rank_frames(
+        video[0], LoadedPredictor.load(model_dir_90), top=5, config=FramesConfig(sample_fps=4)
+    )
+    assert (result80.coverage, result90.coverage) == (0.8, 0.9)
+    assert result90.interval_label == "90% interval"
+    pairs = zip(result80.choices, result90.choices, strict=True)
+    for c80, c90 in pairs:
+        assert c90.timestamp_s == c80.timestamp_s
+        assert c90.low < c80.low and c90.high > c80.high
+    assert result90.shortfall(5) is None and "only 5 of 9" in result90.shortfall(9)
 
 
 def test_letterbox_keeps_the_whole_frame():

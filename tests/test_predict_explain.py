@@ -123,17 +123,18 @@ def test_bad_inputs_are_refused_in_words(ridge):
 def test_explain_a_saved_model_end_to_end(tmp_path):
     from thumbview.data.dataset import load_dataset
     from thumbview.data.synth import SynthConfig, make_synthetic
+    from thumbview.inference import LoadedPredictor
     from thumbview.predict.workflow import predict_images, train
 
     data = load_dataset(make_synthetic(tmp_path / "synth", SynthConfig(n=80, seed=0)))
     out = tmp_path / "model"
     train(data, PredictorConfig(encoders=("visual",)), out, holdout_frac=0)
     image = data.paths[0]
-    ex = explain_prediction(out, image, top=6)
+    ex = explain_prediction(LoadedPredictor.load(out), image, top=6)
     assert ex.image == str(image) and len(ex.features) == 6
     assert {f.name for f in ex.features} <= set(FEATURE_NAMES)
     assert ex.log10 == pytest.approx(predict_images(out, [image])[0].log10, abs=1e-9)
     assert ex.baseline_log10 + ex.blocks[0].contribution_log10 == pytest.approx(ex.log10)
     assert json.loads(json.dumps(ex.to_json_dict()))["features"][0]["name"] in FEATURE_NAMES
     with pytest.raises(ValueError, match="no such model folder"):
-        explain_prediction(tmp_path / "nope", image)
+        LoadedPredictor.load(tmp_path / "nope")

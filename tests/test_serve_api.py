@@ -20,8 +20,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from thumbview.data.dataset import load_dataset  # noqa: E402
 from thumbview.data.synth import SynthConfig, make_synthetic  # noqa: E402
+from thumbview.inference import LoadedPredictor  # noqa: E402
 from thumbview.predict.model import PredictorConfig  # noqa: E402
-from thumbview.predict.workflow import load_model, predict_loaded, train  # noqa: E402
+from thumbview.predict.workflow import train  # noqa: E402
 from thumbview.serve import app as serve_app  # noqa: E402
 from thumbview.serve.jobs import to_jsonable  # noqa: E402
 from thumbview.serve.uploads import Limits, display_name  # noqa: E402
@@ -95,9 +96,8 @@ def test_predict_matches_the_library(client, serve_model):
     resp = client.post("/predict", files={"image": _file(data)}, data={"title": "My video"})
     assert resp.status_code == 200, resp.text
     got = resp.json()["prediction"]
-    model, encoders = load_model(serve_model["model"])
-    want = predict_loaded(
-        model, encoders, [Image.open(io.BytesIO(data)).convert("RGB")], ["x"], ["My video"]
+    want = LoadedPredictor.load(serve_model["model"]).predict_images(
+        [Image.open(io.BytesIO(data)).convert("RGB")], ["x"], ["My video"]
     )[0]
     assert got["image"] == "thumb.jpg" and got["title"] == "My video"
     assert got["views"] == pytest.approx(want.views) and got["low"] <= got["views"] <= got["high"]
@@ -179,7 +179,7 @@ def test_unexpected_errors_are_generic_500s(serve_model, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("secret internal detail /home/user/model")
 
-    monkeypatch.setattr(serve_app, "predict_loaded", boom)
+    monkeypatch.setattr(LoadedPredictor, "predict_images", boom)
     with TestClient(app, raise_server_exceptions=False) as c:
         msg = _error(
             c.post("/predict", files={"image": _file(_jpeg(serve_model["paths"][0]))}), 500
@@ -191,7 +191,7 @@ def test_requests_take_turns_on_the_model(serve_model, monkeypatch):
     """Concurrent requests never run the model at the same time (memory stays one copy)."""
     app = serve_app.create_app(serve_model["model"])
     active, peak, guard = [0], [0], threading.Lock()
-    real = serve_app.predict_loaded
+    real = LoadedPredictor.predict_images
 
     def counting(*args, **kwargs):
         with guard:
@@ -204,7 +204,7 @@ def test_requests_take_turns_on_the_model(serve_model, monkeypatch):
             with guard:
                 active[0] -= 1
 
-    monkeypatch.setattr(serve_app, "predict_loaded", counting)
+    monkeypatch.setattr(LoadedPredictor, "predict_images", counting)
     data = _jpeg(serve_model["paths"][1])
     with TestClient(app) as c:
         codes = []
@@ -269,7 +269,7 @@ def test_explain_with_a_study(serve_model, sae_study, monkeypatch):
     def no_reload(*args, **kwargs):
         raise AssertionError("the SAE must be loaded once, at start-up")
 
-    monkeypatch.setattr("thumbview.sae.analyze.load_sae_encoder", no_reload)
+    monkeypatch.setattr("thumbview.inference.sae.load_sae_encoder", no_reload)
     with TestClient(app) as c:
         assert c.get("/health").json()["explain"] is True
         resp = c.post(
@@ -335,7 +335,7 @@ def test_frames_job_end_to_end(client, tmp_path, monkeypatch):
     def no_reload(*args, **kwargs):
         raise AssertionError("frame jobs must use the model loaded at start-up")
 
-    monkeypatch.setattr("thumbview.frames.rank.load_model", no_reload)
+    monkeypatch.setattr(LoadedPredictor, "load", no_reload)
     video = _video(tmp_path / "clip.mp4").read_bytes()
     resp = client.post(
         "/frames",

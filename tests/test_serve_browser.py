@@ -7,17 +7,13 @@ tmp_path and, when THUMBVIEW_SCREENSHOT_DIR is set, are copied there for people 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import socket
-import sys
 import threading
 import time
-import types
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -38,19 +34,8 @@ if not CHROMIUM.exists():
 from thumbview.data.dataset import load_dataset  # noqa: E402
 from thumbview.data.synth import SynthConfig, make_synthetic  # noqa: E402
 from thumbview.predict.model import PredictorConfig  # noqa: E402
-from thumbview.predict.workflow import predict_loaded, train  # noqa: E402
+from thumbview.predict.workflow import train  # noqa: E402
 from thumbview.serve.app import create_app  # noqa: E402
-
-
-def _fake_compare(model, encoders, images, names, titles, study=None):
-    """Stands in for thumbview.compare.compare until it exists."""
-    preds = predict_loaded(model, encoders, images, names, titles)
-    order = list(np.argsort([-p.log10 for p in preds]))
-    rows = [
-        {**p.__dict__, "rank": order.index(i) + 1, "p_beats_others": 0.8 if order[0] == i else 0.2}
-        for i, p in enumerate(preds)
-    ]
-    return types.SimpleNamespace(to_json_dict=lambda: {"candidates": rows, "descriptors": []})
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +45,6 @@ def server(tmp_path_factory):
     make_synthetic(root / "ds", SynthConfig(n=40, seed=0))
     ds = load_dataset(root / "ds")
     train(ds, PredictorConfig(encoders=("visual",)), root / "model", holdout_frac=0)
-    fake = importlib.util.find_spec("thumbview.compare") is None
-    if fake:
-        sys.modules["thumbview.compare"] = types.SimpleNamespace(compare=_fake_compare)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -79,8 +61,6 @@ def server(tmp_path_factory):
     yield f"http://127.0.0.1:{port}", ds.paths[:2]
     srv.should_exit = True
     thread.join(10)
-    if fake:
-        sys.modules.pop("thumbview.compare", None)
 
 
 def _keep(shot: Path) -> None:

@@ -12,9 +12,9 @@ from thumbview.data.synth import SynthConfig, make_synthetic
 from thumbview.predict.evaluate import group_train_test_split
 from thumbview.predict.model import PredictorConfig, PredictorError
 from thumbview.predict.workflow import (
+    build_encoders,
     cross_validate_dataset,
     evaluate,
-    load_model,
     predict_images,
     train,
 )
@@ -42,14 +42,25 @@ def test_evaluate_refuses_a_dataset_it_was_trained_on(synth, tmp_path):
         evaluate(tmp_path / "m", synth)
 
 
-def test_saved_model_predicts_like_the_fitted_one(synth, tmp_path):
+def test_saved_model_predicts_like_a_plain_reference(synth, tmp_path):
+    """predict_images (image-major, the model's coverage) equals encoding by hand."""
+    from thumbview.data.images import load_image
+    from thumbview.predict.model import ViewPredictor
+
     train(synth, PredictorConfig(encoders=("title", "visual")), tmp_path / "m", holdout_frac=0.2)
-    model, encoders = load_model(tmp_path / "m")
-    images = synth.paths[:3]
-    first = predict_images(tmp_path / "m", images, ["a title", "another 🔥"])
-    again = predict_images(tmp_path / "m", images, ["a title", "another 🔥"])
-    assert len(first) == 6 and first == again
-    assert all(p.low <= p.views <= p.high for p in first)
+    images, titles = synth.paths[:3], ["a title", "another 🔥"]
+    got = predict_images(tmp_path / "m", images, titles)
+    model, encs = ViewPredictor.load(tmp_path / "m"), build_encoders(("title", "visual"))
+    pics = [load_image(p) for p in images]
+    want = model.predict(
+        {
+            "title": encs["title"].encode([t for _ in pics for t in titles]),
+            "visual": encs["visual"].encode([p for p in pics for _ in titles]),
+        }
+    )
+    assert [(p.image, p.title) for p in got] == [(str(i), t) for i in images for t in titles]
+    np.testing.assert_allclose([p.log10 for p in got], want, atol=1e-9)
+    assert all(p.low <= p.views <= p.high and p.coverage == 0.8 for p in got)
 
 
 def test_channel_relative_target_predicts_multipliers(synth, tmp_path):

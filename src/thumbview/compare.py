@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from thumbview.data.images import load_image
-from thumbview.embed.base import Encoder
 from thumbview.embed.visual import FEATURE_NAMES, describe
-from thumbview.frames.rank import fit_frame, format_views
+from thumbview.fileio import atomic_write
+from thumbview.frames.rank import fit_frame
+from thumbview.inference import LoadedPredictor, SaeEncoder
+from thumbview.layout import find_study_dir
 from thumbview.predict.model import ViewPredictor
 from thumbview.predict.target import to_views
-from thumbview.predict.workflow import combination_blocks, load_model
+from thumbview.units import format_range, format_views, interval_label, shorten
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,18 @@ class DescriptorDiff:
     values: tuple[float, ...]
     spread: float
     highest: str  # name of the image with the largest value
+    # change in the winner's predicted log10 views when this descriptor goes from the lowest
+    # to the highest value among the images (its other features kept); None when the model
+    # does not read the descriptors (no `visual` encoder)
+    effect: float | None = None
+
+    def reading(self, winner: str) -> str:
+        """'higher in the winner, and that tends to help': what a creator needs from a diff."""
+        where = "higher" if self.highest == winner else "lower"
+        if self.effect is None or self.effect == 0:
+            return f"{where} in the winner (the model does not weigh it directly)"
+        helps = (self.effect > 0) == (where == "higher")
+        return f"{where} in the winner, and that tends to {'help' if helps else 'hurt'}"
 
 
 @dataclass(frozen=True)
@@ -93,6 +107,11 @@ class Comparison:
     coverage: float
     descriptor_scale: str  # "model feature sd" | "relative to the mean magnitude"
     assumption: str = INDEPENDENCE
+
+    @property
+    def interval_label(self) -> str:
+        """'90% interval' for a model calibrated at 90% (never a fixed level)."""
+        return interval_label(self.coverage)
 
     def to_json_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -196,45 +215,49 @@ def sae_diffs(latents: np.ndarray, study, top: int = 5) -> tuple[SaeDiff, ...]:
 
 # ----- the comparison ------------------------------------------------------------------------
 def compare(
-    model: ViewPredictor,
-    encoders: dict[str, Encoder],
+    predictor: LoadedPredictor,
     images: Sequence[Image.Image],
     names: Sequence[str],
     titles: Sequence[str] = ("",),
     study=None,
-    sae_dir: Path | None = None,
-    coverage: float = 0.8,
+    sae: SaeEncoder | None = None,
     top_features: int = 5,
-    sae_models: tuple | None = None,
 ) -> Comparison:
     """Every image x title, ranked by P(best), with P(A beats B) and the biggest differences.
 
-    `sae_models`: an already loaded (SparseAutoencoder, ClipEncoder) pair, so a server that
-    holds them does not reload them per request; otherwise they are loaded from `sae_dir`.
+    The predictor and the SAE are loaded once by the caller (`LoadedPredictor.load`,
+    `SaeEncoder.load`): a server compares many uploads with one copy of each. Intervals are
+    at the model's own calibrated coverage.
     """
     titles = list(titles) or [""]
     if len(images) != len(names):
         raise CompareError(f"{len(images)} images but {len(names)} names")
     if len(images) * len(titles) < 2:
         raise CompareError("need at least two candidates (images x titles) to compare")
-    if study is not None and sae_dir is None and sae_models is None:
-        raise CompareError("an SAE study needs the SAE it was made with (sae_dir)")
-    pairs, blocks = combination_blocks(encoders, images, titles)
-    pred = model.predict(blocks)  # (N,)
+    if study is not None and sae is None:
+        raise CompareError("an SAE study needs the SAE it was made with (sae)")
+    for message in predictor.missing_inputs(titles):
+        log.warning(message)
+    model = predictor.model
+    pairs, blocks = predictor.combinations(images, titles)
+    pred = predictor.predict(blocks)  # (N,)
     atoms = residual_atoms(model)
     best, beats = p_best(pred, atoms), p_beats_matrix(pred, atoms)
     order = np.lexsort((-pred, -best))
-    cands = _candidates(model, blocks, pred, best, order, pairs, names, coverage)
+    cands = _candidates(predictor, blocks, pred, best, order, pairs, names)
     descs, how = _descriptors(model, blocks, images, names, len(titles), top_features)
-    sae = _sae(images, study, sae_models or sae_dir, top_features) if study is not None else ()
+    descs = _with_effects(predictor, blocks, int(order[0]), descs)
+    diffs = sae_diffs(sae.latents(images), study, top_features) if study is not None else ()
     p = tuple(tuple(float(beats[a, b]) for b in order) for a in order)
-    return Comparison(cands, p, descs, sae, tuple(names), model.config.target, coverage, how)
+    return Comparison(
+        cands, p, descs, diffs, tuple(names), predictor.target, predictor.coverage, how
+    )
 
 
-def _candidates(model, blocks, pred, best, order, pairs, names, coverage) -> tuple[Candidate, ...]:
+def _candidates(predictor, blocks, pred, best, order, pairs, names) -> tuple[Candidate, ...]:
     """The candidates in `order`, with views (or multipliers) and the conformal interval."""
-    lo, hi = model.predict_interval(blocks, coverage)
-    scale = to_views(model.config.target)
+    lo, hi = predictor.intervals(blocks)  # at the model's calibrated coverage
+    scale = to_views(predictor.target)
     return tuple(
         Candidate(
             names[pairs[k][0]],
@@ -262,12 +285,19 @@ def _descriptors(model, blocks, images, names, n_titles: int, top: int):
     return descriptor_diffs(values, scale, names, top), "relative to the mean magnitude"
 
 
-def _sae(images, study, sae_source, top: int) -> tuple[SaeDiff, ...]:
-    from thumbview.sae.analyze import encode_sparse, load_sae_encoder
-
-    sae, clip = sae_source if isinstance(sae_source, tuple) else load_sae_encoder(sae_source)
-    z = encode_sparse(sae, clip.encode([img.convert("RGB") for img in images])).toarray()
-    return sae_diffs(z, study, top)  # z: (I, d_sae)
+def _with_effects(predictor, blocks, row: int, descs) -> tuple[DescriptorDiff, ...]:
+    """Each descriptor's effect on the winner's prediction, low -> high (see `DescriptorDiff`)."""
+    if "visual" not in blocks or not descs:
+        return descs
+    out = []
+    for d in descs:
+        f = FEATURE_NAMES.index(d.feature)
+        pair = {name: np.repeat(X[row : row + 1], 2, axis=0) for name, X in blocks.items()}
+        pair["visual"] = np.array(pair["visual"], dtype=np.float64)  # (2, F)
+        pair["visual"][:, f] = (min(d.values), max(d.values))
+        low, high = predictor.predict(pair)  # (2,)
+        out.append(replace(d, effect=float(high - low)))
+    return tuple(out)
 
 
 def compare_files(
@@ -277,16 +307,22 @@ def compare_files(
     sae_dir: Path | None = None,
     study_dir: Path | None = None,
 ) -> tuple[Comparison, list[Image.Image]]:
-    """`compare` from files (for the CLI); returns the decoded images for `save_side_by_side`."""
-    model, encoders = load_model(model_dir)
+    """`compare` from files (for the CLI); returns the decoded images for `save_side_by_side`.
+
+    `sae_dir` may be the folder given to `sae train --out`; the study defaults to the one
+    inside it (see `thumbview.layout.find_study_dir`).
+    """
+    predictor = LoadedPredictor.load(model_dir)
+    sae = SaeEncoder.load(sae_dir) if sae_dir is not None else None
     images = [load_image(p) for p in image_paths]
     study = None
-    if study_dir is not None:
+    study_dir = study_dir or (find_study_dir(sae_dir) if sae_dir is not None else None)
+    if study_dir is not None and sae is not None:
         from thumbview.sae.explain import load_study
 
         study = load_study(study_dir)
     names = [Path(p).name for p in image_paths]
-    return compare(model, encoders, images, names, titles, study, sae_dir), images
+    return compare(predictor, images, names, titles, study, sae), images
 
 
 def save_side_by_side(comparison: Comparison, images: Sequence[Image.Image], path: Path) -> Path:
@@ -303,15 +339,11 @@ def save_side_by_side(comparison: Comparison, images: Sequence[Image.Image], pat
         )
         sheet.paste(still, (k * cell_w + 3, 3))
         lines = (
-            f"#{k + 1} {c.image}"[:44],
-            (c.title or "(no title)")[:44],
-            f"{format_views(c.views, target)} views "
-            f"({format_views(c.low, target)} - {format_views(c.high, target)})",
-            f"P(best) = {100 * c.p_best:.1f}%",
+            shorten(f"#{k + 1} {c.image}", 44),
+            shorten(c.title or "(no title)", 44),
+            f"{format_views(c.views, target)} views ({format_range(c.low, c.high, target)})",
+            f"{comparison.interval_label}; P(best) = {100 * c.p_best:.1f}%",
         )
         for j, line in enumerate(lines):
             draw.text((k * cell_w + 6, cell_h + 2 + 20 * j), line, fill=(0, 0, 0), font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    return path
+    return atomic_write(path, lambda tmp: sheet.save(tmp, "PNG"))

@@ -22,16 +22,10 @@ from scipy import stats
 
 from thumbview.data.dataset import load_dataset
 from thumbview.data.synth import SynthConfig, make_synthetic, render_thumbnail
+from thumbview.inference import LoadedPredictor, Prediction
+from thumbview.layout import MODEL_TRAINING
 from thumbview.predict.model import PredictorConfig
-from thumbview.predict.workflow import (
-    TRAINING_FILE,
-    Prediction,
-    TrainResult,
-    dataset_blocks,
-    load_model,
-    predict_loaded,
-    train,
-)
+from thumbview.predict.workflow import TrainResult, dataset_blocks, train
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +62,17 @@ def run_demo(out_dir: Path, n: int = 1000, seed: int = 0, progress: bool = False
     dataset = load_dataset(data_dir, progress=progress)
     config = PredictorConfig(encoders=DEMO_ENCODERS, seed=seed)
     result = train(dataset, config, out_dir / "model", holdout_frac=0.25, progress=progress)
-    model, encoders = load_model(out_dir / "model")
+    predictor = LoadedPredictor.load(out_dir / "model")
     held_out = _held_out_rows(out_dir / "model", dataset.keys)
-    blocks = dataset_blocks(dataset.subset(held_out), encoders)
-    predicted = model.predict(blocks)
+    blocks = dataset_blocks(dataset.subset(held_out), predictor.encoders)
+    predicted = predictor.predict(blocks)
     truth = pd.read_csv(data_dir / "truth.csv", dtype={"video_id": str}).set_index("video_id")
     truth = truth.loc[[dataset.keys[i] for i in held_out]]
     rho = float(stats.spearmanr(predicted, truth["true_log10_mean"]).statistic)
     effects = _recover_effects(
         predicted, truth, json.loads((data_dir / "planted.json").read_text())
     )
-    examples = predict_loaded(model, encoders, *_example_thumbnails(seed))
+    examples = predictor.predict_images(*_example_thumbnails(seed))
     return DemoReport(
         out_dir, n, result, rho, effects, tuple(examples), time.perf_counter() - start
     )
@@ -97,7 +91,7 @@ def _synthetic_data(data_dir: Path, config: SynthConfig, progress: bool) -> Path
 
 
 def _held_out_rows(model_dir: Path, keys: list[str]) -> np.ndarray:
-    seen = set(json.loads((model_dir / TRAINING_FILE).read_text())["video_ids"])
+    seen = set(json.loads((model_dir / MODEL_TRAINING).read_text())["video_ids"])
     return np.array([i for i, k in enumerate(keys) if k not in seen], dtype=np.int64)
 
 

@@ -10,6 +10,7 @@ the rename while a database row written after it (a collected video) survives.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import tempfile
@@ -91,3 +92,13 @@ def json_safe(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+def write_json(path: str | Path, payload: Any) -> Path:
+    """Strict JSON (NaN/inf -> null, numpy -> Python), indented, written atomically.
+
+    The one way thumbview writes a JSON artifact: readers never see half a file, and
+    `json.loads(..., allow_nan=False)`-style readers (browsers, jq) accept every file.
+    """
+    text = json.dumps(json_safe(payload), indent=2, ensure_ascii=False, allow_nan=False)
+    return atomic_write(path, text + "\n")

@@ -26,8 +26,12 @@ _console = Console(stderr=True)
 def progress_bar(
     total: int | None, description: str, enabled: bool = True
 ) -> Iterator[Callable[[int], None]]:
-    """Yield `advance(n)`; a no-op when disabled, so callers never branch on it."""
-    if not enabled:
+    """Yield `advance(n)`; a no-op when disabled, so callers never branch on it.
+
+    A bar that completes normally ends at its total even when the work was less than
+    counted (rows skipped, a cache hit), and nothing is drawn for zero items of work.
+    """
+    if not enabled or total == 0:
         yield lambda n=1: None
         return
     columns = (
@@ -41,3 +45,5 @@ def progress_bar(
     with Progress(*columns, console=_console, transient=False) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
+        if total is not None:
+            bar.update(task, completed=total)  # reached only when the body did not raise

@@ -15,9 +15,10 @@ from thumbview.cli import creator as _creator
 from thumbview.cli import data as _data
 from thumbview.cli import predict as _predict
 from thumbview.cli import sae as _sae
-from thumbview.cli._shared import console, setup_logging
+from thumbview.cli._shared import console, plain_help, setup_logging
 from thumbview.cli.collect import app as collect_app
 
+plain_help()
 app = typer.Typer(
     name="thumbview",
     help="Predict how many views a YouTube thumbnail (and title) will get, why, and which candidate is best.",

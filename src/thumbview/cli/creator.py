@@ -1,5 +1,9 @@
 """Creator-facing commands: `frames` (best stills of a video), `compare` (A/B before
-publishing) and `serve` (the web page and JSON API)."""
+publishing) and `serve` (the web page and JSON API).
+
+Intervals and their labels come from the model (`LoadedPredictor.interval_label`), never a
+fixed level; every file name, title and path is shown through `safe` (no rich markup).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from thumbview.cli._shared import console, print_json, user_errors
+from thumbview.cli._shared import console, print_json, safe, user_errors, warn
 from thumbview.cli.predict import JsonOpt
 from thumbview.progress import progress_bar
+from thumbview.units import format_number, format_range, format_views
 
 ModelOpt = Annotated[
     Path, typer.Option("--model", "-m", help="Model folder from `thumbview train`.")
 ]
+PROGRESS_STEPS = 1000  # the frames bar counts thousandths of the work
 
 
 @user_errors
@@ -23,7 +29,7 @@ def frames_command(
     video: Annotated[Path, typer.Argument(help="A video file (anything FFmpeg decodes).")],
     model: ModelOpt,
     title: Annotated[str, typer.Option("--title", "-t", help="The video's title.")] = "",
-    top: Annotated[int, typer.Option("--top")] = 5,
+    top: Annotated[int, typer.Option("--top", help="How many stills to return.")] = 5,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Folder for stills + contact sheet.")
     ] = None,
@@ -35,48 +41,77 @@ def frames_command(
     """Rank the stills of a video by predicted views; the top ones are different shots."""
     from dataclasses import replace
 
-    from thumbview.frames.rank import FramesConfig, format_views, rank_frames
+    from thumbview.frames.rank import FramesConfig, rank_frames
+    from thumbview.inference import LoadedPredictor
 
     config = replace(FramesConfig(), fit="letterbox") if letterbox else FramesConfig()
-    with progress_bar(1000, "scanning video", enabled=not as_json) as advance:
-        done = [0]
-
-        def report(fraction: float) -> None:
-            step = int(fraction * 1000) - done[0]
-            done[0] += max(step, 0)
-            advance(max(step, 0))
-
-        result = rank_frames(video, model, title, top, out, config, progress=report)
+    predictor = LoadedPredictor.load(model)  # a bad model is reported before decoding
+    for message in predictor.missing_inputs([title]):
+        warn(message)
+    with progress_bar(PROGRESS_STEPS, "scanning video", enabled=not as_json) as advance:
+        result = rank_frames(
+            video, predictor, title, top, out, config, progress=_fraction_to_steps(advance)
+        )
     if as_json:
         print_json(result.to_json_dict())
         return
-    table = Table("rank", "time", "shot", "predicted", "80% interval", "still")
+    _print_frames(result, top)
+
+
+def _fraction_to_steps(advance):
+    """A `progress(fraction)` callback that moves the bar to exactly `fraction` of its total.
+
+    Ends at the total (1000/1000) whenever the library reports 1.0, never short of it.
+    """
+    done = [0]
+
+    def report(fraction: float) -> None:
+        target = min(PROGRESS_STEPS, round(max(0.0, fraction) * PROGRESS_STEPS))
+        if target > done[0]:
+            advance(target - done[0])
+            done[0] = target
+
+    return report
+
+
+def _print_frames(result, top: int) -> None:
+    target = result.target
+    table = Table("rank", "time", "shot", "predicted", result.interval_label, "still")
     for rank, c in enumerate(result.choices, 1):
         table.add_row(
             str(rank),
             f"{c.timestamp_s:.1f}s",
             str(c.shot_index),
-            format_views(c.predicted_views, result.target),
-            f"{format_views(c.low, result.target)} - {format_views(c.high, result.target)}",
-            str(c.path or ""),
+            format_views(c.predicted_views, target),
+            format_range(c.low, c.high, target),
+            safe(c.path.name if c.path else ""),
         )
     console.print(table)
+    shortfall = result.shortfall(top)
+    if shortfall:
+        warn(shortfall)
     if result.contact_sheet:
-        console.print(f"contact sheet: [bold]{result.contact_sheet}[/]")
+        console.print(f"contact sheet: [bold]{safe(result.contact_sheet)}[/]")
 
 
 @user_errors
 def compare_command(
-    images: Annotated[list[Path], typer.Argument(help="2-6 candidate thumbnails.")],
+    images: Annotated[
+        list[Path], typer.Argument(help="2-6 candidate thumbnails.", metavar="IMAGE...")
+    ],
     model: ModelOpt,
     title: Annotated[
-        list[str] | None, typer.Option("--title", "-t", help="Candidate title(s).")
+        list[str] | None,
+        typer.Option(
+            "--title", "-t", help="Candidate title(s); repeat for several.", metavar="TEXT"
+        ),
     ] = None,
     sae: Annotated[
-        Path | None, typer.Option("--sae", help="SAE folder, to explain with features.")
+        Path | None,
+        typer.Option("--sae", help="SAE folder (`sae train --out`), to explain with features."),
     ] = None,
     study: Annotated[
-        Path | None, typer.Option("--study", help="Study folder (default SAE/study).")
+        Path | None, typer.Option("--study", help="Study folder (default: SAE/study).")
     ] = None,
     png: Annotated[
         Path | None, typer.Option("--png", help="Write a side-by-side PNG here.")
@@ -86,7 +121,6 @@ def compare_command(
     """Every thumbnail x title: predicted views, interval and the chance each one wins."""
     from thumbview.compare import compare_files, save_side_by_side
 
-    study = study or (sae / "study" if sae else None)
     comparison, decoded = compare_files(model, images, title or [""], sae, study)
     if png:
         save_side_by_side(comparison, decoded, png)
@@ -95,34 +129,35 @@ def compare_command(
         return
     _print_comparison(comparison)
     if png:
-        console.print(f"side by side: [bold]{png}[/]")
+        console.print(f"side by side: [bold]{safe(png)}[/]")
 
 
 def _print_comparison(comparison) -> None:
-    from thumbview.frames.rank import format_views
-
     target = comparison.target
-    table = Table(
-        "rank", "image", "title", "predicted", f"{comparison.coverage:.0%} interval", "P(best)"
-    )
+    table = Table("rank", "image", "title", "predicted", comparison.interval_label, "P(best)")
     for rank, c in enumerate(comparison.candidates, 1):
         table.add_row(
             str(rank),
-            c.image,
-            c.title,
+            safe(c.image),
+            safe(c.title),
             format_views(c.views, target),
-            f"{format_views(c.low, target)} - {format_views(c.high, target)}",
+            format_range(c.low, c.high, target),
             f"{c.p_best:.0%}",
         )
     console.print(table)
     if comparison.descriptors:
-        why = Table("descriptor", *comparison.image_names, title="what differs most")
+        winner = comparison.candidates[0].image
+        names = [safe(n) for n in comparison.image_names]
+        why = Table(
+            "descriptor", *names, f"vs the winner ({safe(winner)})", title="what differs most"
+        )
         for d in comparison.descriptors[:6]:
-            why.add_row(d.feature, *(f"{v:.3g}" for v in d.values))
+            why.add_row(d.feature, *(format_number(v) for v in d.values), d.reading(winner))
         console.print(why)
     for s in comparison.sae[:5]:
-        ratio = "-" if s.ratio is None else f"x{s.ratio:.2f} views"
-        console.print(f"SAE feature {s.latent}: activations {s.activations} ({ratio})")
+        ratio = "-" if s.ratio is None else f"{format_views(s.ratio, 'channel-relative')} views"
+        acts = ", ".join(format_number(a) for a in s.activations)
+        console.print(f"SAE feature {s.latent}: activations {acts} ({ratio})")
 
 
 @user_errors
@@ -132,13 +167,15 @@ def serve_command(
     study: Annotated[
         Path | None, typer.Option("--study", help="Study folder (default: found in SAE).")
     ] = None,
-    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port")] = 8000,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
 ) -> None:
     """The web page and JSON API (OpenAPI schema at /openapi.json). Loopback by default."""
+    from thumbview.inference import LoadedPredictor
     from thumbview.serve.app import run
 
-    console.print(f"thumbview on http://{host}:{port}  (Ctrl+C to stop)")
+    LoadedPredictor.check(model)  # a missing or broken model fails before the URL is printed
+    console.print(f"thumbview on http://{safe(host)}:{port}  (Ctrl+C to stop)")
     run(model, sae, study, host, port)
 
 

@@ -1,26 +1,25 @@
-"""Prediction commands: `train`, `evaluate`, `cv`, `predict`, and the `demo` that runs them all."""
+"""Prediction commands: `train`, `evaluate`, `cv`, `predict`, and the `demo` that runs them all.
+
+The library (pandas, torch, the training stack) is imported inside each command, so
+`thumbview --help` starts in a fraction of a second.
+"""
 
 from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from thumbview.cli._shared import console, print_json, split_names, user_errors
+from thumbview.cli._shared import console, print_json, safe, split_names, user_errors
 from thumbview.cli.data import CacheOpt, ClipModelOpt, DataArg, EncodersOpt
-from thumbview.data.dataset import load_dataset
-from thumbview.predict.evaluate import EvalResult, Metrics
-from thumbview.predict.model import PredictorConfig
-from thumbview.predict.workflow import (
-    Prediction,
-    cross_validate_dataset,
-    evaluate,
-    predict_images,
-    train,
-)
+from thumbview.units import TARGET_HELP, format_range, format_views, unit_name
+
+if TYPE_CHECKING:
+    from thumbview.inference import Prediction
+    from thumbview.predict.evaluate import EvalResult, Metrics
 
 
 class Head(StrEnum):
@@ -33,13 +32,34 @@ class Target(StrEnum):
     channel_relative = "channel-relative"
 
 
-ModelArg = Annotated[Path, typer.Argument(help="Model folder written by `thumbview train`.")]
+ModelArg = Annotated[
+    Path, typer.Argument(help="Model folder written by `thumbview train`.", metavar="MODEL")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 HeadOpt = Annotated[Head, typer.Option("--head", help="ridge (strong baseline) or mlp.")]
 TargetOpt = Annotated[
     Target,
-    typer.Option("--target", help="log10 views, or views relative to the channel's median."),
+    typer.Option(
+        "--target",
+        help=f"log10 = {TARGET_HELP['log10']}; channel-relative = {TARGET_HELP['channel-relative']}.",
+    ),
 ]
+SeedOpt = Annotated[
+    int,
+    typer.Option(
+        "--seed", help="Random seed for splits, folds and the MLP (same seed, same result)."
+    ),
+]
+
+
+def _config(encoders: str, head: Head, target: Target, seed: int, clip_model: str, **extra):
+    """The predictor config, with encoder names and CLIP checked before any long work."""
+    from thumbview.predict.model import PredictorConfig
+    from thumbview.predict.workflow import check_encoders
+
+    names = tuple(split_names(encoders))
+    check_encoders(names, clip_model)
+    return PredictorConfig(encoders=names, head=head.value, target=target.value, seed=seed, **extra)
 
 
 @user_errors
@@ -52,16 +72,17 @@ def train_command(
     holdout: Annotated[
         float, typer.Option("--holdout", help="Channel-disjoint share held out for evaluation.")
     ] = 0.2,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: SeedOpt = 0,
     clip_model: ClipModelOpt = "openai/clip-vit-base-patch32",
     cache_dir: CacheOpt = None,
 ) -> None:
     """Train a view predictor and evaluate it on a held-out set of channels."""
+    from thumbview.data.dataset import load_dataset
+    from thumbview.predict.workflow import train
+
+    config = _config(encoders, head, target, seed, clip_model)
     ds = load_dataset(data, progress=True)
-    console.print(ds.report.summary())
-    config = PredictorConfig(
-        encoders=tuple(split_names(encoders)), head=head.value, target=target.value, seed=seed
-    )
+    console.print(safe(ds.report.summary()))
     result = train(
         ds,
         config,
@@ -72,7 +93,7 @@ def train_command(
         progress=True,
     )
     console.print(
-        f"trained on {result.n_train} videos, held out {result.n_holdout} -> [bold]{out}[/]"
+        f"trained on {result.n_train} videos, held out {result.n_holdout} -> [bold]{safe(out)}[/]"
     )
     if result.n_no_target:
         console.print(f"{result.n_no_target} videos had no target (channel with a single video)")
@@ -81,7 +102,7 @@ def train_command(
     if result.holdout is not None:
         console.print(_eval_table(result.holdout, "held-out channels"))
     for path in result.plots:
-        console.print(f"plot: {path}")
+        console.print(f"plot: {safe(path)}")
 
 
 @user_errors
@@ -95,13 +116,18 @@ def evaluate_command(
     cache_dir: CacheOpt = None,
 ) -> None:
     """Score a saved model (and its baselines) on data it never saw."""
+    from thumbview.data.dataset import load_dataset
+    from thumbview.inference import LoadedPredictor
+    from thumbview.predict.workflow import evaluate
+
+    LoadedPredictor.check(model)  # a bad model folder is reported before the dataset is read
     ds = load_dataset(data, progress=not as_json)
     ev = evaluate(model, ds, cache_dir=cache_dir, out_dir=plots, progress=not as_json)
     if as_json:
         extra = {"n_excluded_seen": ev.n_excluded_seen, "n_shared_channels": ev.n_shared_channels}
         print_json({**ev.result.to_json_dict(), **extra})
         return
-    console.print(ds.report.summary())
+    console.print(safe(ds.report.summary()))
     if ev.n_excluded_seen:
         console.print(
             f"[yellow]{ev.n_excluded_seen} rows were in the training set and are not scored[/]"
@@ -111,9 +137,9 @@ def evaluate_command(
             f"[yellow]{ev.n_shared_channels} channels also appear in training: "
             "this is not a channel-disjoint test, expect optimistic numbers[/]"
         )
-    console.print(_eval_table(ev.result, str(data)))
+    console.print(_eval_table(ev.result, safe(data)))
     for path in ev.plots:
-        console.print(f"plot: {path}")
+        console.print(f"plot: {safe(path)}")
 
 
 @user_errors
@@ -122,21 +148,18 @@ def cv_command(
     encoders: EncodersOpt = "title,visual",
     head: HeadOpt = Head.ridge,
     target: TargetOpt = Target.log10,
-    folds: Annotated[int, typer.Option("--folds", "-k")] = 5,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    folds: Annotated[int, typer.Option("--folds", "-k", help="Number of folds.")] = 5,
+    seed: SeedOpt = 0,
     as_json: JsonOpt = False,
     clip_model: ClipModelOpt = "openai/clip-vit-base-patch32",
     cache_dir: CacheOpt = None,
 ) -> None:
     """K-fold cross-validation grouped by channel (random folds only without channel ids)."""
+    from thumbview.data.dataset import load_dataset
+    from thumbview.predict.workflow import cross_validate_dataset
+
+    config = _config(encoders, head, target, seed, clip_model, cv_folds=folds)
     ds = load_dataset(data, progress=not as_json)
-    config = PredictorConfig(
-        encoders=tuple(split_names(encoders)),
-        head=head.value,
-        target=target.value,
-        seed=seed,
-        cv_folds=folds,
-    )
     result, cv = cross_validate_dataset(
         ds, config, folds, clip_model=clip_model, cache_dir=cache_dir, progress=not as_json
     )
@@ -152,13 +175,21 @@ def cv_command(
 @user_errors
 def predict_command(
     model: ModelArg,
-    images: Annotated[list[Path], typer.Argument(help="Thumbnail image files.")],
+    images: Annotated[
+        list[Path], typer.Argument(help="Thumbnail image files.", metavar="IMAGE...")
+    ],
     title: Annotated[
-        list[str] | None, typer.Option("--title", "-t", help="Title(s) to pair.")
+        list[str] | None,
+        typer.Option(
+            "--title", "-t", help="Title(s) to pair (repeat for several).", metavar="TEXT"
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Predicted views with an 80% interval for each image (x each title)."""
+    """Predicted views with the model's interval for each image (x each title)."""
+    from thumbview.predict.workflow import predict_images
+
+    # a model that reads titles, given none, warns (on stderr) and says what it assumed
     predictions = predict_images(model, images, title or [""])
     if as_json:
         print_json([p.__dict__ for p in predictions])
@@ -172,7 +203,7 @@ def demo_command(
         Path, typer.Option("--out", help="Folder for the demo's data and model.")
     ] = Path("thumbview-demo"),
     n: Annotated[int, typer.Option("--n", help="Synthetic thumbnails.")] = 1000,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: SeedOpt = 0,
 ) -> None:
     """Synthetic data -> features -> model -> held-out evaluation -> predictions. Offline."""
     from thumbview.demo import run_demo
@@ -187,11 +218,12 @@ def demo_command(
         "planted effect", "planted factor", "recovered by the model", title="planted effects"
     )
     for e in report.effects:
-        table.add_row(e.name, f"x{e.planted:.2f}", f"x{e.estimated:.2f}")
+        table.add_row(safe(e.name), format_views(e.planted, "channel-relative"),
+                      format_views(e.estimated, "channel-relative"))  # fmt: skip
     console.print(table)
     console.print(_predictions_table(report.examples))
     console.print(
-        f"done in {report.seconds:.0f} s; data, model and plots in [bold]{report.out_dir}[/]"
+        f"done in {report.seconds:.0f} s; data, model and plots in [bold]{safe(report.out_dir)}[/]"
     )
 
 
@@ -216,12 +248,17 @@ def _eval_table(result: EvalResult, title: str) -> Table:
 
 
 def _predictions_table(predictions: list[Prediction]) -> Table:
-    relative = predictions and predictions[0].target == "channel-relative"
-    unit = "x channel median" if relative else "views"
-    table = Table("image", "title", f"predicted {unit}", "80% interval")
+    """One row per image x title: the file's name (not its path), views and the interval."""
+    target = predictions[0].target if predictions else "log10"
+    label = predictions[0].interval_label if predictions else "interval"
+    table = Table("image", "title", f"predicted {unit_name(target)}", label)
     for p in predictions:
-        fmt = (lambda v: f"x{v:.2f}") if relative else (lambda v: f"{v:,.0f}")
-        table.add_row(p.image, p.title, fmt(p.views), f"{fmt(p.low)} - {fmt(p.high)}")
+        table.add_row(
+            safe(Path(p.image).name),
+            safe(p.title),
+            format_views(p.views, target),
+            format_range(p.low, p.high, target),
+        )
     return table
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from thumbview.cli._shared import console, print_json, user_errors
 from thumbview.cli.data import CacheOpt, DataArg
-from thumbview.data.dataset import load_dataset
+from thumbview.layout import default_study_dir, sae_weights_dir
 
 app = typer.Typer(help="Sparse autoencoder on CLIP activations, and which features go with views.")
 
@@ -62,9 +62,12 @@ def train_command(
     cache_dir: CacheOpt = None,
 ) -> None:
     """Train a sparse autoencoder on CLIP residual-stream activations (checkpointed, resumable)."""
+    from thumbview.data.dataset import load_dataset
+    from thumbview.embed.clip import load_checkpoint_info
     from thumbview.sae.pipeline import ActivationSource, train_sae
     from thumbview.sae.train import TrainConfig
 
+    load_checkpoint_info(model)  # CLIP reachable? fail before verifying every image
     ds = load_dataset(data, progress=True)
     options = {"arch": arch.value, "k": k, "expansion_factor": expansion}
     options.update(l1_coefficient=l1, dead_after=dead_after)
@@ -152,6 +155,8 @@ def analyze_command(
 
     if (sae is None) == (latents is None):
         raise ValueError("give exactly one of --sae SAE_DIR or --latents FILE")
+    from thumbview.data.dataset import load_dataset
+
     ds = load_dataset(data, progress=not as_json)
     study = make_study_config(
         channel is not None,
@@ -174,7 +179,7 @@ def analyze_command(
         if sae
         else load_latents_file(latents, len(ds))
     )
-    out = out or ((sae / "study") if sae else Path("study"))
+    out = out or default_study_dir(sae)
     outputs = run_analysis(
         ds, z, config, out, progress=not as_json, sae_dir=sae, cache_dir=cache_dir
     )
@@ -216,14 +221,16 @@ def explain_command(
     study: Annotated[
         Path | None, typer.Option("--study", help="SAE study folder (default SAE/study).")
     ] = None,
-    top: Annotated[int, typer.Option("--top")] = 10,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    top: Annotated[int, typer.Option("--top", help="How many features to show.")] = 10,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of tables.")
+    ] = False,
 ) -> None:
     """Why this thumbnail: the model's feature contributions, or the SAE features it activates."""
     if (source / "model.safetensors").exists():
         _explain_model(source, image, title, top, as_json)
-    elif (source / "cfg.json").exists():
-        _explain_sae(source, image, study or source / "study", top, as_json)
+    elif (sae_weights_dir(source) / "cfg.json").exists():  # the `sae train --out` or its sae/
+        _explain_sae(source, image, study or default_study_dir(source), top, as_json)
     else:
         raise ValueError(
             f"{source} is neither a model folder (model.safetensors) nor an SAE folder (cfg.json)"
@@ -231,20 +238,27 @@ def explain_command(
 
 
 def _explain_model(model_dir: Path, image: Path, title: str, top: int, as_json: bool) -> None:
+    from thumbview.cli._shared import safe
+    from thumbview.inference import LoadedPredictor
     from thumbview.predict.explain import explain_prediction
+    from thumbview.units import format_number, format_views
 
-    ex = explain_prediction(model_dir, image, title, top=top)
+    ex = explain_prediction(LoadedPredictor.load(model_dir), image, title, top=top)
     if as_json:
         print_json(ex.to_json_dict())
         return
+    unit = "x the channel's typical views" if ex.target != "log10" else "views"
     console.print(
-        f"predicted {ex.views:,.3g} ({ex.target}); a typical thumbnail gets {ex.baseline_views:,.3g}"
+        f"predicted {format_views(ex.views, ex.target)} {unit}; "
+        f"a typical thumbnail gets {format_views(ex.baseline_views, ex.target)}"
     )
-    table = Table("part", "value", "typical", "effect on views")
+    table = Table("part", "value here", "typical", "effect on views")
     for b in ex.blocks:
-        table.add_row(f"[bold]{b.name}[/] (all)", "", "", f"x{b.factor:.2f}")
+        table.add_row(f"[bold]{safe(b.name)}[/] (all)", "", "", f"x{b.factor:.2f}")
     for f in ex.features:
-        table.add_row(f.name, f"{f.value:.3g}", f"{f.typical:.3g}", f"x{f.factor:.2f}")
+        table.add_row(
+            safe(f.name), format_number(f.value), format_number(f.typical), f"x{f.factor:.2f}"
+        )
     console.print(table)
 
 

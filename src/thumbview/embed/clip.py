@@ -207,6 +207,10 @@ class _Checkpoint:
     prep: ClipPreprocessing
 
 
+# huggingface-hub >= 1.0 installs `hf` (its `huggingface-cli` is gone); tests check it exists.
+DOWNLOAD_COMMAND = "hf download"
+
+
 def _offline() -> bool:
     """Read the offline switches now, not at import time as huggingface_hub does."""
     flags = (os.environ.get(k, "") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
@@ -216,7 +220,7 @@ def _offline() -> bool:
 def _how_to_get(model: str) -> str:
     return (
         f"To use the Hub model {model!r}, run once with internet access (it is then cached), "
-        f"or fetch it with `huggingface-cli download {model}`, or pass the path of a local "
+        f"or fetch it with `{DOWNLOAD_COMMAND} {model}`, or pass the path of a local "
         "directory holding config.json and model.safetensors."
     )
 
@@ -235,7 +239,7 @@ def resolve_model_dir(model: str) -> Path:
         raise ClipModelError(
             f"CLIP model directory {model!r} does not exist. Pass a directory holding "
             f"config.json and model.safetensors, or a Hub id such as {DEFAULT_MODEL!r} "
-            f"(fetch it with `huggingface-cli download {DEFAULT_MODEL}`)."
+            f"(fetch it with `{DOWNLOAD_COMMAND} {DEFAULT_MODEL}`)."
         )
     from huggingface_hub import snapshot_download
 

@@ -16,7 +16,6 @@ cosine is the Bhattacharyya coefficient).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,16 +26,18 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from thumbview.embed.base import Encoder
+from thumbview.fileio import write_json
 from thumbview.frames.extract import FramesError, ScanResult, grab_frames, scan_video
 from thumbview.frames.select import SelectConfig, mmr_select
+from thumbview.inference import LoadedPredictor
+from thumbview.layout import FRAMES_CONTACT_SHEET, FRAMES_JSON
 from thumbview.predict.model import ViewPredictor
 from thumbview.predict.target import to_views
-from thumbview.predict.workflow import image_blocks, load_model
+from thumbview.units import format_range, format_views, interval_label
 
 log = logging.getLogger(__name__)
 
-FRAMES_JSON = "frames.json"
-CONTACT_SHEET = "contact_sheet.png"
+CONTACT_SHEET = FRAMES_CONTACT_SHEET
 FITS = ("crop", "letterbox")
 
 
@@ -91,6 +92,7 @@ class FramesResult:
     n_shots: int
     duration_s: float
     target: str
+    coverage: float  # the model's calibrated interval coverage (low/high of each choice)
     contact_sheet: Path | None = None
     json_path: Path | None = None
 
@@ -103,10 +105,24 @@ class FramesResult:
             d[key] = None if d[key] is None else str(d[key])
         return d
 
+    @property
+    def interval_label(self) -> str:
+        return interval_label(self.coverage)
+
+    def shortfall(self, top: int) -> str | None:
+        """Why fewer than `top` frames came back, in one line (None when `top` were found)."""
+        if len(self.choices) >= top:
+            return None
+        return (
+            f"only {len(self.choices)} of {top} frames: {self.n_shots} distinct shot(s) and "
+            f"{self.n_candidates} candidate frame(s) passed the filters out of "
+            f"{self.n_sampled} sampled ({_skips(self.skipped)})"
+        )
+
 
 def rank_frames(
     video: Path,
-    model_dir: Path | tuple,
+    predictor: LoadedPredictor,
     title: str = "",
     top: int = 5,
     out_dir: Path | None = None,
@@ -116,11 +132,11 @@ def rank_frames(
     """The `top` best, mutually different frames of `video` by predicted views.
 
     With `out_dir`: stills (JPEG, `config.output_size`), a contact sheet and frames.json.
-    `model_dir` may also be an already loaded `(ViewPredictor, encoders)` pair (the web app).
+    `predictor` is loaded once by the caller (`LoadedPredictor.load(dir)`), so a server
+    ranks many videos with one copy of the model.
     """
     if top < 1:
         raise FramesError(f"top must be >= 1, got {top}")
-    model, encoders = model_dir if isinstance(model_dir, tuple) else load_model(model_dir)
     scan = scan_video(
         Path(video),
         config.select,
@@ -133,9 +149,10 @@ def rank_frames(
         raise FramesError(
             f"{video}: no usable frame among {scan.n_sampled} sampled ({_skips(scan.skipped)})"
         )
-    choices = _choose(model, encoders, scan, title, top, config)
+    choices = _choose(predictor, scan, title, top, config)
     result = FramesResult(tuple(choices), scan.skipped, scan.n_sampled, len(scan.candidates),
-                          scan.n_shots, scan.duration_s, model.config.target)  # fmt: skip
+                          scan.n_shots, scan.duration_s, predictor.target,
+                          predictor.coverage)  # fmt: skip
     if out_dir is not None:
         result = write_outputs(result, Path(video), Path(out_dir), title, config)
     if progress is not None:
@@ -149,7 +166,7 @@ def _skips(skipped: dict[str, int]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in skipped.items() if v) or "none skipped"
 
 
-def _choose(model, encoders, scan: ScanResult, title: str, top: int, config: FramesConfig):
+def _choose(predictor: LoadedPredictor, scan: ScanResult, title: str, top: int, config):
     """Score every candidate, pick a diverse set by MMR, and return it best-first.
 
     MMR decides *which* frames (so the top 5 are not one shot five times); the order shown
@@ -157,14 +174,15 @@ def _choose(model, encoders, scan: ScanResult, title: str, top: int, config: Fra
     """
     cands = scan.candidates
     images = [Image.fromarray(c.rgb) for c in cands]
-    blocks = image_blocks(encoders, images, [title] * len(images))
-    pred = model.predict(blocks)  # (N,)
-    lo, hi = model.predict_interval(blocks)
-    emb = diversity_embeddings(model, encoders, blocks, np.stack([c.hist for c in cands]))
+    blocks = predictor.blocks(images, [title] * len(images))
+    pred = predictor.predict(blocks)  # (N,)
+    lo, hi = predictor.intervals(blocks)  # at the model's own coverage
+    hists = np.stack([c.hist for c in cands])  # (N, B)
+    emb = diversity_embeddings(predictor.model, predictor.encoders, blocks, hists)
     shots = np.array([c.shot_index for c in cands]) if config.one_per_shot else None
     chosen = mmr_select(pred, emb, top, config.diversity, shots)
     order = sorted(chosen, key=lambda i: -pred[i])
-    scale = to_views(model.config.target)
+    scale = to_views(predictor.target)
     return [
         FrameChoice(
             cands[i].timestamp_s,
@@ -228,7 +246,7 @@ def write_outputs(
     result = _with_paths(result, tuple(choices), sheet, out_dir / FRAMES_JSON)
     payload = {"video": str(video), "title": title, "config": _config_json(config)}
     payload.update(result.to_json_dict())
-    (out_dir / FRAMES_JSON).write_text(json.dumps(payload, indent=2, ensure_ascii=False))
+    write_json(out_dir / FRAMES_JSON, payload)
     return result
 
 
@@ -249,16 +267,6 @@ def _config_json(config: FramesConfig) -> dict[str, Any]:
     return d
 
 
-def format_views(v: float, target: str) -> str:
-    """12.3k / 1.2M views, or a channel multiplier like x1.8."""
-    if target != "log10":
-        return f"x{v:.2f}"
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if v >= div:
-            return f"{v / div:.1f}{unit}"
-    return f"{v:.0f}"
-
-
 def contact_sheet(
     stills: list[Image.Image], choices: list[FrameChoice], target: str, heading: str
 ) -> Image.Image:
@@ -275,7 +283,7 @@ def contact_sheet(
         mins, secs = divmod(c.timestamp_s, 60)
         line1 = f"#{i + 1}  {int(mins):02d}:{secs:04.1f}  shot {c.shot_index}"
         views = f"{format_views(c.predicted_views, target)} views"
-        band = f"({format_views(c.low, target)} - {format_views(c.high, target)})"
+        band = f"({format_range(c.low, c.high, target)})"
         draw.text((x + 6, y + cell_h + 2), line1, fill=(0, 0, 0), font=font)
         draw.text((x + 6, y + cell_h + 22), f"{views} {band}", fill=(0, 0, 0), font=font)
     return sheet

@@ -7,8 +7,10 @@ model's own configured coverage (never a hard-coded 80%).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +19,23 @@ import numpy as np
 from PIL import Image
 
 from thumbview.embed.base import Encoder
-from thumbview.embed.registry import get_encoder
-from thumbview.predict.model import PredictorError, ViewPredictor
+from thumbview.embed.registry import (
+    EncoderOptionError,
+    UnknownEncoderError,
+    encoder_class,
+    get_encoder,
+)
+from thumbview.layout import MODEL_ENCODERS
+from thumbview.predict.model import ArtifactError, PredictorError, ViewPredictor
 from thumbview.predict.target import to_views
+from thumbview.schema import MapOf, read_json
+from thumbview.units import format_range, format_views, interval_label
 
 log = logging.getLogger(__name__)
 
-ENCODERS_FILE = "encoders.json"
+ENCODERS_FILE = MODEL_ENCODERS
+# encoders.json: {encoder name: {"options": {constructor kwargs}, "spec": {what it computes}}}
+ENCODERS_SCHEMA = MapOf({"options": MapOf((str, int, float, bool, list, type(None))), "spec": dict})
 
 
 @dataclass(frozen=True)
@@ -42,7 +54,20 @@ class Prediction:
     low: float
     high: float
     target: str
-    coverage: float = 0.8
+    coverage: float
+
+    def __post_init__(self) -> None:
+        if not all(map(math.isfinite, (self.log10, self.views, self.low, self.high))):
+            raise PredictorError(f"{self.image}: the model gave a non-finite prediction")
+
+    @property
+    def interval_label(self) -> str:
+        """'90% interval': the level this prediction's interval was calibrated for."""
+        return interval_label(self.coverage)
+
+    def formatted(self) -> tuple[str, str]:
+        """('3.5K', '1.2K - 9.8K'): the prediction and its interval as people read them."""
+        return format_views(self.views, self.target), format_range(self.low, self.high, self.target)
 
 
 @dataclass
@@ -62,11 +87,32 @@ class LoadedPredictor:
         encoders = {}
         for name in model.config.encoders:
             if name not in saved:
-                raise PredictorError(f"{model_dir / ENCODERS_FILE} has no entry for {name!r}")
-            encoders[name] = get_encoder(name, **saved[name].get("options", {}))
+                raise ArtifactError(f"{model_dir / ENCODERS_FILE}: no entry for encoder {name!r}")
+            try:
+                encoders[name] = get_encoder(name, **saved[name]["options"])
+            except (EncoderOptionError, UnknownEncoderError) as e:  # a name or option it lacks
+                raise ArtifactError(f"{model_dir / ENCODERS_FILE}: {name}: {e}") from e
             if json.loads(json.dumps(encoders[name].spec())) != saved[name].get("spec"):
                 log.warning("encoder %s differs from the one the model was trained with", name)
         return cls(model, encoders, model_dir)
+
+    @staticmethod
+    def check(model_dir: str | Path) -> None:
+        """Validate a model folder without building its encoders (no model weights load).
+
+        Commands call this first so that a wrong `--model` fails in a second, before a
+        dataset is verified, a video decoded or a server URL printed.
+        """
+        model_dir = Path(model_dir)
+        model = ViewPredictor.load(model_dir)
+        saved = _read_encoder_specs(model_dir)
+        for name in model.config.encoders:
+            if name not in saved:
+                raise ArtifactError(f"{model_dir / ENCODERS_FILE}: no entry for encoder {name!r}")
+            try:  # the options must fit the encoder's constructor (nothing is built)
+                inspect.signature(encoder_class(name)).bind(**saved[name]["options"])
+            except (TypeError, ValueError) as e:
+                raise ArtifactError(f"{model_dir / ENCODERS_FILE}: {name}: {e}") from e
 
     # ----- what the model is ------------------------------------------------------------------
     @property
@@ -77,6 +123,30 @@ class LoadedPredictor:
     @property
     def target(self) -> str:
         return self.model.config.target
+
+    @property
+    def interval_label(self) -> str:
+        """'90% interval' for a model calibrated at 90%: every table and page uses this."""
+        return interval_label(self.coverage)
+
+    @property
+    def uses_titles(self) -> bool:
+        """True when one of the model's encoders reads the title."""
+        return any(enc.modality == "text" for enc in self.encoders.values())
+
+    def missing_inputs(self, titles: Sequence[str]) -> list[str]:
+        """What the model uses but was not given, and what is assumed instead (one line each).
+
+        A title+visual model scored without a title predicts as if the title were empty,
+        which usually lowers the prediction: people must be told, not left to guess.
+        """
+        if self.uses_titles and not any(t.strip() for t in titles):
+            names = ", ".join(n for n, e in self.encoders.items() if e.modality == "text")
+            return [
+                f"the model uses the title ({names}) but none was given: predicted as if the "
+                "title were empty, which usually lowers the prediction; pass --title"
+            ]
+        return []
 
     # ----- features -----------------------------------------------------------------------------
     def blocks(self, images: Sequence[Image.Image], titles: Sequence[str]) -> dict[str, np.ndarray]:
@@ -114,6 +184,8 @@ class LoadedPredictor:
         titles: Sequence[str] = ("",),
     ) -> list[Prediction]:
         """Every image x title combination with its interval, in `combinations` order."""
+        for message in self.missing_inputs(list(titles)):
+            log.warning(message)
         pairs, blocks = self.combinations(images, titles)
         point, (lo, hi) = self.predict(blocks), self.intervals(blocks)
         scale = to_views(self.target)
@@ -128,13 +200,7 @@ class LoadedPredictor:
 def _read_encoder_specs(model_dir: Path) -> dict:
     path = model_dir / ENCODERS_FILE
     if not path.exists():
-        raise PredictorError(
+        raise ArtifactError(
             f"{model_dir} has no {ENCODERS_FILE}; was it written by `thumbview train`?"
         )
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError, UnicodeDecodeError) as e:
-        raise PredictorError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(saved, dict) or not all(isinstance(v, dict) for v in saved.values()):
-        raise PredictorError(f"{path} must be an object of {{encoder: {{options, spec}}}}")
-    return saved
+    return read_json(path, ENCODERS_SCHEMA, ArtifactError)

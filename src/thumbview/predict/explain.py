@@ -36,10 +36,10 @@ from PIL import Image
 
 from thumbview.data.images import load_image
 from thumbview.embed.base import Encoder
+from thumbview.inference import LoadedPredictor
 from thumbview.predict.heads import MLPHead, RidgeHead
 from thumbview.predict.model import ViewPredictor
 from thumbview.predict.target import to_views
-from thumbview.predict.workflow import image_blocks, load_model
 
 log = logging.getLogger(__name__)
 
@@ -257,22 +257,23 @@ def interpretable_names(encoder: Encoder) -> list[str] | None:
 
 # ----- IO ---------------------------------------------------------------------------------
 def explain_prediction(
-    model: str | Path | tuple[ViewPredictor, dict[str, Encoder]],
+    predictor: LoadedPredictor,
     image: Image.Image | str | Path,
     title: str = "",
     top: int = 8,
 ) -> PredictionExplanation:
     """Explain a trained predictor's prediction for one thumbnail (+ title).
 
-    `model` is a folder written by `thumbview train` or an already loaded
-    `(model, encoders)` pair from `workflow.load_model` (a server explains many images).
-    Exact for a ridge head; approximate (integrated gradients) for an MLP head.
+    `predictor` is loaded once by the caller (`LoadedPredictor.load(dir)`), so a server
+    explains many images with one copy. Exact for a ridge head; approximate (integrated
+    gradients) for an MLP head.
     """
     if top < 1:
         raise ExplainError(f"top must be >= 1, got {top}")
-    predictor, encoders = model if isinstance(model, tuple) else load_model(Path(model))
     name = "" if isinstance(image, Image.Image) else str(image)
     picture = image.convert("RGB") if isinstance(image, Image.Image) else load_image(image)
-    blocks = image_blocks(encoders, [picture], [title])
-    names = {n: interpretable_names(enc) for n, enc in encoders.items()}
-    return explain_row(predictor, blocks, names, top, image=name, title=title)
+    for message in predictor.missing_inputs([title]):
+        log.warning(message)
+    blocks = predictor.blocks([picture], [title])
+    names = {n: interpretable_names(enc) for n, enc in predictor.encoders.items()}
+    return explain_row(predictor.model, blocks, names, top, image=name, title=title)

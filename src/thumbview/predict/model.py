@@ -12,7 +12,6 @@ That is what a new thumbnail will face, unlike in-sample residuals, which are fa
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,16 +22,36 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from thumbview import __version__
-from thumbview.fileio import atomic_write
+from thumbview.fileio import atomic_write, write_json
+from thumbview.layout import MODEL_CONFIG, MODEL_WEIGHTS
 from thumbview.predict.evaluate import Metrics, compute_metrics, group_kfold
 from thumbview.predict.heads import HEADS, HeadError, MLPParams, head_from_arrays
 from thumbview.predict.target import TARGETS
+from thumbview.schema import MapOf, Number, Optional, check, read_json
 
 log = logging.getLogger(__name__)
 
 FORMAT = "thumbview-predictor"
 FORMAT_VERSION = 1
-WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
+WEIGHTS_FILE, CONFIG_FILE = MODEL_WEIGHTS, MODEL_CONFIG
+# config.json as `save` writes it; `load` refuses anything else with the file and field named.
+CONFIG_SCHEMA = {
+    "format": str,
+    "format_version": int,
+    "config": {
+        "encoders": [str],
+        "head": str,
+        "target": str,
+        "coverage": Number,
+        "cv_folds": int,
+        "seed": int,
+        "mlp": Optional(MapOf((int, float, str, bool, list, type(None)))),
+    },
+    "head": MapOf((int, float, str, bool, list, type(None))),
+    "block_dims": MapOf(int),
+    "y_median": Number,
+    "n_train": int,
+}
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 101)  # residual quantiles stored for intervals
 
 
@@ -243,7 +262,7 @@ class ViewPredictor:
             arrays["quantile_levels"] = self.quantile_levels_
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(arrays, p))
-        atomic_write(directory / CONFIG_FILE, json.dumps(self._meta(), indent=2))
+        write_json(directory / CONFIG_FILE, self._meta())
         log.info("saved predictor to %s", directory)
         return directory
 
@@ -295,20 +314,26 @@ def _read_artifact(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarra
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
             raise ArtifactError(f"{directory}: missing {name} (not a saved thumbview predictor?)")
-    try:
-        meta = json.loads((directory / CONFIG_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{directory / CONFIG_FILE}: corrupt JSON ({e})") from e
+    meta = read_json(directory / CONFIG_FILE, None, ArtifactError)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ArtifactError(f"{directory / CONFIG_FILE}: not a thumbview predictor config")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    version = meta.get("format_version", 0)
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise ArtifactError(
             f"{directory}: saved by a newer thumbview ({meta.get('thumbview_version')}); upgrade to load it"
         )
+    problem = check(meta, CONFIG_SCHEMA)  # every field, typed
+    if problem:
+        raise ArtifactError(f"{directory / CONFIG_FILE}: {problem}")
     try:
         arrays = load_file(directory / WEIGHTS_FILE)
     except (SafetensorError, OSError, ValueError) as e:
         raise ArtifactError(f"{directory / WEIGHTS_FILE}: corrupt or truncated ({e})") from e
+    bad = sorted(k for k, v in arrays.items() if v.dtype.kind == "f" and not np.isfinite(v).all())
+    if bad:
+        raise ArtifactError(
+            f"{directory / WEIGHTS_FILE}: non-finite values (NaN or inf) in {', '.join(bad)}"
+        )
     return meta, arrays
 
 

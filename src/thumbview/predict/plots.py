@@ -1,7 +1,7 @@
 """Diagnostic figures for a fitted predictor, written as PNG files.
 
 People read views, not log10 units, so every axis that carries log10 values is labelled in
-views (1k, 10k, 1M) or in multiplicative factors (x2, x0.5) on a log scale. Figures are drawn
+views (1K, 2K, 5K, 10K, 1M; see `thumbview.units`) or in multiplicative factors (x2, x0.5) on a log scale. Figures are drawn
 on `matplotlib.figure.Figure` with the Agg canvas directly: no pyplot global state, no GUI
 backend, safe from worker threads.
 """
@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 
+from thumbview import units
 from thumbview.predict.evaluate import compute_metrics
 
 log = logging.getLogger(__name__)
@@ -25,39 +26,28 @@ class PlotError(ValueError):
     """Inputs a figure cannot be drawn from (mismatched lengths, nothing finite)."""
 
 
-def human_number(x: float, digits: int = 3) -> str:
-    """`digits` significant figures with k/M/B suffixes: 1234567 -> '1.23M', 0.5 -> '0.5'."""
-    x = float(f"{x:.{digits}g}")  # round first, so 999999.9 becomes 1M, not 1e+03k
-    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
-            return f"{x / div:g}{suffix}"
-    return f"{x:g}"
-
-
 def format_views(log10_value: float, _pos=None) -> str:
-    """Tick label for a log10(1 + views) value: 3 -> '999', log10(1001) -> '1k'."""
-    return human_number(10.0**log10_value - 1.0)
+    """Tick label for a log10(1 + views) value: log10(1001) -> '1K', log10(1 + 2.5e6) -> '2.5M'."""
+    return units.format_count(10.0**log10_value - 1.0)
 
 
 def format_factor(log10_value: float, _pos=None) -> str:
     """Tick label for a log10 ratio: 1 -> 'x10', 0 -> 'x1', -0.3 -> 'x0.5'."""
-    return "\u00d7" + human_number(10.0**log10_value, digits=2)
+    v = float(f"{10.0**log10_value:.2g}")
+    return "\u00d7" + (f"{v:g}" if v < 1000 else units.format_count(v))
 
 
 def views_ticks(lo: float, hi: float) -> np.ndarray:
-    """Positions (log10(1 + views)) of round view counts 0, 1, 10, 100, ... inside [lo, hi]."""
-    k = np.arange(np.floor(max(lo, 0.0)), np.ceil(max(hi, 0.0)) + 1)
-    ticks = np.concatenate([[0.0], np.log10(1.0 + 10.0**k)])
-    ticks = np.unique(ticks[(ticks >= lo) & (ticks <= hi)])
-    return ticks if len(ticks) <= 10 else ticks[:: int(np.ceil(len(ticks) / 8))]
+    """Positions (log10(1 + views)) of round view counts 1, 2, 5 x 10^k (1K, 2K, 5K, 10K)."""
+    ticks = units.round_ticks(max(10.0**lo - 1.0, 1.0), 10.0 ** max(hi, 0.0) - 1.0)
+    if lo <= 0.0 <= hi:
+        ticks = np.concatenate([[0.0], ticks])  # 0 views
+    return np.log10(1.0 + np.asarray(ticks, dtype=np.float64))
 
 
 def factor_ticks(lo: float, hi: float) -> np.ndarray:
     """Positions (log10 ratio) of round factors x0.1, x0.2, x0.5, x1, x2, ... inside [lo, hi]."""
-    k = np.arange(np.floor(lo) - 1, np.ceil(hi) + 1)
-    ticks = np.log10(np.outer(10.0**k, [1.0, 2.0, 5.0]).ravel())
-    ticks = ticks[(ticks >= lo) & (ticks <= hi)]
-    return ticks if len(ticks) <= 9 else ticks[np.isclose(ticks, np.round(ticks))]
+    return np.log10(units.round_ticks(10.0**lo, 10.0**hi, max_ticks=9))
 
 
 def _log_axis(axis, lo: float, hi: float, relative: bool) -> None:

@@ -13,17 +13,25 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from thumbview.data.dataset import ThumbnailDataset
 from thumbview.data.images import load_image
 from thumbview.embed.base import Encoder
 from thumbview.embed.cache import embed
 from thumbview.embed.registry import get_encoder
-from thumbview.inference.predictor import ENCODERS_FILE, LoadedPredictor, Prediction
+from thumbview.fileio import write_json
+from thumbview.inference.predictor import LoadedPredictor, Prediction
+from thumbview.layout import (
+    MODEL_BASELINES,
+    MODEL_ENCODERS,
+    MODEL_EVAL,
+    MODEL_TRAINING,
+    PLOT_PRED_VS_ACTUAL,
+    PLOT_RESIDUALS,
+    PLOT_TRAINING_CURVE,
+)
 from thumbview.predict import plots
 from thumbview.predict.evaluate import (
     CVResult,
@@ -41,14 +49,31 @@ from thumbview.progress import progress_bar
 log = logging.getLogger(__name__)
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
-TRAINING_FILE = "training.json"
-EVAL_FILE = "eval.json"
+TRAINING_FILE, EVAL_FILE = MODEL_TRAINING, MODEL_EVAL
 
 
 # ----- features ------------------------------------------------------------------------------
 def encoder_options(names: Sequence[str], clip_model: str = DEFAULT_CLIP) -> dict[str, dict]:
     """Constructor options per encoder: what `encoders.json` stores to rebuild them later."""
     return {name: ({"model": clip_model} if name == "clip" else {}) for name in names}
+
+
+def check_encoders(names: Sequence[str], clip_model: str = DEFAULT_CLIP) -> None:
+    """Fail in seconds, before a dataset is verified or embedded, on what would fail later.
+
+    Unknown encoder names raise `UnknownEncoderError`; with `clip`, the CLIP checkpoint must
+    be reachable (`embed.clip.load_checkpoint_info` reads its config, not its weights,
+    and its error says how to fetch it). `sae train` calls that same function.
+    """
+    from thumbview.embed.registry import ENCODER_NAMES, encoder_class
+
+    for name in names:
+        if name not in ENCODER_NAMES:
+            encoder_class(name)  # raises UnknownEncoderError naming the known ones
+    if "clip" in names:
+        from thumbview.embed.clip import load_checkpoint_info
+
+        load_checkpoint_info(clip_model)
 
 
 def build_encoders(names: Sequence[str], clip_model: str = DEFAULT_CLIP) -> dict[str, Encoder]:
@@ -69,27 +94,6 @@ def dataset_blocks(
         with progress_bar(len(dataset), f"embed {name}", progress) as advance:
             blocks[name], _ = embed(dataset, encoder, cache_dir, progress=advance)
     return blocks
-
-
-def image_blocks(
-    encoders: dict[str, Encoder], images: Sequence[Image.Image], titles: Sequence[str]
-):
-    """Features for images and titles that are not in a dataset (prediction, comparison)."""
-    return {
-        name: enc.encode(list(titles) if enc.modality == "text" else list(images))
-        for name, enc in encoders.items()
-    }
-
-
-def combination_blocks(
-    encoders: dict[str, Encoder], images: Sequence[Image.Image], titles: Sequence[str]
-):
-    """Every image x title, image-major: ([(image index, title)], blocks with one row per pair).
-
-    One definition of the order, shared by predictions and comparisons (the web page relies on it).
-    """
-    pairs = [(i, t) for i in range(len(images)) for t in (list(titles) or [""])]
-    return pairs, image_blocks(encoders, [images[i] for i, _ in pairs], [t for _, t in pairs])
 
 
 def _rows(blocks: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -151,7 +155,7 @@ def train(
     if len(test_idx):
         holdout = _score(model, out_dir, _rows(blocks, test_idx), y[test_idx])
         paths += _evaluation_plots(model, _rows(blocks, test_idx), y[test_idx], out_dir)
-        _write_json(out_dir / EVAL_FILE, {**holdout.to_json_dict(), "split": "holdout"})
+        write_json(out_dir / EVAL_FILE, {**holdout.to_json_dict(), "split": "holdout"})
     cv = model.cv_metrics_ if getattr(model, "cv_metrics_", None) is not None else None
     n_missing = int((~mask).sum())
     return TrainResult(out_dir, len(train_idx), len(test_idx), n_missing, cv, holdout, tuple(paths))
@@ -168,7 +172,7 @@ def _split(dataset, usable: np.ndarray, holdout_frac: float, seed: int):
 
 def _write_training_record(out_dir, dataset, train_idx, options, encoders) -> None:
     specs = {n: {"options": options[n], "spec": e.spec()} for n, e in encoders.items()}
-    _write_json(out_dir / ENCODERS_FILE, specs)
+    write_json(out_dir / MODEL_ENCODERS, specs)
     channels = dataset.channels
     record = {
         "dataset": str(Path(dataset.root).resolve()),
@@ -176,7 +180,7 @@ def _write_training_record(out_dir, dataset, train_idx, options, encoders) -> No
         "video_ids": [dataset.keys[i] for i in train_idx],
         "channels": sorted({str(channels[i]) for i in train_idx}) if channels is not None else [],
     }
-    _write_json(out_dir / TRAINING_FILE, record)
+    write_json(out_dir / TRAINING_FILE, record)
 
 
 def _fit_baselines(out_dir: Path, config: PredictorConfig, blocks, y) -> None:
@@ -186,13 +190,13 @@ def _fit_baselines(out_dir: Path, config: PredictorConfig, blocks, y) -> None:
     for name in config.encoders:
         single = PredictorConfig(encoders=(name,), target=config.target, seed=config.seed)
         ViewPredictor(single).fit({name: blocks[name]}, y, calibrate=False).save(
-            out_dir / "baselines" / name
+            out_dir / MODEL_BASELINES / name
         )
 
 
 def _training_plots(model: ViewPredictor, out_dir: Path) -> list[Path]:
     history = getattr(model.head_, "history_", None)
-    return [plots.plot_training_curve(history, out_dir / "training_curve.png")] if history else []
+    return [plots.plot_training_curve(history, out_dir / PLOT_TRAINING_CURVE)] if history else []
 
 
 def _evaluation_plots(model, blocks, y, out_dir: Path) -> list[Path]:
@@ -202,9 +206,9 @@ def _evaluation_plots(model, blocks, y, out_dir: Path) -> list[Path]:
         [(1 - model.config.coverage) / 2, (1 + model.config.coverage) / 2]
     )
     return [
-        plots.plot_pred_vs_actual(y, pred, out_dir / "pred_vs_actual.png", relative=relative),
+        plots.plot_pred_vs_actual(y, pred, out_dir / PLOT_PRED_VS_ACTUAL, relative=relative),
         plots.plot_residual_hist(
-            y - pred, out_dir / "residuals.png", interval=(float(lo), float(hi))
+            y - pred, out_dir / PLOT_RESIDUALS, interval=(float(lo), float(hi))
         ),
     ]
 
@@ -220,12 +224,6 @@ class Evaluation:
     plots: tuple[Path, ...]
 
 
-def load_model(model_dir: Path) -> tuple[ViewPredictor, dict[str, Encoder]]:
-    """The predictor and freshly built encoders (see `LoadedPredictor.load`)."""
-    loaded = LoadedPredictor.load(model_dir)
-    return loaded.model, loaded.encoders
-
-
 def evaluate(
     model_dir: Path,
     dataset: ThumbnailDataset,
@@ -234,7 +232,8 @@ def evaluate(
     progress: bool = False,
 ) -> Evaluation:
     """Metrics of a saved model and its baselines on rows it never saw."""
-    model, encoders = load_model(model_dir)
+    loaded = LoadedPredictor.load(model_dir)
+    model, encoders = loaded.model, loaded.encoders
     seen = _training_ids(model_dir)
     keep = np.array([k not in seen for k in dataset.keys], dtype=bool)
     y, mask = make_target(dataset.views, model.config.target, dataset.channels)
@@ -251,7 +250,7 @@ def evaluate(
 def _score(model: ViewPredictor, model_dir: Path, blocks, y) -> EvalResult:
     baselines = {"global-median": compute_metrics(y, np.full(len(y), model.y_median_))}
     for name in model.config.encoders:
-        base_dir = model_dir / "baselines" / name
+        base_dir = model_dir / MODEL_BASELINES / name
         if base_dir.exists():
             base = ViewPredictor.load(base_dir)
             baselines[f"{name}-only"] = compute_metrics(y, base.predict({name: blocks[name]}))
@@ -310,19 +309,3 @@ def predict_images(
     loaded = LoadedPredictor.load(model_dir)  # a bad model folder is reported before images
     opened = [load_image(p) for p in images]
     return loaded.predict_images(opened, [str(p) for p in images], titles)
-
-
-def predict_loaded(
-    model: ViewPredictor,
-    encoders: dict[str, Encoder],
-    images: Sequence[Image.Image],
-    names: Sequence[str],
-    titles: Sequence[str] = ("",),
-) -> list[Prediction]:
-    """Like `predict_images` for images already decoded (the web app, comparisons)."""
-    return LoadedPredictor(model, encoders, Path()).predict_images(images, names, titles)
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False))

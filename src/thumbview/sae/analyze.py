@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import torch
 
 from thumbview.data.dataset import LoadReport, ThumbnailDataset
 from thumbview.fileio import json_safe
+from thumbview.inference.sae import encode_sparse, load_sae_encoder  # noqa: F401 (re-exported)
 from thumbview.progress import progress_bar
 from thumbview.sae import report
 from thumbview.sae.stats import (
@@ -150,47 +150,6 @@ def clip_settings(cfg: dict[str, Any]) -> tuple[str, int, str]:
     if tokens != "cls":
         raise StudyError(f"the study uses one vector per thumbnail (CLS); SAE has {tokens!r}")
     return str(model), int(layer), str(tokens)
-
-
-def load_sae_encoder(sae_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]:
-    """(SparseAutoencoder, ClipEncoder) for an SAE folder, checked to fit each other."""
-    from thumbview.embed.clip import ClipEncoder
-    from thumbview.sae.train import load_sae
-
-    model, layer, tokens = clip_settings(read_sae_cfg(sae_dir))
-    sae = load_sae(sae_dir).to(device).eval()
-    encoder = ClipEncoder(model, layer=layer, tokens=tokens, device=device)
-    if encoder.dim != sae.cfg.d_in:
-        raise StudyError(
-            f"the SAE expects {sae.cfg.d_in}-dim inputs but CLIP {model!r} layer {layer} "
-            f"gives {encoder.dim}; the SAE was trained on other activations"
-        )
-    return sae, encoder
-
-
-def encode_sparse(
-    sae: Any,
-    activations: np.ndarray,
-    batch_size: int = 256,
-    advance: Callable[[int], None] | None = None,
-) -> sp.csr_matrix:
-    """SAE latents of activations (N, d_in) as float32 CSR (N, d_sae), positives only.
-
-    Each batch is densified on its own only: (batch_size, d_sae) at a time.
-    """
-    device = next(sae.parameters()).device
-    blocks = []
-    with torch.inference_mode():
-        for s in range(0, len(activations), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(activations[s : s + batch_size]))
-            z = sae.encode(x.float().to(device)).float().cpu().numpy()  # (B, d_sae) f32
-            np.maximum(z, 0, out=z)  # ReLU/TopK codes are >= 0 already; stay safe
-            blocks.append(sp.csr_matrix(z))  # stores the > 0 entries only
-            if advance:
-                advance(len(x))
-    if not blocks:
-        return sp.csr_matrix((0, sae.cfg.d_sae), dtype=np.float32)
-    return sp.vstack(blocks, format="csr")
 
 
 def latents_for_dataset(

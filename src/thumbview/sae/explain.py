@@ -23,8 +23,6 @@ from thumbview.sae.analyze import (
     EXAMPLES_JSON,
     FEATURES_CSV,
     SUMMARY_JSON,
-    encode_sparse,
-    load_sae_encoder,
     read_json_object,
 )
 from thumbview.sae.stats import StudyError
@@ -152,7 +150,7 @@ def explain_image(
     """
     index = study if isinstance(study, StudyIndex) else load_study(study)
     img = image if isinstance(image, Image.Image) else load_image(image)
-    sae, encoder = load_sae_encoder(sae_dir, device)
-    acts = encoder.encode([img.convert("RGB")])  # (1, d_in)
-    z = encode_sparse(sae, acts).toarray()[0]  # (d_sae,)
+    from thumbview.inference import SaeEncoder
+
+    z = SaeEncoder.load(sae_dir, device).latents([img])[0]  # (d_sae,)
     return explain_latents(z, index, top)

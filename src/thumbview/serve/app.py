@@ -24,7 +24,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from thumbview import __version__
-from thumbview.predict.workflow import load_model, predict_loaded
+from thumbview.inference import LoadedPredictor, SaeEncoder
+from thumbview.layout import find_study_dir
 from thumbview.serve.jobs import FrameJobs, JobError
 from thumbview.serve.uploads import (
     DecodedImage,
@@ -43,7 +44,6 @@ from thumbview.serve.uploads import (
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-STUDY_FILES = ("all_features.csv", "features.csv")
 EXAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
 
 
@@ -52,24 +52,23 @@ class Engine:
 
     def __init__(self, model_dir: Path, sae_dir: Path | None, study_dir: Path | None):
         self.model_dir = Path(model_dir)
-        self.model, self.encoders = load_model(self.model_dir)
-        self.sae = self.sae_encoder = self.study = self.sae_dir = None
+        self.predictor = LoadedPredictor.load(self.model_dir)
+        self.model, self.encoders = self.predictor.model, self.predictor.encoders
+        self.sae: SaeEncoder | None = None
+        self.study = None
         self.lock = threading.Lock()
-        study_dir = study_dir or _find_study(sae_dir)
+        study_dir = study_dir or find_study_dir(sae_dir)
         if sae_dir is not None and study_dir is not None:
-            from thumbview.sae.analyze import load_sae_encoder
             from thumbview.sae.explain import load_study
 
-            self.sae, self.sae_encoder = load_sae_encoder(sae_dir)
-            self.study, self.sae_dir = load_study(study_dir), Path(sae_dir)
+            self.sae = SaeEncoder.load(sae_dir)
+            self.study = load_study(study_dir)
         elif sae_dir is not None or study_dir is not None:
             log.warning("explanations need both an SAE and its study; /explain is disabled")
 
     def predict(self, images: list[DecodedImage], titles: list[str]) -> list[dict[str, Any]]:
         with self.lock:
-            found = predict_loaded(
-                self.model,
-                self.encoders,
+            found = self.predictor.predict_images(
                 [d.image for d in images],
                 [d.name for d in images],
                 titles or [""],
@@ -81,15 +80,12 @@ class Engine:
 
         with self.lock:
             result = compare(
-                self.model,
-                self.encoders,
+                self.predictor,
                 [d.image for d in images],
                 [d.name for d in images],
                 titles or [""],
                 study=self.study,
-                sae_dir=self.sae_dir,
-                coverage=self.model.config.coverage,
-                sae_models=(self.sae, self.sae_encoder) if self.study is not None else None,
+                sae=self.sae if self.study is not None else None,
             )
         # `images` in upload order lets the page match candidates to its previews.
         return {"images": [d.name for d in images], **result.to_json_dict()}
@@ -104,12 +100,10 @@ class Engine:
 
     def explain(self, image: DecodedImage, top: int) -> list[dict[str, Any]]:
         self.require_study()
-        from thumbview.sae.analyze import encode_sparse
         from thumbview.sae.explain import explain_latents
 
         with self.lock:
-            acts = self.sae_encoder.encode([image.image])  # (1, d_in)
-            z = encode_sparse(self.sae, acts).toarray()[0]  # (d_sae,)
+            z = self.sae.latents([image.image])[0]  # (d_sae,)
         return [_feature_json(f) for f in explain_latents(z, self.study, top)]
 
     def example(self, latent: int, k: int) -> Path:
@@ -132,16 +126,6 @@ class Engine:
             "coverage": cfg.coverage,
             "explain": self.study is not None,
         }
-
-
-def _find_study(sae_dir: Path | None) -> Path | None:
-    """A study saved inside the SAE folder (or its `study/`), when none is named."""
-    if sae_dir is None:
-        return None
-    for folder in (Path(sae_dir), Path(sae_dir) / "study"):
-        if any((folder / name).is_file() for name in STUDY_FILES):
-            return folder
-    return None
 
 
 def _feature_json(f) -> dict[str, Any]:
@@ -268,8 +252,7 @@ def _frame_ranker(engine: Engine) -> Callable[..., Any]:
     def rank(video: Path, out_dir: Path, progress: Callable[[float], None], **options: Any):
         from thumbview.frames.rank import rank_frames
 
-        loaded = (engine.model, engine.encoders)
-        return rank_frames(video, loaded, out_dir=out_dir, progress=progress, **options)
+        return rank_frames(video, engine.predictor, out_dir=out_dir, progress=progress, **options)
 
     return rank
 
