@@ -15,7 +15,7 @@ import logging
 import time
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +28,10 @@ from thumbview.data.dataset import LoadReport, ThumbnailDataset
 from thumbview.fileio import json_safe
 from thumbview.progress import progress_bar
 from thumbview.sae import report
-from thumbview.sae.stats import (
-    StudyConfig,
-    StudyError,
-    StudyResult,
-    adjust_views_fit,
-    channel_config,
-    check_latents,
-    run_study,
-    top_activations,
-    upload_age_years,
-)
+from thumbview.sae.arrays import StudyError
+from thumbview.sae.covariates import ResidualFit, adjust_views_fit, upload_age_years
+from thumbview.sae.selection import check_latents, top_activations
+from thumbview.sae.study import StudyConfig, StudyResult, channel_config, run_study
 
 logger = logging.getLogger(__name__)
 
@@ -321,8 +314,10 @@ def grouping_views(dataset: ThumbnailDataset, control: Sequence[str]) -> np.ndar
     return _grouping(dataset, control)[0]
 
 
-def _grouping(dataset: ThumbnailDataset, control: Sequence[str]) -> tuple[np.ndarray, float | None]:
-    """(views to group, channel shrinkage lambda or None)."""
+def _grouping(
+    dataset: ThumbnailDataset, control: Sequence[str]
+) -> tuple[np.ndarray, ResidualFit | None]:
+    """(views to group, the covariate fit or None without controls)."""
     if not control:
         return dataset.views, None
     table = dataset.table
@@ -334,31 +329,18 @@ def _grouping(dataset: ThumbnailDataset, control: Sequence[str]) -> tuple[np.nda
     if "channel" in control:
         _require_column(table, "channel_id", "channel")
         channels = dataset.channels
-        _warn_single_video_channels(channels)
-    views, fit = adjust_views_fit(dataset.views, age, channels)
-    return views, fit.channel_lambda
+    return adjust_views_fit(dataset.views, age, channels)
 
 
-def single_video_share(channels: np.ndarray) -> float:
-    """Share of videos that are their channel's only video in the dataset."""
-    _, inverse, counts = np.unique(channels.astype(str), return_inverse=True, return_counts=True)
-    return float((counts[inverse] == 1).mean()) if len(channels) else 0.0
-
-
-def _warn_single_video_channels(channels: np.ndarray) -> None:
-    """Say how many videos are alone in their channel; no longer a warning in itself.
-
-    Channel control partially pools channels (`stats.fit_residuals`): a lone video keeps
-    most of its own signal instead of being zeroed, so a high share is fine. The one real
-    failure, channel variance not estimable (no channel with >= 2 videos), is warned about
-    by `stats.channel_variance_components`, which also sees the degrees of freedom.
-    """
-    share = single_video_share(channels)
-    logger.info(
-        "%.0f%% of videos are their channel's only video; --control channel shrinks their "
-        "channel effect towards 0 (partial pooling) rather than zeroing them",
-        100 * share,
-    )
+def _control_summary(fit: ResidualFit | None) -> dict[str, Any]:
+    """What the covariate control did and, for channels, what it can identify here."""
+    if fit is None or fit.identifiability is None:
+        return {"channel_shrinkage_lambda": None, "channel_identifiability": None}
+    ident = fit.identifiability
+    return {
+        "channel_shrinkage_lambda": fit.channel_lambda,
+        "channel_identifiability": {**asdict(ident), "message": ident.message},
+    }
 
 
 def _require_column(table: pd.DataFrame, column: str, control: str) -> None:
@@ -411,7 +393,7 @@ def run_analysis(
     out.mkdir(parents=True, exist_ok=True)
     study = config.resolved_study()
     ds, x = _study_rows(dataset, check_latents(align_latents(latents, dataset)), config, study)
-    views, channel_lambda = _grouping(ds, config.control)
+    views, fit = _grouping(ds, config.control)
     t1 = time.perf_counter()
     result = run_study(x, views, study)
     t2 = time.perf_counter()
@@ -419,7 +401,7 @@ def run_analysis(
     paths = _write_outputs(ds, x, result, config, out, reference, progress)
     timings = {"prepare_s": t1 - t0, "study_s": t2 - t1, "write_s": time.perf_counter() - t2}
     summary = _summary(dataset, ds, result, config, views, timings, sae_dir)
-    summary["channel_shrinkage_lambda"] = json_safe(channel_lambda)
+    summary.update(json_safe(_control_summary(fit)))
     paths["summary_json"].write_text(json.dumps(summary, indent=2, allow_nan=False))
     paths["report_html"] = report.write_report(out / REPORT_HTML, summary, paths["cards"])
     logger.info("study written to %s", out)
@@ -580,9 +562,6 @@ def _summary(
             "controls": list(config.control),
             "views": "adjusted for " + " and ".join(config.control) if config.control else "raw",
             "raw_dataset_median": float(np.median(ds.views)),
-            "single_video_channel_share": (
-                single_video_share(ds.channels) if ds.channels is not None else None
-            ),
             "grouping_views_median": float(np.median(views)),
             "grid_size": config.grid_size,
             "reference": str(config.reference) if config.reference else None,

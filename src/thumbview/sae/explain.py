@@ -27,7 +27,7 @@ from thumbview.sae.analyze import (
     load_sae_encoder,
     read_json_object,
 )
-from thumbview.sae.stats import StudyError
+from thumbview.sae.arrays import StudyError
 
 logger = logging.getLogger(__name__)
 
