@@ -13,6 +13,7 @@ from rich.table import Table
 from thumbview.cli._shared import console, print_json, user_errors
 from thumbview.cli.data import CacheOpt, DataArg
 from thumbview.data.dataset import load_dataset
+from thumbview.sae.config import StudyConfig, channel_config, option_help
 
 app = typer.Typer(help="Sparse autoencoder on CLIP activations, and which features go with views.")
 
@@ -25,6 +26,13 @@ class Arch(StrEnum):
 class Tokens(StrEnum):
     cls = "cls"
     all = "all"
+
+
+
+
+def _study(name: str) -> str:
+    """Help of a `sae analyze` option, from StudyConfig (main and per-channel defaults)."""
+    return option_help(StudyConfig, name, **{"--channel": channel_config()})
 
 
 SaeDirOpt = Annotated[Path | None, typer.Option("--sae", help="SAE folder from `sae train`.")]
@@ -106,37 +114,22 @@ def analyze_command(
     reference: Annotated[
         Path | None, typer.Option("--reference", help="Image folder shown under each grid.")
     ] = None,
-    top_k: Annotated[
-        int | None, typer.Option("--top-k", help="Top activations per latent (400).")
-    ] = None,
-    threshold: Annotated[
-        float | None, typer.Option("--threshold", help="Active above (0.05).")
-    ] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help=_study("top_k"))] = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", help=_study("threshold"))] = None,
     min_active: Annotated[
-        int | None,
-        typer.Option("--min-active", help="Qualify if more than this many are active (399)."),
+        int | None, typer.Option("--min-active", help=_study("min_active"))
     ] = None,
-    n_extreme: Annotated[
-        int | None, typer.Option("--n-extreme", help="Top/bottom features reported (100).")
+    n_extreme: Annotated[int | None, typer.Option("--n-extreme", help=_study("n_extreme"))] = None,
+    n_shuffles: Annotated[
+        int | None, typer.Option("--n-shuffles", "--n-null", help=_study("n_shuffles"))
     ] = None,
-    n_null: Annotated[
-        int | None, typer.Option("--n-null", help="Held-out null medians (1,000,000).")
-    ] = None,
-    n_boot: Annotated[
-        int | None, typer.Option("--n-boot", help="Bootstrap resamples (1000).")
-    ] = None,
-    n_random: Annotated[
-        int | None,
-        typer.Option("--n-random", help="Random groups for the KS test (one per feature)."),
-    ] = None,
+    n_boot: Annotated[int | None, typer.Option("--n-boot", help=_study("n_boot"))] = None,
+    n_random: Annotated[int | None, typer.Option("--n-random", help=_study("n_random"))] = None,
     heldout_group: Annotated[
-        int | None,
-        typer.Option("--heldout-group", help="Features per side in the held-out test (100)."),
+        int | None, typer.Option("--heldout-group", help=_study("heldout_group"))
     ] = None,
-    n_perm: Annotated[
-        int | None, typer.Option("--n-perm", help="Null size for per-feature p-values.")
-    ] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    n_perm: Annotated[int | None, typer.Option("--n-perm", help=_study("n_perm"))] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help=_study("seed"))] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False,
     cache_dir: CacheOpt = None,
 ) -> None:
@@ -159,7 +152,7 @@ def analyze_command(
         threshold=threshold,
         min_active=min_active,
         n_extreme=n_extreme,
-        n_null_heldout=n_null,
+        n_shuffles=n_shuffles,
         n_boot=n_boot,
         n_random=n_random,
         heldout_group=heldout_group,
@@ -187,20 +180,29 @@ def analyze_command(
 def _print_study(outputs) -> None:
     r = outputs.result
     console.print(
-        f"KS statistic {r.ks_statistic:.4f} (p={r.ks_pvalue:.3g}); held-out top features: "
-        f"P(null >= HHM) = {r.p_hhm:.3g}; bottom: P(null <= LHM) = {r.p_lhm:.3g}"
+        f"KS statistic {r.ks_statistic:.4f} (view-shuffle p={r.ks_pvalue:.3g}); held-out top "
+        f"features: P(null >= HHM) = {r.p_hhm:.3g}; bottom: P(null <= LHM) = {r.p_lhm:.3g}"
     )
-    table = Table("", "rank", "latent", "group views", "x dataset", "q", title="strongest features")
-    for _, row in outputs.result.table().groupby("top_or_bottom").head(5).iterrows():
+    table = Table(
+        "", "rank", "latent", "group views", "x dataset (other half)", "CI", "q",
+        title="strongest features",
+    )  # fmt: skip
+    denom = r.dataset_statistic
+    for _, row in r.table().groupby("top_or_bottom").head(5).iterrows():
+        ci = f"{row['ci_low'] / denom:.2f}-{row['ci_high'] / denom:.2f}" if denom > 0 else "-"
         table.add_row(
             row["top_or_bottom"],
             str(row["rank"]),
             str(row["latent_feature_index"]),
-            f"{row.iloc[3]:,.0f}",
-            f"{row['ratio']:.2f}",
+            f"{row[r.stat_column]:,.0f}",
+            f"{row['estimate_ratio']:.2f}",
+            ci,
             f"{row['q']:.2g}",
         )
     console.print(table)
+    ident = json.loads(outputs.summary_json.read_text()).get("channel_identifiability")
+    if ident and ident.get("weak"):
+        console.print(f"[yellow]warning:[/] {ident['message']}")
     console.print(f"report: [bold]{outputs.report_html}[/]")
 
 

@@ -15,21 +15,15 @@ One code path serves the main study (median of 399 videos) and the per-channel m
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from thumbview.fileio import json_safe
-from thumbview.sae.arrays import (
-    Alternative,
-    Statistic,
-    StudyError,
-    reduce_rows,
-    require,
-    row_statistics,
-)
+from thumbview.sae.arrays import StudyError, reduce_rows, row_statistics
+from thumbview.sae.config import StudyConfig, channel_config
 from thumbview.sae.nulltests import (
     HeldoutResult,
     KsResult,
@@ -53,82 +47,6 @@ from thumbview.sae.selection import (
 logger = logging.getLogger(__name__)
 
 __all__ = ["StudyConfig", "StudyError", "StudyResult", "channel_config", "run_study"]
-
-
-def _doc(text: str) -> Any:
-    """A dataclass field's help text, read by the CLI (`metadata["help"]`)."""
-    return {"help": text}
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    """Every knob of the study; the defaults are the paper's main analysis.
-
-    Each field's `metadata["help"]` is the one description of it (the CLI shows it).
-    """
-
-    top_k: int = field(default=400, metadata=_doc("Top activations per latent."))
-    threshold: float = field(default=0.05, metadata=_doc("An activation counts as active above this."))
-    min_active: int = field(
-        default=399,
-        metadata=_doc("A latent qualifies when MORE than this many of its top-k are active."),
-    )
-    hold_out: int = field(default=1, metadata=_doc("Top videos held out of each group."))
-    statistic: Statistic = field(default="median", metadata=_doc("Group statistic: median or mean."))
-    n_extreme: int = field(default=100, metadata=_doc("Features per side in the magnitude table."))
-    heldout_group: int = field(
-        default=100, metadata=_doc("Features per side whose held-out videos form the held-out test.")
-    )
-    n_random: int | None = field(
-        default=None, metadata=_doc("Random groups for the KS test (default: one per feature).")
-    )
-    n_perm: int = field(
-        default=100_000, metadata=_doc("Random groups in the null of the per-feature p-values.")
-    )
-    n_shuffles: int = field(
-        default=999, metadata=_doc("View shuffles for the KS and held-out tests (p >= 1/(n+1)).")
-    )
-    alternative: Alternative = field(
-        default="two-sided", metadata=_doc("Per-feature test: two-sided, greater or less.")
-    )
-    n_boot: int = field(default=1000, metadata=_doc("Bootstrap resamples per table row (0: no CIs)."))
-    ci: float = field(default=0.95, metadata=_doc("Confidence level of the table's intervals."))
-    seed: int = field(default=0, metadata=_doc("Seed of every random draw of the study."))
-
-    def __post_init__(self) -> None:
-        require(self.statistic in ("median", "mean"), "statistic must be 'median' or 'mean'")
-        require(self.alternative in ("two-sided", "greater", "less"), "bad alternative")
-        require(self.hold_out >= 1, "hold_out must be >= 1 (the held-out test needs it)")
-        require(self.top_k > self.hold_out, "top_k must exceed hold_out (empty group)")
-        require(
-            0 <= self.min_active < self.top_k,
-            f"min_active must be in [0, top_k): a latent qualifies with MORE than min_active "
-            f"of its top {self.top_k} active, so min_active={self.min_active} admits none",
-        )
-        require(self.threshold >= 0, "threshold must be >= 0 (SAE latents are non-negative)")
-        require(0 < self.ci < 1, "ci must be in (0, 1)")
-        for name in ("n_extreme", "heldout_group", "n_perm", "n_shuffles"):
-            require(getattr(self, name) >= 1, f"{name} must be >= 1")
-        require(self.n_boot >= 0, "n_boot must be >= 0 (0 disables bootstrap CIs)")
-        require(self.n_random is None or self.n_random >= 1, "n_random must be >= 1 or None")
-
-    @property
-    def group_size(self) -> int:
-        """Videos per feature group (the paper's 399): ranks hold_out+1..top_k."""
-        return self.top_k - self.hold_out
-
-
-def channel_config(**overrides: Any) -> StudyConfig:
-    """Defaults of the per-channel mode (channels of ~330-390 videos).
-
-    Latents active on at least 11 videos (`min_active=10`: qualification is "more than"),
-    top-1 held out, group = the next 10 videos summarised by their MEAN (a median of 10 is
-    too coarse), top/bottom 10 features, held-out test on the 10 top-1 videos per side.
-    """
-    base = StudyConfig(
-        top_k=11, min_active=10, statistic="mean", n_extreme=10, heldout_group=10, n_perm=20_000
-    )
-    return replace(base, **overrides)
 
 
 # ----------------------------------------------------------------------------- the study
