@@ -14,8 +14,8 @@ from PIL import Image
 
 from thumbview.data.dataset import load_dataset, write_metadata
 from thumbview.sae import analyze as A
-from thumbview.sae.explain import explain_image, explain_latents, load_study
 from thumbview.sae.arrays import StudyError
+from thumbview.sae.explain import explain_image, explain_latents, load_study
 from thumbview.sae.study import StudyConfig
 
 SMALL = StudyConfig(
@@ -294,9 +294,18 @@ def test_latents_for_dataset_match_a_plain_forward_pass(data, sae_dir, tmp_path)
 
 
 def test_sae_without_clip_settings_is_a_clear_error(tmp_path):
-    (tmp_path / "cfg.json").write_text(json.dumps({"d_in": 32, "d_sae": 64}))
+    from thumbview.sae.model import SparseAutoencoder, sae_config
+    from thumbview.sae.train import save_sae
+
+    save_sae(SparseAutoencoder(sae_config(d_in=8, expansion_factor=2, k=2)), tmp_path / "sae")
     with pytest.raises(StudyError, match="clip_layer"):
+        A.load_sae_encoder(tmp_path)  # the `sae train --out` folder is accepted too
+    with pytest.raises(StudyError, match=r"sae_weights.safetensors is missing"):
+        (tmp_path / "sae" / "sae_weights.safetensors").unlink()
         A.load_sae_encoder(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StudyError, match=r"holds no SAE: neither .*cfg.json nor .*sae/cfg.json"):
+        A.load_sae_encoder(tmp_path / "empty")
 
 
 def test_reference_grids_and_explain(data, sae_dir, tmp_path):

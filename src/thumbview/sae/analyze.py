@@ -29,7 +29,9 @@ from thumbview.fileio import json_safe
 from thumbview.progress import progress_bar
 from thumbview.sae import report
 from thumbview.sae.arrays import StudyError
+from thumbview.sae.config import ActivationSource
 from thumbview.sae.covariates import ResidualFit, adjust_views_fit, upload_age_years
+from thumbview.sae.layout import CFG_FILE, SaeFolderError, resolve_sae_dir
 from thumbview.sae.selection import check_latents, top_activations
 from thumbview.sae.study import StudyConfig, StudyResult, channel_config, run_study
 
@@ -126,37 +128,60 @@ def read_json_object(path: Path) -> dict[str, Any]:
 
 
 def read_sae_cfg(sae_dir: str | Path) -> dict[str, Any]:
-    """The SAE's cfg.json as a dict."""
-    return read_json_object(Path(sae_dir) / "cfg.json")
+    """The SAE's cfg.json as a dict (`sae_dir`: the SAE folder or the `sae train --out` one)."""
+    return read_json_object(_resolved(sae_dir) / CFG_FILE)
 
 
-def clip_settings(cfg: dict[str, Any]) -> tuple[str, int, str]:
-    """(CLIP model id or path, hidden_states layer, tokens) the SAE was trained on."""
+def _resolved(sae_dir: str | Path) -> Path:
+    try:
+        return resolve_sae_dir(sae_dir)
+    except SaeFolderError as e:
+        raise StudyError(str(e)) from e
+
+
+def activation_source(cfg: dict[str, Any]) -> ActivationSource:
+    """The activations an SAE was trained on, from its cfg.json (thumbview's or SAELens' keys)."""
+    features = cfg.get("features", "clip")
+    if features != "clip":
+        return ActivationSource(features=str(features))
     model = next((cfg[k] for k in CLIP_MODEL_KEYS if cfg.get(k)), None)
     layer = next((cfg[k] for k in CLIP_LAYER_KEYS if cfg.get(k) is not None), None)
     tokens = next((cfg[k] for k in CLIP_TOKENS_KEYS if cfg.get(k)), "cls")
     if model is None or layer is None:
         raise StudyError(
             "the SAE's cfg.json does not say which activations it was trained on: it needs "
-            f"'clip_model' and 'clip_layer' (found keys: {sorted(cfg)})"
+            f"'features', or 'clip_model' and 'clip_layer' (found keys: {sorted(cfg)})"
         )
     if tokens != "cls":
         raise StudyError(f"the study uses one vector per thumbnail (CLS); SAE has {tokens!r}")
-    return str(model), int(layer), str(tokens)
+    return ActivationSource("clip", str(model), int(layer), str(tokens))
 
 
-def load_sae_encoder(sae_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]:
-    """(SparseAutoencoder, ClipEncoder) for an SAE folder, checked to fit each other."""
-    from thumbview.embed.clip import ClipEncoder
+def load_sae_encoder(
+    sae_dir: str | Path, device: str = "cpu", images_only: bool = True
+) -> tuple[Any, Any]:
+    """(SparseAutoencoder, its activation encoder) for an SAE folder, checked to fit.
+
+    `images_only`: the caller feeds images (explain, compare, serve), so the SAE must read
+    CLIP activations; `sae analyze` passes False to accept any cached encoder's features.
+    """
+    from thumbview.sae.pipeline import activation_encoder
     from thumbview.sae.train import load_sae
 
-    model, layer, tokens = clip_settings(read_sae_cfg(sae_dir))
-    sae = load_sae(sae_dir).to(device).eval()
-    encoder = ClipEncoder(model, layer=layer, tokens=tokens, device=device)
+    folder = _resolved(sae_dir)
+    source = activation_source(read_sae_cfg(folder))
+    if images_only and source.features != "clip":
+        raise StudyError(
+            f"this SAE was trained on {source.features!r} features, not CLIP activations of "
+            f"images; use it with `sae analyze` (explaining an image needs a CLIP SAE)"
+        )
+    sae = load_sae(folder).to(device).eval()
+    encoder = activation_encoder(source, device)
     if encoder.dim != sae.cfg.d_in:
         raise StudyError(
-            f"the SAE expects {sae.cfg.d_in}-dim inputs but CLIP {model!r} layer {layer} "
-            f"gives {encoder.dim}; the SAE was trained on other activations"
+            f"the SAE expects {sae.cfg.d_in}-dim inputs but {source.features} "
+            f"{source.clip_model if source.features == 'clip' else ''} gives {encoder.dim}; "
+            f"the SAE was trained on other activations"
         )
     return sae, encoder
 
@@ -194,11 +219,11 @@ def latents_for_dataset(
     device: str = "cpu",
     batch_size: int = 256,
 ) -> sp.csr_matrix:
-    """CSR (len(dataset), d_sae): cached CLIP activations of each thumbnail, through the SAE."""
+    """CSR (len(dataset), d_sae): each video's cached activations, through the SAE."""
     from thumbview.embed.cache import embed
 
-    sae, encoder = load_sae_encoder(sae_dir, device)
-    with progress_bar(len(dataset), "CLIP activations", progress) as advance:
+    sae, encoder = load_sae_encoder(sae_dir, device, images_only=False)
+    with progress_bar(len(dataset), "activations", progress) as advance:
         acts, stats = embed(
             dataset, encoder, Path(cache_dir) if cache_dir else None, progress=advance
         )

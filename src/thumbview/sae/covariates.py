@@ -57,6 +57,7 @@ def study_channel_codes(channels: Any, n: int) -> np.ndarray:
         codes[missing] = codes.max(initial=-1) + 1 + np.arange(int(missing.sum()))
     return codes
 
+
 ChannelMode = Literal["pooled", "fixed"]
 
 

@@ -31,6 +31,7 @@ from scipy import stats as sps
 from thumbview.sae import arrays
 from thumbview.sae.arrays import Alternative, Statistic, reduce_rows, require, row_statistics
 
+
 def _draw_rows(rng: np.random.Generator, n_rows: int, size: tuple[int, ...]) -> np.ndarray:
     """Uniform row indices with replacement from uniform doubles.
 
@@ -182,7 +183,9 @@ def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sample Kolmogorov-Smirnov distance: the largest gap between the two ECDFs."""
     a, b = np.sort(a), np.sort(b)
     at = np.concatenate([a, b])
-    gap = np.searchsorted(a, at, side="right") / len(a) - np.searchsorted(b, at, side="right") / len(b)
+    gap = np.searchsorted(a, at, side="right") / len(a) - np.searchsorted(
+        b, at, side="right"
+    ) / len(b)
     return float(np.abs(gap).max())
 
 
@@ -233,7 +236,9 @@ def shuffle_tests(
     v = np.asarray(views, dtype=np.float64)
     require(n_shuffles >= 1, "n_shuffles must be >= 1")
     obs = _shuffle_statistics(v, sg, statistic)
-    null = np.array([_shuffle_statistics(v[rng.permutation(len(v))], sg, statistic) for _ in range(n_shuffles)])  # (B, 3)
+    null = np.array(
+        [_shuffle_statistics(v[rng.permutation(len(v))], sg, statistic) for _ in range(n_shuffles)]
+    )  # (B, 3)
     ks = KsResult(obs[0], _upper_p(null[:, 0], obs[0]), n_shuffles)
     held = HeldoutResult(
         hhm=obs[1],

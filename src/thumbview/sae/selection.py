@@ -159,8 +159,6 @@ def _sparse_topk_block(
         idx[j, n_pos[j] :] = cand[~np.isin(cand, positive)][: top_k - n_pos[j]]
 
 
-
-
 def qualifying(x: Any, threshold: float, top_k: int, min_active: int) -> np.ndarray:
     """Indices of latents with more than `min_active` of their top `top_k` above threshold.
 

@@ -106,7 +106,9 @@ class StudyResult:
         `estimate_views`, its ratio and the CI come from the other half, so they are not
         inflated by the choice. The paper's full-group statistic is kept for comparison.
         """
-        return _table(self.features, self.config.n_extreme, self.stat_column, self.dataset_statistic)
+        return _table(
+            self.features, self.config.n_extreme, self.stat_column, self.dataset_statistic
+        )
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (NaN becomes None)."""
@@ -156,12 +158,16 @@ def run_study(latents: Any, views: Any, config: StudyConfig | None = None) -> St
     x = check_latents(latents)
     v = check_views(views, n_rows=x.shape[0], min_videos=cfg.top_k)
     cols, idx, group_stat, held = _ranked_groups(x, v, cfg)
-    rng_null, rng_random, rng_shuffle, rng_split, rng_boot = np.random.default_rng(cfg.seed).spawn(5)
+    rng_null, rng_random, rng_shuffle, rng_split, rng_boot = np.random.default_rng(cfg.seed).spawn(
+        5
+    )
     null = random_group_stats(v, cfg.group_size, cfg.n_perm, rng_null, cfg.statistic)
     dataset_stat = float(reduce_rows(v.copy(), cfg.statistic))
     p = permutation_pvalues(group_stat, null, cfg.alternative)
     features = _feature_frame(cols, idx, group_stat, held, p, dataset_stat, cfg)
-    sg = _study_groups(idx, cols, cfg, draw_groups(rng_random, len(v), cfg.n_random or len(cols), cfg.group_size))
+    sg = _study_groups(
+        idx, cols, cfg, draw_groups(rng_random, len(v), cfg.n_random or len(cols), cfg.group_size)
+    )
     ks, heldout = shuffle_tests(v, sg, cfg.n_shuffles, rng_shuffle, cfg.statistic)
     _add_split(features, v, idx[:, cfg.hold_out :], cfg, rng_split.random(len(v)) < 0.5, rng_boot)
     return StudyResult(
@@ -177,7 +183,9 @@ def run_study(latents: Any, views: Any, config: StudyConfig | None = None) -> St
     )
 
 
-def _study_groups(idx: np.ndarray, cols: np.ndarray, cfg: StudyConfig, random: np.ndarray) -> StudyGroups:
+def _study_groups(
+    idx: np.ndarray, cols: np.ndarray, cfg: StudyConfig, random: np.ndarray
+) -> StudyGroups:
     """What view shuffles keep fixed; the held-out test uses the top-1 of each feature."""
     h = min(cfg.heldout_group, len(idx) // 2)
     if h < cfg.heldout_group:
@@ -196,7 +204,11 @@ def _add_split(
     """Selection/estimation-half statistics for every feature, CIs for the table's rows."""
     sel, _ = masked_row_statistics(views, groups, in_selection, cfg.statistic)
     est, n_est = masked_row_statistics(views, groups, ~in_selection, cfg.statistic)
-    features["selection_views"], features["estimate_views"], features["n_estimate"] = sel, est, n_est
+    features["selection_views"], features["estimate_views"], features["n_estimate"] = (
+        sel,
+        est,
+        n_est,
+    )
     features["ci_low"], features["ci_high"] = np.nan, np.nan
     if cfg.n_boot == 0:
         return
