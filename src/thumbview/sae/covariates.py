@@ -30,9 +30,11 @@ from thumbview.sae.selection import check_views
 logger = logging.getLogger(__name__)
 
 ChannelMode = Literal["pooled", "fixed"]
-# The control is flagged weak when, on average over videos, less than this share of a
-# channel's effect is removed, or fewer than this share of videos share their channel.
-WEAK_CONTROL_SHARE = 0.5
+# The control is flagged weak when fewer than this share of videos share their channel with
+# another video (a lone video's channel effect cannot be told from its own) ...
+WEAK_MULTI_SHARE = 0.8
+# ... or when, in multi-video channels, less than this share of a channel effect is removed.
+WEAK_REMOVED_SHARE = 0.5
 
 
 def study_channel_codes(channels: Any, n: int) -> np.ndarray:
@@ -297,12 +299,15 @@ def _demean(x: np.ndarray, codes: np.ndarray) -> np.ndarray:
 class ChannelIdentifiability:
     """How well the data can separate a channel's effect from its videos' own.
 
-    share_multi_video: share of videos whose channel has >= 2 videos in the data;
-    effective_n: within-channel degrees of freedom (videos minus channels), the number of
-    observations that inform the channel effects; removed_share: mean over videos of
-    n_c / (n_c + lambda), the share of its channel's effect the control removes from a video
-    (1 = fixed effects; 0 = nothing); weak: removed_share or share_multi_video is below
-    `WEAK_CONTROL_SHARE`, i.e. a latent that only marks channels may survive the control.
+    share_multi_video: share of videos whose channel has >= 2 videos in the data. For a
+    lone video the channel effect and the video's own effect are one number: shrinkage
+    scales both by the same factor, which keeps the lone videos' order, so a latent that
+    marks high-view channels among them keeps its high group views after the control.
+    effective_n: within-channel degrees of freedom (videos minus channels), the
+    observations that inform the channel effects. removed_share: mean over videos in
+    multi-video channels of n_c / (n_c + lambda), the share of its channel's effect the
+    control removes there (1 = fixed effects). weak: share_multi_video below
+    `WEAK_MULTI_SHARE` or removed_share below `WEAK_REMOVED_SHARE`.
     """
 
     n_videos: int
@@ -318,15 +323,16 @@ class ChannelIdentifiability:
         """One sentence for people: what the channel control can and cannot do here."""
         what = (
             f"{self.share_multi_video:.0%} of videos share their channel with another video "
-            f"(effective sample size {self.effective_n:,}); the channel control removes on "
-            f"average {self.removed_share:.0%} of a channel's effect"
+            f"(effective sample size {self.effective_n:,}); in those channels the control "
+            f"removes on average {self.removed_share:.0%} of a channel's effect"
         )
         if not self.weak:
             return what + "."
         return (
-            what + ": it is WEAK here, so features that merely mark high- or low-view "
-            "channels can survive it; a null result after --control channel does not rule "
-            "out a channel confound."
+            what + ". It is WEAK here: a lone video's channel effect cannot be told apart "
+            "from its own, so features that merely mark high- or low-view channels can "
+            "survive it; a null result after --control channel does not rule out a channel "
+            "confound, and a positive one may still be one."
         )
 
 
@@ -334,9 +340,10 @@ def channel_identifiability(codes: np.ndarray, lam: float) -> ChannelIdentifiabi
     """`ChannelIdentifiability` of channel codes (N,) under shrinkage `lam` (inf = none)."""
     counts = np.bincount(codes).astype(np.float64)  # (C,)
     per_video = counts[codes]  # (N,)
+    multi = per_video >= 2
     removed = np.zeros_like(per_video) if math.isinf(lam) else per_video / (per_video + lam)
-    share_multi = float((per_video >= 2).mean()) if len(codes) else 0.0
-    removed_share = float(removed.mean()) if len(codes) else 0.0
+    share_multi = float(multi.mean()) if len(codes) else 0.0
+    removed_share = float(removed[multi].mean()) if multi.any() else 0.0
     return ChannelIdentifiability(
         n_videos=len(codes),
         n_channels=len(counts),
@@ -344,5 +351,5 @@ def channel_identifiability(codes: np.ndarray, lam: float) -> ChannelIdentifiabi
         share_multi_video=share_multi,
         effective_n=int(len(codes) - len(counts)),
         removed_share=removed_share,
-        weak=min(share_multi, removed_share) < WEAK_CONTROL_SHARE,
+        weak=share_multi < WEAK_MULTI_SHARE or removed_share < WEAK_REMOVED_SHARE,
     )
