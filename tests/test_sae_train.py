@@ -315,3 +315,30 @@ def test_load_errors_are_clear(tmp_path):
     (tmp_path / "cfg.json").unlink()
     with pytest.raises(SaeFileError, match="holds no SAE: neither .*cfg.json nor .*sae/cfg.json"):
         load_sae(tmp_path)
+
+
+def test_sharded_activations_train_like_an_array_and_resume(tmp_path):
+    """Activations on disk in shards, read batch by batch, give the in-memory run's weights."""
+    from thumbview.sae.shards import ShardedActivations, write_shards
+
+    x = planted(n=2000)
+    shards = write_shards((x[s : s + 300] for s in range(0, 2000, 300)), tmp_path / "acts", 512)
+    assert len(list((tmp_path / "acts").glob("activations-*.npy"))) == 4  # 512 x 3 + 464
+    assert isinstance(shards, ShardedActivations) and shards.shape == (2000, 32)
+    rows = np.array([1999, 3, 511, 512, 1024, 3])
+    np.testing.assert_array_equal(shards[rows], x[rows])
+    reference = _resume_setup()
+    reference.fit(x, tmp_path / "array")
+    with pytest.raises(_Crash):
+        _resume_setup(_CrashingTrainer).fit(ShardedActivations(tmp_path / "acts"), tmp_path / "s")
+    resumed = _resume_setup()
+    resumed.fit(ShardedActivations(tmp_path / "acts"), tmp_path / "s")
+    for name, p in reference.sae.named_parameters():
+        torch.testing.assert_close(dict(resumed.sae.named_parameters())[name], p, msg=name)
+    held = json.loads((tmp_path / "s" / "metrics.json").read_text())["heldout_eval"]
+    assert held == json.loads((tmp_path / "array" / "metrics.json").read_text())["heldout_eval"]
+    (tmp_path / "bad").mkdir()
+    np.save(tmp_path / "bad" / "activations-00000.npy", np.zeros((3, 4), np.float32))
+    np.save(tmp_path / "bad" / "activations-00001.npy", np.zeros((3, 5), np.float32))
+    with pytest.raises(SaeError, match="different widths"):
+        ShardedActivations(tmp_path / "bad")

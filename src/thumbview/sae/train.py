@@ -57,6 +57,7 @@ from thumbview.sae.layout import (
     resolve_sae_dir,
 )
 from thumbview.sae.model import SaeInputError, SparseAutoencoder
+from thumbview.sae.shards import ShardedActivations
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class EvalMetrics:
 
 
 # -- data --------------------------------------------------------------------------------
-Matrix = np.ndarray | torch.Tensor
+Matrix = np.ndarray | torch.Tensor | ShardedActivations  # (N, d_in); shards stream from disk
 
 
 def _as_matrix(activations: Matrix, d_in: int) -> Matrix:
@@ -108,10 +109,10 @@ def _as_matrix(activations: Matrix, d_in: int) -> Matrix:
 
 def _take(data: Matrix, rows: slice | np.ndarray) -> torch.Tensor:
     """Rows of `data` as a float32 tensor; numpy rows are copied so read-only input is fine."""
-    if isinstance(data, np.ndarray):
-        return torch.from_numpy(np.array(data[rows], dtype=np.float32))
-    index = torch.from_numpy(rows) if isinstance(rows, np.ndarray) else rows
-    return data[index].float()
+    if isinstance(data, torch.Tensor):
+        index = torch.from_numpy(rows) if isinstance(rows, np.ndarray) else rows
+        return data[index].float()
+    return torch.from_numpy(np.array(data[rows], dtype=np.float32))
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -393,14 +394,15 @@ class SaeTrainer:
         out_dir: str | Path,
         extra_cfg: dict[str, Any] | None = None,
     ) -> SparseAutoencoder:
-        """Train on an (N, d_in) array (shuffled per epoch) or an iterable of batches (one pass).
+        """Train on an (N, d_in) array or `ShardedActivations` (shuffled per epoch, read batch
+        by batch) or on an iterable of batches (one pass).
 
         Resumes from ``out_dir/checkpoint`` when present. Writes ``out_dir/sae`` (see
         `save_sae`), ``metrics.json`` and ``feature_density.png``. An iterable must yield the
         same batches in the same order on a resume; the ones already trained on are skipped.
         """
         out_dir = Path(out_dir)
-        is_array = isinstance(activations, np.ndarray | torch.Tensor)
+        is_array = isinstance(activations, np.ndarray | torch.Tensor | ShardedActivations)
         data = _as_matrix(activations, self.sae.cfg.d_in) if is_array else None
         train_rows = held_rows = None
         if data is not None:
