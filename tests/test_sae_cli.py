@@ -80,3 +80,9 @@ def test_out_folder_works_everywhere_and_missing_files_are_named(
     res = run("sae", "analyze", synth_dir, "--sae", tmp_path, "--out", tmp_path / "s")
     said = res.output.replace("\n", "")
     assert res.exit_code == 2 and "holds no SAE" in said and "--out" in said
+
+
+def test_missing_clip_is_reported_before_the_images_are_checked(synth_dir, tmp_path):
+    res = run("sae", "train", synth_dir, "--out", tmp_path / "o", "--clip-model", tmp_path / "no")
+    said = res.output.replace("\n", " ")
+    assert res.exit_code == 2 and "does not exist" in said and "Checking images" not in said

@@ -119,11 +119,15 @@ def train_command(
     source = ActivationSource(features.value, clip_model, layer, tokens.value)
     options = {"arch": arch.value, "expansion_factor": expansion, "dead_after": dead_after}
     options.update({"k": k} if arch.value == "topk" else {"l1_coefficient": l1})
-    from thumbview.sae.pipeline import train_sae
-
-    ds = load_dataset(data, progress=True)
     train_cfg = TrainConfig(batch_size=batch_size, lr=lr, epochs=epochs, seed=seed, progress=True)
-    result = train_sae(ds, source, out, options, train_cfg, reference, cache_dir, progress=True)
+    from thumbview.sae.pipeline import activation_encoder, train_sae
+
+    encoder = activation_encoder(source)
+    _ = encoder.dim  # reads the model: a missing one fails before the images are checked
+    ds = load_dataset(data, progress=True)
+    result = train_sae(
+        ds, source, out, options, train_cfg, reference, cache_dir, progress=True, encoder=encoder
+    )
     m = result.metrics
     where = "held-out" if result.heldout else "training"
     console.print(

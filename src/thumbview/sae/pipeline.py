@@ -81,12 +81,17 @@ def train_sae(
     reference: Path | None = None,
     cache_dir: Path | None = None,
     progress: bool = False,
+    encoder: Any = None,
 ) -> SaeTrainResult:
-    """Activations -> sparse autoencoder, checkpointed in `out_dir` (re-running resumes)."""
+    """Activations -> sparse autoencoder, checkpointed in `out_dir` (re-running resumes).
+
+    `encoder`: `activation_encoder(source)` when the caller built it already (the CLI does,
+    before checking the dataset, so a missing CLIP is reported first).
+    """
     if reference is not None and source.features != "clip":
         raise SaeError("--reference adds images, so it needs --features clip")
     out_dir = Path(out_dir)
-    encoder = activation_encoder(source)
+    encoder = encoder or activation_encoder(source)
     train_cfg = train_cfg or TrainConfig()
     datasets = [dataset] + ([image_folder_dataset(reference)] if reference else [])
     parts = [
