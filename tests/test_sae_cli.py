@@ -84,5 +84,5 @@ def test_out_folder_works_everywhere_and_missing_files_are_named(
 
 def test_missing_clip_is_reported_before_the_images_are_checked(synth_dir, tmp_path):
     res = run("sae", "train", synth_dir, "--out", tmp_path / "o", "--clip-model", tmp_path / "no")
-    said = res.output.replace("\n", " ")
+    said = " ".join(res.output.split())
     assert res.exit_code == 2 and "does not exist" in said and "Checking images" not in said

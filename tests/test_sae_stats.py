@@ -162,7 +162,7 @@ def test_group_statistics_structure_of_defaults():
     assert (cfg.threshold, cfg.statistic, cfg.n_shuffles, cfg.heldout_group) == (
         0.05,
         "median",
-        999,
+        199,
         100,
     )
     rng = np.random.default_rng(5)

@@ -49,7 +49,7 @@ class StudyConfig:
         default=100_000, metadata=_doc("Random groups in the null of the per-feature p-values.")
     )
     n_shuffles: int = field(
-        default=999, metadata=_doc("View shuffles for the KS and held-out tests (p >= 1/(n+1)).")
+        default=199, metadata=_doc("View shuffles for the KS and held-out tests (p >= 1/(n+1)).")
     )
     alternative: Alternative = field(
         default="two-sided", metadata=_doc("Per-feature test: two-sided, greater or less.")
