@@ -1,6 +1,6 @@
 """The SAE feature study on a dataset folder: latents in, features.csv + plots + report out.
 
-`sae.stats` is the study as pure statistics on arrays; this module is its IO layer. It
+`sae.study` is the study as pure statistics on arrays; this module is its IO layer. It
 turns a dataset into SAE latents (CLIP residual stream through the cached `embed`, then the
 SAE in batches, kept sparse so 500k videos x 65k latents fit in memory), or reads latents a
 user computed elsewhere (`--latents FILE`), optionally removes upload-age and channel effects
