@@ -1,4 +1,4 @@
-"""Benchmark of the SAE feature study statistics (thumbview.sae.stats); prints a markdown table.
+"""Benchmark of the SAE feature study statistics (thumbview.sae.study); prints a markdown table.
 
 Run by hand (not part of the tests):
 
@@ -20,7 +20,8 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from thumbview.sae.stats import StudyConfig, random_group_stats, run_study
+from thumbview.sae.nulltests import random_group_stats
+from thumbview.sae.study import StudyConfig, run_study
 
 
 def peak_rss_gib() -> float:
@@ -88,7 +89,7 @@ def bench_study(rows: int, latents: int, k: int, seed: int) -> list[tuple[str, s
         ("study: peak RSS of the process", f"{peak_rss_gib():.2f} GiB"),
         ("study: qualifying latents", f"{s['n_qualifying']:,} of {latents:,}"),
         (
-            "study: KS statistic / p (noise codes)",
+            "study: KS statistic / view-shuffle p (noise codes)",
             f"{s['ks_statistic']:.4f} / {s['ks_pvalue']:.3g}",
         ),
         ("study: features with q < 0.05 (noise codes)", str(s["n_q_below_0.05"])),

@@ -14,15 +14,16 @@ from PIL import Image
 
 from thumbview.data.dataset import load_dataset, write_metadata
 from thumbview.sae import analyze as A
+from thumbview.sae.arrays import StudyError
 from thumbview.sae.explain import explain_image, explain_latents, load_study
-from thumbview.sae.stats import StudyConfig, StudyError
+from thumbview.sae.study import StudyConfig
 
 SMALL = StudyConfig(
-    top_k=6, min_active=5, n_null_heldout=2000, heldout_group=3, n_extreme=3, n_boot=50, n_perm=2000
+    top_k=6, min_active=5, n_shuffles=99, heldout_group=3, n_extreme=3, n_boot=50, n_perm=2000
 )
 FAST_CHANNEL = {
     "n_perm": 2000,
-    "n_null_heldout": 2000,
+    "n_shuffles": 99,
     "n_boot": 50,
     "n_extreme": 3,
     "heldout_group": 3,
@@ -111,7 +112,7 @@ def test_run_analysis_writes_every_artifact(data, latents, tmp_path):
     table = pd.read_csv(out.features_csv)
     assert list(table.columns) == [
         "top_or_bottom", "rank", "latent_feature_index", "group_median_views",
-        "ratio", "n", "p", "q", "ci_low", "ci_high",
+        "ratio", "n", "p", "q", "estimate_views", "estimate_ratio", "ci_low", "ci_high",
     ]  # fmt: skip
     assert len(table) == 6 and (table["n"] == 5).all()
     top1 = table.iloc[0]
@@ -192,8 +193,27 @@ def test_control_age_removes_the_age_effect(data, latents, tmp_path):
     assert summary["controls"] == ["age", "channel"]
     assert summary["raw_dataset_median"] == pytest.approx(np.median(data["ds"].views))
     assert summary["channel_shrinkage_lambda"] > 0  # partial pooling, not fixed effects
+    ident = summary["channel_identifiability"]
+    assert ident["share_multi_video"] == 1.0 and ident["effective_n"] == N - 4
+    assert not ident["weak"] and "WEAK" not in ident["message"]
     raw_summary = json.loads((tmp_path / "raw" / "out" / "summary.json").read_text())
     assert raw_summary["channel_shrinkage_lambda"] is None
+    assert raw_summary["channel_identifiability"] is None
+
+
+def test_weak_channel_control_is_reported(data, latents, tmp_path):
+    """Singleton-heavy channels: summary.json and report.html say the control is weak."""
+    ds = data["ds"]
+    mostly_alone = ["A"] * 10 + ["B"] * 10 + [f"solo{i}" for i in range(N - 20)]
+    alone = type(ds)(ds.root, ds.table.assign(channel_id=mostly_alone), ds.report)
+    out = A.run_analysis(
+        alone, latents, A.AnalyzeConfig(study=SMALL, control=("channel",)), tmp_path / "o"
+    )
+    ident = json.loads(out.summary_json.read_text())["channel_identifiability"]
+    assert ident["weak"] and ident["share_multi_video"] == pytest.approx(20 / N)
+    assert ident["n_multi_video_channels"] == 2 and ident["effective_n"] == 18
+    doc = out.report_html.read_text(encoding="utf-8")
+    assert "Channel control is weak" in doc and "does not rule out a channel confound" in doc
 
 
 def test_channel_control_warns_only_when_channel_variance_is_not_estimable(data, caplog):
@@ -274,9 +294,18 @@ def test_latents_for_dataset_match_a_plain_forward_pass(data, sae_dir, tmp_path)
 
 
 def test_sae_without_clip_settings_is_a_clear_error(tmp_path):
-    (tmp_path / "cfg.json").write_text(json.dumps({"d_in": 32, "d_sae": 64}))
+    from thumbview.sae.model import SparseAutoencoder, sae_config
+    from thumbview.sae.train import save_sae
+
+    save_sae(SparseAutoencoder(sae_config(d_in=8, expansion_factor=2, k=2)), tmp_path / "sae")
     with pytest.raises(StudyError, match="clip_layer"):
+        A.load_sae_encoder(tmp_path)  # the `sae train --out` folder is accepted too
+    with pytest.raises(StudyError, match=r"sae_weights.safetensors is missing"):
+        (tmp_path / "sae" / "sae_weights.safetensors").unlink()
         A.load_sae_encoder(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StudyError, match=r"holds no SAE: neither .*cfg.json nor .*sae/cfg.json"):
+        A.load_sae_encoder(tmp_path / "empty")
 
 
 def test_reference_grids_and_explain(data, sae_dir, tmp_path):

@@ -7,17 +7,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from thumbview.sae.model import (
-    SaeConfig,
-    SaeError,
-    SaeInputError,
-    SparseAutoencoder,
-    geometric_median,
+from thumbview.sae.config import (
+    ReluL1Config,
+    TopKConfig,
+    sae_config,
+    sae_config_from_dict,
 )
+from thumbview.sae.model import SaeError, SaeInputError, SparseAutoencoder, geometric_median
+from thumbview.sae.relu_l1 import ReluL1Sae
+from thumbview.sae.topk import TopKSae
 
 
 def _sae(arch: str = "topk", **kw) -> SparseAutoencoder:
-    return SparseAutoencoder(SaeConfig(d_in=16, expansion_factor=8, arch=arch, k=5, **kw), seed=0)
+    own = {"k": 5} if arch == "topk" else {}
+    return SparseAutoencoder(sae_config(arch, d_in=16, expansion_factor=8, **own, **kw), seed=0)
 
 
 def _x(n: int = 64, d: int = 16, seed: int = 0) -> torch.Tensor:
@@ -177,12 +180,46 @@ def test_decode_checks_latent_width():
 )
 def test_bad_config_raises(kw, message):
     with pytest.raises(SaeError, match=message):
-        SaeConfig(**{"d_in": 16, "expansion_factor": 4, **kw})
+        sae_config(**{"d_in": 16, "expansion_factor": 4, **kw})
+
+
+def test_configs_do_not_mix_architectures():
+    with pytest.raises(SaeError, match=r"\['k'\] are not settings of the relu-l1 SAE"):
+        sae_config("relu-l1", d_in=16, k=4)
+    with pytest.raises(SaeError, match="l1_coefficient"):
+        sae_config("topk", d_in=16, l1_coefficient=1e-3)
+    assert not hasattr(TopKConfig(d_in=4), "l1_coefficient")
+    assert not hasattr(ReluL1Config(d_in=4), "k")
+
+
+def test_architecture_classes_are_built_from_the_config():
+    assert type(_sae("topk")) is TopKSae and type(_sae("relu-l1")) is ReluL1Sae
+    with pytest.raises(SaeError, match="needs a TopKConfig"):
+        TopKSae(ReluL1Config(d_in=4))
 
 
 def test_config_defaults_and_dict_round_trip():
-    cfg = SaeConfig(d_in=1024)
+    cfg = sae_config(d_in=1024)
     assert cfg.d_sae == 65_536 and cfg.resolved_aux_k == 512 and cfg.arch == "topk"
-    assert SaeConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(SaeError, match="unknown SaeConfig fields"):
-        SaeConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    assert sae_config_from_dict(cfg.to_dict()) == cfg
+    l1 = sae_config("relu-l1", d_in=8, l1_coefficient=1e-3)
+    assert sae_config_from_dict(l1.to_dict()) == l1
+    with pytest.raises(SaeError, match="unknown SAE config fields"):
+        sae_config_from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_pre_split_config_layout_still_loads():
+    """cfg.json written before the split listed both architectures' fields."""
+    old = {
+        "d_in": 8, "expansion_factor": 4, "arch": "relu-l1", "k": 32, "l1_coefficient": 1e-4,
+        "aux_k": None, "aux_coefficient": 1 / 32, "dead_after": 500, "normalize_decoder": True,
+        "ghost_grads": False,
+    }  # fmt: skip
+    cfg = sae_config_from_dict(old)
+    assert cfg == ReluL1Config(
+        d_in=8, expansion_factor=4, dead_after=500, l1_coefficient=1e-4, ghost_grads=False,
+        normalize_activations=False,  # those SAEs were trained on raw activations
+    )  # fmt: skip
+    assert sae_config_from_dict({**old, "arch": "topk", "k": 3}) == TopKConfig(
+        d_in=8, expansion_factor=4, dead_after=500, k=3
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from html.parser import HTMLParser
 
 import numpy as np
@@ -9,10 +10,10 @@ import pytest
 from PIL import Image
 
 from thumbview.sae import report as R
-from thumbview.sae.stats import StudyConfig, run_study
+from thumbview.sae.study import StudyConfig, run_study
 
 SMALL = StudyConfig(
-    top_k=6, min_active=5, n_null_heldout=500, heldout_group=3, n_extreme=3, n_boot=50, n_perm=500
+    top_k=6, min_active=5, n_shuffles=99, heldout_group=3, n_extreme=3, n_boot=50, n_perm=500
 )
 
 
@@ -96,3 +97,23 @@ def test_write_report_escapes_text_and_is_responsive(result, tmp_path):
     assert set(parser.srcs) == {"magnitude.png", "histogram.png"} | {c.grid for c in cards}
     assert f"#{cards[0].latent}" in text and f"{cards[0].ratio:.2f}×" in text
     assert cards[0].ci_low is not None and cards[0].ci_low <= cards[0].ratio <= cards[0].ci_high
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(0.93, 1.08), (0.4, 3.1), (0.999, 1.001), (0.02, 60.0)])
+def test_ratio_ticks_are_round_readable_and_include_1x(lo, hi):
+    ticks = R.ratio_ticks(lo, hi)
+    assert 3 <= len(ticks) <= 9 and 1.0 in ticks and ticks == sorted(ticks)
+    assert ticks[0] <= lo and ticks[-1] >= hi  # the whole range is labelled
+    assert all(len(f"{t:g}") <= 4 for t in ticks)  # "0.67", "1.25", "2": no "1.58k" noise
+
+
+def test_only_significant_features_are_coloured(result, tmp_path):
+    table = result.table()
+    rows = table.to_dict(orient="records")
+    cards = [R.FeatureCard.from_table_row(r, result, f"g{i}.png", ()) for i, r in enumerate(rows)]
+    cards = [replace(c, q=0.001 if i % 2 else 0.5) for i, c in enumerate(cards)]  # both kinds
+    doc = R.write_report(tmp_path / "r.html", result.summary() | {"n_rows": 200}, cards).read_text()
+    for card in cards:
+        row = doc.split(f'href="#{card.side}-{card.rank}">#{card.latent}</a>')[1].split("</tr>")[0]
+        expected = "ns" if card.q >= 0.05 else ("up" if card.ratio >= 1 else "down")
+        assert f'class="{expected}"' in row

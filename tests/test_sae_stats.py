@@ -1,4 +1,4 @@
-"""Tests of the SAE feature study statistics (thumbview.sae.stats) on synthetic arrays."""
+"""Tests of the SAE feature study statistics (thumbview.sae.study and its parts) on arrays."""
 
 from __future__ import annotations
 
@@ -10,10 +10,15 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from thumbview.sae import stats as S
-from thumbview.sae.stats import StudyConfig, StudyError
+from thumbview.sae import arrays
+from thumbview.sae import covariates as C
+from thumbview.sae import nulltests as N
+from thumbview.sae import selection as SEL
+from thumbview.sae import study as S
+from thumbview.sae.arrays import StudyError
+from thumbview.sae.study import StudyConfig
 
-FAST = {"n_perm": 20_000, "n_null_heldout": 20_000, "n_boot": 200}
+FAST = {"n_perm": 20_000, "n_shuffles": 199, "n_boot": 200}
 
 
 def sparse_codes(rng, n, n_lat, k, dtype=np.float32):
@@ -71,9 +76,10 @@ def test_heldout_test_detects_planted_top_videos():
     cfg = StudyConfig(top_k=101, min_active=100, heldout_group=8, n_extreme=8, **FAST)
     res = S.run_study(x.tocsr(), views, cfg)
     assert set(res.features["latent_feature_index"].head(8)) <= set(range(10))
-    assert res.heldout.n_features == 8 and res.heldout.group_size == 8
+    held = res.heldout
+    assert held.n_features == 8 and held.n_videos_high == held.n_videos_low == 8
     assert res.p_hhm < 0.01 and res.p_lhm < 0.01
-    assert res.hhm > res.heldout.null_center > res.lhm
+    assert held.hhm > held.null_high and held.lhm < held.null_low
 
 
 def noise_run(seed: int) -> tuple[bool, np.ndarray]:
@@ -85,7 +91,7 @@ def noise_run(seed: int) -> tuple[bool, np.ndarray]:
         top_k=51,
         min_active=50,
         n_perm=4000,
-        n_null_heldout=1000,
+        n_shuffles=19,
         heldout_group=5,
         n_extreme=5,
         n_boot=0,
@@ -107,8 +113,8 @@ def test_noise_latents_false_positive_rate():
 @pytest.mark.parametrize(("group_size", "statistic"), [(7, "median"), (10, "median"), (9, "mean")])
 def test_random_group_stats_equals_plain_loop(group_size, statistic, monkeypatch):
     views = np.random.default_rng(3).lognormal(5.0, 2.0, 1234)
-    monkeypatch.setattr(S, "_CHUNK_ELEMS", 50)  # many chunks, still the same draws
-    got = S.random_group_stats(views, group_size, 300, np.random.default_rng(7), statistic)
+    monkeypatch.setattr(arrays, "CHUNK_ELEMS", 50)  # many chunks, still the same draws
+    got = N.random_group_stats(views, group_size, 300, np.random.default_rng(7), statistic)
     rng = np.random.default_rng(7)
     ref = []
     for _ in range(300):
@@ -142,21 +148,21 @@ def test_top_activations_matches_argsort(top_k, monkeypatch):
     dense[:, 5] = 0.0  # an all-zero latent
     ref = np.argsort(-dense, axis=0, kind="stable")[:top_k].T  # ties: lower row first
     cols = np.array([5, 0, 29, 3])
-    monkeypatch.setattr(S, "_CHUNK_ELEMS", 64)  # exercise the column blocks
+    monkeypatch.setattr(arrays, "CHUNK_ELEMS", 64)  # exercise the column blocks
     for m in (dense, sp.csr_matrix(dense), sp.csc_matrix(dense)):
-        idx, val = S.top_activations(m, top_k)
+        idx, val = SEL.top_activations(m, top_k)
         np.testing.assert_array_equal(idx, ref)
         np.testing.assert_array_equal(val, np.take_along_axis(dense.T, ref, axis=1))
-        np.testing.assert_array_equal(S.top_activations(m, top_k, columns=cols)[0], ref[cols])
+        np.testing.assert_array_equal(SEL.top_activations(m, top_k, columns=cols)[0], ref[cols])
 
 
 def test_group_statistics_structure_of_defaults():
     cfg = StudyConfig()
     assert (cfg.top_k, cfg.hold_out, cfg.group_size, cfg.min_active) == (400, 1, 399, 399)
-    assert (cfg.threshold, cfg.statistic, cfg.n_null_heldout, cfg.heldout_group) == (
+    assert (cfg.threshold, cfg.statistic, cfg.n_shuffles, cfg.heldout_group) == (
         0.05,
         "median",
-        1_000_000,
+        199,
         100,
     )
     rng = np.random.default_rng(5)
@@ -166,7 +172,7 @@ def test_group_statistics_structure_of_defaults():
     x[:400, 1] = 0.5  # exactly 400 active (all tied): qualifies
     x[:399, 2] = 0.5  # 399 active: does not ("more than 399 of the top 400")
     views = rng.lognormal(8.0, 1.0, n)
-    res = S.run_study(x, views, StudyConfig(n_perm=1000, n_null_heldout=1000, n_boot=50))
+    res = S.run_study(x, views, StudyConfig(n_perm=1000, n_shuffles=19, n_boot=50))
     f = res.features.set_index("latent_feature_index")
     assert sorted(f.index) == [0, 1]
     order = np.argsort(-x[:, 0])
@@ -182,12 +188,12 @@ def test_permutation_pvalues_and_bh_match_references():
     rng = np.random.default_rng(6)
     null = rng.integers(0, 50, 500).astype(float)  # ties on purpose
     obs = np.array([-1.0, 0.0, 10.0, 25.0, 49.0, 60.0])
-    got = S.permutation_pvalues(obs, null, "two-sided")
+    got = N.permutation_pvalues(obs, null, "two-sided")
     for o, p in zip(obs, got, strict=True):
         ge = (sum(v >= o for v in null) + 1) / 501
         le = (sum(v <= o for v in null) + 1) / 501
         assert p == pytest.approx(min(1.0, 2 * min(ge, le)))
-    assert S.permutation_pvalues(obs, null, "greater")[-1] == pytest.approx(1 / 501)
+    assert N.permutation_pvalues(obs, null, "greater")[-1] == pytest.approx(1 / 501)
     p = np.r_[rng.random(40) ** 3, 0.01, 0.01, 1.0]
     m = len(p)
     ranked = sorted(range(m), key=lambda i: p[i])
@@ -196,15 +202,15 @@ def test_permutation_pvalues_and_bh_match_references():
     for r in range(m - 1, -1, -1):  # step-up from the largest p
         running = min(running, p[ranked[r]] * m / (r + 1))
         ref[ranked[r]] = running
-    np.testing.assert_allclose(S.bh_qvalues(p), ref, rtol=1e-12)
-    np.testing.assert_allclose(S._bh_numpy(p), ref, rtol=1e-12)
+    np.testing.assert_allclose(N.bh_qvalues(p), ref, rtol=1e-12)
+    np.testing.assert_allclose(N._bh_numpy(p), ref, rtol=1e-12)
 
 
 def test_bootstrap_ci_equals_loop_with_same_draws(monkeypatch):
     rng = np.random.default_rng(8)
     groups = rng.lognormal(5.0, 1.0, (7, 21))
-    monkeypatch.setattr(S, "_CHUNK_ELEMS", 2 * 50 * 21)  # two features per block
-    lo, hi = S.bootstrap_ci(groups, 50, 0.9, np.random.default_rng(9), "median")
+    monkeypatch.setattr(arrays, "CHUNK_ELEMS", 2 * 50 * 21)  # two features per block
+    lo, hi = N.bootstrap_ci(groups, 50, 0.9, np.random.default_rng(9), "median")
     draw = np.random.default_rng(9)
     for f in range(7):
         rows = np.minimum((draw.random((50, 21)) * 21).astype(int), 20)  # (B, g)
@@ -222,16 +228,16 @@ def test_residualize_equals_one_hot_ols():
     onehot = pd.get_dummies(channels).to_numpy(float)  # (n, 4)
     design = np.column_stack([onehot, age, age**2])
     ref = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
-    fixed = S.residualize(y, age, channels, channel_mode="fixed")
+    fixed = C.residualize(y, age, channels, channel_mode="fixed")
     np.testing.assert_allclose(fixed, ref, atol=1e-9)
     design = np.column_stack([np.ones(n), age, age**2])
     ref = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
-    np.testing.assert_allclose(S.residualize(y, age), ref, atol=1e-9)
+    np.testing.assert_allclose(C.residualize(y, age), ref, atol=1e-9)
     views = 10**y - 1
-    adjusted = S.adjust_views(views, age, channels)
+    adjusted = C.adjust_views(views, age, channels)
     assert (adjusted > 0).all()
     assert abs(np.corrcoef(np.log(adjusted), age)[0, 1]) < 1e-6
-    years = S.upload_age_years(["2020-01-01", "2022-01-01T00:00:00Z"])
+    years = C.upload_age_years(["2020-01-01", "2022-01-01T00:00:00Z"])
     np.testing.assert_allclose(years, [731 / 365.25, 0.0])
 
 
@@ -252,7 +258,7 @@ def many_small_channels():
 
 def test_pooled_channels_keep_single_video_signal(many_small_channels):
     d = many_small_channels
-    fit = S.fit_residuals(d["y"], d["age"], d["channels"])
+    fit = C.fit_residuals(d["y"], d["age"], d["channels"])
     single = slice(d["n_big"], None)
     r = fit.residuals[single]
     assert np.ptp(r) > 1 and np.corrcoef(r, d["signal"][single])[0, 1] > 0.8
@@ -261,9 +267,9 @@ def test_pooled_channels_keep_single_video_signal(many_small_channels):
     assert 2 < fit.channel_lambda < 8  # planted: 1 / (0.25 + a little from the big channels)
     np.testing.assert_allclose(fit.coef[1:], [0.3, -0.02], atol=0.06)
     assert abs(np.corrcoef(fit.residuals, d["age"])[0, 1]) < 1e-9  # GLS residuals _|_ age
-    fixed = S.residualize(d["y"], d["age"], d["channels"], channel_mode="fixed")
+    fixed = C.residualize(d["y"], d["age"], d["channels"], channel_mode="fixed")
     np.testing.assert_allclose(fixed[single], 0, atol=1e-9)  # why fixed effects fail here
-    adjusted = S.adjust_views(10 ** (d["y"] + 2), d["age"], d["channels"])
+    adjusted = C.adjust_views(10 ** (d["y"] + 2), d["age"], d["channels"])
     assert len(np.unique(np.round(adjusted[single], 6))) == 2000
 
 
@@ -278,7 +284,7 @@ def test_variance_components_recover_balanced_design():
         + rng.normal(0, s2_b**0.5, n_ch)[codes]
         + rng.normal(0, s2_w**0.5, len(codes))
     )
-    fit = S.fit_residuals(y, age, codes, quadratic=False)
+    fit = C.fit_residuals(y, age, codes, quadratic=False)
     comp = fit.shrinkage
     assert comp.n_channels == n_ch and comp.n_multi_video == n_ch and comp.estimable
     assert comp.sigma2_within == pytest.approx(s2_w, rel=0.07)
@@ -294,17 +300,17 @@ def test_variance_components_recover_balanced_design():
 def test_channel_effects_vanish_when_not_estimable(caplog):
     rng = np.random.default_rng(13)
     y, age = rng.normal(0, 1, 300), rng.uniform(0, 5, 300)
-    ols = S.residualize(y, age)
-    with caplog.at_level("WARNING", logger="thumbview.sae.stats"):
-        fit = S.fit_residuals(y, age, np.arange(300))  # every channel has one video
+    ols = C.residualize(y, age)
+    with caplog.at_level("WARNING", logger="thumbview.sae.covariates"):
+        fit = C.fit_residuals(y, age, np.arange(300))  # every channel has one video
     assert "cannot be estimated" in caplog.text and not fit.shrinkage.estimable
     assert fit.channel_lambda == np.inf
     np.testing.assert_allclose(fit.residuals, ols, atol=1e-9)
     no_fx = np.repeat(np.arange(100), 3)  # sigma2_between = 0 planted: clipped, lambda inf
-    comp = S.channel_variance_components(rng.normal(0, 1, 300), no_fx)
+    comp = C.channel_variance_components(rng.normal(0, 1, 300), no_fx)
     assert comp.estimable and comp.sigma2_between < 0.1
     with pytest.raises(StudyError, match="channel_mode"):
-        S.residualize(y, channels=no_fx, channel_mode="random")
+        C.residualize(y, channels=no_fx, channel_mode="random")
 
 
 def test_channel_mode_uses_mean_of_next_ten():
@@ -316,14 +322,8 @@ def test_channel_mode_uses_mean_of_next_ten():
     x = sparse_codes(rng, n, 40, 4)
     views = rng.lognormal(8.0, 1.0, n)
     channels = np.repeat(np.array(["A", "B", "C"], dtype=object), [350, 380, 320])
-    results = S.run_by_channel(
-        x,
-        views,
-        channels,
-        ["A", "B"],
-        S.channel_config(n_perm=2000, n_null_heldout=2000, n_boot=50),
-    )
-    res = results["B"]
+    rows = np.flatnonzero(channels == "B")
+    res = S.run_study(x[rows], views[rows], S.channel_config(n_perm=2000, n_shuffles=99, n_boot=50))
     assert res.n_videos == 380 and res.stat_column == "group_mean_views"
     row = res.features.iloc[0]
     xb, vb = x[350:730].toarray(), views[350:730]
@@ -336,7 +336,7 @@ def test_bad_inputs_raise_study_error():
     rng = np.random.default_rng(12)
     x = sparse_codes(rng, 500, 20, 4)
     views = rng.lognormal(8.0, 1.0, 500)
-    cfg = StudyConfig(top_k=21, min_active=20, n_perm=100, n_null_heldout=100, n_boot=0)
+    cfg = StudyConfig(top_k=21, min_active=20, n_perm=100, n_shuffles=9, n_boot=0)
     with pytest.raises(StudyError, match="rows but views"):
         S.run_study(x, views[:-1], cfg)
     with pytest.raises(StudyError, match="NaN"):
@@ -353,8 +353,22 @@ def test_bad_inputs_raise_study_error():
         StudyConfig(top_k=11, min_active=11)
     with pytest.raises(StudyError, match="statistic"):
         StudyConfig(statistic="mode")
-    channels = np.array(["big"] * 480 + ["tiny"] * 20, dtype=object)
-    with pytest.raises(StudyError, match="channel 'tiny' .* at least 21"):
-        S.run_by_channel(x, views, channels, ["tiny"], cfg)
-    with pytest.raises(StudyError, match="no channel id"):
-        S.residualize(np.log(views), channels=np.array([None] + ["a"] * 499, dtype=object))
+    with pytest.raises(StudyError, match="at least 21"):
+        S.run_study(x[:20], views[:20], cfg)
+
+
+def test_missing_channel_ids_are_channels_of_their_own(caplog):
+    """One rule shared with predict.target: None/NaN/"" are missing; here each is a singleton."""
+    rng = np.random.default_rng(13)
+    y = rng.normal(0, 1, 300)
+    named = np.repeat(np.arange(100).astype(str), 3).astype(object)
+    missing = named.copy()
+    missing[[0, 7, 50]] = [None, np.nan, ""]
+    unique = named.copy()
+    unique[[0, 7, 50]] = ["lone-a", "lone-b", "lone-c"]
+    with caplog.at_level("WARNING", logger="thumbview.sae.covariates"):
+        got = C.residualize(y, channels=missing)
+    assert "3 videos have no channel id" in caplog.text
+    np.testing.assert_allclose(got, C.residualize(y, channels=unique), atol=1e-12)
+    with pytest.raises(StudyError, match="channels has 299"):
+        C.residualize(y, channels=named[:-1])

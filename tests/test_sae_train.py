@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from thumbview.sae.model import SaeConfig, SaeError, SaeInputError, SparseAutoencoder
+from thumbview.sae.config import sae_config
+from thumbview.sae.model import SaeError, SaeInputError, SparseAutoencoder
 from thumbview.sae.train import (
     SaeFileError,
     SaeTrainer,
@@ -51,7 +52,7 @@ def planted(
 
 def test_topk_recovers_planted_dictionary(tmp_path):
     x = planted()
-    sae = SparseAutoencoder(SaeConfig(d_in=32, expansion_factor=4, k=4), seed=0)
+    sae = SparseAutoencoder(sae_config(d_in=32, expansion_factor=4, k=4), seed=0)
     trainer = SaeTrainer(sae, TrainConfig(epochs=2, **FAST))
     before = trainer.evaluate(x)
     trainer.fit(x, tmp_path)
@@ -61,8 +62,11 @@ def test_topk_recovers_planted_dictionary(tmp_path):
     assert after.explained_variance == pytest.approx(1 - after.fvu)
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(128))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["steps"] == trainer.steps_done == 2 * (20_000 // 256)
-    assert metrics["train_eval"]["explained_variance"] == pytest.approx(after.explained_variance)
+    assert metrics["steps"] == trainer.steps_done == 2 * (19_000 // 256)  # 5% held out
+    held = metrics["heldout_eval"]
+    assert held["n"] == 1000 and held["explained_variance"] > 0.75
+    assert trainer.heldout_metrics.explained_variance == held["explained_variance"]
+    assert metrics["train_eval"]["n"] == 19_000
     assert (tmp_path / "feature_density.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "checkpoint" / "state.safetensors").exists()
     reloaded = load_sae(tmp_path / "sae")
@@ -71,7 +75,7 @@ def test_topk_recovers_planted_dictionary(tmp_path):
 
 def test_relu_l1_with_ghost_grads_trains(tmp_path):
     x = planted()
-    cfg = SaeConfig(d_in=32, expansion_factor=4, arch="relu-l1", dead_after=1024)
+    cfg = sae_config("relu-l1", d_in=32, expansion_factor=4, dead_after=1024)
     sae = SparseAutoencoder(cfg, seed=0)
     with torch.no_grad():
         sae.b_enc[96:] = -3.0  # a quarter start dead, so the ghost-grad term is exercised
@@ -90,6 +94,37 @@ def test_relu_l1_with_ghost_grads_trains(tmp_path):
     assert trainer.evaluate(x).explained_variance > 0.7
 
 
+@pytest.mark.parametrize("normalize", [True, False])
+def test_relu_l1_coefficient_does_not_depend_on_activation_scale(tmp_path, normalize):
+    """SAELens-style input normalisation: x and 100 x train the same SAE (in latent units)."""
+    x = planted(n=4000)
+    saes, l1_share = [], []
+    for scale in (1.0, 100.0):
+        cfg = sae_config(
+            "relu-l1", d_in=32, expansion_factor=2, l1_coefficient=0.05,
+            normalize_activations=normalize,
+        )  # fmt: skip
+        trainer = SaeTrainer(SparseAutoencoder(cfg, seed=0), TrainConfig(**FAST))
+        saes.append(trainer.fit(x * np.float32(scale), tmp_path / f"{normalize}-{scale}"))
+        last = trainer.last_metrics  # share of the loss that is the L1 penalty
+        l1_share.append(0.05 * last["l1_loss"] / last["loss"])
+    xt = torch.from_numpy(x[:500].copy())
+    small, big = saes[0].encode(xt), saes[1].encode(xt * 100)
+    if normalize:
+        assert l1_share[0] == pytest.approx(l1_share[1], rel=1e-2)
+        torch.testing.assert_close(big, small, rtol=1e-3, atol=1e-4)
+        recon = saes[1].decode(big)  # the saved SAE takes and returns raw activations
+        assert float((recon.detach() - xt * 100).pow(2).sum() / (xt * 100).pow(2).sum()) < 0.5
+        assert (
+            json.loads((tmp_path / "True-100.0" / "sae" / "cfg.json").read_text())[
+                "normalize_activations"
+            ]
+            == "none"
+        )  # folded into the weights
+    else:
+        assert l1_share[0] > 10 * l1_share[1]  # the same coefficient weighs 100x less
+
+
 def _kill_latents(sae: SparseAutoencoder, span: int, frac: float = 0.75) -> None:
     """Point most latents almost entirely outside the data's span: they lose every TopK race."""
     n = int(frac * sae.cfg.d_sae)
@@ -105,7 +140,7 @@ def test_aux_loss_revives_dead_latents(tmp_path):
     x = planted(span=16)
     dead = {}
     for aux in (0.0, 1 / 32):
-        cfg = SaeConfig(d_in=32, expansion_factor=4, k=4, dead_after=1024, aux_coefficient=aux)
+        cfg = sae_config(d_in=32, expansion_factor=4, k=4, dead_after=1024, aux_coefficient=aux)
         sae = SparseAutoencoder(cfg, seed=0)
         _kill_latents(sae, span=16)
         trainer = SaeTrainer(sae, TrainConfig(dead_window=2048, **FAST))
@@ -131,7 +166,7 @@ class _CrashingTrainer(SaeTrainer):
 
 
 def _resume_setup(trainer_cls=SaeTrainer, **train_kw):
-    cfg = SaeConfig(d_in=32, expansion_factor=4, k=4, dead_after=300)
+    cfg = sae_config(d_in=32, expansion_factor=4, k=4, dead_after=300)
     train = TrainConfig(
         batch_size=128, lr=4e-3, warmup_steps=5, epochs=2, checkpoint_every=7, dead_window=500
     )
@@ -150,7 +185,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     assert saved["steps_done"] == 7  # steps 8-10 were lost with the crash and are redone
     resumed = _resume_setup()
     resumed.fit(x, tmp_path / "resumed")
-    assert resumed.steps_done == reference.steps_done == 30
+    assert resumed.steps_done == reference.steps_done == 2 * (1900 // 128)  # 5% held out
     for name, p in reference.sae.named_parameters():
         torch.testing.assert_close(dict(resumed.sae.named_parameters())[name], p, msg=name)
     torch.testing.assert_close(resumed.since_fired, reference.since_fired)
@@ -178,7 +213,7 @@ def test_resume_refuses_changed_settings(tmp_path):
     with pytest.raises(SaeFileError, match="batch_size: 128 -> 64"):
         _resume_setup(batch_size=64).fit(x, tmp_path)
     other = SaeTrainer(
-        SparseAutoencoder(SaeConfig(d_in=32, expansion_factor=2, k=4)), TrainConfig()
+        SparseAutoencoder(sae_config(d_in=32, expansion_factor=2, k=4)), TrainConfig()
     )
     with pytest.raises(SaeFileError, match="SAE config"):
         other.fit(x, tmp_path)
@@ -213,7 +248,10 @@ def test_fit_rejects_wrong_width_batches_from_an_iterator(tmp_path):
 
 @pytest.mark.parametrize("arch", ["topk", "relu-l1"])
 def test_save_load_round_trip_is_exact_and_sae_lens_shaped(tmp_path, arch):
-    sae = SparseAutoencoder(SaeConfig(d_in=16, expansion_factor=4, arch=arch, k=3), seed=3)
+    sae = SparseAutoencoder(
+        sae_config(arch, d_in=16, expansion_factor=4, **({"k": 3} if arch == "topk" else {})),
+        seed=3,
+    )
     with torch.no_grad():
         sae.b_enc.uniform_(-1, 1)
         sae.b_dec.uniform_(-1, 1)
@@ -239,24 +277,24 @@ def test_save_load_round_trip_is_exact_and_sae_lens_shaped(tmp_path, arch):
 
 
 def test_load_reads_a_plain_sae_lens_config(tmp_path):
-    sae = SparseAutoencoder(SaeConfig(d_in=8, expansion_factor=2, k=2), seed=0)
+    sae = SparseAutoencoder(sae_config(d_in=8, expansion_factor=2, k=2), seed=0)
     save_sae(sae, tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     del cfg["thumbview"]
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    assert load_sae(tmp_path).cfg == SaeConfig(d_in=8, expansion_factor=2, k=2)
+    assert load_sae(tmp_path).cfg == sae_config(d_in=8, expansion_factor=2, k=2)
 
 
 def test_extra_cfg_cannot_override_core_fields(tmp_path):
     with pytest.raises(SaeError, match="d_in"):
         save_sae(
-            SparseAutoencoder(SaeConfig(d_in=8, expansion_factor=2, k=2)), tmp_path, {"d_in": 9}
+            SparseAutoencoder(sae_config(d_in=8, expansion_factor=2, k=2)), tmp_path, {"d_in": 9}
         )
 
 
 def test_load_errors_are_clear(tmp_path):
-    sae = SparseAutoencoder(SaeConfig(d_in=8, expansion_factor=2, k=2), seed=0)
-    with pytest.raises(SaeFileError, match="no such SAE folder"):
+    sae = SparseAutoencoder(sae_config(d_in=8, expansion_factor=2, k=2), seed=0)
+    with pytest.raises(SaeFileError, match="SAE folder not found"):
         load_sae(tmp_path / "nope")
     save_sae(sae, tmp_path)
     weights = tmp_path / "sae_weights.safetensors"
@@ -275,5 +313,32 @@ def test_load_errors_are_clear(tmp_path):
     with pytest.raises(SaeFileError, match="corrupt JSON"):
         load_sae(tmp_path)
     (tmp_path / "cfg.json").unlink()
-    with pytest.raises(SaeFileError, match="cfg.json: file not found"):
+    with pytest.raises(SaeFileError, match="holds no SAE: neither .*cfg.json nor .*sae/cfg.json"):
         load_sae(tmp_path)
+
+
+def test_sharded_activations_train_like_an_array_and_resume(tmp_path):
+    """Activations on disk in shards, read batch by batch, give the in-memory run's weights."""
+    from thumbview.sae.shards import ShardedActivations, write_shards
+
+    x = planted(n=2000)
+    shards = write_shards((x[s : s + 300] for s in range(0, 2000, 300)), tmp_path / "acts", 512)
+    assert len(list((tmp_path / "acts").glob("activations-*.npy"))) == 4  # 512 x 3 + 464
+    assert isinstance(shards, ShardedActivations) and shards.shape == (2000, 32)
+    rows = np.array([1999, 3, 511, 512, 1024, 3])
+    np.testing.assert_array_equal(shards[rows], x[rows])
+    reference = _resume_setup()
+    reference.fit(x, tmp_path / "array")
+    with pytest.raises(_Crash):
+        _resume_setup(_CrashingTrainer).fit(ShardedActivations(tmp_path / "acts"), tmp_path / "s")
+    resumed = _resume_setup()
+    resumed.fit(ShardedActivations(tmp_path / "acts"), tmp_path / "s")
+    for name, p in reference.sae.named_parameters():
+        torch.testing.assert_close(dict(resumed.sae.named_parameters())[name], p, msg=name)
+    held = json.loads((tmp_path / "s" / "metrics.json").read_text())["heldout_eval"]
+    assert held == json.loads((tmp_path / "array" / "metrics.json").read_text())["heldout_eval"]
+    (tmp_path / "bad").mkdir()
+    np.save(tmp_path / "bad" / "activations-00000.npy", np.zeros((3, 4), np.float32))
+    np.save(tmp_path / "bad" / "activations-00001.npy", np.zeros((3, 5), np.float32))
+    with pytest.raises(SaeError, match="different widths"):
+        ShardedActivations(tmp_path / "bad")

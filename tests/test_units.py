@@ -77,16 +77,21 @@ def test_shorten_cuts_at_a_word_with_an_ellipsis(text, width, want):
 
 
 def test_default_study_folder_is_decided_once(tmp_path):
+    from thumbview.sae.layout import default_study_dir, resolve_sae_dir
+
     sae = tmp_path / "sae-out"
-    assert layout.default_study_dir(sae) == sae / "study"
+    (sae / layout.SAE_SUBDIR).mkdir(parents=True)
+    (sae / layout.SAE_SUBDIR / layout.SAE_CONFIG).write_text("{}")
+    (sae / layout.SAE_SUBDIR / layout.SAE_WEIGHTS).write_bytes(b"")
+    (sae / layout.SAE_METRICS).write_text("{}")  # what `sae train --out` leaves beside it
+    assert resolve_sae_dir(sae) == sae / "sae"  # the `--out` folder is accepted
+    assert resolve_sae_dir(sae / "sae") == sae / "sae"
+    assert default_study_dir(sae) == sae / "study"
     assert layout.find_study_dir(sae) is None
-    (sae / "study").mkdir(parents=True)
+    (sae / "study").mkdir()
     (sae / "study" / layout.STUDY_ALL_FEATURES).write_text("latent\n")
     assert layout.find_study_dir(sae) == sae / "study"
-    (sae / layout.SAE_SUBDIR).mkdir()
-    (sae / layout.SAE_SUBDIR / layout.SAE_CONFIG).write_text("{}")
-    assert layout.sae_weights_dir(sae) == sae / "sae"  # the `--out` folder is accepted
-    assert layout.sae_weights_dir(sae / "sae") == sae / "sae"
+    assert layout.find_study_dir(sae / "sae") == sae / "study"  # either folder finds it
 
 
 def test_write_json_is_strict_and_atomic(tmp_path):

@@ -45,24 +45,17 @@ FRAMES_JSON = "frames.json"
 FRAMES_CONTACT_SHEET = "contact_sheet.png"
 
 
-def sae_weights_dir(folder: str | Path) -> Path:
-    """The folder holding the SAE's weights: `folder` itself, or `folder/sae` (the `--out`)."""
-    folder = Path(folder)
-    if not (folder / SAE_CONFIG).is_file() and (folder / SAE_SUBDIR / SAE_CONFIG).is_file():
-        return folder / SAE_SUBDIR
-    return folder
-
-
-def default_study_dir(sae_dir: str | Path | None) -> Path:
-    """Where `sae analyze` writes and compare/serve/explain look: `SAE/study`, else `./study`."""
-    return Path(sae_dir) / STUDY_SUBDIR if sae_dir is not None else Path(STUDY_SUBDIR)
-
-
 def find_study_dir(sae_dir: str | Path | None) -> Path | None:
     """A study inside the SAE folder (itself or its `study/`), when none is named; else None."""
+    from thumbview.sae.layout import SaeFolderError, default_study_dir
+
     if sae_dir is None:
         return None
-    for folder in (Path(sae_dir), default_study_dir(sae_dir)):
+    try:
+        candidates = (Path(sae_dir), default_study_dir(sae_dir))
+    except SaeFolderError:
+        candidates = (Path(sae_dir), Path(sae_dir) / STUDY_SUBDIR)
+    for folder in candidates:
         if any((folder / name).is_file() for name in STUDY_TABLES):
             return folder
     return None

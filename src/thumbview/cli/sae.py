@@ -12,19 +12,48 @@ from rich.table import Table
 
 from thumbview.cli._shared import console, print_json, user_errors
 from thumbview.cli.data import CacheOpt, DataArg
-from thumbview.layout import default_study_dir, sae_weights_dir
+from thumbview.sae.config import (
+    ARCHS,
+    FEATURE_SOURCES,
+    TOKENS,
+    ActivationSource,
+    ReluL1Config,
+    SaeBaseConfig,
+    StudyConfig,
+    TopKConfig,
+    TrainConfig,
+    channel_config,
+    option_help,
+)
+from thumbview.sae.layout import CFG_FILE, SAE_SUBDIR, default_study_dir, resolve_sae_dir
 
 app = typer.Typer(help="Sparse autoencoder on CLIP activations, and which features go with views.")
 
 
-class Arch(StrEnum):
-    topk = "topk"
-    relu_l1 = "relu-l1"
+Arch = StrEnum("Arch", {a: a for a in ARCHS})
+Tokens = StrEnum("Tokens", {a: a for a in TOKENS})
+Features = StrEnum("Features", {a: a for a in FEATURE_SOURCES})
 
 
-class Tokens(StrEnum):
-    cls = "cls"
-    all = "all"
+_SOURCE, _TRAIN = ActivationSource(), TrainConfig()
+_TOPK, _RELU = TopKConfig(d_in=1), ReluL1Config(d_in=1)
+
+
+def _source(name: str) -> str:
+    return option_help(ActivationSource, name, show_default=False)
+
+
+def _train(name: str) -> str:
+    return option_help(TrainConfig, name, show_default=False)
+
+
+def _arch(cls: type, name: str) -> str:
+    return option_help(cls, name, show_default=False).rstrip(".") + f" ({cls.arch} only)."
+
+
+def _study(name: str) -> str:
+    """Help of a `sae analyze` option, from StudyConfig (main and per-channel defaults)."""
+    return option_help(StudyConfig, name, **{"--channel": channel_config()})
 
 
 SaeDirOpt = Annotated[Path | None, typer.Option("--sae", help="SAE folder from `sae train`.")]
@@ -35,57 +64,78 @@ SaeDirOpt = Annotated[Path | None, typer.Option("--sae", help="SAE folder from `
 def train_command(
     data: DataArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="SAE folder (re-run to resume).")],
-    model: Annotated[
-        str, typer.Option("--model", help="CLIP id or local dir.")
-    ] = "openai/clip-vit-large-patch14",
-    layer: Annotated[
-        int,
-        typer.Option("--layer", help="hidden_states index; -2 = after the second-to-last block."),
-    ] = -2,
-    tokens: Annotated[Tokens, typer.Option("--tokens")] = Tokens.cls,
+    features: Annotated[Features, typer.Option("--features", help=_source("features"))] = Features(
+        _SOURCE.features
+    ),
+    clip_model: Annotated[
+        str, typer.Option("--clip-model", help=_source("clip_model"))
+    ] = _SOURCE.clip_model,
+    old_model: Annotated[
+        str | None, typer.Option("--model", hidden=True, help="Old name of --clip-model.")
+    ] = None,
+    layer: Annotated[int, typer.Option("--layer", help=_source("layer"))] = _SOURCE.layer,
+    tokens: Annotated[Tokens, typer.Option("--tokens", help=_source("tokens"))] = Tokens(
+        _SOURCE.tokens
+    ),
     arch: Annotated[
-        Arch, typer.Option("--arch", help="topk (default) or relu-l1 (the study's recipe).")
-    ] = Arch.topk,
-    k: Annotated[int, typer.Option("--k")] = 32,
-    expansion: Annotated[int, typer.Option("--expansion")] = 64,
-    l1: Annotated[float, typer.Option("--l1", help="relu-l1 coefficient.")] = 8e-5,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 1024,
-    lr: Annotated[float, typer.Option("--lr")] = 4e-4,
-    epochs: Annotated[int, typer.Option("--epochs")] = 1,
+        Arch, typer.Option("--arch", help="SAE architecture: topk, or relu-l1 (the study's).")
+    ] = Arch("topk"),
+    k: Annotated[int, typer.Option("--k", help=_arch(TopKConfig, "k"))] = _TOPK.k,
+    expansion: Annotated[
+        int,
+        typer.Option(
+            "--expansion", help=option_help(SaeBaseConfig, "expansion_factor", show_default=False)
+        ),
+    ] = _TOPK.expansion_factor,
+    l1: Annotated[
+        float, typer.Option("--l1", help=_arch(ReluL1Config, "l1_coefficient"))
+    ] = _RELU.l1_coefficient,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help=_train("batch_size"))
+    ] = _TRAIN.batch_size,
+    lr: Annotated[float, typer.Option("--lr", help=_train("lr"))] = _TRAIN.lr,
+    epochs: Annotated[int, typer.Option("--epochs", help=_train("epochs"))] = _TRAIN.epochs,
     dead_after: Annotated[
-        int | None, typer.Option("--dead-after", help="Samples without firing = dead.")
+        int | None,
+        typer.Option(
+            "--dead-after", help="Samples without firing = dead (default: half an epoch)."
+        ),
     ] = None,
     reference: Annotated[
         Path | None, typer.Option("--reference", help="Extra image folder to train on.")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help=_train("seed"))] = _TRAIN.seed,
     cache_dir: CacheOpt = None,
 ) -> None:
-    """Train a sparse autoencoder on CLIP residual-stream activations (checkpointed, resumable)."""
-    from thumbview.data.dataset import load_dataset
-    from thumbview.embed.clip import load_checkpoint_info
-    from thumbview.sae.pipeline import ActivationSource, train_sae
-    from thumbview.sae.train import TrainConfig
+    """Train a sparse autoencoder on CLIP activations or cached features (resumable).
 
-    load_checkpoint_info(model)  # CLIP reachable? fail before verifying every image
-    ds = load_dataset(data, progress=True)
-    options = {"arch": arch.value, "k": k, "expansion_factor": expansion}
-    options.update(l1_coefficient=l1, dead_after=dead_after)
+    Writes OUT/sae (the SAE), OUT/metrics.json (explained variance on held-out
+    activations) and OUT/codes.npz (the dataset's latents, for `sae analyze --latents`).
+    """
+    if old_model is not None:
+        console.print("[yellow]note:[/] `sae train --model` is now `--clip-model`")
+        clip_model = old_model
+    source = ActivationSource(features.value, clip_model, layer, tokens.value)
+    options = {"arch": arch.value, "expansion_factor": expansion, "dead_after": dead_after}
+    options.update({"k": k} if arch.value == "topk" else {"l1_coefficient": l1})
     train_cfg = TrainConfig(batch_size=batch_size, lr=lr, epochs=epochs, seed=seed, progress=True)
+    from thumbview.sae.pipeline import activation_encoder, train_sae
+
+    encoder = activation_encoder(source)
+    _ = encoder.dim  # reads the model: a missing one fails before the images are checked
+    from thumbview.data.dataset import load_dataset
+
+    ds = load_dataset(data, progress=True)
     result = train_sae(
-        ds,
-        ActivationSource(model, layer, tokens.value),
-        out,
-        options,
-        train_cfg,
-        reference,
-        cache_dir,
-        progress=True,
+        ds, source, out, options, train_cfg, reference, cache_dir, progress=True, encoder=encoder
     )
     m = result.metrics
+    where = "held-out" if result.heldout else "training"
     console.print(
         f"SAE on {result.n_activations:,} activations -> [bold]{out}[/]\n"
-        f"explained variance {m.explained_variance:.3f}, mean L0 {m.l0:.1f}, dead {m.dead_fraction:.1%}"
+        f"explained variance {m.explained_variance:.3f} ({where} activations), mean L0 "
+        f"{m.l0:.1f}, dead {m.dead_fraction:.1%}; codes for `sae analyze --latents`: "
+        f"{result.codes_file}"
     )
 
 
@@ -109,37 +159,24 @@ def analyze_command(
     reference: Annotated[
         Path | None, typer.Option("--reference", help="Image folder shown under each grid.")
     ] = None,
-    top_k: Annotated[
-        int | None, typer.Option("--top-k", help="Top activations per latent (400).")
-    ] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help=_study("top_k"))] = None,
     threshold: Annotated[
-        float | None, typer.Option("--threshold", help="Active above (0.05).")
+        float | None, typer.Option("--threshold", help=_study("threshold"))
     ] = None,
     min_active: Annotated[
-        int | None,
-        typer.Option("--min-active", help="Qualify if more than this many are active (399)."),
+        int | None, typer.Option("--min-active", help=_study("min_active"))
     ] = None,
-    n_extreme: Annotated[
-        int | None, typer.Option("--n-extreme", help="Top/bottom features reported (100).")
+    n_extreme: Annotated[int | None, typer.Option("--n-extreme", help=_study("n_extreme"))] = None,
+    n_shuffles: Annotated[
+        int | None, typer.Option("--n-shuffles", "--n-null", help=_study("n_shuffles"))
     ] = None,
-    n_null: Annotated[
-        int | None, typer.Option("--n-null", help="Held-out null medians (1,000,000).")
-    ] = None,
-    n_boot: Annotated[
-        int | None, typer.Option("--n-boot", help="Bootstrap resamples (1000).")
-    ] = None,
-    n_random: Annotated[
-        int | None,
-        typer.Option("--n-random", help="Random groups for the KS test (one per feature)."),
-    ] = None,
+    n_boot: Annotated[int | None, typer.Option("--n-boot", help=_study("n_boot"))] = None,
+    n_random: Annotated[int | None, typer.Option("--n-random", help=_study("n_random"))] = None,
     heldout_group: Annotated[
-        int | None,
-        typer.Option("--heldout-group", help="Features per side in the held-out test (100)."),
+        int | None, typer.Option("--heldout-group", help=_study("heldout_group"))
     ] = None,
-    n_perm: Annotated[
-        int | None, typer.Option("--n-perm", help="Null size for per-feature p-values.")
-    ] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    n_perm: Annotated[int | None, typer.Option("--n-perm", help=_study("n_perm"))] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help=_study("seed"))] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False,
     cache_dir: CacheOpt = None,
 ) -> None:
@@ -155,6 +192,8 @@ def analyze_command(
 
     if (sae is None) == (latents is None):
         raise ValueError("give exactly one of --sae SAE_DIR or --latents FILE")
+    if sae is not None:
+        resolve_sae_dir(sae)  # a wrong folder is named before the dataset is checked
     from thumbview.data.dataset import load_dataset
 
     ds = load_dataset(data, progress=not as_json)
@@ -164,7 +203,7 @@ def analyze_command(
         threshold=threshold,
         min_active=min_active,
         n_extreme=n_extreme,
-        n_null_heldout=n_null,
+        n_shuffles=n_shuffles,
         n_boot=n_boot,
         n_random=n_random,
         heldout_group=heldout_group,
@@ -179,7 +218,7 @@ def analyze_command(
         if sae
         else load_latents_file(latents, len(ds))
     )
-    out = out or default_study_dir(sae)
+    out = out or (default_study_dir(sae) if sae else Path("study"))
     outputs = run_analysis(
         ds, z, config, out, progress=not as_json, sae_dir=sae, cache_dir=cache_dir
     )
@@ -192,20 +231,29 @@ def analyze_command(
 def _print_study(outputs) -> None:
     r = outputs.result
     console.print(
-        f"KS statistic {r.ks_statistic:.4f} (p={r.ks_pvalue:.3g}); held-out top features: "
-        f"P(null >= HHM) = {r.p_hhm:.3g}; bottom: P(null <= LHM) = {r.p_lhm:.3g}"
+        f"KS statistic {r.ks_statistic:.4f} (view-shuffle p={r.ks_pvalue:.3g}); held-out top "
+        f"features: P(null >= HHM) = {r.p_hhm:.3g}; bottom: P(null <= LHM) = {r.p_lhm:.3g}"
     )
-    table = Table("", "rank", "latent", "group views", "x dataset", "q", title="strongest features")
-    for _, row in outputs.result.table().groupby("top_or_bottom").head(5).iterrows():
+    table = Table(
+        "", "rank", "latent", "group views", "x dataset (other half)", "CI", "q",
+        title="strongest features",
+    )  # fmt: skip
+    denom = r.dataset_statistic
+    for _, row in r.table().groupby("top_or_bottom").head(5).iterrows():
+        ci = f"{row['ci_low'] / denom:.2f}-{row['ci_high'] / denom:.2f}" if denom > 0 else "-"
         table.add_row(
             row["top_or_bottom"],
             str(row["rank"]),
             str(row["latent_feature_index"]),
-            f"{row.iloc[3]:,.0f}",
-            f"{row['ratio']:.2f}",
+            f"{row[r.stat_column]:,.0f}",
+            f"{row['estimate_ratio']:.2f}",
+            ci,
             f"{row['q']:.2g}",
         )
     console.print(table)
+    ident = json.loads(outputs.summary_json.read_text()).get("channel_identifiability")
+    if ident and ident.get("weak"):
+        console.print(f"[yellow]warning:[/] {ident['message']}")
     console.print(f"report: [bold]{outputs.report_html}[/]")
 
 
@@ -229,11 +277,12 @@ def explain_command(
     """Why this thumbnail: the model's feature contributions, or the SAE features it activates."""
     if (source / "model.safetensors").exists():
         _explain_model(source, image, title, top, as_json)
-    elif (sae_weights_dir(source) / "cfg.json").exists():  # the `sae train --out` or its sae/
+    elif (source / CFG_FILE).exists() or (source / SAE_SUBDIR / CFG_FILE).exists():
         _explain_sae(source, image, study or default_study_dir(source), top, as_json)
     else:
         raise ValueError(
-            f"{source} is neither a model folder (model.safetensors) nor an SAE folder (cfg.json)"
+            f"{source} is neither a model folder (model.safetensors) nor an SAE folder "
+            f"({CFG_FILE} in it or in {SAE_SUBDIR}/)"
         )
 
 

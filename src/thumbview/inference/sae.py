@@ -16,27 +16,37 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from thumbview.layout import sae_weights_dir
+from thumbview.sae.layout import resolve_sae_dir
 
 
-def load_sae_encoder(sae_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]:
-    """(SparseAutoencoder, ClipEncoder) for an SAE folder, checked to fit each other.
+def load_sae_encoder(
+    sae_dir: str | Path, device: str = "cpu", images_only: bool = True
+) -> tuple[Any, Any]:
+    """(SparseAutoencoder, its activation encoder) for an SAE folder, checked to fit.
 
     `sae_dir` is the folder given to `sae train --out` or the `sae/` inside it.
+    `images_only`: the caller feeds images (explain, compare, serve), so the SAE must read
+    CLIP activations; `sae analyze` passes False to accept any cached encoder's features.
     """
-    from thumbview.embed.clip import ClipEncoder
-    from thumbview.sae.analyze import clip_settings, read_sae_cfg
-    from thumbview.sae.stats import StudyError
+    from thumbview.sae.analyze import _resolved, activation_source, read_sae_cfg
+    from thumbview.sae.arrays import StudyError
+    from thumbview.sae.pipeline import activation_encoder
     from thumbview.sae.train import load_sae
 
-    sae_dir = sae_weights_dir(sae_dir)
-    model, layer, tokens = clip_settings(read_sae_cfg(sae_dir))
-    sae = load_sae(sae_dir).to(device).eval()
-    encoder = ClipEncoder(model, layer=layer, tokens=tokens, device=device)
+    folder = _resolved(sae_dir)
+    source = activation_source(read_sae_cfg(folder))
+    if images_only and source.features != "clip":
+        raise StudyError(
+            f"this SAE was trained on {source.features!r} features, not CLIP activations of "
+            f"images; use it with `sae analyze` (explaining an image needs a CLIP SAE)"
+        )
+    sae = load_sae(folder).to(device).eval()
+    encoder = activation_encoder(source, device)
     if encoder.dim != sae.cfg.d_in:
         raise StudyError(
-            f"the SAE expects {sae.cfg.d_in}-dim inputs but CLIP {model!r} layer {layer} "
-            f"gives {encoder.dim}; the SAE was trained on other activations"
+            f"the SAE expects {sae.cfg.d_in}-dim inputs but {source.features} "
+            f"{source.clip_model if source.features == 'clip' else ''} gives {encoder.dim}; "
+            f"the SAE was trained on other activations"
         )
     return sae, encoder
 
@@ -81,7 +91,7 @@ class SaeEncoder:
     def load(cls, sae_dir: str | Path, device: str = "cpu") -> SaeEncoder:
         """Accepts the `sae train --out` folder or the `sae/` inside it."""
         sae, clip = load_sae_encoder(sae_dir, device)
-        return cls(sae, clip, sae_weights_dir(sae_dir))
+        return cls(sae, clip, resolve_sae_dir(sae_dir))
 
     @property
     def d_sae(self) -> int:

@@ -49,7 +49,11 @@ def to_views(target: str) -> Callable[[float], float]:
 
 
 def channel_codes(channels, n: int) -> np.ndarray:
-    """Integer code per row (-1 = no channel). None, NaN and "" all count as missing."""
+    """Integer code per row (-1 = no channel). None, NaN and "" all count as missing.
+
+    The one rule for channel ids in thumbview: the SAE study's channel control
+    (`thumbview.sae.covariates`) uses it too, and makes each missing id a channel of its own.
+    """
     if channels is None:
         return np.full(n, -1, dtype=np.int64)
     ch = pd.Series(np.asarray(channels, dtype=object)).replace("", None)

@@ -1,6 +1,6 @@
 """The SAE feature study on a dataset folder: latents in, features.csv + plots + report out.
 
-`sae.stats` is the study as pure statistics on arrays; this module is its IO layer. It
+`sae.study` is the study as pure statistics on arrays; this module is its IO layer. It
 turns a dataset into SAE latents (CLIP residual stream through the cached `embed`, then the
 SAE in batches, kept sparse so 500k videos x 65k latents fit in memory), or reads latents a
 user computed elsewhere (`--latents FILE`), optionally removes upload-age and channel effects
@@ -15,7 +15,7 @@ import logging
 import time
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +28,12 @@ from thumbview.fileio import json_safe
 from thumbview.inference.sae import encode_sparse, load_sae_encoder  # noqa: F401 (re-exported)
 from thumbview.progress import progress_bar
 from thumbview.sae import report
-from thumbview.sae.stats import (
-    StudyConfig,
-    StudyError,
-    StudyResult,
-    adjust_views_fit,
-    channel_config,
-    check_latents,
-    run_study,
-    top_activations,
-    upload_age_years,
-)
+from thumbview.sae.arrays import StudyError
+from thumbview.sae.config import ActivationSource
+from thumbview.sae.covariates import ResidualFit, adjust_views_fit, upload_age_years
+from thumbview.sae.layout import CFG_FILE, SaeFolderError, resolve_sae_dir
+from thumbview.sae.selection import check_latents, top_activations
+from thumbview.sae.study import StudyConfig, StudyResult, channel_config, run_study
 
 logger = logging.getLogger(__name__)
 
@@ -133,23 +128,33 @@ def read_json_object(path: Path) -> dict[str, Any]:
 
 
 def read_sae_cfg(sae_dir: str | Path) -> dict[str, Any]:
-    """The SAE's cfg.json as a dict."""
-    return read_json_object(Path(sae_dir) / "cfg.json")
+    """The SAE's cfg.json as a dict (`sae_dir`: the SAE folder or the `sae train --out` one)."""
+    return read_json_object(_resolved(sae_dir) / CFG_FILE)
 
 
-def clip_settings(cfg: dict[str, Any]) -> tuple[str, int, str]:
-    """(CLIP model id or path, hidden_states layer, tokens) the SAE was trained on."""
+def _resolved(sae_dir: str | Path) -> Path:
+    try:
+        return resolve_sae_dir(sae_dir)
+    except SaeFolderError as e:
+        raise StudyError(str(e)) from e
+
+
+def activation_source(cfg: dict[str, Any]) -> ActivationSource:
+    """The activations an SAE was trained on, from its cfg.json (thumbview's or SAELens' keys)."""
+    features = cfg.get("features", "clip")
+    if features != "clip":
+        return ActivationSource(features=str(features))
     model = next((cfg[k] for k in CLIP_MODEL_KEYS if cfg.get(k)), None)
     layer = next((cfg[k] for k in CLIP_LAYER_KEYS if cfg.get(k) is not None), None)
     tokens = next((cfg[k] for k in CLIP_TOKENS_KEYS if cfg.get(k)), "cls")
     if model is None or layer is None:
         raise StudyError(
             "the SAE's cfg.json does not say which activations it was trained on: it needs "
-            f"'clip_model' and 'clip_layer' (found keys: {sorted(cfg)})"
+            f"'features', or 'clip_model' and 'clip_layer' (found keys: {sorted(cfg)})"
         )
     if tokens != "cls":
         raise StudyError(f"the study uses one vector per thumbnail (CLS); SAE has {tokens!r}")
-    return str(model), int(layer), str(tokens)
+    return ActivationSource("clip", str(model), int(layer), str(tokens))
 
 
 def latents_for_dataset(
@@ -160,11 +165,11 @@ def latents_for_dataset(
     device: str = "cpu",
     batch_size: int = 256,
 ) -> sp.csr_matrix:
-    """CSR (len(dataset), d_sae): cached CLIP activations of each thumbnail, through the SAE."""
+    """CSR (len(dataset), d_sae): each video's cached activations, through the SAE."""
     from thumbview.embed.cache import embed
 
-    sae, encoder = load_sae_encoder(sae_dir, device)
-    with progress_bar(len(dataset), "CLIP activations", progress) as advance:
+    sae, encoder = load_sae_encoder(sae_dir, device, images_only=False)
+    with progress_bar(len(dataset), "activations", progress) as advance:
         acts, stats = embed(
             dataset, encoder, Path(cache_dir) if cache_dir else None, progress=advance
         )
@@ -280,8 +285,10 @@ def grouping_views(dataset: ThumbnailDataset, control: Sequence[str]) -> np.ndar
     return _grouping(dataset, control)[0]
 
 
-def _grouping(dataset: ThumbnailDataset, control: Sequence[str]) -> tuple[np.ndarray, float | None]:
-    """(views to group, channel shrinkage lambda or None)."""
+def _grouping(
+    dataset: ThumbnailDataset, control: Sequence[str]
+) -> tuple[np.ndarray, ResidualFit | None]:
+    """(views to group, the covariate fit or None without controls)."""
     if not control:
         return dataset.views, None
     table = dataset.table
@@ -293,31 +300,18 @@ def _grouping(dataset: ThumbnailDataset, control: Sequence[str]) -> tuple[np.nda
     if "channel" in control:
         _require_column(table, "channel_id", "channel")
         channels = dataset.channels
-        _warn_single_video_channels(channels)
-    views, fit = adjust_views_fit(dataset.views, age, channels)
-    return views, fit.channel_lambda
+    return adjust_views_fit(dataset.views, age, channels)
 
 
-def single_video_share(channels: np.ndarray) -> float:
-    """Share of videos that are their channel's only video in the dataset."""
-    _, inverse, counts = np.unique(channels.astype(str), return_inverse=True, return_counts=True)
-    return float((counts[inverse] == 1).mean()) if len(channels) else 0.0
-
-
-def _warn_single_video_channels(channels: np.ndarray) -> None:
-    """Say how many videos are alone in their channel; no longer a warning in itself.
-
-    Channel control partially pools channels (`stats.fit_residuals`): a lone video keeps
-    most of its own signal instead of being zeroed, so a high share is fine. The one real
-    failure, channel variance not estimable (no channel with >= 2 videos), is warned about
-    by `stats.channel_variance_components`, which also sees the degrees of freedom.
-    """
-    share = single_video_share(channels)
-    logger.info(
-        "%.0f%% of videos are their channel's only video; --control channel shrinks their "
-        "channel effect towards 0 (partial pooling) rather than zeroing them",
-        100 * share,
-    )
+def _control_summary(fit: ResidualFit | None) -> dict[str, Any]:
+    """What the covariate control did and, for channels, what it can identify here."""
+    if fit is None or fit.identifiability is None:
+        return {"channel_shrinkage_lambda": None, "channel_identifiability": None}
+    ident = fit.identifiability
+    return {
+        "channel_shrinkage_lambda": fit.channel_lambda,
+        "channel_identifiability": {**asdict(ident), "message": ident.message},
+    }
 
 
 def _require_column(table: pd.DataFrame, column: str, control: str) -> None:
@@ -370,7 +364,7 @@ def run_analysis(
     out.mkdir(parents=True, exist_ok=True)
     study = config.resolved_study()
     ds, x = _study_rows(dataset, check_latents(align_latents(latents, dataset)), config, study)
-    views, channel_lambda = _grouping(ds, config.control)
+    views, fit = _grouping(ds, config.control)
     t1 = time.perf_counter()
     result = run_study(x, views, study)
     t2 = time.perf_counter()
@@ -378,7 +372,7 @@ def run_analysis(
     paths = _write_outputs(ds, x, result, config, out, reference, progress)
     timings = {"prepare_s": t1 - t0, "study_s": t2 - t1, "write_s": time.perf_counter() - t2}
     summary = _summary(dataset, ds, result, config, views, timings, sae_dir)
-    summary["channel_shrinkage_lambda"] = json_safe(channel_lambda)
+    summary.update(json_safe(_control_summary(fit)))
     paths["summary_json"].write_text(json.dumps(summary, indent=2, allow_nan=False))
     paths["report_html"] = report.write_report(out / REPORT_HTML, summary, paths["cards"])
     logger.info("study written to %s", out)
@@ -539,9 +533,6 @@ def _summary(
             "controls": list(config.control),
             "views": "adjusted for " + " and ".join(config.control) if config.control else "raw",
             "raw_dataset_median": float(np.median(ds.views)),
-            "single_video_channel_share": (
-                single_video_share(ds.channels) if ds.channels is not None else None
-            ),
             "grouping_views_median": float(np.median(views)),
             "grid_size": config.grid_size,
             "reference": str(config.reference) if config.reference else None,

@@ -25,7 +25,7 @@ from thumbview.sae.analyze import (
     SUMMARY_JSON,
     read_json_object,
 )
-from thumbview.sae.stats import StudyError
+from thumbview.sae.arrays import StudyError
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,11 @@
-"""Train an SAE on the CLIP activations of a dataset (plus an optional reference image folder).
+"""Train an SAE on a dataset's activations (plus an optional reference image folder).
 
-CLS activations (one vector per image, the study's recipe) go through the feature cache,
-so training twice, or analysing afterwards, never recomputes CLIP. All-token activations
-(T vectors per image) are too many to cache per image; they are streamed once into a
-memory-mapped array in the output folder, with a sidecar saying what produced it.
+CLS activations and cached encoders' features (one vector per video) go through the feature
+cache, so training twice, or analysing afterwards, never recomputes them. All-token
+activations (T vectors per image) are too many to cache per image; they are streamed once
+into a memory-mapped array in the output folder, with a sidecar saying what produced it.
+After training, the dataset's own latents are written to `codes.npz` (rows = metadata rows),
+the file `sae analyze --latents` reads (rows = the dataset's usable rows).
 """
 
 from __future__ import annotations
@@ -12,51 +14,62 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from thumbview.data.dataset import ThumbnailDataset
 from thumbview.data.images import load_image
 from thumbview.embed.cache import embed
-from thumbview.embed.clip import ClipEncoder
 from thumbview.progress import progress_bar
-from thumbview.sae.analyze import image_folder_dataset
-from thumbview.sae.model import SaeConfig, SparseAutoencoder
-from thumbview.sae.train import EvalMetrics, SaeTrainer, TrainConfig
+from thumbview.sae.analyze import encode_sparse, image_folder_dataset
+from thumbview.sae.config import ActivationSource, SaeError, TrainConfig, sae_config
+from thumbview.sae.layout import CODES_FILE
+from thumbview.sae.model import SparseAutoencoder
+from thumbview.sae.train import EvalMetrics, SaeTrainer
 
 log = logging.getLogger(__name__)
 
-TOKENS = ("cls", "all")
+
+def activation_encoder(source: ActivationSource, device: str = "cpu") -> Any:
+    """The encoder whose output the SAE reads (CLIP at the layer, or a cached encoder)."""
+    if source.features == "clip":
+        from thumbview.embed.clip import ClipEncoder
+
+        return ClipEncoder(source.clip_model, layer=source.layer, tokens="cls", device=device)
+    from thumbview.embed.registry import get_encoder
+
+    return get_encoder(source.features)
 
 
-@dataclass(frozen=True)
-class ActivationSource:
-    """Which activations the SAE reads: recorded in its cfg.json so analysis can rebuild them."""
-
-    clip_model: str
-    layer: int = -2
-    tokens: str = "cls"
-
-    def extra_cfg(self) -> dict:
-        """thumbview's keys plus SAELens' `model_name` / `hook_name` (a transformers module)."""
-        index = ClipEncoder(self.clip_model, layer=self.layer).layer_index(self.layer)
-        # hidden_states[i] is the output of block i - 1; hidden_states[0] the embeddings.
-        hook = f"vision_model.encoder.layers.{index - 1}" if index else "vision_model.pre_layrnorm"
-        return {
-            "clip_model": self.clip_model,
-            "model_name": self.clip_model,
-            "hook_name": hook,
-            "hook_layer": max(index - 1, 0),
-            "clip_layer": self.layer,
-            "clip_tokens": self.tokens,
-        }
+def source_cfg(source: ActivationSource, encoder: Any) -> dict[str, Any]:
+    """cfg.json keys naming the activations: thumbview's, plus SAELens' model/hook names."""
+    if source.features != "clip":
+        return {"features": source.features, "model_name": encoder.spec().get("encoder")}
+    index = encoder.layer_index(source.layer)
+    # hidden_states[i] is the output of block i - 1; hidden_states[0] the embeddings.
+    hook = f"vision_model.encoder.layers.{index - 1}" if index else "vision_model.pre_layrnorm"
+    return {
+        "features": "clip",
+        "clip_model": source.clip_model,
+        "model_name": source.clip_model,
+        "hook_name": hook,
+        "hook_layer": max(index - 1, 0),
+        "clip_layer": source.layer,
+        "clip_tokens": source.tokens,
+    }
 
 
 @dataclass(frozen=True)
 class SaeTrainResult:
+    """Where the SAE went, on how many activations, and its held-out quality."""
+
     out_dir: Path
     n_activations: int
-    metrics: EvalMetrics
+    metrics: EvalMetrics  # on held-out activations (training rows if too few to hold out)
+    heldout: bool
+    codes_file: Path
 
 
 def train_sae(
@@ -68,48 +81,61 @@ def train_sae(
     reference: Path | None = None,
     cache_dir: Path | None = None,
     progress: bool = False,
+    encoder: Any = None,
 ) -> SaeTrainResult:
-    """Activations -> SparseAutoencoder, checkpointed in `out_dir` (re-running resumes)."""
-    if source.tokens not in TOKENS:
-        raise ValueError(f"tokens must be one of {TOKENS}, got {source.tokens!r}")
+    """Activations -> sparse autoencoder, checkpointed in `out_dir` (re-running resumes).
+
+    `encoder`: `activation_encoder(source)` when the caller built it already (the CLI does,
+    before checking the dataset, so a missing CLIP is reported first).
+    """
+    if reference is not None and source.features != "clip":
+        raise SaeError("--reference adds images, so it needs --features clip")
     out_dir = Path(out_dir)
+    encoder = encoder or activation_encoder(source)
+    train_cfg = train_cfg or TrainConfig()
     datasets = [dataset] + ([image_folder_dataset(reference)] if reference else [])
     parts = [
-        _activations(d, source, out_dir, i, cache_dir, progress) for i, d in enumerate(datasets)
+        _activations(d, source, encoder, out_dir, i, cache_dir, progress)
+        for i, d in enumerate(datasets)
     ]
     acts = parts[0] if len(parts) == 1 else np.concatenate(parts)  # keep a lone memmap mapped
-    cfg = SaeConfig(d_in=acts.shape[1], **_default_dead_after(sae_options or {}, len(acts)))
-    trainer = SaeTrainer(SparseAutoencoder(cfg, seed=(train_cfg or TrainConfig()).seed), train_cfg)
-    trainer.fit(acts, out_dir, extra_cfg=source.extra_cfg())
-    metrics = trainer.evaluate(acts[:65_536])
+    options = _default_dead_after(dict(sae_options or {}), len(acts))
+    cfg = sae_config(options.pop("arch", "topk"), d_in=acts.shape[1], **options)
+    trainer = SaeTrainer(SparseAutoencoder(cfg, seed=train_cfg.seed), train_cfg)
+    sae = trainer.fit(acts, out_dir, extra_cfg=source_cfg(source, encoder))
+    metrics = trainer.heldout_metrics or trainer.evaluate(acts[:65_536])
     log.info("SAE: %s", metrics)
-    return SaeTrainResult(out_dir, len(acts), metrics)
+    codes = out_dir / CODES_FILE
+    if source.tokens == "cls":  # one row per video: the study's input
+        sp.save_npz(codes, encode_sparse(sae, parts[0]))
+    return SaeTrainResult(out_dir, len(acts), metrics, trainer.heldout_metrics is not None, codes)
 
 
 def _default_dead_after(options: dict, n: int) -> dict:
     """'Dead' means no firing over half an epoch unless said otherwise: sparsify's 10M-sample
     default would never trigger AuxK/ghost grads on a dataset of a few thousand thumbnails."""
     if options.get("dead_after") is None:
-        options = {**options, "dead_after": int(min(10_000_000, max(1_000, n // 2)))}
+        options["dead_after"] = int(min(10_000_000, max(1_000, n // 2)))
     return options
 
 
 def _activations(
-    dataset, source: ActivationSource, out_dir: Path, index: int, cache_dir, progress
+    dataset, source: ActivationSource, encoder, out_dir: Path, index: int, cache_dir, progress
 ) -> np.ndarray:
     if source.tokens == "cls":
-        encoder = ClipEncoder(source.clip_model, layer=source.layer, tokens="cls")
-        with progress_bar(len(dataset), "CLIP activations", progress) as advance:
+        label = "CLIP activations" if source.features == "clip" else f"{source.features} features"
+        with progress_bar(len(dataset), label, progress) as advance:
             acts, _ = embed(dataset, encoder, cache_dir, progress=advance)
         return acts  # (N, D)
-    return _all_token_activations(dataset, source, out_dir / f"activations-{index}.npy", progress)
+    return _all_token_activations(
+        dataset, source, encoder, out_dir / f"activations-{index}.npy", progress
+    )
 
 
 def _all_token_activations(
-    dataset, source: ActivationSource, path: Path, progress: bool
+    dataset, source: ActivationSource, encoder, path: Path, progress: bool
 ) -> np.ndarray:
     """(N * T, D) float32 memory-mapped; reused when its sidecar matches, else rebuilt."""
-    encoder = ClipEncoder(source.clip_model, layer=source.layer, tokens="cls")
     key = {"spec": encoder.spec(), "tokens": "all", "files": [str(p) for p in dataset.paths]}
     sidecar = path.with_suffix(".json")
     if (

@@ -22,9 +22,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from thumbview.data.images import ImageError, load_image
-from thumbview.sae.stats import StudyResult
+from thumbview.sae.study import StudyResult
 
 logger = logging.getLogger(__name__)
+
+SIGNIFICANCE = 0.05  # q below which a feature is coloured as going with more/fewer views
 
 CELL_W, CELL_H, LABEL_H, HEADER_H, PAD = 160, 90, 18, 22, 4
 _BG, _EMPTY, _TEXT = (255, 255, 255), (235, 235, 235), (30, 30, 30)
@@ -92,33 +94,88 @@ def plot_histogram(result: StudyResult, path: str | Path) -> Path:
     _log_axis(ax, lambda v: format_views(v).removesuffix(" views"))
     ax.set_xlabel(f"group {result.config.statistic} views (n = {result.config.group_size} each)")
     ax.set_ylabel("fraction of groups")
-    ax.set_title(f"KS D = {result.ks_statistic:.3f}, p = {result.ks_pvalue:.2g}")
+    ax.set_title(
+        f"KS D = {result.ks_statistic:.3f}, view-shuffle p = {result.ks_pvalue:.2g} "
+        f"({result.ks.n_shuffles} shuffles)"
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return Path(path)
 
 
-def plot_magnitude(result: StudyResult, path: str | Path) -> Path:
+_RATIO_TICKS = (
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.25,
+    0.33,
+    0.5,
+    0.67,
+    0.8,
+    0.9,
+    1.0,
+    1.1,
+    1.25,
+    1.5,
+    2.0,
+    3.0,
+    4.0,
+    5.0,
+    10.0,
+    20.0,
+    50.0,
+    100.0,
+)
+
+
+def ratio_ticks(lo: float, hi: float, max_ticks: int = 9) -> list[float]:
+    """Round multipliers (0.5x, 0.8x, 1x, 1.25x, 2x ...) spanning [lo, hi], always with 1x.
+
+    A log axis over a narrow range (0.9x-1.1x, common for real effects) gets no major
+    tick but "1x" from matplotlib; these keep at least three readable labels.
+    """
+    lo, hi = min(lo, 1.0), max(hi, 1.0)
+    inside = [v for v in _RATIO_TICKS if lo <= v <= hi]
+    below = [v for v in _RATIO_TICKS if v < lo][-1:]  # one tick beyond each end
+    above = [v for v in _RATIO_TICKS if v > hi][:1]
+    ticks = below + inside + above
+    while len(ticks) > max_ticks:  # thin out, keeping 1x and both ends
+        keep = {0, len(ticks) - 1, ticks.index(1.0)}
+        ticks = [v for i, v in enumerate(ticks) if i in keep or i % 2 == 0]
+    return ticks
+
+
+def plot_magnitude(result: StudyResult, path: str | Path, alpha: float = SIGNIFICANCE) -> Path:
     """Horizontal bars of group views / dataset views for the table's top and bottom features.
 
-    Bars start at 1 (no effect) on a log axis, so x2 and x0.5 look equally large; whiskers
-    are the bootstrap CI of the group statistic divided by the same denominator.
+    Bars start at 1 (no effect) on a log axis, so x2 and x0.5 look equally large; bars and
+    whiskers are the estimation-half statistic and its bootstrap CI over the same
+    denominator. Only features with q < alpha are green (more views) or red (fewer).
     """
     table = result.table()
     denom = result.dataset_statistic if result.dataset_statistic > 0 else float("nan")
-    ratio = np.clip(table["ratio"].to_numpy(dtype=np.float64), 1e-3, None)  # (2k,)
+    ratio = np.clip(table["estimate_ratio"].to_numpy(dtype=np.float64), 1e-3, None)  # (2k,)
+    ratio = np.where(np.isfinite(ratio), ratio, 1.0)
     ci = table[["ci_low", "ci_high"]].to_numpy(dtype=np.float64) / denom  # (2k, 2)
     y = np.arange(len(table))[::-1]  # top feature #1 at the top
-    colours = np.where(table["top_or_bottom"] == "top", "tab:green", "tab:red")
+    significant = table["q"].to_numpy(dtype=np.float64) < alpha
+    colours = np.where(significant, np.where(ratio >= 1, "tab:green", "tab:red"), "0.65")
     fig, ax = _figure(7, min(36.0, max(3.0, 0.17 * len(table) + 1.3)))
     ax.barh(y, ratio - 1, left=1, color=colours, alpha=0.8)
-    ok = np.isfinite(ci).all(axis=1)
+    ok = np.isfinite(ci).all(axis=1) & (ci > 0).all(axis=1)
     if ok.any():
         err = np.abs(np.stack([ratio[ok] - ci[ok, 0], ci[ok, 1] - ratio[ok]]))  # (2, m)
         ax.errorbar(ratio[ok], y[ok], xerr=err, fmt="none", ecolor="k", elinewidth=0.8, capsize=2)
     ax.axvline(1, color="k", lw=0.8)
-    _log_axis(ax, lambda v: f"{v:.2g}×")
+    shown = np.concatenate([ratio, ci[ok].ravel()])
+    ticks = ratio_ticks(float(shown.min()), float(shown.max()))
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, [f"{v:g}×" for v in ticks])
+    ax.xaxis.set_minor_locator(_null_locator())
+    ax.set_xlim(ticks[0], ticks[-1])
     labels = [
         f"{s} {r}: #{f}"
         for s, r, f in zip(
@@ -127,10 +184,19 @@ def plot_magnitude(result: StudyResult, path: str | Path) -> Path:
     ]
     ax.set_yticks(y, labels, fontsize=7 if len(table) <= 40 else 5)
     ax.set_xlabel(f"group {result.config.statistic} views / all videos' {result.config.statistic}")
-    ax.set_title(f"Feature effect sizes ({int(result.config.ci * 100)}% bootstrap CI)")
+    ax.set_title(
+        f"Feature effect sizes ({int(result.config.ci * 100)}% CI, estimation half; "
+        f"grey: q ≥ {alpha:g})"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return Path(path)
+
+
+def _null_locator() -> Any:
+    from matplotlib.ticker import NullLocator
+
+    return NullLocator()
 
 
 # ------------------------------------------------------------------------------- grids
@@ -200,8 +266,8 @@ class FeatureCard:
     side: str  # "top" | "bottom"
     rank: int
     latent: int
-    group_views: float
-    ratio: float
+    group_views: float  # the paper's full-group statistic (biased by selection)
+    ratio: float  # estimation-half statistic / all videos' (not biased by the selection)
     ci_low: float | None  # ratio scale
     ci_high: float | None
     q: float
@@ -223,7 +289,7 @@ class FeatureCard:
             rank=int(row["rank"]),
             latent=int(row["latent_feature_index"]),
             group_views=float(row[result.stat_column]),
-            ratio=float(row["ratio"]),
+            ratio=float(row["estimate_ratio"]),
             ci_low=scaled(row["ci_low"]),
             ci_high=scaled(row["ci_high"]),
             q=float(row["q"]),
@@ -241,7 +307,8 @@ main{max-width:1200px;margin:auto;padding:1rem}h1{font-size:1.6rem;margin:.5rem 
 .card span{color:var(--muted);font-size:.85rem}img{max-width:100%;height:auto;display:block}
 .scroll{overflow-x:auto;background:#fff;border:1px solid var(--line);border-radius:10px}
 table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}th,td{padding:.4rem .6rem;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
-th:first-child,td:first-child{text-align:left}.up{color:var(--up)}.down{color:var(--down)}
+th:first-child,td:first-child{text-align:left}.up{color:var(--up)}.down{color:var(--down)}.ns{color:var(--muted)}
+.warn{background:#fff4e5;border:1px solid #f0b35a;border-radius:10px;padding:.6rem .8rem}
 .plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,28rem),1fr));gap:1rem}
 .plots figure,.feature{margin:0;background:#fff;border:1px solid var(--line);border-radius:10px;padding:.6rem}
 .features{display:grid;gap:1rem}.feature figcaption{margin-bottom:.4rem}.feature ul{margin:.4rem 0 0;padding-left:1.2rem;font-size:.9rem}
@@ -257,7 +324,14 @@ def _num(v: Any, fmt: str = ".3g") -> str:
 
 def _ratio(card: FeatureCard) -> tuple[str, str]:
     ci = "–" if card.ci_low is None else f"{card.ci_low:.2f}–{card.ci_high:.2f}×"
-    return f"{card.ratio:.2f}×", ci
+    return _num(card.ratio, ".2f") + "×", ci
+
+
+def _colour(card: FeatureCard, alpha: float = SIGNIFICANCE) -> str:
+    """CSS class: green/red only for features with q < alpha; others stay neutral."""
+    if not (math.isfinite(card.q) and card.q < alpha):
+        return "ns"
+    return "up" if card.ratio >= 1 else "down"
 
 
 def _headline(summary: dict[str, Any]) -> str:
@@ -272,7 +346,7 @@ def _headline(summary: dict[str, Any]) -> str:
         (str(summary.get("n_q_below_0.05", 0)), "features with q < 0.05"),
         (
             f"D = {_num(summary.get('ks_statistic'))}",
-            f"KS vs random groups, p = {_num(summary.get('ks_pvalue'), '.2g')}",
+            f"KS vs random groups, view-shuffle p = {_num(summary.get('ks_pvalue'), '.2g')}",
         ),
         (
             f"p = {_num(held.get('p_hhm'), '.2g')}",
@@ -289,6 +363,14 @@ def _headline(summary: dict[str, Any]) -> str:
     )
 
 
+def _warnings(summary: dict[str, Any]) -> str:
+    """A visible box for what limits the study's conclusions (today: a weak channel control)."""
+    ident = summary.get("channel_identifiability") or {}
+    if not ident.get("weak"):
+        return ""
+    return f'<p class="warn"><strong>Channel control is weak.</strong> {html.escape(ident["message"])}</p>'
+
+
 def _table(cards: Sequence[FeatureCard], side: str, stat: str, ci_name: str) -> str:
     head = (
         f"<tr><th>Rank</th><th>Feature</th><th>Group {stat}</th><th>vs all</th>"
@@ -297,7 +379,7 @@ def _table(cards: Sequence[FeatureCard], side: str, stat: str, ci_name: str) -> 
     body = []
     for c in (c for c in cards if c.side == side):
         ratio, ci = _ratio(c)
-        cls = "up" if c.ratio >= 1 else "down"
+        cls = _colour(c)
         body.append(
             f'<tr><td>{c.rank}</td><td><a href="#{c.side}-{c.rank}">#{c.latent}</a></td>'
             f'<td>{html.escape(format_views(c.group_views))}</td><td class="{cls}">{ratio}</td>'
@@ -359,14 +441,17 @@ def write_report(
 <body><main>
 <h1>Which thumbnail features go with more views?</h1>
 <p class="muted">{_intro(summary, stat)}</p>
-<section class="cards">{_headline(summary)}</section>
+<section class="cards">{_headline(summary)}</section>{_warnings(summary)}
 <h2>Effect sizes</h2><div class="plots">{figures}</div>
 <h2>Features with the most views</h2>{_table(cards, "top", stat, ci_name)}
 <h2>Features with the fewest views</h2>{_table(cards, "bottom", stat, ci_name)}
 <h2>What the features look like</h2>
 <div class="features">{"".join(_feature(c) for c in cards)}</div>
-<p class="muted">q: Benjamini-Hochberg adjusted permutation p-value over all studied features.
-CI: bootstrap interval of the group {html.escape(stat)}, relative to all videos.</p>
+<p class="muted">q: Benjamini-Hochberg adjusted permutation p-value over all studied features;
+green/red only where q &lt; {SIGNIFICANCE:g}. Rows are chosen on a random half of each group's
+videos; "vs all" and its CI come from the other half ({ci_name} bootstrap of the group
+{html.escape(stat)}, relative to all videos), so choosing the extremes does not inflate them.
+Group {html.escape(stat)}: all the group's videos, as in the original study.</p>
 </main></body></html>
 """
     Path(path).write_text(doc, encoding="utf-8")

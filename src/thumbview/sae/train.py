@@ -30,7 +30,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +40,27 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from thumbview.progress import progress_bar
-from thumbview.sae.model import SaeConfig, SaeError, SaeInputError, SparseAutoencoder
+from thumbview.sae.config import (
+    SaeConfigs,
+    SaeError,
+    TrainConfig,
+    sae_config,
+    sae_config_from_dict,
+)
+from thumbview.sae.layout import (
+    CFG_FILE,
+    CHECKPOINT_DIR,
+    METRICS_JSON,
+    SAE_SUBDIR,
+    WEIGHTS_FILE,
+    SaeFolderError,
+    resolve_sae_dir,
+)
+from thumbview.sae.model import SaeInputError, SparseAutoencoder
+from thumbview.sae.shards import ShardedActivations
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "sae_weights.safetensors"
-CFG_FILE = "cfg.json"
-CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.safetensors"
 TRAINER_FILE = "trainer.json"
 _WARMUP_MAX_FRACTION = 0.1  # warmup never exceeds this share of a known run length
@@ -54,34 +68,12 @@ _EVAL_MAX_ROWS = 65_536  # rows of the training data re-scored for metrics.json
 _EVAL_LATENT_BUDGET = 2**24  # dense latents held at once by `evaluate` (64 MB of float32)
 _PARAM_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")
 # Changing these changes the data order or the LR schedule, so a resumed run would diverge.
-_RESUME_KEYS = ("batch_size", "lr", "warmup_steps", "epochs", "seed")
+_RESUME_KEYS = ("batch_size", "lr", "warmup_steps", "epochs", "seed", "holdout_fraction")
+_SCALE_SAMPLE = 65_536  # rows used to measure the mean squared norm of the activations
 
 
 class SaeFileError(ValueError):
     """A saved SAE or checkpoint is missing, corrupt, or does not fit the model at hand."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation and bookkeeping; ``dead_window`` is in samples (for the dead fraction)."""
-
-    batch_size: int = 1024
-    lr: float = 4e-4
-    warmup_steps: int = 1000
-    epochs: int = 1
-    seed: int = 0
-    checkpoint_every: int = 1000
-    log_every: int = 100
-    dead_window: int = 1_000_000
-    progress: bool = False
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name not in ("seed", "progress", "warmup_steps") and not value > 0:
-                raise SaeError(f"TrainConfig.{f.name} must be positive, got {value!r}")
-        if self.warmup_steps < 0:
-            raise SaeError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
 @dataclass(frozen=True)
@@ -96,7 +88,7 @@ class EvalMetrics:
 
 
 # -- data --------------------------------------------------------------------------------
-Matrix = np.ndarray | torch.Tensor
+Matrix = np.ndarray | torch.Tensor | ShardedActivations  # (N, d_in); shards stream from disk
 
 
 def _as_matrix(activations: Matrix, d_in: int) -> Matrix:
@@ -117,10 +109,10 @@ def _as_matrix(activations: Matrix, d_in: int) -> Matrix:
 
 def _take(data: Matrix, rows: slice | np.ndarray) -> torch.Tensor:
     """Rows of `data` as a float32 tensor; numpy rows are copied so read-only input is fine."""
-    if isinstance(data, np.ndarray):
-        return torch.from_numpy(np.array(data[rows], dtype=np.float32))
-    index = torch.from_numpy(rows) if isinstance(rows, np.ndarray) else rows
-    return data[index].float()
+    if isinstance(data, torch.Tensor):
+        index = torch.from_numpy(rows) if isinstance(rows, np.ndarray) else rows
+        return data[index].float()
+    return torch.from_numpy(np.array(data[rows], dtype=np.float32))
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -133,12 +125,46 @@ def _steps_per_epoch(n: int, batch_size: int) -> int:
     return max(1, n // batch_size)
 
 
-def _array_batches(x: Matrix, cfg: TrainConfig, start: int) -> Iterator[torch.Tensor]:
-    per_epoch = _steps_per_epoch(len(x), cfg.batch_size)
-    bs = min(cfg.batch_size, len(x))
+def _array_batches(
+    x: Matrix, rows: np.ndarray, cfg: TrainConfig, start: int
+) -> Iterator[torch.Tensor]:
+    """Shuffled batches of x[rows] (the training rows), from step `start` on."""
+    per_epoch = _steps_per_epoch(len(rows), cfg.batch_size)
+    bs = min(cfg.batch_size, len(rows))
     for step in range(start, per_epoch * cfg.epochs):
         epoch, i = divmod(step, per_epoch)
-        yield _take(x, _epoch_order(len(x), cfg.seed, epoch)[i * bs : (i + 1) * bs])  # (B, D)
+        order = _epoch_order(len(rows), cfg.seed, epoch)[i * bs : (i + 1) * bs]
+        yield _take(x, np.sort(rows[order]))  # (B, D); sorted rows read a memmap in order
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows), both sorted; the split depends only on (n, seed).
+
+    Explained variance on rows the SAE never trained on is the honest number: on training
+    rows an SAE with many latents per input looks better than it generalises. No rows are
+    held out when that would leave fewer than 2 on either side.
+    """
+    n_out = int(n * fraction)
+    if n_out < 2 or n - n_out < 2:
+        return np.arange(n), np.zeros(0, np.int64)
+    perm = np.random.default_rng([seed, 2**31 - 1]).permutation(n)
+    return np.sort(perm[n_out:]), np.sort(perm[:n_out])
+
+
+def input_scale(x: Matrix, rows: np.ndarray, seed: int) -> float:
+    """sqrt(d_in / mean ||x||^2) over up to `_SCALE_SAMPLE` rows (SAELens' normalisation).
+
+    Scaled so, the activations have mean squared norm d_in whatever the model or layer, so
+    an L1 coefficient means the same everywhere.
+    """
+    take = (
+        rows
+        if len(rows) <= _SCALE_SAMPLE
+        else np.random.default_rng(seed).choice(rows, _SCALE_SAMPLE, replace=False)
+    )
+    sample = _take(x, np.sort(take)).double()  # (n, D)
+    mean_sq = float(sample.pow(2).sum(1).mean())
+    return float(np.sqrt(sample.shape[1] / mean_sq)) if mean_sq > 0 else 1.0
 
 
 def _iter_batches(batches: Iterable, start: int) -> Iterator[torch.Tensor]:
@@ -178,6 +204,8 @@ class SaeTrainer:
         self.last_window_counts = torch.zeros(n_lat, dtype=torch.int64, device=device)
         self.last_window_samples = 0
         self.last_metrics: dict[str, float] = {}
+        self.activation_scale = 1.0  # inputs are multiplied by this while training
+        self.heldout_metrics: EvalMetrics | None = None
 
     def lr_at(self, step: int) -> float:
         """Linear warmup, then constant; warmup shrinks for runs too short to afford it."""
@@ -190,6 +218,8 @@ class SaeTrainer:
         """One optimiser step on a (B, d_in) batch; returns its metrics as floats."""
         if isinstance(batch, np.ndarray):
             batch = _take(batch, slice(None))
+        if self.activation_scale != 1.0:
+            batch = batch * self.activation_scale
         lr = self.lr_at(self.steps_done)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -288,6 +318,7 @@ class SaeTrainer:
             "window_samples": self.window_samples,
             "last_window_samples": self.last_window_samples,
             "total_steps": self.total_steps,
+            "activation_scale": self.activation_scale,
             "param_groups": self.optimizer.state_dict()["param_groups"],
         }
 
@@ -323,7 +354,11 @@ class SaeTrainer:
         return self
 
     def _check_compatible(self, meta: dict[str, Any], directory: Path) -> None:
-        if meta.get("sae_config") != self.sae.cfg.to_dict():
+        try:
+            saved_cfg = sae_config_from_dict(meta.get("sae_config") or {})
+        except (SaeError, TypeError) as e:
+            raise SaeFileError(f"{directory}: unreadable SAE config in checkpoint ({e})") from e
+        if saved_cfg != self.sae.cfg:
             raise SaeFileError(
                 f"{directory}: checkpoint was made for SAE config {meta.get('sae_config')}, "
                 f"not {self.sae.cfg.to_dict()}; use a fresh output folder"
@@ -350,6 +385,7 @@ class SaeTrainer:
             setattr(self, name, tensors[f"track.{name}"].to(device))
         for name in ("steps_done", "samples_seen", "window_samples", "last_window_samples"):
             setattr(self, name, int(meta[name]))
+        self.activation_scale = float(meta.get("activation_scale", 1.0))
 
     # -- the loop --------------------------------------------------------------------------
     def fit(
@@ -358,22 +394,31 @@ class SaeTrainer:
         out_dir: str | Path,
         extra_cfg: dict[str, Any] | None = None,
     ) -> SparseAutoencoder:
-        """Train on an (N, d_in) array (shuffled per epoch) or an iterable of batches (one pass).
+        """Train on an (N, d_in) array or `ShardedActivations` (shuffled per epoch, read batch
+        by batch) or on an iterable of batches (one pass).
 
         Resumes from ``out_dir/checkpoint`` when present. Writes ``out_dir/sae`` (see
         `save_sae`), ``metrics.json`` and ``feature_density.png``. An iterable must yield the
         same batches in the same order on a resume; the ones already trained on are skipped.
         """
         out_dir = Path(out_dir)
-        is_array = isinstance(activations, np.ndarray | torch.Tensor)
+        is_array = isinstance(activations, np.ndarray | torch.Tensor | ShardedActivations)
         data = _as_matrix(activations, self.sae.cfg.d_in) if is_array else None
+        train_rows = held_rows = None
         if data is not None:
-            self.total_steps = _steps_per_epoch(len(data), self.cfg.batch_size) * self.cfg.epochs
+            train_rows, held_rows = holdout_split(
+                len(data), self.cfg.holdout_fraction, self.cfg.seed
+            )
+            self.total_steps = (
+                _steps_per_epoch(len(train_rows), self.cfg.batch_size) * self.cfg.epochs
+            )
+            if getattr(self.sae.cfg, "normalize_activations", False):
+                self.activation_scale = input_scale(data, train_rows, self.cfg.seed)
         if _has_checkpoint(out_dir / CHECKPOINT_DIR):
             self.load_checkpoint(out_dir / CHECKPOINT_DIR)
         start = self.steps_done
         batches = (
-            _array_batches(data, self.cfg, start)
+            _array_batches(data, train_rows, self.cfg, start)
             if data is not None
             else _iter_batches(activations, start)
         )
@@ -383,21 +428,32 @@ class SaeTrainer:
                 self._train_one(batch, out_dir)
                 advance(1)
         self.save_checkpoint(out_dir / CHECKPOINT_DIR)
-        self._write_outputs(out_dir, data, extra_cfg)
+        if self.activation_scale != 1.0:  # the saved SAE takes raw activations
+            self.sae.fold_input_scale_(self.activation_scale)
+            self.activation_scale = 1.0
+        self._write_outputs(out_dir, data, train_rows, held_rows, extra_cfg)
         return self.sae
 
     def _train_one(self, batch: torch.Tensor, out_dir: Path) -> None:
         batch = batch.to(self.sae.W_enc.device)
         if self.steps_done == 0:
-            self.sae.init_b_dec_(batch)
+            self.sae.init_b_dec_(batch * self.activation_scale)
         metrics = self.step(batch)
         if self.steps_done % self.cfg.log_every == 0:
             log.info("step %d: %s", self.steps_done, _fmt(metrics))
         if self.steps_done % self.cfg.checkpoint_every == 0:
             self.save_checkpoint(out_dir / CHECKPOINT_DIR)
 
-    def _write_outputs(self, out_dir: Path, data: Matrix | None, extra_cfg: dict | None) -> None:
-        save_sae(self.sae, out_dir / "sae", extra_cfg)
+    def _write_outputs(
+        self,
+        out_dir: Path,
+        data: Matrix | None,
+        train_rows: np.ndarray | None,
+        held_rows: np.ndarray | None,
+        extra_cfg: dict | None,
+    ) -> None:
+        """The SAE, metrics.json (held-out and training explained variance) and the histogram."""
+        save_sae(self.sae, out_dir / SAE_SUBDIR, extra_cfg)
         metrics: dict[str, Any] = {
             "steps": self.steps_done,
             "samples_seen": self.samples_seen,
@@ -405,11 +461,17 @@ class SaeTrainer:
             "dead_fraction": self.dead_fraction(),
         }
         if data is not None:
-            rows = np.sort(
-                np.random.default_rng(self.cfg.seed).permutation(len(data))[:_EVAL_MAX_ROWS]
-            )
+            rng = np.random.default_rng(self.cfg.seed)
+            rows = np.sort(rng.permutation(train_rows)[:_EVAL_MAX_ROWS])
             metrics["train_eval"] = asdict(self.evaluate(_take(data, rows)))
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            if len(held_rows):
+                self.heldout_metrics = self.evaluate(_take(data, held_rows[:_EVAL_MAX_ROWS]))
+                metrics["heldout_eval"] = asdict(self.heldout_metrics)
+            else:
+                log.warning(
+                    "too few activations to hold any out: explained variance is on training rows"
+                )
+        (out_dir / METRICS_JSON).write_text(json.dumps(metrics, indent=2))
         save_density_histogram(self.firing_frequency(), out_dir / "feature_density.png")
 
 
@@ -500,17 +562,20 @@ def save_sae(
     return directory
 
 
-def _config_from_cfg_json(data: dict[str, Any], path: Path) -> SaeConfig:
-    """thumbview's own config if present, else one rebuilt from SAELens fields."""
+def _config_from_cfg_json(data: dict[str, Any], path: Path) -> SaeConfigs:
+    """thumbview's own config if present (either layout), else one rebuilt from SAELens fields."""
     try:
         if "thumbview" in data:
-            return SaeConfig.from_dict(data["thumbview"])
+            return sae_config_from_dict(data["thumbview"])
         d_in, d_sae = int(data["d_in"]), int(data["d_sae"])
         if d_sae % d_in:
             raise SaeFileError(f"{path}: d_sae={d_sae} is not a multiple of d_in={d_in}")
-        arch = "topk" if data.get("architecture") == "topk" else "relu-l1"
-        k = int(data.get("k") or data.get("activation_fn_kwargs", {}).get("k") or 1)
-        return SaeConfig(d_in=d_in, expansion_factor=d_sae // d_in, arch=arch, k=k)
+        if data.get("architecture") == "topk":
+            k = int(data.get("k") or data.get("activation_fn_kwargs", {}).get("k") or 1)
+            return sae_config("topk", d_in=d_in, expansion_factor=d_sae // d_in, k=k)
+        return sae_config(
+            "relu-l1", d_in=d_in, expansion_factor=d_sae // d_in, normalize_activations=False
+        )
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, SaeFileError):
             raise
@@ -518,10 +583,14 @@ def _config_from_cfg_json(data: dict[str, Any], path: Path) -> SaeConfig:
 
 
 def load_sae(directory: str | Path) -> SparseAutoencoder:
-    """Inverse of `save_sae`; exact round-trip. Raises `SaeFileError` with the cause."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise SaeFileError(f"{directory}: no such SAE folder")
+    """Inverse of `save_sae`; exact round-trip. Raises `SaeFileError` with the cause.
+
+    `directory` is the SAE folder or the `sae train --out` folder above it.
+    """
+    try:
+        directory = resolve_sae_dir(directory)
+    except SaeFolderError as e:
+        raise SaeFileError(str(e)) from e
     cfg = _config_from_cfg_json(_read_json(directory / CFG_FILE), directory / CFG_FILE)
     tensors = _read_safetensors(directory / WEIGHTS_FILE)
     sae = SparseAutoencoder(cfg)

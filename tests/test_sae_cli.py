@@ -1,0 +1,88 @@
+"""The SAE commands as a user runs them: the `--out` folder everywhere, offline features,
+the codes file, and named missing files (issue 16 items 5, 6, 9)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from typer.testing import CliRunner
+
+from thumbview.cli import app
+
+runner = CliRunner()
+STUDY = ("--top-k", "8", "--min-active", "7", "--n-extreme", "3", "--n-shuffles", "49")
+STUDY += ("--n-boot", "20", "--n-perm", "500")
+
+
+def run(*args) -> object:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def ok(*args) -> object:
+    result = run(*args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sae-cli") / "synth"
+    ok("synth", root, "--n", "120", "--seed", "2")
+    return root
+
+
+def test_train_on_cached_features_writes_codes_that_analyze_reads(synth_dir, tmp_path):
+    out = tmp_path / "SAE"
+    train = ("--expansion", "4", "--k", "4", "--batch-size", "32", "--epochs", "3")
+    res = ok("sae", "train", synth_dir, "--out", out, "--features", "title", *train,
+             "--cache-dir", tmp_path / "cache")  # fmt: skip
+    assert "held-out" in res.output and (out / "sae" / "cfg.json").is_file()
+    cfg = json.loads((out / "sae" / "cfg.json").read_text())
+    assert cfg["features"] == "title" and "clip_model" not in cfg
+    codes = sp.load_npz(out / "codes.npz")
+    assert codes.shape[0] == 120 and codes.shape[1] == cfg["d_sae"]
+    assert np.allclose(codes.getnnz(axis=1), 4)  # TopK: exactly k per row
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["heldout_eval"]["n"] == 6  # 5% of 120 never trained on
+    by_file = ok("sae", "analyze", synth_dir, "--latents", out / "codes.npz", *STUDY,
+                 "--out", tmp_path / "s1", "--json")  # fmt: skip
+    by_sae = ok("sae", "analyze", synth_dir, "--sae", out, *STUDY, "--json",
+                "--cache-dir", tmp_path / "cache")  # fmt: skip
+    assert (out / "study" / "summary.json").is_file()  # default study: OUT/study
+    first, second = json.loads(by_file.stdout), json.loads(by_sae.stdout)
+    assert first["table"] == second["table"]  # --sae OUT recomputes the same codes
+    image = next((synth_dir / "images").glob("*.jpg"))
+    res = run("explain", out, image)
+    assert res.exit_code == 2 and "trained on 'title' features" in res.output
+
+
+def test_out_folder_works_everywhere_and_missing_files_are_named(
+    synth_dir, tiny_clip_dir, tmp_path
+):
+    out = tmp_path / "SAE"
+    ok("sae", "train", synth_dir, "--out", out, "--clip-model", tiny_clip_dir, "--expansion", "2",
+       "--k", "4", "--batch-size", "32", "--cache-dir", tmp_path / "cache")  # fmt: skip
+    assert json.loads((out / "sae" / "cfg.json").read_text())["clip_model"] == str(tiny_clip_dir)
+    ok("sae", "analyze", synth_dir, "--sae", out, *STUDY, "--cache-dir", tmp_path / "cache")
+    image = next((synth_dir / "images").glob("*.jpg"))
+    for folder in (out, out / "sae"):  # either folder, same study found
+        features = json.loads(ok("explain", folder, image, "--json").stdout)
+        assert features and all(f["activation"] > 0 for f in features)
+    (out / "sae" / "sae_weights.safetensors").unlink()
+    res = run("sae", "analyze", synth_dir, "--sae", out, "--out", tmp_path / "s")
+    said = res.output.replace("\n", "")
+    assert res.exit_code == 2 and "sae_weights.safetensors is missing" in said
+    assert "Traceback" not in said and "Checking images" not in said  # checked first
+    res = run("sae", "analyze", synth_dir, "--sae", tmp_path, "--out", tmp_path / "s")
+    said = res.output.replace("\n", "")
+    assert res.exit_code == 2 and "holds no SAE" in said and "--out" in said
+
+
+def test_missing_clip_is_reported_before_the_images_are_checked(synth_dir, tmp_path):
+    res = run("sae", "train", synth_dir, "--out", tmp_path / "o", "--clip-model", tmp_path / "no")
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "does not exist" in said and "Checking images" not in said
