@@ -134,12 +134,23 @@ def serve_command(
     ] = None,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8000,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            help="Another name the page may be reached by (Host header; loopback names "
+            "and --host are always allowed). Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """The web page and JSON API (OpenAPI schema at /openapi.json). Loopback by default."""
     from thumbview.serve.app import run
+    from thumbview.serve.security import LOOPBACK_HOSTS, Security
 
-    console.print(f"thumbview on http://{host}:{port}  (Ctrl+C to stop)")
-    run(model, sae, study, host, port)
+    security = Security(allowed_hosts=LOOPBACK_HOSTS + tuple(allow_host or ()))
+    # The models load (and a bad folder fails) before the address is announced.
+    announce = lambda line: console.print(line, markup=False, highlight=False)  # noqa: E731
+    run(model, sae, study, host, port, security=security, announce=announce)
 
 
 def register(app: typer.Typer) -> None:
