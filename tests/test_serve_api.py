@@ -193,7 +193,7 @@ def test_unexpected_errors_are_generic_500s(serve_model, monkeypatch):
 def test_concurrent_predictions_are_batched_and_each_gets_its_own(serve_model, monkeypatch):
     """Concurrent /predict requests share encoder calls, never run the model at the same
     time, and each gets the answer a request alone would get (image and title its own)."""
-    app = serve_app.create_app(serve_model["model"], batching=serve_app.Batching(0.2, 8))
+    app = serve_app.create_app(serve_model["model"], batching=serve_app.Batching(0.5, 8))
     engine = app.state.engine
     active, peak, guard = [0], [0], threading.Lock()
     real = engine.predictor.blocks
@@ -243,7 +243,7 @@ def test_a_failing_row_fails_only_its_own_request():
             raise ValueError("unlucky")
         return [2 * x for x in items]
 
-    batcher = MicroBatcher(run, Batching(window_s=0.2, max_batch=4))
+    batcher = MicroBatcher(run, Batching(window_s=1.0, max_batch=4))
     out: dict[int, object] = {}
 
     def call(x: int) -> None:
