@@ -110,6 +110,42 @@ def _load(model: Path, images: list[bytes], args, batching) -> dict:
     return {"codes": codes, "lat": lat, "rps": len(codes) / wall, "idle": idle, "peak": peak}
 
 
+def _in_process(model: Path, images: list[bytes], n: int, rounds: int) -> None:
+    """The model calls alone, no HTTP: n rows one call each vs one call of n rows,
+    interleaved `rounds` times (so load from other jobs hits both alike)."""
+    import io
+
+    from PIL import Image
+
+    from thumbview.serve.engine import Engine
+    from thumbview.serve.uploads import DecodedImage
+
+    engine = Engine.load(model)
+    rows = [
+        (
+            DecodedImage(
+                f"t{i}.jpg", Image.open(io.BytesIO(images[i % len(images)])).convert("RGB")
+            ),
+            f"video {i}",
+        )
+        for i in range(n)
+    ]
+    engine._predict_rows(rows[:2])  # warm-up: lazy model loading is not the cost measured
+    single, batched = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for row in rows:
+            engine._predict_rows([row])
+        single.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        engine._predict_rows(rows)
+        batched.append(time.perf_counter() - t0)
+    print(
+        f"| {model.name} | {n} | {n / np.median(single):.1f} | {n / np.median(batched):.1f} | "
+        f"{np.median(single) / np.median(batched):.2f}x |"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path)
@@ -119,6 +155,9 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=50)
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=1, help="runs of each mode, alternating")
+    ap.add_argument(
+        "--in-process", action="store_true", help="time the model calls alone, without HTTP"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model, paths = (args.model, []) if args.model else _train(Path(tmp))
@@ -126,6 +165,11 @@ def main() -> None:
         if not paths:
             raise SystemExit("--image is required with --model")
         images = [Path(p).read_bytes() for p in paths]
+        if args.in_process:
+            print("| model | rows | rows/s one per call | rows/s one call | ratio |")
+            print("|---|---:|---:|---:|---:|")
+            _in_process(model, images, min(args.requests, 32), args.rounds)
+            return
         runs: dict[str, list[dict]] = {name: [] for name in MODES}
         for _ in range(args.rounds):
             for name, batching in MODES.items():
