@@ -260,3 +260,18 @@ def test_chosen_frames_are_listed_best_first(ranked):
     result, _, _ = ranked
     views = [c.predicted_views for c in result.choices]
     assert views == sorted(views, reverse=True)
+
+
+def test_frames_above_the_size_cap_are_refused_before_decoding(tmp_path):
+    from thumbview.frames.extract import FrameSizeError, grab_frames, open_video, scan_video
+
+    video = write_video(tmp_path / "v.mkv", [np.zeros((H, W, 3), np.uint8)] * 3)
+    small_cap = W * H - 1  # 320x180 frames are one pixel over it
+    with pytest.raises(FrameSizeError, match=rf"{W}x{H} \(0.0576 MP\), above the 0.0576 MP limit"):
+        scan_video(video, max_frame_pixels=small_cap)
+    with pytest.raises(FrameSizeError, match="limit"):
+        grab_frames(video, [0.0], max_frame_pixels=small_cap)
+    assert scan_video(video, max_frame_pixels=W * H).n_sampled > 0  # at the cap: accepted
+    # Refused on opening, from the stream header, before any frame is decoded.
+    with pytest.raises(FrameSizeError), open_video(video, small_cap):
+        raise AssertionError("open_video must refuse before handing out the stream")

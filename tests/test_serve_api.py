@@ -14,15 +14,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from _serve_fixture import COVERAGE, build_serve_model
+
 pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from thumbview.data.dataset import load_dataset  # noqa: E402
-from thumbview.data.synth import SynthConfig, make_synthetic  # noqa: E402
 from thumbview.inference import LoadedPredictor  # noqa: E402
-from thumbview.predict.model import PredictorConfig  # noqa: E402
-from thumbview.predict.workflow import train  # noqa: E402
 from thumbview.serve import app as serve_app  # noqa: E402
 from thumbview.serve.jobs import to_jsonable  # noqa: E402
 from thumbview.serve.uploads import Limits, display_name  # noqa: E402
@@ -31,17 +29,19 @@ from thumbview.serve.uploads import Limits, display_name  # noqa: E402
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
 def serve_model(tmp_path_factory) -> dict:
-    """A small visual-only model trained on synthetic thumbnails, and its dataset."""
-    root = tmp_path_factory.mktemp("serve")
-    make_synthetic(root / "ds", SynthConfig(n=40, seed=0))
-    ds = load_dataset(root / "ds")
-    train(ds, PredictorConfig(encoders=("visual",)), root / "model", holdout_frac=0)
-    return {"model": root / "model", "paths": ds.paths}
+    return build_serve_model(tmp_path_factory.mktemp("serve"))
+
+
+BASE = "http://127.0.0.1:8000"  # a loopback Host: the only kind the app serves by default
+
+
+def _client(app, **kwargs) -> TestClient:
+    return TestClient(app, base_url=BASE, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def client(serve_model):
-    with TestClient(serve_app.create_app(serve_model["model"])) as c:
+    with _client(serve_app.create_app(serve_model["model"])) as c:
         yield c
 
 
@@ -85,9 +85,10 @@ def test_health_and_page(client):
 def test_api_docs_work_offline(client):
     page = client.get("/docs")
     assert page.status_code == 200
-    assert "/docs-assets/swagger-ui-bundle.js" in page.text and "cdn" not in page.text.lower()
-    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
-    assert "/predict" in client.get("/openapi.json").json()["paths"]
+    assert "/static/swagger-ui/swagger-ui-bundle.js" in page.text and "cdn" not in page.text.lower()
+    bundle = client.get("/static/swagger-ui/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and "OAS31" in bundle.text  # Swagger UI 5 reads 3.1
+    assert client.get("/openapi.json").json()["openapi"].startswith("3.1")
 
 
 def test_predict_matches_the_library(client, serve_model):
@@ -96,10 +97,12 @@ def test_predict_matches_the_library(client, serve_model):
     resp = client.post("/predict", files={"image": _file(data)}, data={"title": "My video"})
     assert resp.status_code == 200, resp.text
     got = resp.json()["prediction"]
-    want = LoadedPredictor.load(serve_model["model"]).predict_images(
+    loaded = LoadedPredictor.load(serve_model["model"])
+    want = loaded.predict_images(
         [Image.open(io.BytesIO(data)).convert("RGB")], ["x"], ["My video"]
     )[0]
     assert got["image"] == "thumb.jpg" and got["title"] == "My video"
+    assert got["coverage"] == resp.json()["coverage"] == COVERAGE  # the model's own coverage
     assert got["views"] == pytest.approx(want.views) and got["low"] <= got["views"] <= got["high"]
     no_title = client.post("/predict", files={"image": _file(data)}).json()["prediction"]
     assert no_title["title"] == ""
@@ -127,7 +130,7 @@ def test_upload_caps(serve_model):
     app = serve_app.create_app(
         serve_model["model"], limits=Limits(max_image_bytes=2000, max_image_pixels=10_000)
     )
-    with TestClient(app) as c:
+    with _client(app) as c:
         big = _jpeg(path, (320, 180))  # > 2000 bytes
         _error(c.post("/predict", files={"image": _file(big)}), 413, "limit")
         small = _jpeg(Image.new("RGB", (200, 100), (200, 30, 30)))  # 20,000 px, few bytes
@@ -172,55 +175,90 @@ def test_compare_bad_inputs(client, serve_model):
     _error(client.post("/compare", files=bad), 422, "b.gif")
 
 
-# ----------------------------------------------------------------------------- errors, lock
+# ----------------------------------------------------------------------------- errors, batching
 def test_unexpected_errors_are_generic_500s(serve_model, monkeypatch):
     app = serve_app.create_app(serve_model["model"])
 
     def boom(*args, **kwargs):
         raise RuntimeError("secret internal detail /home/user/model")
 
-    monkeypatch.setattr(LoadedPredictor, "predict_images", boom)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    monkeypatch.setattr(app.state.engine.predictor, "blocks", boom)
+    with _client(app, raise_server_exceptions=False) as c:
         msg = _error(
             c.post("/predict", files={"image": _file(_jpeg(serve_model["paths"][0]))}), 500
         )
     assert "secret" not in msg and "server log" in msg
 
 
-def test_requests_take_turns_on_the_model(serve_model, monkeypatch):
-    """Concurrent requests never run the model at the same time (memory stays one copy)."""
-    app = serve_app.create_app(serve_model["model"])
+def test_concurrent_predictions_are_batched_and_each_gets_its_own(serve_model, monkeypatch):
+    """Concurrent /predict requests share encoder calls, never run the model at the same
+    time, and each gets the answer a request alone would get (image and title its own)."""
+    app = serve_app.create_app(serve_model["model"], batching=serve_app.Batching(0.5, 8))
+    engine = app.state.engine
     active, peak, guard = [0], [0], threading.Lock()
-    real = LoadedPredictor.predict_images
+    real = engine.predictor.blocks
 
-    def counting(*args, **kwargs):
+    def counting(images, titles):
         with guard:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
-        time.sleep(0.05)
         try:
-            return real(*args, **kwargs)
+            return real(images, titles)
         finally:
             with guard:
                 active[0] -= 1
 
-    monkeypatch.setattr(LoadedPredictor, "predict_images", counting)
-    data = _jpeg(serve_model["paths"][1])
-    with TestClient(app) as c:
-        codes = []
-        threads = [
-            threading.Thread(
-                target=lambda: codes.append(
-                    c.post("/predict", files={"image": _file(data)}).status_code
-                )
-            )
-            for _ in range(6)
-        ]
+    monkeypatch.setattr(engine.predictor, "blocks", counting)
+    paths = serve_model["paths"][:6]
+    data = [_jpeg(p) for p in paths]
+    got: dict[int, dict] = {}
+
+    def one(i: int) -> None:
+        form = {"title": f"video {i}"}
+        resp = c.post("/predict", files={"image": _file(data[i], f"{i}.jpg")}, data=form)
+        got[i] = resp.json()["prediction"]
+
+    with _client(app) as c:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(data))]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-    assert codes == [200] * 6 and peak[0] == 1
+    assert peak[0] == 1 and sum(engine.batcher.batch_sizes) == len(data)
+    assert len(engine.batcher.batch_sizes) < len(data)  # at least two requests shared a call
+    loaded = LoadedPredictor.load(serve_model["model"])
+    for i, d in enumerate(data):
+        image = Image.open(io.BytesIO(d)).convert("RGB")
+        want = loaded.predict_images([image], [f"{i}.jpg"], [f"video {i}"])[0]
+        assert got[i]["image"] == f"{i}.jpg" and got[i]["title"] == f"video {i}"
+        for key in ("views", "low", "high", "log10"):
+            assert got[i][key] == pytest.approx(getattr(want, key), rel=1e-6)
+
+
+def test_a_failing_row_fails_only_its_own_request():
+    from thumbview.serve.engine import Batching, MicroBatcher
+
+    def run(items: list[int]) -> list[int]:
+        if 13 in items:
+            raise ValueError("unlucky")
+        return [2 * x for x in items]
+
+    batcher = MicroBatcher(run, Batching(window_s=1.0, max_batch=4))
+    out: dict[int, object] = {}
+
+    def call(x: int) -> None:
+        try:
+            out[x] = batcher.submit(x)
+        except ValueError as e:
+            out[x] = str(e)
+
+    threads = [threading.Thread(target=call, args=(x,)) for x in (1, 13, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    assert out == {1: 2, 13: "unlucky", 3: 6} and batcher.batch_sizes[0] == 3
 
 
 # ----------------------------------------------------------------------------- explain
@@ -270,7 +308,7 @@ def test_explain_with_a_study(serve_model, sae_study, monkeypatch):
         raise AssertionError("the SAE must be loaded once, at start-up")
 
     monkeypatch.setattr("thumbview.inference.sae.load_sae_encoder", no_reload)
-    with TestClient(app) as c:
+    with _client(app) as c:
         assert c.get("/health").json()["explain"] is True
         resp = c.post(
             "/explain", files={"image": _file(_jpeg(serve_model["paths"][0]))}, data={"top": "4"}
@@ -373,7 +411,7 @@ def test_frames_upload_cap_and_busy_queue(serve_model, tmp_path):
     )
     app.state.jobs._rank = lambda video, out_dir, progress, **kw: gate.wait(10) and {"choices": []}
     video = _video(tmp_path / "v.mp4", seconds=1.0)
-    with TestClient(app) as c:
+    with _client(app) as c:
         big = ("v.avi", b"\0" * 60_000, "video/x-msvideo")
         _error(c.post("/frames", files={"video": big}), 413, "limit")
         first = c.post("/frames", files={"video": ("v.mp4", video.read_bytes(), "video/mp4")})

@@ -7,6 +7,7 @@ tmp_path and, when THUMBVIEW_SCREENSHOT_DIR is set, are copied there for people 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -31,25 +32,19 @@ uvicorn = pytest.importorskip("uvicorn")
 if not CHROMIUM.exists():
     pytest.skip("/usr/bin/chromium is not installed", allow_module_level=True)
 
-from thumbview.data.dataset import load_dataset  # noqa: E402
-from thumbview.data.synth import SynthConfig, make_synthetic  # noqa: E402
-from thumbview.predict.model import PredictorConfig  # noqa: E402
-from thumbview.predict.workflow import train  # noqa: E402
+from _serve_fixture import build_serve_model  # noqa: E402
 from thumbview.serve.app import create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """(base URL, two thumbnail paths) of a live server with a small trained model."""
-    root = tmp_path_factory.mktemp("browser")
-    make_synthetic(root / "ds", SynthConfig(n=40, seed=0))
-    ds = load_dataset(root / "ds")
-    train(ds, PredictorConfig(encoders=("visual",)), root / "model", holdout_frac=0)
+    """(base URL, two thumbnail paths) of a live server with a small model trained for 90%."""
+    model = build_serve_model(tmp_path_factory.mktemp("serve"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = uvicorn.Config(
-        create_app(root / "model"), host="127.0.0.1", port=port, log_level="warning"
+        create_app(model["model"]), host="127.0.0.1", port=port, log_level="warning"
     )
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -58,7 +53,7 @@ def server(tmp_path_factory):
     while not srv.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", ds.paths[:2]
+    yield f"http://127.0.0.1:{port}", model["paths"][:2]
     srv.should_exit = True
     thread.join(10)
 
@@ -70,17 +65,26 @@ def _keep(shot: Path) -> None:
         shutil.copy(shot, Path(out) / shot.name)
 
 
+def _page(browser, viewport=(1280, 900)):
+    """A page that records script errors and console errors (CSP violations land there)."""
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    return page, errors
+
+
+def _browser(p):
+    return p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+
+
 @pytest.mark.parametrize("viewport", [(1280, 900), (390, 844)], ids=["laptop", "phone"])
 def test_compare_two_thumbnails_in_the_browser(server, viewport, tmp_path):
     url, thumbs = server
     with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
+        browser = _browser(p)
         try:
-            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
+            page, errors = _page(browser, viewport)
             page.goto(url)
             page.wait_for_selector("#status.ok")
             page.set_input_files("#file", [str(t) for t in thumbs])
@@ -90,8 +94,12 @@ def test_compare_two_thumbnails_in_the_browser(server, viewport, tmp_path):
             page.wait_for_selector("#ranking tbody tr", timeout=30_000)
             assert page.locator("#ranking tbody tr").count() == 2
             assert page.locator("#chart svg .dot").count() == 2
-            assert "views" in page.inner_text("#winner")
+            winner = page.inner_text("#winner")
+            assert "views" in winner or "No candidate is reliably ahead" in winner
             assert "%" in page.inner_text("#ranking tbody")  # P(beats the others)
+            # The model was trained for 90% intervals: the page says so, from the model.
+            assert page.inner_text("#coverage") == "9 times out of 10"
+            assert page.locator("#range-cov").text_content() == "(90%)"  # hidden on phones
             assert page.inner_text("#msg") == ""
             shot = tmp_path / f"serve_{viewport[0]}x{viewport[1]}.png"
             page.screenshot(path=str(shot), full_page=True)
@@ -99,3 +107,68 @@ def test_compare_two_thumbnails_in_the_browser(server, viewport, tmp_path):
         finally:
             browser.close()
     _keep(shot)
+
+
+def test_no_winner_is_named_when_candidates_are_close(server):
+    """Six candidates within a few points: the page says no candidate is reliably ahead."""
+    url, thumbs = server
+    p_best = [0.19, 0.18, 0.17, 0.16, 0.15, 0.15]
+    close = {
+        "images": ["a.jpg", "b.jpg"],
+        "candidates": [
+            {
+                "image": "a.jpg" if k % 2 == 0 else "b.jpg",
+                "image_index": k % 2,
+                "title": f"t{k}",
+                "views": 3000 - 10 * k,
+                "low": 1000,
+                "high": 9000,
+                "p_best": pb,
+            }
+            for k, pb in enumerate(p_best)
+        ],
+        "p_beats": [[0.5 if i == j else 0.52 for j in range(6)] for i in range(6)],
+        "descriptors": [],
+        "sae": [],
+    }
+    with playwright_sync.sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page, errors = _page(browser)
+            page.route(
+                "**/compare",
+                lambda route: route.fulfill(
+                    status=200, content_type="application/json", body=json.dumps(close)
+                ),
+            )
+            page.goto(url)
+            page.wait_for_selector("#status.ok")
+            page.set_input_files("#file", [str(t) for t in thumbs])
+            page.click("#go")
+            page.wait_for_selector("#ranking tbody tr", timeout=30_000)
+            winner = page.inner_text("#winner")
+            assert "No candidate is reliably ahead" in winner and "19%" in winner
+            assert "most likely to win" not in winner.lower()
+            assert page.inner_text("#ranking tbody").count("3K") >= 1  # one formatter
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def test_api_docs_render_offline(server):
+    """/docs renders FastAPI's OpenAPI 3.1 with the bundled Swagger UI: operations shown."""
+    url, _ = server
+    with playwright_sync.sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page, errors = _page(browser)
+            outside: list[str] = []
+            page.on("request", lambda r: None if r.url.startswith(url) else outside.append(r.url))
+            page.goto(url + "/docs")
+            page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+            paths = page.locator(".opblock-summary-path").all_inner_texts()
+            assert "/predict" in paths and "/compare" in paths
+            assert "Unable to render" not in page.inner_text("body")
+            assert outside == [] and errors == []
+        finally:
+            browser.close()

@@ -169,14 +169,25 @@ def serve_command(
     ] = None,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            help="Another name the page may be reached by (Host header; loopback names "
+            "and --host are always allowed). Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """The web page and JSON API (OpenAPI schema at /openapi.json). Loopback by default."""
     from thumbview.inference import LoadedPredictor
     from thumbview.serve.app import run
+    from thumbview.serve.security import LOOPBACK_HOSTS, Security
 
-    LoadedPredictor.check(model)  # a missing or broken model fails before the URL is printed
-    console.print(f"thumbview on http://{safe(host)}:{port}  (Ctrl+C to stop)")
-    run(model, sae, study, host, port)
+    LoadedPredictor.check(model)  # a missing or broken model fails before anything loads
+    security = Security(allowed_hosts=LOOPBACK_HOSTS + tuple(allow_host or ()))
+    # The models load (and a bad folder fails) before the address is announced.
+    announce = lambda line: console.print(line, markup=False, highlight=False)  # noqa: E731
+    run(model, sae, study, host, port, security=security, announce=announce)
 
 
 def register(app: typer.Typer) -> None:

@@ -33,8 +33,18 @@ _STILL_CODECS = {"mjpeg", "png", "bmp", "webp", "tiff"}
 _TEXT_FORMATS = {"tty"}  # FFmpeg renders any text file as an "ANSI art" video
 
 
+# Decoded frames cost width x height x 1.5 bytes each, several at once with threaded
+# decoding: a few hundred KB of H.264 can declare 8192x8192 frames (a decompression bomb).
+# 16 MP admits 4K (8.3 MP) and 5K (14.7 MP) video and matches the cap on uploaded images.
+MAX_FRAME_PIXELS = 16_000_000
+
+
 class FramesError(ValueError):
     """A video that cannot be used (missing, not a video, no frames, unknown codec)."""
+
+
+class FrameSizeError(FramesError):
+    """A video whose frames are larger than the frame-size cap; refused before decoding."""
 
 
 @dataclass(frozen=True)
@@ -51,8 +61,15 @@ class ScanResult:
 
 
 @contextmanager
-def open_video(path: Path) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
-    """The container and its first video stream, or a `FramesError` naming what is wrong."""
+def open_video(
+    path: Path, max_frame_pixels: int = MAX_FRAME_PIXELS
+) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
+    """The container and its first video stream, or a `FramesError` naming what is wrong.
+
+    Streams whose declared frame size exceeds `max_frame_pixels` are refused here, from the
+    header, before a single frame is decoded (`check_frame_size` repeats the check on
+    decoded frames for containers that declare no size).
+    """
     path = Path(path)
     if not path.exists():
         raise FramesError(f"{path}: file not found")
@@ -65,9 +82,21 @@ def open_video(path: Path) -> Iterator[tuple[av.container.InputContainer, av.Vid
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
         raise FramesError(f"{path}: not a video file ({e})") from e
     try:
-        yield container, _video_stream(path, container)
+        stream = _video_stream(path, container)
+        ctx = stream.codec_context
+        check_frame_size(path, ctx.width or 0, ctx.height or 0, max_frame_pixels)
+        yield container, stream
     finally:
         container.close()
+
+
+def check_frame_size(path: Path, width: int, height: int, max_frame_pixels: int) -> None:
+    """Refuse frames of more than `max_frame_pixels` (width x height), in one line."""
+    if width * height > max_frame_pixels:
+        raise FrameSizeError(
+            f"{path}: video frames are {width}x{height} ({width * height / 1e6:.3g} MP), "
+            f"above the {max_frame_pixels / 1e6:.3g} MP limit; scale the video down first"
+        )
 
 
 def _video_stream(path: Path, container) -> av.VideoStream:
@@ -106,10 +135,11 @@ def scan_video(
     sample_fps: float = 2.0,
     keyframes_only: bool = False,
     progress: Callable[[float], None] | None = None,
+    max_frame_pixels: int = MAX_FRAME_PIXELS,
 ) -> ScanResult:
     """One streaming pass: sample frames, detect shots, keep de-duplicated candidates."""
     tracker, pool = ShotTracker(config), CandidatePool(config)
-    with open_video(path) as (container, stream):
+    with open_video(path, max_frame_pixels) as (container, stream):
         stream.thread_type = "AUTO"
         if keyframes_only:
             stream.codec_context.skip_frame = "NONKEY"
@@ -118,7 +148,8 @@ def scan_video(
             stream.codec_context.width, stream.codec_context.height, analysis_width
         )
         n = 0
-        for t, rgb in _sampled_frames(path, container, stream, size, sample_fps, keyframes_only):
+        options = (size, sample_fps, keyframes_only, max_frame_pixels)
+        for t, rgb in _sampled_frames(path, container, stream, *options):
             n += 1
             for cand in tracker.push(measure(rgb, t)):
                 pool.add(cand)
@@ -136,12 +167,17 @@ def scan_video(
     return ScanResult(tuple(kept), skipped, n, tracker.n_shots, duration, width, height)
 
 
-def _sampled_frames(path, container, stream, size, sample_fps, keyframes_only):
-    """(timestamp_s, (h, w, 3) uint8) at about `sample_fps`; decode errors become FramesError."""
+def _sampled_frames(path, container, stream, size, sample_fps, keyframes_only, max_pixels):
+    """(timestamp_s, (h, w, 3) uint8) at about `sample_fps`; decode errors become FramesError.
+
+    Each decoded frame is held to the cap again: a header may declare no size, or small
+    frames that then grow mid-stream.
+    """
     step = 0.0 if keyframes_only else 1.0 / sample_fps
     next_t = -np.inf
     try:
         for frame in container.decode(stream):
+            check_frame_size(path, frame.width, frame.height, max_pixels)
             t = _frame_time(frame)
             if t is None or t < next_t:
                 continue
@@ -158,20 +194,22 @@ def _frame_time(frame) -> float | None:
     return float(frame.pts * frame.time_base)
 
 
-def grab_frames(path: Path, timestamps: list[float]) -> dict[float, np.ndarray]:
+def grab_frames(
+    path: Path, timestamps: list[float], max_frame_pixels: int = MAX_FRAME_PIXELS
+) -> dict[float, np.ndarray]:
     """Full-resolution RGB (H, W, 3) for each timestamp, by seeking to the keyframe before it.
 
     Each seek decodes at most one GOP, so this costs little next to the full scan.
     """
     out: dict[float, np.ndarray] = {}
-    with open_video(path) as (container, stream):
+    with open_video(path, max_frame_pixels) as (container, stream):
         stream.thread_type = "AUTO"
         for t in sorted(set(timestamps)):
-            out[t] = _grab_one(path, container, stream, t)
+            out[t] = _grab_one(path, container, stream, t, max_frame_pixels)
     return out
 
 
-def _grab_one(path: Path, container, stream, t: float) -> np.ndarray:
+def _grab_one(path: Path, container, stream, t: float, max_frame_pixels: int) -> np.ndarray:
     container.seek(int(t / stream.time_base), stream=stream)  # keyframe at or before t
     last = None
     try:
@@ -184,4 +222,5 @@ def _grab_one(path: Path, container, stream, t: float) -> np.ndarray:
         raise FramesError(f"{path}: cannot decode the frame at {t:.2f} s ({e})") from e
     if last is None:
         raise FramesError(f"{path}: no frame at {t:.2f} s")
+    check_frame_size(path, last.width, last.height, max_frame_pixels)
     return last.to_ndarray(format="rgb24")

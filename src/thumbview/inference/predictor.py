@@ -186,14 +186,21 @@ class LoadedPredictor:
         """Every image x title combination with its interval, in `combinations` order."""
         for message in self.missing_inputs(list(titles)):
             log.warning(message)
-        pairs, blocks = self.combinations(images, titles)
-        point, (lo, hi) = self.predict(blocks), self.intervals(blocks)
+        pairs = [(i, t) for i in range(len(images)) for t in (list(titles) or [""])]
+        return self.predict_rows(
+            [images[i] for i, _ in pairs], [names[i] for i, _ in pairs], [t for _, t in pairs]
+        )
+
+    def predict_rows(
+        self, images: Sequence[Image.Image], names: Sequence[str], titles: Sequence[str]
+    ) -> list[Prediction]:
+        """One prediction per (image, name, title) row given side by side (the web batcher)."""
+        blocks = self.blocks(images, titles)  # {encoder: (N, D)}
+        point, (lo, hi) = self.predict(blocks), self.intervals(blocks)  # (N,) each
         scale = to_views(self.target)
         return [
-            Prediction(
-                names[i], t, float(p), scale(p), scale(a), scale(b), self.target, self.coverage
-            )
-            for (i, t), p, a, b in zip(pairs, point, lo, hi, strict=True)
+            Prediction(n, t, float(p), scale(p), scale(a), scale(b), self.target, self.coverage)
+            for n, t, p, a, b in zip(names, titles, point, lo, hi, strict=True)
         ]
 
 

@@ -1,19 +1,18 @@
 """The FastAPI app: a JSON API over a loaded model, and the one-page front end.
 
-The model (and the SAE, when configured) loads once in `create_app`; every request that
-uses it takes a lock, so concurrent requests queue instead of multiplying memory. Errors
-always come back as `{"error": "<what went wrong, in words>"}`: validation, size caps,
-undecodable uploads and the library's own errors get their message; anything unexpected
-gets a generic 500 while the traceback goes to the server log.
+The model (and the SAE, when configured) loads once in `create_app` (see `engine`);
+concurrent /predict requests are micro-batched into one model call. `security.Guard`
+stands in front of every route (host allow-list, same-origin POSTs, streamed body cap,
+form checks, security headers). Errors always come back as `{"error": "<in words>"}`:
+validation, size caps, undecodable uploads and the library's own errors get their
+message; anything unexpected gets a generic 500 while the traceback goes to the log.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,9 +23,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from thumbview import __version__
-from thumbview.inference import LoadedPredictor, SaeEncoder
-from thumbview.layout import find_study_dir
+from thumbview.serve.engine import Batching, Engine
 from thumbview.serve.jobs import FrameJobs, JobError
+from thumbview.serve.security import Guard, Security
 from thumbview.serve.uploads import (
     DecodedImage,
     Limits,
@@ -44,99 +43,7 @@ from thumbview.serve.uploads import (
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-EXAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
-
-
-class Engine:
-    """The loaded models behind one lock: the only place requests touch them."""
-
-    def __init__(self, model_dir: Path, sae_dir: Path | None, study_dir: Path | None):
-        self.model_dir = Path(model_dir)
-        self.predictor = LoadedPredictor.load(self.model_dir)
-        self.model, self.encoders = self.predictor.model, self.predictor.encoders
-        self.sae: SaeEncoder | None = None
-        self.study = None
-        self.lock = threading.Lock()
-        study_dir = study_dir or find_study_dir(sae_dir)
-        if sae_dir is not None and study_dir is not None:
-            from thumbview.sae.explain import load_study
-
-            self.sae = SaeEncoder.load(sae_dir)
-            self.study = load_study(study_dir)
-        elif sae_dir is not None or study_dir is not None:
-            log.warning("explanations need both an SAE and its study; /explain is disabled")
-
-    def predict(self, images: list[DecodedImage], titles: list[str]) -> list[dict[str, Any]]:
-        with self.lock:
-            found = self.predictor.predict_images(
-                [d.image for d in images],
-                [d.name for d in images],
-                titles or [""],
-            )
-        return [asdict(p) for p in found]
-
-    def compare(self, images: list[DecodedImage], titles: list[str]) -> dict[str, Any]:
-        from thumbview.compare import compare
-
-        with self.lock:
-            result = compare(
-                self.predictor,
-                [d.image for d in images],
-                [d.name for d in images],
-                titles or [""],
-                study=self.study,
-                sae=self.sae if self.study is not None else None,
-            )
-        # `images` in upload order lets the page match candidates to its previews.
-        return {"images": [d.name for d in images], **result.to_json_dict()}
-
-    def require_study(self) -> None:
-        if self.study is None:
-            raise UploadError(
-                "explanations are not available: start the server with an SAE and its study "
-                "(thumbview serve --sae DIR)",
-                409,
-            )
-
-    def explain(self, image: DecodedImage, top: int) -> list[dict[str, Any]]:
-        self.require_study()
-        from thumbview.sae.explain import explain_latents
-
-        with self.lock:
-            z = self.sae.latents([image.image])[0]  # (d_sae,)
-        return [_feature_json(f) for f in explain_latents(z, self.study, top)]
-
-    def example(self, latent: int, k: int) -> Path:
-        """A study thumbnail for a latent: looked up in the study, not built from the URL."""
-        names = self.study.examples.get(latent, ()) if self.study else ()
-        root = self.study.dataset_root if self.study else None
-        path = root / names[k] if root is not None and 0 <= k < len(names) else None
-        if path is None or path.suffix.lower() not in EXAMPLE_SUFFIXES or not path.is_file():
-            raise UploadError("no such example thumbnail", 404)
-        return path
-
-    def health(self) -> dict[str, Any]:
-        cfg = self.model.config
-        return {
-            "status": "ok",
-            "version": __version__,
-            "model": self.model_dir.name,
-            "encoders": list(cfg.encoders),
-            "target": cfg.target,
-            "coverage": cfg.coverage,
-            "explain": self.study is not None,
-        }
-
-
-def _feature_json(f) -> dict[str, Any]:
-    return {
-        "latent": f.latent,
-        "activation": f.activation,
-        "ratio": f.ratio,
-        "q": f.q,
-        "group_views": f.group_views,
-        "examples": [f"/explain/examples/{f.latent}/{i}" for i in range(len(f.examples))],
-    }
+SWAGGER_DIR = STATIC_DIR / "swagger-ui"  # swagger-ui-dist 5 (reads OpenAPI 3.1), shipped
 
 
 # ----- request parsing -----------------------------------------------------------------------
@@ -198,30 +105,22 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal error while handling the request; the server log has details")
 
 
-def _install_body_cap(app: FastAPI, limits: Limits) -> None:
-    """Refuse an oversized body from its Content-Length, before a byte of it is parsed."""
-
-    @app.middleware("http")
-    async def _cap(request: Request, call_next: Callable):
-        size = request.headers.get("content-length")
-        cap = limits.max_request_bytes(video=request.url.path.startswith("/frames"))
-        if size is not None and size.isdigit() and int(size) > cap:
-            return _error(413, f"request body is larger than the {cap / 2**20:.0f} MB limit")
-        return await call_next(request)
-
-
 # ----- the app -------------------------------------------------------------------------------
 def create_app(
     model_dir: str | Path,
     sae_dir: str | Path | None = None,
     study_dir: str | Path | None = None,
     limits: Limits = Limits(),
+    security: Security = Security(),
+    batching: Batching = Batching(),
 ) -> FastAPI:
-    """The app with its model loaded; frame jobs are cleaned up when the server stops."""
-    engine = Engine(
+    """The app with its models loaded (errors in the folders raise here, before serving);
+    frame jobs and the batcher stop when the server stops."""
+    engine = Engine.load(
         Path(model_dir),
         Path(sae_dir) if sae_dir else None,
         Path(study_dir) if study_dir else None,
+        batching,
     )
     jobs = FrameJobs(_frame_ranker(engine), limits.max_frame_jobs, limits.keep_finished_jobs)
 
@@ -229,6 +128,7 @@ def create_app(
     async def lifespan(app: FastAPI):
         yield
         jobs.close()
+        engine.batcher.close()
 
     app = FastAPI(
         title="thumbview",
@@ -239,7 +139,8 @@ def create_app(
     )
     app.state.engine, app.state.jobs, app.state.limits = engine, jobs, limits
     _install_error_handlers(app)
-    _install_body_cap(app, limits)
+    body_cap = lambda path: limits.max_request_bytes(video=path.startswith("/frames"))  # noqa: E731
+    app.add_middleware(Guard, security=security, body_cap=body_cap)
     _add_model_routes(app, engine, limits)
     _add_frames_routes(app, jobs, limits)
     _add_page_routes(app, engine)
@@ -265,8 +166,8 @@ def _add_model_routes(app: FastAPI, engine: Engine, limits: Limits) -> None:
     @app.post("/predict", summary="Predicted views for one thumbnail (and title)")
     def predict(image: ImageUpload, title: Title = "") -> dict[str, Any]:
         titles = clean_titles([title], limits)
-        found = engine.predict(_images([image], limits), titles)
-        return {"prediction": found[0], "coverage": engine.model.config.coverage}
+        found = engine.predict(_images([image], limits)[0], titles[0] if titles else "")
+        return {"prediction": found, "coverage": engine.coverage}
 
     @app.post("/compare", summary="Rank 2-6 thumbnails x 1-3 titles")
     def compare(
@@ -303,7 +204,7 @@ def _add_frames_routes(app: FastAPI, jobs: FrameJobs, limits: Limits) -> None:
             label = job.label = display_name(video.filename, 0)
             path = job.dir / f"upload{video_suffix(video.filename)}"
             save_capped(video.file, path, limits.max_video_bytes, label)
-            check_video(path, label)
+            check_video(path, label, limits.max_frame_pixels)
         except BaseException:
             jobs.discard(job)
             raise
@@ -333,23 +234,12 @@ def _add_page_routes(app: FastAPI, engine: Engine) -> None:
 
 
 def _add_docs_route(app: FastAPI) -> None:
-    """OpenAPI docs at /docs with Swagger UI from the swagger-ui-bundle package, not a CDN."""
-    import swagger_ui_bundle
-    from fastapi.openapi.docs import get_swagger_ui_html
-
-    app.mount(
-        "/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets"
-    )
+    """OpenAPI docs at /docs from the Swagger UI 5 files shipped in static/swagger-ui: no
+    CDN, and no inline script, so the page's Content-Security-Policy holds there too."""
 
     @app.get("/docs", include_in_schema=False)
-    def docs() -> Any:
-        return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json",
-            title="thumbview API",
-            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-            swagger_css_url="/docs-assets/swagger-ui.css",
-            swagger_favicon_url="/docs-assets/favicon-32x32.png",
-        )
+    def docs() -> FileResponse:
+        return FileResponse(SWAGGER_DIR / "docs.html")
 
 
 def run(
@@ -359,10 +249,19 @@ def run(
     host: str = "127.0.0.1",
     port: int = 8000,
     limits: Limits = Limits(),
+    security: Security = Security(),
+    announce: Callable[[str], None] = print,
+    batching: Batching = Batching(),
 ) -> None:
-    """Serve the app with uvicorn (blocks until interrupted). Loopback only by default."""
+    """Load the models, then say where the page is, then serve (blocks until interrupted).
+
+    Loopback only by default; the name the server is bound to is added to the allowed hosts.
+    """
     import uvicorn
 
+    app = create_app(model_dir, sae_dir, study_dir, limits, security.with_host(host), batching)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can use the app", host)
-    uvicorn.run(create_app(model_dir, sae_dir, study_dir, limits), host=host, port=port)
+    shown = f"[{host}]" if ":" in host else host
+    announce(f"thumbview on http://{shown}:{port}  (Ctrl+C to stop)")
+    uvicorn.run(app, host=host, port=port)

@@ -17,6 +17,7 @@ from typing import BinaryIO
 from PIL import Image
 
 from thumbview.data.images import ImageError, load_image
+from thumbview.frames.extract import MAX_FRAME_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class Limits:
     max_titles: int = 3
     max_title_chars: int = 300
     max_video_bytes: int = 512 * 2**20
+    max_frame_pixels: int = MAX_FRAME_PIXELS  # video frame width x height
     max_frame_jobs: int = 2  # queued + running frame jobs at once
     keep_finished_jobs: int = 8  # finished jobs (and their stills) kept for the page to read
 
@@ -43,7 +45,7 @@ class Limits:
                 raise ValueError(f"Limits.{name} must be at least 1, got {value}")
 
     def max_request_bytes(self, video: bool) -> int:
-        """Whole-body cap checked from Content-Length before any parsing (form fields: 1 MB)."""
+        """Whole-body cap, counted as the body streams in (form fields: 1 MB on top)."""
         files = self.max_video_bytes if video else self.max_images * self.max_image_bytes
         return files + 2**20
 
@@ -132,18 +134,20 @@ def save_capped(fp: BinaryIO, dest: Path, max_bytes: int, label: str) -> int:
     return total
 
 
-def check_video(path: Path, label: str) -> None:
+def check_video(path: Path, label: str, max_frame_pixels: int) -> None:
     """Sniff a video the way frame ranking will read it (PyAV), decoding its first frame,
-    so a renamed text file or a still image fails at upload time, not in the job."""
+    so a renamed text file, a still image or frames above the size cap (checked from the
+    header, before decoding) fail at upload time, not in the job."""
     import av
 
-    from thumbview.frames.extract import FramesError, open_video
+    from thumbview.frames.extract import FramesError, FrameSizeError, open_video
 
     try:
-        with open_video(path) as (container, stream):
+        with open_video(path, max_frame_pixels) as (container, stream):
             next(container.decode(stream))
     except FramesError as e:
-        raise UploadError(str(e).replace(str(path), label)) from e
+        status = 413 if isinstance(e, FrameSizeError) else 422
+        raise UploadError(str(e).replace(str(path), label), status) from e
     except (av.error.FFmpegError, StopIteration, OSError) as e:
         raise UploadError(f"{label}: not a readable video (no frame could be decoded)") from e
 

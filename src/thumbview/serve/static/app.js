@@ -19,6 +19,7 @@ function el(tag, attrs = {}, ...children) {
   for (const [k, v] of Object.entries(attrs)) {
     if (k === "class") node.className = v;
     else if (k === "text") node.textContent = v;
+    else if (k === "style") node.style.cssText = v;  // CSSOM, not an attribute: allowed by the CSP
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else if (v !== null && v !== undefined && v !== false) node.setAttribute(k, v);
   }
@@ -38,17 +39,31 @@ function relativeTarget() {
   return state.health && state.health.target && state.health.target !== "log10";
 }
 
+// The one view formatter, the same rule as Python's: 999, 1K, 1.2K, 12K, 123K, 3.5M, 1.2B.
+// Below 10 of a unit one decimal (dropped when .0), from 10 on whole units; a value that
+// rounds up to 1000 of a unit moves to the next (999,999 -> "1M", never "1000K").
+function formatViews(v) {
+  if (v === null || v === undefined || !isFinite(v)) return "–";
+  if (v < 999.5) return String(Math.round(v));
+  const units = ["K", "M", "B", "T"];
+  let x = v;
+  for (let i = 0; i < units.length; i++) {
+    x /= 1000;
+    const text = x < 9.95 ? x.toFixed(1).replace(/\.0$/, "") : String(Math.round(x));
+    if (Number(text) < 1000 || i === units.length - 1) return text + units[i];
+  }
+}
+
 function fmtViews(v) {
   if (v === null || v === undefined || !isFinite(v)) return "–";
   if (relativeTarget()) return "×" + (v >= 10 ? v.toFixed(0) : v.toFixed(2));
-  const units = [[1e9, "B"], [1e6, "M"], [1e3, "K"]];
-  for (const [n, s] of units) {
-    if (v >= n) {
-      const x = v / n;
-      return (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1).replace(/\.0$/, "") : x.toFixed(1)) + s;
-    }
-  }
-  return Math.round(v).toString();
+  return formatViews(v);
+}
+
+// "9 times out of 10" when the coverage is a whole number of tenths, else "95% of the time".
+function fmtCoverage(c) {
+  const tenths = Math.round(c * 1000) / 100;
+  return Number.isInteger(tenths) ? `${tenths} times out of 10` : `${Math.round(c * 100)}% of the time`;
 }
 
 function fmtPct(p) {
@@ -206,7 +221,7 @@ function normaliseComparison(out) {
   // The server lists candidates best first (by P(best)); keep its order.
   rows.forEach((r, i) => { if (r.rank === null) r.rank = i + 1; });
   rows.sort((a, b) => a.rank - b.rank);
-  return { rows, descriptors: pick(out, "descriptors", "descriptor_differences", "differences"), sae: out.sae || [], names };
+  return { rows, pBeatsMatrix: out.p_beats || null, descriptors: pick(out, "descriptors", "descriptor_differences", "differences"), sae: out.sae || [], names };
 }
 
 function rankRows(rows) {
@@ -223,21 +238,46 @@ function rowLabel(r) {
 function renderResults(result) {
   const { rows, descriptors } = result;
   $("#results").hidden = false;
-  const cov = state.health ? state.health.coverage : 0.8;
-  $("#coverage").textContent = `${Math.round(cov * 10)} times out of 10`;
-  renderWinner(rows);
+  const cov = state.health.coverage;  // the model's own coverage, never assumed
+  $("#coverage").textContent = fmtCoverage(cov);
+  $("#range-cov").textContent = `(${Math.round(cov * 100)}%)`;
+  renderWinner(rows, result.pBeatsMatrix);
   drawChart(rows);
   renderTable(rows);
   renderDescriptors(descriptors, result.names, result.sae || []);
 }
 
-function renderWinner(rows) {
+// A leader is named only when it beats the runner-up at least 3 times out of 4; with
+// several candidates within a few points of each other no P(best) means "most likely to win".
+const RELIABLE = 0.75;
+
+// true / false, or null when nothing says how sure the ranking is (titles for one image).
+function reliablyAhead(rows, matrix) {
+  if (rows.length < 2) return true;
+  if (matrix && matrix[0] && isFinite(matrix[0][1])) return matrix[0][1] >= RELIABLE;
+  const [a, b] = [rows[0].pBeats, rows[1].pBeats];
+  return a === null || b === null ? null : a - b >= 0.25;
+}
+
+function renderWinner(rows, matrix) {
   const box = $("#winner");
   box.replaceChildren();
+  box.classList.remove("tie");
   if (!rows.length) return;
+  const ahead = reliablyAhead(rows, matrix);
+  if (ahead === false) {
+    const close = rows.filter((r) => r.pBeats !== null && rows[0].pBeats - r.pBeats < 0.1);
+    const n = Math.max(close.length, 2);
+    box.classList.add("tie");
+    box.append(el("div", {},
+      el("div", { class: "kicker", text: "Too close to call" }),
+      el("div", { class: "big", text: "No candidate is reliably ahead" }),
+      el("div", { class: "what", text: `The top ${n} are within a few points of each other (${close.slice(0, n).map((r) => fmtPct(r.pBeats)).join(", ")} chance of being the best): the model cannot tell them apart. Choose on other grounds, or test them.` })));
+    return;
+  }
   const best = rows[0];
   const f = state.files[best.index];
-  const what = rows.length > 1 ? "Most likely to win" : "Predicted views";
+  const what = rows.length < 2 ? "Predicted views" : ahead ? "Most likely to win" : "Highest prediction";
   const detail = best.pBeats !== null && rows.length > 1 ? ` · ${fmtPct(best.pBeats)} chance it’s the best` : "";
   box.append(
     f ? el("img", { src: f.url, alt: "" }) : null,

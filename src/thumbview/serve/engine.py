@@ -1,0 +1,237 @@
+"""The loaded models behind the web app, and the micro-batcher in front of /predict.
+
+Models load once, at start-up, through `thumbview.inference` (`LoadedPredictor`,
+`SaeEncoder`), so a missing or broken model folder stops `serve` before it listens.
+Every model call takes one lock, so concurrent requests never multiply memory. Concurrent
+/predict requests are not served one by one behind that lock: a `MicroBatcher` gathers
+those that arrive within a few milliseconds of each other into one encoder call (one
+batched OCR / text-model pass instead of N), and hands each request its own row.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from thumbview import __version__
+from thumbview.inference import LoadedPredictor, SaeEncoder
+from thumbview.layout import find_study_dir
+from thumbview.serve.uploads import DecodedImage, UploadError
+
+log = logging.getLogger(__name__)
+
+EXAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How concurrent /predict requests are gathered into one model call.
+
+    window_s: how long the first request of a batch waits for others to join (seconds);
+        requests that arrive while the model is busy join the next batch without waiting.
+    max_batch: the most requests in one call (bounds memory per call).
+    """
+
+    window_s: float = 0.015
+    max_batch: int = 32
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.window_s <= 1 or self.max_batch < 1:
+            raise ValueError(f"Batching needs 0 <= window_s <= 1 and max_batch >= 1: {self}")
+
+
+class MicroBatcher(Generic[T, R]):
+    """`submit(item)` from many threads; one worker thread runs `run(items)` on batches.
+
+    `run` maps a list of items to a list of results of the same length. When a batch
+    fails, its items are retried one by one, so a bad item fails only its own request.
+    """
+
+    def __init__(self, run: Callable[[list[T]], list[R]], batching: Batching = Batching()):
+        self._run, self._batching = run, batching
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.batch_sizes: list[int] = []  # for tests and benchmarks: the size of each call
+
+    def submit(self, item: T) -> R:
+        """The result for `item`, computed in a batch with whatever else is waiting."""
+        future: Future = Future()
+        self._ensure_worker()
+        self._queue.put((item, future))
+        return future.result()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+
+    def _ensure_worker(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="thumbview-batcher", daemon=True
+                )
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while (first := self._queue.get()) is not None:
+            batch, stop = self._gather(first)
+            self._serve(batch)
+            if stop:
+                return
+
+    def _gather(self, first) -> tuple[list, bool]:
+        """`first` plus what arrives within the window (and what already waits), up to max."""
+        batch, deadline = [first], time.monotonic() + self._batching.window_s
+        while len(batch) < self._batching.max_batch:
+            remaining = deadline - time.monotonic()
+            try:  # after the window, take only what is already waiting
+                item = (
+                    self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get(False)
+                )
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _serve(self, batch: list) -> None:
+        self.batch_sizes.append(len(batch))
+        try:
+            results = self._run([item for item, _ in batch])
+        except Exception as e:
+            if len(batch) == 1:
+                batch[0][1].set_exception(e)
+                return
+            for one in batch:  # find the item that failed; the others still get answers
+                self._serve([one])
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            future.set_result(result)
+
+
+class Engine:
+    """The loaded models behind one lock: the only place requests touch them."""
+
+    def __init__(
+        self,
+        predictor: LoadedPredictor,
+        sae: SaeEncoder | None = None,
+        study: Any = None,
+        batching: Batching = Batching(),
+    ):
+        self.predictor, self.sae, self.study = predictor, sae, study
+        self.lock = threading.Lock()
+        self.batcher: MicroBatcher = MicroBatcher(self._predict_rows, batching)
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: Path,
+        sae_dir: Path | None = None,
+        study_dir: Path | None = None,
+        batching: Batching = Batching(),
+    ) -> Engine:
+        """Load everything now: a bad folder fails here, before the server listens."""
+        predictor = LoadedPredictor.load(model_dir)
+        study_dir = study_dir or find_study_dir(sae_dir)
+        if sae_dir is None or study_dir is None:
+            if sae_dir is not None or study_dir is not None:
+                log.warning("explanations need both an SAE and its study; /explain is disabled")
+            return cls(predictor, batching=batching)
+        from thumbview.sae.explain import load_study
+
+        return cls(predictor, SaeEncoder.load(sae_dir), load_study(study_dir), batching)
+
+    @property
+    def coverage(self) -> float:
+        return self.predictor.coverage
+
+    # ----- predict: micro-batched ---------------------------------------------------------
+    def predict(self, image: DecodedImage, title: str) -> dict[str, Any]:
+        """One image x one title, computed together with concurrent requests."""
+        return self.batcher.submit((image, title))
+
+    def _predict_rows(self, rows: list[tuple[DecodedImage, str]]) -> list[dict[str, Any]]:
+        """(image, title) rows side by side -> one prediction each, in one encoder call."""
+        with self.lock:
+            found = self.predictor.predict_rows(
+                [d.image for d, _ in rows], [d.name for d, _ in rows], [t for _, t in rows]
+            )
+        return [asdict(p) for p in found]
+
+    # ----- compare, explain ---------------------------------------------------------------
+    def compare(self, images: list[DecodedImage], titles: list[str]) -> dict[str, Any]:
+        from thumbview.compare import compare
+
+        p, sae = self.predictor, self.sae if self.study is not None else None
+        with self.lock:
+            result = compare(
+                p,
+                [d.image for d in images],
+                [d.name for d in images],
+                titles or [""],
+                study=self.study,
+                sae=sae,
+            )
+        # `images` in upload order lets the page match candidates to its previews.
+        return {"images": [d.name for d in images], **result.to_json_dict()}
+
+    def require_study(self) -> None:
+        if self.study is None or self.sae is None:
+            raise UploadError(
+                "explanations are not available: start the server with an SAE and its study "
+                "(thumbview serve --sae DIR)",
+                409,
+            )
+
+    def explain(self, image: DecodedImage, top: int) -> list[dict[str, Any]]:
+        self.require_study()
+        from thumbview.sae.explain import explain_latents
+
+        with self.lock:
+            z = self.sae.latents([image.image])[0]  # (d_sae,)
+        return [_feature_json(f) for f in explain_latents(z, self.study, top)]
+
+    def example(self, latent: int, k: int) -> Path:
+        """A study thumbnail for a latent: looked up in the study, not built from the URL."""
+        names = self.study.examples.get(latent, ()) if self.study else ()
+        root = self.study.dataset_root if self.study else None
+        path = root / names[k] if root is not None and 0 <= k < len(names) else None
+        if path is None or path.suffix.lower() not in EXAMPLE_SUFFIXES or not path.is_file():
+            raise UploadError("no such example thumbnail", 404)
+        return path
+
+    def health(self) -> dict[str, Any]:
+        cfg = self.predictor.model.config
+        return {
+            "status": "ok",
+            "version": __version__,
+            "model": self.predictor.model_dir.name,
+            "encoders": list(cfg.encoders),
+            "target": self.predictor.target,
+            "coverage": self.coverage,
+            "explain": self.study is not None,
+        }
+
+
+def _feature_json(f) -> dict[str, Any]:
+    return {
+        "latent": f.latent,
+        "activation": f.activation,
+        "ratio": f.ratio,
+        "q": f.q,
+        "group_views": f.group_views,
+        "examples": [f"/explain/examples/{f.latent}/{i}" for i in range(len(f.examples))],
+    }

@@ -1,0 +1,89 @@
+"""The page's number and verdict rules, run in Node on the functions app.js ships.
+
+One view formatter: 999, 1K, 1.2K, 12K, 123K, 3.5M (the rule the Python side uses for
+"1.2K views"), and no "most likely to win" when the leader does not reliably beat the
+runner-up. Skips without `node`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+APP_JS = Path(__file__).resolve().parents[1] / "src" / "thumbview" / "serve" / "static" / "app.js"
+NODE = shutil.which("node")
+pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
+
+VIEWS = {
+    0: "0",
+    7.4: "7",
+    999.4: "999",
+    999.5: "1K",
+    1000: "1K",
+    1234: "1.2K",
+    2000: "2K",
+    9949: "9.9K",
+    9950: "10K",
+    12_345: "12K",
+    123_456: "123K",
+    999_499: "999K",
+    999_500: "1M",
+    3_456_789: "3.5M",
+    1.2e9: "1.2B",
+}
+
+
+def _function(name: str) -> str:
+    """The source of one top-level function (or const) of app.js."""
+    text = APP_JS.read_text(encoding="utf-8")
+    match = re.search(rf"^(function {name}\(|const {name} = ).*?^}};?$", text, re.S | re.M)
+    assert match, f"{name} not found in app.js"
+    return match.group(0)
+
+
+def _node(script: str):
+    out = subprocess.run([NODE, "-e", script], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_one_view_formatter():
+    got = _node(
+        _function("formatViews")
+        + f"\nconsole.log(JSON.stringify({json.dumps(list(VIEWS))}.map(formatViews)))"
+    )
+    assert dict(zip(VIEWS, got, strict=True)) == VIEWS
+
+
+def test_coverage_label_comes_from_the_model():
+    got = _node(
+        _function("fmtCoverage")
+        + "\nconsole.log(JSON.stringify([0.8, 0.9, 0.95, 0.5].map(fmtCoverage)))"
+    )
+    assert got == ["8 times out of 10", "9 times out of 10", "95% of the time", "5 times out of 10"]
+
+
+@pytest.mark.parametrize(
+    ("p_best", "matrix", "verdict"),
+    [
+        ([0.19, 0.18, 0.17, 0.16, 0.15, 0.15], [[0.5, 0.53]], False),  # six close ones
+        ([0.55, 0.45], [[0.5, 0.55]], False),  # barely better than a coin flip
+        ([0.85, 0.15], [[0.5, 0.85]], True),
+        ([0.60, 0.25, 0.15], None, True),  # no matrix: 25+ points ahead of the runner-up
+        ([0.40, 0.35, 0.25], None, False),
+        ([None, None], None, None),  # titles for one image: nothing says how sure
+    ],
+)
+def test_a_winner_is_named_only_when_reliably_ahead(p_best, matrix, verdict):
+    rows = [{"pBeats": p} for p in p_best]
+    script = (
+        "const RELIABLE = 0.75;\n"
+        + _function("reliablyAhead")
+        + f"\nconsole.log(JSON.stringify(reliablyAhead({json.dumps(rows)}, {json.dumps(matrix)})))"
+    )
+    assert _node(script) is verdict
