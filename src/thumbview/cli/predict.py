@@ -17,6 +17,7 @@ from thumbview.predict.model import PredictorConfig
 from thumbview.predict.workflow import (
     Prediction,
     cross_validate_dataset,
+    cv_protocol,
     evaluate,
     predict_images,
     train,
@@ -74,6 +75,7 @@ def train_command(
     console.print(
         f"trained on {result.n_train} videos, held out {result.n_holdout} -> [bold]{out}[/]"
     )
+    _print_protocol(result.protocol)
     if result.n_no_target:
         console.print(f"{result.n_no_target} videos had no target (channel with a single video)")
     if result.cv is not None:
@@ -137,16 +139,22 @@ def cv_command(
         seed=seed,
         cv_folds=folds,
     )
+    protocol = cv_protocol(ds, config)  # checked before any feature is computed
     result, cv = cross_validate_dataset(
         ds, config, folds, clip_model=clip_model, cache_dir=cache_dir, progress=not as_json
     )
     if as_json:
         print_json(
-            {**result.to_json_dict(), "folds": [m.to_dict() for m in cv.folds], "std": cv.std}
+            {
+                **result.to_json_dict(),
+                "folds": [m.to_dict() for m in cv.folds],
+                "std": cv.std,
+                "protocol": protocol.to_json_dict(),
+            }
         )
         return
-    grouping = "channel-disjoint" if ds.channels is not None else "random (no channel_id)"
-    console.print(_eval_table(result, f"{folds}-fold CV, {grouping}"))
+    _print_protocol(protocol)
+    console.print(_eval_table(result, f"{folds}-fold CV, {protocol.name}"))
 
 
 @user_errors
@@ -193,6 +201,15 @@ def demo_command(
     console.print(
         f"done in {report.seconds:.0f} s; data, model and plots in [bold]{report.out_dir}[/]"
     )
+
+
+def _print_protocol(protocol) -> None:
+    """Which split protocol was used and why, with the advice it carries."""
+    if protocol is None:
+        return
+    console.print(f"evaluation protocol: [bold]{protocol.name}[/] ({protocol.reason})")
+    if protocol.suggestion:
+        console.print(f"[yellow]tip:[/] {protocol.suggestion}")
 
 
 def _metrics_table(rows: dict[str, Metrics], title: str | None = None) -> Table:

@@ -32,9 +32,9 @@ from thumbview.predict.evaluate import (
     compute_metrics,
     cross_validate,
     evaluate_predictor,
-    group_train_test_split,
 )
 from thumbview.predict.model import PredictorConfig, PredictorError, ViewPredictor
+from thumbview.predict.protocol import SplitPlan, SplitProtocol, plan_split, upload_times
 from thumbview.predict.target import make_target
 from thumbview.progress import progress_bar
 
@@ -118,6 +118,7 @@ class TrainResult:
     cv: Metrics | None
     holdout: EvalResult | None
     plots: tuple[Path, ...]
+    protocol: SplitProtocol | None = None
 
 
 def train(
@@ -132,38 +133,51 @@ def train(
 ) -> TrainResult:
     """Embed, split off a channel-disjoint hold-out, fit, save, evaluate on the hold-out."""
     out_dir = Path(out_dir)
+    y, mask = make_target(dataset.views, config.target, dataset.channels)
+    plan = dataset_split(dataset, np.flatnonzero(mask), config, holdout_frac)  # before features
+    train_idx, test_idx = plan.train_idx, plan.test_idx
     encoders = build_encoders(config.encoders, clip_model)
     blocks = dataset_blocks(dataset, encoders, cache_dir, progress)
-    y, mask = make_target(dataset.views, config.target, dataset.channels)
-    usable = np.flatnonzero(mask)
-    train_idx, test_idx = _split(dataset, usable, holdout_frac, config.seed)
-    groups = _groups(dataset)
-    model = ViewPredictor(config).fit(
-        _rows(blocks, train_idx), y[train_idx], None if groups is None else groups[train_idx]
-    )
+    model = ViewPredictor(config).fit(_rows(blocks, train_idx), y[train_idx], plan.fold_groups)
     model.save(out_dir)
     _write_training_record(
         out_dir, dataset, train_idx, encoder_options(config.encoders, clip_model), encoders
     )
+    _add_to_record(out_dir / TRAINING_FILE, protocol=plan.protocol.to_json_dict())
     _fit_baselines(out_dir, config, _rows(blocks, train_idx), y[train_idx])
     paths = [*_training_plots(model, out_dir)]
     holdout = None
     if len(test_idx):
         holdout = _score(model, out_dir, _rows(blocks, test_idx), y[test_idx])
         paths += _evaluation_plots(model, _rows(blocks, test_idx), y[test_idx], out_dir)
-        _write_json(out_dir / EVAL_FILE, {**holdout.to_json_dict(), "split": "holdout"})
+        _write_json(
+            out_dir / EVAL_FILE,
+            {
+                **holdout.to_json_dict(),
+                "split": "holdout",
+                "protocol": plan.protocol.to_json_dict(),
+            },
+        )
     cv = model.cv_metrics_ if getattr(model, "cv_metrics_", None) is not None else None
     n_missing = int((~mask).sum())
-    return TrainResult(out_dir, len(train_idx), len(test_idx), n_missing, cv, holdout, tuple(paths))
+    return TrainResult(
+        out_dir, len(train_idx), len(test_idx), n_missing, cv, holdout, tuple(paths), plan.protocol
+    )
 
 
-def _split(dataset, usable: np.ndarray, holdout_frac: float, seed: int):
-    if holdout_frac <= 0:
-        return usable, usable[:0]
-    groups = _groups(dataset)
-    sub_groups = None if groups is None else groups[usable]
-    tr, te = group_train_test_split(sub_groups, holdout_frac, seed, n=len(usable))
-    return usable[tr], usable[te]
+def dataset_split(
+    dataset: ThumbnailDataset, usable: np.ndarray, config: PredictorConfig, holdout_frac: float
+) -> SplitPlan:
+    """The split protocol the dataset's channels allow (see `predict.protocol`), from ids only."""
+    return plan_split(
+        _groups(dataset),
+        upload_times(dataset.table),
+        usable,
+        k=config.cv_folds,
+        holdout_frac=holdout_frac,
+        seed=config.seed,
+        target=config.target,
+    )
 
 
 def _write_training_record(out_dir, dataset, train_idx, options, encoders) -> None:
@@ -177,6 +191,10 @@ def _write_training_record(out_dir, dataset, train_idx, options, encoders) -> No
         "channels": sorted({str(channels[i]) for i in train_idx}) if channels is not None else [],
     }
     _write_json(out_dir / TRAINING_FILE, record)
+
+
+def _add_to_record(path: Path, **fields: Any) -> None:
+    _write_json(path, {**json.loads(path.read_text()), **fields})
 
 
 def _fit_baselines(out_dir: Path, config: PredictorConfig, blocks, y) -> None:
@@ -279,6 +297,12 @@ def _shared_channels(model_dir: Path, dataset: ThumbnailDataset, rows: np.ndarra
 
 
 # ----- cross-validation ----------------------------------------------------------------------
+def cv_protocol(dataset: ThumbnailDataset, config: PredictorConfig) -> SplitProtocol:
+    """The protocol `cross_validate_dataset` will use (no hold-out), from channel ids only."""
+    _, mask = make_target(dataset.views, config.target, dataset.channels)
+    return dataset_split(dataset, np.flatnonzero(mask), config, 0.0).protocol
+
+
 def cross_validate_dataset(
     dataset: ThumbnailDataset,
     config: PredictorConfig,
@@ -294,8 +318,7 @@ def cross_validate_dataset(
     )
     y, mask = make_target(dataset.views, config.target, dataset.channels)
     rows = np.flatnonzero(mask)
-    groups = _groups(dataset)
-    sub_groups = None if groups is None else groups[rows]
+    sub_groups = dataset_split(dataset, rows, config, 0.0).fold_groups
     sub = _rows(blocks, rows)
     return evaluate_predictor(sub, y[rows], sub_groups, config, k), cross_validate(
         sub, y[rows], sub_groups, config, k
