@@ -93,6 +93,10 @@ class Comparison:
     coverage: float
     descriptor_scale: str  # "model feature sd" | "relative to the mean magnitude"
     assumption: str = INDEPENDENCE
+    # Whether the leader is reliably ahead (None: the model has no pairwise calibration),
+    # and the sentence to show instead of a bare percentage ("no reliable difference ...").
+    reliable: bool | None = None
+    verdict: str = ""
 
     def to_json_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -113,6 +117,8 @@ class Comparison:
             coverage=d["coverage"],
             descriptor_scale=d["descriptor_scale"],
             assumption=d["assumption"],
+            reliable=d.get("reliable"),
+            verdict=d.get("verdict", ""),
         )
 
 
@@ -206,11 +212,15 @@ def compare(
     coverage: float = 0.8,
     top_features: int = 5,
     sae_models: tuple | None = None,
+    pairwise=None,
 ) -> Comparison:
     """Every image x title, ranked by P(best), with P(A beats B) and the biggest differences.
 
     `sae_models`: an already loaded (SparseAutoencoder, ClipEncoder) pair, so a server that
     holds them does not reload them per request; otherwise they are loaded from `sae_dir`.
+    `pairwise`: the model's `PairwiseModel` (see `predict.pairwise`); with it P(beats) and
+    P(best) come from the calibrated difference model and the result says whether the leader
+    is reliably ahead; without it (older models) residuals are drawn independently.
     """
     titles = list(titles) or [""]
     if len(images) != len(names):
@@ -221,14 +231,30 @@ def compare(
         raise CompareError("an SAE study needs the SAE it was made with (sae_dir)")
     pairs, blocks = combination_blocks(encoders, images, titles)
     pred = model.predict(blocks)  # (N,)
-    atoms = residual_atoms(model)
-    best, beats = p_best(pred, atoms), p_beats_matrix(pred, atoms)
+    best, beats, extra = _probabilities(model, pred, blocks, pairs, names, pairwise)
     order = np.lexsort((-pred, -best))
     cands = _candidates(model, blocks, pred, best, order, pairs, names, coverage)
     descs, how = _descriptors(model, blocks, images, names, len(titles), top_features)
     sae = _sae(images, study, sae_models or sae_dir, top_features) if study is not None else ()
     p = tuple(tuple(float(beats[a, b]) for b in order) for a in order)
-    return Comparison(cands, p, descs, sae, tuple(names), model.config.target, coverage, how)
+    return Comparison(
+        cands, p, descs, sae, tuple(names), model.config.target, coverage, how, **extra
+    )
+
+
+def _probabilities(model, pred, blocks, pairs, names, pairwise):
+    """(P(best) (N,), P(beats) (N, N), extra Comparison fields) from the best method available."""
+    if pairwise is None:
+        atoms = residual_atoms(model)
+        return p_best(pred, atoms), p_beats_matrix(pred, atoms), {}
+    from thumbview.predict import pairwise as pw
+
+    sigma = pairwise.calibration_.sigma
+    labels = [f"{names[i]}" + (f" + {t!r}" if t else "") for i, t in pairs]
+    said = pw.verdict(pred, pairwise.calibration_, pairwise.fold_predictions(blocks), labels)
+    beats = pw.p_beats(pred[:, None] - pred[None, :], sigma)  # (N, N)
+    extra = {"assumption": pw.METHOD, "reliable": said.reliable, "verdict": said.text}
+    return pw.p_best(pred, sigma), beats, extra
 
 
 def _candidates(model, blocks, pred, best, order, pairs, names, coverage) -> tuple[Candidate, ...]:
@@ -278,7 +304,10 @@ def compare_files(
     study_dir: Path | None = None,
 ) -> tuple[Comparison, list[Image.Image]]:
     """`compare` from files (for the CLI); returns the decoded images for `save_side_by_side`."""
+    from thumbview.predict.pairwise import PairwiseModel
+
     model, encoders = load_model(model_dir)
+    pairwise = PairwiseModel.load(model_dir)
     images = [load_image(p) for p in image_paths]
     study = None
     if study_dir is not None:
@@ -286,7 +315,8 @@ def compare_files(
 
         study = load_study(study_dir)
     names = [Path(p).name for p in image_paths]
-    return compare(model, encoders, images, names, titles, study, sae_dir), images
+    found = compare(model, encoders, images, names, titles, study, sae_dir, pairwise=pairwise)
+    return found, images
 
 
 def save_side_by_side(comparison: Comparison, images: Sequence[Image.Image], path: Path) -> Path:

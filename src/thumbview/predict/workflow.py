@@ -34,6 +34,7 @@ from thumbview.predict.evaluate import (
     evaluate_predictor,
 )
 from thumbview.predict.model import PredictorConfig, PredictorError, ViewPredictor
+from thumbview.predict.pairwise import PairwiseError, PairwiseModel
 from thumbview.predict.protocol import SplitPlan, SplitProtocol, plan_split, upload_times
 from thumbview.predict.target import make_target
 from thumbview.progress import progress_bar
@@ -145,6 +146,7 @@ def train(
     )
     _add_to_record(out_dir / TRAINING_FILE, protocol=plan.protocol.to_json_dict())
     _fit_baselines(out_dir, config, _rows(blocks, train_idx), y[train_idx])
+    fit_pairwise(out_dir, config, _rows(blocks, train_idx), y[train_idx], dataset, plan)
     paths = [*_training_plots(model, out_dir)]
     holdout = None
     if len(test_idx):
@@ -195,6 +197,15 @@ def _write_training_record(out_dir, dataset, train_idx, options, encoders) -> No
 
 def _add_to_record(path: Path, **fields: Any) -> None:
     _write_json(path, {**json.loads(path.read_text()), **fields})
+
+
+def fit_pairwise(out_dir: Path, config, blocks, y, dataset, plan: SplitPlan) -> None:
+    """Cross-fit fold models + same-channel pair calibration for P(A beats B) (`pairwise`)."""
+    channels = None if dataset.channels is None else dataset.channels[plan.train_idx]
+    try:
+        PairwiseModel().fit(config, blocks, y, channels, plan.fold_groups).save(out_dir)
+    except PairwiseError as e:
+        log.warning("no calibrated P(A beats B) for this model: %s", e)
 
 
 def _fit_baselines(out_dir: Path, config: PredictorConfig, blocks, y) -> None:

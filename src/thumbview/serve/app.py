@@ -53,6 +53,9 @@ class Engine:
     def __init__(self, model_dir: Path, sae_dir: Path | None, study_dir: Path | None):
         self.model_dir = Path(model_dir)
         self.model, self.encoders = load_model(self.model_dir)
+        from thumbview.predict.pairwise import PairwiseModel
+
+        self.pairwise = PairwiseModel.load(self.model_dir)  # calibrated P(beats), if trained
         self.sae = self.sae_encoder = self.study = self.sae_dir = None
         self.lock = threading.Lock()
         study_dir = study_dir or _find_study(sae_dir)
@@ -90,6 +93,7 @@ class Engine:
                 sae_dir=self.sae_dir,
                 coverage=self.model.config.coverage,
                 sae_models=(self.sae, self.sae_encoder) if self.study is not None else None,
+                pairwise=self.pairwise,
             )
         # `images` in upload order lets the page match candidates to its previews.
         return {"images": [d.name for d in images], **result.to_json_dict()}
