@@ -97,6 +97,7 @@ class Comparison:
     # and the sentence to show instead of a bare percentage ("no reliable difference ...").
     reliable: bool | None = None
     verdict: str = ""
+    warning: str = ""  # inputs far outside the training range, in one line ("" when none)
 
     def to_json_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -119,6 +120,7 @@ class Comparison:
             assumption=d["assumption"],
             reliable=d.get("reliable"),
             verdict=d.get("verdict", ""),
+            warning=d.get("warning", ""),
         )
 
 
@@ -213,6 +215,7 @@ def compare(
     top_features: int = 5,
     sae_models: tuple | None = None,
     pairwise=None,
+    training_range=None,
 ) -> Comparison:
     """Every image x title, ranked by P(best), with P(A beats B) and the biggest differences.
 
@@ -232,6 +235,8 @@ def compare(
     pairs, blocks = combination_blocks(encoders, images, titles)
     pred = model.predict(blocks)  # (N,)
     best, beats, extra = _probabilities(model, pred, blocks, pairs, names, pairwise)
+    if training_range is not None:
+        extra["warning"] = training_range.warning(blocks) or ""
     order = np.lexsort((-pred, -best))
     cands = _candidates(model, blocks, pred, best, order, pairs, names, coverage)
     descs, how = _descriptors(model, blocks, images, names, len(titles), top_features)
@@ -304,10 +309,11 @@ def compare_files(
     study_dir: Path | None = None,
 ) -> tuple[Comparison, list[Image.Image]]:
     """`compare` from files (for the CLI); returns the decoded images for `save_side_by_side`."""
+    from thumbview.predict.drift import TrainingRange
     from thumbview.predict.pairwise import PairwiseModel
 
     model, encoders = load_model(model_dir)
-    pairwise = PairwiseModel.load(model_dir)
+    pairwise, limits = PairwiseModel.load(model_dir), TrainingRange.load(model_dir)
     images = [load_image(p) for p in image_paths]
     study = None
     if study_dir is not None:
@@ -315,7 +321,17 @@ def compare_files(
 
         study = load_study(study_dir)
     names = [Path(p).name for p in image_paths]
-    found = compare(model, encoders, images, names, titles, study, sae_dir, pairwise=pairwise)
+    found = compare(
+        model,
+        encoders,
+        images,
+        names,
+        titles,
+        study,
+        sae_dir,
+        pairwise=pairwise,
+        training_range=limits,
+    )
     return found, images
 
 

@@ -117,6 +117,8 @@ def _print_comparison(comparison) -> None:
     console.print(table)
     if comparison.verdict:  # "no reliable difference ..." instead of a bare 51%
         console.print(comparison.verdict)
+    if comparison.warning:
+        console.print(f"[yellow]warning:[/] {comparison.warning}")
     if comparison.descriptors:
         why = Table("descriptor", *comparison.image_names, title="what differs most")
         for d in comparison.descriptors[:6]:

@@ -81,7 +81,8 @@ def train_command(
     if result.cv is not None:
         console.print(_metrics_table({"model (out-of-fold, training rows)": result.cv}))
     if result.holdout is not None:
-        console.print(_eval_table(result.holdout, "held-out channels"))
+        console.print(_eval_table(result.holdout, f"held out ({result.protocol.name})"))
+        _print_eval_extras(result.holdout)
     for path in result.plots:
         console.print(f"plot: {path}")
 
@@ -114,6 +115,7 @@ def evaluate_command(
             "this is not a channel-disjoint test, expect optimistic numbers[/]"
         )
     console.print(_eval_table(ev.result, str(data)))
+    _print_eval_extras(ev.result)
     for path in ev.plots:
         console.print(f"plot: {path}")
 
@@ -210,6 +212,21 @@ def _print_protocol(protocol) -> None:
     console.print(f"evaluation protocol: [bold]{protocol.name}[/] ({protocol.reason})")
     if protocol.suggestion:
         console.print(f"[yellow]tip:[/] {protocol.suggestion}")
+
+
+def _print_eval_extras(result: EvalResult) -> None:
+    """The range warning, coverage by stratum, and how well P(A beats B) was calibrated."""
+    if result.warning:
+        console.print(f"[yellow]warning:[/] {result.warning}")
+    for name, rows in (result.conditional_coverage or {}).items():
+        cells = ", ".join(f"{r['stratum']} {r['coverage']:.0%} (n={r['n']})" for r in rows)
+        console.print(f"coverage by {name}: {cells}")
+    if result.pairwise:
+        p = result.pairwise
+        console.print(
+            f"P(A beats B) on {p['n_pairs']} same-channel pairs: Brier {p['brier']:.3f} "
+            f"(coin flip 0.250)"
+        )
 
 
 def _metrics_table(rows: dict[str, Metrics], title: str | None = None) -> Table:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from thumbview.embed.base import Encoder
 from thumbview.embed.registry import get_encoder
+from thumbview.predict.drift import TrainingRange
 from thumbview.predict.model import PredictorError, ViewPredictor
 from thumbview.predict.target import to_views
 
@@ -52,6 +53,7 @@ class LoadedPredictor:
     model: ViewPredictor
     encoders: dict[str, Encoder]
     model_dir: Path
+    training_range: TrainingRange | None = None  # warns when inputs are unlike the training set
 
     @classmethod
     def load(cls, model_dir: str | Path) -> LoadedPredictor:
@@ -66,7 +68,7 @@ class LoadedPredictor:
             encoders[name] = get_encoder(name, **saved[name].get("options", {}))
             if json.loads(json.dumps(encoders[name].spec())) != saved[name].get("spec"):
                 log.warning("encoder %s differs from the one the model was trained with", name)
-        return cls(model, encoders, model_dir)
+        return cls(model, encoders, model_dir, TrainingRange.load(model_dir))
 
     # ----- what the model is ------------------------------------------------------------------
     @property
@@ -115,6 +117,8 @@ class LoadedPredictor:
     ) -> list[Prediction]:
         """Every image x title combination with its interval, in `combinations` order."""
         pairs, blocks = self.combinations(images, titles)
+        if self.training_range is not None and (said := self.training_range.warning(blocks)):
+            log.warning("%s", said)
         point, (lo, hi) = self.predict(blocks), self.intervals(blocks)
         scale = to_views(self.target)
         return [

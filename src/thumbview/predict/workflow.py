@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from thumbview.data.dataset import ThumbnailDataset
@@ -25,17 +26,26 @@ from thumbview.embed.cache import embed
 from thumbview.embed.registry import get_encoder
 from thumbview.inference.predictor import ENCODERS_FILE, LoadedPredictor, Prediction
 from thumbview.predict import plots
+from thumbview.predict.drift import TrainingRange
 from thumbview.predict.evaluate import (
     CVResult,
     EvalResult,
     Metrics,
     compute_metrics,
+    conditional_coverage,
+    coverage_strata,
     cross_validate,
     evaluate_predictor,
 )
 from thumbview.predict.model import PredictorConfig, PredictorError, ViewPredictor
-from thumbview.predict.pairwise import PairwiseError, PairwiseModel
-from thumbview.predict.protocol import SplitPlan, SplitProtocol, plan_split, upload_times
+from thumbview.predict.pairwise import PairwiseError, PairwiseModel, score_pairs
+from thumbview.predict.protocol import (
+    SplitPlan,
+    SplitProtocol,
+    dataset_ages_days,
+    plan_split,
+    upload_times,
+)
 from thumbview.predict.target import make_target
 from thumbview.progress import progress_bar
 
@@ -147,10 +157,12 @@ def train(
     _add_to_record(out_dir / TRAINING_FILE, protocol=plan.protocol.to_json_dict())
     _fit_baselines(out_dir, config, _rows(blocks, train_idx), y[train_idx])
     fit_pairwise(out_dir, config, _rows(blocks, train_idx), y[train_idx], dataset, plan)
+    TrainingRange.fit(y[train_idx], _rows(blocks, train_idx), config.target).save(out_dir)
     paths = [*_training_plots(model, out_dir)]
     holdout = None
     if len(test_idx):
         holdout = _score(model, out_dir, _rows(blocks, test_idx), y[test_idx])
+        holdout = _extras(holdout, model, out_dir, _rows(blocks, test_idx), y, dataset, test_idx)
         paths += _evaluation_plots(model, _rows(blocks, test_idx), y[test_idx], out_dir)
         _write_json(
             out_dir / EVAL_FILE,
@@ -272,6 +284,7 @@ def evaluate(
         raise PredictorError(f"only {len(rows)} unseen rows with a target: nothing to evaluate on")
     blocks = dataset_blocks(dataset.subset(rows), encoders, cache_dir, progress)
     result = _score(model, Path(model_dir), blocks, y[rows])
+    result = _extras(result, model, Path(model_dir), blocks, y, dataset, rows)
     paths = _evaluation_plots(model, blocks, y[rows], Path(out_dir)) if out_dir else []
     shared = _shared_channels(model_dir, dataset, rows)
     return Evaluation(result, int((~keep).sum()), shared, tuple(paths))
@@ -288,6 +301,32 @@ def _score(model: ViewPredictor, model_dir: Path, blocks, y) -> EvalResult:
     coverage = float(np.mean((y >= lo) & (y <= hi)))
     metrics = compute_metrics(y, model.predict(blocks))
     return EvalResult(metrics, baselines, coverage, model.config.coverage)
+
+
+def _extras(result: EvalResult, model, model_dir: Path, blocks, y, dataset, rows) -> EvalResult:
+    """Conditional coverage, same-channel pairwise calibration and the range warning."""
+    pred, (lo, hi) = model.predict(blocks), model.predict_interval(blocks)
+    channels = dataset.channels
+    sizes = None
+    if channels is not None:
+        ch = pd.Series(channels, dtype=object)
+        sizes = ch.map(ch.value_counts()).fillna(1).to_numpy()[rows]
+    strata = coverage_strata(pred, sizes, dataset_ages_days(dataset.table)[rows])
+    pairwise, limits = PairwiseModel.load(model_dir), TrainingRange.load(model_dir)
+    scored = None
+    if pairwise is not None and channels is not None:
+        try:
+            sigma = pairwise.calibration_.sigma
+            scored = score_pairs(pred, y[rows], channels[rows], sigma).to_json_dict()
+        except PairwiseError as e:
+            log.info("no same-channel pairs to score P(beats) on: %s", e)
+    warning = None if limits is None else limits.warning(blocks, y[rows])
+    return replace(
+        result,
+        conditional_coverage=conditional_coverage(y[rows], lo, hi, strata),
+        pairwise=scored,
+        warning=warning,
+    )
 
 
 def _training_record(model_dir: Path) -> dict:

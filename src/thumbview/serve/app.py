@@ -53,9 +53,11 @@ class Engine:
     def __init__(self, model_dir: Path, sae_dir: Path | None, study_dir: Path | None):
         self.model_dir = Path(model_dir)
         self.model, self.encoders = load_model(self.model_dir)
+        from thumbview.predict.drift import TrainingRange
         from thumbview.predict.pairwise import PairwiseModel
 
         self.pairwise = PairwiseModel.load(self.model_dir)  # calibrated P(beats), if trained
+        self.training_range = TrainingRange.load(self.model_dir)
         self.sae = self.sae_encoder = self.study = self.sae_dir = None
         self.lock = threading.Lock()
         study_dir = study_dir or _find_study(sae_dir)
@@ -94,6 +96,7 @@ class Engine:
                 coverage=self.model.config.coverage,
                 sae_models=(self.sae, self.sae_encoder) if self.study is not None else None,
                 pairwise=self.pairwise,
+                training_range=self.training_range,
             )
         # `images` in upload order lets the page match candidates to its previews.
         return {"images": [d.name for d in images], **result.to_json_dict()}
