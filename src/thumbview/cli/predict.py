@@ -167,9 +167,20 @@ def predict_command(
         list[str] | None, typer.Option("--title", "-t", help="Title(s) to pair.")
     ] = None,
     as_json: JsonOpt = False,
+    published: Annotated[
+        str | None,
+        typer.Option("--published", help="Upload date (YYYY-MM-DD), for models with context."),
+    ] = None,
+    subscribers: Annotated[
+        float | None,
+        typer.Option("--subscribers", help="Channel subscribers, for models with context."),
+    ] = None,
 ) -> None:
     """Predicted views with an 80% interval for each image (x each title)."""
-    predictions = predict_images(model, images, title or [""])
+    from thumbview.embed.context import context_from_options
+
+    context = context_from_options(published, subscribers)
+    predictions = predict_images(model, images, title or [""], context=context)
     if as_json:
         print_json([p.__dict__ for p in predictions])
         return

@@ -54,6 +54,7 @@ class LoadedPredictor:
     encoders: dict[str, Encoder]
     model_dir: Path
     training_range: TrainingRange | None = None  # warns when inputs are unlike the training set
+    context: dict | None = None  # what a "meta" encoder (context) reads: published, subscribers
 
     @classmethod
     def load(cls, model_dir: str | Path) -> LoadedPredictor:
@@ -86,9 +87,22 @@ class LoadedPredictor:
         if len(images) != len(titles):
             raise PredictorError(f"{len(images)} images but {len(titles)} titles")
         return {
-            name: enc.encode(list(titles) if enc.modality == "text" else list(images))
+            name: enc.encode(self._inputs(enc, images, titles))
             for name, enc in self.encoders.items()
         }
+
+    def _inputs(self, enc: Encoder, images, titles) -> list:
+        """What one encoder reads: titles, images, or the context dict (same for every row)."""
+        if enc.modality == "text":
+            return list(titles)
+        if enc.modality != "meta":
+            return list(images)
+        if not self.context:
+            log.warning(
+                "no context given (--published, --subscribers): typical values assumed; "
+                "this moves every prediction alike and does not change their order"
+            )
+        return [dict(self.context or {}) for _ in images]
 
     def combinations(
         self, images: Sequence[Image.Image], titles: Sequence[str]

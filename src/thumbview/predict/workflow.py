@@ -87,9 +87,15 @@ def image_blocks(
 ):
     """Features for images and titles that are not in a dataset (prediction, comparison)."""
     return {
-        name: enc.encode(list(titles) if enc.modality == "text" else list(images))
-        for name, enc in encoders.items()
+        name: enc.encode(_encoder_inputs(enc, images, titles)) for name, enc in encoders.items()
     }
+
+
+def _encoder_inputs(enc: Encoder, images, titles) -> list:
+    """Titles, images, or (context encoder) an empty context: typical values, shared by all."""
+    if enc.modality == "meta":
+        return [{} for _ in images]
+    return list(titles) if enc.modality == "text" else list(images)
 
 
 def combination_blocks(
@@ -377,10 +383,16 @@ def cross_validate_dataset(
 
 # ----- prediction ----------------------------------------------------------------------------
 def predict_images(
-    model_dir: Path, images: Sequence[Path | str], titles: Sequence[str] = ("",)
+    model_dir: Path,
+    images: Sequence[Path | str],
+    titles: Sequence[str] = ("",),
+    context: dict | None = None,
 ) -> list[Prediction]:
-    """Every image x title combination, with the model's interval at its own coverage."""
+    """Every image x title combination, with the model's interval at its own coverage.
+
+    `context`: what a model with the `context` encoder reads (`context_from_options`)."""
     loaded = LoadedPredictor.load(model_dir)  # a bad model folder is reported before images
+    loaded.context = context
     opened = [load_image(p) for p in images]
     return loaded.predict_images(opened, [str(p) for p in images], titles)
 
