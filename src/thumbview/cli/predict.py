@@ -27,6 +27,7 @@ from thumbview.predict.workflow import (
 class Head(StrEnum):
     ridge = "ridge"
     mlp = "mlp"
+    gbm = "gbm"
 
 
 class Target(StrEnum):
@@ -36,7 +37,10 @@ class Target(StrEnum):
 
 ModelArg = Annotated[Path, typer.Argument(help="Model folder written by `thumbview train`.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
-HeadOpt = Annotated[Head, typer.Option("--head", help="ridge (strong baseline) or mlp.")]
+HeadOpt = Annotated[
+    Head,
+    typer.Option("--head", help="ridge (strong baseline), mlp, or gbm (gradient-boosted trees)."),
+]
 TargetOpt = Annotated[
     Target,
     typer.Option("--target", help="log10 views, or views relative to the channel's median."),
@@ -131,9 +135,23 @@ def cv_command(
     as_json: JsonOpt = False,
     clip_model: ClipModelOpt = "openai/clip-vit-base-patch32",
     cache_dir: CacheOpt = None,
+    ablate: Annotated[
+        bool,
+        typer.Option(
+            "--ablate",
+            help="Score every subset of --encoders x head (ridge, gbm, stacked) + a title "
+            "TF-IDF baseline; writes ablation.csv and ablation.png to --out.",
+        ),
+    ] = False,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the --ablate CSV and chart.")
+    ] = Path("ablation"),
 ) -> None:
     """K-fold cross-validation grouped by channel (random folds only without channel ids)."""
     ds = load_dataset(data, progress=not as_json)
+    if ablate:
+        _ablate(ds, split_names(encoders), out, folds, seed, target.value, cache_dir, as_json)
+        return
     config = PredictorConfig(
         encoders=tuple(split_names(encoders)),
         head=head.value,
@@ -157,6 +175,35 @@ def cv_command(
         return
     _print_protocol(protocol)
     console.print(_eval_table(result, f"{folds}-fold CV, {protocol.name}"))
+
+
+def _ablate(ds, names, out, folds, seed, target, cache_dir, as_json) -> None:
+    from thumbview.predict.ablation import ablate_dataset
+
+    report = ablate_dataset(
+        ds, names, out, k=folds, seed=seed, target=target, cache_dir=cache_dir, progress=not as_json
+    )
+    if as_json:
+        print_json({"protocol": report.protocol, "rows": [r.__dict__ for r in report.rows]})
+        return
+    table = Table(
+        "encoders",
+        "head",
+        "Spearman",
+        "MAE (log10)",
+        "R²",
+        title=f"ablation, {folds}-fold {report.protocol}",
+    )
+    for r in sorted(report.rows, key=lambda r: -(r.spearman if r.spearman == r.spearman else -1)):
+        table.add_row(
+            r.encoders,
+            r.head,
+            f"{r.spearman:.3f} ± {r.spearman_sd:.3f}",
+            f"{r.mae_log10:.3f} ± {r.mae_log10_sd:.3f}",
+            f"{r.r2:.3f} ± {r.r2_sd:.3f}",
+        )
+    console.print(table)
+    console.print(f"table: {report.csv}\nchart: {report.png}")
 
 
 @user_errors

@@ -284,7 +284,10 @@ class PairwiseModel:
         oof, fold_of = np.empty(len(y)), np.empty(len(y), dtype=np.int64)
         self.fold_models_ = []
         for k, (train, test) in enumerate(folds):
-            model = ViewPredictor(config).fit(_rows(blocks, train), y[train], calibrate=False)
+            fold_groups = None if groups is None else np.asarray(groups, dtype=object)[train]
+            model = ViewPredictor(config).fit(
+                _rows(blocks, train), y[train], fold_groups, calibrate=False
+            )
             oof[test], fold_of[test] = model.predict(_rows(blocks, test)), k
             self.fold_models_.append(model)
         channels = np.arange(len(y)) if channels is None else channels
