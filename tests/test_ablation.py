@@ -31,7 +31,7 @@ def test_ablation_recovers_planted_blocks_and_the_interaction(tmp_path):
     blocks, y, groups = _planted()
     rows = ablate(blocks, y, groups, k=3, gbm_iter=120)
     got = {(r.encoders, r.head): r for r in rows}
-    assert len(rows) == 7 * 3
+    assert len(rows) == 7 * 3  # every block is narrow: all three heads everywhere
     assert got[("lin", "ridge")].spearman > 0.3 > got[("noise", "ridge")].spearman
     assert abs(got[("noise", "ridge")].spearman) < 0.15
     # only trees can use an interaction: gbm beats ridge on `inter`, ridge sees ~nothing
@@ -70,3 +70,12 @@ def test_cli_cv_ablate_writes_csv_and_chart(tmp_path):
     assert (tmp_path / "abl" / "ablation.csv").exists() and (
         tmp_path / "abl" / "ablation.png"
     ).exists()
+
+
+def test_wide_blocks_get_ridge_only():
+    rng = np.random.default_rng(0)
+    blocks = {"wide": rng.normal(size=(60, 100)), "narrow": rng.normal(size=(60, 3))}
+    rows = ablate(blocks, rng.normal(size=60), None, k=3, gbm_iter=5)
+    got = sorted((r.encoders, r.head) for r in rows)
+    assert ("wide", "ridge") in got and ("wide", "gbm") not in got
+    assert ("narrow+wide", "stacked") in got or ("wide+narrow", "stacked") in got

@@ -5,9 +5,12 @@ subset of the feature blocks with every head on identical channel-disjoint folds
 mean and sd across folds of Spearman, MAE and R^2. Heads:
 
 - ridge: the `ViewPredictor` (blocks standardised and weighted 1/sqrt(D), LOO-chosen penalty).
-- gbm: scikit-learn's HistGradientBoostingRegressor on the raw blocks, its number of trees
-  chosen by early stopping on a channel-grouped validation split of the training fold.
-- stacked: the average of the ridge and gbm predictions (no extra fit, no leakage).
+- gbm: scikit-learn's HistGradientBoostingRegressor on the subset's NARROW blocks (at most
+  `GBM_MAX_DIM` columns: descriptors, context), its number of trees chosen by early stopping
+  on a channel-grouped validation split of the training fold. Dense 384-512-d embeddings
+  (MiniLM, CLIP) are left to the linear head: trees on them are slow on CPU and their
+  directions are not axis-aligned. Subsets without a narrow block get no gbm/stacked row.
+- stacked: the average of the ridge (all blocks) and gbm predictions (no extra fit).
 
 `tfidf_rows` adds a character n-gram TF-IDF ridge on the titles, fitted inside each fold,
 as the cheap text baseline MiniLM has to beat.
@@ -29,6 +32,7 @@ from thumbview.predict.evaluate import _rows, compute_metrics, group_kfold, summ
 log = logging.getLogger(__name__)
 
 HEADS = ("ridge", "gbm", "stacked")
+GBM_MAX_DIM = 64
 
 
 @dataclass(frozen=True)
@@ -75,16 +79,22 @@ def _fold_predictions(
     from thumbview.predict.model import PredictorConfig, ViewPredictor
 
     config = PredictorConfig(encoders=tuple(names), seed=seed)
-    out: dict[str, list[np.ndarray]] = {h: [] for h in HEADS}
-    X = np.concatenate([np.asarray(blocks[n], np.float64) for n in names], axis=1)  # (N, D)
+    narrow = [n for n in names if np.shape(blocks[n])[1] <= GBM_MAX_DIM]
+    out: dict[str, list[np.ndarray]] = {
+        h: [] for h in (HEADS if narrow and gbm_iter else ("ridge",))
+    }
+    X = (
+        np.concatenate([np.asarray(blocks[n], np.float64) for n in narrow], axis=1)
+        if narrow
+        else None
+    )
     for train, test in folds:
         ridge = ViewPredictor(config).fit(_rows(blocks, train), y[train], calibrate=False)
-        p_ridge = ridge.predict(_rows(blocks, test))
-        g = None if groups is None else np.asarray(groups, dtype=object)[train]
-        p_gbm = gbm_fit_predict(X[train], y[train], X[test], g, seed, gbm_iter)
-        out["ridge"].append(p_ridge)
-        out["gbm"].append(p_gbm)
-        out["stacked"].append((p_ridge + p_gbm) / 2)
+        out["ridge"].append(ridge.predict(_rows(blocks, test)))
+        if "gbm" in out:
+            g = None if groups is None else np.asarray(groups, dtype=object)[train]
+            out["gbm"].append(gbm_fit_predict(X[train], y[train], X[test], g, seed, gbm_iter))
+            out["stacked"].append((out["ridge"][-1] + out["gbm"][-1]) / 2)
     return out
 
 
@@ -96,7 +106,7 @@ def ablate(
     k: int = 5,
     seed: int = 0,
     heads: Sequence[str] = HEADS,
-    gbm_iter: int = 300,
+    gbm_iter: int = 300,  # 0: ridge only
     progress: Callable[[int], None] | None = None,
 ) -> list[AblationRow]:
     """Every non-empty subset of `blocks` x `heads`, scored on the same K folds."""
@@ -106,7 +116,8 @@ def ablate(
     for subset in subsets(list(blocks)):
         preds = _fold_predictions(blocks, y, groups, folds, subset, seed, gbm_iter)
         for head in heads:
-            rows.append(_summary("+".join(subset), head, y, folds, preds[head]))
+            if head in preds:
+                rows.append(_summary("+".join(subset), head, y, folds, preds[head]))
         log.info("ablation %s done", "+".join(subset))
         if progress:
             progress(1)
@@ -117,6 +128,7 @@ def tfidf_rows(titles: Sequence[str], y, groups=None, *, k: int = 5, seed: int =
     """Character 2-5-gram TF-IDF + ridge on titles, fitted inside each fold."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import RidgeCV
+    from threadpoolctl import threadpool_limits
 
     y = np.asarray(y, dtype=np.float64)
     titles = np.asarray(list(titles), dtype=object)
@@ -125,7 +137,8 @@ def tfidf_rows(titles: Sequence[str], y, groups=None, *, k: int = 5, seed: int =
     for train, test in folds:
         vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=3, sublinear_tf=True)
         Xtr = vec.fit_transform(titles[train])
-        model = RidgeCV(alphas=np.logspace(-1, 3, 9)).fit(Xtr, y[train])
+        with threadpool_limits(1, user_api="blas"):  # eigh collapses with threads under load
+            model = RidgeCV(alphas=np.logspace(-1, 3, 9)).fit(Xtr, y[train])
         preds.append(model.predict(vec.transform(titles[test])))
     return _summary("title-tfidf", "ridge", y, folds, preds)
 
