@@ -78,4 +78,5 @@ def test_wide_blocks_get_ridge_only():
     rows = ablate(blocks, rng.normal(size=60), None, k=3, gbm_iter=5)
     got = sorted((r.encoders, r.head) for r in rows)
     assert ("wide", "ridge") in got and ("wide", "gbm") not in got
+    assert not any(head == "gbm" and "wide" in enc for enc, head in got)
     assert ("narrow+wide", "stacked") in got or ("wide+narrow", "stacked") in got

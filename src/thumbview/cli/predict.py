@@ -35,6 +35,11 @@ class Target(StrEnum):
     channel_relative = "channel-relative"
 
 
+# The ablation's best measured combination on the real data (title + context + title-desc,
+# Spearman 0.190 vs 0.150 for title + visual), plus `visual` so the default model can tell
+# thumbnails apart at all.
+DEFAULT_ENCODERS = "title,visual,context,title-desc"
+
 ModelArg = Annotated[Path, typer.Argument(help="Model folder written by `thumbview train`.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 HeadOpt = Annotated[
@@ -51,7 +56,7 @@ TargetOpt = Annotated[
 def train_command(
     data: DataArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
-    encoders: EncodersOpt = "title,visual",
+    encoders: EncodersOpt = DEFAULT_ENCODERS,
     head: HeadOpt = Head.ridge,
     target: TargetOpt = Target.log10,
     holdout: Annotated[
@@ -127,7 +132,7 @@ def evaluate_command(
 @user_errors
 def cv_command(
     data: DataArg,
-    encoders: EncodersOpt = "title,visual",
+    encoders: EncodersOpt = DEFAULT_ENCODERS,
     head: HeadOpt = Head.ridge,
     target: TargetOpt = Target.log10,
     folds: Annotated[int, typer.Option("--folds", "-k")] = 5,

@@ -9,7 +9,8 @@ mean and sd across folds of Spearman, MAE and R^2. Heads:
   `GBM_MAX_DIM` columns: descriptors, context), its number of trees chosen by early stopping
   on a channel-grouped validation split of the training fold. Dense 384-512-d embeddings
   (MiniLM, CLIP) are left to the linear head: trees on them are slow on CPU and their
-  directions are not axis-aligned. Subsets without a narrow block get no gbm/stacked row.
+  directions are not axis-aligned. A gbm row is reported only for subsets made of narrow
+  blocks alone (it would repeat one); subsets without a narrow block get no stacked row.
 - stacked: the average of the ridge (all blocks) and gbm predictions (no extra fit).
 
 `tfidf_rows` adds a character n-gram TF-IDF ridge on the titles, fitted inside each fold,
@@ -115,8 +116,9 @@ def ablate(
     rows = []
     for subset in subsets(list(blocks)):
         preds = _fold_predictions(blocks, y, groups, folds, subset, seed, gbm_iter)
+        all_narrow = all(np.shape(blocks[n])[1] <= GBM_MAX_DIM for n in subset)
         for head in heads:
-            if head in preds:
+            if head in preds and (head != "gbm" or all_narrow):
                 rows.append(_summary("+".join(subset), head, y, folds, preds[head]))
         log.info("ablation %s done", "+".join(subset))
         if progress:
