@@ -117,3 +117,9 @@ def test_upload_times_reads_published_at():
     table = pd.DataFrame({"published_at": ["2020-01-01T00:00:00Z", "nope"]})
     t = upload_times(table)
     assert t[0] == pytest.approx(1577836800.0) and np.isnan(t[1])
+
+
+def test_channel_relative_without_repeat_channels_says_which_target_to_use():
+    channels = np.array([f"c{i}" for i in range(40)], dtype=object)  # every channel once
+    with pytest.raises(ProtocolError, match="--target log10"):
+        plan_split(channels, None, np.arange(0), k=5, target="channel-relative")

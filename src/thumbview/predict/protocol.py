@@ -162,7 +162,7 @@ def plan_split(
 ) -> SplitPlan:
     """Choose the protocol for the `usable` rows and split them; refuse early with the fix."""
     usable = np.asarray(usable, dtype=np.int64)
-    _check_size(len(usable), k, holdout_frac)
+    _check_size(len(usable), k, holdout_frac, target)
     if channels is None:
         train, test = _random_split(len(usable), holdout_frac, seed)
         reason = "the dataset has no channel_id column, so channels cannot be held out"
@@ -209,11 +209,16 @@ def _random_split(n: int, holdout_frac: float, seed: int) -> tuple[np.ndarray, n
     return group_train_test_split(None, holdout_frac, seed, n=n)
 
 
-def _check_size(n: int, k: int, holdout_frac: float) -> None:
+def _check_size(n: int, k: int, holdout_frac: float, target: str = "log10") -> None:
     """Enough rows for k calibration folds after the hold-out, or a message with the fix."""
     need = int(np.ceil(k * MIN_ROWS_PER_FOLD / (1 - max(holdout_frac, 0.0))))
     if n < need:
+        fix = "add videos or pass --holdout 0"
+        if target == "channel-relative":
+            fix = "the channel-relative target only uses channels with 2+ videos: " + (
+                "use --target log10 or add videos"
+            )
         raise ProtocolError(
             f"only {n} videos with a target; {k}-fold calibration with a {holdout_frac:.0%} "
-            f"hold-out needs at least {need}: add videos or pass --holdout 0"
+            f"hold-out needs at least {need}: {fix}"
         )
