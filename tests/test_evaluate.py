@@ -143,6 +143,10 @@ def test_evaluate_predictor_json():
         "baselines",
         "interval_coverage",
         "interval_level",
+        "interval_method",
+        "conditional_coverage",
+        "pairwise",
+        "warning",
     }
     assert d["interval_coverage"] is None  # cross-validation scores point predictions only
     assert d["baselines"]["global-median"]["spearman"] is None  # NaN -> null, strict JSON

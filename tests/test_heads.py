@@ -131,3 +131,50 @@ def test_standardize_false_keeps_caller_scaling():
     raw = RidgeHead(alphas=[100.0], standardize=False).fit(X, y)
     std = RidgeHead(alphas=[100.0]).fit(X, y)
     assert raw.coef_[1] * 0.01 < 0.1 < std.coef_[1]  # column 1's effect crushed only in raw
+
+
+# ----- gbm -------------------------------------------------------------------------------------
+def _interaction_data(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 5))
+    y = X[:, 0] + np.sign(X[:, 1] * X[:, 2]) + rng.normal(0, 0.3, n)
+    return X, y, rng.integers(0, 40, n)
+
+
+def test_gbm_head_matches_sklearn_round_trips_and_explains_additively():
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from thumbview.predict.heads import GBMHead, head_from_arrays
+
+    X, y, groups = _interaction_data()
+    head = GBMHead(max_iter=60).fit(X, y, groups)
+    reference = HistGradientBoostingRegressor(
+        max_iter=head.n_trees_, early_stopping=False, random_state=0, learning_rate=0.06,
+        max_leaf_nodes=15, min_samples_leaf=30, l2_regularization=1.0,
+    ).fit(X, y)  # fmt: skip
+    assert np.allclose(head.predict(X), reference.predict(X), atol=1e-10)
+    again = head_from_arrays(head.config(), head.to_arrays())
+    assert np.array_equal(again.predict(X), head.predict(X))
+    bias, contrib = head.contributions(X[:20])
+    assert np.allclose(bias + contrib.sum(axis=1), head.predict(X[:20]), atol=1e-10)
+    # the planted features carry the contributions, the noise columns little
+    assert np.abs(contrib[:, :3]).mean() > 3 * np.abs(contrib[:, 3:]).mean()
+
+
+def test_gbm_early_stopping_keeps_few_trees_on_pure_noise():
+    from thumbview.predict.heads import GBMHead
+
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(300, 4)), rng.normal(size=300)
+    assert GBMHead(max_iter=200).fit(X, y, rng.integers(0, 30, 300)).n_trees_ < 60
+
+
+def test_view_predictor_with_gbm_head_saves_and_loads(tmp_path):
+    from thumbview.predict.model import PredictorConfig, ViewPredictor
+
+    X, y, groups = _interaction_data(seed=2)
+    model = ViewPredictor(PredictorConfig(encoders=("f",), head="gbm")).fit({"f": X}, y, groups)
+    model.save(tmp_path)
+    again = ViewPredictor.load(tmp_path)
+    assert np.array_equal(again.predict({"f": X}), model.predict({"f": X}))
+    assert model.cv_metrics_.spearman > 0.5

@@ -107,6 +107,11 @@ class Comparison:
     coverage: float
     descriptor_scale: str  # "model feature sd" | "relative to the mean magnitude"
     assumption: str = INDEPENDENCE
+    # Whether the leader is reliably ahead (None: the model has no pairwise calibration),
+    # and the sentence to show instead of a bare percentage ("no reliable difference ...").
+    reliable: bool | None = None
+    verdict: str = ""
+    warning: str = ""  # inputs far outside the training range, in one line ("" when none)
 
     @property
     def interval_label(self) -> str:
@@ -132,6 +137,9 @@ class Comparison:
             coverage=d["coverage"],
             descriptor_scale=d["descriptor_scale"],
             assumption=d["assumption"],
+            reliable=d.get("reliable"),
+            verdict=d.get("verdict", ""),
+            warning=d.get("warning", ""),
         )
 
 
@@ -222,12 +230,16 @@ def compare(
     study=None,
     sae: SaeEncoder | None = None,
     top_features: int = 5,
+    pairwise=None,
 ) -> Comparison:
     """Every image x title, ranked by P(best), with P(A beats B) and the biggest differences.
 
     The predictor and the SAE are loaded once by the caller (`LoadedPredictor.load`,
     `SaeEncoder.load`): a server compares many uploads with one copy of each. Intervals are
-    at the model's own calibrated coverage.
+    at the model's own calibrated coverage. P(beats) and P(best) come from the model's
+    calibrated difference model (`predictor.pairwise`, see `predict.pairwise`), and the
+    result says whether the leader is reliably ahead; models trained before it existed fall
+    back to independent residual draws. `pairwise` overrides the model's own (tests).
     """
     titles = list(titles) or [""]
     if len(images) != len(names):
@@ -241,8 +253,10 @@ def compare(
     model = predictor.model
     pairs, blocks = predictor.combinations(images, titles)
     pred = predictor.predict(blocks)  # (N,)
-    atoms = residual_atoms(model)
-    best, beats = p_best(pred, atoms), p_beats_matrix(pred, atoms)
+    pairwise = predictor.pairwise if pairwise is None else pairwise
+    best, beats, extra = _probabilities(model, pred, blocks, pairs, names, pairwise)
+    if predictor.training_range is not None:
+        extra["warning"] = predictor.training_range.warning(blocks) or ""
     order = np.lexsort((-pred, -best))
     cands = _candidates(predictor, blocks, pred, best, order, pairs, names)
     descs, how = _descriptors(model, blocks, images, names, len(titles), top_features)
@@ -250,8 +264,23 @@ def compare(
     diffs = sae_diffs(sae.latents(images), study, top_features) if study is not None else ()
     p = tuple(tuple(float(beats[a, b]) for b in order) for a in order)
     return Comparison(
-        cands, p, descs, diffs, tuple(names), predictor.target, predictor.coverage, how
+        cands, p, descs, diffs, tuple(names), predictor.target, predictor.coverage, how, **extra
     )
+
+
+def _probabilities(model, pred, blocks, pairs, names, pairwise):
+    """(P(best) (N,), P(beats) (N, N), extra Comparison fields) from the best method available."""
+    if pairwise is None:
+        atoms = residual_atoms(model)
+        return p_best(pred, atoms), p_beats_matrix(pred, atoms), {}
+    from thumbview.predict import pairwise as pw
+
+    sigma = pairwise.calibration_.sigma
+    labels = [f"{names[i]}" + (f" + {t!r}" if t else "") for i, t in pairs]
+    said = pw.verdict(pred, pairwise.calibration_, pairwise.fold_predictions(blocks), labels)
+    beats = pw.p_beats(pred[:, None] - pred[None, :], sigma)  # (N, N)
+    extra = {"assumption": pw.METHOD, "reliable": said.reliable, "verdict": said.text}
+    return pw.p_best(pred, sigma), beats, extra
 
 
 def _candidates(predictor, blocks, pred, best, order, pairs, names) -> tuple[Candidate, ...]:

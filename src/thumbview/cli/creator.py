@@ -145,6 +145,10 @@ def _print_comparison(comparison) -> None:
             f"{c.p_best:.0%}",
         )
     console.print(table)
+    if comparison.verdict:  # "no reliable difference ..." instead of a bare 51%
+        console.print(comparison.verdict)
+    if comparison.warning:
+        console.print(f"[yellow]warning:[/] {comparison.warning}")
     if comparison.descriptors:
         winner = comparison.candidates[0].image
         names = [safe(n) for n in comparison.image_names]

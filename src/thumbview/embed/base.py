@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from PIL import Image
 
-Modality = Literal["image", "text"]
+Modality = Literal["image", "text", "meta"]  # meta: per-row metadata dicts (see context)
 
 
 class Encoder(ABC):
@@ -32,7 +32,8 @@ class Encoder(ABC):
 
     @abstractmethod
     def encode(self, inputs: Sequence[Image.Image] | Sequence[str]) -> np.ndarray:
-        """Return a float32 array (len(inputs), dim). Images are RGB PIL images; texts are str."""
+        """Return a float32 array (len(inputs), dim). Images are RGB PIL images; texts are str;
+        "meta" inputs are dicts that the encoder's `rows(table)` builds from a dataset table."""
 
     @property
     @abstractmethod

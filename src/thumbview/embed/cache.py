@@ -70,6 +70,10 @@ def input_digests(dataset: ThumbnailDataset, encoder: Encoder, workers: int = 4)
     """One content digest per dataset row: of the image file's bytes, or of the title text."""
     if encoder.modality == "text":
         return [digest_bytes(t.encode("utf-8")) for t in dataset.titles]
+    if encoder.modality == "meta":  # per-row metadata dicts (e.g. the context encoder)
+        return [
+            digest_bytes(json.dumps(r, sort_keys=True).encode()) for r in _meta(dataset, encoder)
+        ]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda p: digest_bytes(Path(p).read_bytes()), dataset.paths))
 
@@ -190,24 +194,32 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 def _compute(dataset, encoder, rows, batch_size, workers, progress) -> np.ndarray:
     """Encode `rows` in batches while a thread pool decodes the next batch's images."""
     outputs = []
+    meta = _meta(dataset, encoder) if encoder.modality == "meta" else None
     with ThreadPoolExecutor(max_workers=workers) as pool:
         batches = list(_chunks(rows, batch_size))
-        pending = _submit(pool, dataset, encoder, batches[0]) if batches else []
+        pending = _submit(pool, dataset, encoder, batches[0], meta) if batches else []
         for i, batch_rows in enumerate(batches):
             inputs = [f.result() for f in pending]
             if i + 1 < len(batches):  # decode ahead: the model never waits on PIL
-                pending = _submit(pool, dataset, encoder, batches[i + 1])
+                pending = _submit(pool, dataset, encoder, batches[i + 1], meta)
             outputs.append(np.asarray(encoder.encode(inputs), dtype=np.float32))  # (B, D)
             if progress:
                 progress(len(batch_rows))
     return np.concatenate(outputs) if outputs else np.zeros((0, encoder.dim), np.float32)
 
 
-def _submit(pool: ThreadPoolExecutor, dataset, encoder, batch_rows) -> list:
+def _submit(pool: ThreadPoolExecutor, dataset, encoder, batch_rows, meta=None) -> list:
     """Futures for one batch's inputs: decoded images, or titles (already in memory)."""
     if encoder.modality == "text":
         return [_done(dataset.titles[r]) for r in batch_rows]
+    if encoder.modality == "meta":
+        return [_done(meta[r]) for r in batch_rows]
     return [pool.submit(_open, dataset.paths[r]) for r in batch_rows]
+
+
+def _meta(dataset: ThumbnailDataset, encoder: Encoder) -> list:
+    """Metadata inputs of a "meta" encoder: one dict per dataset row."""
+    return encoder.rows(dataset.table)  # type: ignore[attr-defined]
 
 
 def _done(value):

@@ -11,7 +11,7 @@ from typing import Any
 
 from thumbview.embed.base import Encoder
 
-ENCODER_NAMES = ("clip", "title", "visual")
+ENCODER_NAMES = ("clip", "title", "visual", "context", "title-desc")
 
 
 class UnknownEncoderError(ValueError):
@@ -32,6 +32,14 @@ def encoder_class(name: str) -> type[Encoder]:
         from thumbview.embed.title import TitleEncoder
 
         return TitleEncoder
+    if name == "context":
+        from thumbview.embed.context import ContextEncoder
+
+        return ContextEncoder
+    if name == "title-desc":
+        from thumbview.embed.title_desc import TitleDescriptorEncoder
+
+        return TitleDescriptorEncoder
     if name == "clip":
         from thumbview.embed.clip import ClipEncoder
 

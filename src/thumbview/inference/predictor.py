@@ -7,6 +7,7 @@ model's own configured coverage (never a hard-coded 80%).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -26,6 +27,7 @@ from thumbview.embed.registry import (
     get_encoder,
 )
 from thumbview.layout import MODEL_ENCODERS
+from thumbview.predict.drift import TrainingRange
 from thumbview.predict.model import ArtifactError, PredictorError, ViewPredictor
 from thumbview.predict.target import to_views
 from thumbview.schema import MapOf, read_json
@@ -77,6 +79,8 @@ class LoadedPredictor:
     model: ViewPredictor
     encoders: dict[str, Encoder]
     model_dir: Path
+    training_range: TrainingRange | None = None  # warns when inputs are unlike the training set
+    context: dict | None = None  # what a "meta" encoder (context) reads: published, subscribers
 
     @classmethod
     def load(cls, model_dir: str | Path) -> LoadedPredictor:
@@ -94,7 +98,7 @@ class LoadedPredictor:
                 raise ArtifactError(f"{model_dir / ENCODERS_FILE}: {name}: {e}") from e
             if json.loads(json.dumps(encoders[name].spec())) != saved[name].get("spec"):
                 log.warning("encoder %s differs from the one the model was trained with", name)
-        return cls(model, encoders, model_dir)
+        return cls(model, encoders, model_dir, TrainingRange.load(model_dir))
 
     @staticmethod
     def check(model_dir: str | Path) -> None:
@@ -115,6 +119,15 @@ class LoadedPredictor:
                 raise ArtifactError(f"{model_dir / ENCODERS_FILE}: {name}: {e}") from e
 
     # ----- what the model is ------------------------------------------------------------------
+    @functools.cached_property
+    def pairwise(self):
+        """The model's calibrated difference model (`predict.pairwise.PairwiseModel`), or
+        None for models trained before it existed. Loaded on first use: only comparisons
+        need it, and it brings scipy."""
+        from thumbview.predict.pairwise import PairwiseModel
+
+        return PairwiseModel.load(self.model_dir) if self.model_dir.is_dir() else None
+
     @property
     def coverage(self) -> float:
         """The interval coverage the model was trained (calibrated) for."""
@@ -154,9 +167,22 @@ class LoadedPredictor:
         if len(images) != len(titles):
             raise PredictorError(f"{len(images)} images but {len(titles)} titles")
         return {
-            name: enc.encode(list(titles) if enc.modality == "text" else list(images))
+            name: enc.encode(self._inputs(enc, images, titles))
             for name, enc in self.encoders.items()
         }
+
+    def _inputs(self, enc: Encoder, images, titles) -> list:
+        """What one encoder reads: titles, images, or the context dict (same for every row)."""
+        if enc.modality == "text":
+            return list(titles)
+        if enc.modality != "meta":
+            return list(images)
+        if not self.context:
+            log.warning(
+                "no context given (--published, --subscribers): typical values assumed; "
+                "this moves every prediction alike and does not change their order"
+            )
+        return [dict(self.context or {}) for _ in images]
 
     def combinations(
         self, images: Sequence[Image.Image], titles: Sequence[str]
@@ -196,6 +222,8 @@ class LoadedPredictor:
     ) -> list[Prediction]:
         """One prediction per (image, name, title) row given side by side (the web batcher)."""
         blocks = self.blocks(images, titles)  # {encoder: (N, D)}
+        if self.training_range is not None and (said := self.training_range.warning(blocks)):
+            log.warning("%s", said)
         point, (lo, hi) = self.predict(blocks), self.intervals(blocks)  # (N,) each
         scale = to_views(self.target)
         return [

@@ -209,6 +209,13 @@ def baseline_metrics(
     return {name: summarize_folds(m).mean for name, m in per_fold.items()}
 
 
+INTERVAL_METHOD = (
+    "cross-validation residual intervals: quantiles of out-of-fold (channel-disjoint) "
+    "residuals around the model refit on all training rows; close to split-conformal but "
+    "without its finite-sample guarantee, and marginal (see conditional_coverage)"
+)
+
+
 @dataclass(frozen=True)
 class EvalResult:
     """The model's metrics next to its baselines (what `thumbview evaluate` writes).
@@ -222,14 +229,68 @@ class EvalResult:
     baselines: dict[str, Metrics]
     interval_coverage: float | None = None
     interval_level: float | None = None
+    # Coverage within strata (channel size, age tercile, predicted-views decile), the pairwise
+    # calibration on same-channel pairs (`PairCalibration.to_json_dict`), and a one-line
+    # warning when the data lies far outside the training range; None where not computed.
+    conditional_coverage: dict[str, list[dict[str, Any]]] | None = None
+    pairwise: dict[str, Any] | None = None
+    warning: str | None = None
+    interval_method: str = INTERVAL_METHOD
 
     def to_json_dict(self) -> dict[str, Any]:
         """Flat model metrics + `baselines`; NaN becomes None so the output is strict JSON."""
         out: dict[str, Any] = json_safe(self.model.to_dict())
         out["interval_coverage"] = self.interval_coverage
         out["interval_level"] = self.interval_level
+        out["interval_method"] = self.interval_method
+        out["conditional_coverage"] = json_safe(self.conditional_coverage)
+        out["pairwise"] = json_safe(self.pairwise)
+        out["warning"] = self.warning
         out["baselines"] = {name: json_safe(m.to_dict()) for name, m in self.baselines.items()}
         return out
+
+
+def conditional_coverage(y, lo, hi, strata: dict[str, np.ndarray]) -> dict[str, list[dict]]:
+    """Interval coverage within each stratum: {grouping: [{stratum, n, coverage}, ...]}.
+
+    Marginal coverage can hide intervals that are too narrow for small channels or hits and
+    too wide elsewhere; this shows where.
+    """
+    inside = (np.asarray(y) >= np.asarray(lo)) & (np.asarray(y) <= np.asarray(hi))  # (N,)
+    out = {}
+    for name, labels in strata.items():
+        labels = np.asarray(labels, dtype=object)
+        rows = []
+        for value in pd.unique(labels):
+            sel = labels == value
+            rows.append(
+                {"stratum": str(value), "n": int(sel.sum()), "coverage": float(inside[sel].mean())}
+            )
+        out[name] = rows
+    return out
+
+
+def coverage_strata(pred, channel_sizes=None, ages_days=None) -> dict[str, np.ndarray]:
+    """Labels per row: predicted-views decile, channel size bucket, upload-age tercile."""
+    pred = np.asarray(pred, dtype=np.float64)
+    strata = {"predicted decile": _quantile_labels(pred, 10, "D")}
+    if channel_sizes is not None:
+        sizes = np.asarray(channel_sizes)
+        edges, names = [2, 5, 20], ["1 video", "2-4 videos", "5-19 videos", "20+ videos"]
+        strata["channel size"] = np.array(names, dtype=object)[
+            np.searchsorted(edges, sizes, "right")
+        ]
+    if ages_days is not None and np.isfinite(ages_days).sum() >= 3:
+        ages = np.asarray(ages_days, dtype=np.float64)
+        labels = _quantile_labels(np.where(np.isfinite(ages), ages, np.nanmedian(ages)), 3, "age T")
+        strata["age tercile"] = np.where(np.isfinite(ages), labels, "age unknown")
+    return strata
+
+
+def _quantile_labels(x: np.ndarray, q: int, prefix: str) -> np.ndarray:
+    """'D1'..'Dq' by empirical quantile (ties share a label)."""
+    ranks = stats.rankdata(x, method="average") / (len(x) + 1)  # (N,) in (0, 1)
+    return np.array([f"{prefix}{int(r * q) + 1}" for r in ranks], dtype=object)
 
 
 def evaluate_predictor(

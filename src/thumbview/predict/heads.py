@@ -331,7 +331,134 @@ class MLPHead:
         return head
 
 
-HEADS = {"ridge": RidgeHead, "mlp": MLPHead}
+class GBMHead:
+    """Gradient-boosted trees (scikit-learn's HistGradientBoostingRegressor) as a head.
+
+    The number of trees is chosen by early stopping on a validation split that is grouped by
+    channel when `fit` gets `groups` (a random split would let trees memorise a channel and
+    keep adding trees), then the model is refit on all rows with that many trees. The trees
+    are stored as plain node arrays and predicted by a vectorised traversal, so saving needs
+    neither pickle nor sklearn internals at load time. `contributions` gives per-feature
+    contributions by the tree-path (Saabas) method: each split credits its feature with the
+    change in the node's mean value; they sum exactly to prediction - baseline.
+    """
+
+    kind = "gbm"
+    NODE_FIELDS = ("feature_idx", "num_threshold", "left", "right", "is_leaf", "value", "count")
+
+    def __init__(self, max_iter: int = 300, learning_rate: float = 0.06, max_leaf_nodes: int = 15,
+                 min_samples_leaf: int = 30, l2_regularization: float = 1.0, val_frac: float = 0.15,
+                 seed: int = 0):  # fmt: skip
+        self.params = dict(
+            max_iter=max_iter, learning_rate=learning_rate, max_leaf_nodes=max_leaf_nodes,
+            min_samples_leaf=min_samples_leaf, l2_regularization=l2_regularization,
+            val_frac=val_frac, seed=seed,
+        )  # fmt: skip
+
+    def fit(self, X, y, groups=None) -> GBMHead:
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        from thumbview.predict.evaluate import group_train_test_split
+
+        X, y = check_xy(X, y)
+        p = self.params
+        opts = {
+            k: p[k]
+            for k in ("learning_rate", "max_leaf_nodes", "min_samples_leaf", "l2_regularization")
+        }
+        fit_idx, val_idx = group_train_test_split(groups, p["val_frac"], p["seed"], n=len(y))
+        probe = HistGradientBoostingRegressor(
+            max_iter=p["max_iter"], early_stopping=False, random_state=p["seed"], **opts
+        ).fit(X[fit_idx], y[fit_idx])
+        val = [float(np.mean((q - y[val_idx]) ** 2)) for q in probe.staged_predict(X[val_idx])]
+        self.n_trees_ = int(np.argmin(val)) + 1
+        est = HistGradientBoostingRegressor(
+            max_iter=self.n_trees_, early_stopping=False, random_state=p["seed"], **opts
+        ).fit(X, y)
+        self.baseline_ = float(np.ravel(est._baseline_prediction)[0])
+        nodes = [tree[0].nodes for tree in est._predictors]
+        self.tree_sizes_ = np.array([len(n) for n in nodes], dtype=np.int64)
+        self.nodes_ = {
+            f: np.concatenate([n[f] for n in nodes]).astype(np.float64) for f in self.NODE_FIELDS
+        }
+        self.n_features_ = X.shape[1]
+        return self
+
+    def _leaves(self, X: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Leaf node (global index) per (row, tree) (N, T), and the path of each tree."""
+        n = self.nodes_
+        starts = np.concatenate([[0], np.cumsum(self.tree_sizes_)[:-1]])  # (T,)
+        node = np.broadcast_to(starts, (len(X), len(starts))).copy()  # (N, T)
+        paths = [node.copy()]
+        while True:
+            leaf = n["is_leaf"][node] > 0
+            if leaf.all():
+                return node, paths
+            f = n["feature_idx"][node].astype(np.int64)
+            go_left = np.take_along_axis(X, f, axis=1) <= n["num_threshold"][node]
+            child = np.where(go_left, n["left"][node], n["right"][node]).astype(np.int64) + starts
+            node = np.where(leaf, node, child)
+            paths.append(node.copy())
+
+    def predict(self, X) -> np.ndarray:
+        _require_fitted(self, "nodes_")
+        X, _ = check_xy(X, n_features=self.n_features_)
+        leaves, _ = self._leaves(X)
+        return self.baseline_ + self.nodes_["value"][leaves].sum(axis=1)  # (N,)
+
+    def contributions(self, X) -> tuple[float, np.ndarray]:
+        """(bias, (N, D) per-feature contributions): bias + row sum == predict(X) (Saabas)."""
+        _require_fitted(self, "nodes_")
+        X, _ = check_xy(X, n_features=self.n_features_)
+        mean = self._node_means()
+        _, paths = self._leaves(X)
+        out = np.zeros(X.shape)  # (N, D)
+        rows = np.arange(len(X))[:, None]
+        for parent, child in zip(paths[:-1], paths[1:], strict=True):
+            moved = parent != child  # (N, T)
+            f = self.nodes_["feature_idx"][parent].astype(np.int64)
+            delta = np.where(moved, mean[child] - mean[parent], 0.0)
+            np.add.at(out, (np.broadcast_to(rows, f.shape), f), delta)
+        starts = np.concatenate([[0], np.cumsum(self.tree_sizes_)[:-1]])
+        return self.baseline_ + float(mean[starts].sum()), out
+
+    def _node_means(self) -> np.ndarray:
+        """Count-weighted mean leaf value below every node (leaves: their own value)."""
+        n, mean = self.nodes_, self.nodes_["value"].copy()
+        starts = np.concatenate([[0], np.cumsum(self.tree_sizes_)])
+        for t in range(len(self.tree_sizes_)):
+            for i in range(starts[t + 1] - 1, starts[t] - 1, -1):  # children come after parents
+                if not n["is_leaf"][i]:
+                    left, right = int(n["left"][i]) + starts[t], int(n["right"][i]) + starts[t]
+                    cl, cr = n["count"][left], n["count"][right]
+                    mean[i] = (cl * mean[left] + cr * mean[right]) / max(cl + cr, 1)
+        return mean
+
+    def config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"kind": self.kind, **self.params}
+        if hasattr(self, "nodes_"):
+            cfg.update(baseline=self.baseline_, n_trees=self.n_trees_, n_features=self.n_features_)
+        return cfg
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        _require_fitted(self, "nodes_")
+        return {"tree_sizes": self.tree_sizes_, **{f"node.{k}": v for k, v in self.nodes_.items()}}
+
+    @classmethod
+    def from_arrays(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> GBMHead:
+        head = cls(**{k: config[k] for k in ("max_iter", "learning_rate", "max_leaf_nodes",
+                                              "min_samples_leaf", "l2_regularization", "val_frac",
+                                              "seed")})  # fmt: skip
+        head.baseline_, head.n_trees_ = float(config["baseline"]), int(config["n_trees"])
+        head.n_features_ = int(config["n_features"])
+        head.tree_sizes_ = np.asarray(arrays["tree_sizes"], dtype=np.int64)
+        head.nodes_ = {k: np.asarray(arrays[f"node.{k}"], np.float64) for k in cls.NODE_FIELDS}
+        if int(head.tree_sizes_.sum()) != len(head.nodes_["value"]):
+            raise HeadError("stored gbm trees do not match their node arrays")
+        return head
+
+
+HEADS = {"ridge": RidgeHead, "mlp": MLPHead, "gbm": GBMHead}
 
 
 def head_from_arrays(config: dict[str, Any], arrays: dict[str, np.ndarray]):

@@ -129,10 +129,10 @@ class ViewPredictor:
             raise PredictorError(f"groups has {len(groups)} rows but y has {len(y)}")
         if calibrate:
             self._calibrate(blocks, y, groups)
-        self._fit_core(blocks, y)
+        self._fit_core(blocks, y, groups)
         return self
 
-    def _fit_core(self, blocks: dict[str, np.ndarray], y: np.ndarray) -> None:
+    def _fit_core(self, blocks: dict[str, np.ndarray], y: np.ndarray, groups=None) -> None:
         self.block_dims_ = {name: blocks[name].shape[1] for name in self.config.encoders}
         self.block_mean_, self.block_scale_ = {}, {}
         for name in self.config.encoders:
@@ -140,13 +140,19 @@ class ViewPredictor:
             std = X.std(axis=0)
             self.block_mean_[name] = X.mean(axis=0)
             self.block_scale_[name] = np.where(std > 1e-12, std, 1.0)
-        self.head_ = self._new_head().fit(self._design(blocks), y)
+        head = self._new_head()
+        if self.config.head == "gbm":  # early stopping on a channel-grouped validation split
+            self.head_ = head.fit(self._design(blocks), y, groups)
+        else:
+            self.head_ = head.fit(self._design(blocks), y)
         self.y_median_, self.n_train_ = float(np.median(y)), len(y)
 
     def _new_head(self):
         if self.config.head == "mlp":
             opts = {"seed": self.config.seed, **(self.config.mlp or {}), "standardize": False}
             return HEADS["mlp"](**opts)
+        if self.config.head == "gbm":
+            return HEADS["gbm"](seed=self.config.seed)
         return HEADS["ridge"](standardize=False)  # blocks are already scaled on purpose
 
     def _calibrate(self, blocks: dict[str, np.ndarray], y: np.ndarray, groups) -> None:
@@ -159,7 +165,8 @@ class ViewPredictor:
         oof = np.empty(len(y))  # (N,)
         for train, test in folds:
             fold_model = ViewPredictor(cfg)
-            fold_model._fit_core(_rows(blocks, train), y[train])
+            fold_groups = None if groups is None else np.asarray(groups, dtype=object)[train]
+            fold_model._fit_core(_rows(blocks, train), y[train], fold_groups)
             oof[test] = fold_model.predict(_rows(blocks, test))
         self.oof_predictions_ = oof
         self.quantile_levels_ = QUANTILE_LEVELS.copy()

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from thumbview.data.dataset import ThumbnailDataset
 from thumbview.data.images import load_image
@@ -33,16 +35,26 @@ from thumbview.layout import (
     PLOT_TRAINING_CURVE,
 )
 from thumbview.predict import plots
+from thumbview.predict.drift import TrainingRange
 from thumbview.predict.evaluate import (
     CVResult,
     EvalResult,
     Metrics,
     compute_metrics,
+    conditional_coverage,
+    coverage_strata,
     cross_validate,
     evaluate_predictor,
-    group_train_test_split,
 )
 from thumbview.predict.model import PredictorConfig, PredictorError, ViewPredictor
+from thumbview.predict.pairwise import PairwiseError, PairwiseModel, score_pairs
+from thumbview.predict.protocol import (
+    SplitPlan,
+    SplitProtocol,
+    dataset_ages_days,
+    plan_split,
+    upload_times,
+)
 from thumbview.predict.target import make_target
 from thumbview.progress import progress_bar
 
@@ -122,6 +134,7 @@ class TrainResult:
     cv: Metrics | None
     holdout: EvalResult | None
     plots: tuple[Path, ...]
+    protocol: SplitProtocol | None = None
 
 
 def train(
@@ -136,38 +149,54 @@ def train(
 ) -> TrainResult:
     """Embed, split off a channel-disjoint hold-out, fit, save, evaluate on the hold-out."""
     out_dir = Path(out_dir)
+    y, mask = make_target(dataset.views, config.target, dataset.channels)
+    plan = dataset_split(dataset, np.flatnonzero(mask), config, holdout_frac)  # before features
+    train_idx, test_idx = plan.train_idx, plan.test_idx
     encoders = build_encoders(config.encoders, clip_model)
     blocks = dataset_blocks(dataset, encoders, cache_dir, progress)
-    y, mask = make_target(dataset.views, config.target, dataset.channels)
-    usable = np.flatnonzero(mask)
-    train_idx, test_idx = _split(dataset, usable, holdout_frac, config.seed)
-    groups = _groups(dataset)
-    model = ViewPredictor(config).fit(
-        _rows(blocks, train_idx), y[train_idx], None if groups is None else groups[train_idx]
-    )
+    model = ViewPredictor(config).fit(_rows(blocks, train_idx), y[train_idx], plan.fold_groups)
     model.save(out_dir)
     _write_training_record(
         out_dir, dataset, train_idx, encoder_options(config.encoders, clip_model), encoders
     )
+    _add_to_record(out_dir / TRAINING_FILE, protocol=plan.protocol.to_json_dict())
     _fit_baselines(out_dir, config, _rows(blocks, train_idx), y[train_idx])
+    fit_pairwise(out_dir, config, _rows(blocks, train_idx), y[train_idx], dataset, plan)
+    TrainingRange.fit(y[train_idx], _rows(blocks, train_idx), config.target).save(out_dir)
     paths = [*_training_plots(model, out_dir)]
     holdout = None
     if len(test_idx):
         holdout = _score(model, out_dir, _rows(blocks, test_idx), y[test_idx])
+        holdout = _extras(holdout, model, out_dir, _rows(blocks, test_idx), y, dataset, test_idx)
         paths += _evaluation_plots(model, _rows(blocks, test_idx), y[test_idx], out_dir)
-        write_json(out_dir / EVAL_FILE, {**holdout.to_json_dict(), "split": "holdout"})
+        write_json(
+            out_dir / EVAL_FILE,
+            {
+                **holdout.to_json_dict(),
+                "split": "holdout",
+                "protocol": plan.protocol.to_json_dict(),
+            },
+        )
     cv = model.cv_metrics_ if getattr(model, "cv_metrics_", None) is not None else None
     n_missing = int((~mask).sum())
-    return TrainResult(out_dir, len(train_idx), len(test_idx), n_missing, cv, holdout, tuple(paths))
+    return TrainResult(
+        out_dir, len(train_idx), len(test_idx), n_missing, cv, holdout, tuple(paths), plan.protocol
+    )
 
 
-def _split(dataset, usable: np.ndarray, holdout_frac: float, seed: int):
-    if holdout_frac <= 0:
-        return usable, usable[:0]
-    groups = _groups(dataset)
-    sub_groups = None if groups is None else groups[usable]
-    tr, te = group_train_test_split(sub_groups, holdout_frac, seed, n=len(usable))
-    return usable[tr], usable[te]
+def dataset_split(
+    dataset: ThumbnailDataset, usable: np.ndarray, config: PredictorConfig, holdout_frac: float
+) -> SplitPlan:
+    """The split protocol the dataset's channels allow (see `predict.protocol`), from ids only."""
+    return plan_split(
+        _groups(dataset),
+        upload_times(dataset.table),
+        usable,
+        k=config.cv_folds,
+        holdout_frac=holdout_frac,
+        seed=config.seed,
+        target=config.target,
+    )
 
 
 def _write_training_record(out_dir, dataset, train_idx, options, encoders) -> None:
@@ -181,6 +210,19 @@ def _write_training_record(out_dir, dataset, train_idx, options, encoders) -> No
         "channels": sorted({str(channels[i]) for i in train_idx}) if channels is not None else [],
     }
     write_json(out_dir / TRAINING_FILE, record)
+
+
+def _add_to_record(path: Path, **fields: Any) -> None:
+    write_json(path, {**json.loads(path.read_text()), **fields})
+
+
+def fit_pairwise(out_dir: Path, config, blocks, y, dataset, plan: SplitPlan) -> None:
+    """Cross-fit fold models + same-channel pair calibration for P(A beats B) (`pairwise`)."""
+    channels = None if dataset.channels is None else dataset.channels[plan.train_idx]
+    try:
+        PairwiseModel().fit(config, blocks, y, channels, plan.fold_groups).save(out_dir)
+    except PairwiseError as e:
+        log.warning("no calibrated P(A beats B) for this model: %s", e)
 
 
 def _fit_baselines(out_dir: Path, config: PredictorConfig, blocks, y) -> None:
@@ -242,6 +284,7 @@ def evaluate(
         raise PredictorError(f"only {len(rows)} unseen rows with a target: nothing to evaluate on")
     blocks = dataset_blocks(dataset.subset(rows), encoders, cache_dir, progress)
     result = _score(model, Path(model_dir), blocks, y[rows])
+    result = _extras(result, model, Path(model_dir), blocks, y, dataset, rows)
     paths = _evaluation_plots(model, blocks, y[rows], Path(out_dir)) if out_dir else []
     shared = _shared_channels(model_dir, dataset, rows)
     return Evaluation(result, int((~keep).sum()), shared, tuple(paths))
@@ -258,6 +301,32 @@ def _score(model: ViewPredictor, model_dir: Path, blocks, y) -> EvalResult:
     coverage = float(np.mean((y >= lo) & (y <= hi)))
     metrics = compute_metrics(y, model.predict(blocks))
     return EvalResult(metrics, baselines, coverage, model.config.coverage)
+
+
+def _extras(result: EvalResult, model, model_dir: Path, blocks, y, dataset, rows) -> EvalResult:
+    """Conditional coverage, same-channel pairwise calibration and the range warning."""
+    pred, (lo, hi) = model.predict(blocks), model.predict_interval(blocks)
+    channels = dataset.channels
+    sizes = None
+    if channels is not None:
+        ch = pd.Series(channels, dtype=object)
+        sizes = ch.map(ch.value_counts()).fillna(1).to_numpy()[rows]
+    strata = coverage_strata(pred, sizes, dataset_ages_days(dataset.table)[rows])
+    pairwise, limits = PairwiseModel.load(model_dir), TrainingRange.load(model_dir)
+    scored = None
+    if pairwise is not None and channels is not None:
+        try:
+            sigma = pairwise.calibration_.sigma
+            scored = score_pairs(pred, y[rows], channels[rows], sigma).to_json_dict()
+        except PairwiseError as e:
+            log.info("no same-channel pairs to score P(beats) on: %s", e)
+    warning = None if limits is None else limits.warning(blocks, y[rows])
+    return replace(
+        result,
+        conditional_coverage=conditional_coverage(y[rows], lo, hi, strata),
+        pairwise=scored,
+        warning=warning,
+    )
 
 
 def _training_record(model_dir: Path) -> dict:
@@ -278,6 +347,12 @@ def _shared_channels(model_dir: Path, dataset: ThumbnailDataset, rows: np.ndarra
 
 
 # ----- cross-validation ----------------------------------------------------------------------
+def cv_protocol(dataset: ThumbnailDataset, config: PredictorConfig) -> SplitProtocol:
+    """The protocol `cross_validate_dataset` will use (no hold-out), from channel ids only."""
+    _, mask = make_target(dataset.views, config.target, dataset.channels)
+    return dataset_split(dataset, np.flatnonzero(mask), config, 0.0).protocol
+
+
 def cross_validate_dataset(
     dataset: ThumbnailDataset,
     config: PredictorConfig,
@@ -293,8 +368,7 @@ def cross_validate_dataset(
     )
     y, mask = make_target(dataset.views, config.target, dataset.channels)
     rows = np.flatnonzero(mask)
-    groups = _groups(dataset)
-    sub_groups = None if groups is None else groups[rows]
+    sub_groups = dataset_split(dataset, rows, config, 0.0).fold_groups
     sub = _rows(blocks, rows)
     return evaluate_predictor(sub, y[rows], sub_groups, config, k), cross_validate(
         sub, y[rows], sub_groups, config, k
@@ -303,9 +377,15 @@ def cross_validate_dataset(
 
 # ----- prediction ----------------------------------------------------------------------------
 def predict_images(
-    model_dir: Path, images: Sequence[Path | str], titles: Sequence[str] = ("",)
+    model_dir: Path,
+    images: Sequence[Path | str],
+    titles: Sequence[str] = ("",),
+    context: dict | None = None,
 ) -> list[Prediction]:
-    """Every image x title combination, with the model's interval at its own coverage."""
+    """Every image x title combination, with the model's interval at its own coverage.
+
+    `context`: what a model with the `context` encoder reads (`context_from_options`)."""
     loaded = LoadedPredictor.load(model_dir)  # a bad model folder is reported before images
+    loaded.context = context
     opened = [load_image(p) for p in images]
     return loaded.predict_images(opened, [str(p) for p in images], titles)

@@ -1,0 +1,327 @@
+"""P(A beats B) and P(best) for candidate thumbnails of ONE upcoming video.
+
+Two candidates for the same video share its channel, topic, upload date and luck, so that
+error cancels in the difference: what matters is how far the actual difference of two
+outcomes strays from the predicted difference. Drawing independent residuals for A and B
+(the old way) answers "does a random video beat another random video?" instead, and it
+scored like a coin flip on same-channel pairs.
+
+The model here, in log10 units:
+
+    actual_A - actual_B ~ Normal(pred_A - pred_B, sigma^2)
+    P(A beats B) = Phi((pred_A - pred_B) / sigma)
+
+`sigma` is fitted by maximum likelihood (probit without intercept, so P(A>B) + P(B>A) = 1
+and identical inputs give exactly 0.5) on held-out SAME-CHANNEL pairs: out-of-fold
+predictions of videos of one channel, the closest observable stand-in for candidates of one
+video. Because those predictions come from models that did not see the pair, `sigma` holds
+the model's estimation error as well as the outcome noise. P(best) uses the same model
+(outcome_i = pred_i + Normal(0, sigma^2 / 2) independently, so every difference has variance
+sigma^2) and is computed by Gauss-Hermite quadrature, so two candidates give exactly P(beats).
+
+"No reliable difference" is said when the top two candidates cannot be told apart: the
+calibrated P(top beats runner-up) is within `margin` of 0.5, or the predicted difference is
+within `z` grouped-jackknife standard errors of 0 (it depends on which videos trained the
+model: the K cross-fit fold models disagree on it), or held-out pairs showed no skill
+(Brier not below the coin's 0.25).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import optimize, stats
+
+log = logging.getLogger(__name__)
+
+PAIRWISE_DIR = "pairwise"
+PAIRWISE_FILE = "pairwise.json"
+MAX_PAIRS = 50_000
+DEFAULT_MARGIN = 0.05
+DEFAULT_Z = 1.96
+METHOD = (
+    "difference model: actual_A - actual_B ~ Normal(pred_A - pred_B, sigma^2), sigma fitted on "
+    "held-out same-channel pairs; reliability from a cross-fit (grouped jackknife) ensemble"
+)
+
+
+class PairwiseError(ValueError):
+    """Pairwise calibration is impossible (no same-channel pairs) or inputs are inconsistent."""
+
+
+# ----- pure maths ----------------------------------------------------------------------------
+def same_group_pairs(groups, max_pairs: int = MAX_PAIRS, seed: int = 0, folds=None):
+    """(i, j) index arrays, i < j, of rows sharing a group (and a fold, when `folds` is given).
+
+    Missing groups (None, NaN, "") pair with nothing. At most `max_pairs`, sampled uniformly.
+    """
+    key = np.asarray([str(g) if g not in (None, "") and g == g else "" for g in groups], object)
+    if folds is not None:
+        key = np.array([f"{k}\0{f}" if k else "" for k, f in zip(key, folds, strict=True)], object)
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    bounds = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1], True])
+    left, right = [], []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        if b - a < 2 or sorted_key[a] == "":
+            continue
+        ii, jj = np.triu_indices(b - a, k=1)
+        left.append(order[a + ii])
+        right.append(order[a + jj])
+    if not left:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    i, j = np.concatenate(left), np.concatenate(right)
+    if len(i) > max_pairs:
+        keep = np.sort(np.random.default_rng(seed).choice(len(i), max_pairs, replace=False))
+        i, j = i[keep], j[keep]
+    return i, j
+
+
+def outcome(y_i, y_j) -> np.ndarray:
+    """1 where i beat j, 0 where it lost, 0.5 for a tie."""
+    return 0.5 * (np.sign(np.asarray(y_i, float) - np.asarray(y_j, float)) + 1.0)
+
+
+def p_beats(diff, sigma: float) -> np.ndarray:
+    """P(A beats B) = Phi(diff / sigma) for predicted differences `diff` (any shape)."""
+    return stats.norm.cdf(np.asarray(diff, dtype=np.float64) / sigma)
+
+
+def fit_sigma(diff, won) -> float:
+    """Maximum-likelihood sigma of the probit P(won) = Phi(diff / sigma); ties count half."""
+    d, w = np.asarray(diff, np.float64), np.asarray(won, np.float64)
+    if len(d) < 2 or np.ptp(d) == 0:
+        raise PairwiseError("need at least two same-channel pairs with different predictions")
+
+    def nll(log_sigma: float) -> float:
+        z = d / np.exp(log_sigma)
+        return -float(np.sum(w * stats.norm.logcdf(z) + (1 - w) * stats.norm.logcdf(-z)))
+
+    scale = float(np.std(d)) + 1e-12
+    res = optimize.minimize_scalar(
+        nll, bounds=(np.log(scale * 1e-2), np.log(scale * 1e4)), method="bounded"
+    )
+    return float(np.exp(res.x))
+
+
+@dataclass(frozen=True)
+class ReliabilityBin:
+    """Pairs whose predicted P fell in [low, high): their mean P and how often A really won."""
+
+    low: float
+    high: float
+    n: int
+    mean_p: float
+    observed: float
+
+
+def reliability_table(p, won, n_bins: int = 10) -> tuple[ReliabilityBin, ...]:
+    """Calibration table over equal-width probability bins (empty bins are left out)."""
+    p, won = np.asarray(p, np.float64), np.asarray(won, np.float64)
+    edges = np.linspace(0, 1, n_bins + 1)
+    which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)  # (P,)
+    out = []
+    for b in range(n_bins):
+        sel = which == b
+        if sel.any():
+            out.append(
+                ReliabilityBin(
+                    float(edges[b]),
+                    float(edges[b + 1]),
+                    int(sel.sum()),
+                    float(p[sel].mean()),
+                    float(won[sel].mean()),
+                )
+            )
+    return tuple(out)
+
+
+def brier(p, won) -> float:
+    return float(np.mean((np.asarray(p, np.float64) - np.asarray(won, np.float64)) ** 2))
+
+
+def p_best(pred, sigma: float, nodes: int = 64) -> np.ndarray:
+    """(N,) P(candidate i has the highest outcome), outcome_i = pred_i + Normal(0, sigma^2/2).
+
+    P(i best) = E_z[prod_{j != i} Phi((pred_i - pred_j) / s + z)], s = sigma / sqrt(2), by
+    Gauss-Hermite quadrature (exact to ~1e-10 here); normalised to sum to 1.
+    """
+    pred = np.asarray(pred, dtype=np.float64)  # (N,)
+    x, w = np.polynomial.hermite_e.hermegauss(nodes)  # standard-normal nodes and weights
+    w = w / w.sum()
+    s = sigma / np.sqrt(2.0)
+    gap = (pred[:, None] - pred[None, :]) / s  # (N, N)
+    cdf = stats.norm.cdf(gap[:, :, None] + x[None, None, :])  # (N, N, Q)
+    idx = np.arange(len(pred))
+    cdf[idx, idx, :] = 1.0  # a candidate does not compete with itself
+    out = (np.prod(cdf, axis=1) * w[None, :]).sum(axis=1)  # (N,)
+    return out / out.sum()
+
+
+def jackknife_sd(fold_preds) -> np.ndarray:
+    """(N, N) grouped-jackknife standard error of pred_i - pred_j from K fold models (K, N).
+
+    var = (K - 1) / K * sum_k (d_k - mean d)^2: the delete-a-fold jackknife, which scales up
+    the spread of models that share (K - 2) / (K - 1) of their training data.
+    """
+    p = np.asarray(fold_preds, dtype=np.float64)  # (K, N)
+    k = p.shape[0]
+    d = p[:, :, None] - p[:, None, :]  # (K, N, N)
+    return np.sqrt((k - 1) / k * ((d - d.mean(axis=0)) ** 2).sum(axis=0))
+
+
+# ----- results -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PairCalibration:
+    """The fitted difference model and how well it was calibrated on held-out pairs.
+
+    sigma: sd of actual - predicted difference (log10 units) on same-channel pairs.
+    n_pairs: pairs used; brier: their Brier score (coin flip: 0.25); reliability: the table.
+    """
+
+    sigma: float
+    n_pairs: int
+    brier: float
+    reliability: tuple[ReliabilityBin, ...]
+    method: str = METHOD
+
+    @property
+    def skilful(self) -> bool:
+        """Held-out pairwise calls beat a coin flip."""
+        return self.brier < 0.25
+
+    def to_json_dict(self) -> dict:
+        return {**asdict(self), "brier_coin": 0.25, "skilful": self.skilful}
+
+    @classmethod
+    def from_json_dict(cls, d: dict) -> PairCalibration:
+        bins = tuple(ReliabilityBin(**b) for b in d["reliability"])
+        return cls(float(d["sigma"]), int(d["n_pairs"]), float(d["brier"]), bins, d["method"])
+
+
+def calibrate_pairs(pred, y, groups, folds=None, seed: int = 0) -> PairCalibration:
+    """Fit sigma on same-group pairs of held-out predictions and score it on the same pairs."""
+    i, j = same_group_pairs(groups, seed=seed, folds=folds)
+    if len(i) < 2:
+        raise PairwiseError("no two held-out videos share a channel: cannot calibrate P(beats)")
+    pred, y = np.asarray(pred, np.float64), np.asarray(y, np.float64)
+    diff, won = pred[i] - pred[j], outcome(y[i], y[j])
+    sigma = fit_sigma(diff, won)
+    p = p_beats(diff, sigma)
+    return PairCalibration(sigma, len(i), brier(p, won), reliability_table(p, won))
+
+
+def score_pairs(pred, y, groups, sigma: float, seed: int = 0) -> PairCalibration:
+    """How a FITTED sigma does on new same-channel pairs (what `evaluate` reports)."""
+    i, j = same_group_pairs(groups, seed=seed)
+    if len(i) == 0:
+        raise PairwiseError("no two evaluated videos share a channel")
+    diff, won = (
+        np.asarray(pred)[i] - np.asarray(pred)[j],
+        outcome(np.asarray(y)[i], np.asarray(y)[j]),
+    )
+    p = p_beats(diff, sigma)
+    return PairCalibration(sigma, len(i), brier(p, won), reliability_table(p, won))
+
+
+@dataclass(frozen=True)
+class PairVerdict:
+    """Whether the leading candidate is reliably ahead of the runner-up, in words and numbers."""
+
+    reliable: bool
+    text: str
+    p_top_beats_next: float
+    jackknife_z: float | None
+
+
+def verdict(
+    pred,
+    calibration: PairCalibration,
+    fold_preds=None,
+    names=None,
+    margin: float = DEFAULT_MARGIN,
+    z: float = DEFAULT_Z,
+) -> PairVerdict:
+    """Say "no reliable difference" unless the top candidate is clearly ahead of the second."""
+    pred = np.asarray(pred, np.float64)
+    order = np.argsort(-pred, kind="stable")
+    top, nxt = int(order[0]), int(order[1])
+    p = float(p_beats(pred[top] - pred[nxt], calibration.sigma))
+    zj = None
+    if fold_preds is not None and len(fold_preds) >= 2:
+        se = jackknife_sd(np.asarray(fold_preds)[:, [top, nxt]])[0, 1]
+        zj = float(abs(pred[top] - pred[nxt]) / se) if se > 0 else float("inf")
+    name = names[top] if names is not None else f"candidate {top}"
+    if not calibration.skilful:
+        return PairVerdict(False, "no reliable difference (held-out pairwise calls were no "
+                           "better than a coin)", p, zj)  # fmt: skip
+    if p - 0.5 < margin or (zj is not None and zj < z):
+        return PairVerdict(False, f"no reliable difference between the top candidates "
+                           f"(P = {p:.0%})", p, zj)  # fmt: skip
+    return PairVerdict(True, f"{name} is likely ahead (P = {p:.0%} to beat the next)", p, zj)
+
+
+# ----- the fitted object ---------------------------------------------------------------------
+class PairwiseModel:
+    """K cross-fit fold models of a predictor plus its same-channel pair calibration.
+
+    Fitted attributes: `fold_models_` (list of `ViewPredictor`), `calibration_`.
+    Saved as `<model>/pairwise/pairwise.json` + `<model>/pairwise/fold-<k>/` predictor folders.
+    """
+
+    def fit(self, config, blocks, y, channels, fold_groups=None) -> PairwiseModel:
+        """Fit K fold models on the training rows; calibrate sigma on their held-out pairs."""
+        from thumbview.predict.evaluate import _rows, group_kfold
+        from thumbview.predict.model import ViewPredictor
+
+        y = np.asarray(y, dtype=np.float64)
+        groups = channels if fold_groups is None else fold_groups
+        folds = group_kfold(groups, config.cv_folds, config.seed, n=len(y))
+        oof, fold_of = np.empty(len(y)), np.empty(len(y), dtype=np.int64)
+        self.fold_models_ = []
+        for k, (train, test) in enumerate(folds):
+            fold_groups = None if groups is None else np.asarray(groups, dtype=object)[train]
+            model = ViewPredictor(config).fit(
+                _rows(blocks, train), y[train], fold_groups, calibrate=False
+            )
+            oof[test], fold_of[test] = model.predict(_rows(blocks, test)), k
+            self.fold_models_.append(model)
+        channels = np.arange(len(y)) if channels is None else channels
+        self.calibration_ = calibrate_pairs(oof, y, channels, fold_of, config.seed)
+        log.info(
+            "pairwise sigma %.3f on %d pairs", self.calibration_.sigma, self.calibration_.n_pairs
+        )
+        return self
+
+    def fold_predictions(self, blocks) -> np.ndarray:
+        """(K, N) predictions of the fold models."""
+        return np.stack([m.predict(blocks) for m in self.fold_models_])
+
+    def save(self, model_dir: Path) -> Path:
+        from thumbview.fileio import atomic_write
+
+        root = Path(model_dir) / PAIRWISE_DIR
+        for k, m in enumerate(self.fold_models_):
+            m.save(root / f"fold-{k}")
+        atomic_write(root / PAIRWISE_FILE, json.dumps(self.calibration_.to_json_dict(), indent=2))
+        return root
+
+    @classmethod
+    def load(cls, model_dir: Path) -> PairwiseModel | None:
+        """The saved pairwise model, or None for models trained before it existed."""
+        from thumbview.predict.model import ViewPredictor
+
+        root = Path(model_dir) / PAIRWISE_DIR
+        if not (root / PAIRWISE_FILE).is_file():
+            return None
+        self = cls()
+        self.calibration_ = PairCalibration.from_json_dict(
+            json.loads((root / PAIRWISE_FILE).read_text())
+        )
+        folds = sorted(root.glob("fold-*"), key=lambda p: int(p.name.split("-")[1]))
+        self.fold_models_ = [ViewPredictor.load(p) for p in folds]
+        return self
