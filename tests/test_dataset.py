@@ -266,7 +266,7 @@ def test_missing_required_column_names_it(tmp_path, header, missing, found):
     ("name", "content", "match"),
     [
         ("metadata.csv", b"", "cannot read metadata.csv"),
-        ("metadata.csv", b"file_name,views\n\xff\xfe,1\n", "cannot read metadata.csv"),
+        ("metadata.csv", b"file_name,vi\xffews\na.jpg,1\n", "header is not valid UTF-8"),
         ("metadata.csv", b'file_name,views\n"a.jpg,1\n', "cannot read metadata.csv"),
         (
             "metadata.jsonl",
@@ -284,11 +284,87 @@ def test_unparseable_metadata(tmp_path, name, content, match):
 
 
 def test_extra_trailing_fields_do_not_shift_columns(tmp_path):
+    """Empty trailing fields ("a.jpg,5,") are common and harmless: kept, nothing shifts."""
     put_image(tmp_path, "a.jpg")
     (tmp_path / "metadata.csv").write_text("file_name,views\na.jpg,5,\n")
-    with pytest.warns(pd.errors.ParserWarning):
-        ds = load_dataset(tmp_path)
+    ds = load_dataset(tmp_path)
     assert ds.table["file_name"].tolist() == ["a.jpg"] and ds.table["views"].tolist() == [5]
+    assert ds.report.skipped == ()
+
+
+# --- the loader matrix: hostile cells and rows are skipped one by one, never the dataset ------
+
+HUGE = [
+    "9223372036854775807",  # int64 max: rounds up to 2**63 as a float
+    "9223372036854775808",
+    "99999999999999999999999999",
+    "9.22e18",
+    "1e19",
+    "1000000000001",  # just above MAX_COUNT
+    "1e999999999",
+]
+NOT_PLAIN = ["1_000", "\u0663\u0664", "\uff11\uff12", "1\u00a0000", "0x10", "1e3.5", "--1"]
+
+
+@pytest.mark.parametrize("views", HUGE + NOT_PLAIN)
+def test_views_out_of_range_or_not_plain_ascii_are_invalid(tmp_path, views):
+    root = folder(tmp_path, [["images/g0.jpg", views, "", "x"]])
+    ds = load_dataset(root)
+    assert_one_skip(ds, "invalid views")
+    assert ds.table["views"].dtype == np.int64
+    with pytest.raises(ValueError):
+        parse_count(views)
+
+
+def test_largest_count_is_kept_exactly(tmp_path):
+    root = folder(
+        tmp_path, [["images/g0.jpg", "1000000000000", "", "x"], ["images/g1.jpg", "1e12", "", "y"]]
+    )
+    assert load_dataset(root).table["views"].tolist() == [100, 200, 10**12, 10**12]
+
+
+CSV_HEAD = b"file_name,views,title,video_id\n"
+GOOD = b"images/g0.jpg,100,good 0,g0\nimages/g1.jpg,200,good 1,g1\n"
+LAST = b"images/g2.jpg,300,good 2,g2\n"
+
+
+@pytest.mark.parametrize(
+    ("middle", "detail"),
+    [
+        (b"images/g0.jpg,5,t,x,EXTRA\n", "5 fields, the header 4"),
+        (b'images/g0.jpg,5,"a, b",x,"y"\n', "5 fields, the header 4"),
+        (b"images/g\xff0.jpg,5,t,x\n", "not UTF-8"),
+        (b"images/g0.jpg,5,caf\xe9,x\n", "not UTF-8"),  # Latin-1 in a UTF-8 file
+        (b"images/g0.jpg,5,\xc3,x\n", "not UTF-8"),  # a cut multi-byte character
+    ],
+)
+def test_malformed_middle_row_is_skipped_and_reported(tmp_path, middle, detail):
+    root = tmp_path / "ds"
+    for i in range(3):
+        put_image(root, f"images/g{i}.jpg")
+    (root / "metadata.csv").write_bytes(CSV_HEAD + GOOD + middle + LAST)
+    ds = load_dataset(root)
+    assert ds.keys == ["g0", "g1", "g2"] and ds.table["views"].tolist() == [100, 200, 300]
+    assert ds.report.counts() == {"malformed row": 1}
+    skipped = ds.report.skipped[0]
+    assert skipped.row == 2 and detail in skipped.detail and "line 4" in skipped.detail
+    assert ds.titles == ["good 0", "good 1", "good 2"]
+
+
+def test_row_reader_agrees_with_the_fast_reader(tmp_path):
+    """The careful reader (taken when one row is bad) reads good rows exactly like pandas."""
+    root = tmp_path / "ds"
+    rows = [["a.jpg", "1", 'quote " and, comma', "A"], ["b.jpg", "2", "multi\nline 🔥", "B"],
+            ["c.jpg", "3", "", ""], ["d.jpg", "4", "NA", "0007"]]  # fmt: skip
+    for r in rows:
+        put_image(root, r[0])
+    put_csv(root, rows)
+    fast = load_dataset(root)
+    with (root / "metadata.csv").open("ab") as f:
+        f.write(b"e.jpg,5,x,E,extra\n")
+    careful = load_dataset(root)
+    pd.testing.assert_frame_equal(careful.table, fast.table)
+    assert careful.report.counts() == {"malformed row": 1}
 
 
 def test_header_only_metadata_gives_an_empty_dataset(tmp_path):

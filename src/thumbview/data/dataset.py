@@ -16,12 +16,15 @@ changed ones.
 
 from __future__ import annotations
 
+import csv
+import decimal
 import hashlib
+import io
 import json
 import logging
-import math
 import os
 import re
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,10 +53,16 @@ REASONS = (
     "unreadable image",
     "invalid views",
     "duplicate video_id",
+    "malformed row",
 )
-_THOUSANDS = re.compile(r"\d{1,3}(,\d{3})+(\.\d*)?")
-_MAX_COUNT = float(2**63 - 1)
-_VERIFY_FORMAT = 1  # bump when the verification cache layout or the meaning of a verdict changes
+# A count is plain ASCII: digits (optionally grouped "1,234"), an optional ".0" and exponent.
+# Python's own int()/float() also take "1_000" and any script's digits ("٣٤"): a metadata cell
+# is not source code, and a scraper that wrote those produced something unexpected, so no.
+_COUNT = re.compile(r"[+-]?([0-9]+|[0-9]{1,3}(,[0-9]{3})+)(\.[0-9]*)?([eE][+-]?[0-9]+)?", re.ASCII)
+# Above any real YouTube count (the most-viewed video has ~1.6e10 views), far below int64's
+# 9.2e18, so sums, int64 columns and float64 logs of counts stay exact.
+MAX_COUNT = 10**12
+_VERIFY_FORMAT = 2  # bump when the verification cache layout or the meaning of a verdict changes
 
 # Per metadata row: None while the row is usable, else (reason, detail).
 Problems = list[tuple[str, str] | None]
@@ -152,10 +161,10 @@ def load_dataset(
     """
     root = _check_root(root)
     meta_path = _find_metadata(root)
-    raw = _read_metadata(meta_path)
+    raw, malformed = _read_metadata(meta_path)
     _require_columns(raw, meta_path.name)
     raw = _fill_defaults(raw)
-    problems, views = _check_rows(root, raw)
+    problems, views = _check_rows(root, raw, malformed)
     if verify_images:
         cache = verify_cache_path(root) if verify_cache else None
         _check_images(root, raw, problems, max_pixels, workers, progress, cache)
@@ -192,22 +201,23 @@ def verify_cache_path(root: str | Path) -> Path:
 
 
 def parse_count(text: str) -> int:
-    """A non-negative whole count from text ('1234', '1234.0', ' 1,234 '); ValueError otherwise."""
+    """A non-negative whole count from text ('1234', '1234.0', ' 1,234 ', '1e3'); ValueError otherwise.
+
+    Exact decimal arithmetic, never float: '9223372036854775807' must not round to 2**63 and
+    overflow int64 later. Counts above `MAX_COUNT` are refused like any other invalid value.
+    """
     s = text.strip()
     if not s:
         raise ValueError("empty")
-    if "," in s:
-        if not _THOUSANDS.fullmatch(s):
-            raise ValueError(f"{text!r} is not a number")
-        s = s.replace(",", "")
-    try:
-        value = float(s)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0 or value > _MAX_COUNT:
-        raise ValueError(f"{text!r} is not a finite non-negative count")
-    if not value.is_integer():
-        raise ValueError(f"{text!r} is not a whole number")
+    if not _COUNT.fullmatch(s):
+        raise ValueError(f"{text!r} is not a number (plain ASCII digits expected)")
+    with decimal.localcontext() as ctx:
+        ctx.traps[decimal.Overflow] = ctx.traps[decimal.InvalidOperation] = False
+        value = decimal.Decimal(s.replace(",", ""))
+        if value < 0 or value > MAX_COUNT:
+            raise ValueError(f"{text!r} is not a count between 0 and {MAX_COUNT:.0e}")
+        if value != value.to_integral_value():
+            raise ValueError(f"{text!r} is not a whole number")
     return int(value)
 
 
@@ -236,25 +246,79 @@ def _find_metadata(root: Path) -> Path:
     return found[0]
 
 
-def _read_metadata(path: Path) -> pd.DataFrame:
-    """Every column as text ('' for missing), whatever the file format."""
+def _read_metadata(path: Path) -> tuple[pd.DataFrame, dict[int, tuple[str, str]]]:
+    """Every column as text ('' for missing), whatever the file format, and the rows that are
+    malformed (row -> (reason, detail)): those stay in the table so row numbers keep their
+    meaning, and are reported instead of rejecting the whole file."""
+    malformed: dict[int, tuple[str, str]] = {}
     try:
         if path.suffix == ".csv":
-            # index_col=False: a row with extra trailing fields must not shift file_name into
-            # the index; the extras are dropped (pandas warns).
-            df = pd.read_csv(
-                path, dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False
-            )
+            df, malformed = _read_csv(path)
         elif path.suffix == ".jsonl":
             df = _as_text(_read_jsonl(path))
         else:
             df = _as_text(pd.read_parquet(path))
     except DatasetError:
         raise
-    except (ValueError, OSError) as e:  # parser, encoding, JSON and Arrow errors
+    except (ValueError, OSError, csv.Error) as e:  # parser, encoding, JSON and Arrow errors
         raise DatasetError(f"cannot read {path.name}: {e}") from e
     df.columns = [str(c).strip() for c in df.columns]
-    return df.fillna("").reset_index(drop=True)
+    return df.fillna("").reset_index(drop=True), malformed
+
+
+def _read_csv(path: Path) -> tuple[pd.DataFrame, dict[int, tuple[str, str]]]:
+    """pandas' C parser for a clean file (fast); the row-by-row reader when it is not."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)  # extra fields: be careful
+        try:
+            # index_col=False: a row with extra fields must not shift file_name into the index.
+            df = pd.read_csv(
+                path, dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False
+            )
+            return df, {}
+        except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.ParserWarning):
+            pass
+    return _read_csv_rows(path)
+
+
+def _read_csv_rows(path: Path) -> tuple[pd.DataFrame, dict[int, tuple[str, str]]]:
+    """Row by row: a row with a byte that is not UTF-8, or with more (non-empty) fields than
+    the header, is kept as a placeholder and marked malformed; every other row reads as usual.
+
+    Empty trailing fields ("a.jpg,5,") are harmless and tolerated: some writers add them.
+    """
+    text = path.read_bytes().decode("utf-8", "surrogateescape").removeprefix("\ufeff")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header = next(reader, None)
+    if header is None:
+        raise DatasetError(f"cannot read {path.name}: the file is empty")
+    if _has_bad_byte(header):
+        raise DatasetError(f"cannot read {path.name}: the header is not valid UTF-8")
+    rows, malformed = [], {}
+    for i, fields in enumerate(r for r in reader if r):  # pandas skips blank lines too
+        problem = _csv_row_problem(fields, len(header), reader.line_num)
+        if problem:
+            malformed[i] = ("malformed row", problem)
+            fields = [_printable(f) for f in fields]
+        rows.append((fields + [""] * len(header))[: len(header)])
+    return pd.DataFrame(rows, columns=header, dtype=str), malformed
+
+
+def _csv_row_problem(fields: list[str], width: int, line: int) -> str | None:
+    if _has_bad_byte(fields):
+        return f"line {line} has a byte that is not UTF-8"
+    if any(f for f in fields[width:]):
+        return f"line {line} has {len(fields)} fields, the header {width}"
+    return None
+
+
+def _has_bad_byte(fields: list[str]) -> bool:
+    return any(any("\udc80" <= c <= "\udcff" for c in f) for f in fields)
+
+
+def _printable(text: str) -> str:
+    """Undecodable bytes as U+FFFD, so a report line can show the row."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
@@ -303,13 +367,15 @@ def _fill_defaults(df: pd.DataFrame) -> pd.DataFrame:
 # --- per-row checks: each fills problems[i] = (reason, detail) for rows still clean -------
 
 
-def _check_rows(root: Path, df: pd.DataFrame) -> tuple[Problems, list[int]]:
+def _check_rows(
+    root: Path, df: pd.DataFrame, malformed: dict[int, tuple[str, str]]
+) -> tuple[Problems, list[int]]:
     """Cheap checks (file name safety, existence, views); returns problems and parsed views."""
     problems: Problems = []
     views: list[int] = []
     folders: dict[str, bool] = {}  # folder -> resolves inside root; files share few folders
-    for name, raw_views in zip(df["file_name"], df["views"], strict=True):
-        problem = _file_problem(root, name, folders)
+    for i, (name, raw_views) in enumerate(zip(df["file_name"], df["views"], strict=True)):
+        problem = malformed.get(i) or _file_problem(root, name, folders)
         count = 0
         if problem is None:
             try:
