@@ -721,24 +721,76 @@ def test_unwritable_cache_only_warns(tmp_path, decoded, monkeypatch, caplog):
     assert any("cannot write verification cache" in r.getMessage() for r in caplog.records)
 
 
+def test_in_place_corruption_keeping_size_and_mtime_is_caught(tmp_path, decoded):
+    """`touch -r`-style damage: same size, same mtime, new bytes. ctime (and, for a replaced
+    file, the inode) still change, so the file is decoded again and reported."""
+    root = folder(tmp_path, [])
+    load_dataset(root)
+    path = root / "images" / "g0.jpg"
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 :] = b"\x00" * (len(data) - len(data) // 2)  # same length, broken
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    decoded.clear()
+    ds = load_dataset(root)
+    assert decoded == ["g0.jpg"]
+    assert_one_skip_named(ds, "images/g0.jpg")
+
+
+def test_replaced_file_with_same_stamps_is_caught_by_inode(tmp_path, decoded, monkeypatch):
+    """A file swapped in by rename (new inode) is decoded again even if ctime were equal."""
+    root = folder(tmp_path, [])
+    load_dataset(root)
+    path = root / "images" / "g0.jpg"
+    st = path.stat()
+    other = path.with_name("new.tmp")
+    other.write_bytes(b"\xff\xd8" + b"\x00" * (st.st_size - 2))
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, path)
+    real_stat = os.stat
+    fake_ctime = st.st_ctime_ns
+
+    class Same:  # the original ctime, only the inode tells the two apart
+        def __init__(self, s):
+            self.s = s
+
+        def __getattr__(self, name):
+            return fake_ctime if name == "st_ctime_ns" else getattr(self.s, name)
+
+    def stat(p, *args, **kwargs):
+        st = real_stat(p, *args, **kwargs)
+        return Same(st) if str(p).endswith("g0.jpg") else st
+
+    monkeypatch.setattr(dataset_module.os, "stat", stat)
+    decoded.clear()
+    ds = load_dataset(root)
+    assert decoded == ["g0.jpg"]
+    assert_one_skip_named(ds, "images/g0.jpg")
+
+
+def assert_one_skip_named(ds: ThumbnailDataset, name: str) -> None:
+    assert ds.report.counts() == {"unreadable image": 1}
+    assert ds.report.skipped[0].file_name == name
+
+
 def test_lookup_matches_a_plain_dict(tmp_path):
     """The vectorised join against the obvious per-file dictionary lookup."""
     rng = np.random.default_rng(0)
-    m = 500
+    m, n = 500, 800
     keys = rng.integers(0, 2**63, m, dtype=np.uint64)
-    sizes = rng.integers(0, 3, m).astype(np.int64)
-    mtimes = rng.integers(0, 3, m).astype(np.int64)
-    cached = dataset_module._Verdicts(keys, sizes, mtimes, [None] * m)
-    pick = rng.integers(0, m, 800)
-    cur_keys = np.where(
-        rng.random(800) < 0.2, rng.integers(0, 2**63, 800, dtype=np.uint64), keys[pick]
-    )
-    cur_sizes = np.where(rng.random(800) < 0.2, -1, sizes[pick] + (rng.random(800) < 0.2))
-    current = dataset_module._Verdicts(cur_keys, cur_sizes, mtimes[pick], [None] * 800)
-    table = {(k, s, t): i for i, (k, s, t) in enumerate(zip(keys, sizes, mtimes, strict=True))}
+    stats = [rng.integers(0, 3, m).astype(np.int64) for _ in range(4)]  # size, mtime, ctime, ino
+    cached = dataset_module._Verdicts(keys, *stats, [None] * m)
+    pick = rng.integers(0, m, n)
+    cur_keys = np.where(rng.random(n) < 0.2, rng.integers(0, 2**63, n, dtype=np.uint64), keys[pick])
+    cur = [s[pick] + (rng.random(n) < 0.1) for s in stats]
+    cur[0] = np.where(rng.random(n) < 0.2, -1, cur[0])
+    current = dataset_module._Verdicts(cur_keys, *cur, [None] * n)
+    table = {(k, *s): i for i, (k, *s) in enumerate(zip(keys, *stats, strict=True))}
     expected = [
-        table.get((k, s, t), -1) if s >= 0 else -1
-        for k, s, t in zip(cur_keys, cur_sizes, mtimes[pick], strict=True)
+        table.get((k, *s), -1) if s[0] >= 0 else -1 for k, *s in zip(cur_keys, *cur, strict=True)
     ]
     assert dataset_module._lookup(cached, current).tolist() == expected
-    assert dataset_module._lookup(None, current).tolist() == [-1] * 800
+    assert dataset_module._lookup(None, current).tolist() == [-1] * n

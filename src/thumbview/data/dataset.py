@@ -10,13 +10,14 @@ exactly (emoji, any script, leading zeros, a title that is literally "NA").
 
 Fully decoding a million images takes most of an hour, so each verdict (ok, or the failure
 text) is remembered in a small per-dataset file outside the folder (`verify_cache_path`),
-keyed by file name, size and mtime: a later load stats every file and decodes only the
+keyed by file name, size, mtime, ctime and inode: a later load stats every file and decodes only the
 changed ones.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import decimal
 import hashlib
 import io
@@ -157,7 +158,7 @@ def load_dataset(
     With `verify_images` every image is fully decoded (threads, `workers`), so later stages
     never meet a corrupt file; without it only existence is checked, which is much faster.
     With `verify_cache` each verdict is remembered outside the folder (`verify_cache_path`)
-    keyed by file name, size and mtime, so a later load decodes only new or changed files.
+    keyed by file name, size, mtime, ctime and inode, so a later load decodes only new or changed files.
     """
     root = _check_root(root)
     meta_path = _find_metadata(root)
@@ -450,7 +451,7 @@ def _check_images(
 ) -> None:
     """Every still-clean row's image must decode; record the ones that fail.
 
-    Verdicts come from `cache` for files whose name, size and mtime are unchanged there;
+    Verdicts come from `cache` for files whose name and stat key are unchanged there;
     the rest are fully decoded in threads, and the cache is rewritten when anything changed.
     """
     if workers < 1:
@@ -474,8 +475,7 @@ def _check_images(
             problems[i] = ("unreadable image", error)
     logger.info("verified %d images, %d decoded now", len(todo), len(misses))
     if cache is not None and (len(misses) or cached is None or len(cached.keys) != len(todo)):
-        verdicts = _Verdicts(current.keys, current.sizes, current.mtimes, errors)
-        _write_verdicts(cache, setting, verdicts)
+        _write_verdicts(cache, setting, dataclasses.replace(current, errors=errors))
 
 
 def _decode_all(
@@ -501,17 +501,25 @@ def _decode_error(path: Path, max_pixels: int) -> str | None:
     return None
 
 
-# --- verification cache: (name hash, size, mtime_ns) -> verdict, per dataset ----------------
+# --- verification cache: (name hash, size, mtime, ctime, inode) -> verdict, per dataset ----------------
 
 
 @dataclass(frozen=True, eq=False)
 class _Verdicts:
-    """One row per image file: who it is (name hash, size, mtime) and its verdict (None = ok)."""
+    """One row per image file: who it is (name hash, size, mtime, ctime, inode) and its verdict
+    (None = ok). Size and mtime alone can be kept by a rewrite in place (`touch -r`, some sync
+    tools); the inode change time cannot be set from user space, and a replaced file has a
+    new inode, so all four together mean "the same bytes"."""
 
     keys: np.ndarray  # (M,) uint64, blake2b of the file_name as written in the metadata
     sizes: np.ndarray  # (M,) int64 bytes, -1 when stat failed
     mtimes: np.ndarray  # (M,) int64 ns
+    ctimes: np.ndarray  # (M,) int64 ns, st_ctime_ns
+    inodes: np.ndarray  # (M,) uint64, st_ino
     errors: list[str | None]
+
+    def stat_columns(self) -> tuple[str, ...]:
+        return ("sizes", "mtimes", "ctimes", "inodes")
 
 
 def _name_keys(names: Sequence[str]) -> np.ndarray:
@@ -522,32 +530,29 @@ def _name_keys(names: Sequence[str]) -> np.ndarray:
 
 
 def _stamp(root: Path, names: Sequence[str]) -> _Verdicts:
-    """Name hash, size and mtime of each file (verdicts still unknown): the cache key."""
-    stats = np.full((len(names), 2), -1, dtype=np.int64)  # (T, 2) size, mtime_ns
+    """Name hash, size, mtime, ctime and inode of each file (verdicts still unknown): the key."""
+    stats = np.full((len(names), 4), -1, dtype=np.int64)  # (T, 4) size, mtime, ctime, inode
     base = str(root)
     for j, name in enumerate(names):
         try:
             st = os.stat(os.path.join(base, name))  # not Path: this runs once per image
         except (OSError, ValueError):
             continue  # vanished since the existence check: -1 never matches, so it is decoded
-        stats[j] = (st.st_size, st.st_mtime_ns)
-    sizes, mtimes = np.ascontiguousarray(stats.T)  # (T,) each
-    return _Verdicts(_name_keys(names), sizes, mtimes, [None] * len(names))
+        stats[j] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino & (2**63 - 1))
+    sizes, mtimes, ctimes, inodes = np.ascontiguousarray(stats.T)  # (T,) each
+    return _Verdicts(_name_keys(names), sizes, mtimes, ctimes, inodes, [None] * len(names))
 
 
 def _lookup(cached: _Verdicts | None, current: _Verdicts) -> np.ndarray:
-    """For each current file, its row in `cached` when name, size and mtime all match, else -1."""
+    """For each current file, its row in `cached` when name and every stat field match, else -1."""
     if cached is None or len(cached.keys) == 0:
         return np.full(len(current.keys), -1, dtype=np.int64)
     order = np.argsort(cached.keys, kind="stable")  # (M,)
     pos = np.searchsorted(cached.keys, current.keys, sorter=order).clip(max=len(order) - 1)
     rows = order[pos]  # (T,) candidate row per current file
-    same = (
-        (cached.keys[rows] == current.keys)
-        & (cached.sizes[rows] == current.sizes)
-        & (cached.mtimes[rows] == current.mtimes)
-        & (current.sizes >= 0)
-    )
+    same = (cached.keys[rows] == current.keys) & (current.sizes >= 0)
+    for column in current.stat_columns():
+        same &= getattr(cached, column)[rows] == getattr(current, column)
     return np.where(same, rows, -1)
 
 
@@ -574,15 +579,16 @@ def _read_verdicts(path: Path, setting: dict[str, str]) -> _Verdicts | None:
             return None
         arrays = load_file(path)
         details = json.loads(arrays["details"].tobytes().decode("utf-8"))
-        keys, sizes, mtimes, codes = (arrays[k] for k in ("keys", "sizes", "mtimes", "errors"))
+        keys, codes = arrays["keys"], arrays["errors"]
+        stats = [arrays[k].astype(np.int64) for k in ("sizes", "mtimes", "ctimes", "inodes")]
         n = len(keys)
-        if not (keys.dtype == np.uint64 and sizes.shape == mtimes.shape == codes.shape == (n,)):
+        if not (keys.dtype == np.uint64 and all(a.shape == (n,) for a in [*stats, codes])):
             raise ValueError("inconsistent arrays")
         errors = [None if c < 0 else str(details[c]) for c in codes.tolist()]
     except Exception as e:  # noqa: BLE001 - torn, foreign or tampered file: never trust it
         logger.warning("ignoring unreadable verification cache %s (%s)", path, e)
         return None
-    return _Verdicts(keys, sizes.astype(np.int64), mtimes.astype(np.int64), errors)
+    return _Verdicts(keys, *stats, errors)
 
 
 def _write_verdicts(path: Path, setting: dict[str, str], verdicts: _Verdicts) -> None:
@@ -592,8 +598,10 @@ def _write_verdicts(path: Path, setting: dict[str, str], verdicts: _Verdicts) ->
     # Contiguous copies: safetensors writes a strided view's raw buffer, scrambling rows.
     arrays = {
         "keys": np.ascontiguousarray(verdicts.keys, dtype=np.uint64),
-        "sizes": np.ascontiguousarray(verdicts.sizes, dtype=np.int64),
-        "mtimes": np.ascontiguousarray(verdicts.mtimes, dtype=np.int64),
+        **{
+            k: np.ascontiguousarray(getattr(verdicts, k), dtype=np.int64)
+            for k in verdicts.stat_columns()
+        },
         "errors": np.array([-1 if e is None else code[e] for e in verdicts.errors], np.int32),
     }
     # Details as UTF-8 bytes, not header metadata: the header is size-capped, failures are not.

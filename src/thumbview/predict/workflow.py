@@ -21,7 +21,7 @@ from PIL import Image
 from thumbview.data.dataset import ThumbnailDataset
 from thumbview.data.images import load_image
 from thumbview.embed.base import Encoder
-from thumbview.embed.cache import embed
+from thumbview.embed.cache import embed, finite_rows
 from thumbview.embed.registry import get_encoder
 from thumbview.inference.predictor import ENCODERS_FILE, LoadedPredictor, Prediction
 from thumbview.predict import plots
@@ -135,6 +135,7 @@ def train(
     encoders = build_encoders(config.encoders, clip_model)
     blocks = dataset_blocks(dataset, encoders, cache_dir, progress)
     y, mask = make_target(dataset.views, config.target, dataset.channels)
+    mask &= finite_rows(blocks)  # rows an encoder skipped (unreadable input) have no features
     usable = np.flatnonzero(mask)
     train_idx, test_idx = _split(dataset, usable, holdout_frac, config.seed)
     groups = _groups(dataset)
@@ -242,6 +243,8 @@ def evaluate(
     if len(rows) < 3:
         raise PredictorError(f"only {len(rows)} unseen rows with a target: nothing to evaluate on")
     blocks = dataset_blocks(dataset.subset(rows), encoders, cache_dir, progress)
+    embedded = finite_rows(blocks)  # rows an encoder skipped (unreadable input) have no features
+    blocks, rows = _rows(blocks, embedded), rows[embedded]
     result = _score(model, Path(model_dir), blocks, y[rows])
     paths = _evaluation_plots(model, blocks, y[rows], Path(out_dir)) if out_dir else []
     shared = _shared_channels(model_dir, dataset, rows)
@@ -293,6 +296,7 @@ def cross_validate_dataset(
         dataset, build_encoders(config.encoders, clip_model), cache_dir, progress
     )
     y, mask = make_target(dataset.views, config.target, dataset.channels)
+    mask &= finite_rows(blocks)  # rows an encoder skipped (unreadable input) have no features
     rows = np.flatnonzero(mask)
     groups = _groups(dataset)
     sub_groups = None if groups is None else groups[rows]
