@@ -1,4 +1,5 @@
-"""Dataset commands: `synth` (built-in data), `info` (validation report), `embed` (features)."""
+"""Dataset commands: `synth` (built-in data), `info` (validation report), `embed` (features),
+`pack` / `unpack` (folder <-> Parquet shards)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from thumbview.cli._shared import console, split_names, user_errors
@@ -77,7 +79,43 @@ def embed_command(
         )
 
 
+@user_errors
+def pack_command(
+    data: DataArg,
+    out: Annotated[Path, typer.Argument(help="Folder to write data/train-*.parquet into.")],
+    shard_size: Annotated[int, typer.Option("--shard-size", help="Rows per shard.")] = 10_000,
+) -> None:
+    """Convert a dataset folder to Parquet shards (Hugging Face layout), losslessly."""
+    from thumbview.data.shards import pack
+
+    result = pack(data, out, shard_size=shard_size, progress=True)
+    console.print(
+        f"{result.n_rows} rows ({result.n_images} with images) in {len(result.files)} shard(s) "
+        f"under {escape(str(Path(out) / 'data'))}"
+    )
+
+
+@user_errors
+def unpack_command(
+    shards: Annotated[Path, typer.Argument(help="Folder holding data/*.parquet.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write images + metadata.csv into.")],
+) -> None:
+    """Write Parquet shards back as a dataset folder (images + metadata.csv)."""
+    from thumbview.data.shards import unpack
+
+    result = unpack(shards, out, progress=True)
+    console.print(
+        f"{result.n_rows} rows, {result.n_images} images -> {escape(str(result.metadata))}"
+    )
+    if result.n_unwritable:
+        console.print(
+            f"{result.n_unwritable} image(s) not written: their file_name leaves {escape(str(out))}"
+        )
+
+
 def register(app: typer.Typer) -> None:
     app.command()(synth)
     app.command()(info)
     app.command("embed")(embed_command)
+    app.command("pack")(pack_command)
+    app.command("unpack")(unpack_command)

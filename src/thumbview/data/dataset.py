@@ -27,11 +27,12 @@ import os
 import re
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,9 @@ from safetensors.numpy import load_file, save_file
 from thumbview.data.images import DEFAULT_MAX_PIXELS, load_image
 from thumbview.fileio import atomic_write, dataset_cache_name, user_cache_root
 from thumbview.progress import progress_bar
+
+if TYPE_CHECKING:
+    from thumbview.data.shards import ShardIndex
 
 logger = logging.getLogger(__name__)
 
@@ -106,11 +110,17 @@ class LoadReport:
 
 @dataclass(frozen=True, eq=False)
 class ThumbnailDataset:
-    """The kept rows of a dataset folder. `table` has a RangeIndex; rows align with every array."""
+    """The kept rows of a dataset. `table` has a RangeIndex; rows align with every array.
+
+    `shards` is None for a folder of image files; for Parquet shards (`thumbview.data.shards`)
+    it says where each row's image bytes are, and `paths` are then names, not files: read
+    images through `image_source` / `image_bytes`, which work for both.
+    """
 
     root: Path
     table: pd.DataFrame
     report: LoadReport
+    shards: ShardIndex | None = None
 
     def __len__(self) -> int:
         return len(self.table)
@@ -138,10 +148,26 @@ class ThumbnailDataset:
             return None
         return self.table["channel_id"].to_numpy(dtype=object)  # (N,)
 
+    def image_source(self, i: int) -> Path | bytes:
+        """What `load_image` takes for row `i`: the image file, or its bytes from a shard."""
+        if self.shards is None:
+            return self.paths[i]
+        return self.shards.read([i])[0] or b""
+
+    def image_bytes(self, rows: Sequence[int]) -> list[bytes]:
+        """The raw bytes of each row's image (what content digests hash), read in order."""
+        if self.shards is None:
+            return [self.paths[r].read_bytes() for r in rows]
+        return [b or b"" for b in self.shards.read(rows)]
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> ThumbnailDataset:
         """Rows `indices` (positions or a boolean mask) as a new dataset; the load report is kept."""
-        table = self.table.iloc[np.asarray(indices)].reset_index(drop=True)
-        return ThumbnailDataset(self.root, table, self.report)
+        idx = np.asarray(indices)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        table = self.table.iloc[idx].reset_index(drop=True)
+        shards = None if self.shards is None else self.shards.subset(idx)
+        return ThumbnailDataset(self.root, table, self.report, shards)
 
 
 def load_dataset(
@@ -157,10 +183,23 @@ def load_dataset(
 
     With `verify_images` every image is fully decoded (threads, `workers`), so later stages
     never meet a corrupt file; without it only existence is checked, which is much faster.
+    A folder without a metadata file but with `data/*.parquet` is read as Parquet shards
+    (`thumbview.data.shards`), with the same checks and the same report.
     With `verify_cache` each verdict is remembered outside the folder (`verify_cache_path`)
     keyed by file name, size, mtime, ctime and inode, so a later load decodes only new or changed files.
     """
     root = _check_root(root)
+    from thumbview.data import shards  # noqa: PLC0415 - shards imports this module
+
+    if shards.is_sharded(root):
+        return shards.load_shards(
+            root,
+            verify_images=verify_images,
+            max_pixels=max_pixels,
+            workers=workers,
+            progress=progress,
+            verify_cache=verify_cache,
+        )
     meta_path = _find_metadata(root)
     raw, malformed = _read_metadata(meta_path)
     _require_columns(raw, meta_path.name)
@@ -407,6 +446,20 @@ def _unsafe_detail(root: Path, name: str, folders: dict[str, bool] | None = None
     `folders` caches whether each parent folder resolves inside `root`: with it, a million
     files in a few hundred folders cost a few hundred `resolve()` calls plus one `lstat` each.
     """
+    lexical = lexically_unsafe(name)
+    if lexical:
+        return lexical
+    try:
+        inside = _resolves_inside(root, root / name, {} if folders is None else folders)
+    except (OSError, RuntimeError):  # symlink loop
+        return "cannot be resolved (symlink loop?)"
+    if not inside:
+        return "resolves (through a symlink) outside the dataset folder"
+    return None
+
+
+def lexically_unsafe(name: str) -> str | None:
+    """Why the name alone (no file system) could point outside its folder, or None."""
     if "\x00" in name:
         return "contains a NUL byte"
     win = PureWindowsPath(name)
@@ -417,12 +470,6 @@ def _unsafe_detail(root: Path, name: str, folders: dict[str, bool] | None = None
         depth += -1 if part == ".." else (0 if part == "." else 1)
         if depth < 0:
             return "'..' leaves the dataset folder"
-    try:
-        inside = _resolves_inside(root, root / name, {} if folders is None else folders)
-    except (OSError, RuntimeError):  # symlink loop
-        return "cannot be resolved (symlink loop?)"
-    if not inside:
-        return "resolves (through a symlink) outside the dataset folder"
     return None
 
 
@@ -459,12 +506,28 @@ def _check_images(
     todo = [i for i, p in enumerate(problems) if p is None]
     column = df["file_name"].tolist()  # per-row .iat costs ~30 us each: minutes at 1M rows
     names = [column[i] for i in todo]
-    current = _stamp(root, names)
+
+    def decode(misses: np.ndarray) -> list[str | None]:
+        return _decode_all([root / names[j] for j in misses], max_pixels, workers, progress)
+
     setting = _verify_setting(root, max_pixels)
+    apply_verdicts(todo, _stamp(root, names), decode, problems, cache, setting)
+
+
+def apply_verdicts(
+    todo: list[int],
+    current: _Verdicts,
+    decode: Callable[[np.ndarray], list[str | None]],
+    problems: Problems,
+    cache: Path | None,
+    setting: dict[str, str],
+) -> None:
+    """Mark rows `todo` whose image fails: cached verdicts where `current` matches the cache,
+    `decode(misses)` (positions in `todo`) for the rest; the cache is rewritten on change."""
     cached = _read_verdicts(cache, setting) if cache is not None else None
     hits = _lookup(cached, current)  # (T,) row in `cached`, -1 to decode
     misses = np.flatnonzero(hits < 0)
-    decoded = _decode_all([root / names[j] for j in misses], max_pixels, workers, progress)
+    decoded = decode(misses)
     errors: list[str | None] = [None] * len(todo)
     if cached is not None:
         errors = [cached.errors[h] if h >= 0 else None for h in hits.tolist()]
@@ -487,15 +550,16 @@ def _decode_all(
         ThreadPoolExecutor(max_workers=workers) as pool,
         progress_bar(len(paths), "Checking images", progress) as advance,
     ):
-        for error in pool.map(lambda p: _decode_error(p, max_pixels), paths):
+        for error in pool.map(lambda p: decode_error(p, max_pixels), paths):
             errors.append(error)
             advance(1)
     return errors
 
 
-def _decode_error(path: Path, max_pixels: int) -> str | None:
+def decode_error(source: Path | bytes, max_pixels: int, name: str | None = None) -> str | None:
+    """Why `source` cannot be used as an image (the report's detail), or None when it can."""
     try:
-        load_image(path, max_pixels=max_pixels)
+        load_image(source, max_pixels=max_pixels, name=name)
     except Exception as e:  # noqa: BLE001 - a hostile file must become a report line, never a crash
         return str(e) or type(e).__name__
     return None
@@ -628,7 +692,11 @@ def _check_duplicates(df: pd.DataFrame, problems: Problems) -> None:
 
 
 def _assemble(
-    root: Path, df: pd.DataFrame, problems: Problems, views: list[int]
+    root: Path,
+    df: pd.DataFrame,
+    problems: Problems,
+    views: list[int],
+    shards: ShardIndex | None = None,
 ) -> ThumbnailDataset:
     keep = np.array([p is None for p in problems], dtype=bool)  # (N,)
     table = df.loc[keep].reset_index(drop=True)
@@ -643,7 +711,7 @@ def _assemble(
         logger.debug("skipped row %d (%s): %s: %s", s.row, s.file_name, s.reason, s.detail)
     report = LoadReport(n_rows=len(df), n_kept=len(table), skipped=skipped)
     logger.info("%s: %s", root, report.summary())
-    return ThumbnailDataset(root, table, report)
+    return ThumbnailDataset(root, table, report, None if shards is None else shards.subset(keep))
 
 
 def _parse_optional(column: pd.Series) -> pd.Series:

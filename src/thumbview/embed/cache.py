@@ -82,7 +82,12 @@ def input_digests(dataset: ThumbnailDataset, encoder: Encoder, workers: int = 4)
     if encoder.modality == "text":
         return [digest_bytes(t.encode("utf-8")) for t in dataset.titles]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda p: digest_bytes(Path(p).read_bytes()), dataset.paths))
+        if dataset.shards is None:
+            return list(pool.map(lambda p: digest_bytes(Path(p).read_bytes()), dataset.paths))
+        digests: list[bytes] = []  # shards: stream row groups in order, hash in threads
+        for rows in _chunks(list(range(len(dataset))), SHARD_ROWS):
+            digests += pool.map(digest_bytes, dataset.image_bytes(rows))
+        return digests
 
 
 class FeatureStore:
@@ -285,7 +290,11 @@ def _submit(pool: ThreadPoolExecutor, dataset, encoder, batch_rows) -> list:
     """Futures for one batch's inputs: decoded images, or titles (already in memory)."""
     if encoder.modality == "text":
         return [_done(dataset.titles[r]) for r in batch_rows]
-    return [pool.submit(_open, dataset.paths[r]) for r in batch_rows]
+    if dataset.shards is None:
+        return [pool.submit(_open, dataset.paths[r]) for r in batch_rows]
+    names = dataset.table["file_name"]
+    blobs = dataset.image_bytes(batch_rows)  # in order, one row group read at a time
+    return [pool.submit(_open, b, names.iat[r]) for b, r in zip(blobs, batch_rows, strict=True)]
 
 
 def _done(value):
@@ -294,5 +303,5 @@ def _done(value):
     return future
 
 
-def _open(path: Path):
-    return load_image(path)
+def _open(source: Path | bytes, name: str | None = None):
+    return load_image(source, name=name)
