@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,7 @@ from thumbview.cli._shared import console, split_names, user_errors
 from thumbview.data.dataset import load_dataset
 from thumbview.data.synth import SynthConfig, make_synthetic
 from thumbview.embed.cache import embed
-from thumbview.embed.registry import ENCODER_NAMES
+from thumbview.embed.registry import ENCODER_NAMES, get_encoder
 from thumbview.progress import progress_bar
 
 DataArg = Annotated[Path, typer.Argument(help="Dataset folder (images + metadata.csv).")]
@@ -64,19 +65,65 @@ def embed_command(
     clip_model: ClipModelOpt = "openai/clip-vit-base-patch32",
     cache_dir: CacheOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Run on Ray Data: 'auto' (a running cluster, else a local one) or an address "
+            "(ray://head:10001). Needs thumbview[ray].",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", help="With --ray: actors per encoder.")
+    ] = None,
+    num_gpus: Annotated[
+        float | None,
+        typer.Option("--num-gpus", help="With --ray: GPUs per actor (default 1 if any)."),
+    ] = None,
 ) -> None:
     """Compute and cache features; re-running reuses them and computes only new images."""
-    from thumbview.predict.workflow import build_encoders
+    from thumbview.embed.distributed import RayOptions, connect, embed_ray, import_ray
 
+    if ray is not None:
+        import_ray()  # before loading anything: say how to install it at once
     ds = load_dataset(data, progress=True)
+    if ray is not None:
+        connect(ray)
     console.print(ds.report.summary())
-    for name, encoder in build_encoders(split_names(encoders), clip_model).items():
+    options = RayOptions(ray or "auto", batch_size, concurrency, num_gpus)
+    for name, make in encoder_factories(split_names(encoders), clip_model, ray is not None).items():
         with progress_bar(len(ds), f"embed {name}") as advance:
-            matrix, stats = embed(ds, encoder, cache_dir, batch_size=batch_size, progress=advance)
+            if ray is None:
+                matrix, stats = embed(
+                    ds, make(), cache_dir, batch_size=batch_size, progress=advance
+                )
+            else:
+                matrix, stats = embed_ray(ds, make, cache_dir, options, progress=advance)
         console.print(
             f"{name}: {matrix.shape[0]} x {matrix.shape[1]} "
-            f"({stats.n_cached} cached, {stats.n_computed} computed) -> {stats.cache_path}"
+            f"({stats.n_cached} cached, {stats.n_computed} computed) -> {escape(str(stats.cache_path))}"
         )
+        for s in stats.skipped[:20]:
+            console.print(f"  skipped row {s.row} ({escape(s.file_name)}): {escape(s.detail)}")
+
+
+def encoder_factories(names: list[str], clip_model: str, on_ray: bool) -> dict:
+    """name -> picklable encoder factory (actors build their own); CLIP in float32 on Ray so
+    GPU actors and the local path share one spec, hence one cache."""
+    from thumbview.predict.workflow import encoder_options
+
+    factories = {}
+    for name, opts in encoder_options(names, clip_model).items():
+        if on_ray and name == "clip":
+            opts = {**opts, "dtype": "float32", "device": _ray_device()}
+        factories[name] = functools.partial(get_encoder, name, **opts)
+    return factories
+
+
+def _ray_device() -> str:
+    import ray
+
+    return "cuda" if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) else "cpu"
 
 
 @user_errors

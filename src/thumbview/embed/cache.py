@@ -167,7 +167,7 @@ def embed(
     store = FeatureStore(cache_dir or default_cache_dir(dataset.root), encoder)
     digests = input_digests(dataset, encoder, workers)
     table = store.load()
-    todo = _unique_missing(digests, table)
+    todo = unique_missing(digests, table)
     if progress and len(digests) - len(todo):
         progress(sum(d in table for d in digests))
     failed: dict[bytes, tuple[int, str]] = {}  # digest -> (first row, why)
@@ -180,13 +180,26 @@ def embed(
         if ok:
             store.append(chunk_digests, feats[ok])
         table.update(zip(chunk_digests, feats[ok], strict=True))
+    return assemble(dataset, encoder, store, digests, table, len(todo), failed)
+
+
+def assemble(
+    dataset: ThumbnailDataset,
+    encoder: Encoder,
+    store: FeatureStore,
+    digests: list[bytes],
+    table: dict[bytes, np.ndarray],
+    n_todo: int,
+    failed: dict[bytes, tuple[int, str]],
+) -> tuple[np.ndarray, CacheStats]:
+    """The (N, D) matrix in row order (NaN rows for failed inputs) and its CacheStats."""
     nan = np.full(encoder.dim, np.nan, dtype=np.float32)
     matrix = (
         np.stack([table.get(d, nan) for d in digests]) if digests else np.zeros((0, encoder.dim))
     )
     skipped = _skipped(dataset, digests, failed)
-    n_computed = len(todo) - len(failed)
-    stats = CacheStats(len(digests), len(digests) - len(todo), n_computed, store.path, skipped)
+    n_computed = n_todo - len(failed)
+    stats = CacheStats(len(digests), len(digests) - n_todo, n_computed, store.path, skipped)
     log.info("%s: %d rows, %d from cache, %d computed", encoder.name, *_counts(stats))
     return matrix.astype(np.float32, copy=False), stats
 
@@ -206,9 +219,7 @@ def _counts(stats: CacheStats) -> tuple[int, int, int]:
     return stats.n_rows, stats.n_cached, stats.n_computed
 
 
-def _unique_missing(
-    digests: list[bytes], table: dict[bytes, np.ndarray]
-) -> list[tuple[int, bytes]]:
+def unique_missing(digests: list[bytes], table: dict[bytes, np.ndarray]) -> list[tuple[int, bytes]]:
     """(row, digest) for each digest not cached yet, first occurrence only."""
     seen: set[bytes] = set()
     missing = []
