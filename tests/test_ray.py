@@ -94,7 +94,8 @@ def test_ray_embed_equals_local_and_resumes(ray_local, tmp_path, sharded):
     np.testing.assert_array_equal(again, local)
     enc = MeanColour()
     via_local, st = embed(ds, enc, cache_dir=tmp_path / "ray")  # train/cv read it unchanged
-    assert enc.calls == 1 and st.n_cached == N - 1
+    assert enc.calls == 0 and st.n_cached == N - 1  # row 7 fails to decode, before the encoder
+    assert [s.row for s in st.skipped] == [7]
     np.testing.assert_array_equal(via_local, local)
 
 

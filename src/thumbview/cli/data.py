@@ -108,14 +108,14 @@ def embed_command(
 
 
 def encoder_factories(names: list[str], clip_model: str, on_ray: bool) -> dict:
-    """name -> picklable encoder factory (actors build their own); CLIP in float32 on Ray so
-    GPU actors and the local path share one spec, hence one cache."""
+    """name -> picklable encoder factory (actors build their own). On Ray, CLIP gets this
+    machine's resolved dtype, so GPU actors and the local path share one spec, hence one cache."""
     from thumbview.predict.workflow import encoder_options
 
     factories = {}
     for name, opts in encoder_options(names, clip_model).items():
-        if on_ray and name == "clip":
-            opts = {**opts, "dtype": "float32", "device": _ray_device()}
+        if on_ray and name == "clip":  # the driver's resolved dtype: the spec (cache) is shared
+            opts = {**opts, "dtype": get_encoder(name, **opts).dtype, "device": _ray_device()}
         factories[name] = functools.partial(get_encoder, name, **opts)
     return factories
 
