@@ -12,6 +12,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
@@ -39,7 +40,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             # Long stages (embed, sae train, collect) save as they go: say so, don't dump a trace.
