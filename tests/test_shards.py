@@ -250,3 +250,32 @@ def test_cli_pack_info_unpack(packed, tmp_path):
     assert (tmp_path / "b2" / "metadata.csv").read_bytes() == (src / "metadata.csv").read_bytes()
     res = runner.invoke(app, ["pack", str(src), str(tmp_path / "s2")])
     assert res.exit_code == 2 and "already holds shards" in " ".join(res.output.split())
+
+
+def test_loading_streams_image_bytes_one_row_group_at_a_time(tmp_path, monkeypatch):
+    """Bounded memory: image bytes are read per row group (at most two kept), never whole."""
+    monkeypatch.setattr(shards_module, "ROW_GROUP_ROWS", 2)
+    src = messy_folder(tmp_path / "src")
+    pack(src, tmp_path / "out", shard_size=6)
+    assert pq.ParquetFile(shard_files(tmp_path / "out")[0]).num_row_groups == 3
+    real_read = pq.ParquetFile.read
+
+    def read(self, columns=None, **kwargs):
+        assert columns is None or not any(c.startswith("image.bytes") for c in columns)
+        assert columns is not None, "a whole-file read would load every image"
+        return real_read(self, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read", read)
+    sizes: list[int] = []
+    real_group = shards_module.ShardIndex._group
+
+    def group(self, f, g):
+        out = real_group(self, f, g)
+        sizes.append(len(self._groups))
+        return out
+
+    monkeypatch.setattr(shards_module.ShardIndex, "_group", group)
+    ds = load_dataset(tmp_path / "out", verify_cache=False)
+    assert brief(ds.report) == brief(load_dataset(src).report)
+    assert sizes and max(sizes) <= 2
+    assert ds.image_bytes(list(range(len(ds)))) == load_dataset(src).image_bytes(range(len(ds)))
