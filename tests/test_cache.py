@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 
 from thumbview.data.dataset import load_dataset, write_metadata
 from thumbview.embed.base import Encoder
-from thumbview.embed.cache import EmbedError, embed
+from thumbview.embed.cache import embed, finite_rows
 
 
 class CountingEncoder(Encoder):
@@ -162,12 +163,68 @@ def test_default_cache_dir_is_outside_the_dataset(tmp_path, monkeypatch):
     assert default_cache_dir(tmp_path / "data") == tmp_path / "mine"
 
 
-def test_unreadable_image_without_verification_gives_clear_error(tmp_path):
+def test_unreadable_image_without_verification_is_a_skip_not_a_stop(tmp_path):
     root = make_dataset(tmp_path / "d", COLOURS)
     (root / "images" / "v1.png").write_bytes(b"garbage")
     ds = load_dataset(root, verify_images=False)
-    with pytest.raises(EmbedError, match="v1.png"):
-        embed(ds, CountingEncoder(), cache_dir=tmp_path / "c")
+    features, stats = embed(ds, CountingEncoder(), cache_dir=tmp_path / "c")
+    assert [(s.row, s.file_name, s.reason) for s in stats.skipped] == [
+        (1, "images/v1.png", "unreadable image")
+    ]
+    assert "v1.png" in stats.skipped[0].detail
+    assert np.isnan(features[1]).all() and finite_rows({"x": features}).tolist() == [1, 0, 1, 1]
+    np.testing.assert_allclose(features[[0, 2, 3]], np.array(COLOURS, np.float32)[[0, 2, 3]])
+    assert (stats.n_cached, stats.n_computed) == (0, 3)
+    Image.new("RGB", (16, 9), (7, 8, 9)).save(root / "images" / "v1.png")  # fixed: tried again
+    encoder = CountingEncoder()
+    features, stats = embed(load_dataset(root), encoder, cache_dir=tmp_path / "c")
+    assert encoder.calls == 1 and stats.skipped == () and np.isfinite(features).all()
+
+
+def test_corrupted_in_place_with_size_and_mtime_kept_is_reported_unreadable(tmp_path):
+    """Issue 10.9: the verification cache must not vouch for a file damaged in place."""
+    root = make_dataset(tmp_path / "d", COLOURS)
+    assert len(load_dataset(root)) == 4  # verdicts cached
+    path = root / "images" / "v2.png"
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[30:] = bytes(len(data) - 30)  # same size, broken
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    ds = load_dataset(root)
+    assert ds.report.counts() == {"unreadable image": 1}
+    assert ds.report.skipped[0].file_name == "images/v2.png"
+    features, stats = embed(ds, CountingEncoder(), cache_dir=tmp_path / "c")
+    assert features.shape == (3, 3) and stats.skipped == ()
+
+
+class PickyEncoder(CountingEncoder):
+    """Raises on pure-green images (an encoder bug one input triggers), fine on the rest."""
+
+    def encode(self, inputs):
+        if any(np.asarray(im)[..., 1].mean() > 250 for im in inputs):
+            raise RuntimeError("boom")
+        return super().encode(inputs)
+
+
+def test_encoder_failure_on_one_input_skips_only_that_row(tmp_path):
+    colours = [(10, 20, 30), (0, 255, 0), (40, 50, 60)]
+    ds = load_dataset(make_dataset(tmp_path / "d", colours))
+    features, stats = embed(ds, PickyEncoder(), cache_dir=tmp_path / "c", batch_size=8)
+    assert [(s.row, s.reason) for s in stats.skipped] == [(1, "unreadable image")]
+    assert "RuntimeError: boom" in stats.skipped[0].detail
+    assert finite_rows({"a": features}).tolist() == [True, False, True]
+
+
+class BrokenEncoder(CountingEncoder):
+    def encode(self, inputs):
+        raise RuntimeError("weights missing")
+
+
+def test_an_encoder_that_fails_on_everything_still_stops(tmp_path):
+    ds = load_dataset(make_dataset(tmp_path / "d", COLOURS))
+    with pytest.raises(RuntimeError, match="weights missing"):
+        embed(ds, BrokenEncoder(), cache_dir=tmp_path / "c")
 
 
 class InterruptedEncoder(CountingEncoder):

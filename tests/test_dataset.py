@@ -266,7 +266,7 @@ def test_missing_required_column_names_it(tmp_path, header, missing, found):
     ("name", "content", "match"),
     [
         ("metadata.csv", b"", "cannot read metadata.csv"),
-        ("metadata.csv", b"file_name,views\n\xff\xfe,1\n", "cannot read metadata.csv"),
+        ("metadata.csv", b"file_name,vi\xffews\na.jpg,1\n", "header is not valid UTF-8"),
         ("metadata.csv", b'file_name,views\n"a.jpg,1\n', "cannot read metadata.csv"),
         (
             "metadata.jsonl",
@@ -284,11 +284,87 @@ def test_unparseable_metadata(tmp_path, name, content, match):
 
 
 def test_extra_trailing_fields_do_not_shift_columns(tmp_path):
+    """Empty trailing fields ("a.jpg,5,") are common and harmless: kept, nothing shifts."""
     put_image(tmp_path, "a.jpg")
     (tmp_path / "metadata.csv").write_text("file_name,views\na.jpg,5,\n")
-    with pytest.warns(pd.errors.ParserWarning):
-        ds = load_dataset(tmp_path)
+    ds = load_dataset(tmp_path)
     assert ds.table["file_name"].tolist() == ["a.jpg"] and ds.table["views"].tolist() == [5]
+    assert ds.report.skipped == ()
+
+
+# --- the loader matrix: hostile cells and rows are skipped one by one, never the dataset ------
+
+HUGE = [
+    "9223372036854775807",  # int64 max: rounds up to 2**63 as a float
+    "9223372036854775808",
+    "99999999999999999999999999",
+    "9.22e18",
+    "1e19",
+    "1000000000001",  # just above MAX_COUNT
+    "1e999999999",
+]
+NOT_PLAIN = ["1_000", "\u0663\u0664", "\uff11\uff12", "1\u00a0000", "0x10", "1e3.5", "--1"]
+
+
+@pytest.mark.parametrize("views", HUGE + NOT_PLAIN)
+def test_views_out_of_range_or_not_plain_ascii_are_invalid(tmp_path, views):
+    root = folder(tmp_path, [["images/g0.jpg", views, "", "x"]])
+    ds = load_dataset(root)
+    assert_one_skip(ds, "invalid views")
+    assert ds.table["views"].dtype == np.int64
+    with pytest.raises(ValueError):
+        parse_count(views)
+
+
+def test_largest_count_is_kept_exactly(tmp_path):
+    root = folder(
+        tmp_path, [["images/g0.jpg", "1000000000000", "", "x"], ["images/g1.jpg", "1e12", "", "y"]]
+    )
+    assert load_dataset(root).table["views"].tolist() == [100, 200, 10**12, 10**12]
+
+
+CSV_HEAD = b"file_name,views,title,video_id\n"
+GOOD = b"images/g0.jpg,100,good 0,g0\nimages/g1.jpg,200,good 1,g1\n"
+LAST = b"images/g2.jpg,300,good 2,g2\n"
+
+
+@pytest.mark.parametrize(
+    ("middle", "detail"),
+    [
+        (b"images/g0.jpg,5,t,x,EXTRA\n", "5 fields, the header 4"),
+        (b'images/g0.jpg,5,"a, b",x,"y"\n', "5 fields, the header 4"),
+        (b"images/g\xff0.jpg,5,t,x\n", "not UTF-8"),
+        (b"images/g0.jpg,5,caf\xe9,x\n", "not UTF-8"),  # Latin-1 in a UTF-8 file
+        (b"images/g0.jpg,5,\xc3,x\n", "not UTF-8"),  # a cut multi-byte character
+    ],
+)
+def test_malformed_middle_row_is_skipped_and_reported(tmp_path, middle, detail):
+    root = tmp_path / "ds"
+    for i in range(3):
+        put_image(root, f"images/g{i}.jpg")
+    (root / "metadata.csv").write_bytes(CSV_HEAD + GOOD + middle + LAST)
+    ds = load_dataset(root)
+    assert ds.keys == ["g0", "g1", "g2"] and ds.table["views"].tolist() == [100, 200, 300]
+    assert ds.report.counts() == {"malformed row": 1}
+    skipped = ds.report.skipped[0]
+    assert skipped.row == 2 and detail in skipped.detail and "line 4" in skipped.detail
+    assert ds.titles == ["good 0", "good 1", "good 2"]
+
+
+def test_row_reader_agrees_with_the_fast_reader(tmp_path):
+    """The careful reader (taken when one row is bad) reads good rows exactly like pandas."""
+    root = tmp_path / "ds"
+    rows = [["a.jpg", "1", 'quote " and, comma', "A"], ["b.jpg", "2", "multi\nline 🔥", "B"],
+            ["c.jpg", "3", "", ""], ["d.jpg", "4", "NA", "0007"]]  # fmt: skip
+    for r in rows:
+        put_image(root, r[0])
+    put_csv(root, rows)
+    fast = load_dataset(root)
+    with (root / "metadata.csv").open("ab") as f:
+        f.write(b"e.jpg,5,x,E,extra\n")
+    careful = load_dataset(root)
+    pd.testing.assert_frame_equal(careful.table, fast.table)
+    assert careful.report.counts() == {"malformed row": 1}
 
 
 def test_header_only_metadata_gives_an_empty_dataset(tmp_path):
@@ -645,24 +721,76 @@ def test_unwritable_cache_only_warns(tmp_path, decoded, monkeypatch, caplog):
     assert any("cannot write verification cache" in r.getMessage() for r in caplog.records)
 
 
+def test_in_place_corruption_keeping_size_and_mtime_is_caught(tmp_path, decoded):
+    """`touch -r`-style damage: same size, same mtime, new bytes. ctime (and, for a replaced
+    file, the inode) still change, so the file is decoded again and reported."""
+    root = folder(tmp_path, [])
+    load_dataset(root)
+    path = root / "images" / "g0.jpg"
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 :] = b"\x00" * (len(data) - len(data) // 2)  # same length, broken
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    decoded.clear()
+    ds = load_dataset(root)
+    assert decoded == ["g0.jpg"]
+    assert_one_skip_named(ds, "images/g0.jpg")
+
+
+def test_replaced_file_with_same_stamps_is_caught_by_inode(tmp_path, decoded, monkeypatch):
+    """A file swapped in by rename (new inode) is decoded again even if ctime were equal."""
+    root = folder(tmp_path, [])
+    load_dataset(root)
+    path = root / "images" / "g0.jpg"
+    st = path.stat()
+    other = path.with_name("new.tmp")
+    other.write_bytes(b"\xff\xd8" + b"\x00" * (st.st_size - 2))
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, path)
+    real_stat = os.stat
+    fake_ctime = st.st_ctime_ns
+
+    class Same:  # the original ctime, only the inode tells the two apart
+        def __init__(self, s):
+            self.s = s
+
+        def __getattr__(self, name):
+            return fake_ctime if name == "st_ctime_ns" else getattr(self.s, name)
+
+    def stat(p, *args, **kwargs):
+        st = real_stat(p, *args, **kwargs)
+        return Same(st) if str(p).endswith("g0.jpg") else st
+
+    monkeypatch.setattr(dataset_module.os, "stat", stat)
+    decoded.clear()
+    ds = load_dataset(root)
+    assert decoded == ["g0.jpg"]
+    assert_one_skip_named(ds, "images/g0.jpg")
+
+
+def assert_one_skip_named(ds: ThumbnailDataset, name: str) -> None:
+    assert ds.report.counts() == {"unreadable image": 1}
+    assert ds.report.skipped[0].file_name == name
+
+
 def test_lookup_matches_a_plain_dict(tmp_path):
     """The vectorised join against the obvious per-file dictionary lookup."""
     rng = np.random.default_rng(0)
-    m = 500
+    m, n = 500, 800
     keys = rng.integers(0, 2**63, m, dtype=np.uint64)
-    sizes = rng.integers(0, 3, m).astype(np.int64)
-    mtimes = rng.integers(0, 3, m).astype(np.int64)
-    cached = dataset_module._Verdicts(keys, sizes, mtimes, [None] * m)
-    pick = rng.integers(0, m, 800)
-    cur_keys = np.where(
-        rng.random(800) < 0.2, rng.integers(0, 2**63, 800, dtype=np.uint64), keys[pick]
-    )
-    cur_sizes = np.where(rng.random(800) < 0.2, -1, sizes[pick] + (rng.random(800) < 0.2))
-    current = dataset_module._Verdicts(cur_keys, cur_sizes, mtimes[pick], [None] * 800)
-    table = {(k, s, t): i for i, (k, s, t) in enumerate(zip(keys, sizes, mtimes, strict=True))}
+    stats = [rng.integers(0, 3, m).astype(np.int64) for _ in range(4)]  # size, mtime, ctime, ino
+    cached = dataset_module._Verdicts(keys, *stats, [None] * m)
+    pick = rng.integers(0, m, n)
+    cur_keys = np.where(rng.random(n) < 0.2, rng.integers(0, 2**63, n, dtype=np.uint64), keys[pick])
+    cur = [s[pick] + (rng.random(n) < 0.1) for s in stats]
+    cur[0] = np.where(rng.random(n) < 0.2, -1, cur[0])
+    current = dataset_module._Verdicts(cur_keys, *cur, [None] * n)
+    table = {(k, *s): i for i, (k, *s) in enumerate(zip(keys, *stats, strict=True))}
     expected = [
-        table.get((k, s, t), -1) if s >= 0 else -1
-        for k, s, t in zip(cur_keys, cur_sizes, mtimes[pick], strict=True)
+        table.get((k, *s), -1) if s[0] >= 0 else -1 for k, *s in zip(cur_keys, *cur, strict=True)
     ]
     assert dataset_module._lookup(cached, current).tolist() == expected
-    assert dataset_module._lookup(None, current).tolist() == [-1] * 800
+    assert dataset_module._lookup(None, current).tolist() == [-1] * n

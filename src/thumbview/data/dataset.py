@@ -10,24 +10,29 @@ exactly (emoji, any script, leading zeros, a title that is literally "NA").
 
 Fully decoding a million images takes most of an hour, so each verdict (ok, or the failure
 text) is remembered in a small per-dataset file outside the folder (`verify_cache_path`),
-keyed by file name, size and mtime: a later load stats every file and decodes only the
+keyed by file name, size, mtime, ctime and inode: a later load stats every file and decodes only the
 changed ones.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import decimal
 import hashlib
+import io
 import json
 import logging
-import math
 import os
 import re
+import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -38,6 +43,9 @@ from safetensors.numpy import load_file, save_file
 from thumbview.data.images import DEFAULT_MAX_PIXELS, load_image
 from thumbview.fileio import atomic_write, dataset_cache_name, user_cache_root
 from thumbview.progress import progress_bar
+
+if TYPE_CHECKING:
+    from thumbview.data.shards import ShardIndex
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +58,16 @@ REASONS = (
     "unreadable image",
     "invalid views",
     "duplicate video_id",
+    "malformed row",
 )
-_THOUSANDS = re.compile(r"\d{1,3}(,\d{3})+(\.\d*)?")
-_MAX_COUNT = float(2**63 - 1)
-_VERIFY_FORMAT = 1  # bump when the verification cache layout or the meaning of a verdict changes
+# A count is plain ASCII: digits (optionally grouped "1,234"), an optional ".0" and exponent.
+# Python's own int()/float() also take "1_000" and any script's digits ("٣٤"): a metadata cell
+# is not source code, and a scraper that wrote those produced something unexpected, so no.
+_COUNT = re.compile(r"[+-]?([0-9]+|[0-9]{1,3}(,[0-9]{3})+)(\.[0-9]*)?([eE][+-]?[0-9]+)?", re.ASCII)
+# Above any real YouTube count (the most-viewed video has ~1.6e10 views), far below int64's
+# 9.2e18, so sums, int64 columns and float64 logs of counts stay exact.
+MAX_COUNT = 10**12
+_VERIFY_FORMAT = 2  # bump when the verification cache layout or the meaning of a verdict changes
 
 # Per metadata row: None while the row is usable, else (reason, detail).
 Problems = list[tuple[str, str] | None]
@@ -96,11 +110,17 @@ class LoadReport:
 
 @dataclass(frozen=True, eq=False)
 class ThumbnailDataset:
-    """The kept rows of a dataset folder. `table` has a RangeIndex; rows align with every array."""
+    """The kept rows of a dataset. `table` has a RangeIndex; rows align with every array.
+
+    `shards` is None for a folder of image files; for Parquet shards (`thumbview.data.shards`)
+    it says where each row's image bytes are, and `paths` are then names, not files: read
+    images through `image_source` / `image_bytes`, which work for both.
+    """
 
     root: Path
     table: pd.DataFrame
     report: LoadReport
+    shards: ShardIndex | None = None
 
     def __len__(self) -> int:
         return len(self.table)
@@ -128,10 +148,26 @@ class ThumbnailDataset:
             return None
         return self.table["channel_id"].to_numpy(dtype=object)  # (N,)
 
+    def image_source(self, i: int) -> Path | bytes:
+        """What `load_image` takes for row `i`: the image file, or its bytes from a shard."""
+        if self.shards is None:
+            return self.paths[i]
+        return self.shards.read([i])[0] or b""
+
+    def image_bytes(self, rows: Sequence[int]) -> list[bytes]:
+        """The raw bytes of each row's image (what content digests hash), read in order."""
+        if self.shards is None:
+            return [self.paths[r].read_bytes() for r in rows]
+        return [b or b"" for b in self.shards.read(rows)]
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> ThumbnailDataset:
         """Rows `indices` (positions or a boolean mask) as a new dataset; the load report is kept."""
-        table = self.table.iloc[np.asarray(indices)].reset_index(drop=True)
-        return ThumbnailDataset(self.root, table, self.report)
+        idx = np.asarray(indices)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        table = self.table.iloc[idx].reset_index(drop=True)
+        shards = None if self.shards is None else self.shards.subset(idx)
+        return ThumbnailDataset(self.root, table, self.report, shards)
 
 
 def load_dataset(
@@ -147,15 +183,28 @@ def load_dataset(
 
     With `verify_images` every image is fully decoded (threads, `workers`), so later stages
     never meet a corrupt file; without it only existence is checked, which is much faster.
+    A folder without a metadata file but with `data/*.parquet` is read as Parquet shards
+    (`thumbview.data.shards`), with the same checks and the same report.
     With `verify_cache` each verdict is remembered outside the folder (`verify_cache_path`)
-    keyed by file name, size and mtime, so a later load decodes only new or changed files.
+    keyed by file name, size, mtime, ctime and inode, so a later load decodes only new or changed files.
     """
     root = _check_root(root)
+    from thumbview.data import shards  # noqa: PLC0415 - shards imports this module
+
+    if shards.is_sharded(root):
+        return shards.load_shards(
+            root,
+            verify_images=verify_images,
+            max_pixels=max_pixels,
+            workers=workers,
+            progress=progress,
+            verify_cache=verify_cache,
+        )
     meta_path = _find_metadata(root)
-    raw = _read_metadata(meta_path)
+    raw, malformed = _read_metadata(meta_path)
     _require_columns(raw, meta_path.name)
     raw = _fill_defaults(raw)
-    problems, views = _check_rows(root, raw)
+    problems, views = _check_rows(root, raw, malformed)
     if verify_images:
         cache = verify_cache_path(root) if verify_cache else None
         _check_images(root, raw, problems, max_pixels, workers, progress, cache)
@@ -192,22 +241,26 @@ def verify_cache_path(root: str | Path) -> Path:
 
 
 def parse_count(text: str) -> int:
-    """A non-negative whole count from text ('1234', '1234.0', ' 1,234 '); ValueError otherwise."""
+    """A non-negative whole count from text ('1234', '1234.0', ' 1,234 ', '1e3'); ValueError otherwise.
+
+    Exact decimal arithmetic, never float: '9223372036854775807' must not round to 2**63 and
+    overflow int64 later. Counts above `MAX_COUNT` are refused like any other invalid value.
+    """
     s = text.strip()
+    if s.isascii() and s.isdigit() and len(s) <= 13:  # the common case, 5x faster
+        if int(s) <= MAX_COUNT:
+            return int(s)
     if not s:
         raise ValueError("empty")
-    if "," in s:
-        if not _THOUSANDS.fullmatch(s):
-            raise ValueError(f"{text!r} is not a number")
-        s = s.replace(",", "")
-    try:
-        value = float(s)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0 or value > _MAX_COUNT:
-        raise ValueError(f"{text!r} is not a finite non-negative count")
-    if not value.is_integer():
-        raise ValueError(f"{text!r} is not a whole number")
+    if not _COUNT.fullmatch(s):
+        raise ValueError(f"{text!r} is not a number (plain ASCII digits expected)")
+    with decimal.localcontext() as ctx:
+        ctx.traps[decimal.Overflow] = ctx.traps[decimal.InvalidOperation] = False
+        value = decimal.Decimal(s.replace(",", ""))
+        if value < 0 or value > MAX_COUNT:
+            raise ValueError(f"{text!r} is not a count between 0 and {MAX_COUNT:.0e}")
+        if value != value.to_integral_value():
+            raise ValueError(f"{text!r} is not a whole number")
     return int(value)
 
 
@@ -236,25 +289,79 @@ def _find_metadata(root: Path) -> Path:
     return found[0]
 
 
-def _read_metadata(path: Path) -> pd.DataFrame:
-    """Every column as text ('' for missing), whatever the file format."""
+def _read_metadata(path: Path) -> tuple[pd.DataFrame, dict[int, tuple[str, str]]]:
+    """Every column as text ('' for missing), whatever the file format, and the rows that are
+    malformed (row -> (reason, detail)): those stay in the table so row numbers keep their
+    meaning, and are reported instead of rejecting the whole file."""
+    malformed: dict[int, tuple[str, str]] = {}
     try:
         if path.suffix == ".csv":
-            # index_col=False: a row with extra trailing fields must not shift file_name into
-            # the index; the extras are dropped (pandas warns).
-            df = pd.read_csv(
-                path, dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False
-            )
+            df, malformed = _read_csv(path)
         elif path.suffix == ".jsonl":
             df = _as_text(_read_jsonl(path))
         else:
             df = _as_text(pd.read_parquet(path))
     except DatasetError:
         raise
-    except (ValueError, OSError) as e:  # parser, encoding, JSON and Arrow errors
+    except (ValueError, OSError, csv.Error) as e:  # parser, encoding, JSON and Arrow errors
         raise DatasetError(f"cannot read {path.name}: {e}") from e
     df.columns = [str(c).strip() for c in df.columns]
-    return df.fillna("").reset_index(drop=True)
+    return df.fillna("").reset_index(drop=True), malformed
+
+
+def _read_csv(path: Path) -> tuple[pd.DataFrame, dict[int, tuple[str, str]]]:
+    """pandas' C parser for a clean file (fast); the row-by-row reader when it is not."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)  # extra fields: be careful
+        try:
+            # index_col=False: a row with extra fields must not shift file_name into the index.
+            df = pd.read_csv(
+                path, dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False
+            )
+            return df, {}
+        except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.ParserWarning):
+            pass
+    return _read_csv_rows(path)
+
+
+def _read_csv_rows(path: Path) -> tuple[pd.DataFrame, dict[int, tuple[str, str]]]:
+    """Row by row: a row with a byte that is not UTF-8, or with more (non-empty) fields than
+    the header, is kept as a placeholder and marked malformed; every other row reads as usual.
+
+    Empty trailing fields ("a.jpg,5,") are harmless and tolerated: some writers add them.
+    """
+    text = path.read_bytes().decode("utf-8", "surrogateescape").removeprefix("\ufeff")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header = next(reader, None)
+    if header is None:
+        raise DatasetError(f"cannot read {path.name}: the file is empty")
+    if _has_bad_byte(header):
+        raise DatasetError(f"cannot read {path.name}: the header is not valid UTF-8")
+    rows, malformed = [], {}
+    for i, fields in enumerate(r for r in reader if r):  # pandas skips blank lines too
+        problem = _csv_row_problem(fields, len(header), reader.line_num)
+        if problem:
+            malformed[i] = ("malformed row", problem)
+            fields = [_printable(f) for f in fields]
+        rows.append((fields + [""] * len(header))[: len(header)])
+    return pd.DataFrame(rows, columns=header, dtype=str), malformed
+
+
+def _csv_row_problem(fields: list[str], width: int, line: int) -> str | None:
+    if _has_bad_byte(fields):
+        return f"line {line} has a byte that is not UTF-8"
+    if any(f for f in fields[width:]):
+        return f"line {line} has {len(fields)} fields, the header {width}"
+    return None
+
+
+def _has_bad_byte(fields: list[str]) -> bool:
+    return any(any("\udc80" <= c <= "\udcff" for c in f) for f in fields)
+
+
+def _printable(text: str) -> str:
+    """Undecodable bytes as U+FFFD, so a report line can show the row."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
@@ -303,13 +410,15 @@ def _fill_defaults(df: pd.DataFrame) -> pd.DataFrame:
 # --- per-row checks: each fills problems[i] = (reason, detail) for rows still clean -------
 
 
-def _check_rows(root: Path, df: pd.DataFrame) -> tuple[Problems, list[int]]:
+def _check_rows(
+    root: Path, df: pd.DataFrame, malformed: dict[int, tuple[str, str]]
+) -> tuple[Problems, list[int]]:
     """Cheap checks (file name safety, existence, views); returns problems and parsed views."""
     problems: Problems = []
     views: list[int] = []
     folders: dict[str, bool] = {}  # folder -> resolves inside root; files share few folders
-    for name, raw_views in zip(df["file_name"], df["views"], strict=True):
-        problem = _file_problem(root, name, folders)
+    for i, (name, raw_views) in enumerate(zip(df["file_name"], df["views"], strict=True)):
+        problem = malformed.get(i) or _file_problem(root, name, folders)
         count = 0
         if problem is None:
             try:
@@ -340,6 +449,20 @@ def _unsafe_detail(root: Path, name: str, folders: dict[str, bool] | None = None
     `folders` caches whether each parent folder resolves inside `root`: with it, a million
     files in a few hundred folders cost a few hundred `resolve()` calls plus one `lstat` each.
     """
+    lexical = lexically_unsafe(name)
+    if lexical:
+        return lexical
+    try:
+        inside = _resolves_inside(root, root / name, {} if folders is None else folders)
+    except (OSError, RuntimeError):  # symlink loop
+        return "cannot be resolved (symlink loop?)"
+    if not inside:
+        return "resolves (through a symlink) outside the dataset folder"
+    return None
+
+
+def lexically_unsafe(name: str) -> str | None:
+    """Why the name alone (no file system) could point outside its folder, or None."""
     if "\x00" in name:
         return "contains a NUL byte"
     win = PureWindowsPath(name)
@@ -350,12 +473,6 @@ def _unsafe_detail(root: Path, name: str, folders: dict[str, bool] | None = None
         depth += -1 if part == ".." else (0 if part == "." else 1)
         if depth < 0:
             return "'..' leaves the dataset folder"
-    try:
-        inside = _resolves_inside(root, root / name, {} if folders is None else folders)
-    except (OSError, RuntimeError):  # symlink loop
-        return "cannot be resolved (symlink loop?)"
-    if not inside:
-        return "resolves (through a symlink) outside the dataset folder"
     return None
 
 
@@ -384,7 +501,7 @@ def _check_images(
 ) -> None:
     """Every still-clean row's image must decode; record the ones that fail.
 
-    Verdicts come from `cache` for files whose name, size and mtime are unchanged there;
+    Verdicts come from `cache` for files whose name and stat key are unchanged there;
     the rest are fully decoded in threads, and the cache is rewritten when anything changed.
     """
     if workers < 1:
@@ -392,12 +509,28 @@ def _check_images(
     todo = [i for i, p in enumerate(problems) if p is None]
     column = df["file_name"].tolist()  # per-row .iat costs ~30 us each: minutes at 1M rows
     names = [column[i] for i in todo]
-    current = _stamp(root, names)
+
+    def decode(misses: np.ndarray) -> list[str | None]:
+        return _decode_all([root / names[j] for j in misses], max_pixels, workers, progress)
+
     setting = _verify_setting(root, max_pixels)
+    apply_verdicts(todo, _stamp(root, names), decode, problems, cache, setting)
+
+
+def apply_verdicts(
+    todo: list[int],
+    current: _Verdicts,
+    decode: Callable[[np.ndarray], list[str | None]],
+    problems: Problems,
+    cache: Path | None,
+    setting: dict[str, str],
+) -> None:
+    """Mark rows `todo` whose image fails: cached verdicts where `current` matches the cache,
+    `decode(misses)` (positions in `todo`) for the rest; the cache is rewritten on change."""
     cached = _read_verdicts(cache, setting) if cache is not None else None
     hits = _lookup(cached, current)  # (T,) row in `cached`, -1 to decode
     misses = np.flatnonzero(hits < 0)
-    decoded = _decode_all([root / names[j] for j in misses], max_pixels, workers, progress)
+    decoded = decode(misses)
     errors: list[str | None] = [None] * len(todo)
     if cached is not None:
         errors = [cached.errors[h] if h >= 0 else None for h in hits.tolist()]
@@ -408,8 +541,7 @@ def _check_images(
             problems[i] = ("unreadable image", error)
     logger.info("verified %d images, %d decoded now", len(todo), len(misses))
     if cache is not None and (len(misses) or cached is None or len(cached.keys) != len(todo)):
-        verdicts = _Verdicts(current.keys, current.sizes, current.mtimes, errors)
-        _write_verdicts(cache, setting, verdicts)
+        _write_verdicts(cache, setting, dataclasses.replace(current, errors=errors))
 
 
 def _decode_all(
@@ -421,31 +553,40 @@ def _decode_all(
         ThreadPoolExecutor(max_workers=workers) as pool,
         progress_bar(len(paths), "Checking images", progress) as advance,
     ):
-        for error in pool.map(lambda p: _decode_error(p, max_pixels), paths):
+        for error in pool.map(lambda p: decode_error(p, max_pixels), paths):
             errors.append(error)
             advance(1)
     return errors
 
 
-def _decode_error(path: Path, max_pixels: int) -> str | None:
+def decode_error(source: Path | bytes, max_pixels: int, name: str | None = None) -> str | None:
+    """Why `source` cannot be used as an image (the report's detail), or None when it can."""
     try:
-        load_image(path, max_pixels=max_pixels)
+        load_image(source, max_pixels=max_pixels, name=name)
     except Exception as e:  # noqa: BLE001 - a hostile file must become a report line, never a crash
         return str(e) or type(e).__name__
     return None
 
 
-# --- verification cache: (name hash, size, mtime_ns) -> verdict, per dataset ----------------
+# --- verification cache: (name hash, size, mtime, ctime, inode) -> verdict, per dataset ----------------
 
 
 @dataclass(frozen=True, eq=False)
 class _Verdicts:
-    """One row per image file: who it is (name hash, size, mtime) and its verdict (None = ok)."""
+    """One row per image file: who it is (name hash, size, mtime, ctime, inode) and its verdict
+    (None = ok). Size and mtime alone can be kept by a rewrite in place (`touch -r`, some sync
+    tools); the inode change time cannot be set from user space, and a replaced file has a
+    new inode, so all four together mean "the same bytes"."""
 
     keys: np.ndarray  # (M,) uint64, blake2b of the file_name as written in the metadata
     sizes: np.ndarray  # (M,) int64 bytes, -1 when stat failed
     mtimes: np.ndarray  # (M,) int64 ns
+    ctimes: np.ndarray  # (M,) int64 ns, st_ctime_ns
+    inodes: np.ndarray  # (M,) uint64, st_ino
     errors: list[str | None]
+
+    def stat_columns(self) -> tuple[str, ...]:
+        return ("sizes", "mtimes", "ctimes", "inodes")
 
 
 def _name_keys(names: Sequence[str]) -> np.ndarray:
@@ -456,32 +597,29 @@ def _name_keys(names: Sequence[str]) -> np.ndarray:
 
 
 def _stamp(root: Path, names: Sequence[str]) -> _Verdicts:
-    """Name hash, size and mtime of each file (verdicts still unknown): the cache key."""
-    stats = np.full((len(names), 2), -1, dtype=np.int64)  # (T, 2) size, mtime_ns
+    """Name hash, size, mtime, ctime and inode of each file (verdicts still unknown): the key."""
+    stats = np.full((len(names), 4), -1, dtype=np.int64)  # (T, 4) size, mtime, ctime, inode
     base = str(root)
     for j, name in enumerate(names):
         try:
             st = os.stat(os.path.join(base, name))  # not Path: this runs once per image
         except (OSError, ValueError):
             continue  # vanished since the existence check: -1 never matches, so it is decoded
-        stats[j] = (st.st_size, st.st_mtime_ns)
-    sizes, mtimes = np.ascontiguousarray(stats.T)  # (T,) each
-    return _Verdicts(_name_keys(names), sizes, mtimes, [None] * len(names))
+        stats[j] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino & (2**63 - 1))
+    sizes, mtimes, ctimes, inodes = np.ascontiguousarray(stats.T)  # (T,) each
+    return _Verdicts(_name_keys(names), sizes, mtimes, ctimes, inodes, [None] * len(names))
 
 
 def _lookup(cached: _Verdicts | None, current: _Verdicts) -> np.ndarray:
-    """For each current file, its row in `cached` when name, size and mtime all match, else -1."""
+    """For each current file, its row in `cached` when name and every stat field match, else -1."""
     if cached is None or len(cached.keys) == 0:
         return np.full(len(current.keys), -1, dtype=np.int64)
     order = np.argsort(cached.keys, kind="stable")  # (M,)
     pos = np.searchsorted(cached.keys, current.keys, sorter=order).clip(max=len(order) - 1)
     rows = order[pos]  # (T,) candidate row per current file
-    same = (
-        (cached.keys[rows] == current.keys)
-        & (cached.sizes[rows] == current.sizes)
-        & (cached.mtimes[rows] == current.mtimes)
-        & (current.sizes >= 0)
-    )
+    same = (cached.keys[rows] == current.keys) & (current.sizes >= 0)
+    for column in current.stat_columns():
+        same &= getattr(cached, column)[rows] == getattr(current, column)
     return np.where(same, rows, -1)
 
 
@@ -508,15 +646,16 @@ def _read_verdicts(path: Path, setting: dict[str, str]) -> _Verdicts | None:
             return None
         arrays = load_file(path)
         details = json.loads(arrays["details"].tobytes().decode("utf-8"))
-        keys, sizes, mtimes, codes = (arrays[k] for k in ("keys", "sizes", "mtimes", "errors"))
+        keys, codes = arrays["keys"], arrays["errors"]
+        stats = [arrays[k].astype(np.int64) for k in ("sizes", "mtimes", "ctimes", "inodes")]
         n = len(keys)
-        if not (keys.dtype == np.uint64 and sizes.shape == mtimes.shape == codes.shape == (n,)):
+        if not (keys.dtype == np.uint64 and all(a.shape == (n,) for a in [*stats, codes])):
             raise ValueError("inconsistent arrays")
         errors = [None if c < 0 else str(details[c]) for c in codes.tolist()]
     except Exception as e:  # noqa: BLE001 - torn, foreign or tampered file: never trust it
         logger.warning("ignoring unreadable verification cache %s (%s)", path, e)
         return None
-    return _Verdicts(keys, sizes.astype(np.int64), mtimes.astype(np.int64), errors)
+    return _Verdicts(keys, *stats, errors)
 
 
 def _write_verdicts(path: Path, setting: dict[str, str], verdicts: _Verdicts) -> None:
@@ -526,8 +665,10 @@ def _write_verdicts(path: Path, setting: dict[str, str], verdicts: _Verdicts) ->
     # Contiguous copies: safetensors writes a strided view's raw buffer, scrambling rows.
     arrays = {
         "keys": np.ascontiguousarray(verdicts.keys, dtype=np.uint64),
-        "sizes": np.ascontiguousarray(verdicts.sizes, dtype=np.int64),
-        "mtimes": np.ascontiguousarray(verdicts.mtimes, dtype=np.int64),
+        **{
+            k: np.ascontiguousarray(getattr(verdicts, k), dtype=np.int64)
+            for k in verdicts.stat_columns()
+        },
         "errors": np.array([-1 if e is None else code[e] for e in verdicts.errors], np.int32),
     }
     # Details as UTF-8 bytes, not header metadata: the header is size-capped, failures are not.
@@ -554,7 +695,11 @@ def _check_duplicates(df: pd.DataFrame, problems: Problems) -> None:
 
 
 def _assemble(
-    root: Path, df: pd.DataFrame, problems: Problems, views: list[int]
+    root: Path,
+    df: pd.DataFrame,
+    problems: Problems,
+    views: list[int],
+    shards: ShardIndex | None = None,
 ) -> ThumbnailDataset:
     keep = np.array([p is None for p in problems], dtype=bool)  # (N,)
     table = df.loc[keep].reset_index(drop=True)
@@ -569,7 +714,7 @@ def _assemble(
         logger.debug("skipped row %d (%s): %s: %s", s.row, s.file_name, s.reason, s.detail)
     report = LoadReport(n_rows=len(df), n_kept=len(table), skipped=skipped)
     logger.info("%s: %s", root, report.summary())
-    return ThumbnailDataset(root, table, report)
+    return ThumbnailDataset(root, table, report, None if shards is None else shards.subset(keep))
 
 
 def _parse_optional(column: pd.Series) -> pd.Series:

@@ -32,16 +32,19 @@ class ImageError(ValueError):
 
 
 def load_image(
-    source: str | Path | bytes | bytearray | memoryview, max_pixels: int = DEFAULT_MAX_PIXELS
+    source: str | Path | bytes | bytearray | memoryview,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
 ) -> Image.Image:
     """Decode `source` (a path or raw bytes) to an RGB image, or raise `ImageError`.
 
     The pixel count is checked from the header, before any pixel is decoded, so a
     decompression bomb costs nothing. GIFs and other animations give their first frame.
-    Transparent images are composited on white, the way YouTube shows them.
+    Transparent images are composited on white, the way YouTube shows them. `name` is what
+    error messages call the image (default: the path, or "upload" for bytes).
     """
     in_memory = isinstance(source, bytes | bytearray | memoryview)
-    name = "upload" if in_memory else str(source)
+    name = name or ("upload" if in_memory else str(source))
     try:
         fp = io.BytesIO(source) if in_memory else open(source, "rb")  # noqa: SIM115
     except FileNotFoundError as e:

@@ -26,7 +26,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from thumbview import __version__
-from thumbview.data.dataset import ThumbnailDataset
+from thumbview.data.dataset import SkippedRow, ThumbnailDataset
 from thumbview.data.images import ImageError, load_image
 from thumbview.embed.base import Encoder
 from thumbview.fileio import atomic_write, dataset_cache_name, user_cache_root
@@ -43,12 +43,23 @@ class EmbedError(ValueError):
 
 @dataclass(frozen=True)
 class CacheStats:
-    """How an `embed` call was served: rows found in the cache vs computed now."""
+    """How an `embed` call was served: rows found in the cache vs computed now.
+
+    skipped: rows whose input could not be decoded or encoded; their matrix rows are NaN
+    (see `finite_rows`) and nothing is cached for them, so a fixed file is tried again.
+    """
 
     n_rows: int
     n_cached: int
     n_computed: int
     cache_path: Path
+    skipped: tuple[SkippedRow, ...] = ()
+
+
+def finite_rows(blocks: dict[str, np.ndarray]) -> np.ndarray:
+    """(N,) bool: rows that every encoder could embed (skipped rows are NaN in their block)."""
+    masks = [np.isfinite(X).all(axis=1) for X in blocks.values()]
+    return np.logical_and.reduce(masks) if masks else np.zeros(0, dtype=bool)
 
 
 def default_cache_dir(root: Path) -> Path:
@@ -75,7 +86,12 @@ def input_digests(dataset: ThumbnailDataset, encoder: Encoder, workers: int = 4)
             digest_bytes(json.dumps(r, sort_keys=True).encode()) for r in _meta(dataset, encoder)
         ]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda p: digest_bytes(Path(p).read_bytes()), dataset.paths))
+        if dataset.shards is None:
+            return list(pool.map(lambda p: digest_bytes(Path(p).read_bytes()), dataset.paths))
+        digests: list[bytes] = []  # shards: stream row groups in order, hash in threads
+        for rows in _chunks(list(range(len(dataset))), SHARD_ROWS):
+            digests += pool.map(digest_bytes, dataset.image_bytes(rows))
+        return digests
 
 
 class FeatureStore:
@@ -147,35 +163,67 @@ def embed(
 ) -> tuple[np.ndarray, CacheStats]:
     """Features (len(dataset), encoder.dim) float32, aligned with `dataset.table` rows.
 
-    `progress`, when given, is called with the number of rows just finished (the CLI
-    wires it to a progress bar; the library stays silent).
+    A row whose image cannot be decoded, or that the encoder fails on, is a skip (NaN row,
+    listed in `CacheStats.skipped`, logged), not a stop: one bad file among a million must
+    not lose an hour of work. `progress`, when given, is called with the number of rows just
+    finished (the CLI wires it to a progress bar; the library stays silent).
     """
     store = FeatureStore(cache_dir or default_cache_dir(dataset.root), encoder)
     digests = input_digests(dataset, encoder, workers)
     table = store.load()
-    todo = _unique_missing(digests, table)
+    todo = unique_missing(digests, table)
     if progress and len(digests) - len(todo):
         progress(sum(d in table for d in digests))
+    failed: dict[bytes, tuple[int, str]] = {}  # digest -> (first row, why)
     for chunk in _chunks(todo, SHARD_ROWS):
         rows = [row for row, _ in chunk]
-        feats = _compute(dataset, encoder, rows, batch_size, workers, progress)
-        chunk_digests = [d for _, d in chunk]
-        store.append(chunk_digests, feats)
-        table.update(zip(chunk_digests, feats, strict=True))
-    matrix = np.stack([table[d] for d in digests]) if digests else np.zeros((0, encoder.dim))
-    n_computed = len(todo)
-    stats = CacheStats(len(digests), len(digests) - n_computed, n_computed, store.path)
+        feats, errors = _compute(dataset, encoder, rows, batch_size, workers, progress)
+        ok = [j for j, e in enumerate(errors) if e is None]
+        failed.update((chunk[j][1], (chunk[j][0], e)) for j, e in enumerate(errors) if e)
+        chunk_digests = [chunk[j][1] for j in ok]
+        if ok:
+            store.append(chunk_digests, feats[ok])
+        table.update(zip(chunk_digests, feats[ok], strict=True))
+    return assemble(dataset, encoder, store, digests, table, len(todo), failed)
+
+
+def assemble(
+    dataset: ThumbnailDataset,
+    encoder: Encoder,
+    store: FeatureStore,
+    digests: list[bytes],
+    table: dict[bytes, np.ndarray],
+    n_todo: int,
+    failed: dict[bytes, tuple[int, str]],
+) -> tuple[np.ndarray, CacheStats]:
+    """The (N, D) matrix in row order (NaN rows for failed inputs) and its CacheStats."""
+    nan = np.full(encoder.dim, np.nan, dtype=np.float32)
+    matrix = (
+        np.stack([table.get(d, nan) for d in digests]) if digests else np.zeros((0, encoder.dim))
+    )
+    skipped = _skipped(dataset, digests, failed)
+    n_computed = n_todo - len(failed)
+    stats = CacheStats(len(digests), len(digests) - n_todo, n_computed, store.path, skipped)
     log.info("%s: %d rows, %d from cache, %d computed", encoder.name, *_counts(stats))
     return matrix.astype(np.float32, copy=False), stats
+
+
+def _skipped(dataset, digests: list[bytes], failed: dict[bytes, tuple[int, str]]) -> tuple:
+    """A SkippedRow for every row whose input failed (duplicates of a failed input included)."""
+    if not failed:
+        return ()
+    names = dataset.table["file_name"].tolist()
+    rows = [(r, failed[d][1]) for r, d in enumerate(digests) if d in failed]
+    for r, why in rows:
+        log.warning("skipped row %d (%s): %s", r, names[r], why)
+    return tuple(SkippedRow(r, names[r], "unreadable image", why) for r, why in rows)
 
 
 def _counts(stats: CacheStats) -> tuple[int, int, int]:
     return stats.n_rows, stats.n_cached, stats.n_computed
 
 
-def _unique_missing(
-    digests: list[bytes], table: dict[bytes, np.ndarray]
-) -> list[tuple[int, bytes]]:
+def unique_missing(digests: list[bytes], table: dict[bytes, np.ndarray]) -> list[tuple[int, bytes]]:
     """(row, digest) for each digest not cached yet, first occurrence only."""
     seen: set[bytes] = set()
     missing = []
@@ -191,21 +239,67 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def _compute(dataset, encoder, rows, batch_size, workers, progress) -> np.ndarray:
-    """Encode `rows` in batches while a thread pool decodes the next batch's images."""
-    outputs = []
+def _compute(dataset, encoder, rows, batch_size, workers, progress):
+    """Encode `rows` in batches while a thread pool decodes the next batch's images.
+
+    Returns features (len(rows), D) and, per row, None or why it failed (its row is NaN).
+    """
+    outputs, errors = [], []
     meta = _meta(dataset, encoder) if encoder.modality == "meta" else None
     with ThreadPoolExecutor(max_workers=workers) as pool:
         batches = list(_chunks(rows, batch_size))
         pending = _submit(pool, dataset, encoder, batches[0], meta) if batches else []
         for i, batch_rows in enumerate(batches):
-            inputs = [f.result() for f in pending]
+            inputs = [_result(f) for f in pending]
             if i + 1 < len(batches):  # decode ahead: the model never waits on PIL
                 pending = _submit(pool, dataset, encoder, batches[i + 1], meta)
-            outputs.append(np.asarray(encoder.encode(inputs), dtype=np.float32))  # (B, D)
+            feats, why = encode_guarded(encoder, inputs)  # (B, D)
+            outputs.append(feats)
+            errors += why
             if progress:
                 progress(len(batch_rows))
-    return np.concatenate(outputs) if outputs else np.zeros((0, encoder.dim), np.float32)
+    if not outputs:
+        return np.zeros((0, encoder.dim), np.float32), errors
+    return np.concatenate(outputs), errors
+
+
+def encode_guarded(encoder: Encoder, inputs: list) -> tuple[np.ndarray, list[str | None]]:
+    """`encoder.encode` on the inputs that decoded (ImageError items did not); when the batch
+    fails, each input alone, so only the culprits are lost. Returns (B, D) with NaN rows and
+    per input None or the reason."""
+    out = np.full((len(inputs), encoder.dim), np.nan, dtype=np.float32)  # (B, D)
+    errors: list[str | None] = [str(x) if isinstance(x, ImageError) else None for x in inputs]
+    good = [j for j, e in enumerate(errors) if e is None]
+    try:
+        if good:
+            out[good] = _encode(encoder, [inputs[j] for j in good])
+        return out, errors
+    except Exception as e:  # noqa: BLE001 - find the culprit below
+        log.info("batch failed (%s); encoding its %d inputs one by one", e, len(good))
+        batch_error = e
+    for j in good:
+        try:
+            out[j] = _encode(encoder, [inputs[j]])[0]
+        except Exception as e:  # noqa: BLE001 - one hostile input becomes a skip
+            errors[j] = f"{encoder.name} failed on this input ({type(e).__name__}: {e})"
+    if len(good) > 1 and all(errors[j] for j in good):
+        raise batch_error  # every input fails alone too: the encoder is broken, not the inputs
+    return out, errors
+
+
+def _encode(encoder: Encoder, inputs: list) -> np.ndarray:
+    feats = np.asarray(encoder.encode(inputs), dtype=np.float32)  # (B, D)
+    if feats.shape != (len(inputs), encoder.dim):
+        raise EmbedError(f"{encoder.name} returned {feats.shape}, expected ({len(inputs)}, D)")
+    return feats
+
+
+def _result(future: Future):
+    """The decoded input, or the ImageError that says why it could not be decoded."""
+    try:
+        return future.result()
+    except ImageError as e:
+        return e
 
 
 def _submit(pool: ThreadPoolExecutor, dataset, encoder, batch_rows, meta=None) -> list:
@@ -214,7 +308,11 @@ def _submit(pool: ThreadPoolExecutor, dataset, encoder, batch_rows, meta=None) -
         return [_done(dataset.titles[r]) for r in batch_rows]
     if encoder.modality == "meta":
         return [_done(meta[r]) for r in batch_rows]
-    return [pool.submit(_open, dataset.paths[r]) for r in batch_rows]
+    if dataset.shards is None:
+        return [pool.submit(_open, dataset.paths[r]) for r in batch_rows]
+    names = dataset.table["file_name"]
+    blobs = dataset.image_bytes(batch_rows)  # in order, one row group read at a time
+    return [pool.submit(_open, b, names.iat[r]) for b, r in zip(blobs, batch_rows, strict=True)]
 
 
 def _meta(dataset: ThumbnailDataset, encoder: Encoder) -> list:
@@ -228,8 +326,5 @@ def _done(value):
     return future
 
 
-def _open(path: Path):
-    try:
-        return load_image(path)
-    except ImageError as e:
-        raise EmbedError(f"{e} (load the dataset with image verification to skip such rows)") from e
+def _open(source: Path | bytes, name: str | None = None):
+    return load_image(source, name=name)

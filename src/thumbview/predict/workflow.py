@@ -21,7 +21,7 @@ import pandas as pd
 from thumbview.data.dataset import ThumbnailDataset
 from thumbview.data.images import load_image
 from thumbview.embed.base import Encoder
-from thumbview.embed.cache import embed
+from thumbview.embed.cache import embed, finite_rows
 from thumbview.embed.registry import get_encoder
 from thumbview.fileio import write_json
 from thumbview.inference.predictor import LoadedPredictor, Prediction
@@ -154,6 +154,8 @@ def train(
     train_idx, test_idx = plan.train_idx, plan.test_idx
     encoders = build_encoders(config.encoders, clip_model)
     blocks = dataset_blocks(dataset, encoders, cache_dir, progress)
+    plan = _embedded_only(plan, finite_rows(blocks))  # rows an encoder skipped have no features
+    train_idx, test_idx = plan.train_idx, plan.test_idx
     model = ViewPredictor(config).fit(_rows(blocks, train_idx), y[train_idx], plan.fold_groups)
     model.save(out_dir)
     _write_training_record(
@@ -181,6 +183,18 @@ def train(
     n_missing = int((~mask).sum())
     return TrainResult(
         out_dir, len(train_idx), len(test_idx), n_missing, cv, holdout, tuple(paths), plan.protocol
+    )
+
+
+def _embedded_only(plan: SplitPlan, embedded: np.ndarray) -> SplitPlan:
+    """The plan without rows whose features could not be computed (unreadable input)."""
+    keep = embedded[plan.train_idx]
+    groups = None if plan.fold_groups is None else plan.fold_groups[keep]
+    return replace(
+        plan,
+        train_idx=plan.train_idx[keep],
+        test_idx=plan.test_idx[embedded[plan.test_idx]],
+        fold_groups=groups,
     )
 
 
@@ -283,6 +297,8 @@ def evaluate(
     if len(rows) < 3:
         raise PredictorError(f"only {len(rows)} unseen rows with a target: nothing to evaluate on")
     blocks = dataset_blocks(dataset.subset(rows), encoders, cache_dir, progress)
+    embedded = finite_rows(blocks)  # rows an encoder skipped (unreadable input) have no features
+    blocks, rows = _rows(blocks, embedded), rows[embedded]
     result = _score(model, Path(model_dir), blocks, y[rows])
     result = _extras(result, model, Path(model_dir), blocks, y, dataset, rows)
     paths = _evaluation_plots(model, blocks, y[rows], Path(out_dir)) if out_dir else []
@@ -367,6 +383,7 @@ def cross_validate_dataset(
         dataset, build_encoders(config.encoders, clip_model), cache_dir, progress
     )
     y, mask = make_target(dataset.views, config.target, dataset.channels)
+    mask &= finite_rows(blocks)  # rows an encoder skipped (unreadable input) have no features
     rows = np.flatnonzero(mask)
     sub_groups = dataset_split(dataset, rows, config, 0.0).fold_groups
     sub = _rows(blocks, rows)

@@ -501,7 +501,7 @@ def _grids(
             rows = examples.get(latent, np.zeros(0, np.int64))
             grid = f"grids/{row.top_or_bottom}-{int(row.rank):03d}-latent-{latent}.png"
             refs = [reference.paths[i] for i in ref_top.get(latent, [])] if reference else None
-            items = [(ds.paths[r], report.format_views(raw_views[r])) for r in rows]
+            items = [(ds.image_source(r), report.format_views(raw_views[r])) for r in rows]
             report.save_grid(items, out / grid, f"latent {latent}", refs, grid_size)
             titles = tuple(ds.titles[r] for r in rows[:3])
             cards.append(report.FeatureCard.from_table_row(row._asdict(), result, grid, titles))

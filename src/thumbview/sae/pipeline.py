@@ -145,7 +145,7 @@ def _all_token_activations(
     ):
         return np.load(path, mmap_mode="r")
     first = encoder.residual_stream(
-        [load_image(dataset.paths[0])], layer=source.layer, tokens="all"
+        [load_image(dataset.image_source(0))], layer=source.layer, tokens="all"
     )
     n_tokens, dim = first.shape[1:]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +155,8 @@ def _all_token_activations(
     batch = encoder.batch_size
     with progress_bar(len(dataset), "CLIP activations (all tokens)", progress) as advance:
         for start in range(0, len(dataset), batch):
-            images = [load_image(p) for p in dataset.paths[start : start + batch]]
+            rows = range(start, min(start + batch, len(dataset)))
+            images = [load_image(dataset.image_source(r)) for r in rows]  # files or shard bytes
             block = encoder.residual_stream(images, layer=source.layer, tokens="all")  # (B, T, D)
             out[start * n_tokens : (start + len(images)) * n_tokens] = block.reshape(-1, dim)
             advance(len(images))

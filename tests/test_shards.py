@@ -1,0 +1,281 @@
+"""Parquet shards: pack/unpack are lossless, loading them gives the folder's rows and report,
+`datasets` reads them, embedding them gives the folder's features."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+import thumbview.data.shards as shards_module
+from thumbview.data.dataset import DatasetError, load_dataset, verify_cache_path
+from thumbview.data.shards import pack, shard_files, unpack
+from thumbview.embed.cache import embed
+
+HEADER = ["file_name", "views", "title", "video_id", "channel_id", "likes"]
+
+
+def jpeg(color, size=(12, 8)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def messy_folder(root: Path) -> Path:
+    """7 good rows (one image shared by two rows) and one row for every skip reason."""
+    rows = [[f"img/{i}.jpg", str(10 * i + 1), f"title {i} 🔥", f"v{i}", f"c{i % 3}", "5"]
+            for i in range(6)]  # fmt: skip
+    rows += [
+        ["img/0.jpg", "7", "same image, other video", "w0", "c0", ""],
+        ["../outside.jpg", "1", "", "u", "c1", "1"],
+        ["img/none.jpg", "1", "", "m", "c1", "1"],
+        ["img/bad.jpg", "1", 'quote " and, comma', "r", "c2", "x"],
+        ["img/1.jpg", "1_000", "", "v7", "c2", "1"],
+        ["img/2.jpg", "-1", "", "iv", "c2", "1"],
+        ["img/3.jpg", "3", "dup", "v3", "c2", "1"],
+        ["nested/deep/7.jpg", "1e3", "NA", "0007", "", "hidden"],
+    ]
+    for i in range(6):
+        (root / "img").mkdir(parents=True, exist_ok=True)
+        (root / "img" / f"{i}.jpg").write_bytes(jpeg((40 * i, 100, 200 - 30 * i)))
+    (root / "img" / "bad.jpg").write_bytes(b"\xff\xd8 broken")
+    (root / "nested" / "deep").mkdir(parents=True)
+    (root / "nested" / "deep" / "7.jpg").write_bytes(jpeg((1, 2, 3)))
+    with (root / "metadata.csv").open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([HEADER, *rows])
+    return root
+
+
+def brief(report):
+    return [(s.row, s.file_name, s.reason) for s in report.skipped]
+
+
+@pytest.fixture
+def packed(tmp_path):
+    src = messy_folder(tmp_path / "src")
+    result = pack(src, tmp_path / "shards", shard_size=5)
+    return src, tmp_path / "shards", result
+
+
+def test_pack_writes_the_hugging_face_layout(packed):
+    src, out, result = packed
+    names = [p.name for p in shard_files(out)]
+    assert names == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
+    assert (result.n_rows, result.n_images) == (14, 12)  # no bytes for ../outside, none.jpg
+    schema = pq.read_schema(shard_files(out)[0])
+    assert schema.names == ["image", "views", "title", "video_id", "channel_id", "likes"]
+    assert str(schema.field("image").type) == "struct<bytes: binary, path: string>"
+    assert str(schema.field("views").type) == "string"  # "1,234" and "1e3" keep their text
+    first = pq.read_table(shard_files(out)[0]).to_pylist()[0]
+    assert first["image"] == {"bytes": (src / "img/0.jpg").read_bytes(), "path": "img/0.jpg"}
+
+
+def test_shards_load_with_the_folders_rows_and_report(packed):
+    src, out, _ = packed
+    folder, sharded = load_dataset(src), load_dataset(out)
+    assert folder.report.counts() == {
+        "unsafe file_name": 1, "missing image": 1, "unreadable image": 1,
+        "invalid views": 2, "duplicate video_id": 1,
+    }  # fmt: skip
+    assert brief(sharded.report) == brief(folder.report)
+    assert sharded.report.summary() == folder.report.summary()
+    pd.testing.assert_frame_equal(sharded.table, folder.table)
+    assert sharded.shards is not None and folder.shards is None
+    for i in range(len(folder)):
+        assert sharded.image_source(i) == folder.paths[i].read_bytes()
+    assert sharded.image_bytes([3, 0]) == [
+        folder.paths[3].read_bytes(),
+        folder.paths[0].read_bytes(),
+    ]
+    sub = sharded.subset([4, 1])
+    assert sub.keys == [sharded.keys[4], sharded.keys[1]]
+    assert sub.image_bytes([0, 1]) == sharded.image_bytes([4, 1])
+
+
+def test_unpack_round_trip_is_lossless(packed, tmp_path):
+    src, out, _ = packed
+    result = unpack(out, tmp_path / "back")
+    back = tmp_path / "back"
+    assert (result.n_rows, result.n_images, result.n_unwritable) == (14, 12, 0)
+    assert len([p for p in back.rglob("*.jpg")]) == 8  # 12 rows with bytes, 8 distinct files
+    assert (back / "metadata.csv").read_bytes() == (src / "metadata.csv").read_bytes()
+    for path in src.rglob("*.jpg"):
+        if path.name != "outside.jpg" and path.name != "none.jpg":
+            assert (back / path.relative_to(src)).read_bytes() == path.read_bytes()
+    a, b = load_dataset(src), load_dataset(back)
+    pd.testing.assert_frame_equal(a.table, b.table)
+    as_text = lambda ds, root: [  # noqa: E731
+        (s.row, s.file_name, s.reason, s.detail.replace(str(root.resolve()), "ROOT"))
+        for s in ds.report.skipped
+    ]
+    assert as_text(a, src) == as_text(b, back)
+
+
+def test_integer_columns_are_typed_and_still_lossless(tmp_path):
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "a.jpg").write_bytes(jpeg((9, 9, 9)))
+    (root / "metadata.csv").write_text("file_name,views,video_id\na.jpg,0,007\n")
+    pack(root, tmp_path / "out")
+    schema = pq.read_schema(shard_files(tmp_path / "out")[0])
+    assert str(schema.field("views").type) == "int64"
+    assert str(schema.field("video_id").type) == "string"  # "007" is not a plain integer
+    unpack(tmp_path / "out", tmp_path / "back")
+    assert (tmp_path / "back" / "metadata.csv").read_text() == (root / "metadata.csv").read_text()
+
+
+def test_hugging_face_datasets_reads_the_shards(packed, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    src, out, _ = packed
+    hf = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train")
+    assert hf.num_rows == 14
+    assert hf.features["image"].__class__.__name__ == "Image"
+    assert hf[0]["title"] == "title 0 🔥" and hf[0]["views"] == "1"
+    assert hf[0]["image"].size == (12, 8)
+
+
+def test_shards_written_by_hugging_face_datasets_load(tmp_path, monkeypatch):
+    """Foreign shards: no file_name column, image paths that are absolute or basenames."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    images = [
+        {"bytes": jpeg((i * 50, 0, 0)), "path": p}
+        for i, p in enumerate(["/abs/a.jpg", "b.jpg", None])
+    ]
+    features = datasets.Features({"image": datasets.Image(), "views": datasets.Value("int64"),
+                                  "video_id": datasets.Value("string")})  # fmt: skip
+    hf = datasets.Dataset.from_dict(
+        {"image": images, "views": [5, 6, 7], "video_id": ["a", "b", "c"]}, features=features
+    )
+    (tmp_path / "hf" / "data").mkdir(parents=True)
+    hf.to_parquet(str(tmp_path / "hf" / "data" / "train-00000-of-00001.parquet"))
+    ds = load_dataset(tmp_path / "hf")
+    assert ds.keys == ["a", "b", "c"] and ds.views.tolist() == [5, 6, 7]
+    assert ds.report.skipped == ()  # the bytes are there: a path is only a label
+    assert ds.image_bytes([1]) == [images[1]["bytes"]]
+
+
+def test_verification_cache_and_a_rewritten_shard(packed, monkeypatch):
+    _, out, _ = packed
+    calls: list[str] = []
+    real = shards_module.ds_mod.decode_error
+
+    def counting(source, max_pixels, name=None):
+        calls.append(name)
+        return real(source, max_pixels, name)
+
+    monkeypatch.setattr(shards_module.ds_mod, "decode_error", counting)
+    first = load_dataset(out)
+    assert len(calls) == 10 and verify_cache_path(out).is_file()
+    calls.clear()
+    assert brief(load_dataset(out).report) == brief(first.report) and calls == []
+    shard = shard_files(out)[0]
+    table = pq.read_table(shard)
+    image = table.column("image").to_pylist()
+    image[1]["bytes"] = image[1]["bytes"][:30]  # damage row 1 of shard 0
+    pq.write_table(table.set_column(0, "image", [image]), shard)
+    again = load_dataset(out)
+    assert len(calls) == 5 and all(c.startswith("train-00000-of-00003.parquet") for c in calls)
+    assert ("unreadable image", 1) in [(s.reason, s.row) for s in again.report.skipped]
+
+
+def test_embed_from_shards_equals_the_folder_and_shares_the_cache(packed, tmp_path):
+    from test_cache import CountingEncoder
+
+    src, out, _ = packed
+    folder_feats, _ = embed(load_dataset(src), CountingEncoder(), cache_dir=tmp_path / "c1")
+    encoder = CountingEncoder()
+    shard_feats, stats = embed(load_dataset(out), encoder, cache_dir=tmp_path / "c2", batch_size=2)
+    np.testing.assert_array_equal(shard_feats, folder_feats)
+    assert encoder.calls == 7  # 8 rows, 7 distinct images
+    again = CountingEncoder()
+    _, stats = embed(load_dataset(out), again, cache_dir=tmp_path / "c1")
+    assert again.calls == 0 and stats.n_cached == 8  # same digests as the folder's
+
+
+def test_pack_refuses_what_it_cannot_keep(tmp_path):
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "metadata.csv").write_bytes(b"file_name,views\na.jpg,1\nb\xff.jpg,2\n")
+    with pytest.raises(DatasetError, match="malformed row"):
+        pack(root, tmp_path / "out")
+    (root / "metadata.csv").write_text("file_name,views,image\na.jpg,1,x\n")
+    with pytest.raises(DatasetError, match="column named 'image'"):
+        pack(root, tmp_path / "out")
+    (root / "metadata.csv").write_text("file_name,views\n")
+    assert pack(root, tmp_path / "out").n_rows == 0
+    assert len(load_dataset(tmp_path / "out")) == 0
+    with pytest.raises(DatasetError, match="already holds shards"):
+        pack(root, tmp_path / "out")
+
+
+def test_unpack_never_writes_outside_out(tmp_path):
+    import pyarrow as pa
+
+    (tmp_path / "in" / "data").mkdir(parents=True)
+    rows = [
+        {"bytes": jpeg((1, 1, 1)), "path": "../../escaped.jpg"},
+        {"bytes": jpeg((2, 2, 2)), "path": "ok.jpg"},
+    ]
+    table = pa.table({"image": pa.array(rows, shards_module.IMAGE_TYPE), "views": ["1", "2"]})
+    pq.write_table(table, tmp_path / "in" / "data" / "train-00000-of-00001.parquet")
+    result = unpack(tmp_path / "in", tmp_path / "out")
+    assert (result.n_images, result.n_unwritable) == (1, 1)
+    assert not (tmp_path / "escaped.jpg").exists() and not list(tmp_path.glob("../escaped.jpg"))
+    ds = load_dataset(tmp_path / "out")
+    assert ds.report.counts() == {"unsafe file_name": 1} and ds.keys == ["ok"]
+
+
+def test_cli_pack_info_unpack(packed, tmp_path):
+    from typer.testing import CliRunner
+
+    from thumbview.cli import app
+
+    src, _, _ = packed
+    runner = CliRunner()
+    res = runner.invoke(app, ["pack", str(src), str(tmp_path / "s2"), "--shard-size", "4"])
+    assert res.exit_code == 0, res.output
+    assert "14 rows" in res.output and "4 shard" in res.output
+    res = runner.invoke(app, ["info", str(tmp_path / "s2")])
+    assert res.exit_code == 0 and load_dataset(src).report.summary() in " ".join(res.output.split())
+    res = runner.invoke(app, ["unpack", str(tmp_path / "s2"), str(tmp_path / "b2")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "b2" / "metadata.csv").read_bytes() == (src / "metadata.csv").read_bytes()
+    res = runner.invoke(app, ["pack", str(src), str(tmp_path / "s2")])
+    assert res.exit_code == 2 and "already holds shards" in " ".join(res.output.split())
+
+
+def test_loading_streams_image_bytes_one_row_group_at_a_time(tmp_path, monkeypatch):
+    """Bounded memory: image bytes are read per row group (at most two kept), never whole."""
+    monkeypatch.setattr(shards_module, "ROW_GROUP_ROWS", 2)
+    src = messy_folder(tmp_path / "src")
+    pack(src, tmp_path / "out", shard_size=6)
+    assert pq.ParquetFile(shard_files(tmp_path / "out")[0]).num_row_groups == 3
+    real_read = pq.ParquetFile.read
+
+    def read(self, columns=None, **kwargs):
+        assert columns is None or not any(c.startswith("image.bytes") for c in columns)
+        assert columns is not None, "a whole-file read would load every image"
+        return real_read(self, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read", read)
+    sizes: list[int] = []
+    real_group = shards_module.ShardIndex._group
+
+    def group(self, f, g):
+        out = real_group(self, f, g)
+        sizes.append(len(self._groups))
+        return out
+
+    monkeypatch.setattr(shards_module.ShardIndex, "_group", group)
+    ds = load_dataset(tmp_path / "out", verify_cache=False)
+    assert brief(ds.report) == brief(load_dataset(src).report)
+    assert sizes and max(sizes) <= 2
+    assert ds.image_bytes(list(range(len(ds)))) == load_dataset(src).image_bytes(range(len(ds)))
