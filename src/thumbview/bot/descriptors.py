@@ -44,7 +44,8 @@ TOLERANCE: dict[str, float] = {
     "colorfulness": 0.2,
     "sharpness (log Laplacian variance)": 0.05,  # 5% of the variance
 }
-SOFT_HUE_DEG = 4.0  # sigmoid width at hue-bin edges (backward only)
+SOFT_HUE_DEG = 15.0  # sigmoid width at hue-bin edges (backward only): wide, so hues far
+# from a bin still feel its pull
 SOFT_LEVEL = 0.02  # sigmoid width at the near-white/black thresholds (backward only)
 
 

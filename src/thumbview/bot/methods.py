@@ -125,6 +125,7 @@ def ppo_update(
     params: list[torch.nn.Parameter],
     clip: float,
     kl_weight: float = 0.0,
+    max_grad_norm: float | None = 1.0,
 ) -> tuple[float, float]:
     """One pass over the trajectory's steps, gradients accumulated, one optimizer step.
 
@@ -137,6 +138,8 @@ def ppo_update(
     for j, t in enumerate(traj.timesteps):
         x, x_next = traj.latents[j], traj.latents[j + 1]
         step = ddim_step(scheduler, eps_fn(x, t), t, x, eta, prev_sample=x_next)
+        if float(step.std) == 0:  # a deterministic last step carries no policy gradient
+            continue
         loss = ppo_loss(step.log_prob, traj.log_probs[j], advantages, clip)
         kl = torch.zeros(())
         if kl_weight > 0 and ref_fn is not None:
@@ -144,8 +147,9 @@ def ppo_update(
                 ref = ddim_step(scheduler, ref_fn(x, t), t, x, eta, prev_sample=x_next)
             kl = gaussian_kl(step.mean, ref.mean, step.std).mean()
         ((loss + kl_weight * kl) / n).backward()
-        losses.append(float(loss))
-        kls.append(float(kl))
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
+        losses.append(float(loss.detach()))
+        kls.append(float(kl.detach()))
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
     return float(np.mean(losses)), float(np.mean(kls))

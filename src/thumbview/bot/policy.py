@@ -77,17 +77,21 @@ def load_base(base: str | Path):
 class Policy:
     """A pipeline + LoRA: sample with log-probs, decode, reference eps, save/load the adapter."""
 
-    def __init__(self, pipe, lora_rank: int = 4, decoder: Callable | None = None):
+    def __init__(
+        self, pipe, lora_rank: int = 4, decoder: Callable | None = None, new_adapter: bool = True
+    ):
+        """`new_adapter=False` for a pipe whose LoRA was loaded with `pipe.load_lora_weights`."""
         from peft import LoraConfig
 
         self.pipe = pipe
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
             module.requires_grad_(False)
-        config = LoraConfig(
-            r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian",
-            target_modules=list(LORA_TARGETS),
-        )
-        pipe.unet.add_adapter(config)
+        if new_adapter:
+            config = LoraConfig(
+                r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian",
+                target_modules=list(LORA_TARGETS),
+            )
+            pipe.unet.add_adapter(config)
         self.lora_rank = lora_rank
         self.decoder = decoder or self._vae_decode
 

@@ -50,6 +50,8 @@ def ddim_step(
     """
     if scheduler.config.prediction_type != "epsilon":
         raise BotError(f"the bot needs an epsilon-prediction scheduler, got {scheduler.config.prediction_type!r}")
+    if eta <= 0:
+        raise BotError("a DDIM step with eta = 0 is deterministic and has no log-probability; use eta > 0")
     t = int(timestep)
     prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
     alpha_t = scheduler.alphas_cumprod[t]
@@ -63,7 +65,9 @@ def ddim_step(
     if prev_sample is None:
         if noise is None:
             noise = torch.randn_like(sample)
-        prev_sample = mean + std * noise if eta > 0 else mean
+        prev_sample = mean + std * noise
+    if float(std) == 0:  # the last step with set_alpha_to_one: deterministic, nothing to learn
+        return DDIMStep(prev_sample, torch.zeros(sample.shape[0], dtype=sample.dtype), mean, std)
     return DDIMStep(prev_sample, gaussian_log_prob(prev_sample, mean, std), mean, std)
 
 

@@ -102,3 +102,22 @@ def save_tiny_base(out: str | Path, seed: int = 0) -> Path:
     out = Path(out)
     tiny_pipeline(seed).save_pretrained(out, safe_serialization=True)
     return out
+
+
+def linear_decoder(seed: int = 0, upscale: int = 8) -> Any:
+    """A fixed linear latent -> RGB map (1x1 conv, nearest upsampling, squashed to [0, 1]).
+
+    Learning tests use it instead of the random VAE, whose output barely depends on the
+    latents' colour, so that a reward on colour can be reached through the latents at all.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(3, 4, generator=gen) * 0.5  # (RGB, latent channels)
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        rgb = torch.einsum("oc,bchw->bohw", weight.to(latents), latents)
+        rgb = torch.sigmoid(rgb).repeat_interleave(upscale, dim=2).repeat_interleave(upscale, dim=3)
+        return rgb  # (B, 3, 8h, 8w) in (0, 1)
+
+    return decode

@@ -125,10 +125,10 @@ def train_bot(
 ) -> TrainResult:
     """Tune a LoRA on `base` against the predictor in `model_dir`; see the module docstring."""
     out_dir = Path(out_dir)
+    pipe = load_base(base)  # first: a bad base must not leave an empty BOT folder behind
     state = _start(out_dir, config, resume)
     config = state.pop("config")
     torch.manual_seed(config.seed)
-    pipe = load_base(base)
     policy = Policy(pipe, config.lora_rank, decoder)
     reward = PredictorReward(model_dir, config.reward)
     reward_b = PredictorReward(eval_model, config.reward) if eval_model else None

@@ -134,12 +134,15 @@ def serve_command(
     ] = None,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8000,
+    bot: Annotated[
+        Path | None, typer.Option("--bot", help="BOT folder: adds the /bot generate panel.")
+    ] = None,
 ) -> None:
     """The web page and JSON API (OpenAPI schema at /openapi.json). Loopback by default."""
     from thumbview.serve.app import run
 
     console.print(f"thumbview on http://{host}:{port}  (Ctrl+C to stop)")
-    run(model, sae, study, host, port)
+    run(model, sae, study, host, port, bot_dir=bot)
 
 
 def register(app: typer.Typer) -> None:

@@ -232,6 +232,7 @@ def create_app(
     sae_dir: str | Path | None = None,
     study_dir: str | Path | None = None,
     limits: Limits = Limits(),
+    bot_dir: str | Path | None = None,
 ) -> FastAPI:
     """The app with its model loaded; frame jobs are cleaned up when the server stops."""
     engine = Engine(
@@ -259,6 +260,10 @@ def create_app(
     _add_model_routes(app, engine, limits)
     _add_frames_routes(app, jobs, limits)
     _add_page_routes(app, engine)
+    if bot_dir is not None:  # the thumbnailbot's "generate" panel at /bot (thumbview[bot])
+        from thumbview.bot.web import bot_router
+
+        app.include_router(bot_router(bot_dir))
     return app
 
 
@@ -376,10 +381,11 @@ def run(
     host: str = "127.0.0.1",
     port: int = 8000,
     limits: Limits = Limits(),
+    bot_dir: str | Path | None = None,
 ) -> None:
     """Serve the app with uvicorn (blocks until interrupted). Loopback only by default."""
     import uvicorn
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can use the app", host)
-    uvicorn.run(create_app(model_dir, sae_dir, study_dir, limits), host=host, port=port)
+    uvicorn.run(create_app(model_dir, sae_dir, study_dir, limits, bot_dir), host=host, port=port)

@@ -1,0 +1,56 @@
+"""The reward is exactly `thumbview predict`'s number; the OOD guard bites only far out."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from _bot_fixture import bot_model_dir  # noqa: F401
+from thumbview.bot.reward import PredictorReward, RewardConfig
+from thumbview.cli import app
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    yy, xx = np.mgrid[0:64, 0:64]
+    smooth = Image.fromarray(np.stack([xx * 4, yy * 4, 255 - xx * 2], -1).astype(np.uint8))
+    return [noise, smooth]
+
+
+def test_reward_equals_thumbview_predict_on_the_same_images(bot_model_dir, tmp_path):
+    images = _images()
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        img.save(paths[-1])
+    title = "I tried it for 30 days"
+    result = CliRunner().invoke(app, ["predict", str(bot_model_dir), *map(str, paths), "--title", title, "--json"])
+    assert result.exit_code == 0, result.output
+    want = np.array([p["log10"] for p in json.loads(result.output)])
+    got = PredictorReward(bot_model_dir).score(images, [title, title])
+    assert np.array_equal(got.log10, want)
+    assert np.array_equal(got.total, got.log10 - got.ood)
+
+
+def test_ood_penalty_is_zero_in_distribution_and_large_for_a_saturated_frame(bot_model_dir):
+    from thumbview.data.images import load_image
+
+    synth = sorted((bot_model_dir.parent / "synth" / "images").glob("*.jpg"))[:4]
+    reward = PredictorReward(bot_model_dir, RewardConfig(ood_weight=2.0))
+    typical = reward.score([load_image(p) for p in synth], [""] * len(synth))
+    assert np.median(typical.ood) == 0
+    saturated = Image.new("RGB", (64, 64), (255, 0, 255))
+    flagged = reward.score([saturated], [""])
+    assert flagged.ood[0] > 1 and flagged.total[0] == flagged.log10[0] - 2.0 * flagged.ood[0]
+
+
+def test_reward_config_refuses_clip_weight_without_local_weights():
+    from thumbview.bot.rl import BotError
+
+    with pytest.raises(BotError, match="clip-model"):
+        RewardConfig(clip_weight=0.5)
