@@ -11,7 +11,7 @@ pytest.importorskip("peft")
 
 from typer.testing import CliRunner  # noqa: E402
 
-from _bot_fixture import bot_model_dir, tiny_base  # noqa: E402, F401
+from _bot_fixture import bot_model_dir, tiny_base  # noqa: E402, F401, F811
 from thumbview.cli import app  # noqa: E402
 
 runner = CliRunner()
@@ -25,18 +25,35 @@ def invoke(*args):
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory):
     path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
-    path.write_text("I tried it for 30 days\tbright red poster\n# a comment\n\nworst cake ever\n", encoding="utf-8")
+    path.write_text(
+        "I tried it for 30 days\tbright red poster\n# a comment\n\nworst cake ever\n",
+        encoding="utf-8",
+    )
     return path
 
 
 @pytest.fixture(scope="module")
-def trained_bot(tiny_base, bot_model_dir, prompts, tmp_path_factory):
+def trained_bot(tiny_base, bot_model_dir, prompts, tmp_path_factory):  # noqa: F811
     """1 ddpo epoch, then --resume to 2: the CLI's 2-epoch train, resumed halfway."""
     import torch
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("bots") / "bot"
-    common = ("bot", "train", "--base", tiny_base, "--model", bot_model_dir, "--prompts", prompts, "--out", out, "--method", "ddpo", *TINY)
+    common = (
+        "bot",
+        "train",
+        "--base",
+        tiny_base,
+        "--model",
+        bot_model_dir,
+        "--prompts",
+        prompts,
+        "--out",
+        out,
+        "--method",
+        "ddpo",
+        *TINY,
+    )
     first = invoke(*common, "--epochs", "1")
     assert first.exit_code == 0, first.output + repr(first.exception)
     again = invoke(*common, "--epochs", "1")
@@ -48,18 +65,38 @@ def trained_bot(tiny_base, bot_model_dir, prompts, tmp_path_factory):
 
 def test_train_writes_every_artifact_and_resumes(trained_bot):
     meta = json.loads((trained_bot / "bot.json").read_text())
-    assert meta["method"] == "ddpo" and meta["epochs_done"] == 2 and len(meta["reward_history"]) == 2
+    assert (
+        meta["method"] == "ddpo" and meta["epochs_done"] == 2 and len(meta["reward_history"]) == 2
+    )
     assert len(meta["predictor_digest"]) == 64
     rows = [json.loads(line) for line in (trained_bot / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert {"reward_mean", "reward_std", "kl", "ood_mean", "eval_log10"} <= set(rows[0])
-    for name in ("pytorch_lora_weights.safetensors", "reward.png", "samples/epoch_001.png", "samples/epoch_002.png"):
+    for name in (
+        "pytorch_lora_weights.safetensors",
+        "reward.png",
+        "samples/epoch_001.png",
+        "samples/epoch_002.png",
+    ):
         assert (trained_bot / name).is_file(), name
     assert not list(trained_bot.rglob("*.pt")) and not list(trained_bot.rglob("*.pkl"))
 
 
 def test_generate_json_is_sorted_by_predicted_views(trained_bot, tmp_path):
-    result = invoke("bot", "generate", trained_bot, "--title", "worst cake ever", "-n", "4", "--top", "3", "--out", tmp_path, "--json")
+    result = invoke(
+        "bot",
+        "generate",
+        trained_bot,
+        "--title",
+        "worst cake ever",
+        "-n",
+        "4",
+        "--top",
+        "3",
+        "--out",
+        tmp_path,
+        "--json",
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     payload = json.loads(result.output)
     log10 = [c["log10"] for c in payload["candidates"]]
@@ -69,17 +106,41 @@ def test_generate_json_is_sorted_by_predicted_views(trained_bot, tmp_path):
     assert len(list(tmp_path.glob("*.png"))) == 3
 
 
-def test_eval_compares_base_and_bot(trained_bot, bot_model_dir, prompts, tmp_path):
-    result = invoke("bot", "eval", trained_bot, "--prompts", prompts, "--model", bot_model_dir, "--seeds", "1", "--out", tmp_path, "--json")
+def test_eval_compares_base_and_bot(trained_bot, bot_model_dir, prompts, tmp_path):  # noqa: F811
+    result = invoke(
+        "bot",
+        "eval",
+        trained_bot,
+        "--prompts",
+        prompts,
+        "--model",
+        bot_model_dir,
+        "--seeds",
+        "1",
+        "--out",
+        tmp_path,
+        "--json",
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     payload = json.loads(result.output)
     assert payload["n"] == 2 and 0 <= payload["win_rate"] <= 1
     assert (tmp_path / "base_vs_bot.png").is_file()
 
 
-def test_bad_base_folder_exits_2_with_one_message(tmp_path, bot_model_dir, prompts):
+def test_bad_base_folder_exits_2_with_one_message(tmp_path, bot_model_dir, prompts):  # noqa: F811
     (tmp_path / "notsd").mkdir()
-    result = invoke("bot", "train", "--base", tmp_path / "notsd", "--model", bot_model_dir, "--prompts", prompts, "--out", tmp_path / "o")
+    result = invoke(
+        "bot",
+        "train",
+        "--base",
+        tmp_path / "notsd",
+        "--model",
+        bot_model_dir,
+        "--prompts",
+        prompts,
+        "--out",
+        tmp_path / "o",
+    )
     assert result.exit_code == 2
     assert "Traceback" not in result.output and result.output.count("error:") == 1
     assert "not a Stable Diffusion folder" in " ".join(result.output.split())

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from _bot_fixture import bot_model_dir  # noqa: F401
+from _bot_fixture import bot_model_dir  # noqa: F401, F811
 from thumbview.bot.reward import PredictorReward, RewardConfig
 from thumbview.cli import app
 
@@ -22,14 +22,16 @@ def _images():
     return [noise, smooth]
 
 
-def test_reward_equals_thumbview_predict_on_the_same_images(bot_model_dir, tmp_path):
+def test_reward_equals_thumbview_predict_on_the_same_images(bot_model_dir, tmp_path):  # noqa: F811
     images = _images()
     paths = []
     for i, img in enumerate(images):
         paths.append(tmp_path / f"{i}.png")
         img.save(paths[-1])
     title = "I tried it for 30 days"
-    result = CliRunner().invoke(app, ["predict", str(bot_model_dir), *map(str, paths), "--title", title, "--json"])
+    result = CliRunner().invoke(
+        app, ["predict", str(bot_model_dir), *map(str, paths), "--title", title, "--json"]
+    )
     assert result.exit_code == 0, result.output
     want = np.array([p["log10"] for p in json.loads(result.output)])
     got = PredictorReward(bot_model_dir).score(images, [title, title])
@@ -37,7 +39,7 @@ def test_reward_equals_thumbview_predict_on_the_same_images(bot_model_dir, tmp_p
     assert np.array_equal(got.total, got.log10 - got.ood)
 
 
-def test_ood_penalty_is_zero_in_distribution_and_large_for_a_saturated_frame(bot_model_dir):
+def test_ood_penalty_is_zero_in_distribution_and_large_for_a_saturated_frame(bot_model_dir):  # noqa: F811
     from thumbview.data.images import load_image
 
     synth = sorted((bot_model_dir.parent / "synth" / "images").glob("*.jpg"))[:4]

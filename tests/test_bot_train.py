@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-from _bot_fixture import bot_model_dir, tiny_base  # noqa: E402, F401
+from _bot_fixture import bot_model_dir, tiny_base  # noqa: E402, F401, F811
 from thumbview.bot.methods import draft_epoch, ppo_update  # noqa: E402
 from thumbview.bot.policy import Policy, SampleConfig, Trajectory, load_base  # noqa: E402
 from thumbview.bot.reward import PredictorReward, TorchReward, to_pil  # noqa: E402
@@ -38,7 +38,7 @@ def test_ddpo_refuses_eta_zero():
         BotConfig(method="ddpo", sample=replace(SAMPLE, eta=0.0))
 
 
-def test_draft_raises_the_reward_on_fixed_seeds_and_changes_only_lora(tiny_base, bot_model_dir):
+def test_draft_raises_the_reward_on_fixed_seeds_and_changes_only_lora(tiny_base, bot_model_dir):  # noqa: F811
     policy = _policy(tiny_base, linear_decoder())
     reward = PredictorReward(bot_model_dir)
     treward = TorchReward(reward)
@@ -49,12 +49,24 @@ def test_draft_raises_the_reward_on_fixed_seeds_and_changes_only_lora(tiny_base,
             rgb = policy.sample(prompts, EVAL_SEEDS, SAMPLE).rgb
         return float(reward.score([to_pil(x) for x in rgb], titles).total.mean())
 
-    frozen = {n: p.detach().clone() for n, p in policy.pipe.unet.named_parameters() if "lora_" not in n}
+    frozen = {
+        n: p.detach().clone() for n, p in policy.pipe.unet.named_parameters() if "lora_" not in n
+    }
     lora = {n: p.detach().clone() for n, p in policy.pipe.unet.named_parameters() if "lora_" in n}
     before = eval_reward()
     opt = torch.optim.Adam(policy.lora_parameters(), lr=3e-2)
     for epoch in range(4):
-        draft_epoch(policy, treward, ["a red thing"] * 4, ["a title"] * 4, [epoch * 10 + i for i in range(4)], SAMPLE, opt, k=2, kl_weight=0.01)
+        draft_epoch(
+            policy,
+            treward,
+            ["a red thing"] * 4,
+            ["a title"] * 4,
+            [epoch * 10 + i for i in range(4)],
+            SAMPLE,
+            opt,
+            k=2,
+            kl_weight=0.01,
+        )
     after = eval_reward()
     assert after > before + 0.05, (before, after)
     now = dict(policy.pipe.unet.named_parameters())
@@ -62,7 +74,7 @@ def test_draft_raises_the_reward_on_fixed_seeds_and_changes_only_lora(tiny_base,
     assert any(not torch.equal(now[n], v) for n, v in lora.items())
 
 
-def test_torch_reward_matches_the_full_predictor(tiny_base, bot_model_dir):
+def test_torch_reward_matches_the_full_predictor(tiny_base, bot_model_dir):  # noqa: F811
     reward = PredictorReward(bot_model_dir)
     rgb = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     total, ood = TorchReward(reward)(rgb, ["t", "t"])
@@ -95,13 +107,22 @@ def _toy_rollout(toy, sched, x, gen=None):
     return Trajectory(torch.stack(lat), torch.stack(logps), sched.timesteps, x, x), reward
 
 
-def _toy_run(shuffle: bool, epochs: int = 15, batch: int = 64, lr: float = 1.0, seed: int = 0) -> tuple[float, float]:
+def _toy_run(
+    shuffle: bool, epochs: int = 15, batch: int = 64, lr: float = 1.0, seed: int = 0
+) -> tuple[float, float]:
     """Mean reward on fixed evaluation noise (512 draws) before and after DDPO training."""
     from diffusers import DDIMScheduler
 
     torch.manual_seed(seed)
     # a short, noisy schedule: every step has a sizeable std, so the toy learns in a few epochs
-    sched = DDIMScheduler(num_train_timesteps=10, beta_start=0.1, beta_end=0.3, beta_schedule="linear", clip_sample=False, set_alpha_to_one=False)
+    sched = DDIMScheduler(
+        num_train_timesteps=10,
+        beta_start=0.1,
+        beta_end=0.3,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+    )
     sched.set_timesteps(2)
     toy, tracker = _ToyEps(), PerPromptStatTracker()
     opt = torch.optim.SGD(toy.parameters(), lr=lr)
@@ -109,7 +130,9 @@ def _toy_run(shuffle: bool, epochs: int = 15, batch: int = 64, lr: float = 1.0, 
 
     def evaluate() -> float:
         gen = torch.Generator().manual_seed(123)
-        return float(_toy_rollout(toy, sched, torch.randn(512, 4, 2, 2, generator=gen), gen)[1].mean())
+        return float(
+            _toy_rollout(toy, sched, torch.randn(512, 4, 2, 2, generator=gen), gen)[1].mean()
+        )
 
     before = evaluate()
     for _ in range(epochs):
@@ -118,7 +141,18 @@ def _toy_run(shuffle: bool, epochs: int = 15, batch: int = 64, lr: float = 1.0, 
         if shuffle:
             adv = rng.permutation(adv)
         for _ in range(2):  # two PPO passes: the second sees ratio != 1, so the clip matters
-            ppo_update(toy, None, sched, traj, torch.as_tensor(adv, dtype=torch.float32), 1.0, opt, list(toy.parameters()), clip=0.2, max_grad_norm=None)
+            ppo_update(
+                toy,
+                None,
+                sched,
+                traj,
+                torch.as_tensor(adv, dtype=torch.float32),
+                1.0,
+                opt,
+                list(toy.parameters()),
+                clip=0.2,
+                max_grad_norm=None,
+            )
     return before, evaluate()
 
 
@@ -129,7 +163,7 @@ def test_ddpo_learns_a_toy_policy_and_a_shuffled_control_does_not():
     assert abs(end_c - start_c) < 0.7, (start_c, end_c)  # seed 0: 0.01 -> 0.54
 
 
-def test_save_then_load_reproduces_images_bit_for_bit(tiny_base, tmp_path):
+def test_save_then_load_reproduces_images_bit_for_bit(tiny_base, tmp_path):  # noqa: F811
     from thumbview.bot.generate import LoadedBot
     from thumbview.bot.train import BOT_FILE
 
@@ -142,10 +176,13 @@ def test_save_then_load_reproduces_images_bit_for_bit(tiny_base, tmp_path):
     import json
 
     from thumbview.bot.train import FORMAT
+
     cfg = BotConfig(sample=SAMPLE)
     from dataclasses import asdict
 
-    (tmp_path / BOT_FILE).write_text(json.dumps({"format": FORMAT, "base": str(tiny_base), "config": asdict(cfg)}))
+    (tmp_path / BOT_FILE).write_text(
+        json.dumps({"format": FORMAT, "base": str(tiny_base), "config": asdict(cfg)})
+    )
     bot = LoadedBot.load(tmp_path)
     got = bot.images(["x"], [7])
     assert np.array_equal(np.asarray(got[0]), np.asarray(to_pil(want[0])))

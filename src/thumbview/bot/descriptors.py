@@ -128,7 +128,9 @@ def _hue_degrees(r, g, b, val, chroma) -> torch.Tensor:
     """OpenCV's 8-bit hue (0-179, i.e. degrees / 2 rounded) times 2, differentiable inside."""
     c = chroma.clamp_min(1e-6)
     h = torch.where(
-        val == r, 60.0 * (g - b) / c, torch.where(val == g, 120.0 + 60.0 * (b - r) / c, 240.0 + 60.0 * (r - g) / c)
+        val == r,
+        60.0 * (g - b) / c,
+        torch.where(val == g, 120.0 + 60.0 * (b - r) / c, 240.0 + 60.0 * (r - g) / c),
     )
     h = torch.where(h < 0, h + 360.0, h)
     h = torch.where(chroma > 0, h, torch.zeros_like(h))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from thumbview.bot.policy import LORA_FILE, Policy, SampleConfig, load_base
+from thumbview.bot.policy import LORA_FILE, Policy, load_base
 from thumbview.bot.reward import to_pil
 from thumbview.bot.train import BotConfig, Prompt, read_bot, save_grid
 from thumbview.compare import p_best, residual_atoms
@@ -69,7 +69,13 @@ class LoadedBot:
         config = BotConfig.from_dict(meta["config"])
         return cls(Policy(pipe, config.lora_rank, decoder, new_adapter=False), meta, config)
 
-    def images(self, prompts: Sequence[str], seeds: Sequence[int], lora: bool = True, steps: int | None = None) -> list[Image.Image]:
+    def images(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        lora: bool = True,
+        steps: int | None = None,
+    ) -> list[Image.Image]:
         """Deterministic (eta 0) samples, one per (prompt, seed); `lora=False`: the base model."""
         cfg = replace(self.config.sample, eta=0.0, steps=steps or self.config.sample.steps)
         ctx = contextlib.nullcontext() if lora else self.policy.reference()
@@ -81,7 +87,12 @@ class LoadedBot:
 
 
 def rank(
-    predictor: LoadedPredictor, images: list[Image.Image], title: str, seeds: Sequence[int], top: int | None, diversity: float = 0.3
+    predictor: LoadedPredictor,
+    images: list[Image.Image],
+    title: str,
+    seeds: Sequence[int],
+    top: int | None,
+    diversity: float = 0.3,
 ) -> tuple[list[int], list]:
     """(indices shown, best first; their Predictions). MMR picks `top` diverse ones first."""
     preds = predictor.predict_images(images, [str(s) for s in seeds], [title])
@@ -122,12 +133,22 @@ def generate(
 
         sink.update({str(seeds[i]): png_bytes(images[i]) for i in chosen})
     cands = tuple(
-        Candidate(seeds[i], files[k], preds[i].log10, preds[i].views, preds[i].low, preds[i].high, float(pb[k]))
+        Candidate(
+            seeds[i],
+            files[k],
+            preds[i].log10,
+            preds[i].views,
+            preds[i].low,
+            preds[i].high,
+            float(pb[k]),
+        )
         for k, i in enumerate(chosen)
     )
     result = Generation(title, prompt or title, cands, predictor.coverage, predictor.target, lora)
     if out is not None:
-        atomic_write(Path(out) / "generation.json", json.dumps(result.to_json_dict(), indent=2) + "\n")
+        atomic_write(
+            Path(out) / "generation.json", json.dumps(result.to_json_dict(), indent=2) + "\n"
+        )
     return result
 
 
@@ -157,7 +178,11 @@ class EvalResult:
 
 
 def evaluate_bot(
-    bot: LoadedBot, prompts: Sequence[Prompt], model_dir: str | Path, seeds: int = 2, out: str | Path | None = None
+    bot: LoadedBot,
+    prompts: Sequence[Prompt],
+    model_dir: str | Path,
+    seeds: int = 2,
+    out: str | Path | None = None,
 ) -> EvalResult:
     """Fixed seeds per held-out prompt; win = the bot's image predicted above the base's."""
     predictor = LoadedPredictor.load(model_dir)
@@ -172,4 +197,6 @@ def evaluate_bot(
     if out is not None:
         pairs = [img for pair in zip(base, tuned, strict=True) for img in pair]
         grid = str(save_grid(pairs, 2, Path(out) / "base_vs_bot.png"))
-    return EvalResult(str(model_dir), len(b), float(b.mean()), float(t.mean()), float((t > b).mean()), grid)
+    return EvalResult(
+        str(model_dir), len(b), float(b.mean()), float(t.mean()), float((t > b).mean()), grid
+    )

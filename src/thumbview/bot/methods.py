@@ -56,7 +56,14 @@ def draft_epoch(
     optimizer.step()
     r = total.detach().numpy()
     log10 = (total + reward.reward.config.ood_weight * ood).detach().numpy()
-    return EpochStats(float(r.mean()), float(r.std()), float(log10.mean()), float(ood.mean()), float(kl.detach()), float(loss.detach()))
+    return EpochStats(
+        float(r.mean()),
+        float(r.std()),
+        float(log10.mean()),
+        float(ood.mean()),
+        float(kl.detach()),
+        float(loss.detach()),
+    )
 
 
 def _draft_kl(policy: Policy, traj: Trajectory, k: int, guidance: float) -> torch.Tensor:
@@ -76,8 +83,14 @@ def score_in_pool(
     """The full predictor (faces, OCR) over chunks of images in a thread pool."""
     chunks = np.array_split(np.arange(len(images)), max(1, min(workers, len(images))))
     with ThreadPoolExecutor(max_workers=len(chunks), thread_name_prefix="bot-reward") as pool:
-        parts = list(pool.map(lambda ix: reward.score([images[i] for i in ix], [titles[i] for i in ix]), chunks))
-    return RewardBreakdown(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("log10", "ood", "clip", "total")))
+        parts = list(
+            pool.map(
+                lambda ix: reward.score([images[i] for i in ix], [titles[i] for i in ix]), chunks
+            )
+        )
+    return RewardBreakdown(
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in ("log10", "ood", "clip", "total"))
+    )
 
 
 def ddpo_epoch(
@@ -98,7 +111,11 @@ def ddpo_epoch(
     with torch.no_grad():
         traj = policy.sample(image_prompts, seeds, cfg, log_probs=True)
     images = [to_pil(x) for x in traj.rgb]
-    scored = score_in_pool(reward, images, titles, workers) if isinstance(reward, PredictorReward) else reward(images, titles)
+    scored = (
+        score_in_pool(reward, images, titles, workers)
+        if isinstance(reward, PredictorReward)
+        else reward(images, titles)
+    )
     adv = np.clip(tracker.update(titles, scored.total), -adv_clip, adv_clip)
     eps_fn = lambda x, t: policy.eps(x, t, traj.embeds, cfg.guidance)  # noqa: E731
 
@@ -107,11 +124,26 @@ def ddpo_epoch(
             return policy.eps(x, t, traj.embeds, cfg.guidance)
 
     loss, kl = ppo_update(
-        eps_fn, ref_fn, policy.pipe.scheduler, traj, torch.as_tensor(adv, dtype=torch.float32),
-        cfg.eta, optimizer, policy.lora_parameters(), clip, kl_weight,
+        eps_fn,
+        ref_fn,
+        policy.pipe.scheduler,
+        traj,
+        torch.as_tensor(adv, dtype=torch.float32),
+        cfg.eta,
+        optimizer,
+        policy.lora_parameters(),
+        clip,
+        kl_weight,
     )
     r = scored.total
-    return EpochStats(float(r.mean()), float(r.std()), float(scored.log10.mean()), float(scored.ood.mean()), kl, loss)
+    return EpochStats(
+        float(r.mean()),
+        float(r.std()),
+        float(scored.log10.mean()),
+        float(scored.ood.mean()),
+        kl,
+        loss,
+    )
 
 
 def ppo_update(

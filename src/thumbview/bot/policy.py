@@ -88,7 +88,9 @@ class Policy:
             module.requires_grad_(False)
         if new_adapter:
             config = LoraConfig(
-                r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian",
+                r=lora_rank,
+                lora_alpha=lora_rank,
+                init_lora_weights="gaussian",
                 target_modules=list(LORA_TARGETS),
             )
             pipe.unet.add_adapter(config)
@@ -190,7 +192,9 @@ class Policy:
             latents.append(x if with_grad else x.detach())
         rgb = self.decoder(x)
         lp = torch.stack(logps) if logps else None
-        return Trajectory(torch.stack([z.detach() for z in latents]), lp, sched.timesteps, rgb, embeds)
+        return Trajectory(
+            torch.stack([z.detach() for z in latents]), lp, sched.timesteps, rgb, embeds
+        )
 
     def _eps_maybe_checkpointed(self, x, t, embeds, guidance, with_grad):
         if with_grad and torch.is_grad_enabled():

@@ -110,7 +110,11 @@ class ClipSimilarity:
     @torch.no_grad()
     def __call__(self, images: Sequence[Image.Image], titles: Sequence[str]) -> np.ndarray:
         inputs = self.processor(
-            text=list(titles), images=list(images), return_tensors="pt", padding=True, truncation=True
+            text=list(titles),
+            images=list(images),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
         )
         out = self.model(**inputs)
         img = torch.nn.functional.normalize(out.image_embeds, dim=-1)  # (N, E)
@@ -138,7 +142,9 @@ class TorchReward:
             )
         log.info("draft: gradients through %d descriptors; held fixed: %s", len(PORTED), HELD_FIXED)
 
-    def __call__(self, rgb: torch.Tensor, titles: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, rgb: torch.Tensor, titles: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(total, ood), each (B,), from (B, 3, H, W) RGB in [0, 1] with gradients."""
         pred = self.reward.predictor
         images = [to_pil(x) for x in rgb.detach()]

@@ -49,9 +49,13 @@ def ddim_step(
     Give `prev_sample` to score a step already taken (the PPO ratio), else `noise` is used.
     """
     if scheduler.config.prediction_type != "epsilon":
-        raise BotError(f"the bot needs an epsilon-prediction scheduler, got {scheduler.config.prediction_type!r}")
+        raise BotError(
+            f"the bot needs an epsilon-prediction scheduler, got {scheduler.config.prediction_type!r}"
+        )
     if eta <= 0:
-        raise BotError("a DDIM step with eta = 0 is deterministic and has no log-probability; use eta > 0")
+        raise BotError(
+            "a DDIM step with eta = 0 is deterministic and has no log-probability; use eta > 0"
+        )
     t = int(timestep)
     prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
     alpha_t = scheduler.alphas_cumprod[t]
@@ -75,7 +79,9 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
     """log N(x; mean, std^2 I) per sample (B,), averaged over dimensions (DDPO's convention)."""
     std = torch.as_tensor(std, dtype=x.dtype, device=x.device)
     if float(std) <= 0:
-        raise BotError("a DDIM step with eta = 0 is deterministic and has no log-probability; use eta > 0")
+        raise BotError(
+            "a DDIM step with eta = 0 is deterministic and has no log-probability; use eta > 0"
+        )
     logp = -((x.detach() - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
     return logp.mean(dim=tuple(range(1, x.ndim)))  # (B,)
 

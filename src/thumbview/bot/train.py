@@ -22,13 +22,25 @@ import torch
 
 from thumbview.bot.methods import EpochStats, ddpo_epoch, draft_epoch
 from thumbview.bot.policy import LORA_FILE, Policy, SampleConfig, check_sample_config, load_base
-from thumbview.bot.reward import HELD_FIXED, PredictorReward, RewardConfig, TorchReward, predictor_digest, to_pil
+from thumbview.bot.reward import (
+    HELD_FIXED,
+    PredictorReward,
+    RewardConfig,
+    TorchReward,
+    predictor_digest,
+    to_pil,
+)
 from thumbview.bot.rl import BotError, PerPromptStatTracker
 from thumbview.fileio import atomic_write, json_safe
 
 log = logging.getLogger(__name__)
 
-BOT_FILE, LOG_FILE, STATE_FILE, OPTIM_FILE = "bot.json", "train_log.jsonl", "state.json", "optimizer.safetensors"
+BOT_FILE, LOG_FILE, STATE_FILE, OPTIM_FILE = (
+    "bot.json",
+    "train_log.jsonl",
+    "state.json",
+    "optimizer.safetensors",
+)
 FORMAT, FORMAT_VERSION = "thumbview-bot", 1
 METHODS = ("draft", "ddpo")
 
@@ -61,15 +73,22 @@ class BotConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise BotError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if min(self.epochs, self.batch, self.per_prompt, self.lora_rank, self.eval_seeds) < 1 or self.lr <= 0:
-            raise BotError("epochs, batch, per-prompt, lora-rank, eval-seeds must be >= 1 and lr > 0")
+        if (
+            min(self.epochs, self.batch, self.per_prompt, self.lora_rank, self.eval_seeds) < 1
+            or self.lr <= 0
+        ):
+            raise BotError(
+                "epochs, batch, per-prompt, lora-rank, eval-seeds must be >= 1 and lr > 0"
+            )
         if self.kl < 0 or not 1 <= self.draft_k <= self.sample.steps:
             raise BotError("kl must be >= 0 and draft_k in 1..steps")
         check_sample_config(self.sample, self.method)
 
     @classmethod
     def from_dict(cls, d: dict) -> BotConfig:
-        return cls(**{**d, "sample": SampleConfig(**d["sample"]), "reward": RewardConfig(**d["reward"])})
+        return cls(
+            **{**d, "sample": SampleConfig(**d["sample"]), "reward": RewardConfig(**d["reward"])}
+        )
 
 
 @dataclass(frozen=True)
@@ -149,13 +168,37 @@ def train_bot(
             titles = [p.title for p in chosen]
             image_prompts = [p.image_prompt for p in chosen]
             if config.method == "draft":
-                stats = draft_epoch(policy, torch_reward, image_prompts, titles, seeds, config.sample, optimizer, config.draft_k, config.kl)
+                stats = draft_epoch(
+                    policy,
+                    torch_reward,
+                    image_prompts,
+                    titles,
+                    seeds,
+                    config.sample,
+                    optimizer,
+                    config.draft_k,
+                    config.kl,
+                )
             else:
                 stats = ddpo_epoch(
-                    policy, reward, image_prompts, titles, seeds, config.sample, optimizer, tracker,
-                    config.ppo_clip, config.adv_clip, config.kl, config.workers,
+                    policy,
+                    reward,
+                    image_prompts,
+                    titles,
+                    seeds,
+                    config.sample,
+                    optimizer,
+                    tracker,
+                    config.ppo_clip,
+                    config.adv_clip,
+                    config.kl,
+                    config.workers,
                 )
-            row = {"epoch": epoch + 1, **asdict(stats), **_evaluate(policy, reward, reward_b, prompts, config, out_dir, epoch + 1)}
+            row = {
+                "epoch": epoch + 1,
+                **asdict(stats),
+                **_evaluate(policy, reward, reward_b, prompts, config, out_dir, epoch + 1),
+            }
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
             epoch += 1
@@ -171,18 +214,24 @@ def _start(out_dir: Path, config: BotConfig, resume: bool) -> dict:
     """Fresh run: an empty/new folder. Resume: the saved config (epochs may be raised)."""
     if not resume:
         if (out_dir / BOT_FILE).exists():
-            raise BotError(f"{out_dir} already holds a bot; pass --resume to continue it or choose a new --out")
+            raise BotError(
+                f"{out_dir} already holds a bot; pass --resume to continue it or choose a new --out"
+            )
         out_dir.mkdir(parents=True, exist_ok=True)
         return {"config": config, "history": [], "tracker": {}}
     if not (out_dir / STATE_FILE).exists():
         raise BotError(f"nothing to resume in {out_dir} (no {STATE_FILE})")
     saved = json.loads((out_dir / BOT_FILE).read_text(encoding="utf-8"))
     state = json.loads((out_dir / STATE_FILE).read_text(encoding="utf-8"))
-    cfg = replace(BotConfig.from_dict(saved["config"]), epochs=max(config.epochs, len(state["history"])))
+    cfg = replace(
+        BotConfig.from_dict(saved["config"]), epochs=max(config.epochs, len(state["history"]))
+    )
     return {"config": cfg, "history": state["history"], "tracker": state["tracker"]}
 
 
-def _epoch_batch(prompts: Sequence[Prompt], config: BotConfig, epoch: int) -> tuple[list[Prompt], list[int]]:
+def _epoch_batch(
+    prompts: Sequence[Prompt], config: BotConfig, epoch: int
+) -> tuple[list[Prompt], list[int]]:
     """This epoch's prompts (each per_prompt times) and sample seeds, from (seed, epoch)."""
     rng = np.random.default_rng([config.seed, epoch])
     idx = rng.choice(len(prompts), size=config.batch, replace=len(prompts) < config.batch)
@@ -196,12 +245,16 @@ def eval_seeds(config: BotConfig) -> list[int]:
 
 
 @torch.no_grad()
-def _evaluate(policy, reward, reward_b, prompts, config: BotConfig, out_dir: Path, epoch: int) -> dict:
+def _evaluate(
+    policy, reward, reward_b, prompts, config: BotConfig, out_dir: Path, epoch: int
+) -> dict:
     """Deterministic (eta 0) samples of the first prompts on fixed seeds: reward, grid."""
     chosen = list(prompts[:4])
     seeds = eval_seeds(config)
     cfg = replace(config.sample, eta=0.0)
-    rgb = policy.sample([p.image_prompt for p in chosen for _ in seeds], seeds * len(chosen), cfg).rgb
+    rgb = policy.sample(
+        [p.image_prompt for p in chosen for _ in seeds], seeds * len(chosen), cfg
+    ).rgb
     images = [to_pil(x) for x in rgb]
     titles = [p.title for p in chosen for _ in seeds]
     row = {"eval_log10": float(reward.score(images, titles).log10.mean())}
@@ -243,13 +296,19 @@ def _meta(base, model_dir, eval_model, config: BotConfig) -> dict:
     }
 
 
-def _save(out_dir: Path, policy: Policy, optimizer, tracker, meta: dict, history: list[dict]) -> None:
+def _save(
+    out_dir: Path, policy: Policy, optimizer, tracker, meta: dict, history: list[dict]
+) -> None:
     policy.save_lora(out_dir)
     save_optimizer(optimizer, policy.lora_parameters(), out_dir / OPTIM_FILE)
     atomic_write(out_dir / LOG_FILE, "".join(json.dumps(json_safe(r)) + "\n" for r in history))
     state = {"history": history, "tracker": tracker.state()}
     atomic_write(out_dir / STATE_FILE, json.dumps(json_safe(state)))
-    record = {**meta, "epochs_done": len(history), "reward_history": [r["reward_mean"] for r in history]}
+    record = {
+        **meta,
+        "epochs_done": len(history),
+        "reward_history": [r["reward_mean"] for r in history],
+    }
     atomic_write(out_dir / BOT_FILE, json.dumps(json_safe(record), indent=2) + "\n")
     plot_history(history, out_dir / "reward.png")
 
@@ -305,7 +364,9 @@ def read_bot(bot_dir: str | Path) -> dict:
     """bot.json, checked; FileNotFoundError/BotError in words."""
     path = Path(bot_dir) / BOT_FILE
     if not path.is_file() or not (Path(bot_dir) / LORA_FILE).is_file():
-        raise FileNotFoundError(f"{bot_dir} is not a bot folder (needs {BOT_FILE} and {LORA_FILE}); train one with `thumbview bot train`")
+        raise FileNotFoundError(
+            f"{bot_dir} is not a bot folder (needs {BOT_FILE} and {LORA_FILE}); train one with `thumbview bot train`"
+        )
     meta = json.loads(path.read_text(encoding="utf-8"))
     if meta.get("format") != FORMAT:
         raise BotError(f"{path} is not a thumbview bot file")

@@ -74,7 +74,9 @@ def bot_router(bot_dir: str | Path) -> APIRouter:
             if "bot" not in loaded:
                 loaded["bot"] = LoadedBot.load(bot_dir)
             images: dict[str, bytes] = {}
-            result = generate(loaded["bot"], title, prompt or None, n, top, seed, not no_lora, sink=images)
+            result = generate(
+                loaded["bot"], title, prompt or None, n, top, seed, not no_lora, sink=images
+            )
         payload = result.to_json_dict()
         for cand in payload["candidates"]:
             cand["png"] = base64.b64encode(images[str(cand["seed"])]).decode("ascii")

@@ -41,9 +41,13 @@ def _require() -> None:
 def train_command(
     base: Annotated[str, typer.Option("--base", help="Local Stable Diffusion folder (or Hub id).")],
     model: Annotated[Path, typer.Option("--model", help="Predictor folder (thumbview train).")],
-    prompts: Annotated[Path, typer.Option("--prompts", help="One title per line, or title<TAB>prompt.")],
+    prompts: Annotated[
+        Path, typer.Option("--prompts", help="One title per line, or title<TAB>prompt.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="BOT folder to write.")],
-    method: Annotated[str, typer.Option("--method", help="draft (reward backprop) or ddpo.")] = "draft",
+    method: Annotated[
+        str, typer.Option("--method", help="draft (reward backprop) or ddpo.")
+    ] = "draft",
     epochs: Annotated[int, typer.Option("--epochs")] = 10,
     steps: Annotated[int, typer.Option("--steps", help="DDIM steps.")] = 20,
     guidance: Annotated[float, typer.Option("--guidance")] = 5.0,
@@ -52,15 +56,23 @@ def train_command(
     lr: Annotated[float, typer.Option("--lr")] = 3e-4,
     lora_rank: Annotated[int, typer.Option("--lora-rank")] = 4,
     kl: Annotated[float, typer.Option("--kl", help="Weight of the KL-to-base term.")] = 0.1,
-    ood: Annotated[float, typer.Option("--ood", help="Weight of the out-of-distribution penalty.")] = 1.0,
+    ood: Annotated[
+        float, typer.Option("--ood", help="Weight of the out-of-distribution penalty.")
+    ] = 1.0,
     eta: Annotated[float, typer.Option("--eta", help="DDIM noise (ddpo needs > 0).")] = 1.0,
     draft_k: Annotated[int, typer.Option("--draft-k", help="Steps backpropagated (draft).")] = 1,
-    clip_model: Annotated[str | None, typer.Option("--clip-model", help="Local CLIP folder for title similarity.")] = None,
+    clip_model: Annotated[
+        str | None, typer.Option("--clip-model", help="Local CLIP folder for title similarity.")
+    ] = None,
     clip_weight: Annotated[float, typer.Option("--clip-weight")] = 0.0,
-    eval_model: Annotated[Path | None, typer.Option("--eval-model", help="Second predictor (disjoint channels).")] = None,
+    eval_model: Annotated[
+        Path | None, typer.Option("--eval-model", help="Second predictor (disjoint channels).")
+    ] = None,
     size: Annotated[str, typer.Option("--size", help="WxH, multiples of 8.")] = "512x512",
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run saved in --out.")
+    ] = False,
 ) -> None:
     """Tune a LoRA so generated thumbnails score higher with the predictor (guards logged)."""
     _require()
@@ -70,9 +82,22 @@ def train_command(
 
     width, height = _size(size)
     config = BotConfig(
-        method=method, epochs=epochs, batch=batch, per_prompt=per_prompt, lr=lr,
-        lora_rank=lora_rank, kl=kl, draft_k=draft_k, seed=seed,
-        sample=SampleConfig(steps=steps, eta=eta if method == "ddpo" else 0.0, guidance=guidance, height=height, width=width),
+        method=method,
+        epochs=epochs,
+        batch=batch,
+        per_prompt=per_prompt,
+        lr=lr,
+        lora_rank=lora_rank,
+        kl=kl,
+        draft_k=draft_k,
+        seed=seed,
+        sample=SampleConfig(
+            steps=steps,
+            eta=eta if method == "ddpo" else 0.0,
+            guidance=guidance,
+            height=height,
+            width=width,
+        ),
         reward=RewardConfig(ood_weight=ood, clip_weight=clip_weight, clip_model=clip_model),
     )
 
@@ -83,7 +108,16 @@ def train_command(
         )
 
     try:
-        result = train_bot(base, model, read_prompts(prompts), out, config, eval_model=eval_model, resume=resume, progress=show)
+        result = train_bot(
+            base,
+            model,
+            read_prompts(prompts),
+            out,
+            config,
+            eval_model=eval_model,
+            resume=resume,
+            progress=show,
+        )
     except BotInterrupted as e:
         err_console.print(
             f"[yellow]interrupted[/]: {e.epochs_done} epoch(s) saved in {e.out_dir}; resume with "
@@ -98,14 +132,22 @@ def train_command(
 def generate_command(
     bot: Annotated[Path, typer.Argument(help="BOT folder (thumbview bot train).")],
     title: Annotated[str, typer.Option("--title", help="The video title.")],
-    prompt: Annotated[str | None, typer.Option("--prompt", help="Image prompt (default: the title).")] = None,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", help="Image prompt (default: the title).")
+    ] = None,
     n: Annotated[int, typer.Option("-n", help="Candidates to generate.")] = 8,
-    top: Annotated[int | None, typer.Option("--top", help="Show this many (diverse, best first).")] = None,
+    top: Annotated[
+        int | None, typer.Option("--top", help="Show this many (diverse, best first).")
+    ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for the images.")] = None,
-    model: Annotated[Path | None, typer.Option("--model", help="Predictor (default: the bot's).")] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Predictor (default: the bot's).")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     steps: Annotated[int | None, typer.Option("--steps")] = None,
-    no_lora: Annotated[bool, typer.Option("--no-lora", help="The base model, for comparison.")] = False,
+    no_lora: Annotated[
+        bool, typer.Option("--no-lora", help="The base model, for comparison.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
 ) -> None:
     """Generate thumbnails for a title, best first, with predicted views, interval and P(best)."""
@@ -114,14 +156,30 @@ def generate_command(
         raise ValueError("-n must be at least 1")
     from thumbview.bot.generate import LoadedBot, generate
 
-    result = generate(LoadedBot.load(bot), title, prompt, n, top, seed, not no_lora, model, out, steps)
+    result = generate(
+        LoadedBot.load(bot), title, prompt, n, top, seed, not no_lora, model, out, steps
+    )
     if as_json:
         print_json(result.to_json_dict())
         return
-    table = Table("#", "seed", "predicted views", f"{result.coverage:.0%} interval", "P(best)", "file",
-                  title=f"{'bot' if result.lora else 'base model'}: {title}")
+    table = Table(
+        "#",
+        "seed",
+        "predicted views",
+        f"{result.coverage:.0%} interval",
+        "P(best)",
+        "file",
+        title=f"{'bot' if result.lora else 'base model'}: {title}",
+    )
     for k, c in enumerate(result.candidates, 1):
-        table.add_row(str(k), str(c.seed), f"{c.views:,.0f}", f"{c.low:,.0f} - {c.high:,.0f}", f"{c.p_best:.0%}", c.file or "-")
+        table.add_row(
+            str(k),
+            str(c.seed),
+            f"{c.views:,.0f}",
+            f"{c.low:,.0f} - {c.high:,.0f}",
+            f"{c.p_best:.0%}",
+            c.file or "-",
+        )
     console.print(table)
 
 
@@ -132,7 +190,9 @@ def eval_command(
     prompts: Annotated[Path, typer.Option("--prompts", help="Held-out titles, one per line.")],
     model: Annotated[Path, typer.Option("--model", help="Predictor to judge with (ideally B).")],
     seeds: Annotated[int, typer.Option("--seeds", help="Fixed seeds per prompt.")] = 2,
-    out: Annotated[Path | None, typer.Option("--out", help="Folder for the side-by-side grid.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the side-by-side grid.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Base vs bot on fixed seeds: mean predicted log10 views and the bot's win rate."""
