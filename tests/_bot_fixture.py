@@ -56,3 +56,34 @@ def bot_model_dir(tmp_path_factory) -> Path:
     if "model" not in _CACHE:
         _CACHE["model"] = build_fast_predictor(tmp_path_factory.mktemp("bot-predictor"))
     return _CACHE["model"]
+
+
+def build_planted_predictor(root: Path, n: int = 60, seed: int = 0) -> Path:
+    """A visual ridge on random tinted images whose log10 views rise with warmth (red - blue).
+
+    A known, differentiable effect: `draft` must find it through the torch descriptors.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from thumbview.embed.visual import FEATURE_NAMES, VisualEncoder
+    from thumbview.predict.model import PredictorConfig, ViewPredictor
+
+    rng = np.random.default_rng(seed)
+    tint = rng.uniform(0, 255, (n, 1, 1, 3))
+    pixels = np.clip(tint + rng.normal(0, 40, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
+    encoder = VisualEncoder(**VISUAL_OPTIONS)
+    X = encoder.encode([Image.fromarray(p) for p in pixels])  # (n, D)
+    y = 4.0 + 2.0 * X[:, FEATURE_NAMES.index("warmth (red minus blue)")] + rng.normal(0, 0.05, n)
+    model = ViewPredictor(PredictorConfig(encoders=("visual",), seed=seed))
+    model.fit({"visual": X}, y).save(root / "planted")
+    spec = {"visual": {"options": VISUAL_OPTIONS, "spec": encoder.spec()}}
+    (root / "planted" / "encoders.json").write_text(json.dumps(spec), encoding="utf-8")
+    return root / "planted"
+
+
+@pytest.fixture(scope="session")
+def planted_model_dir(tmp_path_factory) -> Path:
+    if "planted" not in _CACHE:
+        _CACHE["planted"] = build_planted_predictor(tmp_path_factory.mktemp("bot-planted"))
+    return _CACHE["planted"]

@@ -153,3 +153,25 @@ def test_bot_help_does_not_import_diffusers():
 
     code = "import sys; from thumbview.cli import app; assert 'diffusers' not in sys.modules and 'peft' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_web_panel_generates_ranked_candidates(trained_bot):
+    import base64
+    import io
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from thumbview.bot.web import bot_router
+
+    app = FastAPI()
+    app.include_router(bot_router(trained_bot))
+    client = TestClient(app)
+    assert "bot-form" in client.get("/bot").text
+    res = client.post("/api/bot/generate", data={"title": "worst cake ever", "n": 3, "top": 2})
+    assert res.status_code == 200, res.text
+    cands = res.json()["candidates"]
+    assert len(cands) == 2 and cands[0]["log10"] >= cands[1]["log10"]
+    assert Image.open(io.BytesIO(base64.b64decode(cands[0]["png"]))).size == (64, 64)
+    assert client.post("/api/bot/generate", data={"title": "", "n": 3}).status_code == 422

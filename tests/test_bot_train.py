@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-from _bot_fixture import bot_model_dir, tiny_base  # noqa: E402, F401, F811
+from _bot_fixture import bot_model_dir, planted_model_dir, tiny_base  # noqa: E402, F401, F811
 from thumbview.bot.methods import draft_epoch, ppo_update  # noqa: E402
 from thumbview.bot.policy import Policy, SampleConfig, Trajectory, load_base  # noqa: E402
 from thumbview.bot.reward import PredictorReward, TorchReward, to_pil  # noqa: E402
@@ -38,9 +38,10 @@ def test_ddpo_refuses_eta_zero():
         BotConfig(method="ddpo", sample=replace(SAMPLE, eta=0.0))
 
 
-def test_draft_raises_the_reward_on_fixed_seeds_and_changes_only_lora(tiny_base, bot_model_dir):  # noqa: F811
+def test_draft_raises_the_reward_on_fixed_seeds_and_changes_only_lora(tiny_base, planted_model_dir):  # noqa: F811
+    """A predictor with a planted warmth effect: draft must find it through the descriptors."""
     policy = _policy(tiny_base, linear_decoder())
-    reward = PredictorReward(bot_model_dir)
+    reward = PredictorReward(planted_model_dir)
     treward = TorchReward(reward)
     prompts, titles = ["a red thing"] * 3, ["a title"] * 3
 
@@ -54,14 +55,14 @@ def test_draft_raises_the_reward_on_fixed_seeds_and_changes_only_lora(tiny_base,
     }
     lora = {n: p.detach().clone() for n, p in policy.pipe.unet.named_parameters() if "lora_" in n}
     before = eval_reward()
-    opt = torch.optim.Adam(policy.lora_parameters(), lr=3e-2)
-    for epoch in range(4):
+    opt = torch.optim.Adam(policy.lora_parameters(), lr=1e-2)
+    for epoch in range(3):
         draft_epoch(
             policy,
             treward,
-            ["a red thing"] * 4,
-            ["a title"] * 4,
-            [epoch * 10 + i for i in range(4)],
+            ["a red thing"] * 2,
+            ["a title"] * 2,
+            [epoch * 10 + i for i in range(2)],
             SAMPLE,
             opt,
             k=2,
