@@ -52,6 +52,8 @@ def trained_bot(tiny_base, bot_model_dir, prompts, tmp_path_factory):  # noqa: F
         out,
         "--method",
         "ddpo",
+        "--eval-model",
+        bot_model_dir,
         *TINY,
     )
     first = invoke(*common, "--epochs", "1")
@@ -71,7 +73,9 @@ def test_train_writes_every_artifact_and_resumes(trained_bot):
     assert len(meta["predictor_digest"]) == 64
     rows = [json.loads(line) for line in (trained_bot / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert {"reward_mean", "reward_std", "kl", "ood_mean", "eval_log10"} <= set(rows[0])
+    assert {"reward_mean", "reward_std", "kl", "ood_mean", "eval_log10", "eval_model_log10"} <= set(
+        rows[0]
+    )
     for name in (
         "pytorch_lora_weights.safetensors",
         "reward.png",
@@ -98,7 +102,7 @@ def test_generate_json_is_sorted_by_predicted_views(trained_bot, tmp_path):
         "--json",
     )
     assert result.exit_code == 0, result.output + repr(result.exception)
-    payload = json.loads(result.output)
+    payload = json.loads(result.stdout)
     log10 = [c["log10"] for c in payload["candidates"]]
     assert len(log10) == 3 and log10 == sorted(log10, reverse=True)
     assert abs(sum(c["p_best"] for c in payload["candidates"]) - 1) < 1e-9
@@ -122,7 +126,7 @@ def test_eval_compares_base_and_bot(trained_bot, bot_model_dir, prompts, tmp_pat
         "--json",
     )
     assert result.exit_code == 0, result.output + repr(result.exception)
-    payload = json.loads(result.output)
+    payload = json.loads(result.stdout)
     assert payload["n"] == 2 and 0 <= payload["win_rate"] <= 1
     assert (tmp_path / "base_vs_bot.png").is_file()
 
@@ -175,3 +179,26 @@ def test_web_panel_generates_ranked_candidates(trained_bot):
     assert len(cands) == 2 and cands[0]["log10"] >= cands[1]["log10"]
     assert Image.open(io.BytesIO(base64.b64decode(cands[0]["png"]))).size == (64, 64)
     assert client.post("/api/bot/generate", data={"title": "", "n": 3}).status_code == 422
+
+
+def test_ctrl_c_saves_finished_epochs_and_resume_continues(tiny_base, bot_model_dir, tmp_path):  # noqa: F811
+    """Interrupted after epoch 1 of 2 (draft): epoch 1 is on disk; --resume adds epoch 2."""
+    from thumbview.bot.policy import SampleConfig
+    from thumbview.bot.train import BotConfig, BotInterrupted, Prompt, train_bot
+
+    def interrupt(epoch, stats):
+        raise KeyboardInterrupt
+
+    sample = SampleConfig(steps=2, eta=0.0, guidance=1.0, height=64, width=64)
+    config = BotConfig(epochs=2, batch=1, per_prompt=1, eval_seeds=1, sample=sample)
+    prompts = [Prompt("worst cake ever", "cake")]
+    with pytest.raises(BotInterrupted) as info:
+        train_bot(
+            str(tiny_base), bot_model_dir, prompts, tmp_path / "b", config, progress=interrupt
+        )
+    assert info.value.epochs_done == 1
+    assert json.loads((tmp_path / "b" / "bot.json").read_text())["epochs_done"] == 1
+    result = train_bot(str(tiny_base), bot_model_dir, prompts, tmp_path / "b", config, resume=True)
+    assert result.epochs_done == 2 and [r["epoch"] for r in result.history] == [1, 2]
+    meta = json.loads((tmp_path / "b" / "bot.json").read_text())
+    assert meta["method"] == "draft" and "faces" in meta["guards"]["held_fixed"]

@@ -192,3 +192,9 @@ def test_save_then_load_reproduces_images_bit_for_bit(tiny_base, tmp_path):  # n
     assert torch.equal(again, want)
     base = bot.images(["x"], [7], lora=False)
     assert not np.array_equal(np.asarray(base[0]), np.asarray(got[0]))
+    # --resume's path: the saved file copied into a fresh policy's own adapter
+    fresh = _policy(tiny_base)
+    fresh.load_lora(tmp_path)
+    want_state, got_state = policy.lora_state_dict(), fresh.lora_state_dict()
+    assert want_state.keys() == got_state.keys()
+    assert all(torch.equal(want_state[k], got_state[k]) for k in want_state)

@@ -60,7 +60,7 @@ def draft_epoch(
         float(r.mean()),
         float(r.std()),
         float(log10.mean()),
-        float(ood.mean()),
+        float(ood.detach().mean()),
         float(kl.detach()),
         float(loss.detach()),
     )

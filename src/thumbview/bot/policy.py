@@ -52,8 +52,12 @@ class Trajectory:
 
 def load_base(base: str | Path):
     """StableDiffusionPipeline from a local folder (or a Hub id when online); BotError in words."""
+    import diffusers
+    import transformers
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+    diffusers.utils.logging.disable_progress_bar()  # thumbview shows its own progress
+    transformers.utils.logging.disable_progress_bar()
     path = Path(base)
     if path.exists() or str(base).startswith((".", "/", "~")):
         missing = [f for f in BASE_FILES if not (path / f).exists()]
