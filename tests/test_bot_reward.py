@@ -56,3 +56,34 @@ def test_reward_config_refuses_clip_weight_without_local_weights():
 
     with pytest.raises(BotError, match="clip-model"):
         RewardConfig(clip_weight=0.5)
+
+
+def test_clip_similarity_term_from_local_weights(bot_model_dir, tmp_path):  # noqa: F811
+    """A tiny random CLIPModel saved to disk: the term is a cosine in [-1, 1] added with its weight."""
+    torch = pytest.importorskip("torch")
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+    )
+
+    from thumbview.bot.tiny import tiny_tokenizer
+
+    torch.manual_seed(0)
+    tok = tiny_tokenizer()
+    text = {"vocab_size": len(tok), "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "max_position_embeddings": 16, "eos_token_id": tok.eos_token_id}  # fmt: skip
+    vision = {"hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "image_size": 32, "patch_size": 16}  # fmt: skip
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(
+        tmp_path
+    )
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    CLIPProcessor(image_processor=processor, tokenizer=tok).save_pretrained(tmp_path)
+    config = RewardConfig(clip_weight=0.5, clip_model=str(tmp_path))
+    got = PredictorReward(bot_model_dir, config).score(_images(), ["a", "b"])
+    assert np.all(np.abs(got.clip) <= 1) and np.all(got.clip != 0)
+    np.testing.assert_allclose(got.total, got.log10 - got.ood + 0.5 * got.clip)
