@@ -83,7 +83,18 @@ def test_clip_similarity_term_from_local_weights(bot_model_dir, tmp_path):  # no
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
     )
     CLIPProcessor(image_processor=processor, tokenizer=tok).save_pretrained(tmp_path)
-    config = RewardConfig(clip_weight=0.5, clip_model=str(tmp_path))
+    from safetensors.torch import save_file
+
+    head = {"weight": torch.linspace(-1, 1, 8), "bias": torch.tensor(5.0)}
+    save_file(head, str(tmp_path / "aesthetic.safetensors"))
+    config = RewardConfig(
+        clip_weight=0.5,
+        clip_model=str(tmp_path),
+        aesthetic_weight=0.1,
+        aesthetic_model=str(tmp_path / "aesthetic.safetensors"),
+    )
     got = PredictorReward(bot_model_dir, config).score(_images(), ["a", "b"])
     assert np.all(np.abs(got.clip) <= 1) and np.all(got.clip != 0)
-    np.testing.assert_allclose(got.total, got.log10 - got.ood + 0.5 * got.clip)
+    assert np.all(np.abs(got.aesthetic - 5.0) <= np.sqrt(8))  # bias +- |weight| (unit embedding)
+    want = got.log10 - got.ood + 0.5 * got.clip + 0.1 * got.aesthetic
+    np.testing.assert_allclose(got.total, want)

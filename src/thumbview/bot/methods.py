@@ -89,7 +89,10 @@ def score_in_pool(
             )
         )
     return RewardBreakdown(
-        *(np.concatenate([getattr(p, f) for p in parts]) for f in ("log10", "ood", "clip", "total"))
+        *(
+            np.concatenate([getattr(p, f) for p in parts])
+            for f in ("log10", "ood", "clip", "total", "aesthetic")
+        )
     )
 
 

@@ -30,32 +30,45 @@ HELD_FIXED = "Canny edge density, centre-vs-border edges, aspect ratio, faces, O
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """Reward = log10 views - ood_weight * OOD + clip_weight * CLIP similarity.
+    """Reward = log10 views - ood_weight * OOD + clip_weight * CLIP sim + aesthetic_weight * A.
 
     ood_threshold: |z| below it costs nothing (z: descriptor standardised by the predictor).
     clip_model: a local CLIPModel folder for title-image similarity (off when None).
+    aesthetic_model: a safetensors linear head (`weight` (E,) or (1, E), `bias`) over the
+    L2-normalised CLIP image embedding, as LAION's linear aesthetic predictor (converted).
     """
 
     ood_weight: float = 1.0
     ood_threshold: float = 3.0
     clip_weight: float = 0.0
     clip_model: str | None = None
+    aesthetic_weight: float = 0.0
+    aesthetic_model: str | None = None
 
     def __post_init__(self) -> None:
-        if self.ood_weight < 0 or self.ood_threshold <= 0 or self.clip_weight < 0:
-            raise BotError("ood weight, clip weight must be >= 0 and the OOD threshold > 0")
-        if self.clip_weight > 0 and not self.clip_model:
-            raise BotError("a CLIP similarity weight needs --clip-model DIR (local weights)")
+        weights = (self.ood_weight, self.clip_weight, self.aesthetic_weight)
+        if min(weights) < 0 or self.ood_threshold <= 0:
+            raise BotError("ood, clip and aesthetic weights must be >= 0 and the OOD threshold > 0")
+        if (self.clip_weight > 0 or self.aesthetic_weight > 0) and not self.clip_model:
+            raise BotError(
+                "CLIP similarity and aesthetic terms need --clip-model DIR (local weights)"
+            )
+        if self.aesthetic_weight > 0 and not self.aesthetic_model:
+            raise BotError("an aesthetic weight needs --aesthetic-model FILE.safetensors")
 
 
 @dataclass(frozen=True)
 class RewardBreakdown:
-    """Per image (N,): the predictor's log10, the OOD penalty, CLIP similarity, the total."""
+    """Per image (N,): the predictor's log10, the OOD penalty, CLIP similarity, the total.
+
+    aesthetic: the aesthetic score (zeros when off).
+    """
 
     log10: np.ndarray
     ood: np.ndarray
     clip: np.ndarray
     total: np.ndarray
+    aesthetic: np.ndarray | None = None
 
 
 def predictor_digest(model_dir: str | Path) -> str:
@@ -83,7 +96,8 @@ class PredictorReward:
         self.predictor = LoadedPredictor.load(model_dir)
         self.config = config
         self.model_dir = Path(model_dir)
-        self._clip = ClipSimilarity(config.clip_model) if config.clip_weight > 0 else None
+        extras = config.clip_weight > 0 or config.aesthetic_weight > 0
+        self._clip = ClipSimilarity(config.clip_model, config.aesthetic_model) if extras else None
 
     def score(self, images: Sequence[Image.Image], titles: Sequence[str]) -> RewardBreakdown:
         blocks = self.predictor.blocks(images, titles)  # what `thumbview predict` computes
@@ -91,21 +105,24 @@ class PredictorReward:
         ood = ood_penalty(visual_z(self.predictor, blocks), self.config.ood_threshold)
         if ood.shape != log10.shape:
             ood = np.zeros_like(log10)
-        clip = self._clip(images, titles) if self._clip else np.zeros_like(log10)
-        total = log10 - self.config.ood_weight * ood + self.config.clip_weight * clip
-        return RewardBreakdown(log10, ood, clip, total)
+        clip, aesthetic = self._clip(images, titles) if self._clip else (np.zeros_like(log10),) * 2
+        cfg = self.config
+        total = log10 - cfg.ood_weight * ood + cfg.clip_weight * clip
+        total = total + cfg.aesthetic_weight * aesthetic
+        return RewardBreakdown(log10, ood, clip, total, aesthetic)
 
 
 class ClipSimilarity:
-    """Cosine similarity of CLIP image and title embeddings, from a local CLIPModel folder."""
+    """Cosine similarity of CLIP image and title embeddings (and an aesthetic head), local only."""
 
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, aesthetic_model: str | None = None):
         from transformers import CLIPModel, CLIPProcessor
 
         if not Path(model_dir).is_dir():
             raise BotError(f"CLIP model folder {model_dir} not found (local weights only)")
         self.model = CLIPModel.from_pretrained(model_dir).eval()
         self.processor = CLIPProcessor.from_pretrained(model_dir)
+        self.aesthetic = _linear_head(aesthetic_model) if aesthetic_model else None
 
     @torch.no_grad()
     def __call__(self, images: Sequence[Image.Image], titles: Sequence[str]) -> np.ndarray:
@@ -119,7 +136,23 @@ class ClipSimilarity:
         out = self.model(**inputs)
         img = torch.nn.functional.normalize(out.image_embeds, dim=-1)  # (N, E)
         txt = torch.nn.functional.normalize(out.text_embeds, dim=-1)
-        return (img * txt).sum(dim=-1).double().numpy()  # (N,)
+        sim = (img * txt).sum(dim=-1).double().numpy()  # (N,)
+        if self.aesthetic is None:
+            return sim, np.zeros_like(sim)
+        weight, bias = self.aesthetic
+        return sim, (img.double() @ weight + bias).numpy()  # (N,)
+
+
+def _linear_head(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight (E,), bias ()) from a safetensors file with `weight` and `bias` (no pickle)."""
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise BotError(f"aesthetic model {path} not found (a safetensors file: weight, bias)")
+    tensors = load_file(path)
+    if not {"weight", "bias"} <= set(tensors):
+        raise BotError(f"{path} needs tensors 'weight' and 'bias', has {sorted(tensors)}")
+    return tensors["weight"].double().reshape(-1), tensors["bias"].double().reshape(())
 
 
 class TorchReward:
@@ -139,6 +172,10 @@ class TorchReward:
             raise BotError(
                 f"draft backpropagates through the visual descriptors only; the predictor also "
                 f"uses {', '.join(others)}: use --method ddpo"
+            )
+        if reward.config.clip_weight > 0 or reward.config.aesthetic_weight > 0:
+            raise BotError(
+                "CLIP similarity / aesthetic terms are scored by ddpo only: use --method ddpo"
             )
         log.info("draft: gradients through %d descriptors; held fixed: %s", len(PORTED), HELD_FIXED)
 

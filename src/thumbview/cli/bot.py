@@ -65,6 +65,11 @@ def train_command(
         str | None, typer.Option("--clip-model", help="Local CLIP folder for title similarity.")
     ] = None,
     clip_weight: Annotated[float, typer.Option("--clip-weight")] = 0.0,
+    aesthetic_model: Annotated[
+        str | None,
+        typer.Option("--aesthetic-model", help="safetensors linear head over CLIP embeddings."),
+    ] = None,
+    aesthetic_weight: Annotated[float, typer.Option("--aesthetic-weight")] = 0.0,
     eval_model: Annotated[
         Path | None, typer.Option("--eval-model", help="Second predictor (disjoint channels).")
     ] = None,
@@ -98,7 +103,13 @@ def train_command(
             height=height,
             width=width,
         ),
-        reward=RewardConfig(ood_weight=ood, clip_weight=clip_weight, clip_model=clip_model),
+        reward=RewardConfig(
+            ood_weight=ood,
+            clip_weight=clip_weight,
+            clip_model=clip_model,
+            aesthetic_weight=aesthetic_weight,
+            aesthetic_model=aesthetic_model,
+        ),
     )
 
     def show(epoch: int, stats) -> None:
