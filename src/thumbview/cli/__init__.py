@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from thumbview import __version__
+from thumbview.cli import bot as _bot
 from thumbview.cli import creator as _creator
 from thumbview.cli import data as _data
 from thumbview.cli import predict as _predict
@@ -52,6 +53,7 @@ _creator.register(app)
 app.add_typer(collect_app, name="collect")
 app.add_typer(_sae.app, name="sae")
 app.command("explain")(_sae.explain_command)
+app.add_typer(_bot.app, name="bot")
 
 
 def main() -> None:

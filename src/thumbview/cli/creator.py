@@ -181,6 +181,9 @@ def serve_command(
             "and --host are always allowed). Repeatable.",
         ),
     ] = None,
+    bot: Annotated[
+        Path | None, typer.Option("--bot", help="BOT folder: adds the /bot generate panel.")
+    ] = None,
 ) -> None:
     """The web page and JSON API (OpenAPI schema at /openapi.json). Loopback by default."""
     from thumbview.inference import LoadedPredictor
@@ -191,7 +194,7 @@ def serve_command(
     security = Security(allowed_hosts=LOOPBACK_HOSTS + tuple(allow_host or ()))
     # The models load (and a bad folder fails) before the address is announced.
     announce = lambda line: console.print(line, markup=False, highlight=False)  # noqa: E731
-    run(model, sae, study, host, port, security=security, announce=announce)
+    run(model, sae, study, host, port, security=security, announce=announce, bot_dir=bot)
 
 
 def register(app: typer.Typer) -> None:

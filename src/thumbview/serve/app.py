@@ -113,6 +113,7 @@ def create_app(
     limits: Limits = Limits(),
     security: Security = Security(),
     batching: Batching = Batching(),
+    bot_dir: str | Path | None = None,
 ) -> FastAPI:
     """The app with its models loaded (errors in the folders raise here, before serving);
     frame jobs and the batcher stop when the server stops."""
@@ -144,6 +145,10 @@ def create_app(
     _add_model_routes(app, engine, limits)
     _add_frames_routes(app, jobs, limits)
     _add_page_routes(app, engine)
+    if bot_dir is not None:  # the thumbnailbot's "generate" panel at /bot (thumbview[bot])
+        from thumbview.bot.web import bot_router
+
+        app.include_router(bot_router(bot_dir))
     return app
 
 
@@ -252,6 +257,7 @@ def run(
     security: Security = Security(),
     announce: Callable[[str], None] = print,
     batching: Batching = Batching(),
+    bot_dir: str | Path | None = None,
 ) -> None:
     """Load the models, then say where the page is, then serve (blocks until interrupted).
 
@@ -259,7 +265,9 @@ def run(
     """
     import uvicorn
 
-    app = create_app(model_dir, sae_dir, study_dir, limits, security.with_host(host), batching)
+    app = create_app(
+        model_dir, sae_dir, study_dir, limits, security.with_host(host), batching, bot_dir
+    )
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can use the app", host)
     shown = f"[{host}]" if ":" in host else host

@@ -1,0 +1,202 @@
+"""Use a trained bot: generate candidates for a title, rank them, compare bot with base.
+
+Ranking reuses the project's pieces: `LoadedPredictor.predict_images` (views and the
+interval at the model's coverage), compare's `p_best` (chance each shown candidate is the
+best), and frames' `mmr_select` on colour histograms (so `--top` is not four near-copies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from thumbview.bot.policy import LORA_FILE, Policy, load_base
+from thumbview.bot.reward import to_pil
+from thumbview.bot.train import BotConfig, Prompt, read_bot, save_grid
+from thumbview.compare import p_best, residual_atoms
+from thumbview.fileio import atomic_write, json_safe
+from thumbview.frames.select import hsv_histogram, mmr_select
+from thumbview.inference import LoadedPredictor
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One generated thumbnail: its seed, file (when saved), predicted views and interval."""
+
+    seed: int
+    file: str | None
+    log10: float
+    views: float
+    low: float
+    high: float
+    p_best: float
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Candidates best first; `coverage` is the interval's level; `lora` False = base model."""
+
+    title: str
+    prompt: str
+    candidates: tuple[Candidate, ...]
+    coverage: float
+    target: str
+    lora: bool
+
+    def to_json_dict(self) -> dict:
+        return json_safe(asdict(self))
+
+
+@dataclass
+class LoadedBot:
+    """A bot folder loaded once: its policy (base + LoRA via `load_lora_weights`) and config."""
+
+    policy: Policy
+    meta: dict
+    config: BotConfig
+
+    @classmethod
+    def load(cls, bot_dir: str | Path, decoder: Callable | None = None) -> LoadedBot:
+        meta = read_bot(bot_dir)
+        pipe = load_base(meta["base"])
+        pipe.load_lora_weights(str(bot_dir), weight_name=LORA_FILE)
+        config = BotConfig.from_dict(meta["config"])
+        return cls(Policy(pipe, config.lora_rank, decoder, new_adapter=False), meta, config)
+
+    def images(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        lora: bool = True,
+        steps: int | None = None,
+    ) -> list[Image.Image]:
+        """Deterministic (eta 0) samples, one per (prompt, seed); `lora=False`: the base model."""
+        cfg = replace(self.config.sample, eta=0.0, steps=steps or self.config.sample.steps)
+        ctx = contextlib.nullcontext() if lora else self.policy.reference()
+        import torch
+
+        with ctx, torch.no_grad():
+            rgb = self.policy.sample(list(prompts), list(seeds), cfg).rgb
+        return [to_pil(x) for x in rgb]
+
+
+def rank(
+    predictor: LoadedPredictor,
+    images: list[Image.Image],
+    title: str,
+    seeds: Sequence[int],
+    top: int | None,
+    diversity: float = 0.3,
+) -> tuple[list[int], list]:
+    """(indices shown, best first; their Predictions). MMR picks `top` diverse ones first."""
+    preds = predictor.predict_images(images, [str(s) for s in seeds], [title])
+    log10 = np.array([p.log10 for p in preds])  # (N,)
+    chosen = list(range(len(images)))
+    if top and top < len(images):
+        hists = np.stack([hsv_histogram(np.asarray(img)) for img in images])  # (N, bins)
+        chosen = mmr_select(log10, hists, top, diversity)
+    chosen.sort(key=lambda i: -log10[i])
+    return chosen, preds
+
+
+def generate(
+    bot: LoadedBot,
+    title: str,
+    prompt: str | None = None,
+    n: int = 8,
+    top: int | None = None,
+    seed: int = 0,
+    lora: bool = True,
+    model_dir: str | Path | None = None,
+    out: str | Path | None = None,
+    steps: int | None = None,
+    sink: dict | None = None,
+) -> Generation:
+    """n candidates for `title`, scored by the predictor, the shown ones best first.
+
+    `sink`, when given, receives {seed: PNG bytes} of the shown images (the web panel).
+    """
+    predictor = LoadedPredictor.load(model_dir or bot.meta["predictor"])
+    seeds = [seed + i for i in range(n)]
+    images = bot.images([prompt or title] * n, seeds, lora, steps)
+    chosen, preds = rank(predictor, images, title, seeds, top)
+    pb = p_best(np.array([preds[i].log10 for i in chosen]), residual_atoms(predictor.model))
+    files = _write(images, chosen, seeds, out)
+    if sink is not None:
+        from thumbview.bot.web import png_bytes
+
+        sink.update({str(seeds[i]): png_bytes(images[i]) for i in chosen})
+    cands = tuple(
+        Candidate(
+            seeds[i],
+            files[k],
+            preds[i].log10,
+            preds[i].views,
+            preds[i].low,
+            preds[i].high,
+            float(pb[k]),
+        )
+        for k, i in enumerate(chosen)
+    )
+    result = Generation(title, prompt or title, cands, predictor.coverage, predictor.target, lora)
+    if out is not None:
+        atomic_write(
+            Path(out) / "generation.json", json.dumps(result.to_json_dict(), indent=2) + "\n"
+        )
+    return result
+
+
+def _write(images, chosen, seeds, out) -> list[str | None]:
+    if out is None:
+        return [None] * len(chosen)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k, i in enumerate(chosen):
+        path = out / f"{k + 1:02d}_seed{seeds[i]}.png"
+        atomic_write(path, lambda tmp, img=images[i]: img.save(tmp, "PNG"))
+        files.append(str(path))
+    return files
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Base vs bot on the same seeds, scored by `model`: mean log10 views and bot's win rate."""
+
+    model: str
+    n: int
+    base_log10: float
+    bot_log10: float
+    win_rate: float
+    grid: str | None
+
+
+def evaluate_bot(
+    bot: LoadedBot,
+    prompts: Sequence[Prompt],
+    model_dir: str | Path,
+    seeds: int = 2,
+    out: str | Path | None = None,
+) -> EvalResult:
+    """Fixed seeds per held-out prompt; win = the bot's image predicted above the base's."""
+    predictor = LoadedPredictor.load(model_dir)
+    image_prompts = [p.image_prompt for p in prompts for _ in range(seeds)]
+    titles = [p.title for p in prompts for _ in range(seeds)]
+    seed_list = [20_000 + s for _ in prompts for s in range(seeds)]
+    base = bot.images(image_prompts, seed_list, lora=False)
+    tuned = bot.images(image_prompts, seed_list, lora=True)
+    score = lambda imgs: predictor.predict(predictor.blocks(imgs, titles))  # noqa: E731
+    b, t = score(base), score(tuned)
+    grid = None
+    if out is not None:
+        pairs = [img for pair in zip(base, tuned, strict=True) for img in pair]
+        grid = str(save_grid(pairs, 2, Path(out) / "base_vs_bot.png"))
+    return EvalResult(
+        str(model_dir), len(b), float(b.mean()), float(t.mean()), float((t > b).mean()), grid
+    )

@@ -1,0 +1,373 @@
+"""Train a bot: the epoch loop, its artifacts, resuming, and Ctrl-C.
+
+A BOT folder holds `bot.json` (base, predictor digest, method, hyperparameters, reward
+history), `pytorch_lora_weights.safetensors` (diffusers' LoRA format), `train_log.jsonl`
+(one line per epoch), `samples/epoch_NNN.png` (fixed evaluation seeds), `reward.png`, and
+the resume state (`optimizer.safetensors`, `state.json`). Everything is safetensors or
+JSON; nothing is pickled. The folder is rewritten after every epoch, so an interrupted
+run loses at most the epoch in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from thumbview.bot.methods import EpochStats, ddpo_epoch, draft_epoch
+from thumbview.bot.policy import LORA_FILE, Policy, SampleConfig, check_sample_config, load_base
+from thumbview.bot.reward import (
+    HELD_FIXED,
+    PredictorReward,
+    RewardConfig,
+    TorchReward,
+    predictor_digest,
+    to_pil,
+)
+from thumbview.bot.rl import BotError, PerPromptStatTracker
+from thumbview.fileio import atomic_write, json_safe
+
+log = logging.getLogger(__name__)
+
+BOT_FILE, LOG_FILE, STATE_FILE, OPTIM_FILE = (
+    "bot.json",
+    "train_log.jsonl",
+    "state.json",
+    "optimizer.safetensors",
+)
+FORMAT, FORMAT_VERSION = "thumbview-bot", 1
+METHODS = ("draft", "ddpo")
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    """Hyperparameters. Each epoch samples `batch` prompts x `per_prompt` images.
+
+    draft_k: steps backpropagated through (DRaFT-K); kl: weight of the KL-to-base term;
+    ppo_clip / adv_clip: DDPO's ratio and advantage clips; eval_seeds: fixed seeds per
+    evaluation prompt (the grid and the eval reward); workers: reward threads (ddpo).
+    """
+
+    method: str = "draft"
+    epochs: int = 10
+    batch: int = 2
+    per_prompt: int = 2
+    lr: float = 3e-4
+    lora_rank: int = 4
+    kl: float = 0.1
+    draft_k: int = 1
+    ppo_clip: float = 1e-4
+    adv_clip: float = 5.0
+    seed: int = 0
+    eval_seeds: int = 2
+    workers: int = 2
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise BotError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if (
+            min(self.epochs, self.batch, self.per_prompt, self.lora_rank, self.eval_seeds) < 1
+            or self.lr <= 0
+        ):
+            raise BotError(
+                "epochs, batch, per-prompt, lora-rank, eval-seeds must be >= 1 and lr > 0"
+            )
+        if self.kl < 0 or not 1 <= self.draft_k <= self.sample.steps:
+            raise BotError("kl must be >= 0 and draft_k in 1..steps")
+        check_sample_config(self.sample, self.method)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BotConfig:
+        return cls(
+            **{**d, "sample": SampleConfig(**d["sample"]), "reward": RewardConfig(**d["reward"])}
+        )
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A title (what the predictor scores) and the image prompt (what the diffusion model sees)."""
+
+    title: str
+    image_prompt: str
+
+
+def read_prompts(path: str | Path) -> list[Prompt]:
+    """One title per line, optionally `title<TAB>image prompt`; blank lines and # comments skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file {path} not found")
+    prompts = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        title, _, image_prompt = line.partition("\t")
+        prompts.append(Prompt(title.strip(), image_prompt.strip() or title.strip()))
+    if not prompts:
+        raise BotError(f"{path} has no prompts (one title per line)")
+    return prompts
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out_dir: Path
+    epochs_done: int
+    history: tuple[dict, ...]
+
+
+class BotInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: the finished epochs are saved; `epochs_done` says how many."""
+
+    def __init__(self, out_dir: Path, epochs_done: int):
+        super().__init__(f"saved after epoch {epochs_done} in {out_dir}")
+        self.out_dir, self.epochs_done = out_dir, epochs_done
+
+
+def train_bot(
+    base: str,
+    model_dir: str | Path,
+    prompts: Sequence[Prompt],
+    out_dir: str | Path,
+    config: BotConfig = BotConfig(),
+    *,
+    eval_model: str | Path | None = None,
+    resume: bool = False,
+    decoder: Callable | None = None,
+    progress: Callable[[int, EpochStats], None] | None = None,
+) -> TrainResult:
+    """Tune a LoRA on `base` against the predictor in `model_dir`; see the module docstring."""
+    out_dir = Path(out_dir)
+    pipe = load_base(base)  # first: a bad base must not leave an empty BOT folder behind
+    state = _start(out_dir, config, resume)
+    config = state.pop("config")
+    torch.manual_seed(config.seed)
+    policy = Policy(pipe, config.lora_rank, decoder)
+    reward = PredictorReward(model_dir, config.reward)
+    reward_b = PredictorReward(eval_model, config.reward) if eval_model else None
+    torch_reward = TorchReward(reward) if config.method == "draft" else None
+    optimizer = torch.optim.AdamW(policy.lora_parameters(), lr=config.lr)
+    tracker = PerPromptStatTracker()
+    if resume:
+        policy.load_lora(out_dir)
+        load_optimizer(optimizer, policy.lora_parameters(), out_dir / OPTIM_FILE)
+        tracker.load_state(state["tracker"])
+    meta = _meta(base, model_dir, eval_model, config)
+    history = list(state["history"])
+    epoch = len(history)
+    try:
+        while epoch < config.epochs:
+            t0 = time.perf_counter()
+            chosen, seeds = _epoch_batch(prompts, config, epoch)
+            titles = [p.title for p in chosen]
+            image_prompts = [p.image_prompt for p in chosen]
+            if config.method == "draft":
+                stats = draft_epoch(
+                    policy,
+                    torch_reward,
+                    image_prompts,
+                    titles,
+                    seeds,
+                    config.sample,
+                    optimizer,
+                    config.draft_k,
+                    config.kl,
+                )
+            else:
+                stats = ddpo_epoch(
+                    policy,
+                    reward,
+                    image_prompts,
+                    titles,
+                    seeds,
+                    config.sample,
+                    optimizer,
+                    tracker,
+                    config.ppo_clip,
+                    config.adv_clip,
+                    config.kl,
+                    config.workers,
+                )
+            row = {
+                "epoch": epoch + 1,
+                **asdict(stats),
+                **_evaluate(policy, reward, reward_b, prompts, config, out_dir, epoch + 1),
+            }
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            epoch += 1
+            _save(out_dir, policy, optimizer, tracker, meta, history)
+            if progress:
+                progress(epoch, stats)
+    except KeyboardInterrupt:
+        raise BotInterrupted(out_dir, epoch) from None
+    return TrainResult(out_dir, epoch, tuple(history))
+
+
+def _start(out_dir: Path, config: BotConfig, resume: bool) -> dict:
+    """Fresh run: an empty/new folder. Resume: the saved config (epochs may be raised)."""
+    if not resume:
+        if (out_dir / BOT_FILE).exists():
+            raise BotError(
+                f"{out_dir} already holds a bot; pass --resume to continue it or choose a new --out"
+            )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return {"config": config, "history": [], "tracker": {}}
+    if not (out_dir / STATE_FILE).exists():
+        raise BotError(f"nothing to resume in {out_dir} (no {STATE_FILE})")
+    saved = json.loads((out_dir / BOT_FILE).read_text(encoding="utf-8"))
+    state = json.loads((out_dir / STATE_FILE).read_text(encoding="utf-8"))
+    cfg = replace(
+        BotConfig.from_dict(saved["config"]), epochs=max(config.epochs, len(state["history"]))
+    )
+    return {"config": cfg, "history": state["history"], "tracker": state["tracker"]}
+
+
+def _epoch_batch(
+    prompts: Sequence[Prompt], config: BotConfig, epoch: int
+) -> tuple[list[Prompt], list[int]]:
+    """This epoch's prompts (each per_prompt times) and sample seeds, from (seed, epoch)."""
+    rng = np.random.default_rng([config.seed, epoch])
+    idx = rng.choice(len(prompts), size=config.batch, replace=len(prompts) < config.batch)
+    chosen = [prompts[i] for i in idx for _ in range(config.per_prompt)]
+    return chosen, rng.integers(0, 2**31 - 1, size=len(chosen)).tolist()
+
+
+def eval_seeds(config: BotConfig) -> list[int]:
+    """The fixed evaluation seeds: never used for training (those come from a different stream)."""
+    return [10_000 + i for i in range(config.eval_seeds)]
+
+
+@torch.no_grad()
+def _evaluate(
+    policy, reward, reward_b, prompts, config: BotConfig, out_dir: Path, epoch: int
+) -> dict:
+    """Deterministic (eta 0) samples of the first prompts on fixed seeds: reward, grid."""
+    chosen = list(prompts[:4])
+    seeds = eval_seeds(config)
+    cfg = replace(config.sample, eta=0.0)
+    rgb = policy.sample(
+        [p.image_prompt for p in chosen for _ in seeds], seeds * len(chosen), cfg
+    ).rgb
+    images = [to_pil(x) for x in rgb]
+    titles = [p.title for p in chosen for _ in seeds]
+    row = {"eval_log10": float(reward.score(images, titles).log10.mean())}
+    if reward_b is not None:
+        row["eval_model_log10"] = float(reward_b.score(images, titles).log10.mean())
+    save_grid(images, len(seeds), out_dir / "samples" / f"epoch_{epoch:03d}.png")
+    return row
+
+
+def save_grid(images: list, columns: int, path: Path) -> Path:
+    from PIL import Image
+
+    w, h = images[0].size
+    rows = -(-len(images) // columns)
+    grid = Image.new("RGB", (w * columns, h * rows), "white")
+    for i, img in enumerate(images):
+        grid.paste(img, ((i % columns) * w, (i // columns) * h))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: grid.save(tmp, "PNG"))
+    return path
+
+
+def _meta(base, model_dir, eval_model, config: BotConfig) -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "base": str(base),
+        "predictor": str(Path(model_dir).resolve()),
+        "predictor_digest": predictor_digest(model_dir),
+        "eval_model": str(Path(eval_model).resolve()) if eval_model else None,
+        "method": config.method,
+        "config": asdict(config),
+        "guards": {
+            "ood": f"weight {config.reward.ood_weight} on sum max(0, |z| - {config.reward.ood_threshold})^2 of the visual descriptors",
+            "kl": f"weight {config.kl}, reference = base UNet (LoRA disabled)",
+            "clip_similarity": config.reward.clip_weight,
+            "held_fixed": HELD_FIXED if config.method == "draft" else None,
+        },
+    }
+
+
+def _save(
+    out_dir: Path, policy: Policy, optimizer, tracker, meta: dict, history: list[dict]
+) -> None:
+    policy.save_lora(out_dir)
+    save_optimizer(optimizer, policy.lora_parameters(), out_dir / OPTIM_FILE)
+    atomic_write(out_dir / LOG_FILE, "".join(json.dumps(json_safe(r)) + "\n" for r in history))
+    state = {"history": history, "tracker": tracker.state()}
+    atomic_write(out_dir / STATE_FILE, json.dumps(json_safe(state)))
+    record = {
+        **meta,
+        "epochs_done": len(history),
+        "reward_history": [r["reward_mean"] for r in history],
+    }
+    atomic_write(out_dir / BOT_FILE, json.dumps(json_safe(record), indent=2) + "\n")
+    plot_history(history, out_dir / "reward.png")
+
+
+def plot_history(history: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    a.plot(epochs, [r["reward_mean"] for r in history], label="train reward")
+    a.plot(epochs, [r["eval_log10"] for r in history], label="eval log10 views (fixed seeds)")
+    if history and "eval_model_log10" in history[0]:
+        a.plot(epochs, [r["eval_model_log10"] for r in history], label="eval model B")
+    a.set_xlabel("epoch")
+    a.legend(fontsize=7)
+    b.plot(epochs, [r["loss"] for r in history], label="loss")
+    b.plot(epochs, [r["kl"] for r in history], label="KL")
+    b.plot(epochs, [r["ood_mean"] for r in history], label="OOD penalty")
+    b.set_xlabel("epoch")
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    plt.close(fig)
+    return path
+
+
+def save_optimizer(optimizer, params: list, path: Path) -> None:
+    """AdamW state as safetensors ({i}.{exp_avg|exp_avg_sq|step}), no pickle."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        f"{i}.{k}": torch.as_tensor(v).detach().clone().contiguous()
+        for i, p in enumerate(params)
+        for k, v in optimizer.state.get(p, {}).items()
+    }
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+
+
+def load_optimizer(optimizer, params: list, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    for i, p in enumerate(params):
+        state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == str(i)}
+        if state:
+            optimizer.state[p] = state
+
+
+def read_bot(bot_dir: str | Path) -> dict:
+    """bot.json, checked; FileNotFoundError/BotError in words."""
+    path = Path(bot_dir) / BOT_FILE
+    if not path.is_file() or not (Path(bot_dir) / LORA_FILE).is_file():
+        raise FileNotFoundError(
+            f"{bot_dir} is not a bot folder (needs {BOT_FILE} and {LORA_FILE}); train one with `thumbview bot train`"
+        )
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT:
+        raise BotError(f"{path} is not a thumbview bot file")
+    return meta

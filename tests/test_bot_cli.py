@@ -1,0 +1,204 @@
+"""`thumbview bot ...` end to end on a tiny random base model saved to disk."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("diffusers")
+pytest.importorskip("peft")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from _bot_fixture import bot_model_dir, tiny_base  # noqa: E402, F401, F811
+from thumbview.cli import app  # noqa: E402
+
+runner = CliRunner()
+TINY = ("--steps", "2", "--size", "64x64", "--guidance", "1.5", "--batch", "1", "--per-prompt", "2")
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text(
+        "I tried it for 30 days\tbright red poster\n# a comment\n\nworst cake ever\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_bot(tiny_base, bot_model_dir, prompts, tmp_path_factory):  # noqa: F811
+    """1 ddpo epoch, then --resume to 2: the CLI's 2-epoch train, resumed halfway."""
+    import torch
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("bots") / "bot"
+    common = (
+        "bot",
+        "train",
+        "--base",
+        tiny_base,
+        "--model",
+        bot_model_dir,
+        "--prompts",
+        prompts,
+        "--out",
+        out,
+        "--method",
+        "ddpo",
+        "--eval-model",
+        bot_model_dir,
+        *TINY,
+    )
+    first = invoke(*common, "--epochs", "1")
+    assert first.exit_code == 0, first.output + repr(first.exception)
+    again = invoke(*common, "--epochs", "1")
+    assert again.exit_code == 2 and "--resume" in again.output
+    second = invoke(*common, "--epochs", "2", "--resume")
+    assert second.exit_code == 0, second.output + repr(second.exception)
+    return out
+
+
+def test_train_writes_every_artifact_and_resumes(trained_bot):
+    meta = json.loads((trained_bot / "bot.json").read_text())
+    assert (
+        meta["method"] == "ddpo" and meta["epochs_done"] == 2 and len(meta["reward_history"]) == 2
+    )
+    assert len(meta["predictor_digest"]) == 64
+    rows = [json.loads(line) for line in (trained_bot / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"reward_mean", "reward_std", "kl", "ood_mean", "eval_log10", "eval_model_log10"} <= set(
+        rows[0]
+    )
+    for name in (
+        "pytorch_lora_weights.safetensors",
+        "reward.png",
+        "samples/epoch_001.png",
+        "samples/epoch_002.png",
+    ):
+        assert (trained_bot / name).is_file(), name
+    assert not list(trained_bot.rglob("*.pt")) and not list(trained_bot.rglob("*.pkl"))
+
+
+def test_generate_json_is_sorted_by_predicted_views(trained_bot, tmp_path):
+    result = invoke(
+        "bot",
+        "generate",
+        trained_bot,
+        "--title",
+        "worst cake ever",
+        "-n",
+        "4",
+        "--top",
+        "3",
+        "--out",
+        tmp_path,
+        "--json",
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    payload = json.loads(result.stdout)
+    log10 = [c["log10"] for c in payload["candidates"]]
+    assert len(log10) == 3 and log10 == sorted(log10, reverse=True)
+    assert abs(sum(c["p_best"] for c in payload["candidates"]) - 1) < 1e-9
+    assert all(c["low"] <= c["views"] <= c["high"] for c in payload["candidates"])
+    assert len(list(tmp_path.glob("*.png"))) == 3
+
+
+def test_eval_compares_base_and_bot(trained_bot, bot_model_dir, prompts, tmp_path):  # noqa: F811
+    result = invoke(
+        "bot",
+        "eval",
+        trained_bot,
+        "--prompts",
+        prompts,
+        "--model",
+        bot_model_dir,
+        "--seeds",
+        "1",
+        "--out",
+        tmp_path,
+        "--json",
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    payload = json.loads(result.stdout)
+    assert payload["n"] == 2 and 0 <= payload["win_rate"] <= 1
+    assert (tmp_path / "base_vs_bot.png").is_file()
+
+
+def test_bad_base_folder_exits_2_with_one_message(tmp_path, bot_model_dir, prompts):  # noqa: F811
+    (tmp_path / "notsd").mkdir()
+    result = invoke(
+        "bot",
+        "train",
+        "--base",
+        tmp_path / "notsd",
+        "--model",
+        bot_model_dir,
+        "--prompts",
+        prompts,
+        "--out",
+        tmp_path / "o",
+    )
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output and result.output.count("error:") == 1
+    assert "not a Stable Diffusion folder" in " ".join(result.output.split())
+    assert not (tmp_path / "o").exists()
+
+
+def test_bot_help_does_not_import_diffusers():
+    import subprocess
+    import sys
+
+    code = "import sys; from thumbview.cli import app; assert 'diffusers' not in sys.modules and 'peft' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_web_panel_generates_ranked_candidates(trained_bot):
+    import base64
+    import io
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from thumbview.bot.web import bot_router
+
+    app = FastAPI()
+    app.include_router(bot_router(trained_bot))
+    client = TestClient(app)
+    assert "bot-form" in client.get("/bot").text
+    res = client.post("/api/bot/generate", data={"title": "worst cake ever", "n": 3, "top": 2})
+    assert res.status_code == 200, res.text
+    cands = res.json()["candidates"]
+    assert len(cands) == 2 and cands[0]["log10"] >= cands[1]["log10"]
+    assert Image.open(io.BytesIO(base64.b64decode(cands[0]["png"]))).size == (64, 64)
+    assert client.post("/api/bot/generate", data={"title": "", "n": 3}).status_code == 422
+
+
+def test_ctrl_c_saves_finished_epochs_and_resume_continues(tiny_base, bot_model_dir, tmp_path):  # noqa: F811
+    """Interrupted after epoch 1 of 2 (draft): epoch 1 is on disk; --resume adds epoch 2."""
+    from thumbview.bot.policy import SampleConfig
+    from thumbview.bot.train import BotConfig, BotInterrupted, Prompt, train_bot
+
+    def interrupt(epoch, stats):
+        raise KeyboardInterrupt
+
+    sample = SampleConfig(steps=2, eta=0.0, guidance=1.0, height=64, width=64)
+    config = BotConfig(epochs=2, batch=1, per_prompt=1, eval_seeds=1, sample=sample)
+    prompts = [Prompt("worst cake ever", "cake")]
+    with pytest.raises(BotInterrupted) as info:
+        train_bot(
+            str(tiny_base), bot_model_dir, prompts, tmp_path / "b", config, progress=interrupt
+        )
+    assert info.value.epochs_done == 1
+    assert json.loads((tmp_path / "b" / "bot.json").read_text())["epochs_done"] == 1
+    result = train_bot(str(tiny_base), bot_model_dir, prompts, tmp_path / "b", config, resume=True)
+    assert result.epochs_done == 2 and [r["epoch"] for r in result.history] == [1, 2]
+    meta = json.loads((tmp_path / "b" / "bot.json").read_text())
+    assert meta["method"] == "draft" and "faces" in meta["guards"]["held_fixed"]
