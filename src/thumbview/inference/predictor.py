@@ -18,6 +18,7 @@ from PIL import Image
 
 from thumbview.embed.base import Encoder
 from thumbview.embed.registry import get_encoder
+from thumbview.finetune.model import is_finetuned
 from thumbview.predict.model import PredictorError, ViewPredictor
 from thumbview.predict.target import to_views
 
@@ -57,6 +58,10 @@ class LoadedPredictor:
     def load(cls, model_dir: str | Path) -> LoadedPredictor:
         """The predictor and freshly built encoders with the settings it was trained with."""
         model_dir = Path(model_dir)
+        if is_finetuned(model_dir):  # `thumbview finetune`: a network reading its own blocks
+            from thumbview.finetune.model import load_finetuned
+
+            return cls(*load_finetuned(model_dir), model_dir)
         model = ViewPredictor.load(model_dir)
         saved = _read_encoder_specs(model_dir)
         encoders = {}
