@@ -12,7 +12,9 @@ from rich.table import Table
 
 from thumbview.cli._shared import console, print_json, user_errors
 from thumbview.cli.data import CacheOpt, DataArg
+from thumbview.cli.finetune import explain_finetuned
 from thumbview.data.dataset import load_dataset
+from thumbview.finetune.model import is_finetuned
 
 app = typer.Typer(help="Sparse autoencoder on CLIP activations, and which features go with views.")
 
@@ -220,7 +222,9 @@ def explain_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Why this thumbnail: the model's feature contributions, or the SAE features it activates."""
-    if (source / "model.safetensors").exists():
+    if is_finetuned(source):  # a network on pixels: an occlusion heatmap instead
+        explain_finetuned(source, image, title, as_json)
+    elif (source / "model.safetensors").exists():
         _explain_model(source, image, title, top, as_json)
     elif (source / "cfg.json").exists():
         _explain_sae(source, image, study or source / "study", top, as_json)
