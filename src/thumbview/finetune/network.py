@@ -116,6 +116,7 @@ def architecture(config: FinetuneConfig, init_config: dict | None = None) -> dic
     spec = BACKBONES[config.backbone]
     kind = init_config.pop("_kind") if init_config else spec.kind
     hf = init_config if init_config else {**spec.hf, "image_size": config.size}
+    size = config.image_size or hf.get("image_size") or spec.image_size  # an --init decides
     if kind == "convnext":
         hf.pop("image_size", None)
     title_config = None
@@ -130,7 +131,7 @@ def architecture(config: FinetuneConfig, init_config: dict | None = None) -> dic
         "title_config": title_config,
         "hidden": config.hidden,
         "dropout": config.dropout,
-        "image_size": config.size,
+        "image_size": int(size),
     }
 
 
@@ -192,7 +193,7 @@ def _read_hf_folder(path: Path, name: str) -> tuple[dict[str, torch.Tensor], dic
     if hf.get("model_type") == "clip":
         hf = {**hf["vision_config"], "model_type": "clip_vision_model"}
     state = _read_safetensors(weights, name)
-    return _strip_prefix(state, kind), {
+    return state, {
         **_config_class(kind).from_dict(hf).to_dict(),
         "_kind": kind,
     }
@@ -211,19 +212,24 @@ def _read_hub(hub_id: str) -> tuple[dict[str, torch.Tensor], dict]:
     return _read_hf_folder(Path(folder), hub_id)
 
 
-def _strip_prefix(state: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
-    """Keys as the bare backbone names them (a full CLIP or a ViT-for-classification has more)."""
-    prefixes = {"clip": ("",), "vit": ("vit.", ""), "convnext": ("convnext.", "")}[kind]
-    if kind == "clip":
-        return {k: v for k, v in state.items() if k.startswith("vision_model.")}
-    for p in prefixes:
-        if p and any(k.startswith(p) for k in state):
-            return {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
-    return state
+PREFIXES = ("", "vision_model.", "vit.", "convnext.", "model.", "backbone.")
+
+
+def _align(state: dict[str, torch.Tensor], own: dict) -> dict[str, torch.Tensor]:
+    """The state dict under the key prefix that matches the backbone's own names best
+    (a full CLIP, a ViT-for-classification or a bare backbone all name weights differently)."""
+    best, overlap = state, -1
+    for p in PREFIXES:
+        cand = {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
+        hits = len(own.keys() & cand.keys())
+        if hits > overlap:
+            best, overlap = cand, hits
+    return best
 
 
 def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
     own = model.state_dict()
+    state = _align(state, own)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]

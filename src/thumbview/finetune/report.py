@@ -21,8 +21,9 @@ def finish(model: FinetunedPredictor, dataset, split, y, titles, test_pred, out_
     """Save everything; score the hold-out when there is one. Returns (EvalResult | None, plots)."""
     model.save(out_dir)
     cfg = model.config
-    options = {"pixels": {"image_size": cfg.size}, "title": {}, "title-tokens": {}}
-    encoders = {"pixels": PixelEncoder(cfg.size), "title": TitleEncoder(),
+    size = model.arch_["image_size"]
+    options = {"pixels": {"image_size": size}, "title": {}, "title-tokens": {}}
+    encoders = {"pixels": PixelEncoder(size), "title": TitleEncoder(),
                 "title-tokens": TitleTokenEncoder()}  # fmt: skip
     names = cfg.encoders
     seen = np.concatenate([split.train, split.val])

@@ -317,8 +317,18 @@ def finetune(
     y_mean, y_std = float(y[split.train].mean()), float(y[split.train].std() or 1.0)
     net, arch = build_network(config)
     paths = [str(p) for p in dataset.paths]
-    rows = _rows(paths, y, titles, split.train, config, (y_mean, y_std), augment=config.augment)
-    val = _rows(paths, y, titles, split.val, config, (y_mean, y_std), augment=False)
+    rows = _rows(
+        paths,
+        y,
+        titles,
+        split.train,
+        config,
+        (y_mean, y_std, arch["image_size"]),
+        augment=config.augment,
+    )
+    val = _rows(
+        paths, y, titles, split.val, config, (y_mean, y_std, arch["image_size"]), augment=False
+    )
     state = train_loop(net, rows, val, y[split.val], y_mean, y_std, config, out_dir / CHECKPOINT_DIR,
                        resume=resume, progress=progress, on_epoch=on_epoch,
                        before_epoch=before_epoch)  # fmt: skip
@@ -330,7 +340,9 @@ def finetune(
     model.calibrate(y[split.val], val_pred)
     model.val_metrics_ = compute_metrics(y[split.val], val_pred).to_dict()
     model.history_ = state["history"]
-    test = _rows(paths, y, titles, split.test, config, (y_mean, y_std), augment=False)
+    test = _rows(
+        paths, y, titles, split.test, config, (y_mean, y_std, arch["image_size"]), augment=False
+    )
     test_pred = (
         predict_rows(net, test, config, device, dtype) * y_std + y_mean if len(test) else None
     )
@@ -341,12 +353,12 @@ def finetune(
 
 
 def _rows(paths, y, titles, idx, config, scale, *, augment: bool) -> ThumbnailRows:
-    y_mean, y_std = scale
+    y_mean, y_std, size = scale
     return ThumbnailRows(
         [paths[i] for i in idx],
         (y[idx] - y_mean) / y_std,
         None if titles is None else titles[idx],
-        config.size,
+        size,
         augment=augment,
         hflip=config.hflip,
         jitter=config.color_jitter,
