@@ -199,16 +199,28 @@ def test_occlusion_finds_the_cell_that_matters():
     assert np.count_nonzero(grid) == 1
 
 
-def test_serve_and_frames_accept_the_model(trained, data):
+def test_serve_and_frames_accept_the_model(trained, data, tmp_path):
+    import av
     from fastapi.testclient import TestClient
 
-    from thumbview.frames.rank import _choose  # the ranking step of `frames` on given frames
+    from thumbview.frames import FramesConfig, rank_frames
     from thumbview.serve import app as serve_app
 
     _, out = trained
-    path = load_dataset(data).paths[0]
+    paths = load_dataset(data).paths
     with TestClient(serve_app.create_app(out)) as c:
-        resp = c.post("/predict", files={"image": ("t.jpg", path.read_bytes(), "image/jpeg")})
+        resp = c.post("/predict", files={"image": ("t.jpg", paths[0].read_bytes(), "image/jpeg")})
         assert resp.status_code == 200, resp.text
         assert resp.json()["prediction"]["low"] <= resp.json()["prediction"]["views"]
-    assert callable(_choose)
+    video = tmp_path / "v.mp4"
+    with av.open(str(video), "w") as f:  # three 1-second shots, each a synthetic thumbnail
+        stream = f.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        for p in paths[:3]:
+            rgb = np.asarray(load_image(p).resize((320, 180)))
+            for _ in range(10):
+                f.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        f.mux(stream.encode())
+    result = rank_frames(video, out, title="x", top=2, config=FramesConfig(sample_fps=4))
+    views = [c.predicted_views for c in result.choices]
+    assert 1 <= len(views) <= 2 and views == sorted(views, reverse=True)
