@@ -20,7 +20,7 @@ from thumbview import __version__
 from thumbview.embed.base import Encoder
 from thumbview.fileio import atomic_write
 from thumbview.finetune.config import FORMAT, FORMAT_VERSION, FinetuneConfig, FinetuneError
-from thumbview.finetune.encoders import build_encoder
+from thumbview.finetune.encoders import TITLE_MAX_TOKENS, build_encoder
 from thumbview.predict.model import (
     CONFIG_FILE,
     QUANTILE_LEVELS,
@@ -52,10 +52,10 @@ class FinetunedPredictor(ViewPredictor):
         self.net_, self.arch_ = net.eval(), arch
         self.y_mean_, self.y_std_, self.y_median_, self.n_train_ = y_mean, y_std, y_median, n
         size = arch["image_size"]
-        dims = {"pixels": 3 * size * size, "title": 384, "title-tokens": 64}
-        self.block_dims_ = {n: dims[n] for n in self.config.encoders}
-        self.block_mean_ = {n: np.zeros(d) for n, d in self.block_dims_.items()}
-        self.block_scale_ = {n: np.ones(d) for n, d in self.block_dims_.items()}
+        dims = {"pixels": 3 * size * size, "title": 384, "title-tokens": 2 * TITLE_MAX_TOKENS}
+        self.block_dims_ = {name: dims[name] for name in self.config.encoders}
+        self.block_mean_ = {name: np.zeros(d) for name, d in self.block_dims_.items()}
+        self.block_scale_ = {name: np.ones(d) for name, d in self.block_dims_.items()}
         self.head_ = None  # no linear head: `explain` dispatches on `is_finetuned`
         return self
 
