@@ -233,13 +233,29 @@ def _is_better(score: float, best: float | None, metric: str) -> bool:
     return score > best if metric == "spearman" else score < best
 
 
+def _snapshot(net) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
+def _record(state: dict, score: float, net, best: dict, config: FinetuneConfig):
+    """Advance the epoch counter; keep the best weights; decide on early stopping."""
+    improved = _is_better(score, state["best"], config.early_stop)
+    state["epoch"] += 1
+    if improved:
+        state["best"], state["best_epoch"], state["bad"] = score, state["epoch"], 0
+        return True, _snapshot(net)
+    state["bad"] += 1
+    state["stopped"] = state["bad"] >= max(config.patience, 1)
+    return False, best
+
+
 def train_loop(
     net, rows: ThumbnailRows, val: ThumbnailRows, y_val: np.ndarray, y_mean: float, y_std: float,
     config: FinetuneConfig, ckpt: Path, *, resume: bool, progress: bool,
     on_epoch: Callable[[EpochReport], None] | None = None,
     before_epoch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Epochs with checkpoints and early stopping; returns the final counters (best weights in it)."""
+    """Epochs with checkpoints and early stopping; leaves the best weights in `net`."""
     import time
 
     device, dtype = device_and_precision(config)
@@ -249,7 +265,7 @@ def train_loop(
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     state = {"epoch": 0, "history": [], "best": None, "best_epoch": 0, "bad": 0, "stopped": False,
              "config": config.to_dict()}  # fmt: skip
-    best = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    best = _snapshot(net)
     if resume:
         state, best = load_checkpoint(ckpt, net, opt, sched, config)
         state["config"] = config.to_dict()
@@ -258,30 +274,24 @@ def train_loop(
         while state["epoch"] < config.epochs and not state["stopped"]:
             if before_epoch:
                 before_epoch(state["epoch"])
-            start = time.perf_counter()
+            start, label = time.perf_counter(), f"epoch {state['epoch'] + 1}/{config.epochs}"
             rows.shuffle(state["epoch"])
-            with progress_bar(
-                len(rows), f"epoch {state['epoch'] + 1}/{config.epochs}", progress
-            ) as adv:
+            with progress_bar(len(rows), label, progress) as adv:
                 batches = loader(rows, config.batch_size, config.workers)
                 train_mse = _run_epoch(net, batches, opt, sched, config, device, dtype, scaler, adv)
+                train_mse *= y_std**2  # standardised -> target units
             pred = predict_rows(net, val, config, device, dtype) * y_std + y_mean
-            val_mse = float(np.mean((y_val - pred) ** 2))
-            spearman = compute_metrics(y_val, pred).spearman
-            score = spearman if config.early_stop == "spearman" else val_mse
-            improved = _is_better(score, state["best"], config.early_stop)
-            state["epoch"] += 1
-            if improved:
-                state["best"], state["best_epoch"], state["bad"] = score, state["epoch"], 0
-                best = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-            else:
-                state["bad"] += 1
-                state["stopped"] = state["bad"] > config.patience
-            state["history"].append([state["epoch"], train_mse * y_std**2, val_mse])
+            val_mse, rho = (
+                float(np.mean((y_val - pred) ** 2)),
+                compute_metrics(y_val, pred).spearman,
+            )
+            improved, best = _record(state, rho if config.early_stop == "spearman" else val_mse,
+                                     net, best, config)  # fmt: skip
+            state["history"].append([state["epoch"], train_mse, val_mse])
             save_checkpoint(ckpt, net, opt, sched, best, state)
             if on_epoch:
-                on_epoch(EpochReport(state["epoch"], train_mse * y_std**2, val_mse, spearman,
-                                     improved, time.perf_counter() - start))  # fmt: skip
+                seconds = time.perf_counter() - start
+                on_epoch(EpochReport(state["epoch"], train_mse, val_mse, rho, improved, seconds))
     except KeyboardInterrupt:
         raise FinetuneInterrupted(
             f"interrupted during epoch {state['epoch'] + 1}; epochs 1-{state['epoch']} are saved "
