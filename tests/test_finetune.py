@@ -74,6 +74,7 @@ def test_save_load_gives_identical_predictions_and_evaluate_agrees(trained, data
     assert ev.result.model.spearman == pytest.approx(saved["spearman"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_learns_a_planted_visual_effect(tmp_path):
     """Warm-coloured thumbnails (x2.5 views planted) are predicted above cold ones, image only."""
     root = make_synthetic(tmp_path / "ds", SynthConfig(n=360, seed=1, n_channels=30,
@@ -156,6 +157,7 @@ def test_clip_vision_tower_from_local_weights(data, tmp_path, tiny_clip_dir):
     assert torch.equal(mine[key], start["vision_model.embeddings.patch_embedding.weight"])
 
 
+@pytest.mark.slow
 def test_title_finetune_trains_the_sentence_model(data, tmp_path):
     ds = load_dataset(data).subset(np.arange(60))
     cfg = FinetuneConfig(**FAST, title="finetune", epochs=1, holdout=0.0, title_lr=1e-3)
