@@ -226,3 +226,14 @@ def test_serve_and_frames_accept_the_model(trained, data, tmp_path):
     result = rank_frames(video, out, title="x", top=2, config=FramesConfig(sample_fps=4))
     views = [c.predicted_views for c in result.choices]
     assert 1 <= len(views) <= 2 and views == sorted(views, reverse=True)
+
+
+def test_cli_trains_and_prints_json(data, tmp_path):
+    out = tmp_path / "m"
+    args = ["finetune", str(data), "--out", str(out), "--backbone", "test-cnn", "--title", "none",
+            "--epochs", "1", "--workers", "0", "--batch-size", "64", "--json"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["epochs_run"] == 1 and got["holdout"]["n"] == got["n_holdout"] > 0
+    assert LoadedPredictor.load(out).model.config.encoders == ("pixels",)
