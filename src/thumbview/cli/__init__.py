@@ -14,6 +14,7 @@ from thumbview import __version__
 from thumbview.cli import bot as _bot
 from thumbview.cli import creator as _creator
 from thumbview.cli import data as _data
+from thumbview.cli import finetune as _finetune
 from thumbview.cli import predict as _predict
 from thumbview.cli import sae as _sae
 from thumbview.cli._shared import console, plain_help, setup_logging
@@ -50,6 +51,7 @@ def _main(
 _data.register(app)
 _predict.register(app)
 _creator.register(app)
+_finetune.register(app)
 app.add_typer(collect_app, name="collect")
 app.add_typer(_sae.app, name="sae")
 app.command("explain")(_sae.explain_command)

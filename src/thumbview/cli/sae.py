@@ -275,7 +275,12 @@ def explain_command(
     ] = False,
 ) -> None:
     """Why this thumbnail: the model's feature contributions, or the SAE features it activates."""
-    if (source / "model.safetensors").exists():
+    from thumbview.cli.finetune import explain_finetuned
+    from thumbview.finetune.model import is_finetuned
+
+    if is_finetuned(source):  # a network on pixels: an occlusion heatmap instead
+        explain_finetuned(source, image, title, as_json)
+    elif (source / "model.safetensors").exists():
         _explain_model(source, image, title, top, as_json)
     elif (source / CFG_FILE).exists() or (source / SAE_SUBDIR / CFG_FILE).exists():
         _explain_sae(source, image, study or default_study_dir(source), top, as_json)

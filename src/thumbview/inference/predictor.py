@@ -26,6 +26,7 @@ from thumbview.embed.registry import (
     encoder_class,
     get_encoder,
 )
+from thumbview.finetune.model import is_finetuned
 from thumbview.layout import MODEL_ENCODERS
 from thumbview.predict.drift import TrainingRange
 from thumbview.predict.model import ArtifactError, PredictorError, ViewPredictor
@@ -86,6 +87,10 @@ class LoadedPredictor:
     def load(cls, model_dir: str | Path) -> LoadedPredictor:
         """The predictor and freshly built encoders with the settings it was trained with."""
         model_dir = Path(model_dir)
+        if is_finetuned(model_dir):  # `thumbview finetune`: a network reading its own blocks
+            from thumbview.finetune.model import load_finetuned
+
+            return cls(*load_finetuned(model_dir), model_dir)
         model = ViewPredictor.load(model_dir)
         saved = _read_encoder_specs(model_dir)
         encoders = {}
@@ -108,6 +113,11 @@ class LoadedPredictor:
         dataset is verified, a video decoded or a server URL printed.
         """
         model_dir = Path(model_dir)
+        if is_finetuned(model_dir):  # its own loader checks weights and encoders
+            from thumbview.finetune.model import load_finetuned
+
+            load_finetuned(model_dir)
+            return
         model = ViewPredictor.load(model_dir)
         saved = _read_encoder_specs(model_dir)
         for name in model.config.encoders:

@@ -1,0 +1,156 @@
+"""Fine-tuning speed and memory per backbone, and the CPU goal run against the `visual` model.
+
+Run by hand, not in the tests:
+
+    .venv/bin/python benchmarks/finetune.py speed            # images/s + peak RSS per backbone
+    .venv/bin/python benchmarks/finetune.py goal --n 4000    # synth: finetune vs visual ridge
+
+`speed` times optimiser steps (forward + backward + AdamW) on random 0-255 pixels, each
+backbone in its own process so its peak RSS is its own; on a CUDA machine it also times
+ViT-B/16 at 224 px in bf16. `goal` makes `thumbview synth --n N`, trains the `visual`
+ridge model and the default fine-tuned image-only model on the same channel-disjoint
+split, and prints both held-out Spearmans, their ratio and the fine-tuning wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SPEED_BACKBONES = {"vit-tiny": 32, "convnext-atto": 32, "vit-s16": 8, "vit-b16": 4}
+
+
+def one_backbone(name: str, batch: int, steps: int, device: str, bf16: bool) -> dict:
+    """Images/s of training steps for one backbone (run in a child process)."""
+    import torch
+
+    from thumbview.finetune.config import FinetuneConfig
+    from thumbview.finetune.network import build_network
+    from thumbview.finetune.train import make_optimizer
+
+    cfg = FinetuneConfig(backbone=name, title="frozen", workers=0)
+    net, arch = build_network(cfg)
+    net.to(device).train()
+    opt, sched = make_optimizer(net, cfg, steps + 1)
+    size = arch["image_size"]
+    pix = torch.randint(0, 256, (batch, 3, size, size), device=device).float()
+    title = torch.randn(batch, 384, device=device)
+    y = torch.randn(batch, device=device)
+
+    def step() -> None:
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.mse_loss(net(pix, title).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+
+    step()  # warm-up
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    params = sum(p.numel() for p in net.image.parameters())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+    return {"backbone": name, "size": size, "params_m": params / 1e6, "batch": batch,
+            "images_s": batch * steps / seconds, "peak_rss_mb": peak, "gpu_mb": gpu}  # fmt: skip
+
+
+def speed(args) -> None:
+    print(f"torch threads {args.threads}; machine shared with other jobs: compare rows, not runs\n")
+    print("| backbone | input | params (M) | batch | train images/s | peak RSS (MB) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    runs = [(n, b, "cpu", False) for n, b in SPEED_BACKBONES.items()]
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            runs.append(("vit-b16", 64, "cuda", True))
+    except ImportError:
+        pass
+    for name, batch, device, bf16 in runs:
+        cmd = [sys.executable, __file__, "one", name, str(batch), str(args.steps), device,
+               str(int(bf16)), str(args.threads)]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        label = f"{name} ({device}{', bf16' if bf16 else ''})"
+        mem = f"{r['peak_rss_mb']:.0f}" + (f" (GPU {r['gpu_mb']:.0f})" if r["gpu_mb"] else "")
+        print(f"| {label} | {r['size']} px | {r['params_m']:.2f} | {batch} | "
+              f"{r['images_s']:.1f} | {mem} |")  # fmt: skip
+
+
+def goal(args) -> None:
+    import numpy as np
+
+    from thumbview.data.dataset import load_dataset
+    from thumbview.data.synth import SynthConfig, make_synthetic
+    from thumbview.finetune.config import FinetuneConfig
+    from thumbview.finetune.train import finetune
+    from thumbview.predict.model import PredictorConfig
+    from thumbview.predict.workflow import train
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="ft-goal-"))
+    data = work / "data"
+    if not (data / "metadata.csv").exists():
+        make_synthetic(data, SynthConfig(n=args.n, seed=0))
+    ds = load_dataset(data)
+    t0 = time.perf_counter()
+    visual = train(ds, PredictorConfig(encoders=("visual",)), work / "visual", holdout_frac=0.2)
+    t_visual = time.perf_counter() - t0
+    rows = []
+    for title in args.titles.split(","):
+        cfg = FinetuneConfig(title=title, epochs=args.epochs, workers=args.workers)
+        t0 = time.perf_counter()
+        r = finetune(ds, cfg, work / f"ft-{title}", on_epoch=lambda e: print(e, file=sys.stderr))
+        rows.append((title, r, time.perf_counter() - t0))
+    v = visual.holdout.model.spearman
+    print(f"synth n={args.n}, hold-out {visual.n_holdout} videos of unseen channels, "
+          f"{os.cpu_count()} cores shared with other jobs\n")  # fmt: skip
+    print("| model | held-out Spearman | ratio to visual | wall time (s) | epochs (best) |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| visual descriptors, ridge | {v:.3f} | 1.00 | {t_visual:.0f} (embed + fit) | - |")
+    for title, r, sec in rows:
+        s = r.holdout.model.spearman
+        name = {"none": "image only", "frozen": "image + frozen title"}.get(title, title)
+        print(f"| finetune vit-tiny, {name} | {s:.3f} | {s / v:.2f} | {sec:.0f} | "
+              f"{r.epochs_run} ({r.best_epoch}) |")  # fmt: skip
+    assert np.isfinite(v)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "one":
+        name, batch, steps, device, bf16, threads = sys.argv[2:8]
+        import torch
+
+        torch.set_num_threads(int(threads))
+        print(json.dumps(one_backbone(name, int(batch), int(steps), device, bf16 == "1")))
+        return
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="part", required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--steps", type=int, default=5)
+    s.add_argument("--threads", type=int, default=2)
+    g = sub.add_parser("goal")
+    g.add_argument("--n", type=int, default=4000)
+    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--workers", type=int, default=2)
+    g.add_argument("--titles", default="none", help="title modes to fine-tune, comma-separated")
+    g.add_argument("--work", default=None, help="folder for data and models (default: temp)")
+    args = p.parse_args()
+    speed(args) if args.part == "speed" else goal(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""`FinetunedPredictor`: a trained `FusionNet` behind the `ViewPredictor` interface.
+
+It subclasses `ViewPredictor` so every consumer (and the conformal interval code) works as
+it does for a head on frozen features: `predict(blocks)` runs the network on the `pixels`
+block (and the title block), intervals come from validation residual quantiles. Saved as
+`model.safetensors` (network + residual quantiles) and `config.json` (the run's config and
+the network's architecture): no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thumbview import __version__
+from thumbview.embed.base import Encoder
+from thumbview.fileio import atomic_write
+from thumbview.finetune.config import FORMAT, FORMAT_VERSION, FinetuneConfig, FinetuneError
+from thumbview.finetune.encoders import TITLE_MAX_TOKENS, build_encoder
+from thumbview.predict.model import (
+    CONFIG_FILE,
+    QUANTILE_LEVELS,
+    WEIGHTS_FILE,
+    ArtifactError,
+    ViewPredictor,
+)
+
+log = logging.getLogger(__name__)
+
+PREDICT_BATCH = 64
+
+
+class FinetunedPredictor(ViewPredictor):
+    """A fine-tuned network with the predictor interface.
+
+    Fitted attributes: `net_` (FusionNet, eval mode), `arch_` (its JSON description),
+    `y_mean_`, `y_std_` (target standardisation), `y_median_`, `n_train_`, `block_dims_`,
+    `block_mean_`, `block_scale_` (identity scalers: frames' diversity reads them),
+    `quantile_levels_`, `residual_quantiles_` (signed validation residuals), `history_`
+    (epoch, train MSE, validation MSE) and `val_metrics_` (a dict).
+    """
+
+    def __init__(self, config: FinetuneConfig):  # noqa: D107 - no PredictorConfig here
+        self.config = config
+
+    def set_fitted(self, net, arch: dict, y_mean: float, y_std: float, y_median: float, n: int):
+        """Attach a trained network and its target scaling (training calls this, then `calibrate`)."""
+        self.net_, self.arch_ = net.eval(), arch
+        self.y_mean_, self.y_std_, self.y_median_, self.n_train_ = y_mean, y_std, y_median, n
+        size = arch["image_size"]
+        dims = {"pixels": 3 * size * size, "title": 384, "title-tokens": 2 * TITLE_MAX_TOKENS}
+        self.block_dims_ = {name: dims[name] for name in self.config.encoders}
+        self.block_mean_ = {name: np.zeros(d) for name, d in self.block_dims_.items()}
+        self.block_scale_ = {name: np.ones(d) for name, d in self.block_dims_.items()}
+        self.head_ = None  # no linear head: `explain` dispatches on `is_finetuned`
+        return self
+
+    def calibrate(self, y_val: np.ndarray, pred_val: np.ndarray) -> FinetunedPredictor:
+        """Split-conformal: the signed residual quantiles of the validation channels."""
+        self.quantile_levels_ = QUANTILE_LEVELS.copy()
+        self.residual_quantiles_ = np.quantile(np.asarray(y_val) - pred_val, QUANTILE_LEVELS)
+        return self
+
+    # ----- prediction ------------------------------------------------------------------------
+    def predict(self, blocks: dict[str, np.ndarray]) -> np.ndarray:
+        """Point predictions (N,) in target units, in batches of 64, without gradients."""
+        import torch
+
+        self._require("net_")
+        n = _first_rows(blocks, self.config.encoders)
+        blocks = self._check_blocks(blocks, n)
+        device = next(self.net_.parameters()).device
+        out = []
+        with torch.no_grad():
+            for start in range(0, n, PREDICT_BATCH):
+                pix, title = self.tensors(blocks, slice(start, start + PREDICT_BATCH), device)
+                out.append(self.net_(pix, title).float().cpu().numpy())
+        pred = np.concatenate(out) if out else np.zeros(0)
+        return pred.astype(np.float64) * self.y_std_ + self.y_mean_
+
+    def tensors(self, blocks: dict[str, np.ndarray], rows, device):
+        """(pixels (B, 3, S, S), title (B, D) or None) tensors for rows of the blocks."""
+        import torch
+
+        size = self.arch_["image_size"]
+        pix = torch.as_tensor(np.asarray(blocks["pixels"][rows], np.float32), device=device)
+        pix = pix.view(-1, 3, size, size)  # (B, 3, S, S)
+        names = [n for n in self.config.encoders if n != "pixels"]
+        title = None
+        if names:
+            title = torch.as_tensor(np.asarray(blocks[names[0]][rows], np.float32), device=device)
+        return pix, title
+
+    # ----- persistence -----------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """`model.safetensors` (network + residual quantiles) and `config.json`."""
+        from safetensors.torch import save_file
+
+        self._require("residual_quantiles_")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = network_state(self.net_)
+        tensors["residual_quantiles"] = _tensor(self.residual_quantiles_)
+        tensors["quantile_levels"] = _tensor(self.quantile_levels_)
+        atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p))
+        atomic_write(directory / CONFIG_FILE, json.dumps(self._meta(), indent=2))
+        return directory
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "thumbview_version": __version__,
+            "config": self.config.to_dict(),
+            "architecture": self.arch_,
+            "encoders": list(self.config.encoders),
+            "block_dims": self.block_dims_,
+            "target": self.config.target,
+            "coverage": self.config.coverage,
+            "y_mean": self.y_mean_,
+            "y_std": self.y_std_,
+            "y_median": self.y_median_,
+            "n_train": self.n_train_,
+            "val_metrics": getattr(self, "val_metrics_", None),
+            "history": getattr(self, "history_", []),
+        }
+
+    @classmethod
+    def load(cls, directory: str | Path) -> FinetunedPredictor:
+        """Rebuild the network from its stored architecture and weights (`ArtifactError` if damaged)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from thumbview.finetune.network import FusionNet
+
+        directory = Path(directory)
+        meta = read_meta(directory)
+        try:
+            tensors = load_file(directory / WEIGHTS_FILE)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ArtifactError(f"{directory / WEIGHTS_FILE}: corrupt or truncated ({e})") from e
+        try:
+            model = cls(FinetuneConfig.from_dict(meta["config"]))
+            net = FusionNet(meta["architecture"])
+            net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+            model.set_fitted(net, meta["architecture"], meta["y_mean"], meta["y_std"],
+                             meta["y_median"], meta["n_train"])  # fmt: skip
+            model.calibrate(np.zeros(1), np.zeros(1))
+            model.residual_quantiles_ = tensors["residual_quantiles"].double().numpy()
+            model.quantile_levels_ = tensors["quantile_levels"].double().numpy()
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ArtifactError(f"{directory}: fine-tuned model is incomplete ({e})") from e
+        model.history_, model.val_metrics_ = meta.get("history", []), meta.get("val_metrics")
+        return model
+
+
+def network_state(net) -> dict:
+    """The network's tensors under `net.`, contiguous and detached (what safetensors stores)."""
+    return {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+
+
+def _tensor(a: np.ndarray):
+    import torch
+
+    return torch.as_tensor(np.ascontiguousarray(a, dtype=np.float64))
+
+
+def _first_rows(blocks, encoders) -> int:
+    if not isinstance(blocks, dict) or encoders[0] not in blocks:
+        raise FinetuneError(f"missing feature block {encoders[0]!r}")
+    return int(np.shape(blocks[encoders[0]])[0])
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    """config.json of a fine-tuned model folder (`ArtifactError` when it is not one)."""
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise ArtifactError(f"{directory}: missing {name} (not a saved thumbview model?)")
+    try:
+        meta = json.loads((directory / CONFIG_FILE).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{directory / CONFIG_FILE}: corrupt JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ArtifactError(f"{directory / CONFIG_FILE}: not a fine-tuned thumbview model")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ArtifactError(f"{directory}: saved by a newer thumbview; upgrade to load it")
+    return meta
+
+
+def is_finetuned(directory: str | Path) -> bool:
+    """True when the folder's config.json says it is a fine-tuned model (cheap: no torch)."""
+    try:
+        meta = json.loads((Path(directory) / CONFIG_FILE).read_text())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return False  # not ours; the predictor's own loader names what is wrong
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def load_finetuned(directory: str | Path) -> tuple[FinetunedPredictor, dict[str, Encoder]]:
+    """The model and the encoders named in its `encoders.json` (used by `LoadedPredictor.load`)."""
+    from thumbview.inference.predictor import _read_encoder_specs
+
+    directory = Path(directory)
+    model = FinetunedPredictor.load(directory)
+    saved = _read_encoder_specs(directory)
+    encoders = {}
+    for name in model.config.encoders:
+        if name not in saved:
+            raise ArtifactError(f"{directory}: encoders.json has no entry for {name!r}")
+        encoders[name] = build_encoder(name, saved[name].get("options", {}))
+    return model, encoders

@@ -1,0 +1,255 @@
+"""The network: an image backbone (transformers ViT / ConvNeXt / CLIP vision tower), an
+optional title tower, and a small MLP over their concatenated embeddings.
+
+Backbones are built from transformers configs (no download, no torchvision), so a
+from-scratch ViT works offline; `--init` loads weights from a local safetensors file or a
+Hugging Face folder (or a Hub id when online). The architecture is stored with the model,
+so loading rebuilds exactly what was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from thumbview.finetune.config import BACKBONES, FinetuneConfig, FinetuneError
+
+log = logging.getLogger(__name__)
+
+CLIP_MEAN, CLIP_STD = (0.4815, 0.4578, 0.4082), (0.2686, 0.2613, 0.2758)
+HALF = (0.5, 0.5, 0.5)
+TITLE_DIM = 384  # MiniLM-L6
+
+
+def _config_class(kind: str):
+    from transformers import CLIPVisionConfig, ConvNextConfig, ViTConfig
+
+    return {"vit": ViTConfig, "convnext": ConvNextConfig, "clip": CLIPVisionConfig}[kind]
+
+
+def _model_class(kind: str):
+    from transformers import CLIPVisionModel, ConvNextModel, ViTModel
+
+    return {"vit": ViTModel, "convnext": ConvNextModel, "clip": CLIPVisionModel}[kind]
+
+
+class ImageTower(nn.Module):
+    """Pixels (B, 3, S, S) in 0..255 -> image embedding (B, D)."""
+
+    def __init__(self, kind: str, hf_config: dict[str, Any]):
+        super().__init__()
+        self.kind = kind
+        cfg = _config_class(kind).from_dict(hf_config)
+        extra = {"add_pooling_layer": False} if kind == "vit" else {}
+        self.model = _model_class(kind)(cfg, **extra)
+        mean, std = (CLIP_MEAN, CLIP_STD) if kind == "clip" else (HALF, HALF)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
+
+    @property
+    def dim(self) -> int:
+        cfg = self.model.config
+        return cfg.hidden_sizes[-1] if self.kind == "convnext" else cfg.hidden_size
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = (pixels.float() - self.mean) / self.std  # (B, 3, S, S)
+        if self.kind == "convnext":
+            return self.model(pixel_values=x).pooler_output  # (B, D)
+        out = self.model(pixel_values=x, interpolate_pos_encoding=True)
+        if self.kind == "clip":
+            return out.pooler_output  # (B, D)
+        return out.last_hidden_state[:, 0]  # (B, D) CLS after the final layer norm
+
+
+class TitleTower(nn.Module):
+    """MiniLM (token ids, mask) (B, 2L) -> unit-norm mean-pooled embedding (B, 384), trainable."""
+
+    def __init__(self, hf_config: dict[str, Any]):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        cfg = dict(hf_config)
+        self.model = AutoModel.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        ids, mask = tokens.long().chunk(2, dim=1)  # (B, L) each
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, H)
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, H)
+        return nn.functional.normalize(pooled, dim=-1)
+
+
+class FusionNet(nn.Module):
+    """Image embedding ++ title embedding -> LayerNorm -> MLP -> standardised target (B,)."""
+
+    def __init__(self, arch: dict[str, Any]):
+        super().__init__()
+        self.image = ImageTower(arch["kind"], arch["hf_config"])
+        self.title_mode = arch["title"]
+        self.title = TitleTower(arch["title_config"]) if arch.get("title_config") else None
+        width = self.image.dim + (0 if self.title_mode == "none" else TITLE_DIM)
+        self.head = nn.Sequential(
+            nn.LayerNorm(width),
+            nn.Linear(width, arch["hidden"]),
+            nn.GELU(),
+            nn.Dropout(arch["dropout"]),
+            nn.Linear(arch["hidden"], 1),
+        )
+
+    def forward(self, pixels: torch.Tensor, title: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [self.image(pixels)]  # (B, D_img)
+        if self.title_mode == "finetune":
+            parts.append(self.title(title))  # (B, 384)
+        elif self.title_mode == "frozen":
+            parts.append(title.float())  # (B, 384) precomputed MiniLM
+        return self.head(torch.cat(parts, dim=1)).squeeze(1)  # (B,)
+
+
+# ----- building ------------------------------------------------------------------------------
+def architecture(config: FinetuneConfig, init_config: dict | None = None) -> dict[str, Any]:
+    """The JSON description `FusionNet` is built from (stored in the model's config.json)."""
+    spec = BACKBONES[config.backbone]
+    kind = init_config.pop("_kind") if init_config else spec.kind
+    hf = init_config if init_config else {**spec.hf, "image_size": config.size}
+    size = config.image_size or hf.get("image_size") or spec.image_size  # an --init decides
+    if kind == "convnext":
+        hf.pop("image_size", None)
+    title_config = None
+    if config.title == "finetune":
+        from thumbview.embed.title import default_model_path
+
+        title_config = json.loads((default_model_path() / "config.json").read_text())
+    return {
+        "kind": kind,
+        "hf_config": hf,
+        "title": config.title,
+        "title_config": title_config,
+        "hidden": config.hidden,
+        "dropout": config.dropout,
+        "image_size": int(size),
+    }
+
+
+def build_network(config: FinetuneConfig) -> tuple[FusionNet, dict[str, Any]]:
+    """A fresh network for `config` ((weights from `--init` and MiniLM where asked), and its arch."""
+    init_state, init_config = (None, None) if not config.init else read_init(config)
+    arch = architecture(config, init_config)
+    torch.manual_seed(config.seed)
+    net = FusionNet(arch)
+    if init_state is not None:
+        _load_backbone(net.image.model, init_state, config.init)
+        log.info("backbone initialised from %s", config.init)
+    else:
+        log.info("backbone %s trained from scratch (no --init)", config.backbone)
+    if net.title is not None:
+        _load_minilm(net.title.model)
+    return net, arch
+
+
+def read_init(config: FinetuneConfig) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(backbone state dict, transformers config dict with `_kind` or None) from `--init`."""
+    path = Path(config.init).expanduser()
+    if path.is_file():
+        return _read_safetensors(path, config.init), None
+    if path.is_dir():
+        return _read_hf_folder(path, config.init)
+    if "/" in config.init and not config.init.startswith((".", "/", "~")):
+        return _read_hub(config.init)
+    raise FinetuneError(f"--init {config.init}: no such file or folder")
+
+
+def _read_safetensors(path: Path, name: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise FinetuneError(f"--init {name}: not a readable safetensors file ({e})") from e
+
+
+def _read_hf_folder(path: Path, name: str) -> tuple[dict[str, torch.Tensor], dict]:
+    cfg_path, weights = path / "config.json", path / "model.safetensors"
+    if not cfg_path.is_file() or not weights.is_file():
+        raise FinetuneError(
+            f"--init {name}: not a Hugging Face model folder (needs config.json and model.safetensors)"
+        )
+    try:
+        hf = json.loads(cfg_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FinetuneError(f"--init {name}: config.json is not valid JSON ({e})") from e
+    kind = {"clip": "clip", "clip_vision_model": "clip", "vit": "vit", "convnext": "convnext"}.get(
+        hf.get("model_type")
+    )
+    if kind is None:
+        raise FinetuneError(
+            f"--init {name}: model type {hf.get('model_type')!r} is not a ViT, ConvNeXt or CLIP"
+        )
+    if hf.get("model_type") == "clip":
+        hf = {**hf["vision_config"], "model_type": "clip_vision_model"}
+    state = _read_safetensors(weights, name)
+    return state, {
+        **_config_class(kind).from_dict(hf).to_dict(),
+        "_kind": kind,
+    }
+
+
+def _read_hub(hub_id: str) -> tuple[dict[str, torch.Tensor], dict]:
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(hub_id, allow_patterns=["config.json", "model.safetensors"])
+    except Exception as e:  # offline, unknown id, no safetensors: all mean "cannot get it"
+        raise FinetuneError(
+            f"--init {hub_id}: not a local file or folder, and the Hub download failed "
+            f"({type(e).__name__}); download it first or pass a local path"
+        ) from e
+    return _read_hf_folder(Path(folder), hub_id)
+
+
+PREFIXES = ("", "vision_model.", "vit.", "convnext.", "model.", "backbone.")
+
+
+def _align(state: dict[str, torch.Tensor], own: dict) -> dict[str, torch.Tensor]:
+    """The state dict under the key prefix that matches the backbone's own names best
+    (a full CLIP, a ViT-for-classification or a bare backbone all name weights differently)."""
+    best, overlap = state, -1
+    for p in PREFIXES:
+        cand = {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
+        hits = len(own.keys() & cand.keys())
+        if hits > overlap:
+            best, overlap = cand, hits
+    return best
+
+
+def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
+    own = model.state_dict()
+    state = _align(state, own)
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or wrong:
+        example = (missing or wrong)[0]
+        raise FinetuneError(
+            f"--init {name}: weights do not fit this backbone ({len(missing)} missing, "
+            f"{len(wrong)} wrongly shaped, e.g. {example!r}); pick the matching --backbone"
+        )
+    if unexpected:
+        log.info("--init: ignored %d weights the backbone does not use", len(unexpected))
+    model.load_state_dict({k: state[k] for k in own})
+
+
+def _load_minilm(model: nn.Module) -> None:
+    """Start the trainable title tower from the shipped MiniLM weights."""
+    from safetensors.torch import load_file
+
+    from thumbview.embed.title import default_model_path
+
+    state = load_file(default_model_path() / "model.safetensors")
+    own = model.state_dict()
+    model.load_state_dict({k: state.get(k, own[k]) for k in own})

@@ -1,0 +1,239 @@
+"""`thumbview finetune`: tiny backbones on synthetic thumbnails, end to end, on CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+from safetensors.torch import load_file, save_file  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from thumbview.cli import app  # noqa: E402
+from thumbview.data.dataset import load_dataset  # noqa: E402
+from thumbview.data.images import load_image  # noqa: E402
+from thumbview.data.synth import SynthConfig, make_synthetic  # noqa: E402
+from thumbview.finetune.config import FinetuneConfig, FinetuneError  # noqa: E402
+from thumbview.finetune.train import FinetuneInterrupted, finetune  # noqa: E402
+from thumbview.inference import LoadedPredictor  # noqa: E402
+
+runner = CliRunner()
+FAST = {"backbone": "test-vit", "batch_size": 32, "workers": 0, "patience": 50}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ft-data") / "ds"
+    return make_synthetic(root, SynthConfig(n=160, seed=0, n_channels=16))
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("ft-model") / "model"
+    result = finetune(load_dataset(data), FinetuneConfig(**FAST, epochs=3), out)
+    return result, out
+
+
+def test_loss_decreases_and_folder_follows_train_conventions(trained):
+    result, out = trained
+    history = json.loads((out / "config.json").read_text())["history"]
+    assert len(history) == 3 and history[-1][1] < history[0][1]  # train MSE falls
+    for name in ("model.safetensors", "encoders.json", "training.json", "eval.json",
+                 "learning_curve.png", "pred_vs_actual.png", "baselines/title/config.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["split"] == "holdout" and "title-only" in ev["baselines"]
+    seen = json.loads((out / "training.json").read_text())["video_ids"]
+    assert len(seen) == result.n_train + result.n_val
+
+
+def test_save_load_gives_identical_predictions_and_evaluate_agrees(trained, data):
+    from thumbview.predict.workflow import evaluate
+
+    _, out = trained
+    ds = load_dataset(data)
+    images = [load_image(p) for p in ds.paths[:4]]
+    a = LoadedPredictor.load(out).predict_images(images, list("abcd"), ["one", "two"])
+    b = LoadedPredictor.load(out).predict_images(images, list("abcd"), ["one", "two"])
+    assert [p.log10 for p in a] == [p.log10 for p in b]
+    assert len({round(p.log10, 6) for p in a}) > 1 and all(p.low < p.views < p.high for p in a)
+    # `thumbview evaluate` scores exactly the held-out rows, through the saved folder
+    saved = json.loads((out / "eval.json").read_text())
+    ev = evaluate(out, ds)
+    assert ev.result.model.n == saved["n"]
+    assert ev.result.model.spearman == pytest.approx(saved["spearman"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_learns_a_planted_visual_effect(tmp_path):
+    """Warm-coloured thumbnails (x2.5 views planted) are predicted above cold ones, image only."""
+    root = make_synthetic(tmp_path / "ds", SynthConfig(n=360, seed=1, n_channels=30,
+                                                         noise_sigma=0.1))  # fmt: skip
+    ds = load_dataset(root)
+    cfg = FinetuneConfig(**{**FAST, "backbone": "test-cnn"}, title="none", epochs=8, lr=3e-3,
+                         augment=False)  # fmt: skip
+    finetune(ds, cfg, tmp_path / "m")
+    seen = set(json.loads((tmp_path / "m" / "training.json").read_text())["video_ids"])
+    truth = pd.read_csv(root / "truth.csv").set_index("video_id")
+    rows = [i for i, k in enumerate(ds.keys) if k not in seen]
+    loaded = LoadedPredictor.load(tmp_path / "m")
+    pred = loaded.predict(loaded.blocks([load_image(ds.paths[i]) for i in rows], [""] * len(rows)))
+    warm = truth.loc[[ds.keys[i] for i in rows], "warm_colours"].to_numpy() == 1
+    # AUC: chance a warm thumbnail is predicted above a cold one (0.5 = chance)
+    auc = (pred[warm][:, None] > pred[~warm][None, :]).mean()
+    assert auc > 0.7, auc
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(data, tmp_path):
+    ds = load_dataset(data)
+    cfg = FinetuneConfig(**FAST, epochs=3, holdout=0.0)
+    finetune(ds, cfg, tmp_path / "straight")
+
+    def stop(epoch: int) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(FinetuneInterrupted, match="--resume"):
+        finetune(ds, cfg, tmp_path / "broken", before_epoch=stop)
+    finetune(ds, cfg, tmp_path / "broken", resume=True)
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "broken" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_changed_settings(data, tmp_path):
+    ds = load_dataset(data)
+    finetune(ds, FinetuneConfig(**FAST, epochs=1, holdout=0.0), tmp_path / "m")
+    with pytest.raises(FinetuneError, match="lr"):
+        finetune(ds, FinetuneConfig(**FAST, epochs=2, holdout=0.0, lr=0.1), tmp_path / "m",
+                 resume=True)  # fmt: skip
+
+
+def _one_line_error(args) -> str:
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and "error" in res.output
+    return " ".join(res.output.split())
+
+
+def test_bad_init_is_one_clear_line(data, tmp_path):
+    base = ["finetune", str(data), "--out", str(tmp_path / "m"), "--backbone", "test-vit"]
+    assert "no such file" in _one_line_error([*base, "--init", str(tmp_path / "nope.safetensors")])
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not safetensors")
+    assert "not a readable safetensors" in _one_line_error([*base, "--init", str(junk)])
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"w": torch.zeros(3)}, wrong)
+    assert "do not fit" in _one_line_error([*base, "--init", str(wrong)])
+    assert "Hugging Face model folder" in _one_line_error([*base, "--init", str(tmp_path)])
+    assert "needs --init" in _one_line_error([*base[:-1], "clip"])
+
+
+def test_clip_vision_tower_from_local_weights(data, tmp_path, tiny_clip_dir):
+    ds = load_dataset(data)
+    cfg = FinetuneConfig(**{**FAST, "backbone": "clip"}, init=str(tiny_clip_dir), epochs=1)
+    result = finetune(ds, cfg, tmp_path / "m")
+    arch = json.loads((tmp_path / "m" / "config.json").read_text())["architecture"]
+    assert arch["kind"] == "clip" and arch["image_size"] == 30
+    assert np.isfinite(result.validation.spearman)
+    # the pretrained weights were used, not a fresh init
+    start = load_file(tiny_clip_dir / "model.safetensors")
+    from thumbview.finetune.network import build_network
+
+    net, _ = build_network(cfg)
+    mine = net.image.model.state_dict()
+    key = next(k for k in mine if k.endswith("embeddings.patch_embedding.weight"))
+    assert torch.equal(mine[key], start["vision_model.embeddings.patch_embedding.weight"])
+
+
+@pytest.mark.slow
+def test_title_finetune_trains_the_sentence_model(data, tmp_path):
+    ds = load_dataset(data).subset(np.arange(60))
+    cfg = FinetuneConfig(**FAST, title="finetune", epochs=1, holdout=0.0, title_lr=1e-3)
+    finetune(ds, cfg, tmp_path / "m")
+    loaded = LoadedPredictor.load(tmp_path / "m")
+    img = load_image(ds.paths[0])
+    a, b = loaded.predict(loaded.blocks([img, img], ["How I got rich", "boring update"]))
+    assert a != b  # the title tower reads the text
+
+
+def test_every_command_accepts_the_model(trained, data, tmp_path, monkeypatch):
+    _, out = trained
+    ds = load_dataset(data)
+    a, b = (str(p) for p in ds.paths[:2])
+    res = runner.invoke(app, ["predict", str(out), a, "--title", "x", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)[0]["low"] < json.loads(res.stdout)[0]["high"]
+    res = runner.invoke(app, ["evaluate", str(out), str(data), "--json"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["compare", a, b, "-t", "one", "-t", "two", "--model", str(out)])
+    assert res.exit_code == 0, res.output
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["explain", str(out), a, "--json"])
+    assert res.exit_code == 0, res.output
+    heat = json.loads(res.stdout)
+    assert np.asarray(heat["grid"]).shape == (8, 8) and Path(heat["heatmap"]).is_file()
+
+
+def test_occlusion_finds_the_cell_that_matters():
+    from thumbview.finetune.explain import occlusion_grid
+
+    pixels = np.zeros((3, 32, 32), np.float32)
+    pixels[:, :4, :4] = 255  # a bright top-left cell; the "model" reads only its brightness
+
+    def predict(batch):
+        return batch[:, :, :4, :4].mean(axis=(1, 2, 3)) / 255
+
+    point, grid = occlusion_grid(predict, pixels, grid=8)
+    assert point == pytest.approx(1.0)
+    assert np.unravel_index(grid.argmax(), grid.shape) == (0, 0)
+    assert np.count_nonzero(grid) == 1
+
+
+def test_serve_and_frames_accept_the_model(trained, data, tmp_path):
+    import av
+    from fastapi.testclient import TestClient
+
+    from thumbview.frames import FramesConfig, rank_frames
+    from thumbview.serve import app as serve_app
+
+    _, out = trained
+    paths = load_dataset(data).paths
+    with TestClient(serve_app.create_app(out)) as c:
+        resp = c.post("/predict", files={"image": ("t.jpg", paths[0].read_bytes(), "image/jpeg")})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["prediction"]["low"] <= resp.json()["prediction"]["views"]
+    video = tmp_path / "v.mp4"
+    with av.open(str(video), "w") as f:  # three 1-second shots, each a synthetic thumbnail
+        stream = f.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        for p in paths[:3]:
+            rgb = np.asarray(load_image(p).resize((320, 180)))
+            for _ in range(10):
+                f.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        f.mux(stream.encode())
+    result = rank_frames(video, out, title="x", top=2, config=FramesConfig(sample_fps=4))
+    views = [c.predicted_views for c in result.choices]
+    assert 1 <= len(views) <= 2 and views == sorted(views, reverse=True)
+
+
+def test_cli_trains_and_prints_json(data, tmp_path):
+    out = tmp_path / "m"
+    args = ["finetune", str(data), "--out", str(out), "--backbone", "test-cnn", "--title", "none",
+            "--epochs", "1", "--workers", "0", "--batch-size", "64", "--json"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["epochs_run"] == 1 and got["holdout"]["n"] == got["n_holdout"] > 0
+    assert LoadedPredictor.load(out).model.config.encoders == ("pixels",)
