@@ -171,8 +171,12 @@ def test_web_panel_generates_ranked_candidates(trained_bot):
 
     app = FastAPI()
     app.include_router(bot_router(trained_bot))
-    client = TestClient(app)
-    assert "bot-form" in client.get("/bot").text
+    client = TestClient(app, base_url="http://127.0.0.1")
+    page = client.get("/bot").text
+    assert "bot-form" in page and '<script src="/static/bot.js"' in page  # no inline script: CSP
+    from thumbview.serve.app import STATIC_DIR
+
+    assert "/api/bot/generate" in (STATIC_DIR / "bot.js").read_text()
     res = client.post("/api/bot/generate", data={"title": "worst cake ever", "n": 3, "top": 2})
     assert res.status_code == 200, res.text
     cands = res.json()["candidates"]

@@ -324,7 +324,7 @@ def test_ctrl_c_says_how_to_resume(synth_dir, monkeypatch):
         raise KeyboardInterrupt
 
     # patched where the command looks it up at call time (no module keeps the fake)
-    monkeypatch.setattr("thumbview.predict.workflow.build_encoders", interrupted)
+    monkeypatch.setattr("thumbview.embed.cache.embed", interrupted)
     result = invoke("embed", synth_dir, "--encoders", "title")
     assert result.exit_code == 130
     assert "run the same command to resume" in result.output and "Traceback" not in result.output
@@ -366,8 +366,6 @@ def test_help_reads_like_a_command_line_and_every_option_says_what_it_does():
         text = invoke(*path, "--help").output
         for python_type in ("<bool>", "<list[", "<path>", "<int>", "{"):
             assert python_type not in text, (path, python_type)
-        if path[0] in ("collect", "sae"):
-            continue  # owned by the collect / sae CLIs
         for param in cmd.params:
             if param.param_type_name == "option" and param.name != "help":
                 assert param.help, f"thumbview {' '.join(path)} {param.opts[0]} has no help"

@@ -191,7 +191,7 @@ def test_missing_model_directory_gives_clear_error(tmp_path):
     with pytest.raises(ClipModelError, match="does not exist") as info:
         encoder.encode(_images([(30, 30)]))
     assert isinstance(info.value, ValueError)
-    assert "huggingface-cli download" in str(info.value)
+    assert "hf download" in str(info.value)
 
 
 def test_uncached_hub_id_offline_gives_clear_error(monkeypatch):
@@ -199,7 +199,7 @@ def test_uncached_hub_id_offline_gives_clear_error(monkeypatch):
     encoder = ClipEncoder("thumbview-tests/clip-that-is-not-cached")
     with pytest.raises(ClipModelError, match="offline") as info:
         _ = encoder.dim
-    assert "huggingface-cli download thumbview-tests/clip-that-is-not-cached" in str(info.value)
+    assert "hf download thumbview-tests/clip-that-is-not-cached" in str(info.value)
 
 
 def test_directory_without_weights_gives_clear_error(tiny_clip_dir, tmp_path):

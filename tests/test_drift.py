@@ -26,7 +26,7 @@ def test_narrow_training_warns_on_wide_views_and_far_features():
     assert limits.warning({"f": rng.normal(size=(200, 8))}, y_train[:200]) is None
     wide = log_views(10 ** rng.uniform(1, 7, 200))  # 10 to 10M views
     said = limits.warning(None, wide)
-    assert said is not None and "far outside the training range" in said and "1.1k" in said
+    assert said is not None and "far outside the training range" in said and "1.1K" in said
     far = {"f": rng.normal(size=(5, 8)) + np.array([10.0] + [0] * 7)}
     assert limits.features_outside(far).all()
     assert "unlike the training" in limits.warning(far)

@@ -210,7 +210,7 @@ def test_serve_and_frames_accept_the_model(trained, data, tmp_path):
 
     _, out = trained
     paths = load_dataset(data).paths
-    with TestClient(serve_app.create_app(out)) as c:
+    with TestClient(serve_app.create_app(out), base_url="http://127.0.0.1") as c:
         resp = c.post("/predict", files={"image": ("t.jpg", paths[0].read_bytes(), "image/jpeg")})
         assert resp.status_code == 200, resp.text
         assert resp.json()["prediction"]["low"] <= resp.json()["prediction"]["views"]
@@ -223,7 +223,10 @@ def test_serve_and_frames_accept_the_model(trained, data, tmp_path):
             for _ in range(10):
                 f.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         f.mux(stream.encode())
-    result = rank_frames(video, out, title="x", top=2, config=FramesConfig(sample_fps=4))
+    from thumbview.inference import LoadedPredictor
+
+    predictor = LoadedPredictor.load(out)
+    result = rank_frames(video, predictor, title="x", top=2, config=FramesConfig(sample_fps=4))
     views = [c.predicted_views for c in result.choices]
     assert 1 <= len(views) <= 2 and views == sorted(views, reverse=True)
 

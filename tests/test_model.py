@@ -196,7 +196,7 @@ def test_load_rejects_missing_and_corrupt_files(saved, tmp_path):
         ViewPredictor.load(d)
     d = _copy(saved, tmp_path / "b")
     (d / "config.json").write_text("{not json")
-    with pytest.raises(ArtifactError, match="corrupt JSON"):
+    with pytest.raises(ArtifactError, match="not valid JSON"):
         ViewPredictor.load(d)
 
 

@@ -9,6 +9,7 @@ from scipy import stats
 
 from thumbview.compare import compare
 from thumbview.embed.base import Encoder
+from thumbview.inference import LoadedPredictor
 from thumbview.predict import pairwise as pw
 from thumbview.predict.model import PredictorConfig
 
@@ -118,7 +119,8 @@ def test_pairwise_round_trips_and_compare_carries_the_verdict(fitted, tmp_path):
     assert again.calibration_ == pairwise.calibration_
     assert pw.PairwiseModel.load(tmp_path / "nothing") is None
     images = [Image.new("RGB", (8, 8), (v, 0, 0)) for v in (0, 120, 250)]
-    found = compare(model, {"f": _RedEncoder()}, images, ["a", "b", "c"], pairwise=again)
+    predictor = LoadedPredictor(model, {"f": _RedEncoder()}, tmp_path / "none")
+    found = compare(predictor, images, ["a", "b", "c"], pairwise=again)
     assert found.reliable is not None and found.verdict
     assert found.assumption == pw.METHOD
     p = np.array(found.p_beats)

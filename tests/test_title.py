@@ -86,7 +86,9 @@ def test_registry_builds_title_lazily():
 
 
 def test_registry_unknown_name_lists_known_ones():
-    assert ENCODER_NAMES == ("clip", "title", "visual")
-    with pytest.raises(UnknownEncoderError, match="clip, title, visual") as info:
+    assert ENCODER_NAMES == ("clip", "title", "visual", "context", "title-desc")
+    with pytest.raises(
+        UnknownEncoderError, match="clip, title, visual, context, title-desc"
+    ) as info:
         get_encoder("resnet")
     assert isinstance(info.value, ValueError)

@@ -48,13 +48,19 @@ def train_command(
     method: Annotated[
         str, typer.Option("--method", help="draft (reward backprop) or ddpo.")
     ] = "draft",
-    epochs: Annotated[int, typer.Option("--epochs")] = 10,
+    epochs: Annotated[
+        int, typer.Option("--epochs", help="Training epochs (each: one batch of prompts).")
+    ] = 10,
     steps: Annotated[int, typer.Option("--steps", help="DDIM steps.")] = 20,
-    guidance: Annotated[float, typer.Option("--guidance")] = 5.0,
+    guidance: Annotated[
+        float, typer.Option("--guidance", help="Classifier-free guidance scale.")
+    ] = 5.0,
     batch: Annotated[int, typer.Option("--batch", help="Prompts per epoch.")] = 2,
     per_prompt: Annotated[int, typer.Option("--per-prompt", help="Images per prompt.")] = 2,
-    lr: Annotated[float, typer.Option("--lr")] = 3e-4,
-    lora_rank: Annotated[int, typer.Option("--lora-rank")] = 4,
+    lr: Annotated[
+        float, typer.Option("--lr", help="AdamW learning rate of the LoRA weights.")
+    ] = 3e-4,
+    lora_rank: Annotated[int, typer.Option("--lora-rank", help="Rank of the LoRA adapters.")] = 4,
     kl: Annotated[float, typer.Option("--kl", help="Weight of the KL-to-base term.")] = 0.1,
     ood: Annotated[
         float, typer.Option("--ood", help="Weight of the out-of-distribution penalty.")
@@ -64,17 +70,29 @@ def train_command(
     clip_model: Annotated[
         str | None, typer.Option("--clip-model", help="Local CLIP folder for title similarity.")
     ] = None,
-    clip_weight: Annotated[float, typer.Option("--clip-weight")] = 0.0,
+    clip_weight: Annotated[
+        float,
+        typer.Option(
+            "--clip-weight",
+            help="Weight of the CLIP title-image similarity reward (ddpo; needs local CLIP).",
+        ),
+    ] = 0.0,
     aesthetic_model: Annotated[
         str | None,
         typer.Option("--aesthetic-model", help="safetensors linear head over CLIP embeddings."),
     ] = None,
-    aesthetic_weight: Annotated[float, typer.Option("--aesthetic-weight")] = 0.0,
+    aesthetic_weight: Annotated[
+        float,
+        typer.Option(
+            "--aesthetic-weight",
+            help="Weight of the aesthetic-scorer reward (ddpo; needs local weights).",
+        ),
+    ] = 0.0,
     eval_model: Annotated[
         Path | None, typer.Option("--eval-model", help="Second predictor (disjoint channels).")
     ] = None,
     size: Annotated[str, typer.Option("--size", help="WxH, multiples of 8.")] = "512x512",
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same images).")] = 0,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run saved in --out.")
     ] = False,
@@ -154,8 +172,10 @@ def generate_command(
     model: Annotated[
         Path | None, typer.Option("--model", help="Predictor (default: the bot's).")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    steps: Annotated[int | None, typer.Option("--steps")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same images).")] = 0,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="DDIM steps (default: the bot's training steps).")
+    ] = None,
     no_lora: Annotated[
         bool, typer.Option("--no-lora", help="The base model, for comparison.")
     ] = False,
@@ -204,7 +224,9 @@ def eval_command(
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder for the side-by-side grid.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of tables.")
+    ] = False,
 ) -> None:
     """Base vs bot on fixed seeds: mean predicted log10 views and the bot's win rate."""
     _require()
@@ -228,7 +250,7 @@ def eval_command(
 @user_errors
 def tiny_base_command(
     out: Annotated[Path, typer.Argument(help="Folder to write.")],
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same images).")] = 0,
 ) -> None:
     """Write a tiny random Stable Diffusion folder (for trying the commands offline; noise images)."""
     _require()

@@ -55,7 +55,7 @@ def finetune_command(
     early_stop: Annotated[str, _opt("spearman or loss (validation).", "--early-stop")] = "spearman",
     holdout: Annotated[float, _opt("Channel-disjoint share held out.", "--holdout")] = 0.2,
     workers: Annotated[int, _opt("Image-decoding worker processes.", "--workers")] = 2,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, _opt("Random seed for the split, initialisation and augmentation.", "--seed")] = 0,
     resume: Annotated[bool, _opt("Continue from OUT/checkpoint.", "--resume")] = False,
     cache_dir: CacheOpt = None,
     as_json: Annotated[bool, _opt("Print one JSON object of the results.", "--json")] = False,

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from thumbview.embed.title import TitleEncoder
+from thumbview.fileio import write_json
 from thumbview.finetune.encoders import PixelEncoder, TitleTokenEncoder
 from thumbview.finetune.model import FinetunedPredictor
 from thumbview.predict import plots
 from thumbview.predict.evaluate import EvalResult, compute_metrics
 from thumbview.predict.model import PredictorConfig, ViewPredictor
-from thumbview.predict.workflow import EVAL_FILE, _write_json, _write_training_record
+from thumbview.predict.workflow import EVAL_FILE, _write_training_record
 
 
 def finish(model: FinetunedPredictor, dataset, split, y, titles, test_pred, out_dir: Path):
@@ -56,5 +57,5 @@ def finish(model: FinetunedPredictor, dataset, split, y, titles, test_pred, out_
                                            relative=relative))  # fmt: skip
     paths.append(plots.plot_residual_hist(y_test - test_pred, out_dir / "residuals.png",
                                           interval=(float(lo), float(hi))))  # fmt: skip
-    _write_json(out_dir / EVAL_FILE, {**result.to_json_dict(), "split": "holdout"})
+    write_json(out_dir / EVAL_FILE, {**result.to_json_dict(), "split": "holdout"})
     return result, tuple(paths)
