@@ -14,14 +14,13 @@ from thumbview.predict.evaluate import (
     EvalResult,
     EvaluationError,
     Metrics,
-    baseline_metrics,
     compute_metrics,
     cross_validate,
     evaluate_predictor,
     group_kfold,
     group_train_test_split,
 )
-from thumbview.predict.model import PredictorConfig
+from thumbview.predict.model import PredictorConfig, ViewPredictor
 from thumbview.predict.plots import (
     PlotError,
     format_factor,
@@ -111,11 +110,11 @@ def test_group_train_test_split():
 def test_cross_validate_and_baselines():
     blocks, y, groups = synthetic()
     config = PredictorConfig(("visual", "clip"))
-    cv = cross_validate(blocks, y, groups, config, k=4)
+    cv, baselines = cross_validate(blocks, y, groups, config, k=4)
     assert isinstance(cv, CVResult) and len(cv.folds) == 4
     assert cv.mean.spearman > 0.9 and cv.mean.n == len(y)
     assert 0 < cv.std["spearman"] < 0.1
-    base = baseline_metrics(blocks, y, groups, k=4)
+    base = {name: b.mean for name, b in baselines.items()}
     assert set(base) == {"global-median", "visual-only", "clip-only"}
     median = base["global-median"]
     assert (
@@ -128,7 +127,8 @@ def test_cross_validate_and_baselines():
 
 def test_evaluate_predictor_json():
     blocks, y, groups = synthetic(300)
-    result = evaluate_predictor(blocks, y, groups, PredictorConfig(("visual",)), k=3)
+    result, cv = evaluate_predictor(blocks, y, groups, PredictorConfig(("visual",)), k=3)
+    assert result.model == cv.mean  # one K-fold pass serves both
     assert isinstance(result, EvalResult) and set(result.baselines) == {
         "global-median",
         "visual-only",
@@ -194,3 +194,24 @@ def test_metrics_dataclass_is_frozen():
     m = Metrics(0.1, 0.2, 0.3, 0.4, 5)
     with pytest.raises(AttributeError):
         m.n = 3
+
+
+def test_baselines_are_the_same_model_in_train_and_cv():
+    """`cv` and a trained model's saved baselines use one definition (`baseline_config`)."""
+    from thumbview.predict.evaluate import baseline_config
+
+    config = PredictorConfig(("visual", "clip"), head="mlp", seed=3)
+    single = baseline_config(config, "visual")
+    assert single.encoders == ("visual",) and single.head == "ridge" and single.seed == 3
+    blocks, y, groups = synthetic(200)
+    _, baselines = cross_validate(blocks, y, groups, PredictorConfig(("visual", "clip")), k=3)
+    folds = group_kfold(groups, 3, 0, n=len(y))
+    want = []
+    for train, test in folds:
+        m = ViewPredictor(single).fit(
+            {"visual": blocks["visual"][train]}, y[train], calibrate=False
+        )
+        want.append(
+            compute_metrics(y[test], m.predict({"visual": blocks["visual"][test]})).spearman
+        )
+    assert baselines["visual-only"].mean.spearman == pytest.approx(np.mean(want), abs=1e-12)

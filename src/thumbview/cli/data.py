@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from thumbview.cli._shared import console, safe, split_names, user_errors
+from thumbview.embed.registry import DEFAULT_CLIP_MODEL
 from thumbview.progress import progress_bar
 
 # The library is imported inside each command: `thumbview --help` must not load pandas/torch.
@@ -72,7 +73,7 @@ def info(data: DataArg) -> None:
 def embed_command(
     data: DataArg,
     encoders: EncodersOpt = "title,visual",
-    clip_model: ClipModelOpt = "openai/clip-vit-base-patch32",
+    clip_model: ClipModelOpt = DEFAULT_CLIP_MODEL,
     cache_dir: CacheOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per encoder batch.")] = 64,
     ray: Annotated[

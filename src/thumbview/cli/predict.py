@@ -15,6 +15,7 @@ from rich.table import Table
 
 from thumbview.cli._shared import console, print_json, safe, split_names, user_errors
 from thumbview.cli.data import CacheOpt, ClipModelOpt, DataArg, EncodersOpt
+from thumbview.embed.registry import DEFAULT_CLIP_MODEL
 from thumbview.units import TARGET_HELP, format_range, format_views, unit_name
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ def train_command(
         float, typer.Option("--holdout", help="Channel-disjoint share held out for evaluation.")
     ] = 0.2,
     seed: SeedOpt = 0,
-    clip_model: ClipModelOpt = "openai/clip-vit-base-patch32",
+    clip_model: ClipModelOpt = DEFAULT_CLIP_MODEL,
     cache_dir: CacheOpt = None,
 ) -> None:
     """Train a view predictor and evaluate it on a held-out set of channels."""
@@ -163,7 +164,7 @@ def cv_command(
     folds: Annotated[int, typer.Option("--folds", "-k", help="Number of folds.")] = 5,
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,
-    clip_model: ClipModelOpt = "openai/clip-vit-base-patch32",
+    clip_model: ClipModelOpt = DEFAULT_CLIP_MODEL,
     cache_dir: CacheOpt = None,
     ablate: Annotated[
         bool,

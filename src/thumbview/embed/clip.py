@@ -35,10 +35,11 @@ from PIL import Image
 
 from thumbview.data.images import to_rgb
 from thumbview.embed.base import Encoder
+from thumbview.embed.registry import DEFAULT_CLIP_MODEL
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+DEFAULT_MODEL = DEFAULT_CLIP_MODEL
 # The normalisation every OpenAI CLIP checkpoint was trained with; used when a checkpoint
 # ships no preprocessor_config.json (same values as transformers.image_utils.OPENAI_CLIP_*).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

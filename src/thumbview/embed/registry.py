@@ -12,6 +12,9 @@ from typing import Any
 from thumbview.embed.base import Encoder
 
 ENCODER_NAMES = ("clip", "title", "visual", "context", "title-desc")
+# The CLIP checkpoint used when none is named: defined once, here, where the CLI can read it
+# without importing torch.
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 
 
 class UnknownEncoderError(ValueError):

@@ -9,153 +9,26 @@ the product question is ranking ("which of my thumbnails is better?"), not the e
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
-from sklearn.metrics import mean_absolute_error, r2_score
 
 from thumbview.fileio import json_safe
-
-if TYPE_CHECKING:
-    from thumbview.predict.model import PredictorConfig
+from thumbview.predict.metrics import (  # noqa: F401 (the public names of this stage)
+    CVResult,
+    EvaluationError,
+    Metrics,
+    compute_metrics,
+    group_kfold,
+    group_train_test_split,
+    summarize_folds,
+)
+from thumbview.predict.model import PredictorConfig, ViewPredictor
 
 log = logging.getLogger(__name__)
-
-
-class EvaluationError(ValueError):
-    """Evaluation inputs are inconsistent (lengths, too few groups for K folds, ...)."""
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """Agreement of predictions with the truth, in log10-views units where units apply."""
-
-    spearman: float
-    pearson: float
-    mae_log10: float
-    r2: float
-    n: int
-
-    def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
-
-
-def compute_metrics(y_true, y_pred) -> Metrics:
-    """Spearman, Pearson, MAE and R^2; undefined ones are NaN instead of an exception.
-
-    Correlations need n >= 3 and non-constant inputs (a constant prediction, like the
-    global-median baseline, ranks nothing); R^2 needs a non-constant truth.
-    """
-    yt, yp = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
-    if yt.ndim != 1 or yt.shape != yp.shape:
-        raise EvaluationError(f"y_true {yt.shape} and y_pred {yp.shape} must be equal-length 1-d")
-    if not (np.isfinite(yt).all() and np.isfinite(yp).all()):
-        raise EvaluationError("y_true and y_pred must be finite (no NaN/inf)")
-    n = len(yt)
-    nan = float("nan")
-    varied = n >= 3 and np.ptp(yt) > 0 and np.ptp(yp) > 0
-    spearman = float(stats.spearmanr(yt, yp).statistic) if varied else nan
-    pearson = float(stats.pearsonr(yt, yp).statistic) if varied else nan
-    mae = float(mean_absolute_error(yt, yp)) if n else nan
-    r2 = float(r2_score(yt, yp)) if n >= 2 and np.ptp(yt) > 0 else nan
-    return Metrics(spearman=spearman, pearson=pearson, mae_log10=mae, r2=r2, n=n)
-
-
-def _group_codes(groups, n: int | None) -> np.ndarray:
-    """Integer group per row; missing ids (None/NaN/"") become singleton groups."""
-    if groups is None:
-        if n is None:
-            raise EvaluationError("give either groups or the number of rows n")
-        return np.arange(n)
-    codes, _ = pd.factorize(pd.Series(np.asarray(groups, dtype=object)).replace("", None))
-    if n is not None and len(codes) != n:
-        raise EvaluationError(f"groups has {len(codes)} rows, expected {n}")
-    missing = codes < 0
-    codes[missing] = codes.max(initial=-1) + 1 + np.arange(int(missing.sum()))
-    return codes
-
-
-def group_kfold(groups, k: int = 5, seed: int = 0, *, n: int | None = None) -> list:
-    """K folds `[(train_idx, test_idx), ...]` that never split a group (channel) across folds.
-
-    Groups are shuffled with `seed`, then placed largest-first into the currently lightest
-    fold, so folds are near-equal in rows (sklearn's shuffled GroupKFold balances group counts
-    instead, which gives very unequal folds when channel sizes vary). `groups=None` means
-    every row is its own group (plain shuffled K-fold over `n` rows).
-    """
-    codes = _group_codes(groups, n)
-    sizes = np.bincount(codes)  # (G,)
-    if k < 2 or k > len(sizes):
-        raise EvaluationError(
-            f"cannot make {k} folds from {len(sizes)} groups (need 2 <= k <= groups)"
-        )
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(sizes))
-    order = order[np.argsort(-sizes[order], kind="stable")]  # largest first, random among ties
-    fold_of_group, load = np.empty(len(sizes), dtype=np.int64), np.zeros(k, dtype=np.int64)
-    for g in order:
-        f = int(np.argmin(load))
-        fold_of_group[g], load[f] = f, load[f] + sizes[g]
-    fold = fold_of_group[codes]  # (N,)
-    return [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(k)]
-
-
-def group_train_test_split(
-    groups, test_frac: float = 0.2, seed: int = 0, *, n: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """One channel-disjoint split whose test side holds about `test_frac` of the rows."""
-    if not 0 < test_frac < 1:
-        raise EvaluationError(f"test_frac must be in (0, 1), got {test_frac}")
-    codes = _group_codes(groups, n)
-    sizes = np.bincount(codes)
-    if len(sizes) < 2:
-        raise EvaluationError("need at least 2 groups to split into train and test")
-    order = np.random.default_rng(seed).permutation(len(sizes))
-    cum = np.cumsum(sizes[order])  # rows taken so far, in shuffled group order
-    n_test_groups = int(np.searchsorted(cum, test_frac * len(codes))) + 1
-    n_test_groups = min(max(n_test_groups, 1), len(sizes) - 1)
-    is_test = np.isin(codes, order[:n_test_groups])
-    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
-
-
-@dataclass(frozen=True)
-class CVResult:
-    """Per-fold metrics, their mean (n = all rows evaluated) and standard deviation across folds."""
-
-    folds: tuple[Metrics, ...]
-    mean: Metrics
-    std: dict[str, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "folds": [f.to_dict() for f in self.folds],
-            "mean": self.mean.to_dict(),
-            "std": dict(self.std),
-        }
-
-
-def summarize_folds(folds) -> CVResult:
-    """Mean and spread of fold metrics; NaN folds (constant predictions) are ignored."""
-    folds = tuple(folds)
-    names = [f.name for f in fields(Metrics) if f.name != "n"]
-    table = np.array([[getattr(m, k) for k in names] for m in folds], dtype=np.float64)  # (K, 4)
-    with np.errstate(all="ignore"):
-        ok = np.isfinite(table).sum(axis=0)  # (4,)
-        mean = np.where(ok > 0, np.nansum(table, axis=0) / np.maximum(ok, 1), np.nan)
-        std = [
-            float(np.nanstd(col, ddof=1)) if c > 1 else math.nan
-            for col, c in zip(table.T, ok, strict=True)
-        ]
-    total = sum(m.n for m in folds)
-    return CVResult(
-        folds=folds,
-        mean=Metrics(**dict(zip(names, map(float, mean), strict=True)), n=total),
-        std=dict(zip(names, std, strict=True)),
-    )
 
 
 def _check_lengths(blocks: dict[str, np.ndarray], y: np.ndarray) -> None:
@@ -164,49 +37,43 @@ def _check_lengths(blocks: dict[str, np.ndarray], y: np.ndarray) -> None:
             raise EvaluationError(f"block {name!r} has {np.shape(X)[0]} rows but y has {len(y)}")
 
 
+def baseline_config(config: PredictorConfig, encoder: str) -> PredictorConfig:
+    """The one definition of an encoder-only baseline: the same predictor on that block alone.
+
+    `train` saves these beside the model and `cv` / `evaluate` score them, so "title only"
+    means the same model everywhere.
+    """
+    return PredictorConfig(encoders=(encoder,), target=config.target, seed=config.seed)
+
+
 def cross_validate(
     blocks: dict[str, np.ndarray], y, groups, config: PredictorConfig, k: int = 5
-) -> CVResult:
-    """K-fold (channel-disjoint when `groups` is given) metrics of the full predictor.
-
-    Each fold fits a fresh `ViewPredictor` without its own calibration loop (only point
-    predictions are scored here), so this costs K fits, not K x (K + 1).
+) -> tuple[CVResult, dict[str, CVResult]]:
+    """One K-fold pass (channel-disjoint when `groups` is given): the full predictor and,
+    on the same folds, every baseline (`global-median`, `<encoder>-only` when there are two or
+    more encoders). Folds fit without their own calibration loop (only point predictions are
+    scored), so this costs K fits per model, not K x (K + 1).
     """
-    from thumbview.predict.model import ViewPredictor  # model imports this module
-
     y = np.asarray(y, dtype=np.float64)
     _check_lengths(blocks, y)
-    metrics = []
+    per_fold: dict[str, list[Metrics]] = {"model": [], "global-median": []}
+    singles = config.encoders if len(config.encoders) > 1 else ()
     for train, test in group_kfold(groups, k, config.seed, n=len(y)):
-        model = ViewPredictor(config).fit(_rows(blocks, train), y[train], calibrate=False)
-        metrics.append(compute_metrics(y[test], model.predict(_rows(blocks, test))))
-        log.debug("fold %d/%d: %s", len(metrics), k, metrics[-1])
-    return summarize_folds(metrics)
-
-
-def baseline_metrics(
-    blocks: dict[str, np.ndarray], y, groups=None, *, k: int = 5, seed: int = 0
-) -> dict[str, Metrics]:
-    """What the model must beat, on the same folds: the training median, and ridge per encoder.
-
-    Keys: `global-median`, then `<encoder>-only` for each block. A model that does not beat
-    its best single encoder is not using the combination.
-    """
-    from thumbview.predict.heads import RidgeHead
-
-    y = np.asarray(y, dtype=np.float64)
-    _check_lengths(blocks, y)
-    folds = group_kfold(groups, k, seed, n=len(y))
-    per_fold: dict[str, list[Metrics]] = {"global-median": []}
-    for train, test in folds:
         median = np.full(len(test), np.median(y[train]))
         per_fold["global-median"].append(compute_metrics(y[test], median))
-        for name, X in blocks.items():
-            head = RidgeHead().fit(np.asarray(X)[train], y[train])
-            per_fold.setdefault(f"{name}-only", []).append(
-                compute_metrics(y[test], head.predict(np.asarray(X)[test]))
+        for name, cfg in [
+            ("model", config),
+            *((f"{e}-only", baseline_config(config, e)) for e in singles),
+        ]:
+            model = ViewPredictor(cfg).fit(_rows(blocks, train), y[train], calibrate=False)
+            per_fold.setdefault(name, []).append(
+                compute_metrics(y[test], model.predict(_rows(blocks, test)))
             )
-    return {name: summarize_folds(m).mean for name, m in per_fold.items()}
+        log.debug("fold %d/%d: %s", len(per_fold["model"]), k, per_fold["model"][-1])
+    if not singles:  # one encoder: its baseline is the model itself, on the same folds
+        per_fold[f"{config.encoders[0]}-only"] = per_fold["model"]
+    summaries = {name: summarize_folds(m) for name, m in per_fold.items()}
+    return summaries.pop("model"), summaries
 
 
 INTERVAL_METHOD = (
@@ -295,11 +162,11 @@ def _quantile_labels(x: np.ndarray, q: int, prefix: str) -> np.ndarray:
 
 def evaluate_predictor(
     blocks: dict[str, np.ndarray], y, groups, config: PredictorConfig, k: int = 5
-) -> EvalResult:
-    """Cross-validated model metrics and baselines on identical folds."""
-    cv = cross_validate(blocks, y, groups, config, k=k)
-    chosen = {name: blocks[name] for name in config.encoders if name in blocks}
-    return EvalResult(cv.mean, baseline_metrics(chosen, y, groups, k=k, seed=config.seed))
+) -> tuple[EvalResult, CVResult]:
+    """Cross-validated metrics (mean over folds) with the baselines of the same folds, and the
+    per-fold summary: one K-fold pass serves both."""
+    cv, baselines = cross_validate(blocks, y, groups, config, k=k)
+    return EvalResult(cv.mean, {name: b.mean for name, b in baselines.items()}), cv
 
 
 def _rows(blocks: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:

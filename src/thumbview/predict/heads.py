@@ -358,7 +358,7 @@ class GBMHead:
     def fit(self, X, y, groups=None) -> GBMHead:
         from sklearn.ensemble import HistGradientBoostingRegressor
 
-        from thumbview.predict.evaluate import group_train_test_split
+        from thumbview.predict.metrics import group_train_test_split
 
         X, y = check_xy(X, y)
         p = self.params

@@ -24,8 +24,8 @@ from safetensors.numpy import load_file, save_file
 from thumbview import __version__
 from thumbview.fileio import atomic_write, write_json
 from thumbview.layout import MODEL_CONFIG, MODEL_WEIGHTS
-from thumbview.predict.evaluate import Metrics, compute_metrics, group_kfold
 from thumbview.predict.heads import HEADS, HeadError, MLPParams, head_from_arrays
+from thumbview.predict.metrics import Metrics, compute_metrics, group_kfold
 from thumbview.predict.target import TARGETS
 from thumbview.schema import MapOf, Number, Optional, check, read_json
 

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 
 from thumbview import units
-from thumbview.predict.evaluate import compute_metrics
+from thumbview.predict.metrics import compute_metrics
 
 log = logging.getLogger(__name__)
 

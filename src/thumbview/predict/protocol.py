@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from thumbview.predict.evaluate import EvaluationError, _group_codes, group_train_test_split
+from thumbview.predict.metrics import EvaluationError, _group_codes, group_train_test_split
 
 CHANNEL_DISJOINT = "channel-disjoint"
 TIME_WITHIN_CHANNEL = "time-within-channel"

@@ -22,7 +22,7 @@ from thumbview.data.dataset import ThumbnailDataset
 from thumbview.data.images import load_image
 from thumbview.embed.base import Encoder
 from thumbview.embed.cache import embed, finite_rows
-from thumbview.embed.registry import get_encoder
+from thumbview.embed.registry import DEFAULT_CLIP_MODEL, get_encoder
 from thumbview.fileio import write_json
 from thumbview.inference.predictor import LoadedPredictor, Prediction
 from thumbview.layout import (
@@ -40,10 +40,10 @@ from thumbview.predict.evaluate import (
     CVResult,
     EvalResult,
     Metrics,
+    baseline_config,
     compute_metrics,
     conditional_coverage,
     coverage_strata,
-    cross_validate,
     evaluate_predictor,
 )
 from thumbview.predict.model import PredictorConfig, PredictorError, ViewPredictor
@@ -60,7 +60,7 @@ from thumbview.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+DEFAULT_CLIP = DEFAULT_CLIP_MODEL
 TRAINING_FILE, EVAL_FILE = MODEL_TRAINING, MODEL_EVAL
 
 
@@ -240,14 +240,14 @@ def fit_pairwise(out_dir: Path, config, blocks, y, dataset, plan: SplitPlan) -> 
 
 
 def _fit_baselines(out_dir: Path, config: PredictorConfig, blocks, y) -> None:
-    """One ridge model per encoder: evaluation reports what each encoder does alone."""
+    """One model per encoder (`baseline_config`, as in `cv`): evaluation reports what each
+    encoder does alone."""
     if len(config.encoders) < 2:
         return
     for name in config.encoders:
-        single = PredictorConfig(encoders=(name,), target=config.target, seed=config.seed)
-        ViewPredictor(single).fit({name: blocks[name]}, y, calibrate=False).save(
-            out_dir / MODEL_BASELINES / name
-        )
+        ViewPredictor(baseline_config(config, name)).fit(
+            {name: blocks[name]}, y, calibrate=False
+        ).save(out_dir / MODEL_BASELINES / name)
 
 
 def _training_plots(model: ViewPredictor, out_dir: Path) -> list[Path]:
@@ -387,9 +387,7 @@ def cross_validate_dataset(
     rows = np.flatnonzero(mask)
     sub_groups = dataset_split(dataset, rows, config, 0.0).fold_groups
     sub = _rows(blocks, rows)
-    return evaluate_predictor(sub, y[rows], sub_groups, config, k), cross_validate(
-        sub, y[rows], sub_groups, config, k
-    )
+    return evaluate_predictor(sub, y[rows], sub_groups, config, k)  # one K-fold pass
 
 
 # ----- prediction ----------------------------------------------------------------------------
