@@ -418,16 +418,23 @@ def _check_rows(
     views: list[int] = []
     folders: dict[str, bool] = {}  # folder -> resolves inside root; files share few folders
     for i, (name, raw_views) in enumerate(zip(df["file_name"], df["views"], strict=True)):
-        problem = malformed.get(i) or _file_problem(root, name, folders)
-        count = 0
-        if problem is None:
-            try:
-                count = parse_count(raw_views)
-            except ValueError as e:
-                problem = ("invalid views", str(e))
+        problem, count = checked_views(
+            malformed.get(i) or _file_problem(root, name, folders), raw_views
+        )
         problems.append(problem)
         views.append(count)
     return problems, views
+
+
+def checked_views(problem: tuple[str, str] | None, raw_views) -> tuple[tuple[str, str] | None, int]:
+    """(problem, view count) of a row: views are parsed only for a row still clean, and a bad
+    count becomes its problem. Folders and Parquet shards share this rule."""
+    if problem is not None:
+        return problem, 0
+    try:
+        return None, parse_count(raw_views)
+    except ValueError as e:
+        return ("invalid views", str(e)), 0
 
 
 def _file_problem(

@@ -246,12 +246,7 @@ def _check_rows(df: pd.DataFrame, has_bytes: np.ndarray) -> tuple[ds_mod.Problem
                 if unsafe
                 else ("missing image", f"no image bytes for {name!r}")
             )
-        count = 0
-        if problem is None:
-            try:
-                count = ds_mod.parse_count(raw_views)
-            except ValueError as e:
-                problem = ("invalid views", str(e))
+        problem, count = ds_mod.checked_views(problem, raw_views)
         problems.append(problem)
         views.append(count)
     return problems, views
