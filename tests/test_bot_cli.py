@@ -198,7 +198,7 @@ def test_ctrl_c_saves_finished_epochs_and_resume_continues(tiny_base, bot_model_
     prompts = [Prompt("worst cake ever", "cake")]
     with pytest.raises(BotInterrupted) as info:
         train_bot(
-            str(tiny_base), bot_model_dir, prompts, tmp_path / "b", config, progress=interrupt
+            str(tiny_base), bot_model_dir, prompts, tmp_path / "b", config, on_epoch=interrupt
         )
     assert info.value.epochs_done == 1
     assert json.loads((tmp_path / "b" / "bot.json").read_text())["epochs_done"] == 1

@@ -483,8 +483,14 @@ def test_verify_images_false_skips_decoding(tmp_path):
     assert ds.keys == ["g0", "g1", "x"]
 
 
-def test_progress_bar_path_runs(tmp_path):
-    assert len(load_dataset(folder(tmp_path, []), progress=True)) == 2
+def test_progress_counts_every_decoded_image(tmp_path):
+    from thumbview.progress import Fractions
+
+    seen: list[tuple[float, str]] = []
+    progress = Fractions(lambda f, stage: seen.append((f, stage)))
+    assert len(load_dataset(folder(tmp_path, []), progress=progress, verify_cache=False)) == 2
+    assert [f for f, _ in seen] == [0.0, 0.5, 1.0, 1.0]  # opened, two images, closed
+    assert {stage for _, stage in seen} == {"checking images"}
 
 
 def test_subset_keeps_report_and_realigns(tmp_path):

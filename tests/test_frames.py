@@ -93,9 +93,11 @@ def video(tmp_path_factory) -> tuple[Path, dict[str, list[tuple[float, float]]]]
 @pytest.fixture(scope="module")
 def ranked(video, model_dir, tmp_path_factory):  # noqa: F811
     from thumbview.frames import FramesConfig, rank_frames
+    from thumbview.frames.rank import PROGRESS_SHARES
     from thumbview.inference import LoadedPredictor
+    from thumbview.progress import Fractions
 
-    seen: list[float] = []
+    seen: list[tuple[float, str]] = []
     out = tmp_path_factory.mktemp("frames-out")
     result = rank_frames(
         video[0],
@@ -103,7 +105,7 @@ def ranked(video, model_dir, tmp_path_factory):  # noqa: F811
         top=5,
         out_dir=out,
         config=FramesConfig(sample_fps=4),
-        progress=seen.append,
+        progress=Fractions(lambda f, stage: seen.append((f, stage)), PROGRESS_SHARES),
     )
     return result, out, seen
 
@@ -143,7 +145,12 @@ def test_outputs_written(ranked):
     payload = json.loads((out / "frames.json").read_text())
     assert [c["timestamp_s"] for c in payload["choices"]] == [c.timestamp_s for c in result.choices]
     assert payload["skipped"] == result.skipped
-    assert seen and seen == sorted(seen) and seen[-1] == 1.0
+    fractions = [f for f, _ in seen]
+    assert fractions and fractions == sorted(fractions) and fractions[-1] == 1.0
+    # both tasks reported, in order, and scanning moved the bar before ranking began
+    stages = [s for _, s in seen]
+    assert stages[0] == "scanning video" and stages[-1] == "ranking frames"
+    assert 0.5 < max(f for f, s in seen if s == "scanning video") <= 0.9
 
 
 def test_frames_use_the_models_own_coverage(ranked, video, model_dir_90):  # noqa: F811

@@ -383,6 +383,7 @@ def test_frames_job_end_to_end(client, tmp_path, monkeypatch):
     assert resp.status_code == 202, resp.text
     job = _wait(client, resp.json()["job_id"])
     assert job["status"] == "done" and job["progress"] == 1.0, job["error"]
+    assert job["stage"] == "ranking frames"  # the last task of rank_frames reached the page
     choices = job["result"]["choices"]
     assert 1 <= len(choices) <= 2
     text = json.dumps(job["result"])

@@ -26,6 +26,7 @@ from thumbview.inference import LoadedPredictor, Prediction
 from thumbview.layout import MODEL_TRAINING
 from thumbview.predict.model import PredictorConfig
 from thumbview.predict.workflow import TrainResult, dataset_blocks, train
+from thumbview.progress import SILENT, Progress
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ class DemoReport:
     seconds: float
 
 
-def run_demo(out_dir: Path, n: int = 1000, seed: int = 0, progress: bool = False) -> DemoReport:
+def run_demo(
+    out_dir: Path, n: int = 1000, seed: int = 0, progress: Progress = SILENT
+) -> DemoReport:
     start = time.perf_counter()
     out_dir = Path(out_dir)
     data_dir = _synthetic_data(out_dir / "data", SynthConfig(n=n, seed=seed), progress)
@@ -78,7 +81,7 @@ def run_demo(out_dir: Path, n: int = 1000, seed: int = 0, progress: bool = False
     )
 
 
-def _synthetic_data(data_dir: Path, config: SynthConfig, progress: bool) -> Path:
+def _synthetic_data(data_dir: Path, config: SynthConfig, progress: Progress) -> Path:
     """Reuse a previous demo's data when it was made with the same settings."""
     planted = data_dir / "planted.json"
     if planted.exists():

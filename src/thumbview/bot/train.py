@@ -140,9 +140,13 @@ def train_bot(
     eval_model: str | Path | None = None,
     resume: bool = False,
     decoder: Callable | None = None,
-    progress: Callable[[int, EpochStats], None] | None = None,
+    on_epoch: Callable[[int, EpochStats], None] | None = None,
 ) -> TrainResult:
-    """Tune a LoRA on `base` against the predictor in `model_dir`; see the module docstring."""
+    """Tune a LoRA on `base` against the predictor in `model_dir`; see the module docstring.
+
+    `on_epoch(epochs_done, stats)` is a report (thumbview.progress: progress vs reports),
+    called after each epoch is saved.
+    """
     out_dir = Path(out_dir)
     pipe = load_base(base)  # first: a bad base must not leave an empty BOT folder behind
     state = _start(out_dir, config, resume)
@@ -203,8 +207,8 @@ def train_bot(
             history.append(row)
             epoch += 1
             _save(out_dir, policy, optimizer, tracker, meta, history)
-            if progress:
-                progress(epoch, stats)
+            if on_epoch:
+                on_epoch(epoch, stats)
     except KeyboardInterrupt:
         raise BotInterrupted(out_dir, epoch) from None
     return TrainResult(out_dir, epoch, tuple(history))

@@ -14,8 +14,11 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
+from thumbview.progress import SILENT, Bars, Progress
+
 console = Console()
 err_console = Console(stderr=True)
+_bars = Bars(err_console)
 
 
 def safe(value: object) -> str:
@@ -73,6 +76,11 @@ def print_json(payload: Any) -> None:
         json_safe(payload), indent=2, ensure_ascii=False, default=_jsonable, allow_nan=False
     )
     typer.echo(text)
+
+
+def progress_for(as_json: bool = False) -> Progress:
+    """The bars every command passes to the library: on stderr for people, none for --json."""
+    return SILENT if as_json else _bars
 
 
 def warn(message: str) -> None:

@@ -145,7 +145,7 @@ def train_command(
             config,
             eval_model=eval_model,
             resume=resume,
-            progress=show,
+            on_epoch=show,
         )
     except BotInterrupted as e:
         err_console.print(

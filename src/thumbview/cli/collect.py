@@ -7,18 +7,16 @@ import dataclasses
 import functools
 import inspect
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from thumbview.cli._shared import console, err_console, user_errors
+from thumbview.cli._shared import console, progress_for, user_errors
 from thumbview.collect import (
     CollectSummary,
     collect_channel,
@@ -81,25 +79,6 @@ def _value(value: Any) -> Any:
     return value.date() if isinstance(value, datetime) else value
 
 
-@contextmanager
-def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
-    """A rich bar driven by the library's (done, total) callback."""
-    with Progress(
-        TextColumn(label),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
-
-
 def _report(summary: CollectSummary) -> None:
     table = Table(title=escape(f"collect -> {summary.out}"), show_header=False)
     table.add_row("collected", str(summary.collected))
@@ -130,10 +109,9 @@ def search(
 ) -> None:
     """Collect the top results of each search query."""
     source, config = options.make_backend(), options.config()
-    with _progress("collecting") as progress:
-        summary = collect_search(
-            out, queries, backend=source, per_query=per_query, config=config, progress=progress
-        )
+    summary = collect_search(
+        out, queries, backend=source, per_query=per_query, config=config, progress=progress_for()
+    )
     _report(summary)
 
 
@@ -149,10 +127,9 @@ def channel(
 ) -> None:
     """Collect a channel's uploads."""
     source, config = options.make_backend(), options.config()
-    with _progress("collecting") as progress:
-        summary = collect_channel(
-            out, channel, backend=source, limit=limit, config=config, progress=progress
-        )
+    summary = collect_channel(
+        out, channel, backend=source, limit=limit, config=config, progress=progress_for()
+    )
     _report(summary)
 
 
@@ -168,11 +145,10 @@ def ids(
 ) -> None:
     """Collect a list of known video ids (split across machines with --shard i/n)."""
     source, config = options.make_backend(), options.config()
-    with _progress("collecting") as progress:
-        summary = collect_ids(
-            out, ids_file, backend=source, shard=parse_shard(shard), config=config,
-            progress=progress,
-        )  # fmt: skip
+    summary = collect_ids(
+        out, ids_file, backend=source, shard=parse_shard(shard), config=config,
+        progress=progress_for(),
+    )  # fmt: skip
     _report(summary)
 
 
@@ -187,11 +163,10 @@ def refresh_cmd(
 ) -> None:
     """Re-read view counts of collected videos; the old counts stay in views_history."""
     source = options.make_backend()
-    with _progress("refreshing") as progress:
-        summary = refresh(
-            out, backend=source, older_than=timedelta(hours=older_than),
-            config=options.config(), progress=progress,
-        )  # fmt: skip
+    summary = refresh(
+        out, backend=source, older_than=timedelta(hours=older_than),
+        config=options.config(), progress=progress_for(),
+    )  # fmt: skip
     console.print(
         f"refreshed {summary.refreshed}, unavailable {summary.unavailable}, "
         f"quota used {summary.quota_used}"
@@ -206,8 +181,7 @@ def merge(
     shards: Annotated[list[Path], typer.Argument(help="Shard folders (collect ids --shard i/n).")],
 ) -> None:
     """Merge shard folders into OUT: no duplicate, no lost row; safe to run again."""
-    with _progress("merging") as progress:
-        summary = merge_shards(out, shards, progress=progress)
+    summary = merge_shards(out, shards, progress=progress_for())
     console.print(summary.describe(), highlight=False, markup=False)
 
 

@@ -13,15 +13,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from thumbview.cli._shared import console, print_json, safe, user_errors, warn
+from thumbview.cli._shared import console, print_json, progress_for, safe, user_errors, warn
 from thumbview.cli.predict import JsonOpt
-from thumbview.progress import progress_bar
 from thumbview.units import format_number, format_range, format_views
 
 ModelOpt = Annotated[
     Path, typer.Option("--model", "-m", help="Model folder from `thumbview train`.")
 ]
-PROGRESS_STEPS = 1000  # the frames bar counts thousandths of the work
 
 
 @user_errors
@@ -48,30 +46,11 @@ def frames_command(
     predictor = LoadedPredictor.load(model)  # a bad model is reported before decoding
     for message in predictor.missing_inputs([title]):
         warn(message)
-    with progress_bar(PROGRESS_STEPS, "scanning video", enabled=not as_json) as advance:
-        result = rank_frames(
-            video, predictor, title, top, out, config, progress=_fraction_to_steps(advance)
-        )
+    result = rank_frames(video, predictor, title, top, out, config, progress_for(as_json))
     if as_json:
         print_json(result.to_json_dict())
         return
     _print_frames(result, top)
-
-
-def _fraction_to_steps(advance):
-    """A `progress(fraction)` callback that moves the bar to exactly `fraction` of its total.
-
-    Ends at the total (1000/1000) whenever the library reports 1.0, never short of it.
-    """
-    done = [0]
-
-    def report(fraction: float) -> None:
-        target = min(PROGRESS_STEPS, round(max(0.0, fraction) * PROGRESS_STEPS))
-        if target > done[0]:
-            advance(target - done[0])
-            done[0] = target
-
-    return report
 
 
 def _print_frames(result, top: int) -> None:

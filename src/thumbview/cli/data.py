@@ -11,9 +11,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from thumbview.cli._shared import console, safe, split_names, user_errors
+from thumbview.cli._shared import console, progress_for, safe, split_names, user_errors
 from thumbview.embed.registry import DEFAULT_CLIP_MODEL
-from thumbview.progress import progress_bar
 
 # The library is imported inside each command: `thumbview --help` must not load pandas/torch.
 ENCODER_NAMES = (
@@ -47,7 +46,7 @@ def synth(
     """Write a synthetic dataset with planted effects (truth in planted.json, truth.csv)."""
     from thumbview.data.synth import SynthConfig, make_synthetic
 
-    root = make_synthetic(out, SynthConfig(n=n, seed=seed), progress=True)
+    root = make_synthetic(out, SynthConfig(n=n, seed=seed), progress=progress_for())
     console.print(
         f"wrote {n} thumbnails to [bold]{safe(root)}[/] "
         f"(planted truth: {safe(root / 'planted.json')})"
@@ -59,7 +58,7 @@ def info(data: DataArg) -> None:
     """Validate a dataset folder and report what would be skipped, and why."""
     from thumbview.data.dataset import load_dataset
 
-    ds = load_dataset(data, progress=True)
+    ds = load_dataset(data, progress=progress_for())
     console.print(safe(ds.report.summary()))
     if ds.report.skipped:
         table = Table("row", "file_name", "reason", "detail", title="skipped rows (first 20)")
@@ -102,19 +101,18 @@ def embed_command(
     check_encoders(names, clip_model)  # before the dataset is verified
     if ray is not None:
         import_ray()  # before loading anything: say how to install it at once
-    ds = load_dataset(data, progress=True)
+    ds = load_dataset(data, progress=progress_for())
     if ray is not None:
         connect(ray)
     console.print(safe(ds.report.summary()))
     options = RayOptions(ray or "auto", batch_size, concurrency, num_gpus)
     for name, make in encoder_factories(names, clip_model, ray is not None).items():
-        with progress_bar(len(ds), f"embed {name}") as advance:
-            if ray is None:
-                matrix, stats = embed(
-                    ds, make(), cache_dir, batch_size=batch_size, progress=advance
-                )
-            else:
-                matrix, stats = embed_ray(ds, make, cache_dir, options, progress=advance)
+        if ray is None:
+            matrix, stats = embed(
+                ds, make(), cache_dir, batch_size=batch_size, progress=progress_for()
+            )
+        else:
+            matrix, stats = embed_ray(ds, make, cache_dir, options, progress=progress_for())
         console.print(
             f"{name}: {matrix.shape[0]} x {matrix.shape[1]} "
             f"({stats.n_cached} cached, {stats.n_computed} computed) -> {safe(stats.cache_path)}"
@@ -152,7 +150,7 @@ def pack_command(
     """Convert a dataset folder to Parquet shards (Hugging Face layout), losslessly."""
     from thumbview.data.shards import pack
 
-    result = pack(data, out, shard_size=shard_size, progress=True)
+    result = pack(data, out, shard_size=shard_size, progress=progress_for())
     console.print(
         f"{result.n_rows} rows ({result.n_images} with images) in {len(result.files)} shard(s) "
         f"under {escape(str(Path(out) / 'data'))}"
@@ -167,7 +165,7 @@ def unpack_command(
     """Write Parquet shards back as a dataset folder (images + metadata.csv)."""
     from thumbview.data.shards import unpack
 
-    result = unpack(shards, out, progress=True)
+    result = unpack(shards, out, progress=progress_for())
     console.print(
         f"{result.n_rows} rows, {result.n_images} images -> {escape(str(result.metadata))}"
     )

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from thumbview.cli._shared import console, err_console, print_json, user_errors
+from thumbview.cli._shared import console, err_console, print_json, progress_for, user_errors
 from thumbview.cli.data import CacheOpt, DataArg
 from thumbview.cli.predict import Target, TargetOpt, _eval_table, _metrics_table
 from thumbview.data.dataset import load_dataset
@@ -70,12 +70,12 @@ def finetune_command(
         device=device, accumulate=accumulate, patience=patience, early_stop=early_stop,
         holdout=holdout, workers=workers, seed=seed,
     )  # fmt: skip
-    ds = load_dataset(data, progress=not as_json)
+    ds = load_dataset(data, progress=progress_for(as_json))
     if not as_json:
         console.print(ds.report.summary())
     try:
         result = finetune(ds, config, out, resume=resume, cache_dir=cache_dir,
-                          progress=not as_json, on_epoch=None if as_json else _print_epoch)  # fmt: skip
+                          progress=progress_for(as_json), on_epoch=None if as_json else _print_epoch)  # fmt: skip
     except FinetuneInterrupted as e:
         err_console.print(f"[yellow]{e}[/]", highlight=False)
         raise typer.Exit(code=130) from None

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from thumbview.cli._shared import console, print_json, safe, split_names, user_errors
+from thumbview.cli._shared import (
+    console,
+    print_json,
+    progress_for,
+    safe,
+    split_names,
+    user_errors,
+)
 from thumbview.cli.data import CacheOpt, ClipModelOpt, DataArg, EncodersOpt
 from thumbview.embed.registry import DEFAULT_CLIP_MODEL
 from thumbview.units import TARGET_HELP, format_range, format_views, unit_name
@@ -91,7 +98,7 @@ def train_command(
     from thumbview.predict.workflow import train
 
     config = _config(encoders, head, target, seed, clip_model)
-    ds = load_dataset(data, progress=True)
+    ds = load_dataset(data, progress=progress_for())
     console.print(safe(ds.report.summary()))
     result = train(
         ds,
@@ -100,7 +107,7 @@ def train_command(
         clip_model=clip_model,
         holdout_frac=holdout,
         cache_dir=cache_dir,
-        progress=True,
+        progress=progress_for(),
     )
     console.print(
         f"trained on {result.n_train} videos, held out {result.n_holdout} -> [bold]{safe(out)}[/]"
@@ -133,8 +140,8 @@ def evaluate_command(
     from thumbview.predict.workflow import evaluate
 
     LoadedPredictor.check(model)  # a bad model folder is reported before the dataset is read
-    ds = load_dataset(data, progress=not as_json)
-    ev = evaluate(model, ds, cache_dir=cache_dir, out_dir=plots, progress=not as_json)
+    ds = load_dataset(data, progress=progress_for(as_json))
+    ev = evaluate(model, ds, cache_dir=cache_dir, out_dir=plots, progress=progress_for(as_json))
     if as_json:
         extra = {"n_excluded_seen": ev.n_excluded_seen, "n_shared_channels": ev.n_shared_channels}
         print_json({**ev.result.to_json_dict(), **extra})
@@ -183,13 +190,18 @@ def cv_command(
     from thumbview.predict.workflow import cross_validate_dataset, cv_protocol
 
     config = _config(encoders, head, target, seed, clip_model, cv_folds=folds)
-    ds = load_dataset(data, progress=not as_json)
+    ds = load_dataset(data, progress=progress_for(as_json))
     if ablate:
         _ablate(ds, split_names(encoders), out, folds, seed, target.value, cache_dir, as_json)
         return
     protocol = cv_protocol(ds, config)  # checked before any feature is computed
     result, cv = cross_validate_dataset(
-        ds, config, folds, clip_model=clip_model, cache_dir=cache_dir, progress=not as_json
+        ds,
+        config,
+        folds,
+        clip_model=clip_model,
+        cache_dir=cache_dir,
+        progress=progress_for(as_json),
     )
     if as_json:
         print_json(
@@ -209,7 +221,14 @@ def _ablate(ds, names, out, folds, seed, target, cache_dir, as_json) -> None:
     from thumbview.predict.ablation import ablate_dataset
 
     report = ablate_dataset(
-        ds, names, out, k=folds, seed=seed, target=target, cache_dir=cache_dir, progress=not as_json
+        ds,
+        names,
+        out,
+        k=folds,
+        seed=seed,
+        target=target,
+        cache_dir=cache_dir,
+        progress=progress_for(as_json),
     )
     if as_json:
         print_json({"protocol": report.protocol, "rows": [r.__dict__ for r in report.rows]})
@@ -280,7 +299,7 @@ def demo_command(
     """Synthetic data -> features -> model -> held-out evaluation -> predictions. Offline."""
     from thumbview.demo import run_demo
 
-    report = run_demo(out, n=n, seed=seed, progress=True)
+    report = run_demo(out, n=n, seed=seed, progress=progress_for())
     console.rule("[bold]thumbview demo")
     console.print(_eval_table(report.train.holdout, "held-out synthetic channels"))
     console.print(

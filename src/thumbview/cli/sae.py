@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from thumbview.cli._shared import console, print_json, user_errors
+from thumbview.cli._shared import console, print_json, progress_for, user_errors
 from thumbview.cli.data import CacheOpt, DataArg
 from thumbview.sae.config import (
     ARCHS,
@@ -118,16 +118,24 @@ def train_command(
     source = ActivationSource(features.value, clip_model, layer, tokens.value)
     options = {"arch": arch.value, "expansion_factor": expansion, "dead_after": dead_after}
     options.update({"k": k} if arch.value == "topk" else {"l1_coefficient": l1})
-    train_cfg = TrainConfig(batch_size=batch_size, lr=lr, epochs=epochs, seed=seed, progress=True)
+    train_cfg = TrainConfig(batch_size=batch_size, lr=lr, epochs=epochs, seed=seed)
     from thumbview.sae.pipeline import activation_encoder, train_sae
 
     encoder = activation_encoder(source)
     _ = encoder.dim  # reads the model: a missing one fails before the images are checked
     from thumbview.data.dataset import load_dataset
 
-    ds = load_dataset(data, progress=True)
+    ds = load_dataset(data, progress=progress_for())
     result = train_sae(
-        ds, source, out, options, train_cfg, reference, cache_dir, progress=True, encoder=encoder
+        ds,
+        source,
+        out,
+        options,
+        train_cfg,
+        reference,
+        cache_dir,
+        progress=progress_for(),
+        encoder=encoder,
     )
     m = result.metrics
     where = "held-out" if result.heldout else "training"
@@ -196,7 +204,7 @@ def analyze_command(
         resolve_sae_dir(sae)  # a wrong folder is named before the dataset is checked
     from thumbview.data.dataset import load_dataset
 
-    ds = load_dataset(data, progress=not as_json)
+    ds = load_dataset(data, progress=progress_for(as_json))
     study = make_study_config(
         channel is not None,
         top_k=top_k,
@@ -214,13 +222,13 @@ def analyze_command(
         study=study, control=parse_controls(control), channel=channel, reference=reference
     )
     z = (
-        latents_for_dataset(ds, sae, cache_dir, progress=not as_json)
+        latents_for_dataset(ds, sae, cache_dir, progress=progress_for(as_json))
         if sae
         else load_latents_file(latents, len(ds))
     )
     out = out or (default_study_dir(sae) if sae else Path("study"))
     outputs = run_analysis(
-        ds, z, config, out, progress=not as_json, sae_dir=sae, cache_dir=cache_dir
+        ds, z, config, out, progress=progress_for(as_json), sae_dir=sae, cache_dir=cache_dir
     )
     if as_json:
         print_json(json.loads(outputs.summary_json.read_text()))  # the file, controls included

@@ -47,10 +47,10 @@ from thumbview.collect.thumbs import (
 )
 from thumbview.collect.types import Backend, CollectError, QuotaExhausted, Unavailable, VideoInfo
 from thumbview.data.dataset import write_metadata
+from thumbview.progress import SILENT, Advance, Progress
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]  # (done, total)
 INVALID_ID = "invalid video id"  # the summary key of ids refused where they enter
 
 
@@ -166,8 +166,7 @@ class _Run:
         self.collected = 0
         self.done = 0
         self.stopped: str | None = None
-        self.progress: Progress | None = None
-        self.total = 0
+        self.advance: Advance = lambda n=1: None  # the "collecting" task's, while it runs
 
     def _describe(self, jobs: Sequence[_Job]) -> list[tuple[_Job, VideoInfo | Unavailable]]:
         try:
@@ -281,8 +280,7 @@ class _Run:
 
     def _tick(self) -> None:
         self.done += 1
-        if self.progress is not None:
-            self.progress(self.done, self.total)
+        self.advance(1)
 
 
 def _collect(
@@ -290,7 +288,7 @@ def _collect(
     backend: Backend,
     http: HttpClient | None,
     config: CollectConfig,
-    progress: Progress | None,
+    progress: Progress,
     started: float,
     invalid: int = 0,
 ) -> CollectSummary:
@@ -307,9 +305,10 @@ def _collect(
     run.skipped.update(still)
     if invalid:
         run.skipped[INVALID_ID] += invalid
-    run.progress, run.total = progress, len(ready) + len(jobs)
     try:
-        run.run(jobs, ready)
+        with progress.task("collecting", len(ready) + len(jobs)) as advance:
+            run.advance = advance
+            run.run(jobs, ready)
     finally:
         export_metadata(store.root, store)
         if own_http:
@@ -404,7 +403,7 @@ def collect_search(
     per_query: int = 100,
     http: HttpClient | None = None,
     config: CollectConfig | None = None,
-    progress: Progress | None = None,
+    progress: Progress = SILENT,
 ) -> CollectSummary:
     """Search each query, queue up to `per_query` results, collect them."""
     if per_query < 1 or not queries:
@@ -431,7 +430,7 @@ def collect_channel(
     limit: int | None = None,
     http: HttpClient | None = None,
     config: CollectConfig | None = None,
-    progress: Progress | None = None,
+    progress: Progress = SILENT,
 ) -> CollectSummary:
     """Queue a channel's uploads (newest first, up to `limit`) and collect them."""
     started = time.monotonic()
@@ -450,7 +449,7 @@ def collect_ids(
     shard: tuple[int, int] = (0, 1),
     http: HttpClient | None = None,
     config: CollectConfig | None = None,
-    progress: Progress | None = None,
+    progress: Progress = SILENT,
 ) -> CollectSummary:
     """Collect known ids (a file of ids/URLs, or parsed ids), keeping only shard i of n."""
     started = time.monotonic()
@@ -472,7 +471,7 @@ def refresh(
     backend: Backend,
     older_than: timedelta = timedelta(hours=12),
     config: CollectConfig | None = None,
-    progress: Progress | None = None,
+    progress: Progress = SILENT,
 ) -> RefreshSummary:
     """Append a new view count for every row whose latest count is older than `older_than`.
 
@@ -496,7 +495,7 @@ def refresh(
 
 
 def _refresh_ids(
-    store: Store, backend: Backend, ids: Sequence[str], workers: int, progress: Progress | None
+    store: Store, backend: Backend, ids: Sequence[str], workers: int, progress: Progress
 ) -> tuple[tuple[int, int, int], str | None]:
     """Fetch views batch by batch in a pool, committing each batch; stops at the quota."""
     done = refreshed = unavailable = 0
@@ -504,21 +503,21 @@ def _refresh_ids(
     pool = ThreadPoolExecutor(workers, thread_name_prefix="refresh")
     batches = _chunks(ids, backend.batch_size)
     try:
-        for batch, future in _bounded(pool, _views_of(backend), batches, 2 * workers):
-            try:
-                updates = future.result()
-            except QuotaExhausted:
-                stopped = "quota"
-                break
-            except FetchError as e:  # these rows keep their old count and are retried next time
-                logger.warning("refresh of %d videos failed: %s", len(batch), e)
-                continue
-            store.record_views(updates, utc_now())
-            refreshed += len(updates)
-            unavailable += len(batch) - len(updates)
-            done += len(batch)
-            if progress is not None:
-                progress(done, len(ids))
+        with progress.task("refreshing", len(ids)) as advance:
+            for batch, future in _bounded(pool, _views_of(backend), batches, 2 * workers):
+                try:
+                    updates = future.result()
+                except QuotaExhausted:
+                    stopped = "quota"
+                    break
+                except FetchError as e:  # these rows keep their old count and are retried next time
+                    logger.warning("refresh of %d videos failed: %s", len(batch), e)
+                    continue
+                store.record_views(updates, utc_now())
+                refreshed += len(updates)
+                unavailable += len(batch) - len(updates)
+                done += len(batch)
+                advance(len(batch))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return (refreshed, unavailable, done), stopped

@@ -24,7 +24,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +39,7 @@ from thumbview.collect.thumbs import DEFAULT_MAX_BYTES, JPEG_MAGIC
 from thumbview.collect.types import CollectError
 from thumbview.data.images import ImageError, load_image
 from thumbview.fileio import atomic_write
+from thumbview.progress import SILENT, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def merge_shards(
     shards: Sequence[str | Path],
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress = SILENT,
 ) -> MergeSummary:
     """Fold every shard's videos, view history and skips into OUT (see the module doc)."""
     started = time.monotonic()
@@ -163,13 +164,15 @@ def _merge_one(
     max_bytes: int,
     counts: Counter[str],
     refused: Counter[str],
-    progress: Callable[[int, int], None] | None,
+    progress: Progress,
 ) -> None:
     """Merge a shard page by page: refuse, pick winners, copy their images in parallel,
     then commit the page's rows and snapshots in one transaction (images first)."""
     total = db.execute("SELECT COUNT(*) FROM videos").fetchone()[0]
-    done = 0
-    with ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="merge") as pool:
+    with (
+        ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="merge") as pool,
+        progress.task(f"merging {shard.name}", total) as advance,
+    ):
         for page in _pages(db):
             history = _history(db, page[0]["video_id"], page[-1]["video_id"])
             winners, kept = _winners(store, shard, page, counts, refused)
@@ -183,9 +186,7 @@ def _merge_one(
                 counts["updated" if row.pop("_known") else "added"] += 1
             others = [h for video_id in kept for h in history.get(video_id, [])]
             counts["history"] += store.put_videos(items, others)
-            done += len(page)
-            if progress is not None:
-                progress(done, total)
+            advance(len(page))
     _merge_skips(store, db)
 
 

@@ -42,7 +42,7 @@ from safetensors.numpy import load_file, save_file
 
 from thumbview.data.images import DEFAULT_MAX_PIXELS, load_image
 from thumbview.fileio import atomic_write, dataset_cache_name, user_cache_root
-from thumbview.progress import progress_bar
+from thumbview.progress import SILENT, Progress
 
 if TYPE_CHECKING:
     from thumbview.data.shards import ShardIndex
@@ -176,7 +176,7 @@ def load_dataset(
     verify_images: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = 4,
-    progress: bool = False,
+    progress: Progress = SILENT,
     verify_cache: bool = True,
 ) -> ThumbnailDataset:
     """Read and validate a dataset folder; bad rows are skipped and listed in `report`.
@@ -503,7 +503,7 @@ def _check_images(
     problems: Problems,
     max_pixels: int,
     workers: int,
-    progress: bool,
+    progress: Progress,
     cache: Path | None,
 ) -> None:
     """Every still-clean row's image must decode; record the ones that fail.
@@ -552,13 +552,13 @@ def apply_verdicts(
 
 
 def _decode_all(
-    paths: list[Path], max_pixels: int, workers: int, progress: bool
+    paths: list[Path], max_pixels: int, workers: int, progress: Progress
 ) -> list[str | None]:
-    """The decode error of each path (None when it decodes), in threads with a progress bar."""
+    """The decode error of each path (None when it decodes), in threads."""
     errors: list[str | None] = []
     with (
         ThreadPoolExecutor(max_workers=workers) as pool,
-        progress_bar(len(paths), "Checking images", progress) as advance,
+        progress.task("checking images", len(paths)) as advance,
     ):
         for error in pool.map(lambda p: decode_error(p, max_pixels), paths):
             errors.append(error)

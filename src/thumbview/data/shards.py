@@ -43,7 +43,7 @@ from thumbview.data import dataset as ds_mod
 from thumbview.data.dataset import DatasetError, ThumbnailDataset
 from thumbview.data.images import DEFAULT_MAX_PIXELS
 from thumbview.fileio import atomic_write
-from thumbview.progress import progress_bar
+from thumbview.progress import SILENT, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def load_shards(
     verify_images: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = 4,
-    progress: bool = False,
+    progress: Progress = SILENT,
     verify_cache: bool = True,
 ) -> ThumbnailDataset:
     """`load_dataset` for a sharded folder: the same checks, reasons and report."""
@@ -258,7 +258,7 @@ def _check_images(
     problems: ds_mod.Problems,
     max_pixels: int,
     workers: int,
-    progress: bool,
+    progress: Progress,
     cache: Path | None,
 ) -> None:
     """Decode every still-clean row's bytes (streamed by row group), with the folder's cache.
@@ -293,13 +293,13 @@ def _stat(path: Path) -> tuple[int, int, int, int]:
 
 
 def _decode_rows(
-    index: ShardIndex, rows: list[int], max_pixels: int, workers: int, progress: bool
+    index: ShardIndex, rows: list[int], max_pixels: int, workers: int, progress: Progress
 ) -> list[str | None]:
     """The decode error of each row's bytes (None when fine), row group by row group."""
     errors: list[str | None] = []
     with (
         ThreadPoolExecutor(max_workers=workers) as pool,
-        progress_bar(len(rows), "Checking images", progress) as advance,
+        progress.task("checking images", len(rows)) as advance,
     ):
         for start in range(0, len(rows), ROW_GROUP_ROWS):
             chunk = rows[start : start + ROW_GROUP_ROWS]
@@ -325,7 +325,7 @@ class PackResult:
 
 
 def pack(
-    data: str | Path, out: str | Path, *, shard_size: int = 10_000, progress: bool = False
+    data: str | Path, out: str | Path, *, shard_size: int = 10_000, progress: Progress = SILENT
 ) -> PackResult:
     """Convert a dataset folder to Parquet shards under `out/data/`, losslessly.
 
@@ -347,7 +347,7 @@ def pack(
     schema = _schema(raw)
     total = max(1, math.ceil(len(raw) / shard_size))
     files, n_images = [], 0
-    with progress_bar(len(raw), "Packing", progress) as advance:
+    with progress.task("packing", len(raw)) as advance:
         for s in range(total):
             part = raw.iloc[s * shard_size : (s + 1) * shard_size]
             path = target / shard_name(s, total)
@@ -448,7 +448,7 @@ class UnpackResult:
     metadata: Path
 
 
-def unpack(shards: str | Path, out: str | Path, *, progress: bool = False) -> UnpackResult:
+def unpack(shards: str | Path, out: str | Path, *, progress: Progress = SILENT) -> UnpackResult:
     """Write a sharded dataset back as an imagefolder: images at their `file_name`, and
     `metadata.csv` with every row, in the original column order and text."""
     src = ds_mod._check_root(shards)
@@ -463,7 +463,7 @@ def unpack(shards: str | Path, out: str | Path, *, progress: bool = False) -> Un
     n_images = n_unwritable = 0
     folders: dict[str, bool] = {}
     names = raw["file_name"].tolist()
-    with progress_bar(len(raw), "Unpacking", progress) as advance:
+    with progress.task("unpacking", len(raw)) as advance:
         for start, blobs in _blob_chunks(index, len(raw)):
             for name, blob in zip(names[start : start + len(blobs)], blobs, strict=True):
                 if blob is None:

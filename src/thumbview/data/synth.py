@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from thumbview.data.dataset import write_metadata
 from thumbview.fileio import atomic_write
-from thumbview.progress import progress_bar
+from thumbview.progress import SILENT, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -622,7 +622,7 @@ def thumbnail_for_row(config: SynthConfig, row: int, flags: dict[str, int | bool
 # ---------------------------------------------------------------------------------------
 
 
-def make_synthetic(out: str | Path, config: SynthConfig, progress: bool = False) -> Path:
+def make_synthetic(out: str | Path, config: SynthConfig, progress: Progress = SILENT) -> Path:
     """Write a synthetic dataset folder and return it.
 
     Layout: images/<video_id>.jpg, metadata.csv (what `load_dataset` reads), planted.json
@@ -636,7 +636,7 @@ def make_synthetic(out: str | Path, config: SynthConfig, progress: bool = False)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     flag_rows = table[list(EFFECT_NAMES)].to_dict("records")
-    with progress_bar(len(table), "drawing thumbnails", enabled=progress) as advance:
+    with progress.task("drawing thumbnails", len(table)) as advance:
         for i, (name, flags) in enumerate(zip(table["file_name"], flag_rows, strict=True)):
             rgb = thumbnail_for_row(config, i, flags)
             Image.fromarray(rgb).save(out / name, "JPEG", quality=JPEG_QUALITY)

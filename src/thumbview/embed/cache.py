@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ from thumbview.data.dataset import SkippedRow, ThumbnailDataset
 from thumbview.data.images import ImageError, load_image
 from thumbview.embed.base import Encoder
 from thumbview.fileio import atomic_write, dataset_cache_name, user_cache_root
+from thumbview.progress import SILENT, Advance, Progress
 
 log = logging.getLogger(__name__)
 
@@ -159,31 +160,30 @@ def embed(
     cache_dir: Path | None = None,
     batch_size: int = 64,
     workers: int = 4,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress = SILENT,
 ) -> tuple[np.ndarray, CacheStats]:
     """Features (len(dataset), encoder.dim) float32, aligned with `dataset.table` rows.
 
     A row whose image cannot be decoded, or that the encoder fails on, is a skip (NaN row,
     listed in `CacheStats.skipped`, logged), not a stop: one bad file among a million must
-    not lose an hour of work. `progress`, when given, is called with the number of rows just
-    finished (the CLI wires it to a progress bar; the library stays silent).
+    not lose an hour of work. Shown as the task "embed <encoder>" of `progress`.
     """
     store = FeatureStore(cache_dir or default_cache_dir(dataset.root), encoder)
-    digests = input_digests(dataset, encoder, workers)
-    table = store.load()
-    todo = unique_missing(digests, table)
-    if progress and len(digests) - len(todo):
-        progress(sum(d in table for d in digests))
-    failed: dict[bytes, tuple[int, str]] = {}  # digest -> (first row, why)
-    for chunk in _chunks(todo, SHARD_ROWS):
-        rows = [row for row, _ in chunk]
-        feats, errors = _compute(dataset, encoder, rows, batch_size, workers, progress)
-        ok = [j for j, e in enumerate(errors) if e is None]
-        failed.update((chunk[j][1], (chunk[j][0], e)) for j, e in enumerate(errors) if e)
-        chunk_digests = [chunk[j][1] for j in ok]
-        if ok:
-            store.append(chunk_digests, feats[ok])
-        table.update(zip(chunk_digests, feats[ok], strict=True))
+    with progress.task(f"embed {encoder.name}", total=len(dataset)) as advance:
+        digests = input_digests(dataset, encoder, workers)
+        table = store.load()
+        todo = unique_missing(digests, table)
+        advance(sum(d in table for d in digests))
+        failed: dict[bytes, tuple[int, str]] = {}  # digest -> (first row, why)
+        for chunk in _chunks(todo, SHARD_ROWS):
+            rows = [row for row, _ in chunk]
+            feats, errors = _compute(dataset, encoder, rows, batch_size, workers, advance)
+            ok = [j for j, e in enumerate(errors) if e is None]
+            failed.update((chunk[j][1], (chunk[j][0], e)) for j, e in enumerate(errors) if e)
+            chunk_digests = [chunk[j][1] for j in ok]
+            if ok:
+                store.append(chunk_digests, feats[ok])
+            table.update(zip(chunk_digests, feats[ok], strict=True))
     return assemble(dataset, encoder, store, digests, table, len(todo), failed)
 
 
@@ -239,7 +239,7 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def _compute(dataset, encoder, rows, batch_size, workers, progress):
+def _compute(dataset, encoder, rows, batch_size, workers, advance: Advance):
     """Encode `rows` in batches while a thread pool decodes the next batch's images.
 
     Returns features (len(rows), D) and, per row, None or why it failed (its row is NaN).
@@ -256,8 +256,7 @@ def _compute(dataset, encoder, rows, batch_size, workers, progress):
             feats, why = encode_guarded(encoder, inputs)  # (B, D)
             outputs.append(feats)
             errors += why
-            if progress:
-                progress(len(batch_rows))
+            advance(len(batch_rows))
     if not outputs:
         return np.zeros((0, encoder.dim), np.float32), errors
     return np.concatenate(outputs), errors

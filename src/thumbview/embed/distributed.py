@@ -28,6 +28,7 @@ from thumbview.data.dataset import ThumbnailDataset
 from thumbview.data.images import ImageError, load_image
 from thumbview.embed import cache
 from thumbview.embed.base import Encoder
+from thumbview.progress import SILENT, Advance, Progress
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def embed_ray(
     make_encoder: Callable[[], Encoder],
     cache_dir: Path | None = None,
     options: RayOptions = RayOptions(),  # noqa: B008 - frozen dataclass
-    progress: Callable[[int], None] | None = None,
+    progress: Progress = SILENT,
 ) -> tuple[np.ndarray, cache.CacheStats]:
     """`cache.embed` on Ray: features (len(dataset), dim) float32, aligned with the rows.
 
@@ -95,15 +96,15 @@ def embed_ray(
     ray = connect(options.address)
     encoder = make_encoder()
     store = cache.FeatureStore(cache_dir or cache.default_cache_dir(dataset.root), encoder)
-    digests = _digests(ray, dataset, encoder)
-    table = store.load()
-    todo = cache.unique_missing(digests, table)
-    if progress and len(digests) - len(todo):
-        progress(sum(d in table for d in digests))
-    failed: dict[bytes, tuple[int, str]] = {}
-    if todo:
-        results = _encode_plan(ray, dataset, encoder, make_encoder, todo, options)
-        _collect(results, digests, store, table, failed, progress)
+    with progress.task(f"embed {encoder.name}", total=len(dataset)) as advance:
+        digests = _digests(ray, dataset, encoder)
+        table = store.load()
+        todo = cache.unique_missing(digests, table)
+        advance(sum(d in table for d in digests))
+        failed: dict[bytes, tuple[int, str]] = {}
+        if todo:
+            results = _encode_plan(ray, dataset, encoder, make_encoder, todo, options)
+            _collect(results, digests, store, table, failed, advance)
     return cache.assemble(dataset, encoder, store, digests, table, len(todo), failed)
 
 
@@ -240,7 +241,7 @@ def _resources(ray, options: RayOptions) -> tuple[float, int]:
     return gpus, max(1, min(wanted, n_cpus - 1))
 
 
-def _collect(results, digests, store, table, failed, progress) -> None:
+def _collect(results, digests, store, table, failed, advance: Advance) -> None:
     """Stream results to the store, a shard every SHARD_ROWS rows (what an interruption loses)."""
     pending: list[tuple[bytes, np.ndarray]] = []
     for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
@@ -249,8 +250,7 @@ def _collect(results, digests, store, table, failed, progress) -> None:
                 failed[digests[int(pos)]] = (int(pos), str(error))
             else:
                 pending.append((digests[int(pos)], row))
-        if progress:
-            progress(len(batch["pos"]))
+        advance(len(batch["pos"]))
         if len(pending) >= cache.SHARD_ROWS:
             _flush(store, table, pending)
     _flush(store, table, pending)

@@ -29,7 +29,7 @@ from thumbview.finetune.model import FinetunedPredictor, network_state
 from thumbview.finetune.network import build_network
 from thumbview.predict.evaluate import EvalResult, Metrics, compute_metrics, group_train_test_split
 from thumbview.predict.target import make_target
-from thumbview.progress import progress_bar
+from thumbview.progress import SILENT, Progress
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +90,15 @@ def split_rows(dataset: ThumbnailDataset, usable: np.ndarray, config: FinetuneCo
     return _Split(rest[tr], rest[va], test)
 
 
-def title_block(dataset, config: FinetuneConfig, cache_dir, progress: bool) -> np.ndarray | None:
+def title_block(
+    dataset, config: FinetuneConfig, cache_dir, progress: Progress = SILENT
+) -> np.ndarray | None:
     """(N, 384) frozen MiniLM embeddings (cached), (N, 64) tokens, or None for `--title none`."""
     if config.title == "none":
         return None
     if config.title == "finetune":
         return TitleTokenEncoder().encode(dataset.titles)
-    with progress_bar(len(dataset), "embed title", progress) as advance:
-        return embed(dataset, TitleEncoder(), cache_dir, progress=advance)[0]
+    return embed(dataset, TitleEncoder(), cache_dir, progress=progress)[0]
 
 
 def device_and_precision(config: FinetuneConfig) -> tuple[torch.device, torch.dtype | None]:
@@ -251,7 +252,7 @@ def _record(state: dict, score: float, net, best: dict, config: FinetuneConfig):
 
 def train_loop(
     net, rows: ThumbnailRows, val: ThumbnailRows, y_val: np.ndarray, y_mean: float, y_std: float,
-    config: FinetuneConfig, ckpt: Path, *, resume: bool, progress: bool,
+    config: FinetuneConfig, ckpt: Path, *, resume: bool, progress: Progress = SILENT,
     on_epoch: Callable[[EpochReport], None] | None = None,
     before_epoch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
@@ -276,7 +277,7 @@ def train_loop(
                 before_epoch(state["epoch"])
             start, label = time.perf_counter(), f"epoch {state['epoch'] + 1}/{config.epochs}"
             rows.shuffle(state["epoch"])
-            with progress_bar(len(rows), label, progress) as adv:
+            with progress.task(label, len(rows)) as adv:
                 batches = loader(rows, config.batch_size, config.workers)
                 train_mse = _run_epoch(net, batches, opt, sched, config, device, dtype, scaler, adv)
                 train_mse *= y_std**2  # standardised -> target units
@@ -309,7 +310,7 @@ def finetune(
     *,
     resume: bool = False,
     cache_dir: Path | None = None,
-    progress: bool = False,
+    progress: Progress = SILENT,
     on_epoch: Callable[[EpochReport], None] | None = None,
     before_epoch: Callable[[int], None] | None = None,
 ) -> FinetuneResult:

@@ -8,7 +8,8 @@ dropped unless `select.ShotTracker` keeps it as a candidate; the candidate pool 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from thumbview.frames.select import (
     drop_blurry,
     measure,
 )
+from thumbview.progress import SILENT, Progress
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +136,14 @@ def scan_video(
     analysis_width: int = 320,
     sample_fps: float = 2.0,
     keyframes_only: bool = False,
-    progress: Callable[[float], None] | None = None,
+    progress: Progress = SILENT,
     max_frame_pixels: int = MAX_FRAME_PIXELS,
 ) -> ScanResult:
-    """One streaming pass: sample frames, detect shots, keep de-duplicated candidates."""
+    """One streaming pass: sample frames, detect shots, keep de-duplicated candidates.
+
+    Shown as the task "scanning video", counted in sample points of the video's duration
+    (unknown size when the container states no duration).
+    """
     tracker, pool = ShotTracker(config), CandidatePool(config)
     with open_video(path, max_frame_pixels) as (container, stream):
         stream.thread_type = "AUTO"
@@ -147,14 +153,17 @@ def scan_video(
         size = analysis_size(
             stream.codec_context.width, stream.codec_context.height, analysis_width
         )
-        n = 0
+        n = reached = 0
+        total = math.ceil(duration * sample_fps) if duration > 0 else None
         options = (size, sample_fps, keyframes_only, max_frame_pixels)
-        for t, rgb in _sampled_frames(path, container, stream, *options):
-            n += 1
-            for cand in tracker.push(measure(rgb, t)):
-                pool.add(cand)
-            if progress is not None and duration > 0:
-                progress(min(t / duration, 1.0))
+        with progress.task("scanning video", total) as advance:
+            for t, rgb in _sampled_frames(path, container, stream, *options):
+                n += 1
+                for cand in tracker.push(measure(rgb, t)):
+                    pool.add(cand)
+                now = n if total is None else min(total, math.floor(t * sample_fps) + 1)
+                advance(max(now - reached, 0))
+                reached = max(reached, now)
         width, height = stream.codec_context.width, stream.codec_context.height
     for cand in tracker.finish():
         pool.add(cand)

@@ -17,7 +17,6 @@ cosine is the Bhattacharyya coefficient).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +32,15 @@ from thumbview.inference import LoadedPredictor
 from thumbview.layout import FRAMES_CONTACT_SHEET, FRAMES_JSON
 from thumbview.predict.model import ViewPredictor
 from thumbview.predict.target import to_views
+from thumbview.progress import SILENT, Progress
 from thumbview.units import format_range, format_views, interval_label
 
 log = logging.getLogger(__name__)
 
 CONTACT_SHEET = FRAMES_CONTACT_SHEET
 FITS = ("crop", "letterbox")
+# How the time of `rank_frames` splits between its two tasks, for a `Fractions` reporter.
+PROGRESS_SHARES = (0.9, 0.1)
 
 
 @dataclass(frozen=True)
@@ -127,13 +129,14 @@ def rank_frames(
     top: int = 5,
     out_dir: Path | None = None,
     config: FramesConfig = FramesConfig(),
-    progress: Callable[[float], None] | None = None,
+    progress: Progress = SILENT,
 ) -> FramesResult:
     """The `top` best, mutually different frames of `video` by predicted views.
 
     With `out_dir`: stills (JPEG, `config.output_size`), a contact sheet and frames.json.
     `predictor` is loaded once by the caller (`LoadedPredictor.load(dir)`), so a server
-    ranks many videos with one copy of the model.
+    ranks many videos with one copy of the model. Two tasks of `progress`: "scanning video",
+    then "ranking frames" (`PROGRESS_SHARES` of the time, for a `Fractions` reporter).
     """
     if top < 1:
         raise FramesError(f"top must be >= 1, got {top}")
@@ -143,20 +146,20 @@ def rank_frames(
         analysis_width=config.analysis_width,
         sample_fps=config.sample_fps,
         keyframes_only=config.keyframes_only,
-        progress=None if progress is None else (lambda f: progress(0.9 * f)),
+        progress=progress,
     )
     if not scan.candidates:
         raise FramesError(
             f"{video}: no usable frame among {scan.n_sampled} sampled ({_skips(scan.skipped)})"
         )
-    choices = _choose(predictor, scan, title, top, config)
-    result = FramesResult(tuple(choices), scan.skipped, scan.n_sampled, len(scan.candidates),
-                          scan.n_shots, scan.duration_s, predictor.target,
-                          predictor.coverage)  # fmt: skip
-    if out_dir is not None:
-        result = write_outputs(result, Path(video), Path(out_dir), title, config)
-    if progress is not None:
-        progress(1.0)
+    with progress.task("ranking frames", 1 + (out_dir is not None)) as advance:
+        choices = _choose(predictor, scan, title, top, config)
+        result = FramesResult(tuple(choices), scan.skipped, scan.n_sampled, len(scan.candidates),
+                              scan.n_shots, scan.duration_s, predictor.target,
+                              predictor.coverage)  # fmt: skip
+        advance(1)
+        if out_dir is not None:
+            result = write_outputs(result, Path(video), Path(out_dir), title, config)
     log.info("%s: %d sampled, %d candidates, skipped %s", video, scan.n_sampled,
              len(scan.candidates), _skips(scan.skipped))  # fmt: skip
     return result

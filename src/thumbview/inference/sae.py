@@ -8,7 +8,7 @@ torch, transformers and scipy load only when an SAE does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from thumbview.progress import SILENT, Progress
 from thumbview.sae.layout import resolve_sae_dir
 
 
@@ -55,7 +56,7 @@ def encode_sparse(
     sae: Any,
     activations: np.ndarray,
     batch_size: int = 256,
-    advance: Callable[[int], None] | None = None,
+    progress: Progress = SILENT,
 ):
     """SAE latents of activations (N, d_in) as float32 CSR (N, d_sae), positives only.
 
@@ -66,14 +67,13 @@ def encode_sparse(
 
     device = next(sae.parameters()).device
     blocks = []
-    with torch.inference_mode():
+    with torch.inference_mode(), progress.task("SAE latents", len(activations)) as advance:
         for s in range(0, len(activations), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(activations[s : s + batch_size]))
             z = sae.encode(x.float().to(device)).float().cpu().numpy()  # (B, d_sae) f32
             np.maximum(z, 0, out=z)  # ReLU/TopK codes are >= 0 already; stay safe
             blocks.append(sp.csr_matrix(z))  # stores the > 0 entries only
-            if advance:
-                advance(len(x))
+            advance(len(x))
     if not blocks:
         return sp.csr_matrix((0, sae.cfg.d_sae), dtype=np.float32)
     return sp.vstack(blocks, format="csr")

@@ -22,13 +22,14 @@ from __future__ import annotations
 import csv
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from thumbview.predict.evaluate import _rows, compute_metrics, group_kfold, summarize_folds
+from thumbview.progress import SILENT, Progress
 
 log = logging.getLogger(__name__)
 
@@ -108,21 +109,22 @@ def ablate(
     seed: int = 0,
     heads: Sequence[str] = HEADS,
     gbm_iter: int = 300,  # 0: ridge only
-    progress: Callable[[int], None] | None = None,
+    progress: Progress = SILENT,
 ) -> list[AblationRow]:
     """Every non-empty subset of `blocks` x `heads`, scored on the same K folds."""
     y = np.asarray(y, dtype=np.float64)
     folds = group_kfold(groups, k, seed, n=len(y))
     rows = []
-    for subset in subsets(list(blocks)):
-        preds = _fold_predictions(blocks, y, groups, folds, subset, seed, gbm_iter)
-        all_narrow = all(np.shape(blocks[n])[1] <= GBM_MAX_DIM for n in subset)
-        for head in heads:
-            if head in preds and (head != "gbm" or all_narrow):
-                rows.append(_summary("+".join(subset), head, y, folds, preds[head]))
-        log.info("ablation %s done", "+".join(subset))
-        if progress:
-            progress(1)
+    combos = subsets(list(blocks))
+    with progress.task("ablation", len(combos)) as advance:
+        for subset in combos:
+            preds = _fold_predictions(blocks, y, groups, folds, subset, seed, gbm_iter)
+            all_narrow = all(np.shape(blocks[n])[1] <= GBM_MAX_DIM for n in subset)
+            for head in heads:
+                if head in preds and (head != "gbm" or all_narrow):
+                    rows.append(_summary("+".join(subset), head, y, folds, preds[head]))
+            log.info("ablation %s done", "+".join(subset))
+            advance(1)
     return rows
 
 
@@ -236,7 +238,7 @@ def ablate_dataset(
     target: str = "log10",
     tfidf: bool = True,
     cache_dir: Path | None = None,
-    progress: bool = False,
+    progress: Progress = SILENT,
 ) -> AblationReport:
     """`ablate` over a dataset folder's cached features, folds from its split protocol."""
     from thumbview.predict.model import PredictorConfig
@@ -249,7 +251,7 @@ def ablate_dataset(
     plan = dataset_split(dataset, rows_idx, config, 0.0)  # before any feature is computed
     blocks = dataset_blocks(dataset, build_encoders(encoders), cache_dir, progress)
     blocks = {n: b[rows_idx] for n, b in blocks.items()}
-    rows = ablate(blocks, y[rows_idx], plan.fold_groups, k=k, seed=seed)
+    rows = ablate(blocks, y[rows_idx], plan.fold_groups, k=k, seed=seed, progress=progress)
     if tfidf:
         titles = [dataset.titles[i] for i in rows_idx]
         rows.append(tfidf_rows(titles, y[rows_idx], plan.fold_groups, k=k, seed=seed))

@@ -56,7 +56,7 @@ from thumbview.predict.protocol import (
     upload_times,
 )
 from thumbview.predict.target import make_target
-from thumbview.progress import progress_bar
+from thumbview.progress import SILENT, Progress
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +98,12 @@ def dataset_blocks(
     dataset: ThumbnailDataset,
     encoders: dict[str, Encoder],
     cache_dir: Path | None = None,
-    progress: bool = False,
+    progress: Progress = SILENT,
 ) -> dict[str, np.ndarray]:
     """{encoder name: (N, D) float32}, each computed once and cached."""
     blocks = {}
     for name, encoder in encoders.items():
-        with progress_bar(len(dataset), f"embed {name}", progress) as advance:
-            blocks[name], _ = embed(dataset, encoder, cache_dir, progress=advance)
+        blocks[name], _ = embed(dataset, encoder, cache_dir, progress=progress)
     return blocks
 
 
@@ -145,7 +144,7 @@ def train(
     clip_model: str = DEFAULT_CLIP,
     holdout_frac: float = 0.2,
     cache_dir: Path | None = None,
-    progress: bool = False,
+    progress: Progress = SILENT,
 ) -> TrainResult:
     """Embed, split off a channel-disjoint hold-out, fit, save, evaluate on the hold-out."""
     out_dir = Path(out_dir)
@@ -285,7 +284,7 @@ def evaluate(
     dataset: ThumbnailDataset,
     cache_dir: Path | None = None,
     out_dir: Path | None = None,
-    progress: bool = False,
+    progress: Progress = SILENT,
 ) -> Evaluation:
     """Metrics of a saved model and its baselines on rows it never saw."""
     loaded = LoadedPredictor.load(model_dir)
@@ -376,7 +375,7 @@ def cross_validate_dataset(
     *,
     clip_model: str = DEFAULT_CLIP,
     cache_dir: Path | None = None,
-    progress: bool = False,
+    progress: Progress = SILENT,
 ) -> tuple[EvalResult, CVResult]:
     """K-fold metrics grouped by channel (random folds without channel ids), with baselines."""
     blocks = dataset_blocks(

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from thumbview.data.dataset import LoadReport, ThumbnailDataset
 from thumbview.fileio import json_safe
 from thumbview.inference.sae import encode_sparse, load_sae_encoder  # noqa: F401 (re-exported)
-from thumbview.progress import progress_bar
+from thumbview.progress import SILENT, Progress
 from thumbview.sae import report
 from thumbview.sae.arrays import StudyError
 from thumbview.sae.config import ActivationSource
@@ -161,7 +161,7 @@ def latents_for_dataset(
     dataset: ThumbnailDataset,
     sae_dir: str | Path,
     cache_dir: str | Path | None = None,
-    progress: bool = False,
+    progress: Progress = SILENT,
     device: str = "cpu",
     batch_size: int = 256,
 ) -> sp.csr_matrix:
@@ -169,13 +169,9 @@ def latents_for_dataset(
     from thumbview.embed.cache import embed
 
     sae, encoder = load_sae_encoder(sae_dir, device, images_only=False)
-    with progress_bar(len(dataset), "activations", progress) as advance:
-        acts, stats = embed(
-            dataset, encoder, Path(cache_dir) if cache_dir else None, progress=advance
-        )
+    acts, stats = embed(dataset, encoder, Path(cache_dir) if cache_dir else None, progress=progress)
     logger.info("activations: %d cached, %d computed", stats.n_cached, stats.n_computed)
-    with progress_bar(len(dataset), "SAE latents", progress) as advance:
-        return encode_sparse(sae, acts, batch_size, advance)
+    return encode_sparse(sae, acts, batch_size, progress)
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -348,7 +344,7 @@ def run_analysis(
     latents: Any,
     config: AnalyzeConfig,
     out_dir: str | Path,
-    progress: bool = False,
+    progress: Progress = SILENT,
     *,
     sae_dir: str | Path | None = None,
     reference_latents: Any = None,
@@ -405,7 +401,7 @@ def _reference(
     sae_dir: str | Path | None,
     given: Any,
     cache_dir: str | Path | None,
-    progress: bool,
+    progress: Progress,
 ) -> _Reference | None:
     if config.reference is None:
         return None
@@ -429,7 +425,7 @@ def _write_outputs(
     config: AnalyzeConfig,
     out: Path,
     reference: _Reference | None,
-    progress: bool,
+    progress: Progress,
 ) -> dict[str, Any]:
     """features.csv, all_features.csv, examples.json, plots and per-feature grids."""
     paths: dict[str, Any] = {k: out / v for k, v in _FILES.items()}
@@ -482,7 +478,7 @@ def _grids(
     reference: _Reference | None,
     grid_size: int,
     out: Path,
-    progress: bool,
+    progress: Progress,
 ) -> list[report.FeatureCard]:
     """One PNG per table feature (top and bottom) and the report's card for it."""
     table = result.table()
@@ -495,7 +491,7 @@ def _grids(
         ref_top = top_examples(reference.latents, np.unique(cols), grid_size)
     raw_views = ds.views
     cards = []
-    with progress_bar(len(table), "Feature grids", progress) as advance:
+    with progress.task("feature grids", len(table)) as advance:
         for row in table.itertuples(index=False):
             latent = int(row.latent_feature_index)
             rows = examples.get(latent, np.zeros(0, np.int64))

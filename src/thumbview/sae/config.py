@@ -272,12 +272,11 @@ class TrainConfig:
         default=0.05,
         metadata=_doc("Share of activations kept out of training to measure explained variance."),
     )
-    progress: bool = field(default=False, metadata=_doc("Show a progress bar."))
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            skip = ("seed", "progress", "warmup_steps", "holdout_fraction")
+            skip = ("seed", "warmup_steps", "holdout_fraction")
             if f.name not in skip and not value > 0:
                 raise SaeError(f"TrainConfig.{f.name} must be positive, got {value!r}")
         if self.warmup_steps < 0:

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from thumbview.data.dataset import ThumbnailDataset
 from thumbview.data.images import load_image
 from thumbview.embed.cache import embed
-from thumbview.progress import progress_bar
+from thumbview.progress import SILENT, Progress
 from thumbview.sae.analyze import encode_sparse, image_folder_dataset
 from thumbview.sae.config import ActivationSource, SaeError, TrainConfig, sae_config
 from thumbview.sae.layout import CODES_FILE
@@ -80,7 +80,7 @@ def train_sae(
     train_cfg: TrainConfig | None = None,
     reference: Path | None = None,
     cache_dir: Path | None = None,
-    progress: bool = False,
+    progress: Progress = SILENT,
     encoder: Any = None,
 ) -> SaeTrainResult:
     """Activations -> sparse autoencoder, checkpointed in `out_dir` (re-running resumes).
@@ -102,12 +102,12 @@ def train_sae(
     options = _default_dead_after(dict(sae_options or {}), len(acts))
     cfg = sae_config(options.pop("arch", "topk"), d_in=acts.shape[1], **options)
     trainer = SaeTrainer(SparseAutoencoder(cfg, seed=train_cfg.seed), train_cfg)
-    sae = trainer.fit(acts, out_dir, extra_cfg=source_cfg(source, encoder))
+    sae = trainer.fit(acts, out_dir, extra_cfg=source_cfg(source, encoder), progress=progress)
     metrics = trainer.heldout_metrics or trainer.evaluate(acts[:65_536])
     log.info("SAE: %s", metrics)
     codes = out_dir / CODES_FILE
     if source.tokens == "cls":  # one row per video: the study's input
-        sp.save_npz(codes, encode_sparse(sae, parts[0]))
+        sp.save_npz(codes, encode_sparse(sae, parts[0], progress=progress))
     return SaeTrainResult(out_dir, len(acts), metrics, trainer.heldout_metrics is not None, codes)
 
 
@@ -120,12 +120,16 @@ def _default_dead_after(options: dict, n: int) -> dict:
 
 
 def _activations(
-    dataset, source: ActivationSource, encoder, out_dir: Path, index: int, cache_dir, progress
+    dataset,
+    source: ActivationSource,
+    encoder,
+    out_dir: Path,
+    index: int,
+    cache_dir,
+    progress: Progress,
 ) -> np.ndarray:
     if source.tokens == "cls":
-        label = "CLIP activations" if source.features == "clip" else f"{source.features} features"
-        with progress_bar(len(dataset), label, progress) as advance:
-            acts, _ = embed(dataset, encoder, cache_dir, progress=advance)
+        acts, _ = embed(dataset, encoder, cache_dir, progress=progress)
         return acts  # (N, D)
     return _all_token_activations(
         dataset, source, encoder, out_dir / f"activations-{index}.npy", progress
@@ -133,7 +137,7 @@ def _activations(
 
 
 def _all_token_activations(
-    dataset, source: ActivationSource, encoder, path: Path, progress: bool
+    dataset, source: ActivationSource, encoder, path: Path, progress: Progress
 ) -> np.ndarray:
     """(N * T, D) float32 memory-mapped; reused when its sidecar matches, else rebuilt."""
     key = {"spec": encoder.spec(), "tokens": "all", "files": [str(p) for p in dataset.paths]}
@@ -153,7 +157,7 @@ def _all_token_activations(
         path, mode="w+", dtype=np.float32, shape=(len(dataset) * n_tokens, dim)
     )
     batch = encoder.batch_size
-    with progress_bar(len(dataset), "CLIP activations (all tokens)", progress) as advance:
+    with progress.task("CLIP activations (all tokens)", len(dataset)) as advance:
         for start in range(0, len(dataset), batch):
             rows = range(start, min(start + batch, len(dataset)))
             images = [load_image(dataset.image_source(r)) for r in rows]  # files or shard bytes

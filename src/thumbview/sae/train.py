@@ -39,7 +39,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from thumbview.progress import progress_bar
+from thumbview.progress import SILENT, Progress
 from thumbview.sae.config import (
     SaeConfigs,
     SaeError,
@@ -393,6 +393,7 @@ class SaeTrainer:
         activations: np.ndarray | torch.Tensor | Iterable,
         out_dir: str | Path,
         extra_cfg: dict[str, Any] | None = None,
+        progress: Progress = SILENT,
     ) -> SparseAutoencoder:
         """Train on an (N, d_in) array or `ShardedActivations` (shuffled per epoch, read batch
         by batch) or on an iterable of batches (one pass).
@@ -423,7 +424,7 @@ class SaeTrainer:
             else _iter_batches(activations, start)
         )
         total = None if self.total_steps is None else self.total_steps - start
-        with progress_bar(total, "training SAE", enabled=self.cfg.progress) as advance:
+        with progress.task("training SAE", total) as advance:
             for batch in batches:
                 self._train_one(batch, out_dir)
                 advance(1)

@@ -23,6 +23,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from thumbview import __version__
+from thumbview.frames.rank import PROGRESS_SHARES
+from thumbview.progress import Progress
 from thumbview.serve.engine import Batching, Engine
 from thumbview.serve.jobs import FrameJobs, JobError
 from thumbview.serve.security import Guard, Security
@@ -123,7 +125,12 @@ def create_app(
         Path(study_dir) if study_dir else None,
         batching,
     )
-    jobs = FrameJobs(_frame_ranker(engine), limits.max_frame_jobs, limits.keep_finished_jobs)
+    jobs = FrameJobs(
+        _frame_ranker(engine),
+        limits.max_frame_jobs,
+        limits.keep_finished_jobs,
+        shares=PROGRESS_SHARES,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -155,7 +162,7 @@ def create_app(
 def _frame_ranker(engine: Engine) -> Callable[..., Any]:
     """Frame jobs score with the models the engine already holds: no second copy in memory."""
 
-    def rank(video: Path, out_dir: Path, progress: Callable[[float], None], **options: Any):
+    def rank(video: Path, out_dir: Path, progress: Progress, **options: Any):
         from thumbview.frames.rank import rank_frames
 
         return rank_frames(video, engine.predictor, out_dir=out_dir, progress=progress, **options)

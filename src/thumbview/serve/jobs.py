@@ -17,7 +17,7 @@ import secrets
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from thumbview.progress import Fractions
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
-# (video, out_dir, progress, **options) -> a result (a dataclass, or with to_json_dict()).
+# (video, out_dir, progress: thumbview.progress.Progress, **options) -> a result (a dataclass,
+# or with to_json_dict()). The job hands it a `Fractions` reporter split by `shares`.
 RankFn = Callable[..., Any]
 
 
@@ -50,7 +53,8 @@ class Job:
     options: dict[str, Any]
     label: str = "video"  # the upload's display name, shown instead of server paths
     status: str = "queued"  # queued | running | done | failed
-    progress: float = 0.0
+    progress: float = 0.0  # the whole job's fraction done, for the page's bar
+    stage: str = ""  # what it is doing now ("scanning video", ...)
     result: dict[str, Any] | None = None
     error: str | None = None
     stills: dict[str, Path] = field(default_factory=dict)
@@ -64,6 +68,7 @@ class Job:
             "job_id": self.id,
             "status": self.status,
             "progress": round(self.progress, 4),
+            "stage": self.stage,
             "result": self.result,
             "error": self.error,
         }
@@ -72,8 +77,14 @@ class Job:
 class FrameJobs:
     """Creates, runs, reports and cleans up frame-ranking jobs."""
 
-    def __init__(self, rank: RankFn, max_active: int = 2, keep_finished: int = 8):
-        self._rank = rank
+    def __init__(
+        self,
+        rank: RankFn,
+        max_active: int = 2,
+        keep_finished: int = 8,
+        shares: Sequence[float] = (1.0,),
+    ):
+        self._rank, self._shares = rank, tuple(shares)
         self._max_active = max_active
         self._keep_finished = keep_finished
         self._jobs: OrderedDict[str, Job] = OrderedDict()
@@ -128,11 +139,11 @@ class FrameJobs:
         out_dir = job.dir / "stills"
         out_dir.mkdir()
 
-        def progress(fraction: float) -> None:
-            job.progress = float(min(max(fraction, 0.0), 1.0))
+        def report(fraction: float, stage: str) -> None:
+            job.progress, job.stage = fraction, stage
 
         try:
-            result = self._rank(video, out_dir, progress, **job.options)
+            result = self._rank(video, out_dir, Fractions(report, self._shares), **job.options)
             stills: dict[str, Path] = {}
             payload = to_jsonable(result, out_dir, f"/frames/{job.id}/stills/", stills)
             with self._lock:

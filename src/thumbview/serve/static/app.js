@@ -518,6 +518,9 @@ async function pollJob(id) {
     return;
   }
   setProgress(job.progress || 0);
+  if (job.status === "running" && job.stage) {
+    setMsg(msg, job.stage.charAt(0).toUpperCase() + job.stage.slice(1) + "…", "busy");
+  }
   if (job.status === "done" || job.status === "failed") {
     clearInterval(state.jobTimer);
     $("#frames-go").disabled = false;
