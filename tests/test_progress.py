@@ -7,7 +7,6 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -15,20 +14,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import thumbview
+from test_cache import CountingEncoder
 from thumbview.data.dataset import load_dataset, write_metadata
-from thumbview.embed.base import Encoder
 from thumbview.embed.cache import embed
 from thumbview.progress import SILENT, Bars, Fractions
-
-
-class MeanColour(Encoder):
-    name = "mean-colour"
-    version = "1"
-    modality = "image"
-    dim = 3
-
-    def encode(self, inputs):
-        return np.stack([np.asarray(im, np.float32).mean(axis=(0, 1)) for im in inputs])
 
 
 def _folder(root: Path, n: int) -> Path:
@@ -102,13 +91,13 @@ def test_fractions_monotone_to_one_across_two_real_tasks(tmp_path):
     seen: list[tuple[float, str]] = []
     progress = Fractions(lambda f, stage: seen.append((f, stage)), shares=(1, 3))
     ds = load_dataset(_folder(tmp_path / "d", 6), progress=progress)  # "checking images"
-    embed(ds, MeanColour(), tmp_path / "c", batch_size=2, progress=progress)  # "embed ..."
+    embed(ds, CountingEncoder(), tmp_path / "c", batch_size=2, progress=progress)  # "embed ..."
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert [s for _, s in seen][0] == "checking images"
-    assert [s for _, s in seen][-1] == "embed mean-colour"
+    assert [s for _, s in seen][-1] == "embed counting"
     assert max(f for f, s in seen if s == "checking images") == 0.25  # its share, no more
-    embedding = sorted({f for f, s in seen if s == "embed mean-colour"})
+    embedding = sorted({f for f, s in seen if s == "embed counting"})
     assert embedding[0] == 0.25 and len(embedding) >= 4  # three batches of 2 moved the bar
 
 

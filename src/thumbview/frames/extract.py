@@ -153,17 +153,11 @@ def scan_video(
         size = analysis_size(
             stream.codec_context.width, stream.codec_context.height, analysis_width
         )
-        n = reached = 0
         total = math.ceil(duration * sample_fps) if duration > 0 else None
         options = (size, sample_fps, keyframes_only, max_frame_pixels)
+        frames = _sampled_frames(path, container, stream, *options)
         with progress.task("scanning video", total) as advance:
-            for t, rgb in _sampled_frames(path, container, stream, *options):
-                n += 1
-                for cand in tracker.push(measure(rgb, t)):
-                    pool.add(cand)
-                now = n if total is None else min(total, math.floor(t * sample_fps) + 1)
-                advance(max(now - reached, 0))
-                reached = max(reached, now)
+            n = _track(frames, tracker, pool, total, sample_fps, advance)
         width, height = stream.codec_context.width, stream.codec_context.height
     for cand in tracker.finish():
         pool.add(cand)
@@ -174,6 +168,23 @@ def scan_video(
     skipped["blurry"] += n_blurry
     kept.sort(key=lambda c: c.timestamp_s)
     return ScanResult(tuple(kept), skipped, n, tracker.n_shots, duration, width, height)
+
+
+def _track(frames, tracker: ShotTracker, pool: CandidatePool, total, sample_fps, advance) -> int:
+    """Feed sampled frames to the shot tracker and the pool; returns how many there were.
+
+    Progress counts sample points of the duration reached (a sample's time, not the count of
+    samples, so keyframe-only scans and dropped frames still end near the total).
+    """
+    n = reached = 0
+    for t, rgb in frames:
+        n += 1
+        for cand in tracker.push(measure(rgb, t)):
+            pool.add(cand)
+        now = n if total is None else min(total, math.floor(t * sample_fps) + 1)
+        advance(max(now - reached, 0))
+        reached = max(reached, now)
+    return n
 
 
 def _sampled_frames(path, container, stream, size, sample_fps, keyframes_only, max_pixels):
