@@ -121,6 +121,14 @@ def test_explain_a_model_prediction(model_dir, synth_dir):
     assert ex["features"] and "typical thumbnail" in ok("explain", model_dir, image).output
 
 
+def test_stacked_head_trains_and_explains_through_the_cli(synth_dir, tmp_path):
+    out = tmp_path / "stacked"
+    ok("train", synth_dir, "--encoders", "visual,title", "--head", "stacked", "--out", out)
+    image = next((synth_dir / "images").glob("*.jpg"))
+    ex = json.loads(ok("explain", out, image, "--title", "I tried the secret", "--json").stdout)
+    assert ex["method"] == "linear + tree-path / 2" and ex["features"]
+
+
 def test_explain_rejects_a_folder_that_is_neither(tmp_path, synth_dir):
     image = next((synth_dir / "images").glob("*.jpg"))
     result = invoke("explain", tmp_path, image)

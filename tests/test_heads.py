@@ -178,3 +178,53 @@ def test_view_predictor_with_gbm_head_saves_and_loads(tmp_path):
     again = ViewPredictor.load(tmp_path)
     assert np.array_equal(again.predict({"f": X}), model.predict({"f": X}))
     assert model.cv_metrics_.spearman > 0.5
+
+
+# ----- stacked ---------------------------------------------------------------------------------
+def _wide_and_narrow(n=500, seed=3):
+    """A wide block with a linear signal and a narrow block with an interaction."""
+    rng = np.random.default_rng(seed)
+    wide, narrow = rng.normal(size=(n, 80)), rng.normal(size=(n, 3))
+    y = wide[:, :5].sum(axis=1) * 0.4 + 1.5 * np.sign(narrow[:, 0] * narrow[:, 1])
+    return {"wide": wide, "narrow": narrow}, y + rng.normal(0, 0.3, n), rng.integers(0, 50, n)
+
+
+def test_stacked_head_is_the_average_of_its_parts_and_explains_exactly():
+    from thumbview.predict.heads import GBMHead, RidgeHead, StackedHead
+
+    blocks, y, groups = _wide_and_narrow()
+    X = np.concatenate([blocks["wide"], blocks["narrow"]], axis=1)
+    cols = [80, 81, 82]
+    head = StackedHead(cols, max_iter=80).fit(X, y, groups)
+    ridge = RidgeHead(standardize=False).fit(X, y)
+    trees = GBMHead(max_iter=80).fit(X[:, cols], y, groups)
+    assert np.allclose(head.predict(X), (ridge.predict(X) + trees.predict(X[:, cols])) / 2)
+    bias, contrib = head.contributions(X[:30])
+    assert np.allclose(bias + contrib.sum(axis=1), head.predict(X[:30]), atol=1e-9)
+    # only the planted columns matter: 5 linear wide columns and the 2 interacting narrow ones
+    planted = np.abs(contrib[:, [0, 1, 2, 3, 4, 80, 81]]).mean()
+    assert planted > 4 * np.abs(contrib[:, 10:80]).mean()
+
+
+def test_view_predictor_stacked_beats_each_part_on_mixed_signal_and_round_trips(tmp_path):
+    from thumbview.predict.model import PredictorConfig, ViewPredictor
+
+    blocks, y, groups = _wide_and_narrow()
+    test_blocks, y_test, _ = _wide_and_narrow(seed=4)
+    scores = {}
+    for head in ("ridge", "gbm", "stacked"):
+        encoders = ("narrow",) if head == "gbm" else ("wide", "narrow")
+        model = ViewPredictor(PredictorConfig(encoders=encoders, head=head)).fit(blocks, y, groups)
+        scores[head] = np.corrcoef(model.predict(test_blocks), y_test)[0, 1]
+    assert scores["stacked"] > max(scores["ridge"], scores["gbm"]) + 0.02
+    model.save(tmp_path)
+    again = ViewPredictor.load(tmp_path)
+    assert np.array_equal(again.predict(test_blocks), model.predict(test_blocks))
+
+
+def test_stacked_head_without_a_narrow_block_says_why():
+    from thumbview.predict.model import PredictorConfig, PredictorError, ViewPredictor
+
+    blocks, y, groups = _wide_and_narrow()
+    with pytest.raises(PredictorError, match="narrow block"):
+        ViewPredictor(PredictorConfig(encoders=("wide",), head="stacked")).fit(blocks, y, groups)

@@ -110,6 +110,19 @@ def test_mlp_split_is_approximately_additive():
     assert ex.features[0].name == "brightness" and ex.features[0].contribution_log10 > 0
 
 
+@pytest.mark.parametrize("head", ["gbm", "stacked"])
+def test_tree_heads_split_exactly_and_name_the_planted_feature(head):
+    blocks, y = _blocks(300, seed=3)
+    encoders = ("visual",) if head == "gbm" else ("visual", "title")
+    model = ViewPredictor(PredictorConfig(encoders=encoders, head=head))
+    model.fit(blocks, y, np.arange(300) % 40, calibrate=False)
+    row = _row(blocks, 0.95)
+    ex = explain_row(model, row, NAMES, top=3)
+    assert ex.log10 == pytest.approx(model.predict(row)[0], abs=1e-9)
+    assert abs(ex.residual_log10) < 1e-9  # tree paths (and ridge terms) add up exactly
+    assert ex.features[0].name == "brightness" and ex.features[0].contribution_log10 > 0
+
+
 def test_bad_inputs_are_refused_in_words(ridge):
     model, blocks = ridge
     with pytest.raises(ExplainError, match="top must be"):

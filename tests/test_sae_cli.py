@@ -60,6 +60,42 @@ def test_train_on_cached_features_writes_codes_that_analyze_reads(synth_dir, tmp
     assert res.exit_code == 2 and "trained on 'title' features" in res.output
 
 
+def test_train_from_activation_shards_equals_training_on_the_array(synth_dir, tmp_path):
+    """`sae train --activations` streams shards from disk, yet trains the same SAE as the
+    in-memory path on the same rows, and its codes feed `sae analyze --latents`."""
+    from thumbview.sae.config import TrainConfig
+    from thumbview.sae.pipeline import _fit_and_encode
+    from thumbview.sae.shards import write_shards
+
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(120, 16)).astype(np.float32)  # one row per synth video
+    write_shards((acts[s : s + 50] for s in range(0, 120, 50)), tmp_path / "acts", 40)
+    train = ("--expansion", "4", "--k", "4", "--batch-size", "32", "--epochs", "2")
+    res = ok("sae", "train", synth_dir, "--activations", tmp_path / "acts", "--out",
+             tmp_path / "SAE", *train)  # fmt: skip
+    assert "SAE on 120 activations" in res.output
+    codes = sp.load_npz(tmp_path / "SAE" / "codes.npz")
+    options = {"arch": "topk", "expansion_factor": 4, "k": 4, "dead_after": None}
+    cfg = TrainConfig(batch_size=32, epochs=2, seed=0)
+    in_memory = _fit_and_encode(acts, acts, tmp_path / "mem", options, cfg, {})
+    assert (sp.load_npz(in_memory.codes_file) != codes).nnz == 0  # same SAE, same codes
+    ok("sae", "analyze", synth_dir, "--latents", tmp_path / "SAE" / "codes.npz", *STUDY,
+       "--out", tmp_path / "study")  # fmt: skip
+    res = run("sae", "analyze", synth_dir, "--sae", tmp_path / "SAE", *STUDY)
+    assert res.exit_code == 2 and "--latents SAE/codes.npz" in res.output
+
+
+def test_activation_shards_must_match_the_dataset_rows(synth_dir, tmp_path):
+    from thumbview.sae.shards import write_shards
+
+    write_shards([np.zeros((119, 8), np.float32)], tmp_path / "acts")
+    res = run("sae", "train", synth_dir, "--activations", tmp_path / "acts", "--out", tmp_path)
+    assert res.exit_code == 2 and "119 activation rows but the dataset has 120" in res.output
+    res = run("sae", "train", "--activations", tmp_path / "none", "--out", tmp_path / "o")
+    assert res.exit_code == 2 and "no activation shards" in res.output
+    assert "Traceback" not in res.output
+
+
 def test_out_folder_works_everywhere_and_missing_files_are_named(
     synth_dir, tiny_clip_dir, tmp_path
 ):

@@ -34,6 +34,7 @@ class Head(StrEnum):
     ridge = "ridge"
     mlp = "mlp"
     gbm = "gbm"
+    stacked = "stacked"
 
 
 class Target(StrEnum):
@@ -52,7 +53,11 @@ ModelArg = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 HeadOpt = Annotated[
     Head,
-    typer.Option("--head", help="ridge (strong baseline), mlp, or gbm (gradient-boosted trees)."),
+    typer.Option(
+        "--head",
+        help="ridge (strong baseline), mlp, gbm (gradient-boosted trees on the narrow blocks), "
+        "or stacked (the average of ridge and gbm).",
+    ),
 ]
 TargetOpt = Annotated[
     Target,

@@ -62,8 +62,11 @@ SaeDirOpt = Annotated[Path | None, typer.Option("--sae", help="SAE folder from `
 @app.command("train")
 @user_errors
 def train_command(
-    data: DataArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="SAE folder (re-run to resume).")],
+    data: Annotated[
+        Path | None,
+        typer.Argument(help="Dataset folder (images + metadata.csv); optional with --activations."),
+    ] = None,
     features: Annotated[Features, typer.Option("--features", help=_source("features"))] = Features(
         _SOURCE.features
     ),
@@ -105,6 +108,14 @@ def train_command(
         Path | None, typer.Option("--reference", help="Extra image folder to train on.")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help=_train("seed"))] = _TRAIN.seed,
+    activations: Annotated[
+        Path | None,
+        typer.Option(
+            "--activations",
+            help="Train on a folder of activations-*.npy shards (sae.shards.write_shards), "
+            "streamed from disk; with DATA, one row per video in its order.",
+        ),
+    ] = None,
     cache_dir: CacheOpt = None,
 ) -> None:
     """Train a sparse autoencoder on CLIP activations or cached features (resumable).
@@ -115,10 +126,17 @@ def train_command(
     if old_model is not None:
         console.print("[yellow]note:[/] `sae train --model` is now `--clip-model`")
         clip_model = old_model
-    source = ActivationSource(features.value, clip_model, layer, tokens.value)
     options = {"arch": arch.value, "expansion_factor": expansion, "dead_after": dead_after}
     options.update({"k": k} if arch.value == "topk" else {"l1_coefficient": l1})
     train_cfg = TrainConfig(batch_size=batch_size, lr=lr, epochs=epochs, seed=seed)
+    if activations is not None:
+        _train_on_shards(activations, data, out, options, train_cfg, reference)
+        return
+    if data is None:
+        from thumbview.sae.config import SaeError
+
+        raise SaeError("give a dataset folder, or --activations SHARDS")
+    source = ActivationSource(features.value, clip_model, layer, tokens.value)
     from thumbview.sae.pipeline import activation_encoder, train_sae
 
     encoder = activation_encoder(source)
@@ -137,6 +155,28 @@ def train_command(
         progress=progress_for(),
         encoder=encoder,
     )
+    _report_training(result, out)
+
+
+def _train_on_shards(shards: Path, data: Path | None, out: Path, options, train_cfg, reference):
+    """`sae train --activations`: the dataset (if given) only checks the row count."""
+    from thumbview.sae.config import SaeError
+    from thumbview.sae.pipeline import train_sae_on_shards
+
+    if reference is not None:
+        raise SaeError(
+            "--reference adds images to encode; with --activations add them to the shards"
+        )
+    expected = None
+    if data is not None:
+        from thumbview.data.dataset import load_dataset
+
+        expected = len(load_dataset(data, progress=progress_for()))
+    result = train_sae_on_shards(shards, out, options, train_cfg, expected, progress_for())
+    _report_training(result, out)
+
+
+def _report_training(result, out: Path) -> None:
     m = result.metrics
     where = "held-out" if result.heldout else "training"
     console.print(

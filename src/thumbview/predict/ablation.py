@@ -11,7 +11,8 @@ mean and sd across folds of Spearman, MAE and R^2. Heads:
   (MiniLM, CLIP) are left to the linear head: trees on them are slow on CPU and their
   directions are not axis-aligned. A gbm row is reported only for subsets made of narrow
   blocks alone (it would repeat one); subsets without a narrow block get no stacked row.
-- stacked: the average of the ridge (all blocks) and gbm predictions (no extra fit).
+- stacked: `StackedHead.blend` of the ridge (all blocks) and gbm predictions, the same average
+  `train --head stacked` fits (computed from the two heads' fold predictions, no extra fit).
 
 `tfidf_rows` adds a character n-gram TF-IDF ridge on the titles, fitted inside each fold,
 as the cheap text baseline MiniLM has to beat.
@@ -29,12 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from thumbview.predict.evaluate import _rows, compute_metrics, group_kfold, summarize_folds
+from thumbview.predict.heads import GBM_MAX_DIM, GBMHead, StackedHead
 from thumbview.progress import SILENT, Progress
 
 log = logging.getLogger(__name__)
 
 HEADS = ("ridge", "gbm", "stacked")
-GBM_MAX_DIM = 64
 
 
 @dataclass(frozen=True)
@@ -50,28 +51,6 @@ class AblationRow:
     r2: float
     r2_sd: float
     n_folds: int
-
-
-def gbm_fit_predict(
-    X_train, y_train, X_test, groups=None, seed: int = 0, max_iter: int = 300
-) -> np.ndarray:
-    """HistGradientBoosting with trees chosen on a grouped 15% validation split, refit on all."""
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
-    from thumbview.predict.evaluate import group_train_test_split
-
-    fit_idx, val_idx = group_train_test_split(groups, 0.15, seed, n=len(y_train))
-    params = dict(learning_rate=0.06, max_leaf_nodes=15, min_samples_leaf=30, l2_regularization=1.0)
-    probe = HistGradientBoostingRegressor(
-        max_iter=400, early_stopping=False, random_state=seed, **params
-    )
-    probe.fit(X_train[fit_idx], y_train[fit_idx])
-    errors = [np.mean((p - y_train[val_idx]) ** 2) for p in probe.staged_predict(X_train[val_idx])]
-    best = int(np.argmin(errors)) + 1
-    final = HistGradientBoostingRegressor(
-        max_iter=best, early_stopping=False, random_state=seed, **params
-    )
-    return final.fit(X_train, y_train).predict(X_test)
 
 
 def _fold_predictions(
@@ -95,8 +74,9 @@ def _fold_predictions(
         out["ridge"].append(ridge.predict(_rows(blocks, test)))
         if "gbm" in out:
             g = None if groups is None else np.asarray(groups, dtype=object)[train]
-            out["gbm"].append(gbm_fit_predict(X[train], y[train], X[test], g, seed, gbm_iter))
-            out["stacked"].append((out["ridge"][-1] + out["gbm"][-1]) / 2)
+            trees = GBMHead(max_iter=gbm_iter, seed=seed).fit(X[train], y[train], g)
+            out["gbm"].append(trees.predict(X[test]))
+            out["stacked"].append(StackedHead.blend(out["ridge"][-1], out["gbm"][-1]))
     return out
 
 

@@ -37,7 +37,7 @@ from PIL import Image
 from thumbview.data.images import load_image
 from thumbview.embed.base import Encoder
 from thumbview.inference import LoadedPredictor
-from thumbview.predict.heads import GBMHead, MLPHead, RidgeHead
+from thumbview.predict.heads import GBMHead, MLPHead, RidgeHead, StackedHead
 from thumbview.predict.model import ViewPredictor
 from thumbview.predict.target import to_views
 
@@ -176,11 +176,12 @@ def attribute(head, design: np.ndarray, steps: int = IG_STEPS) -> tuple[str, flo
         return "integrated-gradients", *integrated_gradients(
             mlp_function(head), design, None, steps
         )
-    if isinstance(head, GBMHead):  # tree-path (Saabas) attribution, exact additivity
+    if isinstance(head, GBMHead | StackedHead):  # tree paths (Saabas): exact additivity
         bias, contrib = head.contributions(np.asarray(design, dtype=np.float64)[None, :])
-        return "tree-path (Saabas)", bias, contrib[0]
+        method = "tree-path (Saabas)" if isinstance(head, GBMHead) else "linear + tree-path / 2"
+        return method, bias, contrib[0]
     raise ExplainError(
-        f"cannot explain a {type(head).__name__} head (ridge, mlp and gbm are supported)"
+        f"cannot explain a {type(head).__name__} head (ridge, mlp, gbm and stacked are supported)"
     )
 
 

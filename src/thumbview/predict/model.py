@@ -24,7 +24,13 @@ from safetensors.numpy import load_file, save_file
 from thumbview import __version__
 from thumbview.fileio import atomic_write, write_json
 from thumbview.layout import MODEL_CONFIG, MODEL_WEIGHTS
-from thumbview.predict.heads import HEADS, HeadError, MLPParams, head_from_arrays
+from thumbview.predict.heads import (
+    GBM_MAX_DIM,
+    HEADS,
+    HeadError,
+    MLPParams,
+    head_from_arrays,
+)
 from thumbview.predict.metrics import Metrics, compute_metrics, group_kfold
 from thumbview.predict.target import TARGETS
 from thumbview.schema import MapOf, Number, Optional, check, read_json
@@ -140,8 +146,11 @@ class ViewPredictor:
             std = X.std(axis=0)
             self.block_mean_[name] = X.mean(axis=0)
             self.block_scale_[name] = np.where(std > 1e-12, std, 1.0)
-        head = self._new_head()
-        if self.config.head == "gbm":  # early stopping on a channel-grouped validation split
+        try:
+            head = self._new_head()
+        except HeadError as e:
+            raise PredictorError(str(e)) from e
+        if self.config.head in ("gbm", "stacked"):  # trees stop early on a channel-grouped split
             self.head_ = head.fit(self._design(blocks), y, groups)
         else:
             self.head_ = head.fit(self._design(blocks), y)
@@ -153,7 +162,19 @@ class ViewPredictor:
             return HEADS["mlp"](**opts)
         if self.config.head == "gbm":
             return HEADS["gbm"](seed=self.config.seed)
+        if self.config.head == "stacked":
+            return HEADS["stacked"](self._narrow_columns(), seed=self.config.seed)
         return HEADS["ridge"](standardize=False)  # blocks are already scaled on purpose
+
+    def _narrow_columns(self) -> list[int]:
+        """Design columns of the blocks narrow enough for trees, in design order."""
+        columns, start = [], 0
+        for name in self.config.encoders:
+            dim = self.block_dims_[name]
+            if dim <= GBM_MAX_DIM:
+                columns.extend(range(start, start + dim))
+            start += dim
+        return columns
 
     def _calibrate(self, blocks: dict[str, np.ndarray], y: np.ndarray, groups) -> None:
         """Out-of-fold predictions -> residual quantiles (intervals) and honest metrics."""

@@ -142,6 +142,11 @@ def _resolved(sae_dir: str | Path) -> Path:
 def activation_source(cfg: dict[str, Any]) -> ActivationSource:
     """The activations an SAE was trained on, from its cfg.json (thumbview's or SAELens' keys)."""
     features = cfg.get("features", "clip")
+    if features == "shards":  # no encoder to rerun: the codes were written at training time
+        raise StudyError(
+            f"this SAE was trained on activation shards ({cfg.get('dataset_path')}), so it "
+            "cannot compute activations itself: pass its codes, `--latents SAE/codes.npz`"
+        )
     if features != "clip":
         return ActivationSource(features=str(features))
     model = next((cfg[k] for k in CLIP_MODEL_KEYS if cfg.get(k)), None)

@@ -27,6 +27,7 @@ from thumbview.sae.analyze import encode_sparse, image_folder_dataset
 from thumbview.sae.config import ActivationSource, SaeError, TrainConfig, sae_config
 from thumbview.sae.layout import CODES_FILE
 from thumbview.sae.model import SparseAutoencoder
+from thumbview.sae.shards import ShardedActivations
 from thumbview.sae.train import EvalMetrics, SaeTrainer
 
 log = logging.getLogger(__name__)
@@ -99,15 +100,58 @@ def train_sae(
         for i, d in enumerate(datasets)
     ]
     acts = parts[0] if len(parts) == 1 else np.concatenate(parts)  # keep a lone memmap mapped
+    code_rows = parts[0] if source.tokens == "cls" else None  # one row per video: the study's
+    extra = source_cfg(source, encoder)
+    return _fit_and_encode(acts, code_rows, out_dir, sae_options, train_cfg, extra, progress)
+
+
+def train_sae_on_shards(
+    folder: str | Path,
+    out_dir: str | Path,
+    sae_options: dict | None = None,
+    train_cfg: TrainConfig | None = None,
+    expected_rows: int | None = None,
+    progress: Progress = SILENT,
+) -> SaeTrainResult:
+    """Train on activations already on disk as `.npy` shards, never loaded whole.
+
+    For activations beyond RAM (a million ViT-L/14 CLS vectors are ~4 GB) written by any
+    producer through `write_shards`. Batches are read from memory maps in the same order as
+    from an array, so resuming works as it does there. Codes are written for every row; they
+    are the study's input (`sae analyze DATA --latents`) when the shards hold one row per
+    video in the dataset's row order, which `expected_rows` (the dataset's size) checks.
+    """
+    folder, out_dir = Path(folder), Path(out_dir)
+    acts = ShardedActivations(folder)
+    if expected_rows is not None and len(acts) != expected_rows:
+        raise SaeError(
+            f"{folder} holds {len(acts):,} activation rows but the dataset has "
+            f"{expected_rows:,}: the shards must hold one row per video, in the dataset's order"
+        )
+    extra = {"features": "shards", "model_name": None, "dataset_path": str(folder)}
+    cfg = train_cfg or TrainConfig()
+    return _fit_and_encode(acts, acts, out_dir, sae_options, cfg, extra, progress)
+
+
+def _fit_and_encode(
+    acts,
+    code_rows,
+    out_dir: Path,
+    sae_options,
+    train_cfg: TrainConfig,
+    extra_cfg: dict,
+    progress: Progress = SILENT,
+) -> SaeTrainResult:
+    """Fit (checkpointed in out_dir), measure, and write the codes of `code_rows` if any."""
     options = _default_dead_after(dict(sae_options or {}), len(acts))
     cfg = sae_config(options.pop("arch", "topk"), d_in=acts.shape[1], **options)
     trainer = SaeTrainer(SparseAutoencoder(cfg, seed=train_cfg.seed), train_cfg)
-    sae = trainer.fit(acts, out_dir, extra_cfg=source_cfg(source, encoder), progress=progress)
+    sae = trainer.fit(acts, out_dir, extra_cfg=extra_cfg, progress=progress)
     metrics = trainer.heldout_metrics or trainer.evaluate(acts[:65_536])
     log.info("SAE: %s", metrics)
     codes = out_dir / CODES_FILE
-    if source.tokens == "cls":  # one row per video: the study's input
-        sp.save_npz(codes, encode_sparse(sae, parts[0], progress=progress))
+    if code_rows is not None:
+        sp.save_npz(codes, encode_sparse(sae, code_rows, progress=progress))
     return SaeTrainResult(out_dir, len(acts), metrics, trainer.heldout_metrics is not None, codes)
 
 
