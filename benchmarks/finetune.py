@@ -4,12 +4,16 @@ Run by hand, not in the tests:
 
     .venv/bin/python benchmarks/finetune.py speed            # images/s + peak RSS per backbone
     .venv/bin/python benchmarks/finetune.py goal --n 4000    # synth: finetune vs visual ridge
+    .venv/bin/python benchmarks/finetune.py cv DATA          # real data: channel-disjoint K-fold
 
 `speed` times optimiser steps (forward + backward + AdamW) on random 0-255 pixels, each
 backbone in its own process so its peak RSS is its own; on a CUDA machine it also times
 ViT-B/16 at 224 px in bf16. `goal` makes `thumbview synth --n N`, trains the `visual`
 ridge model and the default fine-tuned image-only model on the same channel-disjoint
-split, and prints both held-out Spearmans, their ratio and the fine-tuning wall time.
+split, and prints both held-out Spearmans, their ratio and the fine-tuning wall time. `cv`
+fine-tunes on each training fold of the channel-disjoint folds `thumbview cv` uses (same
+grouping, same seed) and scores the held-out fold through `LoadedPredictor`, as `predict`
+would: mean ± sd over folds, comparable with the frozen-feature rows of the README.
 """
 
 from __future__ import annotations
@@ -129,6 +133,51 @@ def goal(args) -> None:
     assert np.isfinite(v)
 
 
+def fold_scores(ds, title: str, args, work: Path) -> list[float]:
+    """Held-out Spearman of one title mode on each channel-disjoint fold."""
+    from scipy.stats import spearmanr
+
+    from thumbview.data.images import load_image
+    from thumbview.finetune.config import FinetuneConfig
+    from thumbview.finetune.train import finetune
+    from thumbview.inference import LoadedPredictor
+    from thumbview.predict.metrics import group_kfold
+    from thumbview.predict.target import make_target
+
+    y, _ = make_target(ds.views, "log10")
+    scores = []
+    for f, (train_idx, test_idx) in enumerate(group_kfold(ds.channels, args.folds, 0, n=len(ds))):
+        cfg = FinetuneConfig(title=title, epochs=args.epochs, workers=args.workers, holdout=0.0)
+        t0 = time.perf_counter()
+        finetune(ds.subset(train_idx), cfg, work / f"{title}-fold{f}")
+        loaded = LoadedPredictor.load(work / f"{title}-fold{f}")
+        test = ds.subset(test_idx)
+        images = [load_image(test.image_source(i)) for i in range(len(test))]
+        pred = loaded.predict(loaded.blocks(images, list(test.titles)))
+        scores.append(float(spearmanr(pred, y[test_idx]).statistic))
+        print(f"{title} fold {f}: {scores[-1]:.3f} ({time.perf_counter() - t0:.0f} s)",
+              file=sys.stderr)  # fmt: skip
+    return scores
+
+
+def cv(args) -> None:
+    import numpy as np
+
+    from thumbview.data.dataset import load_dataset
+
+    ds = load_dataset(args.data)
+    work = Path(args.work or tempfile.mkdtemp(prefix="ft-cv-"))
+    print(f"{args.data}: {len(ds)} videos, {args.folds} channel-disjoint folds, "
+          f"vit-tiny 64 px, {args.epochs} epochs max, {os.cpu_count()} cores\n")  # fmt: skip
+    print("| model | Spearman (mean ± sd over folds) | per fold |")
+    print("|---|---|---|")
+    for title in args.titles.split(","):
+        s = np.array(fold_scores(ds, title, args, work))
+        name = {"none": "image only", "frozen": "image + frozen MiniLM title"}.get(title, title)
+        print(f"| finetune vit-tiny, {name} | {s.mean():.3f} ± {s.std(ddof=1):.3f} | "
+              f"{', '.join(f'{v:.3f}' for v in s)} |", flush=True)  # fmt: skip
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "one":
         name, batch, steps, device, bf16, threads = sys.argv[2:8]
@@ -148,8 +197,15 @@ def main() -> None:
     g.add_argument("--workers", type=int, default=2)
     g.add_argument("--titles", default="none", help="title modes to fine-tune, comma-separated")
     g.add_argument("--work", default=None, help="folder for data and models (default: temp)")
+    c = sub.add_parser("cv")
+    c.add_argument("data", type=Path)
+    c.add_argument("--folds", type=int, default=5)
+    c.add_argument("--epochs", type=int, default=8)
+    c.add_argument("--workers", type=int, default=2)
+    c.add_argument("--titles", default="none,frozen", help="title modes, comma-separated")
+    c.add_argument("--work", default=None, help="folder for the fold models (default: temp)")
     args = p.parse_args()
-    speed(args) if args.part == "speed" else goal(args)
+    {"speed": speed, "goal": goal, "cv": cv}[args.part](args)
 
 
 if __name__ == "__main__":
