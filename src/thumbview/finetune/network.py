@@ -167,12 +167,12 @@ def build_network(config: FinetuneConfig) -> tuple[FusionNet, dict[str, Any]]:
     arch = architecture(config, init_config)
     torch.manual_seed(config.seed)
     net = FusionNet(arch)
-    if init_state is not None and arch["kind"] == "timm":
-        from thumbview.finetune.timm_backbone import load_weights
-
-        load_weights(net.image.model, init_state, config.init)
-    if init_state is not None and arch["kind"] != "timm":
-        load_backbone(net.image.model, init_state, config.init)
+    if init_state is not None:
+        if arch["kind"] == "timm":
+            from thumbview.finetune.timm_backbone import load_weights as load
+        else:
+            load = load_backbone
+        load(net.image.model, init_state, config.init)
         log.info("backbone initialised from %s", config.init)
     else:
         log.info("backbone %s trained from scratch (no --init)", config.backbone)
@@ -193,9 +193,14 @@ def read_init(config: FinetuneConfig) -> tuple[dict[str, torch.Tensor], dict | N
         return read_safetensors(path, config.init), None
     if path.is_dir():
         return _read_hf_folder(path, config.init)
-    if "/" in config.init and not config.init.startswith((".", "/", "~")):
+    if is_hub_id(config.init):
         return _read_hub(config.init)
     raise FinetuneError(f"--init {config.init}: no such file or folder")
+
+
+def is_hub_id(init: str) -> bool:
+    """`org/name` that is not an existing path: a Hugging Face Hub repository id."""
+    return "/" in init and not init.startswith((".", "/", "~"))
 
 
 def read_safetensors(path: Path, name: str) -> dict[str, torch.Tensor]:

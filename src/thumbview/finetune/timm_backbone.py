@@ -37,12 +37,14 @@ def import_timm():
     """The timm module, or `TimmMissingError` (also when torchvision does not fit the torch)."""
     try:
         import timm
-    except (
-        Exception
-    ) as e:  # ImportError, or torchvision's "operator torchvision::nms does not exist"
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise TimmMissingError(f"{INSTALL_HINT} [{type(e).__name__}: {first}]") from e
+    except Exception as e:  # ImportError, or torchvision's "torchvision::nms does not exist"
+        raise TimmMissingError(f"{INSTALL_HINT} [{_first_line(e)}]") from e
     return timm
+
+
+def _first_line(e: Exception) -> str:
+    """`Kind: first line of the message` (errors reach the user as one line)."""
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
 
 
 def create(recipe: dict[str, Any]) -> nn.Module:
@@ -72,15 +74,7 @@ def recipe(config: FinetuneConfig, init_config: dict | None) -> tuple[dict[str, 
                             f"{name!r} (timm.list_models() lists them)")  # fmt: skip
     init_config = init_config or {}
     kwargs = {**init_config.get("model_args", {}), **config.backbone_args}
-    sized = kwargs if config.image_size is None else {**kwargs, "img_size": config.image_size}
-    with torch.device("meta"):
-        try:
-            model = _create_or_explain(timm, name, sized, config.backbone)
-            kwargs = sized
-        except TypeError as e:  # the model takes any input side (a CNN): no img_size
-            if "img_size" not in str(e):
-                raise _cannot_build(config.backbone, e) from e
-            model = _create_or_explain(timm, name, kwargs, config.backbone)
+    model, kwargs = _probe(timm, name, kwargs, config.image_size, config.backbone)
     data = resolve_model_data_config(model)
     mean = init_config.get("mean") or data["mean"]
     std = init_config.get("std") or data["std"]
@@ -89,27 +83,37 @@ def recipe(config: FinetuneConfig, init_config: dict | None) -> tuple[dict[str, 
             "mean": [float(m) for m in mean], "std": [float(s) for s in std]}, size  # fmt: skip
 
 
-def _create_or_explain(timm, name: str, kwargs: dict, backbone: str) -> nn.Module:
-    """timm.create_model; a TypeError goes up (img_size), anything else is one clear line."""
-    try:
-        return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
-    except TypeError:
-        raise
-    except Exception as e:  # timm raises many kinds for impossible settings
-        raise _cannot_build(backbone, e) from e
+def _probe(timm, name: str, kwargs: dict, size: int | None, backbone: str):
+    """(model, kwargs it was built with): on the meta device (no memory, no init cost), on
+    the CPU where a model cannot build there; what timm refuses is one clear line."""
+    error: Exception | None = None
+    for device in ("meta", "cpu"):
+        try:
+            with torch.device(device):
+                return _create_sized(timm, name, kwargs, size)
+        except Exception as e:  # timm raises many kinds for impossible settings
+            error = e
+    raise FinetuneError(f"--backbone {backbone}: timm cannot build it with these settings "
+                        f"({_first_line(error)})") from error  # fmt: skip
 
 
-def _cannot_build(backbone: str, e: Exception) -> FinetuneError:
-    first = (str(e).strip().splitlines() or [""])[0]
-    return FinetuneError(f"--backbone {backbone}: timm cannot build it with these settings "
-                         f"({type(e).__name__}: {first})")  # fmt: skip
+def _create_sized(timm, name: str, kwargs: dict, size: int | None):
+    """With `img_size=size` where the model takes it (a ViT), else without (a CNN takes any)."""
+    if size is not None:
+        sized = {**kwargs, "img_size": size}
+        try:
+            return timm.create_model(name, pretrained=False, num_classes=0, **sized), sized
+        except TypeError as e:
+            if "img_size" not in str(e):
+                raise
+    return timm.create_model(name, pretrained=False, num_classes=0, **kwargs), kwargs
 
 
 # ----- --init --------------------------------------------------------------------------------
 def read_init(config: FinetuneConfig) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, {mean, std, model_args} from a timm folder's config.json) from `--init`:
     a safetensors file, a timm folder (config.json + model.safetensors), or a Hub id."""
-    from thumbview.finetune.network import download, read_safetensors
+    from thumbview.finetune.network import download, is_hub_id, read_safetensors
 
     init = config.init
     path = Path(init).expanduser()
@@ -117,7 +121,7 @@ def read_init(config: FinetuneConfig) -> tuple[dict[str, torch.Tensor], dict]:
         return read_safetensors(path, init), {}
     if path.is_dir():
         return _read_folder(path, init, config.backbone)
-    if init.startswith("hf-hub:") or ("/" in init and not init.startswith((".", "/", "~"))):
+    if init.startswith("hf-hub:") or is_hub_id(init):
         hub_id = init.removeprefix("hf-hub:")
         return _read_folder(download(hub_id, init), init, config.backbone)
     raise FinetuneError(f"--init {init}: no such file or folder")
@@ -129,20 +133,23 @@ def _read_folder(path: Path, name: str, backbone: str) -> tuple[dict[str, torch.
     weights, cfg_path = path / "model.safetensors", path / "config.json"
     if not weights.is_file():
         raise FinetuneError(f"--init {name}: not a timm model folder (needs model.safetensors)")
-    cfg: dict = {}
+    cfg: Any = {}
     if cfg_path.is_file():
         try:
             cfg = json.loads(cfg_path.read_text())
         except (ValueError, UnicodeDecodeError) as e:
             raise FinetuneError(f"--init {name}: config.json is not valid JSON ({e})") from e
+    if not isinstance(cfg, dict):
+        raise FinetuneError(f"--init {name}: config.json is not a timm model config")
     want = backbone[len(TIMM_PREFIX) :].split(".")[0]
-    have = cfg.get("architecture") if isinstance(cfg, dict) else None
+    have = cfg.get("architecture")
     if have and have != want:
         raise FinetuneError(f"--init {name} holds timm model {have!r}, not {want!r}: "
                             f"use --backbone timm:{have}")  # fmt: skip
-    pretrained = cfg.get("pretrained_cfg", {}) if isinstance(cfg, dict) else {}
+    pretrained = cfg.get("pretrained_cfg")
+    pretrained = pretrained if isinstance(pretrained, dict) else {}
     extra = {k: pretrained[k] for k in ("mean", "std") if k in pretrained}
-    if isinstance(cfg, dict) and isinstance(cfg.get("model_args"), dict):
+    if isinstance(cfg.get("model_args"), dict):
         extra["model_args"] = cfg["model_args"]
     return read_safetensors(weights, name), extra
 
@@ -157,6 +164,6 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], name: str) ->
         try:
             state = filter_fn(state, model)
         except Exception as e:  # a checkpoint of another shape or kind
-            raise FinetuneError(f"--init {name}: weights do not fit this backbone "
-                                f"({type(e).__name__} in timm's checkpoint filter)") from e  # fmt: skip
+            raise FinetuneError(f"--init {name}: weights do not fit this backbone (timm's "
+                                f"checkpoint filter: {_first_line(e)})") from e  # fmt: skip
     load_backbone(model, state, name)
