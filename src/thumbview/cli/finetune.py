@@ -36,7 +36,7 @@ def finetune_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
     backbone: Annotated[str, _opt(
         "; ".join(f"{k}: {v.note}" for k, v in BACKBONES.items())
-        + "; timm:MODEL: any timm model, e.g. timm:vit_base_patch16_224 (needs thumbview[timm])",
+        + "; timm:MODEL: any timm model, e.g. timm:vit_base_patch16_224 (needs thumbview\\[timm])",
         "--backbone")] = DEFAULT_BACKBONE,
     backbone_arg: Annotated[list[str] | None, _opt(
         "KEY=VALUE for a timm model's constructor, repeatable (e.g. depth=6).",
