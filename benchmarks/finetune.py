@@ -8,17 +8,20 @@ Run by hand, not in the tests:
 
 `speed` times optimiser steps (forward + backward + AdamW) on random 0-255 pixels, each
 backbone in its own process so its peak RSS is its own; on a CUDA machine it also times
-ViT-B/16 at 224 px in bf16. `goal` makes `thumbview synth --n N`, trains the `visual`
-ridge model and the default fine-tuned image-only model on the same channel-disjoint
-split, and prints both held-out Spearmans, their ratio and the fine-tuning wall time. `cv`
-fine-tunes on each training fold of the channel-disjoint folds `thumbview cv` uses (same
-grouping, same seed) and scores the held-out fold through `LoadedPredictor`, as `predict`
-would: mean ± sd over folds, comparable with the frozen-feature rows of the README.
+ViT-B/16 at 224 px in bf16. Where timm is importable (the `thumbview[timm]` venv) it adds
+timm backbones, the same architectures as the transformers rows where there is one.
+`goal` makes `thumbview synth --n N`, trains the `visual` ridge model and the default
+fine-tuned image-only model on the same channel-disjoint split, and prints both held-out
+Spearmans, their ratio and the fine-tuning wall time. `cv` fine-tunes on each training fold
+of the channel-disjoint folds `thumbview cv` uses (same grouping, same seed) and scores the
+held-out fold through `LoadedPredictor`, as `predict` would: mean ± sd over folds,
+comparable with the frozen-feature rows of the README.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -29,9 +32,18 @@ import time
 from pathlib import Path
 
 SPEED_BACKBONES = {"vit-tiny": 32, "convnext-atto": 32, "vit-s16": 8, "vit-b16": 4}
+# name: (batch, input side or None for the model's default), timm twins of the rows above
+TIMM_BACKBONES = {
+    "timm:convnext_atto": (32, 64),
+    "timm:vit_tiny_patch16_224": (8, None),
+    "timm:vit_small_patch16_224": (8, None),
+    "timm:vit_base_patch16_224": (4, None),
+}
 
 
-def one_backbone(name: str, batch: int, steps: int, device: str, bf16: bool) -> dict:
+def one_backbone(
+    name: str, batch: int, steps: int, device: str, bf16: bool, size: int | None = None
+) -> dict:
     """Images/s of training steps for one backbone (run in a child process)."""
     import torch
 
@@ -39,7 +51,7 @@ def one_backbone(name: str, batch: int, steps: int, device: str, bf16: bool) -> 
     from thumbview.finetune.network import build_network
     from thumbview.finetune.train import make_optimizer
 
-    cfg = FinetuneConfig(backbone=name, title="frozen", workers=0)
+    cfg = FinetuneConfig(backbone=name, title="frozen", workers=0, image_size=size)
     net, arch = build_network(cfg)
     net.to(device).train()
     opt, sched = make_optimizer(net, cfg, steps + 1)
@@ -76,17 +88,22 @@ def speed(args) -> None:
     print(f"torch threads {args.threads}; machine shared with other jobs: compare rows, not runs\n")
     print("| backbone | input | params (M) | batch | train images/s | peak RSS (MB) |")
     print("|---|---:|---:|---:|---:|---:|")
-    runs = [(n, b, "cpu", False) for n, b in SPEED_BACKBONES.items()]
+    runs = [(n, b, None, "cpu", False) for n, b in SPEED_BACKBONES.items()]
+    has_timm = importlib.util.find_spec("timm") is not None
+    if has_timm:
+        runs += [(n, b, size, "cpu", False) for n, (b, size) in TIMM_BACKBONES.items()]
     try:
         import torch
 
         if torch.cuda.is_available():
-            runs.append(("vit-b16", 64, "cuda", True))
+            runs.append(("vit-b16", 64, None, "cuda", True))
+            if has_timm:
+                runs.append(("timm:vit_base_patch16_224", 64, None, "cuda", True))
     except ImportError:
         pass
-    for name, batch, device, bf16 in runs:
+    for name, batch, size, device, bf16 in runs:
         cmd = [sys.executable, __file__, "one", name, str(batch), str(args.steps), device,
-               str(int(bf16)), str(args.threads)]  # fmt: skip
+               str(int(bf16)), str(args.threads), str(size or 0)]  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         label = f"{name} ({device}{', bf16' if bf16 else ''})"
@@ -180,11 +197,12 @@ def cv(args) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "one":
-        name, batch, steps, device, bf16, threads = sys.argv[2:8]
+        name, batch, steps, device, bf16, threads, size = sys.argv[2:9]
         import torch
 
         torch.set_num_threads(int(threads))
-        print(json.dumps(one_backbone(name, int(batch), int(steps), device, bf16 == "1")))
+        r = one_backbone(name, int(batch), int(steps), device, bf16 == "1", int(size) or None)
+        print(json.dumps(r))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="part", required=True)

@@ -140,6 +140,26 @@ def test_bad_init_is_one_clear_line(data, tmp_path):
     assert "needs --init" in _one_line_error([*base[:-1], "clip"])
 
 
+def test_timm_backbone_without_timm_says_how_to_install(trained, data, tmp_path, monkeypatch):
+    import shutil
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # as in an install without thumbview[timm]
+    args = ["finetune", str(data), "--out", str(tmp_path / "m"), "--json", "--workers", "0",
+            "--backbone", "timm:convnext_atto"]  # fmt: skip
+    line = _one_line_error(args)
+    assert "thumbview[timm]" in line and "torchvision" in line
+    # a saved timm model says the same when loaded, not "incomplete"
+    _, out = trained
+    shutil.copytree(out, tmp_path / "timm-model")
+    meta = json.loads((tmp_path / "timm-model" / "config.json").read_text())
+    meta["architecture"]["kind"] = "timm"
+    (tmp_path / "timm-model" / "config.json").write_text(json.dumps(meta))
+    image = str(load_dataset(data).paths[0])
+    line = _one_line_error(["predict", str(tmp_path / "timm-model"), image, "--json"])
+    assert "thumbview[timm]" in line and "incomplete" not in line
+
+
 def test_clip_vision_tower_from_local_weights(data, tmp_path, tiny_clip_dir):
     ds = load_dataset(data)
     cfg = FinetuneConfig(**{**FAST, "backbone": "clip"}, init=str(tiny_clip_dir), epochs=1)

@@ -12,7 +12,12 @@ from thumbview.cli._shared import console, err_console, print_json, progress_for
 from thumbview.cli.data import CacheOpt, DataArg
 from thumbview.cli.predict import Target, TargetOpt, _eval_table, _metrics_table
 from thumbview.data.dataset import load_dataset
-from thumbview.finetune.config import BACKBONES, DEFAULT_BACKBONE, FinetuneConfig
+from thumbview.finetune.config import (
+    BACKBONES,
+    DEFAULT_BACKBONE,
+    FinetuneConfig,
+    parse_backbone_args,
+)
 
 
 class TitleMode(StrEnum):
@@ -30,10 +35,15 @@ def finetune_command(
     data: DataArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
     backbone: Annotated[str, _opt(
-        "; ".join(f"{k}: {v.note}" for k, v in BACKBONES.items()), "--backbone")] = DEFAULT_BACKBONE,
+        "; ".join(f"{k}: {v.note}" for k, v in BACKBONES.items())
+        + "; timm:MODEL: any timm model, e.g. timm:vit_base_patch16_224 (needs thumbview\\[timm])",
+        "--backbone")] = DEFAULT_BACKBONE,
+    backbone_arg: Annotated[list[str] | None, _opt(
+        "KEY=VALUE for a timm model's constructor, repeatable (e.g. depth=6).",
+        "--backbone-arg")] = None,
     init: Annotated[str | None, _opt(
-        "Backbone weights: a .safetensors file, a Hugging Face folder (ViT, ConvNeXt or CLIP) "
-        "or a Hub id (online only).", "--init")] = None,
+        "Backbone weights: a .safetensors file, a Hugging Face folder (ViT, ConvNeXt or CLIP), "
+        "a timm folder, or a Hub id (online only; hf-hub:ID for timm).", "--init")] = None,
     title: Annotated[TitleMode, _opt(
         "frozen MiniLM embedding, finetune it end to end, or none (image only).",
         "--title")] = TitleMode.frozen,
@@ -64,7 +74,8 @@ def finetune_command(
     from thumbview.finetune.train import FinetuneInterrupted, finetune
 
     config = FinetuneConfig(
-        backbone=backbone, init=init, title=title.value, target=target.value, epochs=epochs,
+        backbone=backbone, backbone_args=parse_backbone_args(backbone_arg or []), init=init,
+        title=title.value, target=target.value, epochs=epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
         image_size=image_size, augment=augment, hflip=hflip, precision=precision,
         device=device, accumulate=accumulate, patience=patience, early_stop=early_stop,

@@ -23,8 +23,9 @@ class FinetuneError(ValueError):
 class BackboneSpec:
     """A backbone recipe built from a transformers config (random weights unless `--init`).
 
-    kind: "vit", "convnext" or "clip"; image_size: default input side in pixels;
-    hf: keyword arguments of the transformers config class; note: what it is for.
+    kind: "vit", "convnext", "clip" or "timm"; image_size: default input side in pixels (for
+    timm, timm's own default decides when the network is built); hf: keyword arguments of the
+    transformers config class; note: what it is for.
     """
 
     kind: str
@@ -73,12 +74,28 @@ BACKBONES: dict[str, BackboneSpec] = {
     ),
 }  # fmt: skip
 DEFAULT_BACKBONE = "vit-tiny"
+TIMM_PREFIX = "timm:"
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The recipe for a `--backbone` name: a registered one, or `timm:MODEL` for any timm model."""
+    if name.startswith(TIMM_PREFIX):
+        model = name[len(TIMM_PREFIX) :]
+        if not model or not all(c.isalnum() or c in "_.-" for c in model):
+            raise FinetuneError(
+                f"--backbone {name}: expected timm:MODEL_NAME, e.g. timm:convnext_atto"
+            )
+        return BackboneSpec("timm", 224, {}, f"timm model {model}")
+    _check_choice("backbone", name, [*BACKBONES, "timm:MODEL"])
+    return BACKBONES[name]
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Everything that determines a fine-tuned model besides the data.
 
+    backbone is a name in `BACKBONES` or `timm:MODEL`; backbone_args are keyword arguments
+    for a timm model's constructor (e.g. depth, embed_dim; timm backbones only).
     image_size None takes the backbone's default; warmup is a fraction of all optimiser
     steps; accumulate sums gradients over that many batches; patience is in epochs without
     improvement of `early_stop` on the validation channels; val_frac is the channel-disjoint
@@ -86,6 +103,7 @@ class FinetuneConfig:
     """
 
     backbone: str = DEFAULT_BACKBONE
+    backbone_args: dict = field(default_factory=dict)
     init: str | None = None
     title: str = "frozen"
     target: str = "log10"
@@ -113,7 +131,15 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_choice("backbone", self.backbone, BACKBONES)
+        spec = backbone_spec(self.backbone)
+        if self.backbone_args and spec.kind != "timm":
+            raise FinetuneError("backbone arguments apply to timm:MODEL backbones only")
+        reserved = {"pretrained", "num_classes", "img_size"} & set(self.backbone_args)
+        if reserved:
+            raise FinetuneError(
+                f"backbone argument {sorted(reserved)[0]!r} is set by thumbview "
+                "(use --image-size for the input side)"
+            )
         _check_choice("title", self.title, TITLE_MODES)
         _check_choice("target", self.target, TARGETS)
         _check_choice("precision", self.precision, PRECISIONS)
@@ -141,8 +167,9 @@ class FinetuneConfig:
 
     @property
     def size(self) -> int:
-        """Input side in pixels."""
-        return self.image_size or BACKBONES[self.backbone].image_size
+        """Input side in pixels (a timm backbone without --image-size takes timm's default
+        for the model: `network.architecture` decides, this says 224)."""
+        return self.image_size or backbone_spec(self.backbone).image_size
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,6 +183,23 @@ class FinetuneConfig:
         """Fields that differ in a way a resumed run cannot absorb (everything but epochs)."""
         mine, theirs = self.to_dict(), other.to_dict()
         return [k for k in mine if k not in ("epochs", "workers") and mine[k] != theirs[k]]
+
+
+def parse_backbone_args(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`KEY=VALUE` strings -> keyword arguments; a VALUE that parses as JSON (8, 0.1, [1, 2],
+    true) is that value, anything else the string itself."""
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise FinetuneError(f"--backbone-arg {item!r}: expected KEY=VALUE, e.g. depth=6")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
 
 
 def _check_choice(what: str, value: str, choices) -> None:

@@ -139,6 +139,13 @@ class FinetunedPredictor(ViewPredictor):
 
         directory = Path(directory)
         meta = read_meta(directory)
+        if (
+            isinstance(meta.get("architecture"), dict)
+            and meta["architecture"].get("kind") == "timm"
+        ):
+            from thumbview.finetune.timm_backbone import import_timm
+
+            import_timm()  # a missing timm says how to install it, not "model is incomplete"
         try:
             tensors = load_file(directory / WEIGHTS_FILE)
         except (SafetensorError, OSError, ValueError) as e:

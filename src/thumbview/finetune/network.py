@@ -1,10 +1,11 @@
-"""The network: an image backbone (transformers ViT / ConvNeXt / CLIP vision tower), an
-optional title tower, and a small MLP over their concatenated embeddings.
+"""The network: an image backbone (transformers ViT / ConvNeXt / CLIP vision tower, or any
+timm model), an optional title tower, and a small MLP over their concatenated embeddings.
 
 Backbones are built from transformers configs (no download, no torchvision), so a
-from-scratch ViT works offline; `--init` loads weights from a local safetensors file or a
-Hugging Face folder (or a Hub id when online). The architecture is stored with the model,
-so loading rebuilds exactly what was trained.
+from-scratch ViT works offline; `timm:MODEL` backbones are built by timm with
+`pretrained=False` (`timm_backbone`, the `thumbview[timm]` extra). `--init` loads weights
+from a local safetensors file or a Hugging Face / timm folder (or a Hub id when online).
+The architecture is stored with the model, so loading rebuilds exactly what was trained.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from thumbview.finetune.config import BACKBONES, FinetuneConfig, FinetuneError
+from thumbview.finetune.config import FinetuneConfig, FinetuneError, backbone_spec
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +40,41 @@ def _model_class(kind: str):
 
 
 class ImageTower(nn.Module):
-    """Pixels (B, 3, S, S) in 0..255 -> image embedding (B, D)."""
+    """Pixels (B, 3, S, S) in 0..255 -> image embedding (B, D).
 
-    def __init__(self, kind: str, hf_config: dict[str, Any]):
+    `backbone_config` is the transformers config dict, or for kind "timm" the recipe of
+    `timm_backbone.recipe` (normalised with timm's own mean/std for the model).
+    """
+
+    def __init__(self, kind: str, backbone_config: dict[str, Any]):
         super().__init__()
         self.kind = kind
-        cfg = _config_class(kind).from_dict(hf_config)
-        extra = {"add_pooling_layer": False} if kind == "vit" else {}
-        self.model = _model_class(kind)(cfg, **extra)
-        mean, std = (CLIP_MEAN, CLIP_STD) if kind == "clip" else (HALF, HALF)
+        if kind == "timm":
+            from thumbview.finetune.timm_backbone import create
+
+            self.model = create(backbone_config)
+            mean, std = backbone_config["mean"], backbone_config["std"]
+        else:
+            cfg = _config_class(kind).from_dict(backbone_config)
+            extra = {"add_pooling_layer": False} if kind == "vit" else {}
+            self.model = _model_class(kind)(cfg, **extra)
+            mean, std = (CLIP_MEAN, CLIP_STD) if kind == "clip" else (HALF, HALF)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
 
     @property
     def dim(self) -> int:
+        if self.kind == "timm":
+            from thumbview.finetune.timm_backbone import embedding_dim
+
+            return embedding_dim(self.model)
         cfg = self.model.config
         return cfg.hidden_sizes[-1] if self.kind == "convnext" else cfg.hidden_size
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = (pixels.float() - self.mean) / self.std  # (B, 3, S, S)
+        if self.kind == "timm":
+            return self.model(x)  # (B, D) pooled, no classifier (num_classes=0)
         if self.kind == "convnext":
             return self.model(pixel_values=x).pooler_output  # (B, D)
         out = self.model(pixel_values=x, interpolate_pos_encoding=True)
@@ -89,7 +106,8 @@ class FusionNet(nn.Module):
 
     def __init__(self, arch: dict[str, Any]):
         super().__init__()
-        self.image = ImageTower(arch["kind"], arch["hf_config"])
+        kind = arch["kind"]
+        self.image = ImageTower(kind, arch["timm"] if kind == "timm" else arch["hf_config"])
         self.title_mode = arch["title"]
         self.title = TitleTower(arch["title_config"]) if arch.get("title_config") else None
         width = self.image.dim + (0 if self.title_mode == "none" else TITLE_DIM)
@@ -113,12 +131,19 @@ class FusionNet(nn.Module):
 # ----- building ------------------------------------------------------------------------------
 def architecture(config: FinetuneConfig, init_config: dict | None = None) -> dict[str, Any]:
     """The JSON description `FusionNet` is built from (stored in the model's config.json)."""
-    spec = BACKBONES[config.backbone]
-    kind = init_config.pop("_kind") if init_config else spec.kind
-    hf = init_config if init_config else {**spec.hf, "image_size": config.size}
-    size = config.image_size or hf.get("image_size") or spec.image_size  # an --init decides
-    if kind == "convnext":
-        hf.pop("image_size", None)
+    spec = backbone_spec(config.backbone)
+    timm_recipe = None
+    if spec.kind == "timm":
+        from thumbview.finetune.timm_backbone import recipe
+
+        kind, hf = "timm", None
+        timm_recipe, size = recipe(config, init_config)
+    else:
+        kind = init_config.pop("_kind") if init_config else spec.kind
+        hf = init_config if init_config else {**spec.hf, "image_size": config.size}
+        size = config.image_size or hf.get("image_size") or spec.image_size  # an --init decides
+        if kind == "convnext":
+            hf.pop("image_size", None)
     title_config = None
     if config.title == "finetune":
         from thumbview.embed.title import default_model_path
@@ -127,6 +152,7 @@ def architecture(config: FinetuneConfig, init_config: dict | None = None) -> dic
     return {
         "kind": kind,
         "hf_config": hf,
+        **({"timm": timm_recipe} if timm_recipe else {}),
         "title": config.title,
         "title_config": title_config,
         "hidden": config.hidden,
@@ -142,7 +168,11 @@ def build_network(config: FinetuneConfig) -> tuple[FusionNet, dict[str, Any]]:
     torch.manual_seed(config.seed)
     net = FusionNet(arch)
     if init_state is not None:
-        _load_backbone(net.image.model, init_state, config.init)
+        if arch["kind"] == "timm":
+            from thumbview.finetune.timm_backbone import load_weights as load
+        else:
+            load = load_backbone
+        load(net.image.model, init_state, config.init)
         log.info("backbone initialised from %s", config.init)
     else:
         log.info("backbone %s trained from scratch (no --init)", config.backbone)
@@ -152,18 +182,28 @@ def build_network(config: FinetuneConfig) -> tuple[FusionNet, dict[str, Any]]:
 
 
 def read_init(config: FinetuneConfig) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """(backbone state dict, transformers config dict with `_kind` or None) from `--init`."""
+    """(backbone state dict, transformers config dict with `_kind` or None) from `--init`
+    (for a timm backbone: the extras of its folder's config.json, see `timm_backbone`)."""
+    if backbone_spec(config.backbone).kind == "timm":
+        from thumbview.finetune.timm_backbone import read_init as read_timm_init
+
+        return read_timm_init(config)
     path = Path(config.init).expanduser()
     if path.is_file():
-        return _read_safetensors(path, config.init), None
+        return read_safetensors(path, config.init), None
     if path.is_dir():
         return _read_hf_folder(path, config.init)
-    if "/" in config.init and not config.init.startswith((".", "/", "~")):
+    if is_hub_id(config.init):
         return _read_hub(config.init)
     raise FinetuneError(f"--init {config.init}: no such file or folder")
 
 
-def _read_safetensors(path: Path, name: str) -> dict[str, torch.Tensor]:
+def is_hub_id(init: str) -> bool:
+    """`org/name` that is not an existing path: a Hugging Face Hub repository id."""
+    return "/" in init and not init.startswith((".", "/", "~"))
+
+
+def read_safetensors(path: Path, name: str) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -192,7 +232,7 @@ def _read_hf_folder(path: Path, name: str) -> tuple[dict[str, torch.Tensor], dic
         )
     if hf.get("model_type") == "clip":
         hf = {**hf["vision_config"], "model_type": "clip_vision_model"}
-    state = _read_safetensors(weights, name)
+    state = read_safetensors(weights, name)
     return state, {
         **_config_class(kind).from_dict(hf).to_dict(),
         "_kind": kind,
@@ -200,16 +240,21 @@ def _read_hf_folder(path: Path, name: str) -> tuple[dict[str, torch.Tensor], dic
 
 
 def _read_hub(hub_id: str) -> tuple[dict[str, torch.Tensor], dict]:
+    return _read_hf_folder(download(hub_id, hub_id), hub_id)
+
+
+def download(hub_id: str, name: str) -> Path:
+    """The Hub repo's config.json and model.safetensors in a local folder (no pickle files)."""
     try:
         from huggingface_hub import snapshot_download
 
         folder = snapshot_download(hub_id, allow_patterns=["config.json", "model.safetensors"])
     except Exception as e:  # offline, unknown id, no safetensors: all mean "cannot get it"
         raise FinetuneError(
-            f"--init {hub_id}: not a local file or folder, and the Hub download failed "
+            f"--init {name}: not a local file or folder, and the Hub download failed "
             f"({type(e).__name__}); download it first or pass a local path"
         ) from e
-    return _read_hf_folder(Path(folder), hub_id)
+    return Path(folder)
 
 
 PREFIXES = ("", "vision_model.", "vit.", "convnext.", "model.", "backbone.")
@@ -227,7 +272,7 @@ def _align(state: dict[str, torch.Tensor], own: dict) -> dict[str, torch.Tensor]
     return best
 
 
-def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
+def load_backbone(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
     own = model.state_dict()
     state = _align(state, own)
     missing = [k for k in own if k not in state]
