@@ -445,3 +445,9 @@ def test_the_demo_folder_is_ignored_by_git():
     default = inspect.signature(demo_command).parameters["out"].default
     ignore = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().split()
     assert f"{default}/" in ignore
+
+
+def test_help_names_the_extras_to_install():
+    """Rich reads `[bot]` as markup and drops it unless escaped; the help must keep it."""
+    assert "thumbview[bot]" in ok("--help").output
+    assert "thumbview[ray]" in ok("embed", "--help").output.replace("\n", " ")

@@ -15,7 +15,7 @@ from rich.table import Table
 from thumbview.cli._shared import console, err_console, print_json, user_errors
 
 app = typer.Typer(
-    help="thumbnailbot: tune a diffusion model with the view predictor (needs thumbview[bot]).",
+    help="thumbnailbot: tune a diffusion model with the view predictor (needs thumbview\\[bot]).",
     no_args_is_help=True,
 )
 

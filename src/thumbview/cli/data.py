@@ -80,7 +80,7 @@ def embed_command(
         typer.Option(
             "--ray",
             help="Run on Ray Data: 'auto' (a running cluster, else a local one) or an address "
-            "(ray://head:10001). Needs thumbview[ray].",
+            "(ray://head:10001). Needs thumbview\\[ray].",
         ),
     ] = None,
     concurrency: Annotated[
