@@ -190,3 +190,23 @@ def test_cli_trains_a_timm_cnn_from_scratch(data, tmp_path):
     loaded = LoadedPredictor.load(out)
     assert loaded.model.net_.image.dim == 16
     assert load_file(out / "model.safetensors").keys() >= {"net.image.model.stem.0.weight"}
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(data, tmp_path):
+    """Checkpoints hold a timm tower's weights and optimiser state like any other backbone's."""
+    from thumbview.finetune.train import FinetuneInterrupted
+
+    ds = load_dataset(data)
+    cfg = FinetuneConfig(**TINY["vit"], **FAST, epochs=3, holdout=0.0)
+    finetune(ds, cfg, tmp_path / "straight")
+
+    def stop(epoch: int) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(FinetuneInterrupted, match="--resume"):
+        finetune(ds, cfg, tmp_path / "broken", before_epoch=stop)
+    finetune(ds, cfg, tmp_path / "broken", resume=True)
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "broken" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
