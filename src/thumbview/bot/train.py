@@ -169,35 +169,8 @@ def train_bot(
         while epoch < config.epochs:
             t0 = time.perf_counter()
             chosen, seeds = _epoch_batch(prompts, config, epoch)
-            titles = [p.title for p in chosen]
-            image_prompts = [p.image_prompt for p in chosen]
-            if config.method == "draft":
-                stats = draft_epoch(
-                    policy,
-                    torch_reward,
-                    image_prompts,
-                    titles,
-                    seeds,
-                    config.sample,
-                    optimizer,
-                    config.draft_k,
-                    config.kl,
-                )
-            else:
-                stats = ddpo_epoch(
-                    policy,
-                    reward,
-                    image_prompts,
-                    titles,
-                    seeds,
-                    config.sample,
-                    optimizer,
-                    tracker,
-                    config.ppo_clip,
-                    config.adv_clip,
-                    config.kl,
-                    config.workers,
-                )
+            scorer = torch_reward if config.method == "draft" else reward
+            stats = _tune_epoch(policy, scorer, chosen, seeds, config, optimizer, tracker)
             row = {
                 "epoch": epoch + 1,
                 **asdict(stats),
@@ -212,6 +185,18 @@ def train_bot(
     except KeyboardInterrupt:
         raise BotInterrupted(out_dir, epoch) from None
     return TrainResult(out_dir, epoch, tuple(history))
+
+
+def _tune_epoch(policy, scorer, chosen, seeds, config: BotConfig, optimizer, tracker):
+    """One epoch of the configured method: DRaFT backpropagates through `scorer` (a
+    TorchReward), DDPO only reads its scores (a PredictorReward)."""
+    titles = [p.title for p in chosen]
+    image_prompts = [p.image_prompt for p in chosen]
+    if config.method == "draft":
+        return draft_epoch(policy, scorer, image_prompts, titles, seeds, config.sample,
+                           optimizer, config.draft_k, config.kl)  # fmt: skip
+    return ddpo_epoch(policy, scorer, image_prompts, titles, seeds, config.sample, optimizer,
+                      tracker, config.ppo_clip, config.adv_clip, config.kl, config.workers)  # fmt: skip
 
 
 def _start(out_dir: Path, config: BotConfig, resume: bool) -> dict:
