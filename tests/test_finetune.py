@@ -13,12 +13,13 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
+from _resume import assert_resume_equals_straight  # noqa: E402
 from thumbview.cli import app  # noqa: E402
 from thumbview.data.dataset import load_dataset  # noqa: E402
 from thumbview.data.images import load_image  # noqa: E402
 from thumbview.data.synth import SynthConfig, make_synthetic  # noqa: E402
 from thumbview.finetune.config import FinetuneConfig, FinetuneError  # noqa: E402
-from thumbview.finetune.train import FinetuneInterrupted, finetune  # noqa: E402
+from thumbview.finetune.train import finetune  # noqa: E402
 from thumbview.inference import LoadedPredictor  # noqa: E402
 
 runner = CliRunner()
@@ -95,21 +96,9 @@ def test_learns_a_planted_visual_effect(tmp_path):
 
 
 def test_resume_after_interruption_equals_an_uninterrupted_run(data, tmp_path):
-    ds = load_dataset(data)
-    cfg = FinetuneConfig(**FAST, epochs=3, holdout=0.0)
-    finetune(ds, cfg, tmp_path / "straight")
-
-    def stop(epoch: int) -> None:
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(FinetuneInterrupted, match="--resume"):
-        finetune(ds, cfg, tmp_path / "broken", before_epoch=stop)
-    finetune(ds, cfg, tmp_path / "broken", resume=True)
-    a = load_file(tmp_path / "straight" / "model.safetensors")
-    b = load_file(tmp_path / "broken" / "model.safetensors")
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_equals_straight(
+        load_dataset(data), FinetuneConfig(**FAST, epochs=3, holdout=0.0), tmp_path
+    )
 
 
 def test_resume_refuses_changed_settings(data, tmp_path):

@@ -194,19 +194,7 @@ def test_cli_trains_a_timm_cnn_from_scratch(data, tmp_path):
 
 def test_resume_after_interruption_equals_an_uninterrupted_run(data, tmp_path):
     """Checkpoints hold a timm tower's weights and optimiser state like any other backbone's."""
-    from thumbview.finetune.train import FinetuneInterrupted
+    from _resume import assert_resume_equals_straight
 
-    ds = load_dataset(data)
     cfg = FinetuneConfig(**TINY["vit"], **FAST, epochs=3, holdout=0.0)
-    finetune(ds, cfg, tmp_path / "straight")
-
-    def stop(epoch: int) -> None:
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(FinetuneInterrupted, match="--resume"):
-        finetune(ds, cfg, tmp_path / "broken", before_epoch=stop)
-    finetune(ds, cfg, tmp_path / "broken", resume=True)
-    a = load_file(tmp_path / "straight" / "model.safetensors")
-    b = load_file(tmp_path / "broken" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_equals_straight(load_dataset(data), cfg, tmp_path)
