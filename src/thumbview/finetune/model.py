@@ -209,14 +209,12 @@ def is_finetuned(directory: str | Path) -> bool:
 
 def load_finetuned(directory: str | Path) -> tuple[FinetunedPredictor, dict[str, Encoder]]:
     """The model and the encoders named in its `encoders.json` (used by `LoadedPredictor.load`)."""
-    from thumbview.inference.predictor import _read_encoder_specs
+    from thumbview.inference.predictor import encoder_specs
 
     directory = Path(directory)
     model = FinetunedPredictor.load(directory)
-    saved = _read_encoder_specs(directory)
-    encoders = {}
-    for name in model.config.encoders:
-        if name not in saved:
-            raise ArtifactError(f"{directory}: encoders.json has no entry for {name!r}")
-        encoders[name] = build_encoder(name, saved[name].get("options", {}))
+    saved = encoder_specs(directory, model.config.encoders)
+    encoders = {
+        name: build_encoder(name, saved[name].get("options", {})) for name in model.config.encoders
+    }
     return model, encoders

@@ -92,11 +92,9 @@ class LoadedPredictor:
 
             return cls(*load_finetuned(model_dir), model_dir)
         model = ViewPredictor.load(model_dir)
-        saved = _read_encoder_specs(model_dir)
+        saved = encoder_specs(model_dir, model.config.encoders)
         encoders = {}
         for name in model.config.encoders:
-            if name not in saved:
-                raise ArtifactError(f"{model_dir / ENCODERS_FILE}: no entry for encoder {name!r}")
             try:
                 encoders[name] = get_encoder(name, **saved[name]["options"])
             except (EncoderOptionError, UnknownEncoderError) as e:  # a name or option it lacks
@@ -119,10 +117,8 @@ class LoadedPredictor:
             load_finetuned(model_dir)
             return
         model = ViewPredictor.load(model_dir)
-        saved = _read_encoder_specs(model_dir)
+        saved = encoder_specs(model_dir, model.config.encoders)
         for name in model.config.encoders:
-            if name not in saved:
-                raise ArtifactError(f"{model_dir / ENCODERS_FILE}: no entry for encoder {name!r}")
             try:  # the options must fit the encoder's constructor (nothing is built)
                 inspect.signature(encoder_class(name)).bind(**saved[name]["options"])
             except (TypeError, ValueError) as e:
@@ -242,10 +238,15 @@ class LoadedPredictor:
         ]
 
 
-def _read_encoder_specs(model_dir: Path) -> dict:
+def encoder_specs(model_dir: Path, names) -> dict:
+    """`encoders.json` of a model folder, checked to have an entry for every name in `names`."""
     path = model_dir / ENCODERS_FILE
     if not path.exists():
         raise ArtifactError(
             f"{model_dir} has no {ENCODERS_FILE}; was it written by `thumbview train`?"
         )
-    return read_json(path, ENCODERS_SCHEMA, ArtifactError)
+    saved = read_json(path, ENCODERS_SCHEMA, ArtifactError)
+    missing = [name for name in names if name not in saved]
+    if missing:
+        raise ArtifactError(f"{path}: no entry for encoder {missing[0]!r}")
+    return saved
