@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import platform
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -259,6 +262,47 @@ def test_a_failing_row_fails_only_its_own_request():
         t.join()
     batcher.close()
     assert out == {1: 2, 13: "unlucky", 3: 6} and batcher.batch_sizes[0] == 3
+
+
+# After a 16 MiB block is freed, is a 6 MiB block still mmapped (so freeing it returns it)?
+_HEAP_PROBE = """
+import ctypes, sys
+from thumbview.serve.engine import steady_heap
+fields = ("arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost").split()
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in fields]
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes, libc.mallinfo2.restype = [ctypes.c_void_p], Info
+if sys.argv[1] == "steady":
+    assert steady_heap()
+libc.free(libc.malloc(16 << 20))
+block = libc.malloc(6 << 20)
+print(libc.mallinfo2().hblkhd >= 6 << 20)
+"""
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
+)
+def test_steady_heap_keeps_large_blocks_returnable():
+    """Without it glibc's threshold rises after a large free and later blocks stay in the heap
+    (the micro-batched server's memory doubled that way); with it they stay mmapped."""
+
+    def probe(mode: str) -> str:
+        cmd = [sys.executable, "-c", _HEAP_PROBE, mode]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+
+    assert probe("default") == "False" and probe("steady") == "True"
+
+
+def test_steady_heap_without_glibc_says_false(monkeypatch):
+    import ctypes.util
+
+    from thumbview.serve.engine import steady_heap
+
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    assert steady_heap() is False
 
 
 # ----------------------------------------------------------------------------- explain

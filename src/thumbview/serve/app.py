@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from thumbview import __version__
 from thumbview.frames.rank import PROGRESS_SHARES
 from thumbview.progress import Progress
-from thumbview.serve.engine import Batching, Engine
+from thumbview.serve.engine import Batching, Engine, steady_heap
 from thumbview.serve.jobs import FrameJobs, JobError
 from thumbview.serve.security import Guard, Security
 from thumbview.serve.uploads import (
@@ -272,6 +272,7 @@ def run(
     """
     import uvicorn
 
+    steady_heap()  # before the models load, so their buffers follow it too
     app = create_app(
         model_dir, sae_dir, study_dir, limits, security.with_host(host), batching, bot_dir
     )

@@ -10,6 +10,8 @@ batched OCR / text-model pass instead of N), and hands each request its own row.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import queue
 import threading
@@ -48,6 +50,31 @@ class Batching:
     def __post_init__(self) -> None:
         if not 0 <= self.window_s <= 1 or self.max_batch < 1:
             raise ValueError(f"Batching needs 0 <= window_s <= 1 and max_batch >= 1: {self}")
+
+
+# glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after
+# which the encoders' image-sized buffers come from per-thread heaps that fragment and never
+# shrink: serving 32-image batches then held ~2x the memory of single requests
+# (BENCHMARKS.md). A fixed threshold keeps blocks this large mmapped and returned on free.
+MMAP_THRESHOLD_BYTES = 8 * 1024 * 1024
+_M_MMAP_THRESHOLD = -3  # mallopt parameter number, from glibc's <malloc.h>
+
+
+def steady_heap(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Fix glibc's mmap threshold for this process; False where the C library is not glibc.
+
+    A long-running server calls it once at start-up; batch jobs need not (their peak, not
+    their steady state, is what counts).
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        log.debug("no glibc mallopt here (%s); heap left as the C library sets it", name)
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 class MicroBatcher(Generic[T, R]):
