@@ -3,6 +3,8 @@
 Run by hand, not in the tests:
 
     .venv/bin/python benchmarks/embed.py --n 256
+    .venv/bin/python benchmarks/embed.py --visual-only --text-sizes 320 240 192 160 120 \
+        --sheet disagreements.png      # where text is read, against version 1's reading
 
 CLIP uses the ViT-B/32 architecture (`CLIPVisionConfig()` defaults) with random weights,
 built here: the compute is the same as the real checkpoint and nothing is downloaded.
@@ -173,6 +175,49 @@ def bench_visual(images, repeats: int) -> tuple[list, list[str]]:
     return rows, notes
 
 
+def bench_text_sizes(images, sizes: list[int], sheet: Path | None) -> None:
+    """Read text at smaller sizes than the working size: cost per image against agreement
+    with version 1's reading (the "reference" profile, which upscales). With `sheet`, a
+    contact sheet of the images where the smallest size and the reference disagree about
+    whether there is any text, to judge by eye which one is right."""
+    from thumbview.embed.visual import RapidTextReader, resize_to_working, text_stats
+
+    rgbs = [np.asarray(img.convert("RGB")) for img in images]
+    reference, reader = RapidTextReader("reference"), RapidTextReader("fast")
+    ref = np.stack(
+        [text_stats(resize_to_working(x), reference) for x in rgbs]
+    )  # area, chars, boxes
+    print(
+        "\n| text read at (longest side) | ms/image, 1 thread | boxes equal | area within 0.02 "
+        "| length equal | any text equal |\n|---:|---:|---:|---:|---:|---:|"
+    )
+    for size in sizes:
+        t0 = time.perf_counter()
+        got = np.stack([text_stats(resize_to_working(x, size), reader) for x in rgbs])
+        ms = (time.perf_counter() - t0) / len(rgbs) * 1000
+        same = [
+            np.isclose(ref[:, j], got[:, j], atol=0.02 if j == 0 else 0).mean() for j in (2, 0, 1)
+        ]
+        anytext = ((ref[:, 2] > 0) == (got[:, 2] > 0)).mean()
+        print(
+            f"| {size} | {ms:.1f} | "
+            + " | ".join(f"{100 * v:.0f}%" for v in [*same, anytext])
+            + " |"
+        )
+    if sheet is not None:
+        _contact_sheet(
+            [x for x, r, g in zip(rgbs, ref, got, strict=True) if (r[2] > 0) != (g[2] > 0)], sheet
+        )
+
+
+def _contact_sheet(rgbs: list[np.ndarray], path: Path, cols: int = 6, tile=(240, 180)) -> None:
+    sheet = Image.new("RGB", (tile[0] * cols, tile[1] * max(1, -(-len(rgbs) // cols))), "gray")
+    for k, x in enumerate(rgbs):
+        sheet.paste(Image.fromarray(x).resize(tile), ((k % cols) * tile[0], (k // cols) * tile[1]))
+    sheet.save(path)
+    print(f"{len(rgbs)} disagreements about any text: {path}")
+
+
 def dataset_images(folder: Path, n: int) -> list[Image.Image]:
     """The first n images of any thumbview dataset folder (e.g. `thumbview synth` output)."""
     with open(folder / "metadata.csv", newline="", encoding="utf-8") as f:
@@ -212,8 +257,18 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="only the visual fast-vs-reference rows, on the real thumbnails and these dataset folders",
     )
+    parser.add_argument(
+        "--text-sizes",
+        type=int,
+        nargs="*",
+        default=None,
+        help="with --visual-only: also read text at these sizes (see bench_text_sizes)",
+    )
+    parser.add_argument("--sheet", type=Path, help="with --text-sizes: contact sheet PNG")
     args = parser.parse_args(argv)
     images, titles, source = load_inputs(args.n)
+    if args.text_sizes:
+        bench_text_sizes(images[: args.visual_n], args.text_sizes, args.sheet)
     if args.visual_only is not None:
         sets = [(source, images[: args.visual_n])]
         sets += [(str(d), dataset_images(d, args.visual_n)) for d in args.visual_only]
