@@ -104,38 +104,15 @@ def train_command(
     from thumbview.bot.train import BotConfig, BotInterrupted, read_prompts, train_bot
 
     width, height = _size(size)
+    reward = RewardConfig(
+        ood_weight=ood, clip_weight=clip_weight, clip_model=clip_model,
+        aesthetic_weight=aesthetic_weight, aesthetic_model=aesthetic_model,
+    )  # fmt: skip
     config = BotConfig(
-        method=method,
-        epochs=epochs,
-        batch=batch,
-        per_prompt=per_prompt,
-        lr=lr,
-        lora_rank=lora_rank,
-        kl=kl,
-        draft_k=draft_k,
-        seed=seed,
-        sample=SampleConfig(
-            steps=steps,
-            eta=eta if method == "ddpo" else 0.0,
-            guidance=guidance,
-            height=height,
-            width=width,
-        ),
-        reward=RewardConfig(
-            ood_weight=ood,
-            clip_weight=clip_weight,
-            clip_model=clip_model,
-            aesthetic_weight=aesthetic_weight,
-            aesthetic_model=aesthetic_model,
-        ),
-    )
-
-    def show(epoch: int, stats) -> None:
-        console.print(
-            f"epoch {epoch}/{config.epochs}: reward {stats.reward_mean:.3f} ± {stats.reward_std:.3f}  "
-            f"log10 views {stats.log10_mean:.3f}  OOD {stats.ood_mean:.3f}  KL {stats.kl:.2e}"
-        )
-
+        method=method, epochs=epochs, batch=batch, per_prompt=per_prompt, lr=lr,
+        lora_rank=lora_rank, kl=kl, draft_k=draft_k, seed=seed, reward=reward,
+        sample=SampleConfig(steps, eta if method == "ddpo" else 0.0, guidance, height, width),
+    )  # fmt: skip
     try:
         result = train_bot(
             base,
@@ -145,15 +122,28 @@ def train_command(
             config,
             eval_model=eval_model,
             resume=resume,
-            on_epoch=show,
+            on_epoch=_epoch_reporter(config.epochs),
         )
     except BotInterrupted as e:
+        again = f"thumbview bot train --base {base} --model {model} --prompts {prompts} --out {out}"
         err_console.print(
-            f"[yellow]interrupted[/]: {e.epochs_done} epoch(s) saved in {e.out_dir}; resume with "
-            f"`thumbview bot train --base {base} --model {model} --prompts {prompts} --out {out} --resume`"
+            f"[yellow]interrupted[/]: {e.epochs_done} epoch(s) saved in {e.out_dir}; "
+            f"resume with `{again} --resume`"
         )
         raise typer.Exit(130) from None
     console.print(f"done: {result.epochs_done} epochs; LoRA, log, grids and plot in [bold]{out}[/]")
+
+
+def _epoch_reporter(epochs: int):
+    """One line per epoch: the reward and the guards the training log also keeps."""
+
+    def show(epoch: int, stats) -> None:
+        console.print(
+            f"epoch {epoch}/{epochs}: reward {stats.reward_mean:.3f} ± {stats.reward_std:.3f}  "
+            f"log10 views {stats.log10_mean:.3f}  OOD {stats.ood_mean:.3f}  KL {stats.kl:.2e}"
+        )
+
+    return show
 
 
 @app.command("generate")

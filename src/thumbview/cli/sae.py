@@ -246,18 +246,10 @@ def analyze_command(
 
     ds = load_dataset(data, progress=progress_for(as_json))
     study = make_study_config(
-        channel is not None,
-        top_k=top_k,
-        threshold=threshold,
-        min_active=min_active,
-        n_extreme=n_extreme,
-        n_shuffles=n_shuffles,
-        n_boot=n_boot,
-        n_random=n_random,
-        heldout_group=heldout_group,
-        n_perm=n_perm,
-        seed=seed,
-    )
+        channel is not None, top_k=top_k, threshold=threshold, min_active=min_active,
+        n_extreme=n_extreme, n_shuffles=n_shuffles, n_boot=n_boot, n_random=n_random,
+        heldout_group=heldout_group, n_perm=n_perm, seed=seed,
+    )  # fmt: skip
     config = AnalyzeConfig(
         study=study, control=parse_controls(control), channel=channel, reference=reference
     )

@@ -264,23 +264,14 @@ def train_loop(
     steps = config.epochs * math.ceil(math.ceil(len(rows) / config.batch_size) / config.accumulate)
     opt, sched = make_optimizer(net, config, steps)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    state = {"epoch": 0, "history": [], "best": None, "best_epoch": 0, "bad": 0, "stopped": False,
-             "config": config.to_dict()}  # fmt: skip
-    best = _snapshot(net)
-    if resume:
-        state, best = load_checkpoint(ckpt, net, opt, sched, config)
-        state["config"] = config.to_dict()
-        log.info("resumed after epoch %d", state["epoch"])
+    state, best = _start_state(net, opt, sched, config, ckpt, resume)
     try:
         while state["epoch"] < config.epochs and not state["stopped"]:
             if before_epoch:
                 before_epoch(state["epoch"])
-            start, label = time.perf_counter(), f"epoch {state['epoch'] + 1}/{config.epochs}"
-            rows.shuffle(state["epoch"])
-            with progress.task(label, len(rows)) as adv:
-                batches = loader(rows, config.batch_size, config.workers)
-                train_mse = _run_epoch(net, batches, opt, sched, config, device, dtype, scaler, adv)
-                train_mse *= y_std**2  # standardised -> target units
+            start = time.perf_counter()
+            train_mse = _train_epoch(net, rows, (opt, sched, scaler), config, state["epoch"],
+                                     (device, dtype), progress) * y_std**2  # fmt: skip
             pred = predict_rows(net, val, config, device, dtype) * y_std + y_mean
             val_mse, rho = (
                 float(np.mean((y_val - pred) ** 2)),
@@ -300,6 +291,29 @@ def train_loop(
         ) from None
     net.load_state_dict(best)
     return state
+
+
+def _start_state(net, opt, sched, config: FinetuneConfig, ckpt: Path, resume: bool):
+    """(state, best weights): a fresh run's, or those saved in `ckpt` when resuming."""
+    if resume:
+        state, best = load_checkpoint(ckpt, net, opt, sched, config)
+        state["config"] = config.to_dict()
+        log.info("resumed after epoch %d", state["epoch"])
+        return state, best
+    state = {"epoch": 0, "history": [], "best": None, "best_epoch": 0, "bad": 0, "stopped": False,
+             "config": config.to_dict()}  # fmt: skip
+    return state, _snapshot(net)
+
+
+def _train_epoch(net, rows: ThumbnailRows, optim, config: FinetuneConfig, epoch: int, where,
+                 progress: Progress) -> float:  # fmt: skip
+    """One pass over the shuffled training rows: mean squared error in standardised units."""
+    opt, sched, scaler = optim
+    device, dtype = where
+    rows.shuffle(epoch)
+    with progress.task(f"epoch {epoch + 1}/{config.epochs}", len(rows)) as advance:
+        batches = loader(rows, config.batch_size, config.workers)
+        return _run_epoch(net, batches, opt, sched, config, device, dtype, scaler, advance)
 
 
 # ----- the whole run -------------------------------------------------------------------------
@@ -327,19 +341,9 @@ def finetune(
     titles = title_block(dataset, config, cache_dir, progress)
     y_mean, y_std = float(y[split.train].mean()), float(y[split.train].std() or 1.0)
     net, arch = build_network(config)
-    paths = [str(p) for p in dataset.paths]
-    rows = _rows(
-        paths,
-        y,
-        titles,
-        split.train,
-        config,
-        (y_mean, y_std, arch["image_size"]),
-        augment=config.augment,
-    )
-    val = _rows(
-        paths, y, titles, split.val, config, (y_mean, y_std, arch["image_size"]), augment=False
-    )
+    paths, scale = [str(p) for p in dataset.paths], (y_mean, y_std, arch["image_size"])
+    rows = _rows(paths, y, titles, split.train, config, scale, augment=config.augment)
+    val = _rows(paths, y, titles, split.val, config, scale, augment=False)
     state = train_loop(net, rows, val, y[split.val], y_mean, y_std, config, out_dir / CHECKPOINT_DIR,
                        resume=resume, progress=progress, on_epoch=on_epoch,
                        before_epoch=before_epoch)  # fmt: skip
@@ -351,9 +355,7 @@ def finetune(
     model.calibrate(y[split.val], val_pred)
     model.val_metrics_ = compute_metrics(y[split.val], val_pred).to_dict()
     model.history_ = state["history"]
-    test = _rows(
-        paths, y, titles, split.test, config, (y_mean, y_std, arch["image_size"]), augment=False
-    )
+    test = _rows(paths, y, titles, split.test, config, scale, augment=False)
     test_pred = (
         predict_rows(net, test, config, device, dtype) * y_std + y_mean if len(test) else None
     )
