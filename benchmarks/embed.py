@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         help="with --visual-only: also read text at these sizes (see bench_text_sizes)",
     )
     parser.add_argument("--sheet", type=Path, help="with --text-sizes: contact sheet PNG")
+    parser.add_argument("--resize", help="with --visual-only DIR: also its images resized to WxH")
     args = parser.parse_args(argv)
     images, titles, source = load_inputs(args.n)
     if args.text_sizes:
@@ -272,6 +273,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.visual_only is not None:
         sets = [(source, images[: args.visual_n])]
         sets += [(str(d), dataset_images(d, args.visual_n)) for d in args.visual_only]
+        if args.resize:  # e.g. the 1280x720 thumbnails `collect` fetches: decode/resize costs too
+            size = tuple(int(v) for v in args.resize.split("x"))
+            sets += [(f"{label} resized", [im.resize(size, Image.BICUBIC) for im in imgs])
+                     for label, imgs in sets[1:]]  # fmt: skip
         for label, imgs in sets:
             rows, notes = bench_visual(imgs, args.repeats)
             print(f"\n{label} ({imgs[0].size[0]}x{imgs[0].size[1]})")
