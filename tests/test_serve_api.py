@@ -264,10 +264,11 @@ def test_a_failing_row_fails_only_its_own_request():
     assert out == {1: 2, 13: "unlucky", 3: 6} and batcher.batch_sizes[0] == 3
 
 
-# After a 16 MiB block is freed, is a 6 MiB block still mmapped (so freeing it returns it)?
+# After a block of 3x the threshold is freed, is one of 1.5x still mmapped (so freeing it
+# returns it to the system)? glibc's sliding threshold tops out at 32 MiB, so 3x <= 32 MiB.
 _HEAP_PROBE = """
 import ctypes, sys
-from thumbview.serve.engine import steady_heap
+from thumbview.serve.engine import MMAP_THRESHOLD_BYTES as T, steady_heap
 fields = ("arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost").split()
 class Info(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in fields]
@@ -276,9 +277,9 @@ libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes, libc.mallinfo2.restype = [ctypes.c_void_p], Info
 if sys.argv[1] == "steady":
     assert steady_heap()
-libc.free(libc.malloc(16 << 20))
-block = libc.malloc(6 << 20)
-print(libc.mallinfo2().hblkhd >= 6 << 20)
+libc.free(libc.malloc(3 * T))
+block = libc.malloc(3 * T // 2)
+print(libc.mallinfo2().hblkhd >= 3 * T // 2)
 """
 
 
