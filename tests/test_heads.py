@@ -169,6 +169,22 @@ def test_gbm_early_stopping_keeps_few_trees_on_pure_noise():
     assert GBMHead(max_iter=200).fit(X, y, rng.integers(0, 30, 300)).n_trees_ < 60
 
 
+def test_gbm_head_says_so_when_scikit_learn_stores_trees_differently():
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from thumbview.predict.heads import HeadError, _tree_arrays
+
+    rng = np.random.default_rng(2)
+    est = HistGradientBoostingRegressor(max_iter=5).fit(
+        rng.normal(size=(80, 3)), rng.normal(size=80)
+    )
+    baseline, nodes = _tree_arrays(est)
+    assert len(nodes) == 5 and np.isfinite(baseline)
+    del est._predictors  # what a scikit-learn that renamed its internals would look like
+    with pytest.raises(HeadError, match="scikit-learn .* stores its boosted trees differently"):
+        _tree_arrays(est)
+
+
 def test_view_predictor_with_gbm_head_saves_and_loads(tmp_path):
     from thumbview.predict.model import PredictorConfig, ViewPredictor
 

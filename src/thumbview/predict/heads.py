@@ -382,8 +382,7 @@ class GBMHead:
             est = HistGradientBoostingRegressor(
                 max_iter=self.n_trees_, early_stopping=False, random_state=p["seed"], **opts
             ).fit(X, y)
-        self.baseline_ = float(np.ravel(est._baseline_prediction)[0])
-        nodes = [tree[0].nodes for tree in est._predictors]
+        self.baseline_, nodes = _tree_arrays(est)
         self.tree_sizes_ = np.array([len(n) for n in nodes], dtype=np.int64)
         self.nodes_ = {
             f: np.concatenate([n[f] for n in nodes]).astype(np.float64) for f in self.NODE_FIELDS
@@ -463,6 +462,26 @@ class GBMHead:
         if int(head.tree_sizes_.sum()) != len(head.nodes_["value"]):
             raise HeadError("stored gbm trees do not match their node arrays")
         return head
+
+
+def _tree_arrays(est) -> tuple[float, list[np.ndarray]]:
+    """(baseline, node array per tree) of a fitted HistGradientBoostingRegressor.
+
+    scikit-learn has no public accessor for these; they are read once, at fit time, and
+    saved as plain arrays, so a scikit-learn that stores them differently fails here, in
+    words, and saved models keep loading whatever scikit-learn is installed.
+    """
+    try:
+        baseline = float(np.ravel(est._baseline_prediction)[0])
+        return baseline, [tree[0].nodes for tree in est._predictors]
+    except (AttributeError, IndexError, TypeError) as e:
+        import sklearn
+
+        raise HeadError(
+            f"scikit-learn {sklearn.__version__} stores its boosted trees differently from the "
+            "one the gbm head was written against (1.9); install scikit-learn<2, or use "
+            "--head ridge"
+        ) from e
 
 
 class StackedHead:
