@@ -37,7 +37,7 @@ from PIL import Image
 from thumbview.data.images import load_image
 from thumbview.embed.base import Encoder
 from thumbview.inference import LoadedPredictor
-from thumbview.predict.heads import GBMHead, MLPHead, RidgeHead, StackedHead
+from thumbview.predict.heads import GBMHead, MLPHead, RidgeHead, StackedHead, linear_split
 from thumbview.predict.model import ViewPredictor
 from thumbview.predict.target import to_views
 
@@ -121,8 +121,7 @@ def linear_attribution(
         raise ExplainError(
             f"design row {design.shape} does not match the coefficients {coef.shape}"
         )
-    weight = coef / scale  # (D,) slope per design column
-    baseline = float(intercept - (mean / scale) @ coef)
+    weight, baseline = linear_split(coef, intercept, mean, scale)  # (D,) slope per column
     return baseline, weight * design
 
 

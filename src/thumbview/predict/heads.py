@@ -106,6 +106,15 @@ def _eigh(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.linalg.eigh(gram)
 
 
+def linear_split(coef, intercept: float, mean, scale) -> tuple[np.ndarray, float]:
+    """`((x - mean) / scale) @ coef + intercept` as `x @ slope + bias`: (slope (D,), bias).
+
+    The one place the linear head's prediction is split into per-column terms (explain's
+    `linear_attribution`, `RidgeHead.contributions`, the stacked head's linear half).
+    """
+    return coef / scale, float(intercept - (mean / scale) @ coef)
+
+
 class RidgeHead:
     """Ridge regression on standardised columns, penalty chosen by efficient leave-one-out.
 
@@ -137,6 +146,13 @@ class RidgeHead:
         _require_fitted(self, "coef_")
         X, _ = check_xy(X, n_features=len(self.coef_))
         return ((X - self.mean_) / self.scale_) @ self.coef_ + self.intercept_  # (N,)
+
+    def contributions(self, X) -> tuple[float, np.ndarray]:
+        """(bias, (N, D) per-column terms): bias + row sum == predict(X), exactly."""
+        _require_fitted(self, "coef_")
+        X, _ = check_xy(X, n_features=len(self.coef_))
+        slope, bias = linear_split(self.coef_, self.intercept_, self.mean_, self.scale_)
+        return bias, X * slope  # (N, D)
 
     def config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {
@@ -531,11 +547,8 @@ class StackedHead:
         """(bias, (N, D)) with bias + row sum == predict(X): half ridge, half tree paths."""
         _require_fitted(self, "n_features_")
         X, _ = check_xy(X, n_features=self.n_features_)
-        r = self.ridge
-        slope = r.coef_ / r.scale_  # (D,)
-        ridge_bias = float(r.intercept_ - (r.mean_ / r.scale_) @ r.coef_)
+        ridge_bias, out = self.ridge.contributions(X)  # (N, D)
         gbm_bias, gbm_contrib = self.gbm.contributions(X[:, self.gbm_columns])  # (N, G)
-        out = X * slope  # (N, D)
         out[:, self.gbm_columns] += gbm_contrib
         return (ridge_bias + gbm_bias) / 2, out / 2
 
