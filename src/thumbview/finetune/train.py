@@ -270,8 +270,8 @@ def train_loop(
             if before_epoch:
                 before_epoch(state["epoch"])
             start = time.perf_counter()
-            train_mse = _train_epoch(net, rows, (opt, sched, scaler), config, state["epoch"],
-                                     (device, dtype), progress) * y_std**2  # fmt: skip
+            train_mse = _train_epoch(net, rows, opt, sched, scaler, config, state["epoch"],
+                                     device, dtype, progress) * y_std**2  # fmt: skip
             pred = predict_rows(net, val, config, device, dtype) * y_std + y_mean
             val_mse, rho = (
                 float(np.mean((y_val - pred) ** 2)),
@@ -305,11 +305,9 @@ def _start_state(net, opt, sched, config: FinetuneConfig, ckpt: Path, resume: bo
     return state, _snapshot(net)
 
 
-def _train_epoch(net, rows: ThumbnailRows, optim, config: FinetuneConfig, epoch: int, where,
-                 progress: Progress) -> float:  # fmt: skip
+def _train_epoch(net, rows: ThumbnailRows, opt, sched, scaler, config: FinetuneConfig,
+                 epoch: int, device, dtype, progress: Progress) -> float:  # fmt: skip
     """One pass over the shuffled training rows: mean squared error in standardised units."""
-    opt, sched, scaler = optim
-    device, dtype = where
     rows.shuffle(epoch)
     with progress.task(f"epoch {epoch + 1}/{config.epochs}", len(rows)) as advance:
         batches = loader(rows, config.batch_size, config.workers)
