@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import thumbview.data.dataset as dataset_module
+import thumbview.data.table as table_module
 from thumbview.data.dataset import (
     DatasetError,
     ThumbnailDataset,
@@ -209,7 +210,7 @@ def test_every_reason_at_once(tmp_path, caplog):
         n_good=3,
     )
     (root / "images" / "bad.jpg").write_bytes(b"\xff\xd8 not really")
-    with caplog.at_level(logging.DEBUG, logger="thumbview.data.dataset"):
+    with caplog.at_level(logging.DEBUG, logger="thumbview.data.table"):
         ds = load_dataset(root)
     report = ds.report
     assert report.counts() == {
@@ -570,13 +571,13 @@ def decoded(monkeypatch, tmp_path) -> list[str]:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("THUMBVIEW_CACHE_DIR", raising=False)
     calls: list[str] = []
-    real = dataset_module.load_image
+    real = table_module.load_image
 
     def counting(path, **kwargs):
         calls.append(Path(path).name)  # list.append is thread-safe
         return real(path, **kwargs)
 
-    monkeypatch.setattr(dataset_module, "load_image", counting)
+    monkeypatch.setattr(table_module, "load_image", counting)
     return calls
 
 
@@ -666,9 +667,9 @@ def test_corrupt_cache_is_ignored(tmp_path, decoded, damage, caplog):
 
         arrays = load_file(cache)
         arrays["sizes"] = arrays["sizes"][:2]
-        save_file(arrays, cache, metadata=dataset_module._verify_setting(root.resolve(), 2**26))
+        save_file(arrays, cache, metadata=table_module._verify_setting(root.resolve(), 2**26))
     decoded.clear()
-    with caplog.at_level(logging.WARNING, logger="thumbview.data.dataset"):
+    with caplog.at_level(logging.WARNING, logger="thumbview.data.table"):
         second = load_dataset(root, max_pixels=2**26)
     assert len(decoded) == 4
     assert_same(first, second)
@@ -721,7 +722,7 @@ def test_unwritable_cache_only_warns(tmp_path, decoded, monkeypatch, caplog):
     root = messy(tmp_path)
     (tmp_path / "blocker").write_text("a file where the cache folder should go")
     monkeypatch.setenv("THUMBVIEW_CACHE_DIR", str(tmp_path / "blocker"))
-    with caplog.at_level(logging.WARNING, logger="thumbview.data.dataset"):
+    with caplog.at_level(logging.WARNING, logger="thumbview.data.table"):
         ds = load_dataset(root)
     assert ds.report.counts() == {"unreadable image": 1, "missing image": 1}
     assert any("cannot write verification cache" in r.getMessage() for r in caplog.records)
@@ -788,15 +789,15 @@ def test_lookup_matches_a_plain_dict(tmp_path):
     m, n = 500, 800
     keys = rng.integers(0, 2**63, m, dtype=np.uint64)
     stats = [rng.integers(0, 3, m).astype(np.int64) for _ in range(4)]  # size, mtime, ctime, ino
-    cached = dataset_module._Verdicts(keys, *stats, [None] * m)
+    cached = table_module._Verdicts(keys, *stats, [None] * m)
     pick = rng.integers(0, m, n)
     cur_keys = np.where(rng.random(n) < 0.2, rng.integers(0, 2**63, n, dtype=np.uint64), keys[pick])
     cur = [s[pick] + (rng.random(n) < 0.1) for s in stats]
     cur[0] = np.where(rng.random(n) < 0.2, -1, cur[0])
-    current = dataset_module._Verdicts(cur_keys, *cur, [None] * n)
+    current = table_module._Verdicts(cur_keys, *cur, [None] * n)
     table = {(k, *s): i for i, (k, *s) in enumerate(zip(keys, *stats, strict=True))}
     expected = [
         table.get((k, *s), -1) if s[0] >= 0 else -1 for k, *s in zip(cur_keys, *cur, strict=True)
     ]
-    assert dataset_module._lookup(cached, current).tolist() == expected
-    assert dataset_module._lookup(None, current).tolist() == [-1] * n
+    assert table_module._lookup(cached, current).tolist() == expected
+    assert table_module._lookup(None, current).tolist() == [-1] * n

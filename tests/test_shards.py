@@ -165,13 +165,13 @@ def test_shards_written_by_hugging_face_datasets_load(tmp_path, monkeypatch):
 def test_verification_cache_and_a_rewritten_shard(packed, monkeypatch):
     _, out, _ = packed
     calls: list[str] = []
-    real = shards_module.ds_mod.decode_error
+    real = shards_module.tbl.decode_error
 
     def counting(source, max_pixels, name=None):
         calls.append(name)
         return real(source, max_pixels, name)
 
-    monkeypatch.setattr(shards_module.ds_mod, "decode_error", counting)
+    monkeypatch.setattr(shards_module.tbl, "decode_error", counting)
     first = load_dataset(out)
     assert len(calls) == 10 and verify_cache_path(out).is_file()
     calls.clear()

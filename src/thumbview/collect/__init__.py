@@ -22,12 +22,11 @@ from thumbview.collect.http import HttpClient, RetryPolicy
 from thumbview.collect.lock import LockHeld, dataset_lock
 from thumbview.collect.merge import MergeSummary, merge_shards
 from thumbview.collect.options import CollectOptions
-from thumbview.collect.quota import QuotaTracker
+from thumbview.collect.quota import QuotaExhausted, QuotaTracker
 from thumbview.collect.store import Store
 from thumbview.collect.types import (
     Backend,
     CollectError,
-    QuotaExhausted,
     Unavailable,
     VideoInfo,
 )

@@ -16,11 +16,10 @@ from typing import Any
 
 from thumbview.collect.filters import parse_iso_duration
 from thumbview.collect.http import FetchError, HttpClient
-from thumbview.collect.quota import PAGE_SIZE, QuotaTracker
+from thumbview.collect.quota import PAGE_SIZE, QuotaExhausted, QuotaTracker
 from thumbview.collect.types import (
     CollectError,
     Listing,
-    QuotaExhausted,
     Thumb,
     Unavailable,
     VideoInfo,

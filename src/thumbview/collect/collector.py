@@ -36,7 +36,7 @@ from thumbview.collect.filters import (
 )
 from thumbview.collect.http import FetchError, HttpClient
 from thumbview.collect.lock import dataset_lock
-from thumbview.collect.quota import quota_day
+from thumbview.collect.quota import QuotaExhausted, quota_day
 from thumbview.collect.store import DB_NAME, Store, decode_video, encode_video, utc_now
 from thumbview.collect.thumbs import (
     DEFAULT_MAX_BYTES,
@@ -45,7 +45,7 @@ from thumbview.collect.thumbs import (
     ThumbSkip,
     fetch_thumbnail,
 )
-from thumbview.collect.types import Backend, CollectError, QuotaExhausted, Unavailable, VideoInfo
+from thumbview.collect.types import Backend, CollectError, Unavailable, VideoInfo
 from thumbview.data.dataset import write_metadata
 from thumbview.progress import SILENT, Advance, Progress
 

@@ -41,6 +41,10 @@ def units_for_search(n_results: int) -> int:
     return math.ceil(n_results / PAGE_SIZE) * COSTS["search.list"] + units_for_ids(n_results)
 
 
+class QuotaExhausted(RuntimeError):
+    """The next request would go over the daily quota: stop cleanly, resume tomorrow."""
+
+
 class QuotaTracker:
     """Thread-safe counter that refuses a call before it would exceed `limit`."""
 
@@ -61,8 +65,6 @@ class QuotaTracker:
 
     def charge(self, call: str, calls: int = 1) -> None:
         """Account for `calls` requests to `call`, or raise QuotaExhausted without spending."""
-        from thumbview.collect.types import QuotaExhausted
-
         units = COSTS[call] * calls
         with self._lock:
             if self.used + units > self.limit:

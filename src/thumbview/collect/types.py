@@ -13,10 +13,6 @@ class CollectError(ValueError):
     """The collection cannot go on (bad argument, rejected API key); the message says why."""
 
 
-class QuotaExhausted(RuntimeError):
-    """The next request would go over the daily quota: stop cleanly, resume tomorrow."""
-
-
 @dataclass(frozen=True)
 class Thumb:
     """One candidate thumbnail URL; `rank` 0 is the best (maxres), 4 the smallest (default)."""

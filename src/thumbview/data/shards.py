@@ -16,7 +16,7 @@ file's schema metadata holds the `huggingface` features (so `image` shows as an 
 
 Reading is streaming: the metadata columns are read whole (small), image bytes one row group
 at a time (verification, embedding), so memory never holds the images of the dataset.
-The checks and the skip report are the folder loader's (`thumbview.data.dataset`); a row
+The checks and the skip report are the folder loader's (`thumbview.data.table`); a row
 without image bytes refers to a file by name, so its name is checked as a folder's would be.
 """
 
@@ -39,9 +39,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from thumbview.data import dataset as ds_mod
-from thumbview.data.dataset import DatasetError, ThumbnailDataset
+from thumbview.data import table as tbl
 from thumbview.data.images import DEFAULT_MAX_PIXELS
+from thumbview.data.table import DatasetError, ThumbnailDataset
 from thumbview.fileio import atomic_write
 from thumbview.progress import SILENT, Progress
 
@@ -67,7 +67,7 @@ def shard_files(root: str | Path) -> list[Path]:
 
 def is_sharded(root: Path) -> bool:
     """A folder with `data/*.parquet` and no metadata file (which would make it an imagefolder)."""
-    if any((root / name).exists() for name in ds_mod.METADATA_NAMES):
+    if any((root / name).exists() for name in tbl.METADATA_NAMES):
         return False
     return bool(shard_files(root))
 
@@ -137,14 +137,14 @@ def load_shards(
     """`load_dataset` for a sharded folder: the same checks, reasons and report."""
     files = shard_files(root)
     raw, index, has_bytes = _read_shard_metadata(files)
-    ds_mod._require_columns(raw, f"{SHARD_DIR}/{files[0].name}")
-    raw = ds_mod._fill_defaults(raw)
+    tbl._require_columns(raw, f"{SHARD_DIR}/{files[0].name}")
+    raw = tbl._fill_defaults(raw)
     problems, views = _check_rows(raw, has_bytes)
     if verify_images:
-        cache = ds_mod.verify_cache_path(root) if verify_cache else None
+        cache = tbl.verify_cache_path(root) if verify_cache else None
         _check_images(root, index, problems, max_pixels, workers, progress, cache)
-    ds_mod._check_duplicates(raw, problems)
-    return ds_mod._assemble(root, raw, problems, views, index)
+    tbl._check_duplicates(raw, problems)
+    return tbl._assemble(root, raw, problems, views, index)
 
 
 def _read_shard_metadata(files: list[Path]) -> tuple[pd.DataFrame, ShardIndex, np.ndarray]:
@@ -233,20 +233,20 @@ def _has_bytes(pf: pq.ParquetFile) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
 
-def _check_rows(df: pd.DataFrame, has_bytes: np.ndarray) -> tuple[ds_mod.Problems, list[int]]:
+def _check_rows(df: pd.DataFrame, has_bytes: np.ndarray) -> tuple[tbl.Problems, list[int]]:
     """Missing bytes (reported like a folder's missing file) and views."""
-    problems: ds_mod.Problems = []
+    problems: tbl.Problems = []
     views: list[int] = []
     for name, raw_views, present in zip(df["file_name"], df["views"], has_bytes, strict=True):
         problem = None
         if not present:
-            unsafe = ds_mod.lexically_unsafe(name)
+            unsafe = tbl.lexically_unsafe(name)
             problem = (
                 ("unsafe file_name", unsafe)
                 if unsafe
                 else ("missing image", f"no image bytes for {name!r}")
             )
-        problem, count = ds_mod.checked_views(problem, raw_views)
+        problem, count = tbl.checked_views(problem, raw_views)
         problems.append(problem)
         views.append(count)
     return problems, views
@@ -255,7 +255,7 @@ def _check_rows(df: pd.DataFrame, has_bytes: np.ndarray) -> tuple[ds_mod.Problem
 def _check_images(
     root: Path,
     index: ShardIndex,
-    problems: ds_mod.Problems,
+    problems: tbl.Problems,
     max_pixels: int,
     workers: int,
     progress: Progress,
@@ -276,15 +276,15 @@ def _check_images(
     ]
     stats = np.array([_stat(p) for p in index.files], dtype=np.int64).reshape(-1, 4)  # (F, 4)
     per_row = stats[index.shard[rows]] if len(rows) else np.zeros((0, 4), np.int64)  # (T, 4)
-    current = ds_mod._Verdicts(
-        ds_mod._name_keys(names), *np.ascontiguousarray(per_row.T), [None] * len(todo)
+    current = tbl._Verdicts(
+        tbl._name_keys(names), *np.ascontiguousarray(per_row.T), [None] * len(todo)
     )
 
     def decode(misses: np.ndarray) -> list[str | None]:
         return _decode_rows(index, rows[misses].tolist(), max_pixels, workers, progress)
 
-    setting = {**ds_mod._verify_setting(root, max_pixels), "layout": "parquet"}
-    ds_mod.apply_verdicts(todo, current, decode, problems, cache, setting)
+    setting = {**tbl._verify_setting(root, max_pixels), "layout": "parquet"}
+    tbl.apply_verdicts(todo, current, decode, problems, cache, setting)
 
 
 def _stat(path: Path) -> tuple[int, int, int, int]:
@@ -306,7 +306,7 @@ def _decode_rows(
             data = index.read(chunk)
             names = [f"{index.files[index.shard[r]].name} row {index.row[r]}" for r in chunk]
             errors += pool.map(
-                lambda blob, name: ds_mod.decode_error(blob or b"", max_pixels, name), data, names
+                lambda blob, name: tbl.decode_error(blob or b"", max_pixels, name), data, names
             )
             advance(len(chunk))
     return errors
@@ -337,9 +337,9 @@ def pack(
     """
     if shard_size < 1:
         raise ValueError(f"shard size must be >= 1, got {shard_size}")
-    root = ds_mod._check_root(data)
-    meta_path = ds_mod._find_metadata(root)
-    raw, malformed = ds_mod._read_metadata(meta_path)
+    root = tbl._check_root(data)
+    meta_path = tbl._find_metadata(root)
+    raw, malformed = tbl._read_metadata(meta_path)
     _check_packable(raw, malformed, meta_path.name)
     target = Path(out) / SHARD_DIR
     if shard_files(Path(out)):
@@ -359,7 +359,7 @@ def pack(
 
 
 def _check_packable(raw: pd.DataFrame, malformed: dict, name: str) -> None:
-    ds_mod._require_columns(raw, name)
+    tbl._require_columns(raw, name)
     if malformed:
         lines = ", ".join(d for _, d in list(malformed.values())[:3])
         raise DatasetError(
@@ -426,7 +426,7 @@ def _write_shard(path: Path, root: Path, part: pd.DataFrame, schema: pa.Schema, 
 
 def _read_if_usable(root: Path, name: str, folders: dict[str, bool]) -> bytes | None:
     """The file's bytes when the loader would open it (a safe name, an existing file)."""
-    if ds_mod._file_problem(root, name, folders) is not None:
+    if tbl._file_problem(root, name, folders) is not None:
         return None
     try:
         return (root / name).read_bytes()
@@ -451,13 +451,13 @@ class UnpackResult:
 def unpack(shards: str | Path, out: str | Path, *, progress: Progress = SILENT) -> UnpackResult:
     """Write a sharded dataset back as an imagefolder: images at their `file_name`, and
     `metadata.csv` with every row, in the original column order and text."""
-    src = ds_mod._check_root(shards)
+    src = tbl._check_root(shards)
     files = shard_files(src)
     if not files:
         raise DatasetError(f"no Parquet shards in {src / SHARD_DIR}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if any((out / n).exists() for n in ds_mod.METADATA_NAMES):
+    if any((out / n).exists() for n in tbl.METADATA_NAMES):
         raise DatasetError(f"{out} already has a metadata file; choose an empty OUT")
     raw, index, _ = _read_shard_metadata(files)
     n_images = n_unwritable = 0
@@ -485,7 +485,7 @@ def _blob_chunks(index: ShardIndex, n: int) -> Iterator[tuple[int, list[bytes | 
 def _place(out: Path, name: str, blob: bytes, folders: dict[str, bool]) -> bool:
     """Write `blob` at out/name unless the name would leave `out`; an existing identical
     file (two rows, one image) is fine, a different one is an error (data would be lost)."""
-    if not name.strip() or ds_mod._unsafe_detail(out, name, folders):
+    if not name.strip() or tbl._unsafe_detail(out, name, folders):
         logger.warning("not writing an image for file_name %r: outside the folder", name)
         return False
     path = out / name
