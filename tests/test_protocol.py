@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from thumbview.cli import app
 from thumbview.data.dataset import load_dataset
 from thumbview.data.synth import SynthConfig, make_synthetic
+from thumbview.data.times import upload_times
 from thumbview.predict import workflow
 from thumbview.predict.model import PredictorConfig
 from thumbview.predict.protocol import (
@@ -22,7 +23,6 @@ from thumbview.predict.protocol import (
     plan_split,
     time_rank,
     time_split,
-    upload_times,
 )
 
 

@@ -77,7 +77,7 @@ def test_shorten_cuts_at_a_word_with_an_ellipsis(text, width, want):
 
 
 def test_default_study_folder_is_decided_once(tmp_path):
-    from thumbview.sae.layout import default_study_dir, resolve_sae_dir
+    from thumbview.layout import default_study_dir, resolve_sae_dir
 
     sae = tmp_path / "sae-out"
     (sae / layout.SAE_SUBDIR).mkdir(parents=True)

@@ -1,8 +1,14 @@
-"""The names of every file thumbview writes, and where a study goes by default.
+"""The names of every file thumbview writes, and how a folder given by a user is resolved.
 
 Model, SAE and study folders are read by other stages (evaluate, compare, serve, explain),
-so their file names are defined once, here, next to the one rule for the default study
-folder. Writers and readers import these names instead of spelling them out.
+so their file names are defined once, here, next to the rules that find an SAE or a study
+inside a folder. Writers and readers import these names instead of spelling them out. This
+module sits at the bottom of the layers and imports no stage, so every stage may use it
+(the CLI too, to tell folders apart without importing torch).
+
+`sae train --out SAE` writes the SAE itself to SAE/sae (SAELens layout: cfg.json +
+sae_weights.safetensors), with metrics, checkpoint and the dataset's codes beside it. Every
+command that takes an SAE accepts either folder and goes through `resolve_sae_dir`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ SAE_STATE = "state.safetensors"  # trainer state for resuming
 SAE_TRAINER = "trainer.json"
 SAE_METRICS = "metrics.json"
 SAE_DENSITY_PLOT = "feature_density.png"
+SAE_CHECKPOINT_DIR = "checkpoint"  # trainer checkpoints, beside sae/
+SAE_CODES = "codes.npz"  # the training dataset's latents, rows = metadata rows
 
 # ----- a study folder (`thumbview sae analyze --out`) ----------------------------------------
 STUDY_SUBDIR = "study"
@@ -45,10 +53,56 @@ FRAMES_JSON = "frames.json"
 FRAMES_CONTACT_SHEET = "contact_sheet.png"
 
 
+# ----- finding an SAE and its study in a folder ---------------------------------------------
+class SaeFolderError(ValueError):
+    """A folder that holds no SAE; the message names the file that is missing."""
+
+
+def resolve_sae_dir(path: str | Path) -> Path:
+    """The folder holding cfg.json and the weights: `path` itself or `path`/sae.
+
+    Raises SaeFolderError naming the missing file(s) when neither holds an SAE.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise SaeFolderError(f"SAE folder not found: {path}")
+    for candidate in (path, path / SAE_SUBDIR):
+        if (candidate / SAE_CONFIG).is_file():
+            if not (candidate / SAE_WEIGHTS).is_file():
+                raise SaeFolderError(f"{candidate / SAE_WEIGHTS} is missing (cfg.json is there)")
+            return candidate
+    raise SaeFolderError(
+        f"{path} holds no SAE: neither {path / SAE_CONFIG} nor {path / SAE_SUBDIR / SAE_CONFIG} "
+        f"exists; give the folder passed to `thumbview sae train --out`"
+    )
+
+
+def training_root(path: str | Path) -> Path:
+    """The `sae train --out` folder of an SAE given as either folder (else the SAE folder)."""
+    sae = resolve_sae_dir(path)
+    parent = sae.parent
+    trained_here = sae.name == SAE_SUBDIR and (
+        (parent / SAE_METRICS).is_file() or (parent / SAE_CHECKPOINT_DIR).is_dir()
+    )
+    return parent if trained_here else sae
+
+
+def default_study_dir(path: str | Path) -> Path:
+    """Where `sae analyze --sae PATH` writes its study, and where `explain` looks for it.
+
+    TRAIN_OUT/study; a study already at one of the other places a folder could name
+    (PATH/study, PATH/sae/study) is found there, so older layouts keep working.
+    """
+    path = Path(path)
+    preferred = training_root(path) / STUDY_SUBDIR
+    for candidate in (preferred, path / STUDY_SUBDIR, resolve_sae_dir(path) / STUDY_SUBDIR):
+        if candidate.is_dir():
+            return candidate
+    return preferred
+
+
 def find_study_dir(sae_dir: str | Path | None) -> Path | None:
     """A study inside the SAE folder (itself or its `study/`), when none is named; else None."""
-    from thumbview.sae.layout import SaeFolderError, default_study_dir
-
     if sae_dir is None:
         return None
     try:

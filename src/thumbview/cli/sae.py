@@ -12,6 +12,8 @@ from rich.table import Table
 
 from thumbview.cli._shared import console, print_json, progress_for, user_errors
 from thumbview.cli.data import CacheOpt, DataArg
+from thumbview.layout import SAE_CONFIG as CFG_FILE
+from thumbview.layout import SAE_SUBDIR, default_study_dir, resolve_sae_dir
 from thumbview.sae.config import (
     ARCHS,
     FEATURE_SOURCES,
@@ -25,7 +27,6 @@ from thumbview.sae.config import (
     channel_config,
     option_help,
 )
-from thumbview.sae.layout import CFG_FILE, SAE_SUBDIR, default_study_dir, resolve_sae_dir
 
 app = typer.Typer(help="Sparse autoencoder on CLIP activations, and which features go with views.")
 

@@ -17,6 +17,9 @@ import numpy as np
 from PIL import Image
 
 Modality = Literal["image", "text", "meta"]  # meta: per-row metadata dicts (see context)
+# The CLIP checkpoint used when none is named: defined once, here, where the CLI and the
+# registry can read it without importing torch.
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 
 
 class Encoder(ABC):

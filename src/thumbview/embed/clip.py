@@ -34,8 +34,7 @@ import torch
 from PIL import Image
 
 from thumbview.data.images import to_rgb
-from thumbview.embed.base import Encoder
-from thumbview.embed.registry import DEFAULT_CLIP_MODEL
+from thumbview.embed.base import DEFAULT_CLIP_MODEL, Encoder
 
 log = logging.getLogger(__name__)
 

@@ -112,7 +112,7 @@ def _number(value: Any, fill: float) -> float:
 
 def context_rows(table: pd.DataFrame, as_of: str | None = None) -> list[dict[str, Any]]:
     """Per-row context dicts from a dataset table; absent columns are noted once and skipped."""
-    from thumbview.predict.protocol import dataset_ages_days  # the one age definition
+    from thumbview.data.times import dataset_ages_days  # the one age definition
 
     n = len(table)
     ages = dataset_ages_days(table, as_of)

@@ -9,12 +9,17 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from thumbview.embed.base import Encoder
+from thumbview.embed.base import DEFAULT_CLIP_MODEL, Encoder
 
 ENCODER_NAMES = ("clip", "title", "visual", "context", "title-desc")
-# The CLIP checkpoint used when none is named: defined once, here, where the CLI can read it
-# without importing torch.
-DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
+__all__ = [
+    "DEFAULT_CLIP_MODEL",
+    "ENCODER_NAMES",
+    "EncoderOptionError",
+    "UnknownEncoderError",
+    "encoder_class",
+    "get_encoder",
+]
 
 
 class UnknownEncoderError(ValueError):

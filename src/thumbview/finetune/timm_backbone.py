@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from thumbview.finetune.config import TIMM_PREFIX, FinetuneConfig, FinetuneError
+from thumbview.finetune.weights import download, is_hub_id, load_backbone, read_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,6 @@ def _create_sized(timm, name: str, kwargs: dict, size: int | None):
 def read_init(config: FinetuneConfig) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, {mean, std, model_args} from a timm folder's config.json) from `--init`:
     a safetensors file, a timm folder (config.json + model.safetensors), or a Hub id."""
-    from thumbview.finetune.network import download, is_hub_id, read_safetensors
-
     init = config.init
     path = Path(init).expanduser()
     if path.is_file():
@@ -128,8 +127,6 @@ def read_init(config: FinetuneConfig) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _read_folder(path: Path, name: str, backbone: str) -> tuple[dict[str, torch.Tensor], dict]:
-    from thumbview.finetune.network import read_safetensors
-
     weights, cfg_path = path / "model.safetensors", path / "config.json"
     if not weights.is_file():
         raise FinetuneError(f"--init {name}: not a timm model folder (needs model.safetensors)")
@@ -157,8 +154,6 @@ def _read_folder(path: Path, name: str, backbone: str) -> tuple[dict[str, torch.
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
     """Load `--init` weights strictly: timm's own checkpoint filter for the model first
     (resamples position embeddings to this input side, converts CLIP/DINOv2 naming)."""
-    from thumbview.finetune.network import load_backbone
-
     filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
     if filter_fn is not None:
         try:

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from thumbview.layout import resolve_sae_dir
 from thumbview.progress import SILENT, Progress
-from thumbview.sae.layout import resolve_sae_dir
 
 
 def load_sae_encoder(

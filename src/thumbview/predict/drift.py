@@ -95,8 +95,8 @@ class TrainingRange:
         return "; ".join(parts) + ": predictions and intervals there are extrapolations"
 
     def _span(self) -> str:
-        from thumbview.frames.rank import format_views
         from thumbview.predict.target import to_views
+        from thumbview.units import format_views
 
         lo, hi = (to_views(self.target)(self.target_quantiles[i]) for i in (1, 5))
         unit = "views" if self.target == "log10" else "of the channel's usual views"

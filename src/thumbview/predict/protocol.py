@@ -74,32 +74,6 @@ def n_channels(channels) -> int:
     return int(pd.Series(np.asarray(channels, dtype=object)).replace("", None).nunique())
 
 
-def upload_times(table: pd.DataFrame, column: str = "published_at") -> np.ndarray | None:
-    """(N,) unix seconds of `column` (NaN where unparseable), or None without that column."""
-    if column not in table.columns:
-        return None
-    stamps = pd.to_datetime(table[column], errors="coerce", utc=True, format="mixed")
-    epoch = pd.Timestamp(0, tz="UTC")
-    seconds = (stamps - epoch).dt.total_seconds().to_numpy(dtype=np.float64)  # NaT -> NaN
-    return None if np.isnan(seconds).all() else seconds
-
-
-def dataset_ages_days(table: pd.DataFrame, as_of: str | None = None) -> np.ndarray:
-    """(N,) days from upload to the views snapshot (NaN where unknown).
-
-    The snapshot is the row's `collected_at`, else `as_of`, else the newest upload in the
-    table (a stand-in when the collection date was not recorded: ages are then relative).
-    """
-    times = upload_times(table)
-    if times is None:
-        return np.full(len(table), np.nan)
-    snap = upload_times(table, "collected_at")
-    if snap is None:
-        ref = pd.Timestamp(as_of, tz="UTC").timestamp() if as_of else np.nanmax(times)
-        snap = np.full(len(table), ref)
-    return (snap - times) / 86400.0
-
-
 def channel_disjoint_ok(groups, k: int, holdout_frac: float, seed: int) -> bool:
     """True when a channel-disjoint hold-out AND k channel-disjoint folds of the rest exist."""
     codes = _group_codes(groups, None)

@@ -20,6 +20,7 @@ import pandas as pd
 
 from thumbview.data.dataset import ThumbnailDataset
 from thumbview.data.images import load_image
+from thumbview.data.times import dataset_ages_days, upload_times
 from thumbview.embed.base import Encoder
 from thumbview.embed.cache import embed, finite_rows
 from thumbview.embed.registry import DEFAULT_CLIP_MODEL, get_encoder
@@ -51,9 +52,7 @@ from thumbview.predict.pairwise import PairwiseError, PairwiseModel, score_pairs
 from thumbview.predict.protocol import (
     SplitPlan,
     SplitProtocol,
-    dataset_ages_days,
     plan_split,
-    upload_times,
 )
 from thumbview.predict.target import make_target
 from thumbview.progress import SILENT, Progress

@@ -26,12 +26,13 @@ import scipy.sparse as sp
 from thumbview.data.dataset import LoadReport, ThumbnailDataset
 from thumbview.fileio import json_safe
 from thumbview.inference.sae import encode_sparse, load_sae_encoder  # noqa: F401 (re-exported)
+from thumbview.layout import SAE_CONFIG as CFG_FILE
+from thumbview.layout import SaeFolderError, resolve_sae_dir
 from thumbview.progress import SILENT, Progress
 from thumbview.sae import report
 from thumbview.sae.arrays import StudyError
 from thumbview.sae.config import ActivationSource
 from thumbview.sae.covariates import ResidualFit, adjust_views_fit, upload_age_years
-from thumbview.sae.layout import CFG_FILE, SaeFolderError, resolve_sae_dir
 from thumbview.sae.selection import check_latents, top_activations
 from thumbview.sae.study import StudyConfig, StudyResult, channel_config, run_study
 

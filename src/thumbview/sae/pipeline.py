@@ -22,10 +22,10 @@ import scipy.sparse as sp
 from thumbview.data.dataset import ThumbnailDataset
 from thumbview.data.images import load_image
 from thumbview.embed.cache import embed
+from thumbview.layout import SAE_CODES as CODES_FILE
 from thumbview.progress import SILENT, Progress
 from thumbview.sae.analyze import encode_sparse, image_folder_dataset
 from thumbview.sae.config import ActivationSource, SaeError, TrainConfig, sae_config
-from thumbview.sae.layout import CODES_FILE
 from thumbview.sae.model import SparseAutoencoder
 from thumbview.sae.shards import ShardedActivations
 from thumbview.sae.train import EvalMetrics, SaeTrainer

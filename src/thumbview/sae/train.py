@@ -39,6 +39,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from thumbview.layout import SAE_CHECKPOINT_DIR as CHECKPOINT_DIR
+from thumbview.layout import SAE_CONFIG as CFG_FILE
+from thumbview.layout import SAE_METRICS as METRICS_JSON
+from thumbview.layout import SAE_SUBDIR, SaeFolderError, resolve_sae_dir
+from thumbview.layout import SAE_WEIGHTS as WEIGHTS_FILE
 from thumbview.progress import SILENT, Progress
 from thumbview.sae.config import (
     SaeConfigs,
@@ -46,15 +51,6 @@ from thumbview.sae.config import (
     TrainConfig,
     sae_config,
     sae_config_from_dict,
-)
-from thumbview.sae.layout import (
-    CFG_FILE,
-    CHECKPOINT_DIR,
-    METRICS_JSON,
-    SAE_SUBDIR,
-    WEIGHTS_FILE,
-    SaeFolderError,
-    resolve_sae_dir,
 )
 from thumbview.sae.model import SaeInputError, SparseAutoencoder
 from thumbview.sae.shards import ShardedActivations
