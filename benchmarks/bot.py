@@ -35,9 +35,10 @@ def one(method: str, epochs: int, steps: int, work: Path) -> dict:
 
     sys.path.insert(0, str(ROOT / "tests"))
     from _bot_fixture import build_fast_predictor
+    from thumbview.bot.folder import BotConfig, Prompt
     from thumbview.bot.policy import SampleConfig
     from thumbview.bot.tiny import save_tiny_base
-    from thumbview.bot.train import BotConfig, Prompt, train_bot
+    from thumbview.bot.train import train_bot
 
     torch.set_num_threads(1)
     base, model = save_tiny_base(work / "base"), build_fast_predictor(work)

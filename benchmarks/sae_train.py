@@ -19,13 +19,14 @@ import time
 
 import torch
 
-from thumbview.sae.model import SaeConfig, SparseAutoencoder
+from thumbview.sae.architectures import build_sae
+from thumbview.sae.model import SaeConfig
 from thumbview.sae.train import SaeTrainer, TrainConfig
 
 
 def time_steps(cfg: SaeConfig, batch: int, steps: int, dead: bool) -> float:
     """Median seconds per training step after two warm-up steps (median: the box is shared)."""
-    sae = SparseAutoencoder(cfg, seed=0)
+    sae = build_sae(cfg, seed=0)
     trainer = SaeTrainer(sae, TrainConfig(batch_size=batch, warmup_steps=1))
     x = torch.randn(batch, cfg.d_in, generator=torch.Generator().manual_seed(0))
     sae.init_b_dec_(x)

@@ -167,7 +167,7 @@ def test_web_panel_generates_ranked_candidates(trained_bot):
     from fastapi.testclient import TestClient
     from PIL import Image
 
-    from thumbview.bot.web import bot_router
+    from thumbview.serve.bot import bot_router
 
     app = FastAPI()
     app.include_router(bot_router(trained_bot))
@@ -187,8 +187,9 @@ def test_web_panel_generates_ranked_candidates(trained_bot):
 
 def test_ctrl_c_saves_finished_epochs_and_resume_continues(tiny_base, bot_model_dir, tmp_path):  # noqa: F811
     """Interrupted after epoch 1 of 2 (draft): epoch 1 is on disk; --resume adds epoch 2."""
+    from thumbview.bot.folder import BotConfig, Prompt
     from thumbview.bot.policy import SampleConfig
-    from thumbview.bot.train import BotConfig, BotInterrupted, Prompt, train_bot
+    from thumbview.bot.train import BotInterrupted, train_bot
 
     def interrupt(epoch, stats):
         raise KeyboardInterrupt

@@ -12,12 +12,12 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 from _bot_fixture import bot_model_dir, planted_model_dir, tiny_base  # noqa: E402, F401, F811
+from thumbview.bot.folder import BotConfig  # noqa: E402
 from thumbview.bot.methods import draft_epoch, ppo_update  # noqa: E402
 from thumbview.bot.policy import Policy, SampleConfig, Trajectory, load_base  # noqa: E402
 from thumbview.bot.reward import PredictorReward, TorchReward, to_pil  # noqa: E402
 from thumbview.bot.rl import BotError, PerPromptStatTracker, ddim_step  # noqa: E402
 from thumbview.bot.tiny import linear_decoder  # noqa: E402
-from thumbview.bot.train import BotConfig  # noqa: E402
 
 SAMPLE = SampleConfig(steps=2, eta=0.0, guidance=1.0, height=64, width=64)
 EVAL_SEEDS = [101, 102, 103]

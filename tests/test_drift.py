@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from thumbview.cli import app
 from thumbview.data.dataset import load_dataset
 from thumbview.data.synth import SynthConfig, make_synthetic
+from thumbview.predict.crossval import conditional_coverage, coverage_strata
 from thumbview.predict.drift import TrainingRange
-from thumbview.predict.evaluate import conditional_coverage, coverage_strata
 from thumbview.predict.model import PredictorConfig, ViewPredictor
 from thumbview.predict.target import log_views
 from thumbview.predict.workflow import train

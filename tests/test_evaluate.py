@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from thumbview.predict.evaluate import (
+from thumbview.predict.crossval import (
     CVResult,
     EvalResult,
     EvaluationError,
@@ -198,7 +198,7 @@ def test_metrics_dataclass_is_frozen():
 
 def test_baselines_are_the_same_model_in_train_and_cv():
     """`cv` and a trained model's saved baselines use one definition (`baseline_config`)."""
-    from thumbview.predict.evaluate import baseline_config
+    from thumbview.predict.crossval import baseline_config
 
     config = PredictorConfig(("visual", "clip"), head="mlp", seed=3)
     single = baseline_config(config, "visual")

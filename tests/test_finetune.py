@@ -59,7 +59,7 @@ def test_loss_decreases_and_folder_follows_train_conventions(trained):
 
 
 def test_save_load_gives_identical_predictions_and_evaluate_agrees(trained, data):
-    from thumbview.predict.workflow import evaluate
+    from thumbview.evaluate import evaluate
 
     _, out = trained
     ds = load_dataset(data)

@@ -172,7 +172,7 @@ def test_frames_use_the_models_own_coverage(ranked, video, model_dir_90):  # noq
 
 
 def test_letterbox_keeps_the_whole_frame():
-    from thumbview.frames.rank import fit_frame
+    from thumbview.data.images import fit_frame
 
     square = np.full((100, 100, 3), 255, np.uint8)
     boxed = np.asarray(fit_frame(square, (160, 90), "letterbox"))

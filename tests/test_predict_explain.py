@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from thumbview.embed.visual import FEATURE_NAMES, N_FEATURES
+from thumbview.explain import explain_prediction
 from thumbview.predict.explain import (
     ExplainError,
-    explain_prediction,
     explain_row,
     integrated_gradients,
     linear_attribution,
@@ -137,7 +137,8 @@ def test_explain_a_saved_model_end_to_end(tmp_path):
     from thumbview.data.dataset import load_dataset
     from thumbview.data.synth import SynthConfig, make_synthetic
     from thumbview.inference import LoadedPredictor
-    from thumbview.predict.workflow import predict_images, train
+    from thumbview.inference.predictor import predict_files
+    from thumbview.predict.workflow import train
 
     data = load_dataset(make_synthetic(tmp_path / "synth", SynthConfig(n=80, seed=0)))
     out = tmp_path / "model"
@@ -146,7 +147,7 @@ def test_explain_a_saved_model_end_to_end(tmp_path):
     ex = explain_prediction(LoadedPredictor.load(out), image, top=6)
     assert ex.image == str(image) and len(ex.features) == 6
     assert {f.name for f in ex.features} <= set(FEATURE_NAMES)
-    assert ex.log10 == pytest.approx(predict_images(out, [image])[0].log10, abs=1e-9)
+    assert ex.log10 == pytest.approx(predict_files(out, [image])[0].log10, abs=1e-9)
     assert ex.baseline_log10 + ex.blocks[0].contribution_log10 == pytest.approx(ex.log10)
     assert json.loads(json.dumps(ex.to_json_dict()))["features"][0]["name"] in FEATURE_NAMES
     with pytest.raises(ValueError, match="no such model folder"):

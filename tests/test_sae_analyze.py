@@ -13,9 +13,11 @@ import scipy.sparse as sp
 from PIL import Image
 
 from thumbview.data.dataset import load_dataset, write_metadata
+from thumbview.explain import explain_sae_image
 from thumbview.sae import analyze as A
+from thumbview.sae.architectures import build_sae
 from thumbview.sae.arrays import StudyError
-from thumbview.sae.explain import explain_image, explain_latents, load_study
+from thumbview.sae.explain import explain_latents, load_study
 from thumbview.sae.study import StudyConfig
 
 SMALL = StudyConfig(
@@ -265,10 +267,10 @@ def test_channel_mode_and_too_small_channels(data, latents, tmp_path):
 def sae_dir(tiny_clip_dir, tmp_path_factory):
     """A random ReLU SAE (64 latents) over the tiny CLIP's layer -2 CLS residual stream."""
     pytest.importorskip("thumbview.sae.train")
-    from thumbview.sae.model import SaeConfig, SparseAutoencoder
-    from thumbview.sae.train import save_sae
+    from thumbview.sae.folder import save_sae
+    from thumbview.sae.model import SaeConfig
 
-    sae = SparseAutoencoder(SaeConfig(d_in=32, expansion_factor=2, arch="relu-l1"), seed=3)
+    sae = build_sae(SaeConfig(d_in=32, expansion_factor=2, arch="relu-l1"), seed=3)
     extra = {"clip_model": str(tiny_clip_dir), "clip_layer": -2, "clip_tokens": "cls"}
     return save_sae(sae, tmp_path_factory.mktemp("sae"), extra)
 
@@ -278,7 +280,7 @@ def test_latents_for_dataset_match_a_plain_forward_pass(data, sae_dir, tmp_path)
 
     from thumbview.data.images import load_image
     from thumbview.embed.clip import ClipEncoder
-    from thumbview.sae.train import load_sae
+    from thumbview.sae.folder import load_sae
 
     ds = data["ds"]
     x = A.latents_for_dataset(ds, sae_dir, cache_dir=tmp_path / "cache", batch_size=16)
@@ -294,10 +296,10 @@ def test_latents_for_dataset_match_a_plain_forward_pass(data, sae_dir, tmp_path)
 
 
 def test_sae_without_clip_settings_is_a_clear_error(tmp_path):
-    from thumbview.sae.model import SparseAutoencoder, sae_config
-    from thumbview.sae.train import save_sae
+    from thumbview.sae.folder import save_sae
+    from thumbview.sae.model import sae_config
 
-    save_sae(SparseAutoencoder(sae_config(d_in=8, expansion_factor=2, k=2)), tmp_path / "sae")
+    save_sae(build_sae(sae_config(d_in=8, expansion_factor=2, k=2)), tmp_path / "sae")
     with pytest.raises(StudyError, match="clip_layer"):
         A.load_sae_encoder(tmp_path)  # the `sae train --out` folder is accepted too
     with pytest.raises(StudyError, match=r"sae_weights.safetensors is missing"):
@@ -320,7 +322,7 @@ def test_reference_grids_and_explain(data, sae_dir, tmp_path):
     one_row = A.run_analysis(ds, x, A.AnalyzeConfig(SMALL), tmp_path / "plain")
     assert Image.open(out.grids[0]).height > 1.8 * Image.open(one_row.grids[0]).height
 
-    found = explain_image(ds.paths[4], sae_dir, out.out_dir, top=10)
+    found = explain_sae_image(ds.paths[4], sae_dir, out.out_dir, top=10)
     z = x[4].toarray()[0]
     assert len(found) == min(10, int((z > 0).sum()))
     acts = [f.activation for f in found]

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from thumbview.sae.architectures import build_sae
 from thumbview.sae.config import (
     ReluL1Config,
     TopKConfig,
@@ -20,7 +21,7 @@ from thumbview.sae.topk import TopKSae
 
 def _sae(arch: str = "topk", **kw) -> SparseAutoencoder:
     own = {"k": 5} if arch == "topk" else {}
-    return SparseAutoencoder(sae_config(arch, d_in=16, expansion_factor=8, **own, **kw), seed=0)
+    return build_sae(sae_config(arch, d_in=16, expansion_factor=8, **own, **kw), seed=0)
 
 
 def _x(n: int = 64, d: int = 16, seed: int = 0) -> torch.Tensor:

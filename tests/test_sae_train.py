@@ -11,15 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from thumbview.sae.architectures import build_sae
 from thumbview.sae.config import sae_config
+from thumbview.sae.folder import SaeFileError, load_sae, save_sae
 from thumbview.sae.model import SaeError, SaeInputError, SparseAutoencoder
-from thumbview.sae.train import (
-    SaeFileError,
-    SaeTrainer,
-    TrainConfig,
-    load_sae,
-    save_sae,
-)
+from thumbview.sae.train import SaeTrainer, TrainConfig
 
 FAST = {"batch_size": 256, "lr": 4e-3, "warmup_steps": 10}
 
@@ -52,7 +48,7 @@ def planted(
 
 def test_topk_recovers_planted_dictionary(tmp_path):
     x = planted()
-    sae = SparseAutoencoder(sae_config(d_in=32, expansion_factor=4, k=4), seed=0)
+    sae = build_sae(sae_config(d_in=32, expansion_factor=4, k=4), seed=0)
     trainer = SaeTrainer(sae, TrainConfig(epochs=2, **FAST))
     before = trainer.evaluate(x)
     trainer.fit(x, tmp_path)
@@ -76,7 +72,7 @@ def test_topk_recovers_planted_dictionary(tmp_path):
 def test_relu_l1_with_ghost_grads_trains(tmp_path):
     x = planted()
     cfg = sae_config("relu-l1", d_in=32, expansion_factor=4, dead_after=1024)
-    sae = SparseAutoencoder(cfg, seed=0)
+    sae = build_sae(cfg, seed=0)
     with torch.no_grad():
         sae.b_enc[96:] = -3.0  # a quarter start dead, so the ghost-grad term is exercised
     trainer = SaeTrainer(sae, TrainConfig(**FAST))
@@ -104,7 +100,7 @@ def test_relu_l1_coefficient_does_not_depend_on_activation_scale(tmp_path, norma
             "relu-l1", d_in=32, expansion_factor=2, l1_coefficient=0.05,
             normalize_activations=normalize,
         )  # fmt: skip
-        trainer = SaeTrainer(SparseAutoencoder(cfg, seed=0), TrainConfig(**FAST))
+        trainer = SaeTrainer(build_sae(cfg, seed=0), TrainConfig(**FAST))
         saes.append(trainer.fit(x * np.float32(scale), tmp_path / f"{normalize}-{scale}"))
         last = trainer.last_metrics  # share of the loss that is the L1 penalty
         l1_share.append(0.05 * last["l1_loss"] / last["loss"])
@@ -141,7 +137,7 @@ def test_aux_loss_revives_dead_latents(tmp_path):
     dead = {}
     for aux in (0.0, 1 / 32):
         cfg = sae_config(d_in=32, expansion_factor=4, k=4, dead_after=1024, aux_coefficient=aux)
-        sae = SparseAutoencoder(cfg, seed=0)
+        sae = build_sae(cfg, seed=0)
         _kill_latents(sae, span=16)
         trainer = SaeTrainer(sae, TrainConfig(dead_window=2048, **FAST))
         trainer.fit(x, tmp_path / str(aux))
@@ -170,9 +166,7 @@ def _resume_setup(trainer_cls=SaeTrainer, **train_kw):
     train = TrainConfig(
         batch_size=128, lr=4e-3, warmup_steps=5, epochs=2, checkpoint_every=7, dead_window=500
     )
-    return trainer_cls(
-        SparseAutoencoder(cfg, seed=0), TrainConfig(**{**train.__dict__, **train_kw})
-    )
+    return trainer_cls(build_sae(cfg, seed=0), TrainConfig(**{**train.__dict__, **train_kw}))
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
@@ -212,9 +206,7 @@ def test_resume_refuses_changed_settings(tmp_path):
     _resume_setup().fit(x, tmp_path)
     with pytest.raises(SaeFileError, match="batch_size: 128 -> 64"):
         _resume_setup(batch_size=64).fit(x, tmp_path)
-    other = SaeTrainer(
-        SparseAutoencoder(sae_config(d_in=32, expansion_factor=2, k=4)), TrainConfig()
-    )
+    other = SaeTrainer(build_sae(sae_config(d_in=32, expansion_factor=2, k=4)), TrainConfig())
     with pytest.raises(SaeFileError, match="SAE config"):
         other.fit(x, tmp_path)
 
@@ -248,7 +240,7 @@ def test_fit_rejects_wrong_width_batches_from_an_iterator(tmp_path):
 
 @pytest.mark.parametrize("arch", ["topk", "relu-l1"])
 def test_save_load_round_trip_is_exact_and_sae_lens_shaped(tmp_path, arch):
-    sae = SparseAutoencoder(
+    sae = build_sae(
         sae_config(arch, d_in=16, expansion_factor=4, **({"k": 3} if arch == "topk" else {})),
         seed=3,
     )
@@ -277,7 +269,7 @@ def test_save_load_round_trip_is_exact_and_sae_lens_shaped(tmp_path, arch):
 
 
 def test_load_reads_a_plain_sae_lens_config(tmp_path):
-    sae = SparseAutoencoder(sae_config(d_in=8, expansion_factor=2, k=2), seed=0)
+    sae = build_sae(sae_config(d_in=8, expansion_factor=2, k=2), seed=0)
     save_sae(sae, tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     del cfg["thumbview"]
@@ -287,13 +279,11 @@ def test_load_reads_a_plain_sae_lens_config(tmp_path):
 
 def test_extra_cfg_cannot_override_core_fields(tmp_path):
     with pytest.raises(SaeError, match="d_in"):
-        save_sae(
-            SparseAutoencoder(sae_config(d_in=8, expansion_factor=2, k=2)), tmp_path, {"d_in": 9}
-        )
+        save_sae(build_sae(sae_config(d_in=8, expansion_factor=2, k=2)), tmp_path, {"d_in": 9})
 
 
 def test_load_errors_are_clear(tmp_path):
-    sae = SparseAutoencoder(sae_config(d_in=8, expansion_factor=2, k=2), seed=0)
+    sae = build_sae(sae_config(d_in=8, expansion_factor=2, k=2), seed=0)
     with pytest.raises(SaeFileError, match="SAE folder not found"):
         load_sae(tmp_path / "nope")
     save_sae(sae, tmp_path)

@@ -317,11 +317,12 @@ def test_explain_without_a_study_is_409(client, serve_model):
 def sae_study(tiny_clip_dir, tmp_path_factory) -> dict:
     """A random SAE over the tiny CLIP, and a hand-written study covering all its latents."""
     pytest.importorskip("thumbview.sae.train")
-    from thumbview.sae.model import SaeConfig, SparseAutoencoder
-    from thumbview.sae.train import save_sae
+    from thumbview.sae.architectures import build_sae
+    from thumbview.sae.folder import save_sae
+    from thumbview.sae.model import SaeConfig
 
     root = tmp_path_factory.mktemp("sae-study")
-    sae = SparseAutoencoder(SaeConfig(d_in=32, expansion_factor=2, arch="relu-l1"), seed=3)
+    sae = build_sae(SaeConfig(d_in=32, expansion_factor=2, arch="relu-l1"), seed=3)
     extra = {"clip_model": str(tiny_clip_dir), "clip_layer": -2, "clip_tokens": "cls"}
     sae_dir = save_sae(sae, root / "sae", extra)
     (root / "ex").mkdir()

@@ -9,15 +9,11 @@ import pytest
 
 from thumbview.data.dataset import load_dataset
 from thumbview.data.synth import SynthConfig, make_synthetic
-from thumbview.predict.evaluate import group_train_test_split
+from thumbview.evaluate import evaluate
+from thumbview.inference.predictor import predict_files
+from thumbview.predict.crossval import group_train_test_split
 from thumbview.predict.model import PredictorConfig, PredictorError
-from thumbview.predict.workflow import (
-    build_encoders,
-    cross_validate_dataset,
-    evaluate,
-    predict_images,
-    train,
-)
+from thumbview.predict.workflow import build_encoders, cross_validate_dataset, train
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +39,13 @@ def test_evaluate_refuses_a_dataset_it_was_trained_on(synth, tmp_path):
 
 
 def test_saved_model_predicts_like_a_plain_reference(synth, tmp_path):
-    """predict_images (image-major, the model's coverage) equals encoding by hand."""
+    """predict_files (image-major, the model's coverage) equals encoding by hand."""
     from thumbview.data.images import load_image
     from thumbview.predict.model import ViewPredictor
 
     train(synth, PredictorConfig(encoders=("title", "visual")), tmp_path / "m", holdout_frac=0.2)
     images, titles = synth.paths[:3], ["a title", "another 🔥"]
-    got = predict_images(tmp_path / "m", images, titles)
+    got = predict_files(tmp_path / "m", images, titles)
     model, encs = ViewPredictor.load(tmp_path / "m"), build_encoders(("title", "visual"))
     pics = [load_image(p) for p in images]
     want = model.predict(
@@ -67,7 +63,7 @@ def test_channel_relative_target_predicts_multipliers(synth, tmp_path):
     config = PredictorConfig(encoders=("visual",), target="channel-relative")
     result = train(synth, config, tmp_path / "m", holdout_frac=0.25)
     assert result.n_train > 0
-    (pred,) = predict_images(tmp_path / "m", synth.paths[:1])
+    (pred,) = predict_files(tmp_path / "m", synth.paths[:1])
     assert pred.target == "channel-relative"
     assert 0.05 < pred.views < 20  # a multiplier of the channel's median, not a view count
 

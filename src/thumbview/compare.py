@@ -28,10 +28,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from thumbview.data.images import load_image
+from thumbview.data.images import fit_frame, load_image
 from thumbview.embed.visual import FEATURE_NAMES, describe
 from thumbview.fileio import atomic_write
-from thumbview.frames.rank import fit_frame
 from thumbview.inference import LoadedPredictor, SaeEncoder
 from thumbview.layout import find_study_dir
 from thumbview.predict.model import ViewPredictor

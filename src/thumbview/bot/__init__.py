@@ -7,10 +7,13 @@ that import torch/diffusers do so at the top, so import them only inside command
 - `descriptors`: differentiable torch ports of the visual descriptors (for `draft`).
 - `reward`: the predictor as a reward, exactly `thumbview predict`'s path, with guards.
 - `policy`: the base pipeline + LoRA, sampling with log-probabilities, reference = adapter off.
+- `folder`: `BotConfig`, prompts, `bot.json` (what generation reads without the training loop).
 - `train`: `draft` and `ddpo` epochs, artifacts, resume. `generate`: ranked candidates.
 """
 
 from __future__ import annotations
+
+__all__ = ["INSTALL_HINT", "require_bot_extra"]
 
 INSTALL_HINT = "the thumbnail bot needs diffusers and peft: pip install 'thumbview[bot]'"
 

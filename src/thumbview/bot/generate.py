@@ -8,6 +8,7 @@ best), and frames' `mmr_select` on colour histograms (so `--top` is not four nea
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -16,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from thumbview.bot.folder import BotConfig, Prompt, read_bot, save_grid
 from thumbview.bot.policy import LORA_FILE, Policy, load_base
 from thumbview.bot.reward import to_pil
-from thumbview.bot.train import BotConfig, Prompt, read_bot, save_grid
 from thumbview.compare import p_best, residual_atoms
 from thumbview.fileio import atomic_write, json_safe
 from thumbview.frames.select import hsv_histogram, mmr_select
@@ -129,8 +130,6 @@ def generate(
     pb = p_best(np.array([preds[i].log10 for i in chosen]), residual_atoms(predictor.model))
     files = _write(images, chosen, seeds, out)
     if sink is not None:
-        from thumbview.bot.web import png_bytes
-
         sink.update({str(seeds[i]): png_bytes(images[i]) for i in chosen})
     cands = tuple(
         Candidate(
@@ -200,3 +199,10 @@ def evaluate_bot(
     return EvalResult(
         str(model_dir), len(b), float(b.mean()), float(t.mean()), float((t > b).mean()), grid
     )
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """The PNG file of an image, in memory (what the web panel sends as base64)."""
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()

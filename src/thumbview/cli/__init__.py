@@ -20,6 +20,8 @@ from thumbview.cli import sae as _sae
 from thumbview.cli._shared import console, plain_help, setup_logging
 from thumbview.cli.collect import app as collect_app
 
+__all__ = ["app", "main"]
+
 plain_help()
 app = typer.Typer(
     name="thumbview",

@@ -99,9 +99,10 @@ def train_command(
 ) -> None:
     """Tune a LoRA so generated thumbnails score higher with the predictor (guards logged)."""
     _require()
+    from thumbview.bot.folder import BotConfig, read_prompts
     from thumbview.bot.policy import SampleConfig
     from thumbview.bot.reward import RewardConfig
-    from thumbview.bot.train import BotConfig, BotInterrupted, read_prompts, train_bot
+    from thumbview.bot.train import BotInterrupted, train_bot
 
     width, height = _size(size)
     reward = RewardConfig(
@@ -222,8 +223,8 @@ def eval_command(
     _require()
     from dataclasses import asdict
 
+    from thumbview.bot.folder import read_prompts
     from thumbview.bot.generate import LoadedBot, evaluate_bot
-    from thumbview.bot.train import read_prompts
 
     result = evaluate_bot(LoadedBot.load(bot), read_prompts(prompts), model, seeds, out)
     if as_json:

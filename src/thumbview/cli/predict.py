@@ -27,7 +27,7 @@ from thumbview.units import TARGET_HELP, format_range, format_views, unit_name
 
 if TYPE_CHECKING:
     from thumbview.inference import Prediction
-    from thumbview.predict.evaluate import EvalResult, Metrics
+    from thumbview.predict.crossval import EvalResult, Metrics
 
 
 class Head(StrEnum):
@@ -141,8 +141,8 @@ def evaluate_command(
 ) -> None:
     """Score a saved model (and its baselines) on data it never saw."""
     from thumbview.data.dataset import load_dataset
+    from thumbview.evaluate import evaluate
     from thumbview.inference import LoadedPredictor
-    from thumbview.predict.workflow import evaluate
 
     LoadedPredictor.check(model)  # a bad model folder is reported before the dataset is read
     ds = load_dataset(data, progress=progress_for(as_json))
@@ -282,11 +282,11 @@ def predict_command(
 ) -> None:
     """Predicted views with the model's interval for each image (x each title)."""
     from thumbview.embed.context import context_from_options
-    from thumbview.predict.workflow import predict_images
+    from thumbview.inference.predictor import predict_files
 
     # a model that reads titles, given none, warns (on stderr) and says what it assumed
     context = context_from_options(published, subscribers)
-    predictions = predict_images(model, images, title or [""], context=context)
+    predictions = predict_files(model, images, title or [""], context=context)
     if as_json:
         print_json([p.__dict__ for p in predictions])
         return

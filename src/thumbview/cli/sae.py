@@ -12,8 +12,7 @@ from rich.table import Table
 
 from thumbview.cli._shared import console, print_json, progress_for, user_errors
 from thumbview.cli.data import CacheOpt, DataArg
-from thumbview.layout import SAE_CONFIG as CFG_FILE
-from thumbview.layout import SAE_SUBDIR, default_study_dir, resolve_sae_dir
+from thumbview.layout import default_study_dir, resolve_sae_dir
 from thumbview.sae.config import (
     ARCHS,
     FEATURE_SOURCES,
@@ -138,7 +137,8 @@ def train_command(
 
         raise SaeError("give a dataset folder, or --activations SHARDS")
     source = ActivationSource(features.value, clip_model, layer, tokens.value)
-    from thumbview.sae.pipeline import activation_encoder, train_sae
+    from thumbview.sae.folder import activation_encoder
+    from thumbview.sae.pipeline import train_sae
 
     encoder = activation_encoder(source)
     _ = encoder.dim  # reads the model: a missing one fails before the images are checked
@@ -317,25 +317,21 @@ def explain_command(
 ) -> None:
     """Why this thumbnail: the model's feature contributions, or the SAE features it activates."""
     from thumbview.cli.finetune import explain_finetuned
-    from thumbview.finetune.model import is_finetuned
+    from thumbview.explain import source_kind
 
-    if is_finetuned(source):  # a network on pixels: an occlusion heatmap instead
+    kind = source_kind(source)
+    if kind == "finetuned":  # a network on pixels: an occlusion heatmap instead
         explain_finetuned(source, image, title, as_json)
-    elif (source / "model.safetensors").exists():
+    elif kind == "model":
         _explain_model(source, image, title, top, as_json)
-    elif (source / CFG_FILE).exists() or (source / SAE_SUBDIR / CFG_FILE).exists():
-        _explain_sae(source, image, study or default_study_dir(source), top, as_json)
     else:
-        raise ValueError(
-            f"{source} is neither a model folder (model.safetensors) nor an SAE folder "
-            f"({CFG_FILE} in it or in {SAE_SUBDIR}/)"
-        )
+        _explain_sae(source, image, study or default_study_dir(source), top, as_json)
 
 
 def _explain_model(model_dir: Path, image: Path, title: str, top: int, as_json: bool) -> None:
     from thumbview.cli._shared import safe
+    from thumbview.explain import explain_prediction
     from thumbview.inference import LoadedPredictor
-    from thumbview.predict.explain import explain_prediction
     from thumbview.units import format_number, format_views
 
     ex = explain_prediction(LoadedPredictor.load(model_dir), image, title, top=top)
@@ -358,9 +354,9 @@ def _explain_model(model_dir: Path, image: Path, title: str, top: int, as_json: 
 
 
 def _explain_sae(sae: Path, image: Path, study: Path, top: int, as_json: bool) -> None:
-    from thumbview.sae.explain import explain_image
+    from thumbview.explain import explain_sae_image
 
-    features = explain_image(image, sae, study, top=top)
+    features = explain_sae_image(image, sae, study, top=top)
     if as_json:
         print_json([{**f.__dict__, "examples": [str(p) for p in f.examples]} for f in features])
         return

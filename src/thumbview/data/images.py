@@ -103,3 +103,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
         scaled = np.clip(np.rint(arr / scale), 0, 255)
         return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
     return img.convert("RGB")
+
+
+def fit_frame(rgb: np.ndarray, size: tuple[int, int], fit: str = "crop") -> Image.Image:
+    """`rgb` (H, W, 3) as a `size` (w, h) image: centre-cropped to the aspect, or letterboxed."""
+    img = Image.fromarray(rgb)
+    w, h = size
+    scale = (max if fit == "crop" else min)(w / img.width, h / img.height)
+    new = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    img = img.resize(new, Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", size, (0, 0, 0))
+    canvas.paste(img, ((w - new[0]) // 2, (h - new[1]) // 2))
+    return canvas

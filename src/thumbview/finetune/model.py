@@ -21,6 +21,7 @@ from thumbview.embed.base import Encoder
 from thumbview.fileio import atomic_write
 from thumbview.finetune.config import FORMAT, FORMAT_VERSION, FinetuneConfig, FinetuneError
 from thumbview.finetune.encoders import TITLE_MAX_TOKENS, build_encoder
+from thumbview.predict.folder import encoder_specs
 from thumbview.predict.model import (
     CONFIG_FILE,
     QUANTILE_LEVELS,
@@ -56,7 +57,7 @@ class FinetunedPredictor(ViewPredictor):
         self.block_dims_ = {name: dims[name] for name in self.config.encoders}
         self.block_mean_ = {name: np.zeros(d) for name, d in self.block_dims_.items()}
         self.block_scale_ = {name: np.ones(d) for name, d in self.block_dims_.items()}
-        self.head_ = None  # no linear head: `explain` dispatches on `is_finetuned`
+        self.head_ = None  # no linear head: `explain` dispatches on the model's kind
         return self
 
     def calibrate(self, y_val: np.ndarray, pred_val: np.ndarray) -> FinetunedPredictor:
@@ -207,14 +208,22 @@ def is_finetuned(directory: str | Path) -> bool:
     return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
-def load_finetuned(directory: str | Path) -> tuple[FinetunedPredictor, dict[str, Encoder]]:
-    """The model and the encoders named in its `encoders.json` (used by `LoadedPredictor.load`)."""
-    from thumbview.inference.predictor import encoder_specs
+KIND = FORMAT  # the `format` of config.json this module loads (entry point "thumbview.model_kinds")
 
+
+def load_folder(directory: str | Path) -> tuple[FinetunedPredictor, dict[str, Encoder], None]:
+    """The model and the encoders named in its `encoders.json` (no training range is kept).
+
+    This kind's entry in the inference layer's registry (`thumbview.inference.kinds`)."""
     directory = Path(directory)
     model = FinetunedPredictor.load(directory)
     saved = encoder_specs(directory, model.config.encoders)
     encoders = {
         name: build_encoder(name, saved[name].get("options", {})) for name in model.config.encoders
     }
-    return model, encoders
+    return model, encoders, None
+
+
+def check_folder(directory: str | Path) -> None:
+    """A fine-tuned folder is checked by loading it: its weights and encoders are small."""
+    load_folder(directory)

@@ -13,9 +13,9 @@ from thumbview.fileio import write_json
 from thumbview.finetune.encoders import PixelEncoder, TitleTokenEncoder
 from thumbview.finetune.model import FinetunedPredictor
 from thumbview.predict import plots
-from thumbview.predict.evaluate import EvalResult, compute_metrics
+from thumbview.predict.crossval import EvalResult, compute_metrics
 from thumbview.predict.model import PredictorConfig, ViewPredictor
-from thumbview.predict.workflow import EVAL_FILE, _write_training_record
+from thumbview.predict.workflow import EVAL_FILE, write_training_record
 
 
 def finish(model: FinetunedPredictor, dataset, split, y, titles, test_pred, out_dir: Path):
@@ -28,7 +28,7 @@ def finish(model: FinetunedPredictor, dataset, split, y, titles, test_pred, out_
                 "title-tokens": TitleTokenEncoder()}  # fmt: skip
     names = cfg.encoders
     seen = np.concatenate([split.train, split.val])
-    _write_training_record(
+    write_training_record(
         out_dir, dataset, seen, {n: options[n] for n in names}, {n: encoders[n] for n in names}
     )
     baseline = None

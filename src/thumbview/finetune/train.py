@@ -27,7 +27,7 @@ from thumbview.finetune.data import ThumbnailRows, loader
 from thumbview.finetune.encoders import TitleTokenEncoder
 from thumbview.finetune.model import FinetunedPredictor, network_state
 from thumbview.finetune.network import build_network
-from thumbview.predict.evaluate import EvalResult, Metrics, compute_metrics, group_train_test_split
+from thumbview.predict.crossval import EvalResult, Metrics, compute_metrics, group_train_test_split
 from thumbview.predict.target import make_target
 from thumbview.progress import SILENT, Progress
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from thumbview.data.images import fit_frame
 from thumbview.embed.base import Encoder
 from thumbview.fileio import write_json
 from thumbview.frames.extract import FramesError, ScanResult, grab_frames, scan_video
@@ -216,19 +217,6 @@ def diversity_embeddings(
     if not parts:
         return np.sqrt(np.asarray(hists, dtype=np.float64))  # (N, B)
     return np.concatenate(parts, axis=1)
-
-
-# ----- outputs -------------------------------------------------------------------------------
-def fit_frame(rgb: np.ndarray, size: tuple[int, int], fit: str = "crop") -> Image.Image:
-    """`rgb` (H, W, 3) as a `size` (w, h) image: centre-cropped to the aspect, or letterboxed."""
-    img = Image.fromarray(rgb)
-    w, h = size
-    scale = (max if fit == "crop" else min)(w / img.width, h / img.height)
-    new = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-    img = img.resize(new, Image.Resampling.LANCZOS)
-    canvas = Image.new("RGB", size, (0, 0, 0))
-    canvas.paste(img, ((w - new[0]) // 2, (h - new[1]) // 2))
-    return canvas
 
 
 def write_outputs(

@@ -8,8 +8,6 @@ model's own configured coverage (never a hard-coded 80%).
 from __future__ import annotations
 
 import functools
-import inspect
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -19,26 +17,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from thumbview.data.images import load_image
 from thumbview.embed.base import Encoder
-from thumbview.embed.registry import (
-    EncoderOptionError,
-    UnknownEncoderError,
-    encoder_class,
-    get_encoder,
-)
-from thumbview.finetune.model import is_finetuned
-from thumbview.layout import MODEL_ENCODERS
+from thumbview.inference.kinds import kind_for, model_format
 from thumbview.predict.drift import TrainingRange
-from thumbview.predict.model import ArtifactError, PredictorError, ViewPredictor
+from thumbview.predict.model import PredictorError, ViewPredictor
 from thumbview.predict.target import to_views
-from thumbview.schema import MapOf, read_json
 from thumbview.units import format_range, format_views, interval_label
 
 log = logging.getLogger(__name__)
-
-ENCODERS_FILE = MODEL_ENCODERS
-# encoders.json: {encoder name: {"options": {constructor kwargs}, "spec": {what it computes}}}
-ENCODERS_SCHEMA = MapOf({"options": MapOf((str, int, float, bool, list, type(None))), "spec": dict})
 
 
 @dataclass(frozen=True)
@@ -85,23 +72,12 @@ class LoadedPredictor:
 
     @classmethod
     def load(cls, model_dir: str | Path) -> LoadedPredictor:
-        """The predictor and freshly built encoders with the settings it was trained with."""
-        model_dir = Path(model_dir)
-        if is_finetuned(model_dir):  # `thumbview finetune`: a network reading its own blocks
-            from thumbview.finetune.model import load_finetuned
+        """The predictor and freshly built encoders with the settings it was trained with.
 
-            return cls(*load_finetuned(model_dir), model_dir)
-        model = ViewPredictor.load(model_dir)
-        saved = encoder_specs(model_dir, model.config.encoders)
-        encoders = {}
-        for name in model.config.encoders:
-            try:
-                encoders[name] = get_encoder(name, **saved[name]["options"])
-            except (EncoderOptionError, UnknownEncoderError) as e:  # a name or option it lacks
-                raise ArtifactError(f"{model_dir / ENCODERS_FILE}: {name}: {e}") from e
-            if json.loads(json.dumps(encoders[name].spec())) != saved[name].get("spec"):
-                log.warning("encoder %s differs from the one the model was trained with", name)
-        return cls(model, encoders, model_dir, TrainingRange.load(model_dir))
+        The folder's kind (its config.json `format`) picks the loader (`inference.kinds`)."""
+        model_dir = Path(model_dir)
+        model, encoders, training_range = kind_for(model_dir).load_folder(model_dir)
+        return cls(model, encoders, model_dir, training_range)
 
     @staticmethod
     def check(model_dir: str | Path) -> None:
@@ -111,18 +87,7 @@ class LoadedPredictor:
         dataset is verified, a video decoded or a server URL printed.
         """
         model_dir = Path(model_dir)
-        if is_finetuned(model_dir):  # its own loader checks weights and encoders
-            from thumbview.finetune.model import load_finetuned
-
-            load_finetuned(model_dir)
-            return
-        model = ViewPredictor.load(model_dir)
-        saved = encoder_specs(model_dir, model.config.encoders)
-        for name in model.config.encoders:
-            try:  # the options must fit the encoder's constructor (nothing is built)
-                inspect.signature(encoder_class(name)).bind(**saved[name]["options"])
-            except (TypeError, ValueError) as e:
-                raise ArtifactError(f"{model_dir / ENCODERS_FILE}: {name}: {e}") from e
+        kind_for(model_dir).check_folder(model_dir)
 
     # ----- what the model is ------------------------------------------------------------------
     @functools.cached_property
@@ -133,6 +98,11 @@ class LoadedPredictor:
         from thumbview.predict.pairwise import PairwiseModel
 
         return PairwiseModel.load(self.model_dir) if self.model_dir.is_dir() else None
+
+    @property
+    def kind(self) -> str:
+        """The folder's model kind (config.json `format`), e.g. "thumbview-finetuned"."""
+        return model_format(self.model_dir) or "thumbview-predictor"
 
     @property
     def coverage(self) -> float:
@@ -238,15 +208,17 @@ class LoadedPredictor:
         ]
 
 
-def encoder_specs(model_dir: Path, names) -> dict:
-    """`encoders.json` of a model folder, checked to have an entry for every name in `names`."""
-    path = model_dir / ENCODERS_FILE
-    if not path.exists():
-        raise ArtifactError(
-            f"{model_dir} has no {ENCODERS_FILE}; was it written by `thumbview train`?"
-        )
-    saved = read_json(path, ENCODERS_SCHEMA, ArtifactError)
-    missing = [name for name in names if name not in saved]
-    if missing:
-        raise ArtifactError(f"{path}: no entry for encoder {missing[0]!r}")
-    return saved
+# ----- from image files --------------------------------------------------------------------
+def predict_files(
+    model_dir: Path,
+    images: Sequence[Path | str],
+    titles: Sequence[str] = ("",),
+    context: dict | None = None,
+) -> list[Prediction]:
+    """Every image x title combination, with the model's interval at its own coverage.
+
+    `context`: what a model with the `context` encoder reads (`context_from_options`)."""
+    loaded = LoadedPredictor.load(model_dir)  # a bad model folder is reported before images
+    loaded.context = context
+    opened = [load_image(p) for p in images]
+    return loaded.predict_images(opened, [str(p) for p in images], titles)

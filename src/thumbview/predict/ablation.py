@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from thumbview.predict.evaluate import _rows, compute_metrics, group_kfold, summarize_folds
+from thumbview.predict.crossval import _rows, compute_metrics, group_kfold, summarize_folds
 from thumbview.predict.heads import GBM_MAX_DIM, GBMHead, StackedHead
 from thumbview.progress import SILENT, Progress
 

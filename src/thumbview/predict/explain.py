@@ -18,7 +18,8 @@ which is where the predictor's standardised design row is all zeros. A contribut
 Dense embedding blocks (CLIP, title) have no nameable columns, so each is reported as one
 block contribution; descriptor blocks (`visual`) are also listed feature by feature.
 `linear_attribution` and `integrated_gradients` are the pure maths on arrays; `explain_row`
-applies them to a model and one row of feature blocks; `explain_prediction` does the IO.
+applies them to a model and one row of feature blocks; `thumbview.explain.explain_prediction`
+does the IO for a loaded model.
 """
 
 from __future__ import annotations
@@ -27,16 +28,12 @@ import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from thumbview.data.images import load_image
 from thumbview.embed.base import Encoder
-from thumbview.inference import LoadedPredictor
 from thumbview.predict.heads import GBMHead, MLPHead, RidgeHead, StackedHead, linear_split
 from thumbview.predict.model import ViewPredictor
 from thumbview.predict.target import to_views
@@ -258,27 +255,3 @@ def interpretable_names(encoder: Encoder) -> list[str] | None:
     names = list(encoder.feature_names())
     generic = [f"{encoder.name}[{i}]" for i in range(len(names))]
     return None if names == generic else names
-
-
-# ----- IO ---------------------------------------------------------------------------------
-def explain_prediction(
-    predictor: LoadedPredictor,
-    image: Image.Image | str | Path,
-    title: str = "",
-    top: int = 8,
-) -> PredictionExplanation:
-    """Explain a trained predictor's prediction for one thumbnail (+ title).
-
-    `predictor` is loaded once by the caller (`LoadedPredictor.load(dir)`), so a server
-    explains many images with one copy. Exact for a ridge head; approximate (integrated
-    gradients) for an MLP head.
-    """
-    if top < 1:
-        raise ExplainError(f"top must be >= 1, got {top}")
-    name = "" if isinstance(image, Image.Image) else str(image)
-    picture = image.convert("RGB") if isinstance(image, Image.Image) else load_image(image)
-    for message in predictor.missing_inputs([title]):
-        log.warning(message)
-    blocks = predictor.blocks([picture], [title])
-    names = {n: interpretable_names(enc) for n, enc in predictor.encoders.items()}
-    return explain_row(predictor.model, blocks, names, top, image=name, title=title)

@@ -1,6 +1,6 @@
 """Metrics and channel-grouped folds: the arrays-only core that fitting and evaluation share.
 
-`predict.model` (conformal calibration) and `predict.evaluate` (cross-validation, baselines)
+`predict.model` (conformal calibration) and `predict.crossval` (cross-validation, baselines)
 both need the same folds and the same metrics; they live here so neither imports the other
 in a cycle.
 """

@@ -275,7 +275,7 @@ class PairwiseModel:
 
     def fit(self, config, blocks, y, channels, fold_groups=None) -> PairwiseModel:
         """Fit K fold models on the training rows; calibrate sigma on their held-out pairs."""
-        from thumbview.predict.evaluate import _rows, group_kfold
+        from thumbview.predict.crossval import _rows, group_kfold
         from thumbview.predict.model import ViewPredictor
 
         y = np.asarray(y, dtype=np.float64)

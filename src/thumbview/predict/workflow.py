@@ -19,13 +19,11 @@ import numpy as np
 import pandas as pd
 
 from thumbview.data.dataset import ThumbnailDataset
-from thumbview.data.images import load_image
 from thumbview.data.times import dataset_ages_days, upload_times
 from thumbview.embed.base import Encoder
 from thumbview.embed.cache import embed, finite_rows
 from thumbview.embed.registry import DEFAULT_CLIP_MODEL, get_encoder
 from thumbview.fileio import write_json
-from thumbview.inference.predictor import LoadedPredictor, Prediction
 from thumbview.layout import (
     MODEL_BASELINES,
     MODEL_ENCODERS,
@@ -36,8 +34,7 @@ from thumbview.layout import (
     PLOT_TRAINING_CURVE,
 )
 from thumbview.predict import plots
-from thumbview.predict.drift import TrainingRange
-from thumbview.predict.evaluate import (
+from thumbview.predict.crossval import (
     CVResult,
     EvalResult,
     Metrics,
@@ -47,7 +44,8 @@ from thumbview.predict.evaluate import (
     coverage_strata,
     evaluate_predictor,
 )
-from thumbview.predict.model import PredictorConfig, PredictorError, ViewPredictor
+from thumbview.predict.drift import TrainingRange
+from thumbview.predict.model import PredictorConfig, ViewPredictor
 from thumbview.predict.pairwise import PairwiseError, PairwiseModel, score_pairs
 from thumbview.predict.protocol import (
     SplitPlan,
@@ -106,7 +104,7 @@ def dataset_blocks(
     return blocks
 
 
-def _rows(blocks: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+def block_rows(blocks: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
     return {name: X[idx] for name, X in blocks.items()}
 
 
@@ -154,21 +152,20 @@ def train(
     blocks = dataset_blocks(dataset, encoders, cache_dir, progress)
     plan = _embedded_only(plan, finite_rows(blocks))  # rows an encoder skipped have no features
     train_idx, test_idx = plan.train_idx, plan.test_idx
-    model = ViewPredictor(config).fit(_rows(blocks, train_idx), y[train_idx], plan.fold_groups)
+    model = ViewPredictor(config).fit(block_rows(blocks, train_idx), y[train_idx], plan.fold_groups)
     model.save(out_dir)
-    _write_training_record(
+    write_training_record(
         out_dir, dataset, train_idx, encoder_options(config.encoders, clip_model), encoders
     )
     _add_to_record(out_dir / TRAINING_FILE, protocol=plan.protocol.to_json_dict())
-    _fit_baselines(out_dir, config, _rows(blocks, train_idx), y[train_idx])
-    fit_pairwise(out_dir, config, _rows(blocks, train_idx), y[train_idx], dataset, plan)
-    TrainingRange.fit(y[train_idx], _rows(blocks, train_idx), config.target).save(out_dir)
+    _fit_baselines(out_dir, config, block_rows(blocks, train_idx), y[train_idx])
+    fit_pairwise(out_dir, config, block_rows(blocks, train_idx), y[train_idx], dataset, plan)
+    TrainingRange.fit(y[train_idx], block_rows(blocks, train_idx), config.target).save(out_dir)
     paths = [*_training_plots(model, out_dir)]
     holdout = None
     if len(test_idx):
-        holdout = _score(model, out_dir, _rows(blocks, test_idx), y[test_idx])
-        holdout = _extras(holdout, model, out_dir, _rows(blocks, test_idx), y, dataset, test_idx)
-        paths += _evaluation_plots(model, _rows(blocks, test_idx), y[test_idx], out_dir)
+        holdout = score_rows(model, out_dir, block_rows(blocks, test_idx), y, dataset, test_idx)
+        paths += evaluation_plots(model, block_rows(blocks, test_idx), y[test_idx], out_dir)
         write_json(
             out_dir / EVAL_FILE,
             {
@@ -211,7 +208,7 @@ def dataset_split(
     )
 
 
-def _write_training_record(out_dir, dataset, train_idx, options, encoders) -> None:
+def write_training_record(out_dir, dataset, train_idx, options, encoders) -> None:
     specs = {n: {"options": options[n], "spec": e.spec()} for n, e in encoders.items()}
     write_json(out_dir / MODEL_ENCODERS, specs)
     channels = dataset.channels
@@ -253,7 +250,7 @@ def _training_plots(model: ViewPredictor, out_dir: Path) -> list[Path]:
     return [plots.plot_training_curve(history, out_dir / PLOT_TRAINING_CURVE)] if history else []
 
 
-def _evaluation_plots(model, blocks, y, out_dir: Path) -> list[Path]:
+def evaluation_plots(model, blocks, y, out_dir: Path) -> list[Path]:
     pred = model.predict(blocks)
     relative = model.config.target == "channel-relative"
     lo, hi = model.residual_quantile(
@@ -267,41 +264,12 @@ def _evaluation_plots(model, blocks, y, out_dir: Path) -> list[Path]:
     ]
 
 
-# ----- evaluation ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Evaluation:
-    """Scores of a saved model on a dataset; rows it was trained on are excluded and counted."""
-
-    result: EvalResult
-    n_excluded_seen: int
-    n_shared_channels: int
-    plots: tuple[Path, ...]
-
-
-def evaluate(
-    model_dir: Path,
-    dataset: ThumbnailDataset,
-    cache_dir: Path | None = None,
-    out_dir: Path | None = None,
-    progress: Progress = SILENT,
-) -> Evaluation:
-    """Metrics of a saved model and its baselines on rows it never saw."""
-    loaded = LoadedPredictor.load(model_dir)
-    model, encoders = loaded.model, loaded.encoders
-    seen = _training_ids(model_dir)
-    keep = np.array([k not in seen for k in dataset.keys], dtype=bool)
-    y, mask = make_target(dataset.views, model.config.target, dataset.channels)
-    rows = np.flatnonzero(keep & mask)
-    if len(rows) < 3:
-        raise PredictorError(f"only {len(rows)} unseen rows with a target: nothing to evaluate on")
-    blocks = dataset_blocks(dataset.subset(rows), encoders, cache_dir, progress)
-    embedded = finite_rows(blocks)  # rows an encoder skipped (unreadable input) have no features
-    blocks, rows = _rows(blocks, embedded), rows[embedded]
-    result = _score(model, Path(model_dir), blocks, y[rows])
-    result = _extras(result, model, Path(model_dir), blocks, y, dataset, rows)
-    paths = _evaluation_plots(model, blocks, y[rows], Path(out_dir)) if out_dir else []
-    shared = _shared_channels(model_dir, dataset, rows)
-    return Evaluation(result, int((~keep).sum()), shared, tuple(paths))
+def score_rows(model, model_dir: Path, blocks, y, dataset: ThumbnailDataset, rows) -> EvalResult:
+    """Everything `eval.json` reports of `model` on `rows` of `dataset` (`blocks` holds those
+    rows, `y` the whole target): metrics against baselines, interval coverage overall and by
+    stratum, same-channel P(beats) calibration and the out-of-range warning."""
+    result = _score(model, model_dir, blocks, y[rows])
+    return _extras(result, model, model_dir, blocks, y, dataset, rows)
 
 
 def _score(model: ViewPredictor, model_dir: Path, blocks, y) -> EvalResult:
@@ -348,11 +316,11 @@ def _training_record(model_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _training_ids(model_dir: Path) -> set[str]:
+def training_ids(model_dir: Path) -> set[str]:
     return set(_training_record(model_dir).get("video_ids", []))
 
 
-def _shared_channels(model_dir: Path, dataset: ThumbnailDataset, rows: np.ndarray) -> int:
+def shared_channels(model_dir: Path, dataset: ThumbnailDataset, rows: np.ndarray) -> int:
     """Channels present both in training and here: such rows are not a channel-disjoint test."""
     trained = set(_training_record(model_dir).get("channels", []))
     if dataset.channels is None or not trained:
@@ -384,21 +352,5 @@ def cross_validate_dataset(
     mask &= finite_rows(blocks)  # rows an encoder skipped (unreadable input) have no features
     rows = np.flatnonzero(mask)
     sub_groups = dataset_split(dataset, rows, config, 0.0).fold_groups
-    sub = _rows(blocks, rows)
+    sub = block_rows(blocks, rows)
     return evaluate_predictor(sub, y[rows], sub_groups, config, k)  # one K-fold pass
-
-
-# ----- prediction ----------------------------------------------------------------------------
-def predict_images(
-    model_dir: Path,
-    images: Sequence[Path | str],
-    titles: Sequence[str] = ("",),
-    context: dict | None = None,
-) -> list[Prediction]:
-    """Every image x title combination, with the model's interval at its own coverage.
-
-    `context`: what a model with the `context` encoder reads (`context_from_options`)."""
-    loaded = LoadedPredictor.load(model_dir)  # a bad model folder is reported before images
-    loaded.context = context
-    opened = [load_image(p) for p in images]
-    return loaded.predict_images(opened, [str(p) for p in images], titles)

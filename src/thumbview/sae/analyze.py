@@ -25,14 +25,11 @@ import scipy.sparse as sp
 
 from thumbview.data.dataset import LoadReport, ThumbnailDataset
 from thumbview.fileio import json_safe
-from thumbview.inference.sae import encode_sparse, load_sae_encoder  # noqa: F401 (re-exported)
-from thumbview.layout import SAE_CONFIG as CFG_FILE
-from thumbview.layout import SaeFolderError, resolve_sae_dir
 from thumbview.progress import SILENT, Progress
 from thumbview.sae import report
 from thumbview.sae.arrays import StudyError
-from thumbview.sae.config import ActivationSource
 from thumbview.sae.covariates import ResidualFit, adjust_views_fit, upload_age_years
+from thumbview.sae.folder import encode_sparse, load_sae_encoder
 from thumbview.sae.selection import check_latents, top_activations
 from thumbview.sae.study import StudyConfig, StudyResult, channel_config, run_study
 
@@ -40,10 +37,6 @@ logger = logging.getLogger(__name__)
 
 CONTROLS = ("age", "channel")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
-# cfg.json keys naming the activations an SAE was trained on (thumbview's, then SAELens').
-CLIP_MODEL_KEYS = ("clip_model", "model_name")
-CLIP_LAYER_KEYS = ("clip_layer",)
-CLIP_TOKENS_KEYS = ("clip_tokens",)
 FEATURES_CSV = "features.csv"
 ALL_FEATURES_CSV = "all_features.csv"
 SUMMARY_JSON = "summary.json"
@@ -112,55 +105,6 @@ class AnalysisOutputs:
     grids: tuple[Path, ...]
     report_html: Path
     result: StudyResult
-
-
-# ------------------------------------------------------------------------ SAE latents
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON file that must hold an object; a missing or broken file is a StudyError."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StudyError(f"cannot read {path}: {e}") from e
-    if not isinstance(data, dict):
-        raise StudyError(f"{path} is not a JSON object")
-    return data
-
-
-def read_sae_cfg(sae_dir: str | Path) -> dict[str, Any]:
-    """The SAE's cfg.json as a dict (`sae_dir`: the SAE folder or the `sae train --out` one)."""
-    return read_json_object(_resolved(sae_dir) / CFG_FILE)
-
-
-def _resolved(sae_dir: str | Path) -> Path:
-    try:
-        return resolve_sae_dir(sae_dir)
-    except SaeFolderError as e:
-        raise StudyError(str(e)) from e
-
-
-def activation_source(cfg: dict[str, Any]) -> ActivationSource:
-    """The activations an SAE was trained on, from its cfg.json (thumbview's or SAELens' keys)."""
-    features = cfg.get("features", "clip")
-    if features == "shards":  # no encoder to rerun: the codes were written at training time
-        raise StudyError(
-            f"this SAE was trained on activation shards ({cfg.get('dataset_path')}), so it "
-            "cannot compute activations itself: pass its codes, `--latents SAE/codes.npz`"
-        )
-    if features != "clip":
-        return ActivationSource(features=str(features))
-    model = next((cfg[k] for k in CLIP_MODEL_KEYS if cfg.get(k)), None)
-    layer = next((cfg[k] for k in CLIP_LAYER_KEYS if cfg.get(k) is not None), None)
-    tokens = next((cfg[k] for k in CLIP_TOKENS_KEYS if cfg.get(k)), "cls")
-    if model is None or layer is None:
-        raise StudyError(
-            "the SAE's cfg.json does not say which activations it was trained on: it needs "
-            f"'features', or 'clip_model' and 'clip_layer' (found keys: {sorted(cfg)})"
-        )
-    if tokens != "cls":
-        raise StudyError(f"the study uses one vector per thumbnail (CLS); SAE has {tokens!r}")
-    return ActivationSource("clip", str(model), int(layer), str(tokens))
 
 
 def latents_for_dataset(

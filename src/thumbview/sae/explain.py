@@ -15,17 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
-from thumbview.data.images import load_image
 from thumbview.sae.analyze import (
     ALL_FEATURES_CSV,
     EXAMPLES_JSON,
     FEATURES_CSV,
     SUMMARY_JSON,
-    read_json_object,
 )
 from thumbview.sae.arrays import StudyError
+from thumbview.sae.folder import read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -135,22 +133,3 @@ def explain_latents(
             )
         )
     return out
-
-
-def explain_image(
-    image: Image.Image | str | Path | bytes,
-    sae_dir: str | Path,
-    study: str | Path | StudyIndex,
-    top: int = 10,
-    device: str = "cpu",
-) -> list[FeatureExplanation]:
-    """SAE features active in one thumbnail, strongest first, with their group's view ratio.
-
-    `study` is a study folder, its features CSV, or a loaded `StudyIndex`.
-    """
-    index = study if isinstance(study, StudyIndex) else load_study(study)
-    img = image if isinstance(image, Image.Image) else load_image(image)
-    from thumbview.inference import SaeEncoder
-
-    z = SaeEncoder.load(sae_dir, device).latents([img])[0]  # (d_sae,)
-    return explain_latents(z, index, top)

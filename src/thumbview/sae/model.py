@@ -10,10 +10,10 @@ this base (as dictionary_learning's trainers/ do):
 - `thumbview.sae.relu_l1.ReluL1Sae` (Anthropic 2023/24, SAELens "standard"): ReLU latents,
   a decoder-norm-weighted L1 penalty, ghost grads for dead latents.
 
-`SparseAutoencoder(cfg)` builds the architecture that `cfg` (a `TopKConfig` or
-`ReluL1Config`) names. Both subtract ``b_dec`` from the input before encoding (SAELens
+`thumbview.sae.architectures.build_sae(cfg)` builds the architecture that `cfg` (a
+`TopKConfig` or `ReluL1Config`) names; this base knows none of its subclasses. Both subtract ``b_dec`` from the input before encoding (SAELens
 ``apply_b_dec_to_input``) and keep decoder rows at unit norm while training. Pure compute:
-tensors in, tensors out; files live in ``thumbview.sae.train``.
+tensors in, tensors out; files live in ``thumbview.sae.folder``.
 """
 
 from __future__ import annotations
@@ -101,12 +101,10 @@ class SparseAutoencoder(nn.Module):
 
     def __new__(cls, cfg: SaeBaseConfig, seed: int = 0) -> SparseAutoencoder:
         if cls is SparseAutoencoder:
-            import thumbview.sae.relu_l1
-            import thumbview.sae.topk  # noqa: F401  (register the architectures)
-
-            if type(cfg) not in SparseAutoencoder._registry:
-                raise SaeError(f"no SAE architecture for config {type(cfg).__name__}")
-            cls = SparseAutoencoder._registry[type(cfg)]
+            raise SaeError(
+                "SparseAutoencoder is the shared base: build an SAE with "
+                "thumbview.sae.architectures.build_sae(cfg)"
+            )
         return super().__new__(cls)
 
     def __init__(self, cfg: SaeBaseConfig, seed: int = 0) -> None:
@@ -215,3 +213,8 @@ class SparseAutoencoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}, arch={self.cfg.arch}"
+
+
+def registered_architecture(config_type: type) -> type[SparseAutoencoder] | None:
+    """The subclass registered for a config type (None when its module was never imported)."""
+    return SparseAutoencoder._registry.get(config_type)

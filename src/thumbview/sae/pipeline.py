@@ -24,24 +24,14 @@ from thumbview.data.images import load_image
 from thumbview.embed.cache import embed
 from thumbview.layout import SAE_CODES as CODES_FILE
 from thumbview.progress import SILENT, Progress
-from thumbview.sae.analyze import encode_sparse, image_folder_dataset
+from thumbview.sae.analyze import image_folder_dataset
+from thumbview.sae.architectures import build_sae
 from thumbview.sae.config import ActivationSource, SaeError, TrainConfig, sae_config
-from thumbview.sae.model import SparseAutoencoder
+from thumbview.sae.folder import activation_encoder, encode_sparse
 from thumbview.sae.shards import ShardedActivations
 from thumbview.sae.train import EvalMetrics, SaeTrainer
 
 log = logging.getLogger(__name__)
-
-
-def activation_encoder(source: ActivationSource, device: str = "cpu") -> Any:
-    """The encoder whose output the SAE reads (CLIP at the layer, or a cached encoder)."""
-    if source.features == "clip":
-        from thumbview.embed.clip import ClipEncoder
-
-        return ClipEncoder(source.clip_model, layer=source.layer, tokens="cls", device=device)
-    from thumbview.embed.registry import get_encoder
-
-    return get_encoder(source.features)
 
 
 def source_cfg(source: ActivationSource, encoder: Any) -> dict[str, Any]:
@@ -145,7 +135,7 @@ def _fit_and_encode(
     """Fit (checkpointed in out_dir), measure, and write the codes of `code_rows` if any."""
     options = _default_dead_after(dict(sae_options or {}), len(acts))
     cfg = sae_config(options.pop("arch", "topk"), d_in=acts.shape[1], **options)
-    trainer = SaeTrainer(SparseAutoencoder(cfg, seed=train_cfg.seed), train_cfg)
+    trainer = SaeTrainer(build_sae(cfg, seed=train_cfg.seed), train_cfg)
     sae = trainer.fit(acts, out_dir, extra_cfg=extra_cfg, progress=progress)
     metrics = trainer.heldout_metrics or trainer.evaluate(acts[:65_536])
     log.info("SAE: %s", metrics)

@@ -36,21 +36,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from thumbview.layout import SAE_CHECKPOINT_DIR as CHECKPOINT_DIR
-from thumbview.layout import SAE_CONFIG as CFG_FILE
 from thumbview.layout import SAE_METRICS as METRICS_JSON
-from thumbview.layout import SAE_SUBDIR, SaeFolderError, resolve_sae_dir
-from thumbview.layout import SAE_WEIGHTS as WEIGHTS_FILE
+from thumbview.layout import SAE_SUBDIR
 from thumbview.progress import SILENT, Progress
 from thumbview.sae.config import (
-    SaeConfigs,
     SaeError,
     TrainConfig,
-    sae_config,
     sae_config_from_dict,
+)
+from thumbview.sae.folder import (
+    _PARAM_KEYS,
+    SaeFileError,
+    _read_json,
+    _read_safetensors,
+    save_sae,
 )
 from thumbview.sae.model import SaeInputError, SparseAutoencoder
 from thumbview.sae.shards import ShardedActivations
@@ -62,14 +64,9 @@ TRAINER_FILE = "trainer.json"
 _WARMUP_MAX_FRACTION = 0.1  # warmup never exceeds this share of a known run length
 _EVAL_MAX_ROWS = 65_536  # rows of the training data re-scored for metrics.json
 _EVAL_LATENT_BUDGET = 2**24  # dense latents held at once by `evaluate` (64 MB of float32)
-_PARAM_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")
 # Changing these changes the data order or the LR schedule, so a resumed run would diverge.
 _RESUME_KEYS = ("batch_size", "lr", "warmup_steps", "epochs", "seed", "holdout_fraction")
 _SCALE_SAMPLE = 65_536  # rows used to measure the mean squared norm of the activations
-
-
-class SaeFileError(ValueError):
-    """A saved SAE or checkpoint is missing, corrupt, or does not fit the model at hand."""
 
 
 @dataclass(frozen=True)
@@ -489,119 +486,6 @@ def _existing_checkpoint(directory: Path) -> Path:
         if (candidate / TRAINER_FILE).exists():
             return candidate
     raise SaeFileError(f"{directory}: no checkpoint here ({TRAINER_FILE} missing)")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise SaeFileError(f"{path}: file not found") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SaeFileError(f"{path}: unreadable or corrupt JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise SaeFileError(f"{path}: expected a JSON object")
-    return data
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.exists():
-        raise SaeFileError(f"{path}: file not found")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise SaeFileError(f"{path}: unreadable or corrupt safetensors file ({e})") from e
-
-
-def sae_lens_cfg(sae: SparseAutoencoder, extra_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``cfg.json`` content: SAELens field names, caller's metadata, thumbview's own config."""
-    cfg = sae.cfg
-    topk = cfg.arch == "topk"
-    core = {
-        "d_in": cfg.d_in,
-        "d_sae": cfg.d_sae,
-        "architecture": "topk" if topk else "standard",
-        "activation_fn_str": "topk" if topk else "relu",
-        "activation_fn_kwargs": {"k": cfg.k} if topk else {},
-        "apply_b_dec_to_input": True,
-        "normalize_activations": "none",
-        "dtype": "float32",
-        "thumbview": cfg.to_dict(),
-    }
-    if topk:
-        core["k"] = cfg.k
-    clash = set(extra_cfg or {}) & set(core)
-    if clash:
-        raise SaeError(f"extra_cfg may not override {sorted(clash)}")
-    defaults = {
-        "device": "cpu",
-        "model_name": None,
-        "hook_name": None,
-        "hook_layer": None,
-        "hook_head_index": None,
-        "context_size": None,
-        "prepend_bos": False,
-        "dataset_path": None,
-        "finetuning_scaling_factor": False,
-    }
-    return {**defaults, **(extra_cfg or {}), **core}
-
-
-def save_sae(
-    sae: SparseAutoencoder, directory: str | Path, extra_cfg: dict[str, Any] | None = None
-) -> Path:
-    """Write ``sae_weights.safetensors`` + ``cfg.json`` (SAELens layout; see module docstring)."""
-    directory = Path(directory)
-    cfg_json = json.dumps(sae_lens_cfg(sae, extra_cfg), indent=2)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: getattr(sae, k).detach().float().cpu().contiguous() for k in _PARAM_KEYS}
-    save_file(tensors, directory / WEIGHTS_FILE)
-    (directory / CFG_FILE).write_text(cfg_json)
-    return directory
-
-
-def _config_from_cfg_json(data: dict[str, Any], path: Path) -> SaeConfigs:
-    """thumbview's own config if present (either layout), else one rebuilt from SAELens fields."""
-    try:
-        if "thumbview" in data:
-            return sae_config_from_dict(data["thumbview"])
-        d_in, d_sae = int(data["d_in"]), int(data["d_sae"])
-        if d_sae % d_in:
-            raise SaeFileError(f"{path}: d_sae={d_sae} is not a multiple of d_in={d_in}")
-        if data.get("architecture") == "topk":
-            k = int(data.get("k") or data.get("activation_fn_kwargs", {}).get("k") or 1)
-            return sae_config("topk", d_in=d_in, expansion_factor=d_sae // d_in, k=k)
-        return sae_config(
-            "relu-l1", d_in=d_in, expansion_factor=d_sae // d_in, normalize_activations=False
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, SaeFileError):
-            raise
-        raise SaeFileError(f"{path}: not a usable SAE config ({e})") from e
-
-
-def load_sae(directory: str | Path) -> SparseAutoencoder:
-    """Inverse of `save_sae`; exact round-trip. Raises `SaeFileError` with the cause.
-
-    `directory` is the SAE folder or the `sae train --out` folder above it.
-    """
-    try:
-        directory = resolve_sae_dir(directory)
-    except SaeFolderError as e:
-        raise SaeFileError(str(e)) from e
-    cfg = _config_from_cfg_json(_read_json(directory / CFG_FILE), directory / CFG_FILE)
-    tensors = _read_safetensors(directory / WEIGHTS_FILE)
-    sae = SparseAutoencoder(cfg)
-    missing = [k for k in _PARAM_KEYS if k not in tensors]
-    if missing:
-        raise SaeFileError(f"{directory / WEIGHTS_FILE}: missing tensors {missing}")
-    for key in _PARAM_KEYS:
-        want, got = tuple(getattr(sae, key).shape), tuple(tensors[key].shape)
-        if want != got:
-            raise SaeFileError(
-                f"{directory / WEIGHTS_FILE}: {key} has shape {got}, config implies {want}"
-            )
-    sae.load_state_dict({k: tensors[k].float() for k in _PARAM_KEYS})
-    return sae
 
 
 def save_density_histogram(frequency: np.ndarray, path: str | Path) -> Path:

@@ -153,7 +153,7 @@ def create_app(
     _add_frames_routes(app, jobs, limits)
     _add_page_routes(app, engine)
     if bot_dir is not None:  # the thumbnailbot's "generate" panel at /bot (thumbview[bot])
-        from thumbview.bot.web import bot_router
+        from thumbview.serve.bot import bot_router
 
         app.include_router(bot_router(bot_dir))
     return app

@@ -8,7 +8,6 @@ requests run one at a time (generation holds the CPU/GPU anyway).
 from __future__ import annotations
 
 import base64
-import io
 import threading
 from pathlib import Path
 
@@ -32,7 +31,7 @@ PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>thum
 
 def bot_router(bot_dir: str | Path) -> APIRouter:
     """GET /bot (the panel) and POST /api/bot/generate for the bot in `bot_dir`."""
-    from thumbview.bot.train import read_bot
+    from thumbview.bot.folder import read_bot
 
     read_bot(bot_dir)  # fail at start-up, in words, not on the first request
     router = APIRouter()
@@ -66,9 +65,3 @@ def bot_router(bot_dir: str | Path) -> APIRouter:
         return payload
 
     return router
-
-
-def png_bytes(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return buf.getvalue()

@@ -1,0 +1,117 @@
+"""A bot folder and what describes a run: `BotConfig`, prompts, `bot.json`, the sample grid.
+
+Generation (`generate`, the web panel) reads a bot folder without the training loop, and
+training writes one: both import this module, so loading a bot for `bot generate` or
+`serve --bot` never imports `bot.train`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from thumbview.bot.policy import LORA_FILE, SampleConfig, check_sample_config
+from thumbview.bot.reward import RewardConfig
+from thumbview.bot.rl import BotError
+from thumbview.fileio import atomic_write
+
+BOT_FILE = "bot.json"
+FORMAT, FORMAT_VERSION = "thumbview-bot", 1
+METHODS = ("draft", "ddpo")
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    """Hyperparameters. Each epoch samples `batch` prompts x `per_prompt` images.
+
+    draft_k: steps backpropagated through (DRaFT-K); kl: weight of the KL-to-base term;
+    ppo_clip / adv_clip: DDPO's ratio and advantage clips; eval_seeds: fixed seeds per
+    evaluation prompt (the grid and the eval reward); workers: reward threads (ddpo).
+    """
+
+    method: str = "draft"
+    epochs: int = 10
+    batch: int = 2
+    per_prompt: int = 2
+    lr: float = 3e-4
+    lora_rank: int = 4
+    kl: float = 0.1
+    draft_k: int = 1
+    ppo_clip: float = 1e-4
+    adv_clip: float = 5.0
+    seed: int = 0
+    eval_seeds: int = 2
+    workers: int = 2
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise BotError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if (
+            min(self.epochs, self.batch, self.per_prompt, self.lora_rank, self.eval_seeds) < 1
+            or self.lr <= 0
+        ):
+            raise BotError(
+                "epochs, batch, per-prompt, lora-rank, eval-seeds must be >= 1 and lr > 0"
+            )
+        if self.kl < 0 or not 1 <= self.draft_k <= self.sample.steps:
+            raise BotError("kl must be >= 0 and draft_k in 1..steps")
+        check_sample_config(self.sample, self.method)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BotConfig:
+        return cls(
+            **{**d, "sample": SampleConfig(**d["sample"]), "reward": RewardConfig(**d["reward"])}
+        )
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A title (what the predictor scores) and the image prompt (what the diffusion model sees)."""
+
+    title: str
+    image_prompt: str
+
+
+def read_prompts(path: str | Path) -> list[Prompt]:
+    """One title per line, optionally `title<TAB>image prompt`; blank lines and # comments skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file {path} not found")
+    prompts = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        title, _, image_prompt = line.partition("\t")
+        prompts.append(Prompt(title.strip(), image_prompt.strip() or title.strip()))
+    if not prompts:
+        raise BotError(f"{path} has no prompts (one title per line)")
+    return prompts
+
+
+def save_grid(images: list, columns: int, path: Path) -> Path:
+    from PIL import Image
+
+    w, h = images[0].size
+    rows = -(-len(images) // columns)
+    grid = Image.new("RGB", (w * columns, h * rows), "white")
+    for i, img in enumerate(images):
+        grid.paste(img, ((i % columns) * w, (i // columns) * h))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: grid.save(tmp, "PNG"))
+    return path
+
+
+def read_bot(bot_dir: str | Path) -> dict:
+    """bot.json, checked; FileNotFoundError/BotError in words."""
+    path = Path(bot_dir) / BOT_FILE
+    if not path.is_file() or not (Path(bot_dir) / LORA_FILE).is_file():
+        raise FileNotFoundError(
+            f"{bot_dir} is not a bot folder (needs {BOT_FILE} and {LORA_FILE}); train one with `thumbview bot train`"
+        )
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT:
+        raise BotError(f"{path} is not a thumbview bot file")
+    return meta
