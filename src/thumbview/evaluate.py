@@ -16,11 +16,10 @@ import numpy as np
 from thumbview.data.dataset import ThumbnailDataset
 from thumbview.embed.cache import finite_rows
 from thumbview.inference import LoadedPredictor
-from thumbview.predict.crossval import EvalResult
+from thumbview.predict.crossval import EvalResult, block_rows
 from thumbview.predict.model import PredictorError
 from thumbview.predict.target import make_target
 from thumbview.predict.workflow import (
-    block_rows,
     dataset_blocks,
     evaluation_plots,
     score_rows,

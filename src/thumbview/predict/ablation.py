@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from thumbview.predict.crossval import _rows, compute_metrics, group_kfold, summarize_folds
+from thumbview.predict.crossval import block_rows, compute_metrics, group_kfold, summarize_folds
 from thumbview.predict.heads import GBM_MAX_DIM, GBMHead, StackedHead
 from thumbview.progress import SILENT, Progress
 
@@ -70,8 +70,8 @@ def _fold_predictions(
         else None
     )
     for train, test in folds:
-        ridge = ViewPredictor(config).fit(_rows(blocks, train), y[train], calibrate=False)
-        out["ridge"].append(ridge.predict(_rows(blocks, test)))
+        ridge = ViewPredictor(config).fit(block_rows(blocks, train), y[train], calibrate=False)
+        out["ridge"].append(ridge.predict(block_rows(blocks, test)))
         if "gbm" in out:
             g = None if groups is None else np.asarray(groups, dtype=object)[train]
             trees = GBMHead(max_iter=gbm_iter, seed=seed).fit(X[train], y[train], g)

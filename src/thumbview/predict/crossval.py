@@ -65,9 +65,9 @@ def cross_validate(
             ("model", config),
             *((f"{e}-only", baseline_config(config, e)) for e in singles),
         ]:
-            model = ViewPredictor(cfg).fit(_rows(blocks, train), y[train], calibrate=False)
+            model = ViewPredictor(cfg).fit(block_rows(blocks, train), y[train], calibrate=False)
             per_fold.setdefault(name, []).append(
-                compute_metrics(y[test], model.predict(_rows(blocks, test)))
+                compute_metrics(y[test], model.predict(block_rows(blocks, test)))
             )
         log.debug("fold %d/%d: %s", len(per_fold["model"]), k, per_fold["model"][-1])
     if not singles:  # one encoder: its baseline is the model itself, on the same folds
@@ -169,5 +169,6 @@ def evaluate_predictor(
     return EvalResult(cv.mean, {name: b.mean for name, b in baselines.items()}), cv
 
 
-def _rows(blocks: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+def block_rows(blocks: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows `idx` of every feature block (the one way folds and splits subset blocks)."""
     return {name: np.asarray(X)[idx] for name, X in blocks.items()}

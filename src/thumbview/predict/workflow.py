@@ -39,6 +39,7 @@ from thumbview.predict.crossval import (
     EvalResult,
     Metrics,
     baseline_config,
+    block_rows,
     compute_metrics,
     conditional_coverage,
     coverage_strata,
@@ -102,10 +103,6 @@ def dataset_blocks(
     for name, encoder in encoders.items():
         blocks[name], _ = embed(dataset, encoder, cache_dir, progress=progress)
     return blocks
-
-
-def block_rows(blocks: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
-    return {name: X[idx] for name, X in blocks.items()}
 
 
 def _groups(dataset: ThumbnailDataset) -> np.ndarray | None:
