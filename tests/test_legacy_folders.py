@@ -23,9 +23,11 @@ from _bot_fixture import tiny_base  # noqa: F401
 from thumbview.cli import app
 from thumbview.data.images import load_image
 from thumbview.inference import LoadedPredictor
-from thumbview.inference.sae import encode_sparse
+from thumbview.sae.folder import (
+    encode_sparse,
+    load_sae,  # sae train writes it, sae.folder reads it
+)
 from thumbview.sae.shards import ShardedActivations
-from thumbview.sae.train import load_sae  # the one import to change if load_sae moves
 
 HERE = Path(__file__).parent / "data" / "legacy"
 LEGACY = HERE / "d7022a0"
