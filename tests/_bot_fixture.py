@@ -22,6 +22,7 @@ def build_fast_predictor(root: Path, seed: int = 0) -> Path:
     from thumbview.data.images import load_image
     from thumbview.data.synth import SynthConfig, make_synthetic
     from thumbview.embed.visual import VisualEncoder
+    from thumbview.predict.drift import TrainingRange
     from thumbview.predict.model import PredictorConfig, ViewPredictor
     from thumbview.predict.target import make_target
 
@@ -32,6 +33,8 @@ def build_fast_predictor(root: Path, seed: int = 0) -> Path:
     y, _ = make_target(dataset.views, "log10")
     model = ViewPredictor(PredictorConfig(encoders=("visual",), seed=seed))
     model.fit({"visual": X}, y, dataset.channels).save(root / "model")
+    names = {"visual": encoder.feature_names()}  # the range file `train` writes beside it
+    TrainingRange.fit(y, {"visual": X}, names=names, groups=dataset.channels).save(root / "model")
     spec = {"visual": {"options": VISUAL_OPTIONS, "spec": encoder.spec()}}
     (root / "model" / "encoders.json").write_text(json.dumps(spec), encoding="utf-8")
     return root / "model"

@@ -33,10 +33,12 @@ def test_reward_equals_thumbview_predict_on_the_same_images(bot_model_dir, tmp_p
         app, ["predict", str(bot_model_dir), *map(str, paths), "--title", title, "--json"]
     )
     assert result.exit_code == 0, result.output
-    want = np.array([p["log10"] for p in json.loads(result.output)])
+    rows = json.loads(result.stdout)  # stdout alone: out-of-range lines go to stderr
+    want = np.array([p["log10"] for p in rows])
     got = PredictorReward(bot_model_dir).score(images, [title, title])
     assert np.array_equal(got.log10, want)
     assert np.array_equal(got.total, got.log10 - got.ood)
+    assert got.outside.tolist() == [bool(p["warning"]) for p in rows]  # one check for both
 
 
 def test_ood_penalty_is_zero_in_distribution_and_large_for_a_saturated_frame(bot_model_dir):  # noqa: F811
@@ -49,6 +51,9 @@ def test_ood_penalty_is_zero_in_distribution_and_large_for_a_saturated_frame(bot
     saturated = Image.new("RGB", (64, 64), (255, 0, 255))
     flagged = reward.score([saturated], [""])
     assert flagged.ood[0] > 1 and flagged.total[0] == flagged.log10[0] - 2.0 * flagged.ood[0]
+    # the check every command uses flags it too, by name; training thumbnails are inside
+    assert flagged.outside[0] and "outside the training range" in flagged.warning
+    assert not typical.outside.any() and typical.warning == ""
 
 
 def test_reward_config_refuses_clip_weight_without_local_weights():

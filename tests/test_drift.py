@@ -1,16 +1,27 @@
-"""Out-of-range warnings and interval coverage, checked with known truth."""
+"""Out-of-range warnings and interval coverage, checked with known truth.
+
+The simulations plant a known shift (or none) and check the per-feature range check of
+`predict.drift`: its level on fresh data like the training data, that it finds and names
+a shift in one feature, in a date and along an embedding, and that the rows it leaves
+unflagged keep the nominal coverage. Full-size runs: `benchmarks/drift_calibration.py`.
+"""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from thumbview.cli import app
 from thumbview.data.dataset import load_dataset
 from thumbview.data.synth import SynthConfig, make_synthetic
+from thumbview.embed.context import FEATURES as CONTEXT
+from thumbview.embed.context import ContextEncoder, context_rows
+from thumbview.predict import drift
 from thumbview.predict.crossval import conditional_coverage, coverage_strata
 from thumbview.predict.drift import TrainingRange
 from thumbview.predict.model import PredictorConfig, ViewPredictor
@@ -29,14 +40,171 @@ def test_narrow_training_warns_on_wide_views_and_far_features():
     assert said is not None and "far outside the training range" in said and "1.1K" in said
     far = {"f": rng.normal(size=(5, 8)) + np.array([10.0] + [0] * 7)}
     assert limits.features_outside(far).all()
-    assert "unlike the training" in limits.warning(far)
+    assert "column 1" in limits.warning(far) and "column 2" not in limits.warning(far)
 
 
-def test_training_range_round_trips(tmp_path):
-    limits = TrainingRange.fit(np.arange(10.0), {"a": np.eye(10)[:, :3]})
+def test_training_range_round_trips_narrow_and_embedding_blocks(tmp_path):
+    rng = np.random.default_rng(3)
+    blocks = {"a": rng.normal(size=(60, 3)), "wide": rng.normal(size=(60, 80))}
+    limits = TrainingRange.fit(rng.normal(size=60), blocks, names={"a": ["x", "y", "z"]})
     limits.save(tmp_path)
     assert TrainingRange.load(tmp_path) == limits
+    saved = json.loads((tmp_path / drift.RANGE_FILE).read_text())["blocks"]
+    assert [c["name"] for c in saved["a"]["columns"]] == ["x", "y", "z"]
+    assert len(saved["wide"]["basis"]) == 3 and len(saved["wide"]["basis"][0]) == 80  # 30 rows / 10
     assert TrainingRange.load(tmp_path / "none") is None
+
+
+def test_an_old_file_without_feature_ranges_loads_and_keeps_the_whole_block_check(tmp_path):
+    """A training_range.json written before per-feature ranges (mean, sd, q99 only)."""
+    old = {
+        "target": "log10",
+        "target_quantiles": [3.0, 3.1, 3.2, 3.5, 3.8, 3.9, 4.0],
+        "blocks": {"f": {"mean": [0.0, 0.0], "sd": [1.0, 1.0], "q99_distance": 2.0}},
+    }
+    (tmp_path / drift.RANGE_FILE).write_text(json.dumps(old))
+    limits = TrainingRange.load(tmp_path)
+    assert limits.blocks["f"].columns == ()
+    near, far = np.array([[0.5, -0.5]]), np.array([[9.0, 9.0]])
+    assert limits.warning({"f": near}) is None
+    assert "the f inputs look unlike the training ones" in limits.warning({"f": far})
+    assert limits.check({"other": far}).message() is None  # a block it never saw: no check
+
+
+# ----- simulations with known truth ------------------------------------------------------------
+def _mixed(rng, n):
+    """Blocks like a real model's: context (named), counts, skewed descriptors, a 384-d
+    low-rank embedding; y depends on a few of them."""
+    ctx = np.c_[
+        np.log10(1 + rng.uniform(100, 3000, n)),
+        rng.uniform(2012, 2016, n),
+        rng.uniform(-1, 1, (n, 4)),
+        rng.normal(4, 0.8, n),
+        np.log10(rng.integers(1, 4, n)),
+    ]
+    counts = rng.poisson([3.0, 0.2, 0.05, 1.0], (n, 4)).astype(float)
+    skewed = np.c_[rng.lognormal(0, 0.7, (n, 3)), rng.beta(2, 5, (n, 3)), rng.poisson(0.3, n)]
+    title = _embedding(rng, n, 384)
+    y = 3.5 + 0.3 * ctx[:, 0] + 0.2 * counts[:, 0] - 0.1 * skewed[:, 0] + rng.normal(0, 0.4, n)
+    return {"context": ctx, "title-desc": counts, "visual": skewed, "title": title}, y
+
+
+LOADINGS: dict[int, np.ndarray] = {}
+
+
+def _embedding(rng, n, width, factors=None):
+    """(n, width): 6 factors with decaying scales on fixed loadings, plus noise."""
+    if width not in LOADINGS:
+        LOADINGS[width] = np.random.default_rng(width).normal(size=(6, width))
+    f = rng.uniform(-1, 1, (n, 6)) if factors is None else factors
+    scales = np.array([3.0, 2.0, 1.5, 1.2, 1.0, 0.8])[:, None]
+    return f @ (scales * LOADINGS[width]) + rng.normal(0, 1.0, (n, width))
+
+
+def test_fresh_data_warns_on_at_most_5_percent_of_40_evaluations():
+    """Level, 40 runs: each fits the range on 400 new training rows, then scores 100 fresh
+    rows as an evaluation (with views) and 25 single fresh rows as predictions."""
+    rng = np.random.default_rng(11)
+    names = {"context": list(CONTEXT)}
+    evaluations, singles = [], []
+    for _ in range(40):
+        blocks, y = _mixed(rng, 400)
+        limits = TrainingRange.fit(y, blocks, names=names)
+        fresh, y_new = _mixed(rng, 100)
+        evaluations.append(limits.check(fresh, y_new).warns)
+        one, _ = _mixed(rng, 25)  # each row's own line, as every Prediction carries it
+        singles += [bool(line) for line in limits.row_messages(one)]
+    assert np.mean(evaluations) <= 0.05
+    assert np.mean(singles) <= 0.05
+
+
+def _one_input_world(rng, n, spread):
+    """x1 ~ U(-spread, spread) (the input that moves), 5 other inputs alike; the truth
+    saturates in x1 (tanh), so a ridge trained on [-1, 1] extrapolates badly beyond."""
+    X = np.c_[rng.uniform(-spread, spread, n), rng.normal(size=(n, 5))]
+    y = np.tanh(2 * X[:, 0]) + 0.3 * X[:, 1] - 0.2 * X[:, 2] + rng.normal(0, 1.0, n)
+    return {"f": X}, y
+
+
+def test_a_shift_in_one_input_is_found_and_named_and_unflagged_rows_keep_coverage_20_runs():
+    """20 runs: ridge on x1 ~ U(-1, 1), scored with x1 ~ U(-3, 3). Every evaluation warns
+    and names x1; rows left unflagged cover within 5 points of the nominal 80%, flagged
+    ones far less; the old whole-block distance flagged almost nothing."""
+    rng = np.random.default_rng(21)
+    names = {"f": ["x1", "x2", "x3", "x4", "x5", "x6"]}
+    flagged, old, cover_in, cover_out, named = [], [], [], [], []
+    for _ in range(20):
+        blocks, y = _one_input_world(rng, 600, 1.0)
+        model = ViewPredictor(PredictorConfig(encoders=("f",))).fit(blocks, y)
+        limits = TrainingRange.fit(y, blocks, names=names)
+        new, y_new = _one_input_world(rng, 1000, 3.0)
+        report = limits.check(new, y_new)
+        named.append(report.warns and report.shifts[0].feature == "x1")
+        out = limits.features_outside(new)
+        lo, hi = model.predict_interval(new)
+        inside = (y_new >= lo) & (y_new <= hi)
+        flagged.append(out.mean())
+        cover_in.append(inside[~out].mean())
+        cover_out.append(inside[out].mean())
+        r = limits.blocks["f"]  # the check before this one: the whole-block distance
+        old.append(np.mean(r.distance(new["f"]) > drift.FAR * r.q99_distance))
+    assert all(named)
+    assert 0.4 < np.mean(flagged) < 0.6  # |x1| beyond ~1.5 of 3
+    assert abs(np.mean(cover_in) - 0.8) <= 0.05 and np.mean(cover_out) < 0.6
+    assert np.mean(old) < 0.05
+
+
+def test_a_publication_year_shift_is_named_in_years():
+    """Trained on 2012-2015 uploads, scored on 2019-2020 ones of the same ages (snapshot
+    moved with them): the year alone moved, and the message says so in years."""
+    rng = np.random.default_rng(5)
+
+    def uploads(first, last, snapshot, n):
+        days = rng.integers(0, (pd.Timestamp(last) - pd.Timestamp(first)).days, n)
+        published = pd.Timestamp(first, tz="UTC") + pd.to_timedelta(days, "D")
+        table = pd.DataFrame({"published_at": published.astype(str), "collected_at": snapshot})
+        enc = ContextEncoder()
+        return enc.encode(context_rows(table))
+
+    train_ctx = uploads("2012-01-01", "2015-12-31", "2016-06-01", 500)
+    limits = TrainingRange.fit(
+        rng.normal(size=500), {"context": train_ctx}, names={"context": CONTEXT}
+    )
+    later = uploads("2019-01-01", "2020-12-31", "2021-06-01", 200)  # ages alike
+    said = limits.warning({"context": later})
+    assert "publication year 2019-2020 is outside the training years 2012-2015" in said
+    assert "upload age" not in said
+    assert (
+        limits.warning({"context": uploads("2013-01-01", "2014-12-31", "2016-06-01", 200)}) is None
+    )
+
+
+def _embedding_world(rng, n, width, spread):
+    """A width-d embedding whose second factor moves from U(-1, 1) to U(-spread, spread)."""
+    f = rng.uniform(-1, 1, (n, 6))
+    f[:, 1] = rng.uniform(-spread, spread, n)
+    return {"title": _embedding(rng, n, width, f)}, np.tanh(2 * f[:, 1]) + rng.normal(0, 1.0, n)
+
+
+def test_an_embedding_shift_is_found_without_dilution_at_width_384_10_runs():
+    """10 runs per width: one factor of a 96-d and a 384-d embedding moves from U(-1, 1) to
+    U(-3, 3). The check along main directions flags as many rows at 384 as at 96, and far
+    more than the old whole-block distance; fresh data is flagged in under 5% of rows."""
+    rng = np.random.default_rng(8)
+    share, old, fresh = {}, {}, []
+    for width in (96, 384):
+        share[width], old[width] = [], []
+        for _ in range(10):
+            blocks, y = _embedding_world(rng, 800, width, 1.0)
+            limits = TrainingRange.fit(y, blocks)
+            new, _ = _embedding_world(rng, 500, width, 3.0)
+            share[width].append(limits.features_outside(new).mean())
+            r = limits.blocks["title"]
+            old[width].append(np.mean(r.distance(new["title"]) > drift.FAR * r.q99_distance))
+            fresh.append(limits.features_outside(_embedding_world(rng, 500, width, 1.0)[0]).mean())
+    assert np.mean(share[384]) >= 0.35 and np.mean(share[384]) >= np.mean(share[96]) - 0.1
+    assert np.mean(old[384]) < 0.05
+    assert np.mean(fresh) < 0.05
 
 
 def test_cv_residual_intervals_cover_new_rows_at_the_nominal_rate():
@@ -67,6 +235,33 @@ def test_conditional_coverage_finds_where_intervals_are_too_narrow():
     assert sum(r["n"] for r in cov["predicted decile"]) == 20_000
 
 
+# ----- the consumers: one check everywhere ----------------------------------------------------
+def test_predict_and_compare_show_the_same_named_warning(tmp_path):
+    """A context model trained on 2012-2015 uploads, asked about a 2020 upload."""
+    from thumbview.compare import compare
+    from thumbview.inference import LoadedPredictor
+
+    rng = np.random.default_rng(4)
+    published = pd.Timestamp("2012-01-01", tz="UTC") + pd.to_timedelta(
+        rng.integers(0, 1460, 300), "D"
+    )
+    table = pd.DataFrame({"published_at": published.astype(str), "collected_at": "2016-06-01"})
+    enc = ContextEncoder()
+    blocks = {"context": enc.encode(context_rows(table))}
+    y = 3 + 0.5 * blocks["context"][:, 0] + rng.normal(0, 0.3, 300)
+    model = ViewPredictor(PredictorConfig(encoders=("context",))).fit(blocks, y)
+    limits = TrainingRange.fit(y, blocks, names={"context": enc.feature_names()})
+    ctx = {"published": "2020-03-01T12:00:00+00:00", "age_days": 900}
+    loaded = LoadedPredictor(model, {"context": enc}, tmp_path, limits, ctx)
+    images = [Image.new("RGB", (32, 18)), Image.new("RGB", (32, 18), (9, 9, 9))]
+    preds = loaded.predict_rows(images, ["a", "b"], ["", ""])
+    assert "publication year 2020 is outside the training years 2012-2015" in preds[0].warning
+    said = compare(loaded, images, ["a", "b"]).warning
+    assert "publication year 2020 is outside the training years 2012-2015" in said
+    loaded.context = {"published": "2014-03-01T12:00:00+00:00", "age_days": 800}
+    assert all(p.warning == "" for p in loaded.predict_rows(images, ["a", "b"], ["", ""]))
+
+
 @pytest.fixture(scope="module")
 def narrow_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("drift") / "data"
@@ -84,8 +279,15 @@ def test_evaluate_json_carries_warning_coverage_and_pairwise(narrow_model):
     ds, out = narrow_model
     res = CliRunner().invoke(app, ["evaluate", str(out), str(ds.root), "--json"])
     assert res.exit_code == 0, res.output
-    got = json.loads(res.output)
+    got = json.loads(res.stdout)
     assert "far outside the training range" in got["warning"]
     assert {"predicted decile", "channel size", "age tercile"} <= set(got["conditional_coverage"])
     assert got["pairwise"]["n_pairs"] > 0 and 0 <= got["pairwise"]["brier"] <= 1
     assert "cross-validation residual" in got["interval_method"]
+    report = got["out_of_range"]
+    assert report["warning"] == got["warning"] and 0 <= report["share_outside"] <= 1
+    assert report["views_share_outside"] > 0.05
+    strata = {r["stratum"] for r in got["conditional_coverage"]["training range"]}
+    assert strata <= {"inside", "outside"} and "inside" in strata
+    saved = json.loads((out / drift.RANGE_FILE).read_text())["blocks"]["title"]
+    assert len(saved["basis"]) >= 1 and saved["columns"][-1]["name"] == drift.DISTANCE

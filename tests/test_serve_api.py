@@ -111,6 +111,16 @@ def test_predict_matches_the_library(client, serve_model):
     assert no_title["title"] == ""
 
 
+def test_predict_says_when_an_upload_lies_outside_the_training_range(client, serve_model):
+    """The same check as `thumbview predict`: a training thumbnail is inside, a flat
+    magenta frame is not, and the line names the descriptors that left the range."""
+    inside = client.post("/predict", files={"image": _file(_jpeg(serve_model["paths"][0]))})
+    assert inside.json()["prediction"]["warning"] == ""
+    flat = _jpeg(Image.new("RGB", (320, 180), (255, 0, 255)))
+    said = client.post("/predict", files={"image": _file(flat)}).json()["prediction"]["warning"]
+    assert "outside the training range" in said and "hue: magenta" in said
+
+
 def test_predict_bad_inputs(client, serve_model):
     good = _jpeg(serve_model["paths"][0])
     _error(client.post("/predict", data={"title": "x"}), 422, "missing field 'image'")

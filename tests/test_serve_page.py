@@ -87,3 +87,14 @@ def test_a_winner_is_named_only_when_reliably_ahead(p_best, matrix, verdict):
         + f"\nconsole.log(JSON.stringify(reliablyAhead({json.dumps(rows)}, {json.dumps(matrix)})))"
     )
     assert _node(script) is verdict
+
+
+def test_out_of_range_lines_are_shown_once_each():
+    """The page shows the server's out-of-range lines (predict: one per title; compare: one)."""
+    line = "the input lies outside the training range: brightness 1 is outside ..."
+    cases = [[line, "", line], ["", ""], [None], [], ["a", "b"]]
+    script = (
+        _function("rangeWarning")
+        + f"\nconsole.log(JSON.stringify({json.dumps(cases)}.map(rangeWarning)))"
+    )
+    assert _node(script) == [line, "", "", "", "a · b"]

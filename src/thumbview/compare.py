@@ -254,8 +254,8 @@ def compare(
     pred = predictor.predict(blocks)  # (N,)
     pairwise = predictor.pairwise if pairwise is None else pairwise
     best, beats, extra = _probabilities(model, pred, blocks, pairs, names, pairwise)
-    if predictor.training_range is not None:
-        extra["warning"] = predictor.training_range.warning(blocks) or ""
+    if (report := predictor.out_of_range(blocks)) is not None:
+        extra["warning"] = report.message() or ""
     order = np.lexsort((-pred, -best))
     cands = _candidates(predictor, blocks, pred, best, order, pairs, names)
     descs, how = _descriptors(model, blocks, images, names, len(titles), top_features)

@@ -91,8 +91,9 @@ def score_in_pool(
     return RewardBreakdown(
         *(
             np.concatenate([getattr(p, f) for p in parts])
-            for f in ("log10", "ood", "clip", "total", "aesthetic")
-        )
+            for f in ("log10", "ood", "clip", "total", "aesthetic", "outside")
+        ),
+        warning="; ".join(dict.fromkeys(p.warning for p in parts if p.warning)),
     )
 
 

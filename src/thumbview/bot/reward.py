@@ -61,7 +61,9 @@ class RewardConfig:
 class RewardBreakdown:
     """Per image (N,): the predictor's log10, the OOD penalty, CLIP similarity, the total.
 
-    aesthetic: the aesthetic score (zeros when off).
+    aesthetic: the aesthetic score (zeros when off). outside: True where the image (with
+    its title) lies outside the predictor's training range by the check every command uses
+    (`LoadedPredictor.out_of_range`), whose line is `warning` ("" when none or no range).
     """
 
     log10: np.ndarray
@@ -69,6 +71,8 @@ class RewardBreakdown:
     clip: np.ndarray
     total: np.ndarray
     aesthetic: np.ndarray | None = None
+    outside: np.ndarray | None = None
+    warning: str = ""
 
 
 def predictor_digest(model_dir: str | Path) -> str:
@@ -109,7 +113,15 @@ class PredictorReward:
         cfg = self.config
         total = log10 - cfg.ood_weight * ood + cfg.clip_weight * clip
         total = total + cfg.aesthetic_weight * aesthetic
-        return RewardBreakdown(log10, ood, clip, total, aesthetic)
+        outside, warning = self.out_of_range(blocks, len(log10))
+        return RewardBreakdown(log10, ood, clip, total, aesthetic, outside, warning)
+
+    def out_of_range(self, blocks: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, str]:
+        """((N,) True where an image lies outside the training range, the line saying so)."""
+        report = self.predictor.out_of_range(blocks)
+        if report is None:
+            return np.zeros(n, dtype=bool), ""
+        return self.predictor.training_range.features_outside(blocks), report.message() or ""
 
 
 class ClipSimilarity:

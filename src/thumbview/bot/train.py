@@ -176,7 +176,11 @@ def _evaluate(
     ).rgb
     images = [to_pil(x) for x in rgb]
     titles = [p.title for p in chosen for _ in seeds]
-    row = {"eval_log10": float(reward.score(images, titles).log10.mean())}
+    scored = reward.score(images, titles)
+    outside = 0.0 if scored.outside is None else float(np.mean(scored.outside))
+    row = {"eval_log10": float(scored.log10.mean()), "eval_outside": outside}
+    if scored.warning:  # the samples left what the predictor was trained on: say so
+        log.warning("epoch %d samples: %s", epoch, scored.warning)
     if reward_b is not None:
         row["eval_model_log10"] = float(reward_b.score(images, titles).log10.mean())
     save_grid(images, len(seeds), out_dir / "samples" / f"epoch_{epoch:03d}.png")

@@ -199,15 +199,6 @@ def read_meta(directory: Path) -> dict[str, Any]:
     return meta
 
 
-def is_finetuned(directory: str | Path) -> bool:
-    """True when the folder's config.json says it is a fine-tuned model (cheap: no torch)."""
-    try:
-        meta = json.loads((Path(directory) / CONFIG_FILE).read_text())
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
-        return False  # not ours; the predictor's own loader names what is wrong
-    return isinstance(meta, dict) and meta.get("format") == FORMAT
-
-
 KIND = FORMAT  # the `format` of config.json this module loads (entry point "thumbview.model_kinds")
 
 

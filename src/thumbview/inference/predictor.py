@@ -20,7 +20,7 @@ from PIL import Image
 from thumbview.data.images import load_image
 from thumbview.embed.base import Encoder
 from thumbview.inference.kinds import kind_for, model_format
-from thumbview.predict.drift import TrainingRange
+from thumbview.predict.drift import DriftReport, TrainingRange
 from thumbview.predict.model import PredictorError, ViewPredictor
 from thumbview.predict.target import to_views
 from thumbview.units import format_range, format_views, interval_label
@@ -45,6 +45,7 @@ class Prediction:
     high: float
     target: str
     coverage: float
+    warning: str = ""  # this row's out-of-range line (`TrainingRange.row_messages`), "" inside
 
     def __post_init__(self) -> None:
         if not all(map(math.isfinite, (self.log10, self.views, self.low, self.high))):
@@ -198,14 +199,24 @@ class LoadedPredictor:
     ) -> list[Prediction]:
         """One prediction per (image, name, title) row given side by side (the web batcher)."""
         blocks = self.blocks(images, titles)  # {encoder: (N, D)}
-        if self.training_range is not None and (said := self.training_range.warning(blocks)):
+        report = self.out_of_range(blocks)
+        if report is not None and (said := report.message()):
             log.warning("%s", said)
         point, (lo, hi) = self.predict(blocks), self.intervals(blocks)  # (N,) each
+        rows = [""] * len(point) if report is None else self.training_range.row_messages(blocks)
         scale = to_views(self.target)
         return [
-            Prediction(n, t, float(p), scale(p), scale(a), scale(b), self.target, self.coverage)
-            for n, t, p, a, b in zip(names, titles, point, lo, hi, strict=True)
+            Prediction(n, t, float(p), scale(p), scale(a), scale(b), self.target, self.coverage, w)
+            for n, t, p, a, b, w in zip(names, titles, point, lo, hi, rows, strict=True)
         ]
+
+    def out_of_range(self, blocks: dict[str, np.ndarray], y=None) -> DriftReport | None:
+        """Which rows and features lie outside the training range (`TrainingRange.check`),
+        or None for models without a recorded range: the one check that predict, compare,
+        the web page and the bot's reward all use."""
+        if self.training_range is None:
+            return None
+        return self.training_range.check(blocks, y)
 
 
 # ----- from image files --------------------------------------------------------------------

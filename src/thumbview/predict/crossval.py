@@ -97,12 +97,14 @@ class EvalResult:
     interval_coverage: float | None = None
     interval_level: float | None = None
     # Coverage within strata (channel size, age tercile, predicted-views decile), the pairwise
-    # calibration on same-channel pairs (`PairCalibration.to_json_dict`), and a one-line
-    # warning when the data lies far outside the training range; None where not computed.
+    # calibration on same-channel pairs (`PairCalibration.to_json_dict`), a one-line
+    # warning when the data lies far outside the training range and the structured report
+    # behind it (`predict.drift.DriftReport.to_json_dict`); None where not computed.
     conditional_coverage: dict[str, list[dict[str, Any]]] | None = None
     pairwise: dict[str, Any] | None = None
     warning: str | None = None
     interval_method: str = INTERVAL_METHOD
+    out_of_range: dict[str, Any] | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         """Flat model metrics + `baselines`; NaN becomes None so the output is strict JSON."""
@@ -113,6 +115,7 @@ class EvalResult:
         out["conditional_coverage"] = json_safe(self.conditional_coverage)
         out["pairwise"] = json_safe(self.pairwise)
         out["warning"] = self.warning
+        out["out_of_range"] = json_safe(self.out_of_range)
         out["baselines"] = {name: json_safe(m.to_dict()) for name, m in self.baselines.items()}
         return out
 

@@ -157,7 +157,9 @@ def train(
     _add_to_record(out_dir / TRAINING_FILE, protocol=plan.protocol.to_json_dict())
     _fit_baselines(out_dir, config, block_rows(blocks, train_idx), y[train_idx])
     fit_pairwise(out_dir, config, block_rows(blocks, train_idx), y[train_idx], dataset, plan)
-    TrainingRange.fit(y[train_idx], block_rows(blocks, train_idx), config.target).save(out_dir)
+    _fit_range(
+        out_dir, config, block_rows(blocks, train_idx), y[train_idx], encoders, dataset, train_idx
+    )
     paths = [*_training_plots(model, out_dir)]
     holdout = None
     if len(test_idx):
@@ -231,6 +233,14 @@ def fit_pairwise(out_dir: Path, config, blocks, y, dataset, plan: SplitPlan) -> 
         log.warning("no calibrated P(A beats B) for this model: %s", e)
 
 
+def _fit_range(out_dir: Path, config, blocks, y, encoders, dataset, train_idx) -> None:
+    """`training_range.json`: per-feature ranges named by the encoders, embedding directions
+    and their ranges measured on different channels (`predict.drift`)."""
+    names = {name: encoder.feature_names() for name, encoder in encoders.items()}
+    groups = None if dataset.channels is None else dataset.channels[train_idx]
+    TrainingRange.fit(y, blocks, config.target, names=names, groups=groups).save(out_dir)
+
+
 def _fit_baselines(out_dir: Path, config: PredictorConfig, blocks, y) -> None:
     """One model per encoder (`baseline_config`, as in `cv`): evaluation reports what each
     encoder does alone."""
@@ -292,6 +302,10 @@ def _extras(result: EvalResult, model, model_dir: Path, blocks, y, dataset, rows
         sizes = ch.map(ch.value_counts()).fillna(1).to_numpy()[rows]
     strata = coverage_strata(pred, sizes, dataset_ages_days(dataset.table)[rows])
     pairwise, limits = PairwiseModel.load(model_dir), TrainingRange.load(model_dir)
+    report = None if limits is None else limits.check(blocks, y[rows])
+    if report is not None and report.n:  # coverage where the check flags rows vs where not
+        outside = limits.features_outside(blocks)
+        strata["training range"] = np.where(outside, "outside", "inside")
     scored = None
     if pairwise is not None and channels is not None:
         try:
@@ -299,12 +313,12 @@ def _extras(result: EvalResult, model, model_dir: Path, blocks, y, dataset, rows
             scored = score_pairs(pred, y[rows], channels[rows], sigma).to_json_dict()
         except PairwiseError as e:
             log.info("no same-channel pairs to score P(beats) on: %s", e)
-    warning = None if limits is None else limits.warning(blocks, y[rows])
     return replace(
         result,
         conditional_coverage=conditional_coverage(y[rows], lo, hi, strata),
         pairwise=scored,
-        warning=warning,
+        warning=None if report is None else report.message(),
+        out_of_range=None if report is None else report.to_json_dict(),
     )
 
 

@@ -180,10 +180,18 @@ async function runPredict(ts) {
     form.append("title", title);
     const out = await api("/predict", { method: "POST", body: form });
     const p = out.prediction;
-    rows.push({ index: 0, title: p.title, views: p.views, low: p.low, high: p.high, pBeats: null });
+    rows.push({ index: 0, title: p.title, views: p.views, low: p.low, high: p.high, pBeats: null, warning: p.warning || "" });
   }
   rankRows(rows);  // titles for one image: ranked by point estimate, no P(beats)
-  return { rows, descriptors: null };
+  return { rows, descriptors: null, warning: rangeWarning(rows.map((r) => r.warning)) };
+}
+
+// The server's out-of-range lines (one per prediction, or the comparison's one) as one
+// text: the same check as the command line, shown above the results; "" when none.
+function rangeWarning(lines) {
+  const seen = [];
+  for (const line of lines || []) if (line && !seen.includes(line)) seen.push(line);
+  return seen.join(" · ");
 }
 
 async function runCompare(ts) {
@@ -221,7 +229,7 @@ function normaliseComparison(out) {
   // The server lists candidates best first (by P(best)); keep its order.
   rows.forEach((r, i) => { if (r.rank === null) r.rank = i + 1; });
   rows.sort((a, b) => a.rank - b.rank);
-  return { rows, pBeatsMatrix: out.p_beats || null, descriptors: pick(out, "descriptors", "descriptor_differences", "differences"), sae: out.sae || [], names };
+  return { rows, pBeatsMatrix: out.p_beats || null, descriptors: pick(out, "descriptors", "descriptor_differences", "differences"), sae: out.sae || [], names, warning: rangeWarning([out.warning]) };
 }
 
 function rankRows(rows) {
@@ -241,6 +249,9 @@ function renderResults(result) {
   const cov = state.health.coverage;  // the model's own coverage, never assumed
   $("#coverage").textContent = fmtCoverage(cov);
   $("#range-cov").textContent = `(${Math.round(cov * 100)}%)`;
+  const warn = $("#range-warning");
+  warn.textContent = result.warning ? `Outside what the model was trained on: ${result.warning}` : "";
+  warn.hidden = !result.warning;
   renderWinner(rows, result.pBeatsMatrix);
   drawChart(rows);
   renderTable(rows);
