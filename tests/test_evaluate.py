@@ -147,8 +147,11 @@ def test_evaluate_predictor_json():
         "conditional_coverage",
         "pairwise",
         "warning",
+        "out_of_range",
     }
-    assert d["interval_coverage"] is None  # cross-validation scores point predictions only
+    assert (
+        d["interval_coverage"] is None and d["out_of_range"] is None
+    )  # no range in CV  # cross-validation scores point predictions only
     assert d["baselines"]["global-median"]["spearman"] is None  # NaN -> null, strict JSON
     json.dumps(d, allow_nan=False)
     # A single-block ridge predictor and the same-block baseline see identical folds.

@@ -16,8 +16,8 @@ import numpy as np
 from thumbview.data.dataset import ThumbnailDataset
 from thumbview.embed.cache import finite_rows
 from thumbview.inference import LoadedPredictor
-from thumbview.predict.crossval import EvalResult, block_rows
-from thumbview.predict.model import PredictorError
+from thumbview.predict.crossval import EvalResult
+from thumbview.predict.model import PredictorError, block_rows
 from thumbview.predict.target import make_target
 from thumbview.predict.workflow import (
     dataset_blocks,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from thumbview.predict.crossval import block_rows, compute_metrics, group_kfold, summarize_folds
+from thumbview.predict.crossval import compute_metrics, group_kfold, summarize_folds
 from thumbview.predict.heads import GBM_MAX_DIM, GBMHead, StackedHead
 from thumbview.progress import SILENT, Progress
 
@@ -57,7 +57,7 @@ def _fold_predictions(
     blocks, y, groups, folds, names, seed, gbm_iter
 ) -> dict[str, list[np.ndarray]]:
     """{head: [test predictions per fold]} for one encoder subset."""
-    from thumbview.predict.model import PredictorConfig, ViewPredictor
+    from thumbview.predict.model import PredictorConfig, ViewPredictor, block_rows
 
     config = PredictorConfig(encoders=tuple(names), seed=seed)
     narrow = [n for n in names if np.shape(blocks[n])[1] <= GBM_MAX_DIM]

@@ -26,7 +26,7 @@ from thumbview.predict.metrics import (  # noqa: F401 (the public names of this 
     group_train_test_split,
     summarize_folds,
 )
-from thumbview.predict.model import PredictorConfig, ViewPredictor
+from thumbview.predict.model import PredictorConfig, ViewPredictor, block_rows
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,3 @@ def evaluate_predictor(
     per-fold summary: one K-fold pass serves both."""
     cv, baselines = cross_validate(blocks, y, groups, config, k=k)
     return EvalResult(cv.mean, {name: b.mean for name, b in baselines.items()}), cv
-
-
-def block_rows(blocks: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
-    """The rows `idx` of every feature block (the one way folds and splits subset blocks)."""
-    return {name: np.asarray(X)[idx] for name, X in blocks.items()}

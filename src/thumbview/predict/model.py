@@ -187,8 +187,8 @@ class ViewPredictor:
         for train, test in folds:
             fold_model = ViewPredictor(cfg)
             fold_groups = None if groups is None else np.asarray(groups, dtype=object)[train]
-            fold_model._fit_core(_rows(blocks, train), y[train], fold_groups)
-            oof[test] = fold_model.predict(_rows(blocks, test))
+            fold_model._fit_core(block_rows(blocks, train), y[train], fold_groups)
+            oof[test] = fold_model.predict(block_rows(blocks, test))
         self.oof_predictions_ = oof
         self.quantile_levels_ = QUANTILE_LEVELS.copy()
         self.residual_quantiles_ = np.quantile(y - oof, QUANTILE_LEVELS)  # (Q,) signed
@@ -374,8 +374,9 @@ def _check_loaded_dims(model: ViewPredictor, directory: Path) -> None:
                 )
 
 
-def _rows(blocks: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
-    return {name: X[idx] for name, X in blocks.items()}
+def block_rows(blocks: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows `idx` of every feature block (the one way folds and splits subset blocks)."""
+    return {name: np.asarray(X)[idx] for name, X in blocks.items()}
 
 
 def _n_rows(blocks, encoders) -> int:

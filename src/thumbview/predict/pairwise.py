@@ -275,8 +275,8 @@ class PairwiseModel:
 
     def fit(self, config, blocks, y, channels, fold_groups=None) -> PairwiseModel:
         """Fit K fold models on the training rows; calibrate sigma on their held-out pairs."""
-        from thumbview.predict.crossval import _rows, group_kfold
-        from thumbview.predict.model import ViewPredictor
+        from thumbview.predict.crossval import group_kfold
+        from thumbview.predict.model import ViewPredictor, block_rows
 
         y = np.asarray(y, dtype=np.float64)
         groups = channels if fold_groups is None else fold_groups
@@ -286,9 +286,9 @@ class PairwiseModel:
         for k, (train, test) in enumerate(folds):
             fold_groups = None if groups is None else np.asarray(groups, dtype=object)[train]
             model = ViewPredictor(config).fit(
-                _rows(blocks, train), y[train], fold_groups, calibrate=False
+                block_rows(blocks, train), y[train], fold_groups, calibrate=False
             )
-            oof[test], fold_of[test] = model.predict(_rows(blocks, test)), k
+            oof[test], fold_of[test] = model.predict(block_rows(blocks, test)), k
             self.fold_models_.append(model)
         channels = np.arange(len(y)) if channels is None else channels
         self.calibration_ = calibrate_pairs(oof, y, channels, fold_of, config.seed)

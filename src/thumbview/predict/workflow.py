@@ -39,14 +39,13 @@ from thumbview.predict.crossval import (
     EvalResult,
     Metrics,
     baseline_config,
-    block_rows,
     compute_metrics,
     conditional_coverage,
     coverage_strata,
     evaluate_predictor,
 )
 from thumbview.predict.drift import TrainingRange
-from thumbview.predict.model import PredictorConfig, ViewPredictor
+from thumbview.predict.model import PredictorConfig, ViewPredictor, block_rows
 from thumbview.predict.pairwise import PairwiseError, PairwiseModel, score_pairs
 from thumbview.predict.protocol import (
     SplitPlan,
