@@ -15,8 +15,10 @@ dtype, device, model_name, hook_name, ...). Where it differs from what SAELens e
   converter (which maps ``activation_fn_kwargs`` / top-level ``hook_name`` to the 6.x fields);
   ``k`` is also written at top level for 6.x readers.
 - ``model_name`` / ``hook_name`` name Hugging Face ``transformers`` modules
-  (e.g. "vision_model.encoder.layers.10"), not TransformerLens hook points, and they are only
-  set when the caller passes them in ``extra_cfg``.
+  (e.g. "vision_model.encoder.layers.10"), not TransformerLens hook points, when the caller
+  passes them in ``extra_cfg``. Otherwise (cached features, activation shards) ``hook_name``
+  is ``"thumbview.<features>"``: SAELens' loader needs a string there (it tests
+  ``"hook_z" in hook_name``; null raised a TypeError in SAELens 6.54).
 - thumbview's own training config is kept under a ``"thumbview"`` key, which SAELens ignores.
 - No ``sparsity.safetensors`` is written; the firing-frequency histogram is a PNG instead.
 
@@ -547,7 +549,10 @@ def sae_lens_cfg(sae: SparseAutoencoder, extra_cfg: dict[str, Any] | None = None
         "dataset_path": None,
         "finetuning_scaling_factor": False,
     }
-    return {**defaults, **(extra_cfg or {}), **core}
+    merged = {**defaults, **(extra_cfg or {}), **core}
+    if merged["hook_name"] is None:  # no module to name: say where the activations came from
+        merged["hook_name"] = f"thumbview.{merged.get('features') or 'activations'}"
+    return merged
 
 
 def save_sae(
