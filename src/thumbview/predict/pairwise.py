@@ -356,7 +356,8 @@ def verdict(
     name = names[top] if names is not None else f"candidate {top}"
     if calibration.skilful is None:
         return PairVerdict(False, "no reliable difference claimed (this model's pairwise skill "
-                           "was never cross-checked: retrain it to check)", p, zj)  # fmt: skip
+                           "was never cross-checked: trained before that check, or with "
+                           "same-channel pairs in one fold only)", p, zj)  # fmt: skip
     if not calibration.skilful:
         return PairVerdict(False, "no reliable difference (held-out pairwise calls were not "
                            "clearly better than a coin)", p, zj)  # fmt: skip
