@@ -86,6 +86,36 @@ def test_train_writes_every_artifact_and_resumes(trained_bot):
     assert not list(trained_bot.rglob("*.pt")) and not list(trained_bot.rglob("*.pkl"))
 
 
+def test_plain_diffusers_load_lora_weights_reads_the_trained_bot_folder(trained_bot, tiny_base):  # noqa: F811
+    """What the README promises: a plain diffusers pipeline and `pipe.load_lora_weights(BOT)`
+    (no weight name, beside optimizer.safetensors) give the UNet `bot train` trained: its noise
+    predictions equal those of the trained adapter copied in by `--resume`'s own reader, and
+    differ from the base UNet's (the trained LoRA is not zero)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from thumbview.bot.policy import Policy, load_base
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(tiny_base), safety_checker=None, requires_safety_checker=False
+    )
+    unet = pipe.unet.config
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, unet.in_channels, unet.sample_size, unet.sample_size, generator=gen)
+    text = torch.randn(2, 16, unet.cross_attention_dim, generator=gen)  # (B, L, E)
+    with torch.no_grad():
+        base = pipe.unet(x, 10, encoder_hidden_states=text).sample  # (B, C, h, w)
+        pipe.load_lora_weights(str(trained_bot))
+        tuned = pipe.unet(x, 10, encoder_hidden_states=text).sample
+    rank = json.loads((trained_bot / "bot.json").read_text())["config"]["lora_rank"]
+    resumed = Policy(load_base(tiny_base), lora_rank=rank)
+    resumed.load_lora(trained_bot)
+    with torch.no_grad():
+        want = resumed.pipe.unet(x, 10, encoder_hidden_states=text).sample
+    torch.testing.assert_close(tuned, want, rtol=1e-5, atol=1e-6)
+    assert (tuned - base).abs().max() > 1e-4
+
+
 def test_generate_json_is_sorted_by_predicted_views(trained_bot, tmp_path):
     result = invoke(
         "bot",

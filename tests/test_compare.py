@@ -107,3 +107,31 @@ def test_bad_inputs(loaded):
         compare(loaded, [img, img], ["a"])
     with pytest.raises(CompareError, match="needs the SAE"):
         compare(loaded, [img, img], ["a", "b"], study=object())
+
+
+def test_a_model_without_a_pairwise_model_says_it_falls_back(model_dir, tmp_path):  # noqa: F811
+    """Independent residuals (the method that scored like a coin flip on same-channel pairs)
+    are used only when the model has no pairwise calibration, and then said in one line."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from thumbview.cli import app
+    from thumbview.compare import FALLBACK_NOTE, INDEPENDENCE
+    from thumbview.predict.pairwise import METHOD, PAIRWISE_DIR
+
+    old = tmp_path / "old-model"
+    shutil.copytree(model_dir, old, ignore=shutil.ignore_patterns(PAIRWISE_DIR))
+    images = [_thumb(11, warm_colours=1, big_text=1), _thumb(12, dark_blurry=1)]
+    current = compare(LoadedPredictor.load(model_dir), images, ["a.jpg", "b.jpg"])
+    assert current.assumption == METHOD and current.note == ""
+    fallback = compare(LoadedPredictor.load(old), images, ["a.jpg", "b.jpg"])
+    assert fallback.assumption == INDEPENDENCE and fallback.note == FALLBACK_NOTE
+    assert fallback.reliable is None and "coin flip" in fallback.note
+    paths = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
+    for image, path in zip(images, paths, strict=True):
+        image.save(path)
+    said = CliRunner().invoke(app, ["compare", *map(str, paths), "--model", str(old)])
+    assert said.exit_code == 0, said.output
+    text = " ".join(said.output.split())  # the console wraps at its width
+    assert text.count("independent residuals") == 1 and f"note: {FALLBACK_NOTE}" in text

@@ -283,6 +283,8 @@ def test_evaluate_json_carries_warning_coverage_and_pairwise(narrow_model):
     assert "far outside the training range" in got["warning"]
     assert {"predicted decile", "channel size", "age tercile"} <= set(got["conditional_coverage"])
     assert got["pairwise"]["n_pairs"] > 0 and 0 <= got["pairwise"]["brier"] <= 1
+    assert got["pairwise"]["heldout_brier"] == got["pairwise"]["brier"]  # new pairs: held out
+    assert got["pairwise"]["skilful"] in (True, False) and got["pairwise"]["skill_margin"] > 0
     assert "cross-validation residual" in got["interval_method"]
     report = got["out_of_range"]
     assert report["warning"] == got["warning"] and 0 <= report["share_outside"] <= 1
@@ -291,3 +293,14 @@ def test_evaluate_json_carries_warning_coverage_and_pairwise(narrow_model):
     assert strata <= {"inside", "outside"} and "inside" in strata
     saved = json.loads((out / drift.RANGE_FILE).read_text())["blocks"]["title"]
     assert len(saved["basis"]) >= 1 and saved["columns"][-1]["name"] == drift.DISTANCE
+
+
+def test_evaluate_says_skilful_only_past_the_margin():
+    from thumbview.cli.predict import _pairwise_line
+
+    base = {"n_pairs": 900, "brier": 0.246, "skill_margin": 0.006}
+    assert "no skill shown" in _pairwise_line({**base, "skilful": False})
+    assert "skilful (better than a coin by more than the 0.006 margin)" in _pairwise_line(
+        {**base, "brier": 0.2, "skilful": True}
+    )
+    assert "skil" not in _pairwise_line({**base, "skilful": None})  # an old model: unknown

@@ -122,3 +122,55 @@ def test_missing_clip_is_reported_before_the_images_are_checked(synth_dir, tmp_p
     res = run("sae", "train", synth_dir, "--out", tmp_path / "o", "--clip-model", tmp_path / "no")
     said = " ".join(res.output.split())
     assert res.exit_code == 2 and "does not exist" in said and "Checking images" not in said
+
+
+@pytest.mark.parametrize("arch", ["topk", "relu-l1"])
+def test_sae_lens_loads_what_sae_train_writes_and_gives_the_same_codes(tmp_path, arch):
+    """The real SAELens (`SAE.load_from_disk`) on a folder written by `thumbview sae train`:
+    the architecture it builds, and its codes and reconstructions equal thumbview's on raw
+    activations (the ReLU-L1 trainer's input scaling must be folded into the weights)."""
+    sae_lens = pytest.importorskip("sae_lens")
+    import torch
+
+    from thumbview.sae.folder import load_sae
+    from thumbview.sae.shards import write_shards
+
+    rng = np.random.default_rng(1)
+    acts = (3 * rng.normal(size=(96, 16))).astype(np.float32)  # not unit scale: folding shows
+    write_shards([acts], tmp_path / "acts")
+    train = ("--expansion", "4", "--k", "4", "--batch-size", "32", "--epochs", "2")
+    ok("sae", "train", "--activations", tmp_path / "acts", "--out", tmp_path / "SAE",
+       "--arch", arch, *train)  # fmt: skip
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "SAE" / "sae"))
+    assert type(theirs).__name__ == {"topk": "TopKSAE", "relu-l1": "StandardSAE"}[arch]
+    x = torch.from_numpy(acts)
+    ours = load_sae(tmp_path / "SAE")
+    with torch.no_grad():
+        z_theirs, z_ours = theirs.encode(x), ours.encode(x)  # (96, 64)
+        recon_theirs, recon_ours = theirs.decode(z_theirs), ours.decode(z_ours)  # (96, 16)
+    codes = torch.from_numpy(sp.load_npz(tmp_path / "SAE" / "codes.npz").toarray())
+    assert torch.equal(z_theirs > 0, z_ours > 0) and torch.equal(z_ours > 0, codes > 0)
+    assert (z_ours > 0).any() and (z_ours == 0).any()
+    # equal up to float32 rounding: W_enc's two memory layouts may take different kernels
+    torch.testing.assert_close(z_theirs, z_ours, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(z_theirs, codes.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(recon_theirs, recon_ours, rtol=1e-5, atol=1e-5)
+    if arch == "topk":
+        assert theirs.cfg.k == 4 and bool(((z_theirs > 0).sum(1) == 4).all())
+
+
+def test_old_sae_folders_with_a_null_hook_name_still_load(tmp_path):
+    """Folders written before the hook name was filled in (hook_name null) load in thumbview."""
+    import torch
+
+    from thumbview.sae.architectures import build_sae
+    from thumbview.sae.config import sae_config
+    from thumbview.sae.folder import load_sae, save_sae
+
+    sae = build_sae(sae_config(d_in=8, expansion_factor=2, k=2), seed=0)
+    save_sae(sae, tmp_path, {"features": "title"})
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert cfg["hook_name"] == "thumbview.title"
+    cfg["hook_name"] = None
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    assert torch.equal(load_sae(tmp_path).W_enc, sae.W_enc)

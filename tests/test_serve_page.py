@@ -98,3 +98,29 @@ def test_out_of_range_lines_are_shown_once_each():
         + f"\nconsole.log(JSON.stringify({json.dumps(cases)}.map(rangeWarning)))"
     )
     assert _node(script) == [line, "", "", "", "a · b"]
+
+
+def test_the_fallback_note_is_shown_in_one_line_and_hidden_without_one():
+    """/compare's `note` (the independent-residual fallback) reaches the page; no note, no line."""
+    from thumbview.compare import FALLBACK_NOTE
+
+    script = (
+        "const box = { textContent: 'old', hidden: false };\n"
+        "const $ = () => box;\n"
+        "const state = { files: [] };\n"
+        + _function("pick")
+        + "\n"
+        + _function("rangeWarning")
+        + "\n"
+        + _function("normaliseComparison")
+        + "\n"
+        + _function("renderNote")
+        + f"\nconst out = normaliseComparison({{ candidates: [], note: {json.dumps(FALLBACK_NOTE)} }});"
+        + "\nrenderNote(out.note); const shown = { ...box };"
+        + "\nrenderNote(normaliseComparison({ candidates: [] }).note);"
+        + "\nconsole.log(JSON.stringify([shown, box]))"
+    )
+    shown, without = _node(script)
+    assert shown == {"textContent": f"Note: {FALLBACK_NOTE}.", "hidden": False}
+    assert "\n" not in shown["textContent"] and "coin flip" in shown["textContent"]
+    assert without == {"textContent": "", "hidden": True}

@@ -141,6 +141,30 @@ def test_hugging_face_datasets_reads_the_shards(packed, monkeypatch):
     assert hf[0]["image"].size == (12, 8)
 
 
+def test_hugging_face_imagefolder_reads_what_unpack_writes(tmp_path, monkeypatch):
+    """`unpack` writes its own metadata.csv (not `write_metadata`): imagefolder reads it too."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    src = tmp_path / "src"
+    (src / "img").mkdir(parents=True)
+    for i in range(3):
+        (src / "img" / f"{i}.jpg").write_bytes(jpeg((80 * i, 0, 0)))
+    with (src / "metadata.csv").open("w", encoding="utf-8", newline="") as f:
+        rows = [[f"img/{i}.jpg", str(i + 1), f"title {i} 🔥", f"v{i}", "c", "1"] for i in range(3)]
+        csv.writer(f, lineterminator="\n").writerows([HEADER, *rows])
+    pack(src, tmp_path / "shards")
+    unpack(tmp_path / "shards", tmp_path / "back")
+    hf = datasets.load_dataset(
+        "imagefolder", data_dir=str(tmp_path / "back"), cache_dir=str(tmp_path / "hf")
+    )["train"]
+    assert hf.num_rows == 3
+    assert dict(zip(hf["video_id"], hf["title"], strict=True)) == {
+        f"v{i}": f"title {i} 🔥" for i in range(3)
+    }
+    by_id = {row["video_id"]: row["image"].getpixel((0, 0))[0] for row in hf}
+    assert by_id["v0"] < 40 < by_id["v1"] < by_id["v2"]  # each row got its own image
+
+
 def test_shards_written_by_hugging_face_datasets_load(tmp_path, monkeypatch):
     """Foreign shards: no file_name column, image paths that are absolute or basenames."""
     datasets = pytest.importorskip("datasets")

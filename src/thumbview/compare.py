@@ -6,10 +6,13 @@ is read as piecewise linear and discretised into M = 100 equally likely atoms (t
 midpoints, levels 0.005, 0.015, ..., 0.995), so every probability below is exact for that
 discrete distribution, not a Monte Carlo estimate.
 
-Residuals of two candidates are treated as INDEPENDENT. That is conservative: two thumbnails
-for the same video share the channel and topic error, so the true P(A beats B) is further
-from 0.5 than reported. It also gives exact symmetry: identical inputs get exactly 0.5, and
-P(A > B) + P(B > A) = 1 (ties, which the discrete atoms make possible, count half).
+Those residual draws are the FALLBACK, for models saved without a pairwise calibration
+(`predict.pairwise`, used whenever the model has one). They treat the residuals of two
+candidates as INDEPENDENT, but two thumbnails for the same video share the channel and topic
+error, so the draws are far too wide for them: on same-channel pairs this method scored like
+a coin flip. The comparison says so in one line (`Comparison.note`, `FALLBACK_NOTE`). It
+does give exact symmetry: identical inputs get exactly 0.5, and P(A > B) + P(B > A) = 1
+(ties, which the discrete atoms make possible, count half).
 
 "Why" reports the interpretable visual descriptors that differ most between the images, in
 units of the model's own feature spread (its fitted `block_scale_` for the visual block), and,
@@ -40,7 +43,12 @@ from thumbview.units import format_range, format_views, interval_label, shorten
 log = logging.getLogger(__name__)
 
 N_ATOMS = 100
-INDEPENDENCE = "independent residuals (conservative; identical inputs give exactly 0.5)"
+INDEPENDENCE = "independent residuals (the fallback: this model has no pairwise calibration)"
+FALLBACK_NOTE = (
+    "P(beats) and P(best) assume independent residuals: this model has no pairwise "
+    "calibration (trained before it existed), and that method scored like a coin flip on "
+    "same-channel pairs; retrain the model for calibrated chances"
+)
 
 
 class CompareError(ValueError):
@@ -111,6 +119,7 @@ class Comparison:
     reliable: bool | None = None
     verdict: str = ""
     warning: str = ""  # inputs far outside the training range, in one line ("" when none)
+    note: str = ""  # how P(beats) was computed, when the user must know (FALLBACK_NOTE)
 
     @property
     def interval_label(self) -> str:
@@ -139,6 +148,7 @@ class Comparison:
             reliable=d.get("reliable"),
             verdict=d.get("verdict", ""),
             warning=d.get("warning", ""),
+            note=d.get("note", ""),
         )
 
 
@@ -238,7 +248,8 @@ def compare(
     at the model's own calibrated coverage. P(beats) and P(best) come from the model's
     calibrated difference model (`predictor.pairwise`, see `predict.pairwise`), and the
     result says whether the leader is reliably ahead; models trained before it existed fall
-    back to independent residual draws. `pairwise` overrides the model's own (tests).
+    back to independent residual draws, and `note` says so. `pairwise` overrides the
+    model's own (tests).
     """
     titles = list(titles) or [""]
     if len(images) != len(names):
@@ -271,7 +282,7 @@ def _probabilities(model, pred, blocks, pairs, names, pairwise):
     """(P(best) (N,), P(beats) (N, N), extra Comparison fields) from the best method available."""
     if pairwise is None:
         atoms = residual_atoms(model)
-        return p_best(pred, atoms), p_beats_matrix(pred, atoms), {}
+        return p_best(pred, atoms), p_beats_matrix(pred, atoms), {"note": FALLBACK_NOTE}
     from thumbview.predict import pairwise as pw
 
     sigma = pairwise.calibration_.sigma

@@ -126,6 +126,8 @@ def _print_comparison(comparison) -> None:
     console.print(table)
     if comparison.verdict:  # "no reliable difference ..." instead of a bare 51%
         console.print(comparison.verdict)
+    if comparison.note:  # the independent-residual fallback, said aloud
+        console.print(f"[yellow]note:[/] {comparison.note}")
     if comparison.warning:
         console.print(f"[yellow]warning:[/] {comparison.warning}")
     if comparison.descriptors:

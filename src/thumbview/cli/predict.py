@@ -340,11 +340,18 @@ def _print_eval_extras(result: EvalResult) -> None:
         cells = ", ".join(f"{r['stratum']} {r['coverage']:.0%} (n={r['n']})" for r in rows)
         console.print(f"coverage by {name}: {cells}")
     if result.pairwise:
-        p = result.pairwise
-        console.print(
-            f"P(A beats B) on {p['n_pairs']} same-channel pairs: Brier {p['brier']:.3f} "
-            f"(coin flip 0.250)"
-        )
+        console.print(_pairwise_line(result.pairwise))
+
+
+def _pairwise_line(p: dict) -> str:
+    """Brier on the evaluated pairs; "skilful" only when it beats the coin by the margin."""
+    said = f"P(A beats B) on {p['n_pairs']} same-channel pairs: Brier {p['brier']:.3f} (coin 0.250)"
+    if p.get("skilful") is None:
+        return said
+    margin = p["skill_margin"]
+    if p["skilful"]:
+        return f"{said}: skilful (better than a coin by more than the {margin:.3f} margin)"
+    return f"{said}: no skill shown (not better than a coin by the {margin:.3f} margin)"
 
 
 def _metrics_table(rows: dict[str, Metrics], title: str | None = None) -> Table:

@@ -22,8 +22,15 @@ sigma^2) and is computed by Gauss-Hermite quadrature, so two candidates give exa
 "No reliable difference" is said when the top two candidates cannot be told apart: the
 calibrated P(top beats runner-up) is within `margin` of 0.5, or the predicted difference is
 within `z` grouped-jackknife standard errors of 0 (it depends on which videos trained the
-model: the K cross-fit fold models disagree on it), or held-out pairs showed no skill
-(Brier not below the coin's 0.25).
+model: the K cross-fit fold models disagree on it), or held-out pairs showed no skill.
+
+Skill is judged CROSS-FITTED: each pair's P comes from a sigma fitted on the other folds'
+pairs, so a model that orders nothing within a channel cannot look skilful by fitting sigma
+to the very pairs it is scored on (the in-sample Brier came out below 0.25 in 5 of 10 such
+runs). `skilful` also needs a margin: the cross-fitted Brier must beat the coin's 0.25 by
+more than `SKILL_Z` channel-clustered standard errors, a one-sided 5% test whose size
+`benchmarks/pairwise_calibration.py --runs` checks by simulation (BENCHMARKS.md). A
+calibration saved before this has no cross-fitted Brier: its skill is unknown (None).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,13 @@ PAIRWISE_FILE = "pairwise.json"
 MAX_PAIRS = 50_000
 DEFAULT_MARGIN = 0.05
 DEFAULT_Z = 1.96
+BRIER_COIN = 0.25
+SKILL_Z = 1.645  # one-sided 5%: see the module docstring and BENCHMARKS.md for its size
+SKILL_FOLDS = 5  # parts of the pairs for the cross-fit when no folds are given
+SKILL_RULE = (
+    f"skilful: the cross-fitted Brier (each pair scored with a sigma fitted on other folds' "
+    f"pairs) beats the coin's 0.25 by more than {SKILL_Z} channel-clustered standard errors"
+)
 METHOD = (
     "difference model: actual_A - actual_B ~ Normal(pred_A - pred_B, sigma^2), sigma fitted on "
     "held-out same-channel pairs; reliability from a cross-fit (grouped jackknife) ensemble"
@@ -97,9 +111,9 @@ def fit_sigma(diff, won) -> float:
     if len(d) < 2 or np.ptp(d) == 0:
         raise PairwiseError("need at least two same-channel pairs with different predictions")
 
-    def nll(log_sigma: float) -> float:
+    def nll(log_sigma: float) -> float:  # log_ndtr is norm.logcdf without scipy.stats' overhead
         z = d / np.exp(log_sigma)
-        return -float(np.sum(w * stats.norm.logcdf(z) + (1 - w) * stats.norm.logcdf(-z)))
+        return -float(np.sum(w * special.log_ndtr(z) + (1 - w) * special.log_ndtr(-z)))
 
     scale = float(np.std(d)) + 1e-12
     res = optimize.minimize_scalar(
@@ -144,6 +158,57 @@ def brier(p, won) -> float:
     return float(np.mean((np.asarray(p, np.float64) - np.asarray(won, np.float64)) ** 2))
 
 
+def clustered_se(values, clusters) -> float:
+    """Standard error of mean(values) when rows of one cluster are dependent (CR1 sandwich).
+
+    Pairs of one channel share videos, so they are not independent; clusters are. Infinite
+    with fewer than two clusters (nothing to estimate the spread from).
+    """
+    v = np.asarray(values, np.float64)  # (P,)
+    _, c = np.unique(np.asarray(clusters, dtype=object).astype(str), return_inverse=True)
+    n_c = int(c.max()) + 1 if len(c) else 0
+    if n_c < 2:
+        return float("inf")
+    sums = np.bincount(c, weights=v - v.mean(), minlength=n_c)  # (C,)
+    return float(np.sqrt(n_c / (n_c - 1) * np.sum(sums**2)) / len(v))
+
+
+def crossfit_p(diff, won, parts) -> np.ndarray | None:
+    """(P,) P(beats) of each pair from a sigma fitted on the OTHER parts' pairs.
+
+    None when there are fewer than two parts or a part's complement cannot fit a sigma.
+    """
+    diff, won, parts = np.asarray(diff, np.float64), np.asarray(won, np.float64), np.asarray(parts)
+    labels = np.unique(parts)
+    if len(labels) < 2:
+        return None
+    out = np.empty(len(diff))
+    for k in labels:
+        held = parts == k
+        try:
+            out[held] = p_beats(diff[held], fit_sigma(diff[~held], won[~held]))
+        except PairwiseError:
+            return None
+    return out
+
+
+def _pair_keys(groups, i, folds=None) -> np.ndarray:
+    """(P,) the group (and fold) each pair lies in: the unit pairs depend within."""
+    g = np.asarray(groups, dtype=object)[i].astype(str)
+    if folds is None:
+        return g
+    return np.char.add(np.char.add(g, "\0"), np.asarray(folds)[i].astype(str))
+
+
+def _pair_parts(keys, folds_of_pairs, seed: int) -> np.ndarray:
+    """(P,) cross-fit part of each pair: its fold, else its group's random part of SKILL_FOLDS."""
+    if folds_of_pairs is not None:
+        return np.asarray(folds_of_pairs)
+    uniq, inv = np.unique(keys, return_inverse=True)
+    part = np.random.default_rng(seed).permutation(len(uniq)) % SKILL_FOLDS  # (G,)
+    return part[inv]
+
+
 def p_best(pred, sigma: float, nodes: int = 64) -> np.ndarray:
     """(N,) P(candidate i has the highest outcome), outcome_i = pred_i + Normal(0, sigma^2/2).
 
@@ -180,7 +245,10 @@ class PairCalibration:
     """The fitted difference model and how well it was calibrated on held-out pairs.
 
     sigma: sd of actual - predicted difference (log10 units) on same-channel pairs.
-    n_pairs: pairs used; brier: their Brier score (coin flip: 0.25); reliability: the table.
+    n_pairs: pairs used; brier: their Brier score with `sigma` (coin flip: 0.25; in-sample
+    when sigma was fitted on them); reliability: the table. heldout_brier: the Brier where
+    sigma never saw the pair (cross-fitted, or new pairs), heldout_brier_se: its
+    channel-clustered standard error; both None for calibrations saved before them.
     """
 
     sigma: float
@@ -188,31 +256,60 @@ class PairCalibration:
     brier: float
     reliability: tuple[ReliabilityBin, ...]
     method: str = METHOD
+    heldout_brier: float | None = None
+    heldout_brier_se: float | None = None
 
     @property
-    def skilful(self) -> bool:
-        """Held-out pairwise calls beat a coin flip."""
-        return self.brier < 0.25
+    def skill_margin(self) -> float | None:
+        """How far below 0.25 the held-out Brier must be to count as skill."""
+        return None if self.heldout_brier_se is None else SKILL_Z * self.heldout_brier_se
+
+    @property
+    def skilful(self) -> bool | None:
+        """Held-out calls beat a coin by more than the margin; None: never checked."""
+        if self.heldout_brier is None or self.skill_margin is None:
+            return None
+        return BRIER_COIN - self.heldout_brier > self.skill_margin
 
     def to_json_dict(self) -> dict:
-        return {**asdict(self), "brier_coin": 0.25, "skilful": self.skilful}
+        extra = {"skilful": self.skilful, "skill_margin": self.skill_margin}
+        return {**asdict(self), "brier_coin": BRIER_COIN, **extra, "skill_rule": SKILL_RULE}
 
     @classmethod
     def from_json_dict(cls, d: dict) -> PairCalibration:
+        """Also reads files without the held-out fields: their `skilful` is None (unknown)."""
         bins = tuple(ReliabilityBin(**b) for b in d["reliability"])
-        return cls(float(d["sigma"]), int(d["n_pairs"]), float(d["brier"]), bins, d["method"])
+        held = [None if d.get(k) is None else float(d[k]) for k in _HELDOUT_KEYS]
+        return cls(
+            float(d["sigma"]), int(d["n_pairs"]), float(d["brier"]), bins, d["method"], *held
+        )
+
+
+_HELDOUT_KEYS = ("heldout_brier", "heldout_brier_se")
 
 
 def calibrate_pairs(pred, y, groups, folds=None, seed: int = 0) -> PairCalibration:
-    """Fit sigma on same-group pairs of held-out predictions and score it on the same pairs."""
+    """Fit sigma on same-group pairs of held-out predictions; judge skill cross-fitted.
+
+    sigma (what `compare` uses) is fitted on all pairs; the held-out Brier scores each pair
+    with a sigma fitted on the pairs of the other folds (`folds`: the fold of each row; without
+    it, groups are split into SKILL_FOLDS random parts).
+    """
     i, j = same_group_pairs(groups, seed=seed, folds=folds)
     if len(i) < 2:
         raise PairwiseError("no two held-out videos share a channel: cannot calibrate P(beats)")
     pred, y = np.asarray(pred, np.float64), np.asarray(y, np.float64)
-    diff, won = pred[i] - pred[j], outcome(y[i], y[j])
+    diff, won = pred[i] - pred[j], outcome(y[i], y[j])  # (P,)
     sigma = fit_sigma(diff, won)
     p = p_beats(diff, sigma)
-    return PairCalibration(sigma, len(i), brier(p, won), reliability_table(p, won))
+    keys = _pair_keys(groups, i, folds)
+    p_cf = crossfit_p(
+        diff, won, _pair_parts(keys, None if folds is None else np.asarray(folds)[i], seed)
+    )
+    held = (None, None)
+    if p_cf is not None:
+        held = (brier(p_cf, won), clustered_se((p_cf - won) ** 2, keys))
+    return PairCalibration(sigma, len(i), brier(p, won), reliability_table(p, won), METHOD, *held)
 
 
 def score_pairs(pred, y, groups, sigma: float, seed: int = 0) -> PairCalibration:
@@ -225,7 +322,8 @@ def score_pairs(pred, y, groups, sigma: float, seed: int = 0) -> PairCalibration
         outcome(np.asarray(y)[i], np.asarray(y)[j]),
     )
     p = p_beats(diff, sigma)
-    return PairCalibration(sigma, len(i), brier(p, won), reliability_table(p, won))
+    score, se = brier(p, won), clustered_se((p - won) ** 2, _pair_keys(groups, i))
+    return PairCalibration(sigma, len(i), score, reliability_table(p, won), METHOD, score, se)
 
 
 @dataclass(frozen=True)
@@ -256,9 +354,13 @@ def verdict(
         se = jackknife_sd(np.asarray(fold_preds)[:, [top, nxt]])[0, 1]
         zj = float(abs(pred[top] - pred[nxt]) / se) if se > 0 else float("inf")
     name = names[top] if names is not None else f"candidate {top}"
+    if calibration.skilful is None:
+        return PairVerdict(False, "no reliable difference claimed (this model's pairwise skill "
+                           "was never cross-checked: trained before that check, or with "
+                           "same-channel pairs in one fold only)", p, zj)  # fmt: skip
     if not calibration.skilful:
-        return PairVerdict(False, "no reliable difference (held-out pairwise calls were no "
-                           "better than a coin)", p, zj)  # fmt: skip
+        return PairVerdict(False, "no reliable difference (held-out pairwise calls were not "
+                           "clearly better than a coin)", p, zj)  # fmt: skip
     if p - 0.5 < margin or (zj is not None and zj < z):
         return PairVerdict(False, f"no reliable difference between the top candidates "
                            f"(P = {p:.0%})", p, zj)  # fmt: skip
@@ -292,9 +394,11 @@ class PairwiseModel:
             self.fold_models_.append(model)
         channels = np.arange(len(y)) if channels is None else channels
         self.calibration_ = calibrate_pairs(oof, y, channels, fold_of, config.seed)
+        cal = self.calibration_
         log.info(
-            "pairwise sigma %.3f on %d pairs", self.calibration_.sigma, self.calibration_.n_pairs
-        )
+            "pairwise sigma %.3f on %d pairs; cross-fitted Brier %s, skilful %s",
+            cal.sigma, cal.n_pairs, cal.heldout_brier, cal.skilful,
+        )  # fmt: skip
         return self
 
     def fold_predictions(self, blocks) -> np.ndarray:

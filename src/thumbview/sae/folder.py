@@ -8,7 +8,20 @@ the training loop (`sae.train`), so loading an SAE never imports training code.
 
 Saved-SAE layout (``save_sae``/``load_sae``) follows SAELens: ``sae_weights.safetensors``
 with W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in), b_dec (d_in,) in float32, and
-``cfg.json`` with SAELens field names (see `sae_lens_cfg`).
+``cfg.json`` with SAELens field names (d_in, d_sae, architecture "topk"/"standard",
+activation_fn_kwargs {"k": k}, apply_b_dec_to_input true, normalize_activations "none",
+dtype, device, model_name, hook_name, ...). Where it differs from what SAELens expects:
+
+- ``cfg.json`` has no ``sae_lens_version``, so SAELens reads it through its pre-6.0 config
+  converter (which maps ``activation_fn_kwargs`` / top-level ``hook_name`` to the 6.x fields);
+  ``k`` is also written at top level for 6.x readers.
+- ``model_name`` / ``hook_name`` name Hugging Face ``transformers`` modules
+  (e.g. "vision_model.encoder.layers.10"), not TransformerLens hook points, when the caller
+  passes them in ``extra_cfg``. Otherwise (cached features, activation shards) ``hook_name``
+  is ``"thumbview.<features>"``: SAELens' loader needs a string there (it tests
+  ``"hook_z" in hook_name``; null raised a TypeError in SAELens 6.54).
+- thumbview's own training config is kept under a ``"thumbview"`` key, which SAELens ignores.
+- No ``sparsity.safetensors`` is written; the firing-frequency histogram is a PNG instead.
 """
 
 from __future__ import annotations
@@ -96,7 +109,10 @@ def sae_lens_cfg(sae: SparseAutoencoder, extra_cfg: dict[str, Any] | None = None
         "dataset_path": None,
         "finetuning_scaling_factor": False,
     }
-    return {**defaults, **(extra_cfg or {}), **core}
+    merged = {**defaults, **(extra_cfg or {}), **core}
+    if merged["hook_name"] is None:  # no module to name: say where the activations came from
+        merged["hook_name"] = f"thumbview.{merged.get('features') or 'activations'}"
+    return merged
 
 
 def save_sae(

@@ -1,24 +1,11 @@
-"""Training, checkpointing and saving of sparse autoencoders (the IO side of ``sae.model``).
+"""Training and checkpointing of sparse autoencoders (the training side of ``sae.model``).
 
 Why resumable: SAE training over CLIP token activations runs for hours on CPU, so a run
 checkpoints every N steps (weights, Adam moments, step and firing counters) and ``fit``
 continues an interrupted run from ``out_dir`` at the same step with the same data order,
 ending with the same weights as an uninterrupted run.
 
-Saved-SAE layout (``save_sae``/``load_sae``) follows SAELens: ``sae_weights.safetensors``
-with W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in), b_dec (d_in,) in float32, and
-``cfg.json`` with SAELens field names (d_in, d_sae, architecture "topk"/"standard",
-activation_fn_kwargs {"k": k}, apply_b_dec_to_input true, normalize_activations "none",
-dtype, device, model_name, hook_name, ...). Where it differs from what SAELens expects:
-
-- ``cfg.json`` has no ``sae_lens_version``, so SAELens reads it through its pre-6.0 config
-  converter (which maps ``activation_fn_kwargs`` / top-level ``hook_name`` to the 6.x fields);
-  ``k`` is also written at top level for 6.x readers.
-- ``model_name`` / ``hook_name`` name Hugging Face ``transformers`` modules
-  (e.g. "vision_model.encoder.layers.10"), not TransformerLens hook points, and they are only
-  set when the caller passes them in ``extra_cfg``.
-- thumbview's own training config is kept under a ``"thumbview"`` key, which SAELens ignores.
-- No ``sparsity.safetensors`` is written; the firing-frequency histogram is a PNG instead.
+The saved SAE folder (``save_sae``/``load_sae``, SAELens layout) is ``thumbview.sae.folder``.
 
 Checkpoints (``out_dir/checkpoint``) are ``state.safetensors`` (weights, Adam state tensors
 by name, firing counters) plus ``trainer.json`` (configs, counters, Adam hyper-parameters).

@@ -229,7 +229,7 @@ function normaliseComparison(out) {
   // The server lists candidates best first (by P(best)); keep its order.
   rows.forEach((r, i) => { if (r.rank === null) r.rank = i + 1; });
   rows.sort((a, b) => a.rank - b.rank);
-  return { rows, pBeatsMatrix: out.p_beats || null, descriptors: pick(out, "descriptors", "descriptor_differences", "differences"), sae: out.sae || [], names, warning: rangeWarning([out.warning]) };
+  return { rows, pBeatsMatrix: out.p_beats || null, descriptors: pick(out, "descriptors", "descriptor_differences", "differences"), sae: out.sae || [], names, warning: rangeWarning([out.warning]), note: out.note || "" };
 }
 
 function rankRows(rows) {
@@ -253,9 +253,18 @@ function renderResults(result) {
   warn.textContent = result.warning ? `Outside what the model was trained on: ${result.warning}` : "";
   warn.hidden = !result.warning;
   renderWinner(rows, result.pBeatsMatrix);
+  renderNote(result.note);
   drawChart(rows);
   renderTable(rows);
   renderDescriptors(descriptors, result.names, result.sae || []);
+}
+
+// The server's one line on how the chances were computed, when the user must know it (a
+// model without a pairwise calibration falls back to independent residuals); hidden otherwise.
+function renderNote(note) {
+  const box = $("#method-note");
+  box.textContent = note ? `Note: ${note}.` : "";
+  box.hidden = !note;
 }
 
 // A leader is named only when it beats the runner-up at least 3 times out of 4; with

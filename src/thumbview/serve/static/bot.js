@@ -1,4 +1,4 @@
-// The /bot "generate" panel (thumbview serve --bot BOT); see thumbview/bot/web.py.
+// The /bot "generate" panel (thumbview serve --bot BOT); see thumbview/serve/bot.py.
 const form = document.getElementById("bot-form");
 form.addEventListener("submit", async (ev) => {
   ev.preventDefault();
