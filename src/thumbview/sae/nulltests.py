@@ -230,8 +230,8 @@ class HeldoutResult:
     distinct videos). hhm/lhm: their statistic. p_hhm = P(shuffled HHM >= hhm) and
     p_lhm = P(shuffled LHM <= lhm), from rerunning ranking, selection and deduplication on
     views shuffled across videos; null_high / null_low are the medians of those nulls.
-    Reading either tail below 0.05 as a finding is two tests (8% false positives in
-    simulation); p_combined is one: the smaller tail's p-value calibrated on the same
+    Reading either tail below 0.05 as a finding is two tests (6.5-8.5% false positives in
+    docs/SAE.md's calibration); p_combined is one: the smaller tail's p-value calibrated on the same
     shuffles, P(min(p_hhm*, p_lhm*) <= min(p_hhm, p_lhm)), between min and 2 x min.
     """
 

@@ -4,6 +4,8 @@ For every latent the study takes its `top_k` strongest activations, holds out th
 video(s) and summarises the views of the rest (the *group statistic*). A latent qualifies
 when strictly more than `min_active` of those activations exceed `threshold`. Latents may be
 dense or scipy.sparse (CSR/CSC) and are never densified (column blocks of `CHUNK_ELEMS`).
+Groups that share most of their videos are clustered (`share_clusters`): their statistics
+are largely the same numbers, so the study counts discoveries by cluster as well.
 """
 
 from __future__ import annotations
