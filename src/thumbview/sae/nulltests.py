@@ -36,13 +36,15 @@ from thumbview.sae import arrays
 from thumbview.sae.arrays import Alternative, Statistic, reduce_rows, require, row_statistics
 
 
-def _draw_rows(rng: np.random.Generator, n_rows: int, size: tuple[int, ...]) -> np.ndarray:
+def _draw_rows(
+    rng: np.random.Generator, n_rows: int, size: tuple[int, ...], dtype: type = np.intp
+) -> np.ndarray:
     """Uniform row indices with replacement from uniform doubles.
 
     Unlike rng.integers (which buffers 32-bit halves per call), the stream of rng.random is
     the same however the draws are chunked, so chunked and one-at-a-time loops agree exactly.
     """
-    idx = (rng.random(size) * n_rows).astype(np.intp)
+    idx = (rng.random(size) * n_rows).astype(dtype)
     return np.minimum(idx, n_rows - 1, out=idx)
 
 
@@ -145,11 +147,13 @@ def draw_groups(rng: np.random.Generator, n_rows: int, n: int, group_size: int) 
     which makes per-feature p-values conservative where a group is a large share of the
     videos (x1.41 at g = N / 2). Where groups are small (4 g <= N) draws with replacement
     are kept and repeated videos redrawn; otherwise each group takes the g smallest of N
-    random keys (N random numbers a group: cheaper than many rounds of redraws there). Neither depends on how videos are numbered, so both pick every set of g
-    distinct videos with the same probability. Rows within a group come in no set order.
+    random keys (N random numbers a group, cheaper there than many rounds of redraws).
+    Neither depends on how videos are numbered, so both pick every set of g distinct videos
+    with the same probability. Rows within a group come in no set order.
     """
     require(1 <= group_size <= n_rows, f"groups of {group_size} need that many of {n_rows} videos")
     by_keys = 4 * group_size > n_rows
+    small = np.int32 if n_rows < 2**31 else np.intp
     step = max(1, arrays.CHUNK_ELEMS // (n_rows if by_keys else group_size))
     out = np.empty((n, group_size), np.intp)
     for s in range(0, n, step):
@@ -158,24 +162,28 @@ def draw_groups(rng: np.random.Generator, n_rows: int, n: int, group_size: int) 
             keys = rng.random((m, n_rows))  # (m, N)
             out[s : s + m] = np.argpartition(keys, group_size - 1, axis=1)[:, :group_size]
         else:
-            out[s : s + m] = _redraw_repeats(rng, n_rows, _draw_rows(rng, n_rows, (m, group_size)))
+            idx = _draw_rows(rng, n_rows, (m, group_size), small)  # int32: sorts ~1.6x faster
+            out[s : s + m] = _redraw_repeats(rng, n_rows, idx)
     return out
 
 
 def _redraw_repeats(rng: np.random.Generator, n_rows: int, idx: np.ndarray) -> np.ndarray:
     """Redraw every repeated row of each group (m, g) until each group's rows are distinct.
 
-    Each round touches only the groups that still had a repeat; with 4 g <= N a redraw
-    repeats with probability below 1/4, so the rounds end quickly.
+    Groups are sorted in place (repeats become neighbours); later rounds touch only the
+    groups that still had a repeat, and with 4 g <= N a redraw repeats with probability
+    below 1/4, so the rounds end quickly. Each group comes back sorted.
     """
-    todo = np.arange(len(idx))
+    idx.sort(axis=1)
+    todo = np.flatnonzero((idx[:, 1:] == idx[:, :-1]).any(axis=1))
     while len(todo):
-        block = np.sort(idx[todo], axis=1)  # (t, g): repeats are neighbours
+        block = idx[todo]  # (t, g), sorted
         repeat = np.zeros(block.shape, bool)
         repeat[:, 1:] = block[:, 1:] == block[:, :-1]
         block[repeat] = _draw_rows(rng, n_rows, (int(repeat.sum()),))
+        block.sort(axis=1)
         idx[todo] = block
-        todo = todo[repeat.any(axis=1)]
+        todo = todo[(block[:, 1:] == block[:, :-1]).any(axis=1)]
     return idx
 
 
