@@ -92,10 +92,18 @@ def bench_study(rows: int, latents: int, k: int, seed: int) -> list[tuple[str, s
             "study: KS statistic / view-shuffle p (noise codes)",
             f"{s['ks_statistic']:.4f} / {s['ks_pvalue']:.3g}",
         ),
-        ("study: features with q < 0.05 (noise codes)", str(s["n_q_below_0.05"])),
         (
-            "study: HHM p / LHM p",
-            f"{s['heldout']['p_hhm']:.3g} / {s['heldout']['p_lhm']:.3g}",
+            "study: max z / view-shuffle p (noise codes)",
+            f"{s['max_z_statistic']:.2f} / {s['max_z_pvalue']:.3g}",
+        ),
+        (
+            "study: features with q < 0.05 (noise codes) / their clusters",
+            f"{s['n_q_below_0.05']} / {s['n_clusters_q_below_0.05']}",
+        ),
+        (
+            "study: HHM p / LHM p / combined p",
+            f"{s['heldout']['p_hhm']:.3g} / {s['heldout']['p_lhm']:.3g} / "
+            f"{s['heldout']['p_combined']:.3g}",
         ),
     ]
 
