@@ -115,6 +115,7 @@ def test_run_analysis_writes_every_artifact(data, latents, tmp_path):
     assert list(table.columns) == [
         "top_or_bottom", "rank", "latent_feature_index", "group_median_views",
         "ratio", "n", "p", "q", "estimate_views", "estimate_ratio", "ci_low", "ci_high",
+        "cluster",
     ]  # fmt: skip
     assert len(table) == 6 and (table["n"] == 5).all()
     top1 = table.iloc[0]

@@ -31,8 +31,8 @@ def result():
 
 def test_format_views():
     assert R.format_views(999) == "999 views"
-    assert R.format_views(1234) == "1.23K views"
-    assert R.format_views(1_250_000) == "1.25M views"
+    assert R.format_views(1234) == "1.2K views"  # the style of every other count shown
+    assert R.format_views(1_250_000) == "1.2M views"
     assert R.format_views(3e9) == "3B views"
     assert R.format_views(float("nan")) == "? views"
 
@@ -117,3 +117,21 @@ def test_only_significant_features_are_coloured(result, tmp_path):
         row = doc.split(f'href="#{card.side}-{card.rank}">#{card.latent}</a>')[1].split("</tr>")[0]
         expected = "ns" if card.q >= 0.05 else ("up" if card.ratio >= 1 else "down")
         assert f'class="{expected}"' in row
+
+
+def test_report_shows_both_omnibus_tests_clusters_and_heldout_warning(result, tmp_path):
+    summary = result.summary() | {"n_rows": 200}
+    rows = result.table().to_dict(orient="records")
+    cards = [R.FeatureCard.from_table_row(r, result, f"g{i}.png", ()) for i, r in enumerate(rows)]
+    assert {c.cluster for c in cards} == set(result.table()["cluster"])  # every row clustered
+    doc = R.write_report(tmp_path / "r.html", summary, cards).read_text(encoding="utf-8")
+    assert f"max z = {result.max_z.statistic:.3g}" in doc and "a few strong features" in doc
+    assert "many small shifts" in doc and "not independent evidence" in doc
+    n_clusters = summary["n_clusters_q_below_0.05"]
+    assert f"in {n_clusters} cluster" in doc and "<th>cluster</th>" in doc
+    assert result.heldout.few_videos  # 3 features per side: 3 held-out videos each
+    assert doc.count('class="warn"') == 1 and "Few held-out videos." in doc
+    assert f"p = {result.heldout.p_combined:.2g}" in doc
+    old = {k: v for k, v in summary.items() if k not in ("n_clusters_q_below_0.05", "warnings")}
+    old_doc = R.write_report(tmp_path / "old.html", old, cards).read_text(encoding="utf-8")
+    assert "features with q &lt; 0.05</span>" in old_doc  # a summary from before still renders

@@ -62,7 +62,12 @@ def test_planted_features_rank_at_top_and_bottom(planted):
     assert table.query("top_or_bottom == 'bottom' and rank == 1")[
         "latent_feature_index"
     ].item() in (2, 3)
-    json.dumps(res.summary(), allow_nan=False)
+    assert res.max_z.latent in (0, 1, 2, 3) and res.max_z.pvalue < 0.01
+    summary = res.summary()
+    json.dumps(summary, allow_nan=False)
+    old_keys = {"ks_statistic", "ks_pvalue", "ks_test", "heldout", "n_q_below_0.05", "table"}
+    new_keys = {"max_z_statistic", "max_z_pvalue", "omnibus_tests", "n_clusters_q_below_0.05"}
+    assert old_keys | new_keys <= summary.keys() and "p_combined" in summary["heldout"]
 
 
 def test_heldout_test_detects_planted_top_videos():
@@ -78,8 +83,71 @@ def test_heldout_test_detects_planted_top_videos():
     assert set(res.features["latent_feature_index"].head(8)) <= set(range(10))
     held = res.heldout
     assert held.n_features == 8 and held.n_videos_high == held.n_videos_low == 8
-    assert res.p_hhm < 0.01 and res.p_lhm < 0.01
+    assert res.p_hhm < 0.01 and res.p_lhm < 0.01 and held.p_combined < 0.02
     assert held.hhm > held.null_high and held.lhm < held.null_low
+
+
+def _reference_clusters(groups: np.ndarray, min_share: float) -> list[int]:
+    """share_clusters as a plain loop over Python sets."""
+    leads, labels = [], []
+    for rows in groups:
+        members = set(rows.tolist())
+        hit = [c for c, lead in enumerate(leads) if len(members & lead) > min_share * len(rows)]
+        labels.append(hit[0] if hit else len(leads))
+        if not hit:
+            leads.append(members)
+    return labels
+
+
+@pytest.mark.parametrize("chunk", [1 << 22, 40])
+def test_share_clusters_equals_plain_loop(chunk, monkeypatch):
+    monkeypatch.setattr(arrays, "CHUNK_ELEMS", chunk)  # 40: blocks of one feature at a time
+    rng = np.random.default_rng(14)
+    bases = [rng.choice(300, 20, replace=False) for _ in range(6)]
+    groups = []
+    for i in range(40):  # copies of 6 base groups with 0-15 of 20 videos swapped out
+        rows = bases[i % 6].copy()
+        swap = rng.integers(0, 16)
+        rows[:swap] = rng.choice(np.setdiff1d(np.arange(300), rows), swap, replace=False)
+        groups.append(rng.permutation(rows))
+    groups = np.array(groups)
+    got = SEL.share_clusters(groups, 300)
+    assert got.tolist() == _reference_clusters(groups, 0.5)
+    assert 6 <= got.max() + 1 < 40  # copies that kept more than half join their base's cluster
+    assert SEL.share_clusters(groups[:1], 300).tolist() == [0]
+    with pytest.raises(StudyError, match="min_share"):
+        SEL.share_clusters(groups, 300, min_share=1.0)
+
+
+def test_discoveries_count_as_clusters_of_shared_videos_5_runs():
+    """5 runs, known truth: 3 planted concepts (80 videos each with x4, x4 and x0.25 views),
+    each seen by 6 latents whose groups draw 60 of its 80 videos, among 60 null latents. The
+    18 planted latents are discoveries, and they form exactly 3 clusters, one per concept."""
+    for seed in range(5):
+        rng = np.random.default_rng(600 + seed)
+        n = 2000
+        x = rng.exponential(0.5, (n, 78)) * (rng.random((n, 78)) < 0.3)  # (N, L)
+        views = rng.lognormal(8.0, 1.0, n)
+        for concept, mult in enumerate([4.0, 4.0, 0.25]):
+            rows = np.arange(concept * 80, (concept + 1) * 80)
+            views[rows] *= mult
+            for j in range(6):
+                x[rows, 6 * concept + j] = 5.0 + rng.random(80)  # this concept's videos first
+        cfg = StudyConfig(top_k=61, min_active=60, n_perm=5000, n_shuffles=19, n_boot=0,
+                          n_extreme=5, heldout_group=5, seed=seed)  # fmt: skip
+        res = S.run_study(x, views, cfg)
+        f = res.features.set_index("latent_feature_index")
+        planted = f.loc[np.arange(18)]
+        assert (planted["q"] < 0.05).all()
+        per_concept = planted["cluster"].to_numpy().reshape(3, 6)
+        assert (per_concept == per_concept[:, :1]).all()  # one cluster per concept ...
+        assert len(set(per_concept[:, 0])) == 3  # ... and three different ones
+        n_false = int((f.drop(index=np.arange(18))["q"] < 0.05).sum())
+        assert res.n_discovery_clusters <= 3 + n_false
+        summary = res.summary()
+        assert summary["n_clusters_q_below_0.05"] == res.n_discovery_clusters
+        sizes = sorted(c["n_features"] for c in summary["discovery_clusters"])
+        assert sizes[-3:] == [6, 6, 6] and sum(sizes) == summary["n_q_below_0.05"]
 
 
 def noise_run(seed: int) -> tuple[bool, np.ndarray]:
@@ -110,15 +178,17 @@ def test_noise_latents_false_positive_rate():
     assert 0.03 < (p < 0.05).mean() < 0.07  # per-feature p-values are calibrated
 
 
-@pytest.mark.parametrize(("group_size", "statistic"), [(7, "median"), (10, "median"), (9, "mean")])
-def test_random_group_stats_equals_plain_loop(group_size, statistic, monkeypatch):
+@pytest.mark.parametrize(
+    ("group_size", "statistic"), [(7, "median"), (10, "median"), (9, "mean"), (400, "median")]
+)
+def test_random_group_stats_equals_plain_loop(group_size, statistic):
+    """The vectorised statistic equals a loop over the same groups (400 > N/4: random keys)."""
     views = np.random.default_rng(3).lognormal(5.0, 2.0, 1234)
-    monkeypatch.setattr(arrays, "CHUNK_ELEMS", 50)  # many chunks, still the same draws
     got = N.random_group_stats(views, group_size, 300, np.random.default_rng(7), statistic)
-    rng = np.random.default_rng(7)
+    groups = N.draw_groups(np.random.default_rng(7), len(views), 300, group_size)
     ref = []
-    for _ in range(300):
-        rows = np.minimum((rng.random(group_size) * len(views)).astype(int), len(views) - 1)
+    for rows in groups:
+        assert len(set(rows.tolist())) == group_size  # distinct videos, as a feature's group
         values = [float(views[r]) for r in rows]
         ref.append(
             statistics.median(values) if statistic == "median" else sum(values) / len(values)
@@ -127,6 +197,27 @@ def test_random_group_stats_equals_plain_loop(group_size, statistic, monkeypatch
         np.testing.assert_array_equal(got, ref)
     else:
         np.testing.assert_allclose(got, ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("n_rows", "group_size", "n_groups"), [(60, 30, 20_000), (400, 40, 20_000)]
+)
+def test_draw_groups_is_uniform_without_replacement(n_rows, group_size, n_groups, monkeypatch):
+    """Known truth: the mean of g distinct draws from N values has variance
+    s2 / g * (N - g) / (N - 1) (s2 the population variance); with replacement it would be
+    s2 / g, 1.97x (N=60, g=30: random keys) or 1.11x (N=400, g=40: redrawn repeats) larger."""
+    monkeypatch.setattr(arrays, "CHUNK_ELEMS", 5000)  # many blocks on both paths
+    values = np.random.default_rng(4).lognormal(0.0, 1.0, n_rows)
+    groups = N.draw_groups(np.random.default_rng(5), n_rows, n_groups, group_size)
+    assert groups.shape == (n_groups, group_size)
+    assert (np.diff(np.sort(groups, axis=1), axis=1) > 0).all()  # distinct within each group
+    counts = np.bincount(groups.ravel(), minlength=n_rows)  # each video equally often
+    expected = n_groups * group_size / n_rows
+    assert np.abs(counts - expected).max() < 5 * np.sqrt(expected)
+    truth = values.var() / group_size * (n_rows - group_size) / (n_rows - 1)
+    assert values[groups].mean(axis=1).var() == pytest.approx(truth, rel=0.04)
+    with pytest.raises(StudyError, match="groups of 61"):
+        N.draw_groups(np.random.default_rng(0), 60, 1, 61)
 
 
 def test_dense_and_sparse_give_identical_results(planted):

@@ -272,8 +272,10 @@ def analyze_command(
 def _print_study(outputs) -> None:
     r = outputs.result
     console.print(
-        f"KS statistic {r.ks_statistic:.4f} (view-shuffle p={r.ks_pvalue:.3g}); held-out top "
-        f"features: P(null >= HHM) = {r.p_hhm:.3g}; bottom: P(null <= LHM) = {r.p_lhm:.3g}"
+        f"KS statistic {r.ks_statistic:.4f} (view-shuffle p={r.ks_pvalue:.3g}); max z "
+        f"{r.max_z.statistic:.2f} (view-shuffle p={r.max_z.pvalue:.3g}); held-out top "
+        f"features: P(null >= HHM) = {r.p_hhm:.3g}; bottom: P(null <= LHM) = {r.p_lhm:.3g}; "
+        f"both sides: p = {r.heldout.p_combined:.3g}"
     )
     table = Table(
         "", "rank", "latent", "group views", "x dataset (other half)", "CI", "q",
@@ -292,9 +294,16 @@ def _print_study(outputs) -> None:
             f"{row['q']:.2g}",
         )
     console.print(table)
-    ident = json.loads(outputs.summary_json.read_text()).get("channel_identifiability")
+    summary = json.loads(outputs.summary_json.read_text())
+    console.print(
+        f"{summary['n_q_below_0.05']} features with q < 0.05 in "
+        f"{summary['n_clusters_q_below_0.05']} clusters of shared videos"
+    )
+    ident = summary.get("channel_identifiability")
     if ident and ident.get("weak"):
         console.print(f"[yellow]warning:[/] {ident['message']}")
+    for text in summary["warnings"]:
+        console.print(f"[yellow]warning:[/] {text}")
     console.print(f"report: [bold]{outputs.report_html}[/]")
 
 

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from thumbview.data.images import ImageError, load_image
 from thumbview.sae.study import StudyResult
+from thumbview.units import format_count
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +34,8 @@ _BG, _EMPTY, _TEXT = (255, 255, 255), (235, 235, 235), (30, 30, 30)
 
 
 def format_views(v: float) -> str:
-    """1234567 -> '1.2M views': how YouTube shows counts, short enough to fit under a thumbnail."""
-    if not math.isfinite(v):
-        return "? views"
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(v) >= div:
-            return f"{v / div:.3g}{unit} views"
-    return f"{v:.0f} views"
+    """1234567 -> '1.2M views': the one count style (`units.format_count`), with its unit."""
+    return f"{format_count(v)} views"
 
 
 # ------------------------------------------------------------------------------- plots
@@ -273,6 +269,7 @@ class FeatureCard:
     q: float
     grid: str  # path of the grid PNG relative to the report
     titles: tuple[str, ...]  # titles of the top example videos
+    cluster: int | None = None  # shared-video cluster (features in one are one piece of evidence)
 
     @classmethod
     def from_table_row(
@@ -295,6 +292,7 @@ class FeatureCard:
             q=float(row["q"]),
             grid=grid,
             titles=tuple(titles),
+            cluster=int(row["cluster"]) if row.get("cluster", -1) >= 0 else None,
         )
 
 
@@ -343,10 +341,20 @@ def _headline(summary: dict[str, Any]) -> str:
             "median views of all videos",
         ),
         (f"{summary['n_qualifying']} / {summary['n_latents']}", "features studied / SAE latents"),
-        (str(summary.get("n_q_below_0.05", 0)), "features with q < 0.05"),
+        (str(summary.get("n_q_below_0.05", 0)), _discoveries(summary)),
         (
             f"D = {_num(summary.get('ks_statistic'))}",
-            f"KS vs random groups, view-shuffle p = {_num(summary.get('ks_pvalue'), '.2g')}",
+            f"KS vs random groups (many small shifts), view-shuffle p = "
+            f"{_num(summary.get('ks_pvalue'), '.2g')}",
+        ),
+        (
+            f"max z = {_num(summary.get('max_z_statistic'))}",
+            f"strongest feature (#{summary.get('max_z_latent', '?')}) vs shuffled views (a few "
+            f"strong features), p = {_num(summary.get('max_z_pvalue'), '.2g')}",
+        ),
+        (
+            f"p = {_num(held.get('p_combined'), '.2g')}",
+            "held-out test, both sides in one p-value (read this one, not either side's)",
         ),
         (
             f"p = {_num(held.get('p_hhm'), '.2g')}",
@@ -363,18 +371,31 @@ def _headline(summary: dict[str, Any]) -> str:
     )
 
 
+def _discoveries(summary: dict[str, Any]) -> str:
+    """The discoveries card's label: how many independent pieces of evidence they are."""
+    clusters = summary.get("n_clusters_q_below_0.05")
+    if clusters is None:  # a summary written before clusters were counted
+        return "features with q < 0.05"
+    plural = "" if clusters == 1 else "s"
+    return f"features with q < 0.05, in {clusters} cluster{plural} of shared videos"
+
+
 def _warnings(summary: dict[str, Any]) -> str:
-    """A visible box for what limits the study's conclusions (today: a weak channel control)."""
+    """A visible box for each thing that limits the study's conclusions."""
+    boxes = []
     ident = summary.get("channel_identifiability") or {}
-    if not ident.get("weak"):
-        return ""
-    return f'<p class="warn"><strong>Channel control is weak.</strong> {html.escape(ident["message"])}</p>'
+    if ident.get("weak"):
+        boxes.append(("Channel control is weak.", ident["message"]))
+    boxes += [("Few held-out videos.", text) for text in summary.get("warnings") or ()]
+    return "".join(
+        f'<p class="warn"><strong>{html.escape(a)}</strong> {html.escape(b)}</p>' for a, b in boxes
+    )
 
 
 def _table(cards: Sequence[FeatureCard], side: str, stat: str, ci_name: str) -> str:
     head = (
         f"<tr><th>Rank</th><th>Feature</th><th>Group {stat}</th><th>vs all</th>"
-        f"<th>{ci_name} CI</th><th>q</th></tr>"
+        f"<th>{ci_name} CI</th><th>q</th><th>cluster</th></tr>"
     )
     body = []
     for c in (c for c in cards if c.side == side):
@@ -383,7 +404,8 @@ def _table(cards: Sequence[FeatureCard], side: str, stat: str, ci_name: str) -> 
         body.append(
             f'<tr><td>{c.rank}</td><td><a href="#{c.side}-{c.rank}">#{c.latent}</a></td>'
             f'<td>{html.escape(format_views(c.group_views))}</td><td class="{cls}">{ratio}</td>'
-            f"<td>{html.escape(ci)}</td><td>{_num(c.q, '.2g')}</td></tr>"
+            f"<td>{html.escape(ci)}</td><td>{_num(c.q, '.2g')}</td>"
+            f"<td>{'–' if c.cluster is None else c.cluster}</td></tr>"
         )
     return f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
 
@@ -451,7 +473,12 @@ def write_report(
 green/red only where q &lt; {SIGNIFICANCE:g}. Rows are chosen on a random half of each group's
 videos; "vs all" and its CI come from the other half ({ci_name} bootstrap of the group
 {html.escape(stat)}, relative to all videos), so choosing the extremes does not inflate them.
-Group {html.escape(stat)}: all the group's videos, as in the original study.</p>
+Group {html.escape(stat)}: all the group's videos, as in the original study.
+Cluster: features whose groups share more than half of their videos with the cluster's lead
+(its feature with the smallest p). Features in one cluster are not independent evidence: they
+carry the same videos' views, so count clusters, not features. The two omnibus tests answer
+different questions: KS sees many features each a little off, max z sees a few strong ones;
+a large p from one of them does not mean the other kind of effect is absent.</p>
 </main></body></html>
 """
     Path(path).write_text(doc, encoding="utf-8")

@@ -4,6 +4,8 @@ For every latent the study takes its `top_k` strongest activations, holds out th
 video(s) and summarises the views of the rest (the *group statistic*). A latent qualifies
 when strictly more than `min_active` of those activations exceed `threshold`. Latents may be
 dense or scipy.sparse (CSR/CSC) and are never densified (column blocks of `CHUNK_ELEMS`).
+Groups that share most of their videos are clustered (`share_clusters`): their statistics
+are largely the same numbers, so the study counts discoveries by cluster as well.
 """
 
 from __future__ import annotations
@@ -193,3 +195,54 @@ def group_statistics(
     idx = np.asarray(indices)
     require(idx.ndim == 2 and idx.shape[1] > hold_out, "indices must be (F, top_k > hold_out)")
     return row_statistics(v, idx[:, hold_out:], statistic), v[idx[:, :hold_out]]
+
+
+# ---------------------------------------------------------------------- shared videos
+
+
+def share_clusters(groups: np.ndarray, n_rows: int, min_share: float = 0.5) -> np.ndarray:
+    """Cluster features whose groups share most of their videos; cluster id per group (F,).
+
+    `groups` (F, g) are each feature's group rows, most important feature first (the study
+    passes them by p-value). Features whose groups overlap carry the same videos' views, so
+    a run of discoveries among them is one piece of evidence, not many. Leader clustering:
+    each feature joins the cluster of the first earlier *lead* feature whose group shares
+    more than `min_share` of its g videos with its own, else it leads a new cluster. Every
+    member then shares more than half its videos with its lead (no chaining across a long
+    line of slightly overlapping groups), and the lead is the cluster's most important
+    feature. Ids count up from 0 in the order of their leads. Work is in blocks of rows
+    against the leads only, so memory stays bounded at any number of features.
+    """
+    grp = np.asarray(groups)
+    require(grp.ndim == 2 and 0 < min_share < 1, "groups must be (F, g) and 0 < min_share < 1")
+    f, g = grp.shape
+    incidence = sp.csr_matrix(
+        (np.ones(f * g, np.int32), grp.ravel(), np.arange(0, f * g + 1, g)), shape=(f, n_rows)
+    )  # (F, N): 1 where a video is in a feature's group
+    labels = np.full(f, -1, np.int64)
+    leads: list[int] = []
+    step = max(1, arrays.CHUNK_ELEMS // max(1, f))
+    for s in range(0, f, step):
+        _cluster_block(incidence, s, min(f, s + step), min_share * g, labels, leads)
+    return labels
+
+
+def _cluster_block(
+    incidence: sp.csr_matrix, s: int, e: int, need: float, labels: np.ndarray, leads: list[int]
+) -> None:
+    """Label features s..e-1: first against the leads so far, then one by one in order."""
+    block = incidence[s:e]  # (b, N)
+    if leads:
+        shared = (block @ incidence[leads].T).toarray() > need  # (b, L)
+        hit = shared.any(axis=1)
+        labels[s:e][hit] = labels[np.asarray(leads)[shared[hit].argmax(axis=1)]]
+    rest = np.flatnonzero(labels[s:e] < 0)
+    within = (block[rest] @ block[rest].T).toarray() > need  # (r, r)
+    is_lead = np.zeros(len(rest), bool)  # (r,): leads found in this block so far
+    for i, row in enumerate(s + rest):
+        joins = within[i] & is_lead
+        if joins.any():
+            labels[row] = labels[s + rest[np.argmax(joins)]]
+        else:
+            labels[row], is_lead[i] = len(leads), True
+            leads.append(int(row))

@@ -4,9 +4,12 @@ Reproduces "Sparse Autoencoders detect features in YouTube thumbnails associated
 view counts": for every SAE latent, take the videos that activate it most, hold out the very
 top one(s), and summarise the views of the rest (the *group statistic*; `selection`).
 Whether latents pick out unusual view counts is judged with the nulls of `nulltests`: per-
-feature p-values against random groups with Benjamini-Hochberg q-values, an omnibus KS test
-and a held-out test against view shuffles, and selection-aware (split) intervals for the
-rows of the magnitude table. Views may first be adjusted for age and channel (`covariates`).
+feature p-values against random groups with Benjamini-Hochberg q-values, two omnibus tests
+(KS: many small shifts; max-z: a few strong features) and a held-out test against view
+shuffles, and selection-aware (split) intervals for the rows of the magnitude table.
+Discoveries are grouped into clusters of features that share most of their videos
+(`selection.share_clusters`), since those are one piece of evidence, not many. Views may
+first be adjusted for age and channel (`covariates`).
 
 One code path serves the main study (median of 399 videos) and the per-channel mode (mean of
 10 videos): the statistic, group size and thresholds are fields of `StudyConfig`.
@@ -27,6 +30,7 @@ from thumbview.sae.config import StudyConfig, channel_config
 from thumbview.sae.nulltests import (
     HeldoutResult,
     KsResult,
+    MaxZResult,
     StudyGroups,
     bh_qvalues,
     draw_groups,
@@ -41,12 +45,28 @@ from thumbview.sae.selection import (
     check_views,
     group_statistics,
     qualifying,
+    share_clusters,
     top_activations,
 )
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["StudyConfig", "StudyError", "StudyResult", "channel_config", "run_study"]
+
+DISCOVERY_Q = 0.05  # q below which a feature counts as a discovery in the summary
+OMNIBUS_TESTS = {
+    "ks": "Many features each a little off (dense, weak effects): the KS distance between "
+    "feature-group and random-group statistics moves when the whole distribution shifts. "
+    "Blind to a few strong features among many.",
+    "max_z": "A few strong features (sparse, strong effects): the most extreme feature's z "
+    "against random groups, compared with the most extreme on shuffled views. Weak against "
+    "many small shifts with none extreme.",
+}
+CLUSTER_RULE = (
+    "features sorted by p; each joins the cluster of the first earlier lead feature whose "
+    "group shares more than half of its videos, else leads a new one. Features in one "
+    "cluster carry the same videos' views: they are not independent evidence."
+)
 
 
 # ----------------------------------------------------------------------------- the study
@@ -62,9 +82,11 @@ class StudyResult:
       heldout_views, p (permutation p-value), q (BH over all qualifying latents),
       selection_views / estimate_views (the statistic over the group's videos in the
       selection / estimation half), n_estimate, ci_low, ci_high (bootstrap CI of
-      estimate_views; only for the table's rows, NaN elsewhere).
+      estimate_views; only for the table's rows, NaN elsewhere), cluster (shared-video
+      cluster of the discoveries and the table's rows, `CLUSTER_RULE`; -1 elsewhere).
     random_stats: (n_random,) statistic of the KS random groups.
-    ks: the omnibus KS test (D and its view-shuffle p-value); heldout: the held-out test.
+    ks: the omnibus KS test (D and its view-shuffle p-value); max_z: the omnibus test for a
+      few strong features; heldout: the held-out test.
     dataset_median: median views of all videos; dataset_statistic: the configured statistic
       of all videos (the ratio's denominator; equal to the median in the main study).
     """
@@ -73,6 +95,7 @@ class StudyResult:
     features: pd.DataFrame
     random_stats: np.ndarray
     ks: KsResult
+    max_z: MaxZResult
     heldout: HeldoutResult
     dataset_median: float
     dataset_statistic: float
@@ -99,6 +122,17 @@ class StudyResult:
     def p_lhm(self) -> float:
         return self.heldout.p_lhm
 
+    @property
+    def n_discovery_clusters(self) -> int:
+        """Shared-video clusters among the features with q < DISCOVERY_Q."""
+        f = self.features
+        return int(f.loc[f["q"] < DISCOVERY_Q, "cluster"].nunique())
+
+    def warnings(self) -> list[str]:
+        """What limits the conclusions, one sentence each (the report shows them)."""
+        held = self.heldout.warning()
+        return [held] if held else []
+
     def table(self) -> pd.DataFrame:
         """The magnitude table: top and bottom `n_extreme` features by the selection half.
 
@@ -123,12 +157,31 @@ class StudyResult:
             "ks_statistic": self.ks.statistic,
             "ks_pvalue": self.ks.pvalue,
             "ks_test": "view-shuffle permutation of the two-sample KS distance",
+            "max_z_statistic": self.max_z.statistic,
+            "max_z_pvalue": self.max_z.pvalue,
+            "max_z_latent": self.max_z.latent,
+            "max_z_test": "view-shuffle permutation of the largest feature z vs random groups",
+            "omnibus_tests": OMNIBUS_TESTS,
             "n_random": len(self.random_stats),
             "heldout": asdict(self.heldout),
-            "n_q_below_0.05": int((q < 0.05).sum()),
+            "n_q_below_0.05": int((q < DISCOVERY_Q).sum()),
+            "n_clusters_q_below_0.05": self.n_discovery_clusters,
+            "discovery_clusters": _discovery_clusters(self.features),
+            "cluster_rule": CLUSTER_RULE,
+            "warnings": self.warnings(),
             "table": self.table().to_dict(orient="records"),
         }
         return json_safe(out)
+
+
+def _discovery_clusters(features: pd.DataFrame) -> list[dict[str, int]]:
+    """Each cluster holding a discovery: its id, lead latent and number of discoveries."""
+    found = features[features["q"] < DISCOVERY_Q]
+    out = []
+    for cluster, members in found.groupby("cluster", sort=True):
+        lead = members.loc[members["p"].idxmin(), "latent_feature_index"]
+        out.append({"cluster": int(cluster), "lead_latent": int(lead), "n_features": len(members)})
+    return out
 
 
 _TABLE_COLUMNS = ["rank", "latent_feature_index", "ratio", "n", "p", "q", "estimate_views"]
@@ -144,7 +197,8 @@ def _table(features: pd.DataFrame, n_extreme: int, stat_col: str, denom: float) 
     out["rank"] = np.r_[np.arange(1, k + 1), np.arange(1, k + 1)]
     out["estimate_ratio"] = out["estimate_views"] / denom if denom > 0 else np.nan
     cols = ["rank", "latent_feature_index", stat_col, "ratio", "n", "p", "q"]
-    return out[["top_or_bottom", *cols, "estimate_views", "estimate_ratio", "ci_low", "ci_high"]]
+    split = ["estimate_views", "estimate_ratio", "ci_low", "ci_high"]
+    return out[["top_or_bottom", *cols, *split, *(["cluster"] if "cluster" in out else [])]]
 
 
 def run_study(latents: Any, views: Any, config: StudyConfig | None = None) -> StudyResult:
@@ -168,14 +222,18 @@ def run_study(latents: Any, views: Any, config: StudyConfig | None = None) -> St
     sg = _study_groups(
         idx, cols, cfg, draw_groups(rng_random, len(v), cfg.n_random or len(cols), cfg.group_size)
     )
-    ks, heldout = shuffle_tests(v, sg, cfg.n_shuffles, rng_shuffle, cfg.statistic)
-    _add_split(features, v, idx[:, cfg.hold_out :], cfg, rng_split.random(len(v)) < 0.5, rng_boot)
+    tests = shuffle_tests(v, sg, cfg.n_shuffles, rng_shuffle, cfg.statistic, cfg.alternative)
+    if tests.heldout.few_videos:
+        logger.warning("%s", tests.heldout.warning())
+    _add_split(features, v, sg.groups, cfg, rng_split.random(len(v)) < 0.5, rng_boot)
+    _add_clusters(features, sg.groups, len(v), cfg)
     return StudyResult(
         config=cfg,
         features=features,
         random_stats=row_statistics(v, sg.random, cfg.statistic),
-        ks=ks,
-        heldout=heldout,
+        ks=tests.ks,
+        max_z=tests.max_z,
+        heldout=tests.heldout,
         dataset_median=float(np.median(v)),
         dataset_statistic=dataset_stat,
         n_videos=int(x.shape[0]),
@@ -217,6 +275,22 @@ def _add_split(
     lo, hi = split_cis(views, groups[rows], ~in_selection, cfg.n_boot, cfg.ci, rng, cfg.statistic)
     features.iloc[rows, features.columns.get_loc("ci_low")] = lo
     features.iloc[rows, features.columns.get_loc("ci_high")] = hi
+
+
+def _add_clusters(
+    features: pd.DataFrame, groups: np.ndarray, n_rows: int, cfg: StudyConfig
+) -> None:
+    """Shared-video clusters of the discoveries and the table's rows, by p (-1 elsewhere)."""
+    table = _table(features, cfg.n_extreme, f"group_{cfg.statistic}_views", 1.0)
+    latent = features["latent_feature_index"].to_numpy()
+    pick = (features["q"] < DISCOVERY_Q) | features["latent_feature_index"].isin(
+        table["latent_feature_index"]
+    )
+    rows = np.flatnonzero(pick.to_numpy())
+    rows = rows[np.lexsort((latent[rows], features["p"].to_numpy()[rows]))]  # by p, then latent
+    labels = np.full(len(features), -1, np.int64)
+    labels[rows] = share_clusters(groups[rows], n_rows)
+    features["cluster"] = labels
 
 
 def _feature_frame(
