@@ -304,7 +304,17 @@ HUGE = [
     "1000000000001",  # just above MAX_COUNT
     "1e999999999",
 ]
-NOT_PLAIN = ["1_000", "\u0663\u0664", "\uff11\uff12", "1\u00a0000", "0x10", "1e3.5", "--1"]
+NOT_PLAIN = [
+    "1_000",
+    "\u0663\u0664",
+    "\uff11\uff12",
+    "1\u00a0000",
+    "0x10",
+    "1e3.5",
+    "--1",
+    "\u00a012",
+    "12\u3000",
+]  # only ASCII spaces are trimmed (issue 24)
 
 
 @pytest.mark.parametrize("views", HUGE + NOT_PLAIN)
@@ -315,6 +325,22 @@ def test_views_out_of_range_or_not_plain_ascii_are_invalid(tmp_path, views):
     assert ds.table["views"].dtype == np.int64
     with pytest.raises(ValueError):
         parse_count(views)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(12, 12), (0, 0), (10**12, 10**12), (7.0, 7), (10**12 + 1, None), (-1, None), (10**40, None),
+     (10**5000, None), (float("nan"), None), (float("inf"), None), (1.5, None), (True, None),
+     (None, None), ([1], None)],
+    ids=lambda v: "huge" if isinstance(v, int) and v.bit_length() > 200 else None,
+)  # fmt: skip
+def test_parse_count_takes_what_collect_sources_send(value, expected):
+    """Issue 24: collect parses the Data API's strings and yt-dlp's numbers with this rule too."""
+    if expected is None:
+        with pytest.raises(ValueError):
+            parse_count(value)
+    else:
+        assert parse_count(value) == expected
 
 
 def test_largest_count_is_kept_exactly(tmp_path):

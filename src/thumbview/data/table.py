@@ -56,6 +56,7 @@ _COUNT = re.compile(r"[+-]?([0-9]+|[0-9]{1,3}(,[0-9]{3})+)(\.[0-9]*)?([eE][+-]?[
 # Above any real YouTube count (the most-viewed video has ~1.6e10 views), far below int64's
 # 9.2e18, so sums, int64 columns and float64 logs of counts stay exact.
 MAX_COUNT = 10**12
+_ASCII_SPACE = " \t\r\n\f\v"
 _VERIFY_FORMAT = 2  # bump when the verification cache layout or the meaning of a verdict changes
 
 # Per metadata row: None while the row is usable, else (reason, detail).
@@ -177,28 +178,46 @@ def verify_cache_path(root: str | Path) -> Path:
     return base / "verified" / f"{dataset_cache_name(root)}.safetensors"
 
 
-def parse_count(text: str) -> int:
-    """A non-negative whole count from text ('1234', '1234.0', ' 1,234 ', '1e3'); ValueError otherwise.
+def parse_count(text: str | int | float) -> int:
+    """A non-negative whole count ('1234', '1234.0', ' 1,234 ', '1e3', 1234); ValueError otherwise.
 
-    Exact decimal arithmetic, never float: '9223372036854775807' must not round to 2**63 and
-    overflow int64 later. Counts above `MAX_COUNT` are refused like any other invalid value.
+    The one rule for a count, wherever it comes from: metadata cells (text), Parquet cells,
+    and what collect's sources send (the Data API's decimal strings, yt-dlp's ints), so a
+    count collect stores is one the loader keeps. Exact decimal arithmetic, never float:
+    '9223372036854775807' must not round to 2**63 and overflow int64 later. Counts above
+    `MAX_COUNT` are refused like any other invalid value. Only ASCII spaces are trimmed
+    (`str.strip` would also take U+00A0 and U+3000).
     """
-    s = text.strip()
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
+        raise ValueError(f"{text!r} is not a count")
+    if isinstance(text, int):
+        if 0 <= text <= MAX_COUNT:
+            return text
+        raise ValueError(f"{_shown(text)} is not a count between 0 and {MAX_COUNT:.0e}")
+    s = text.strip(_ASCII_SPACE) if isinstance(text, str) else repr(text)
     if s.isascii() and s.isdigit() and len(s) <= 13:  # the common case, 5x faster
         if int(s) <= MAX_COUNT:
             return int(s)
     if not s:
         raise ValueError("empty")
     if not _COUNT.fullmatch(s):
-        raise ValueError(f"{text!r} is not a number (plain ASCII digits expected)")
+        raise ValueError(f"{_shown(text)} is not a number (plain ASCII digits expected)")
     with decimal.localcontext() as ctx:
         ctx.traps[decimal.Overflow] = ctx.traps[decimal.InvalidOperation] = False
         value = decimal.Decimal(s.replace(",", ""))
         if value < 0 or value > MAX_COUNT:
-            raise ValueError(f"{text!r} is not a count between 0 and {MAX_COUNT:.0e}")
+            raise ValueError(f"{_shown(text)} is not a count between 0 and {MAX_COUNT:.0e}")
         if value != value.to_integral_value():
-            raise ValueError(f"{text!r} is not a whole number")
+            raise ValueError(f"{_shown(text)} is not a whole number")
     return int(value)
+
+
+def _shown(value: object) -> str:
+    """A bad count as a report shows it: its repr, cut short (a hostile one has any length)."""
+    if isinstance(value, int) and value.bit_length() > 128:  # repr of a huge int may refuse
+        return f"an integer of more than {(value.bit_length() - 1) * 30103 // 100000} digits"
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:30]}... ({len(text)} characters)"
 
 
 # --- folder and metadata file -------------------------------------------------------------
