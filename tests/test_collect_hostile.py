@@ -242,3 +242,108 @@ def test_collector_with_crafted_ids_and_oversized_bodies(fake: FakeYouTube, tmp_
     with Store(out) as store:
         skipped = store.skipped().set_index("video_id")
     assert "cap" in skipped.loc[vid(2), "detail"] and skipped.loc[vid(2), "permanent"] == 1
+
+
+# --- issue 24: hostile view counts skip their video only, by the loader's own rule ----------
+
+HOSTILE_VIEWS = ["1" + "0" * 40, str(2**63), "NaN", "1e400", "", "\u0663\u0664", "1_000", "-5"]
+
+
+def collected_views(out: Path) -> dict[str, int]:
+    return dict(zip(*(check_dataset(out)[c] for c in ("video_id", "views")), strict=True))
+
+
+def test_hostile_view_counts_skip_only_their_video(fake: FakeYouTube, tmp_path: Path) -> None:
+    """Issue 24.1-24.2: all in one videos.list batch; before, 2**63 aborted the run with an
+    OverflowError and "NaN" made the whole batch of 50 a "bad response"."""
+    for i, views in enumerate(HOSTILE_VIEWS):
+        fake.videos[vid(i)]["views"] = views
+    config = cfg(filters=FilterConfig(include_shorts=True))
+    ids = [vid(i) for i in range(40)]
+    summary = collect_ids(tmp_path / "out", ids, backend=backend(fake), config=config)
+    assert summary.skipped == {"invalid views": len(HOSTILE_VIEWS)}
+    assert summary.collected == 40 - len(HOSTILE_VIEWS) and summary.stopped is None
+    views = collected_views(tmp_path / "out")
+    assert views == {vid(i): 1000 + i for i in range(len(HOSTILE_VIEWS), 40)}
+    with Store(tmp_path / "out") as store:
+        skipped = store.skipped().set_index("video_id")
+    assert skipped.loc[vid(0), "detail"].endswith("is not a count between 0 and 1e+12")
+    assert "not a number" in skipped.loc[vid(2), "detail"]
+    assert set(skipped["reason"]) == {"invalid views"} and not skipped["permanent"].any()
+
+
+SPELLINGS = [" 12", "\u0663\u0664", "1,234", "1e3", "7.0", "12.5", "\u00a012", "+7", "0x10"]
+
+
+def test_collect_keeps_exactly_the_counts_the_loader_keeps(fake: FakeYouTube, tmp_path: Path) -> None:  # fmt: skip
+    """Issue 24.3: one parser. Before, collect stored "٣٤" as 34, which the loader refuses."""
+    from thumbview.data.dataset import load_dataset
+
+    for i, views in enumerate(SPELLINGS):
+        fake.videos[vid(i)]["views"] = views
+    ids = [vid(i) for i in range(len(SPELLINGS))]
+    config = cfg(filters=FilterConfig(include_shorts=True))
+    collect_ids(tmp_path / "out", ids, backend=backend(fake), config=config)
+    by_collect = collected_views(tmp_path / "out")
+    loader = tmp_path / "loader"
+    loader.mkdir()
+    Image.new("RGB", (4, 4)).save(loader / "a.jpg")
+    cells = pd.DataFrame({"file_name": "a.jpg", "views": SPELLINGS, "video_id": ids})
+    cells.to_csv(loader / "metadata.csv", index=False)
+    by_loader = dict(zip(*(load_dataset(loader).table[c] for c in ("video_id", "views")), strict=True))  # fmt: skip
+    assert by_collect == by_loader == {vid(0): 12, vid(2): 1234, vid(3): 1000, vid(4): 7, vid(7): 7}  # fmt: skip
+
+
+def test_refresh_skips_a_hostile_count_and_keeps_the_old_one(fake: FakeYouTube, tmp_path: Path) -> None:  # fmt: skip
+    """Before, `refresh` stopped with SQLite's OverflowError at a count of 10**40."""
+    from datetime import timedelta
+
+    from thumbview.collect import refresh
+
+    out = tmp_path / "out"
+    collect_ids(out, [vid(i) for i in range(3)], backend=backend(fake), config=cfg())
+    fake.videos[vid(0)]["views"], fake.videos[vid(1)]["views"] = "1" + "0" * 40, 5000
+    result = refresh(out, backend=backend(fake), older_than=timedelta(0))
+    assert (result.refreshed, result.unavailable, result.stopped) == (2, 1, None)
+    assert collected_views(out) == {vid(0): 1000, vid(1): 5000, vid(2): 1002}
+
+
+def test_ytdlp_hostile_counts_skip_the_video(tmp_path: Path) -> None:
+    """yt-dlp's answers go through the same rule; a bad like count is only unknown."""
+    from thumbview.collect import HttpClient, RetryPolicy
+
+    class Counts(CraftedYoutubeDL):
+        def extract_info(self, url: str, download: bool = True, **kwargs) -> dict:
+            if url.startswith("ytsearch"):
+                ids = ["abcdefghijk", "ABCDEFGHIJK", "bbbbbbbbbbb"]
+                return {"entries": [{"id": v, "url": f"https://www.youtube.com/watch?v={v}"} for v in ids]}  # fmt: skip
+            video_id = url.rsplit("=", 1)[-1]
+            counts = {"abcdefghijk": (10**40, 1), "ABCDEFGHIJK": (5, 10**40), "bbbbbbbbbbb": (float("nan"), 1)}  # fmt: skip
+            views, likes = counts[video_id]
+            return super().extract_info(url) | {"id": video_id, "view_count": views, "like_count": likes}  # fmt: skip
+
+    http = HttpClient(RetryPolicy(attempts=1, timeout=1.0), transport=jpeg_transport())
+    ytdl = Counts("https://i.ytimg.com/vi/x/hqdefault.jpg")
+    out = tmp_path / "out"
+    summary = collect_search(out, ["AI"], backend=YtDlpBackend(ytdl), per_query=3, http=http)
+    assert summary.collected == 1 and summary.skipped == {"invalid views": 2}
+    table = pd.read_csv(out / "metadata.csv")
+    assert table[["video_id", "views"]].values.tolist() == [["ABCDEFGHIJK", 5]]
+    assert table["likes"].isna().all()
+
+
+def test_a_stored_filter_skip_with_a_hostile_count_is_described_again(fake: FakeYouTube, tmp_path: Path) -> None:  # fmt: skip
+    """A filter skip stored before counts were checked may hold 10**40; re-checking it under
+    other filters used to commit it (OverflowError). Now it is asked for again."""
+    from thumbview.collect.store import encode_video, utc_now
+    from thumbview.collect.types import Thumb, VideoInfo
+
+    out = tmp_path / "out"
+    with Store(out) as store:
+        store.add_pending([(vid(1), "", False)])
+        thumb = Thumb(f"{fake.base}/vi/{vid(1)}/high.jpg", 2)
+        old = VideoInfo(vid(1), "t", 10**40, duration_s=30.0, thumbnails=(thumb,))
+        store.skip_filtered(vid(1), "short", "{}", encode_video(old, utc_now()))
+    config = cfg(filters=FilterConfig(include_shorts=True))  # the stored skip now passes
+    summary = collect_ids(out, [vid(1)], backend=backend(fake), config=config)
+    assert summary.collected == 1 and collected_views(out) == {vid(1): 1001}

@@ -23,6 +23,9 @@ from thumbview.collect.types import (
     Thumb,
     Unavailable,
     VideoInfo,
+    described,
+    optional_count,
+    view_count,
 )
 
 logger = logging.getLogger(__name__)
@@ -33,10 +36,6 @@ _CHANNEL_ID_RE = re.compile(r"(UC[A-Za-z0-9_-]{22})")
 _HANDLE_RE = re.compile(r"(?:^|/)@([A-Za-z0-9._-]+)")
 
 
-def _int(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
 def item_to_video(item: dict, subscribers: int | None = None) -> VideoInfo:
     """One videos.list item (part=snippet,statistics,contentDetails) as a VideoInfo."""
     snippet = item.get("snippet") or {}
@@ -45,14 +44,14 @@ def item_to_video(item: dict, subscribers: int | None = None) -> VideoInfo:
     return VideoInfo(
         video_id=str(item["id"]),
         title=str(snippet.get("title") or ""),
-        views=_int(stats.get("viewCount")),
+        views=view_count(stats.get("viewCount")),
         channel_id=str(snippet.get("channelId") or ""),
         channel_title=str(snippet.get("channelTitle") or ""),
         published_at=str(snippet.get("publishedAt") or ""),
         subscribers=subscribers,
         duration_s=parse_iso_duration((item.get("contentDetails") or {}).get("duration")),
-        likes=_int(stats.get("likeCount")),
-        comments=_int(stats.get("commentCount")),
+        likes=optional_count(stats.get("likeCount")),
+        comments=optional_count(stats.get("commentCount")),
         thumbnails=tuple(
             Thumb(thumbs[k]["url"], rank, thumbs[k].get("width"), thumbs[k].get("height"))
             for rank, k in enumerate(THUMB_KEYS)
@@ -60,6 +59,12 @@ def item_to_video(item: dict, subscribers: int | None = None) -> VideoInfo:
         ),
         live=snippet.get("liveBroadcastContent") in ("live", "upcoming"),
     )
+
+
+def _channel_of(item: dict) -> str:
+    """The item's channel id, '' when the answer lacks one (that item alone is then refused)."""
+    snippet = item.get("snippet")
+    return str(snippet.get("channelId") or "") if isinstance(snippet, dict) else ""
 
 
 def channel_params(channel: str) -> dict[str, str]:
@@ -144,17 +149,18 @@ class DataApiBackend:
             raise ValueError(f"videos.list takes at most {PAGE_SIZE} ids, got {len(ids)}")
         part = "snippet,statistics,contentDetails"
         page = self._call("videos", {"part": part, "id": ",".join(ids), "maxResults": PAGE_SIZE})
-        items = {str(it["id"]): it for it in page.get("items", [])}
+        listed = [it for it in page.get("items", []) if isinstance(it, dict) and "id" in it]
+        items = {str(it["id"]): it for it in listed}  # an item naming no id describes no video
         if subscribers:
-            self._load_subscribers({it["snippet"]["channelId"] for it in items.values()})
+            self._load_subscribers({_channel_of(it) for it in items.values()})
         out: list[VideoInfo | Unavailable] = []
         for video_id in ids:
             item = items.get(video_id)
             if item is None:
                 out.append(Unavailable(video_id, "unavailable", "not returned by videos.list"))
                 continue
-            subs = self._subs.get(item["snippet"].get("channelId", "")) if subscribers else None
-            out.append(item_to_video(item, subs))
+            subs = self._subs.get(_channel_of(item)) if subscribers else None
+            out.append(described(video_id, lambda item=item, subs=subs: item_to_video(item, subs)))
         return out
 
     def _load_subscribers(self, channel_ids: set[str]) -> None:
@@ -168,4 +174,6 @@ class DataApiBackend:
                 for it in page.get("items", []):
                     stats = it.get("statistics") or {}
                     hidden = stats.get("hiddenSubscriberCount", False)
-                    self._subs[it["id"]] = None if hidden else _int(stats.get("subscriberCount"))
+                    self._subs[it["id"]] = (
+                        None if hidden else optional_count(stats.get("subscriberCount"))
+                    )

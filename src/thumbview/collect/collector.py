@@ -333,7 +333,7 @@ def _recheck_filtered(
 
     Returns the videos that now pass (to collect: thumbnail only), the reasons of those
     still rejected (their skips now name the current reason and settings) and how many
-    were re-checked. Skips from before metadata was stored are put back in the queue.
+    were re-checked. Skips without usable metadata are put back in the queue (`_stored`).
     """
     key = filter_key(filters)
     ready: list[tuple[_Job, VideoInfo]] = []
@@ -343,10 +343,11 @@ def _recheck_filtered(
     while rows := store.filtered_skips(key, after):
         updates = []
         for video_id, info, query, short_url in rows:
-            if info is None:
+            stored = _stored(info)
+            if stored is None:
                 legacy.append(video_id)
                 continue
-            video, observed_at = decode_video(info)
+            video, observed_at = stored
             rechecked += 1
             reason = rejection_reason(video, filters)
             if reason is None:
@@ -361,6 +362,18 @@ def _recheck_filtered(
         logger.info("re-checked %d filtered videos: %d now kept; %d to describe again",
                     rechecked, len(ready), len(legacy))  # fmt: skip
     return ready, still, rechecked
+
+
+def _stored(info: str | None) -> tuple[VideoInfo, str] | None:
+    """A filter skip's stored (video, observed_at), or None when there is none (a database
+    from before metadata was stored) or it is not to be trusted (unreadable, or a count the
+    loader refuses, stored before counts were checked): that video is described again."""
+    if info is None:
+        return None
+    try:
+        return decode_video(info)
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass

@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from thumbview.collect.filters import FILTER_REASONS, check_video_id
-from thumbview.collect.types import Thumb, VideoInfo
+from thumbview.collect.types import Thumb, VideoInfo, optional_count, view_count
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +78,14 @@ def encode_video(video: VideoInfo, observed_at: str) -> str:
 
 
 def decode_video(text: str) -> tuple[VideoInfo, str]:
-    """Inverse of `encode_video`: (video, observed_at)."""
+    """Inverse of `encode_video`: (video, observed_at). Counts pass the loader's rule again
+    (`InvalidCount`): a skip stored before that rule may hold a count SQLite cannot take."""
     data = json.loads(text)
     fields = dict(data["video"])
     fields["thumbnails"] = tuple(Thumb(**t) for t in fields["thumbnails"])
+    fields["views"] = view_count(fields["views"])
+    for name in ("subscribers", "likes", "comments"):
+        fields[name] = optional_count(fields.get(name))
     return VideoInfo(**fields), str(data["observed_at"])
 
 

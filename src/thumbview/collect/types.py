@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from thumbview.collect.quota import QuotaTracker
+from thumbview.data.table import parse_count
+
+INVALID_VIEWS = "invalid views"  # the loader's reason: one rule refuses the same counts
+BAD_RESPONSE = "bad response"
 
 
 class CollectError(ValueError):
@@ -80,3 +84,45 @@ class Backend(Protocol):
     ) -> list[VideoInfo | Unavailable]:
         """Metadata of `ids`, one entry per id, in order."""
         ...
+
+
+class InvalidCount(ValueError):
+    """A video's view count is not one the dataset loader would keep; the message says why."""
+
+
+def view_count(value: object) -> int | None:
+    """Views read by the loader's own rule (`parse_count`); None when the source hides them.
+
+    A count the loader would refuse (`"NaN"`, `"1e400"`, `""`, `"٣٤"`, 10**40) raises
+    `InvalidCount`, so it never reaches the store (SQLite INTEGER overflows at 2**63).
+    """
+    if value is None:
+        return None
+    try:
+        return parse_count(value)  # type: ignore[arg-type]  # refuses non-count types itself
+    except ValueError as e:
+        raise InvalidCount(str(e)) from e
+
+
+def optional_count(value: object) -> int | None:
+    """Likes, comments, subscribers: unreadable means unknown (None), as in the loader."""
+    try:
+        return view_count(value)
+    except InvalidCount:
+        return None
+
+
+def described(
+    video_id: str, convert: Callable[[], VideoInfo | Unavailable]
+) -> VideoInfo | Unavailable:
+    """One video's answer converted, or why it cannot be: a bad video never costs its batch.
+
+    Both failures are worth another try in a later run (an API glitch may be gone by then).
+    """
+    try:
+        return convert()
+    except InvalidCount as e:
+        return Unavailable(video_id, INVALID_VIEWS, str(e), False)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        detail = f"malformed answer: {type(e).__name__}: {str(e)[:200]}"
+        return Unavailable(video_id, BAD_RESPONSE, detail, False)

@@ -18,7 +18,15 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from thumbview.collect.http import FetchError, RetryPolicy, backoff_delay
-from thumbview.collect.types import Listing, Thumb, Unavailable, VideoInfo
+from thumbview.collect.types import (
+    Listing,
+    Thumb,
+    Unavailable,
+    VideoInfo,
+    described,
+    optional_count,
+    view_count,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,10 +102,6 @@ def _published(info: dict) -> str:
     return f"{day[:4]}-{day[4:6]}-{day[6:8]}" if len(day) == 8 else ""
 
 
-def _int(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
 def info_to_video(info: dict, *, short_url: bool = False) -> VideoInfo | Unavailable:
     """Normalise one full yt-dlp info dict (the same shape live and in the test fixtures)."""
     video_id = str(info.get("id") or "")
@@ -107,14 +111,14 @@ def info_to_video(info: dict, *, short_url: bool = False) -> VideoInfo | Unavail
     return VideoInfo(
         video_id=video_id,
         title=str(info.get("title") or info.get("fulltitle") or ""),
-        views=_int(info.get("view_count")),
+        views=view_count(info.get("view_count")),
         channel_id=str(info.get("channel_id") or ""),
         channel_title=str(info.get("channel") or info.get("uploader") or ""),
         published_at=_published(info),
-        subscribers=_int(info.get("channel_follower_count")),
+        subscribers=optional_count(info.get("channel_follower_count")),
         duration_s=None if info.get("duration") is None else float(info["duration"]),
-        likes=_int(info.get("like_count")),
-        comments=_int(info.get("comment_count")),
+        likes=optional_count(info.get("like_count")),
+        comments=optional_count(info.get("comment_count")),
         thumbnails=rank_thumbnails(info),
         short_url=short_url or "/shorts/" in url,
         live=info.get("live_status") in ("is_live", "is_upcoming"),
@@ -213,5 +217,5 @@ class YtDlpBackend:
                 reason, permanent = classify_error(str(e))
                 out.append(Unavailable(video_id, reason, str(e)[:300], permanent))
                 continue
-            out.append(info_to_video(info))
+            out.append(described(video_id, lambda info=info: info_to_video(info)))
         return out
