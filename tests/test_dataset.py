@@ -693,7 +693,10 @@ def test_corrupt_cache_is_ignored(tmp_path, decoded, damage, caplog):
 
         arrays = load_file(cache)
         arrays["sizes"] = arrays["sizes"][:2]
-        save_file(arrays, cache, metadata=table_module._verify_setting(root.resolve(), 2**26))
+        setting = table_module._verify_setting(
+            root.resolve(), 2**26, table_module.DEFAULT_MAX_BYTES
+        )
+        save_file(arrays, cache, metadata=setting)
     decoded.clear()
     with caplog.at_level(logging.WARNING, logger="thumbview.data.table"):
         second = load_dataset(root, max_pixels=2**26)

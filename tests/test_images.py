@@ -164,3 +164,18 @@ def test_path_str_and_bytes_give_the_same_pixels(tmp_path):
     assert np.array_equal(from_path, np.asarray(load_image(path.read_bytes())))
     assert np.array_equal(from_path, np.asarray(load_image(bytearray(path.read_bytes()))))
     assert np.array_equal(from_path, np.arange(48).reshape(4, 4, 3))
+
+
+def test_bytes_over_the_byte_cap_are_refused_before_decoding(tmp_path):
+    """Issue 24: a valid JPEG followed by junk decodes, so only its size can refuse it; the
+    same cap holds for a file and for bytes (a Parquet cell)."""
+    data = encode(Image.new("RGB", (8, 8)), "JPEG") + b"\0" * 5000
+    assert load_image(data).size == (8, 8)  # under the default cap: fine
+    (tmp_path / "padded.jpg").write_bytes(data)
+    for source in (data, tmp_path / "padded.jpg"):
+        with pytest.raises(ImageError, match=f"{len(data):,} bytes, over the 4,096-byte image cap"):
+            load_image(source, max_bytes=4096)
+        with mock.patch("thumbview.data.images._decode") as decode:
+            with pytest.raises(ImageError):
+                load_image(source, max_bytes=4096)
+            decode.assert_not_called()

@@ -191,9 +191,9 @@ def test_verification_cache_and_a_rewritten_shard(packed, monkeypatch):
     calls: list[str] = []
     real = shards_module.tbl.decode_error
 
-    def counting(source, max_pixels, name=None):
+    def counting(source, max_pixels, name=None, *limits):
         calls.append(name)
-        return real(source, max_pixels, name)
+        return real(source, max_pixels, name, *limits)
 
     monkeypatch.setattr(shards_module.tbl, "decode_error", counting)
     first = load_dataset(out)
@@ -303,3 +303,121 @@ def test_loading_streams_image_bytes_one_row_group_at_a_time(tmp_path, monkeypat
     assert brief(ds.report) == brief(load_dataset(src).report)
     assert sizes and max(sizes) <= 2
     assert ds.image_bytes(list(range(len(ds)))) == load_dataset(src).image_bytes(range(len(ds)))
+
+
+# --- issue 24.4: a hostile cell is capped like an image file, memory bounded by the cap ----
+
+CAP = 64 * 1024  # the byte cap in these tests; a row group is read up to 8 x CAP
+
+
+def hostile_shard(root: Path, blobs: list[bytes | None], group_rows: int, **options) -> Path:
+    """A foreign shard: one row per blob (img/i.jpg, views i + 1), `group_rows` a row group."""
+    import pyarrow as pa
+
+    (root / "data").mkdir(parents=True)
+    cells = [{"bytes": b, "path": f"img/{i}.jpg"} for i, b in enumerate(blobs)]
+    table = pa.table(
+        {
+            "image": pa.array(cells, shards_module.IMAGE_TYPE),
+            "views": [str(i + 1) for i in range(len(blobs))],
+        }  # fmt: skip
+    )
+    pq.write_table(table, root / "data" / "train-00000-of-00001.parquet", row_group_size=group_rows, **options)  # fmt: skip
+    return root
+
+
+def padded(n: int) -> bytes:
+    """A valid JPEG followed by junk: it decodes, so only its size can refuse it."""
+    return jpeg((9, 9, 9)) + b"\0" * n
+
+
+def skips(ds) -> dict[int, str]:
+    return {s.row: s.detail for s in ds.report.skipped}
+
+
+def test_a_cell_over_the_cap_is_skipped_by_info_unpack_and_embed(tmp_path):
+    """Before, the cell was kept by the loader and written out by `unpack` unchecked."""
+    from test_cache import CountingEncoder
+
+    blobs = [jpeg((i, 0, 0)) for i in range(6)]
+    blobs[2] = padded(CAP)
+    root = hostile_shard(tmp_path / "in", blobs, group_rows=3)
+    ds = load_dataset(root, max_bytes=CAP)
+    assert list(skips(ds)) == [2] and ds.keys == ["0", "1", "3", "4", "5"]
+    assert skips(ds)[2].endswith(f"{CAP + len(jpeg((9, 9, 9))):,} bytes, over the {CAP:,}-byte image cap")  # fmt: skip
+    result = unpack(root, tmp_path / "out", max_bytes=CAP)
+    assert (result.n_images, result.n_refused) == (5, 1) and not (tmp_path / "out/img/2.jpg").exists()  # fmt: skip
+    unchecked = load_dataset(root, max_bytes=CAP, verify_images=False)  # embed still refuses it
+    _, stats = embed(unchecked, CountingEncoder(), cache_dir=tmp_path / "c")
+    assert [s.row for s in stats.skipped] == [2]
+
+
+def test_a_row_group_too_large_to_read_is_never_read(tmp_path, monkeypatch):
+    """The footer says how many bytes a group's images take: over 8 x the cap, the group is
+    refused without being read (Parquet cannot read one of its cells alone)."""
+    blobs = [jpeg((i, 0, 0)) for i in range(6)]
+    blobs[4] = padded(9 * CAP)
+    root = hostile_shard(tmp_path / "in", blobs, group_rows=2)
+    read: list[int] = []
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda self, g, **kw: read.append(g) or real(self, g, **kw))  # fmt: skip
+    ds = load_dataset(root, max_bytes=CAP, verify_cache=False)
+    assert sorted(skips(ds)) == [4, 5] and "its row group stores" in skips(ds)[5]
+    assert 2 not in read and ds.keys == ["0", "1", "2", "3"]
+
+
+def test_a_repeated_dictionary_cell_cannot_expand_past_the_budget(tmp_path):
+    """A dictionary-encoded cell costs its bytes once on disk but once per row decoded: 64
+    rows of one 60 KB image are a 60 KB file that decodes to 3.8 MB (8 x CAP is 512 KB)."""
+    blob = padded(60_000)
+    root = hostile_shard(tmp_path / "in", [blob] * 64, group_rows=64, dictionary_pagesize_limit=2**24)  # fmt: skip
+    assert (root / "data" / "train-00000-of-00001.parquet").stat().st_size < 2 * len(blob)
+    ds = load_dataset(root, max_bytes=CAP)
+    assert len(ds) == 0 and all("decodes to 3,8" in d for d in skips(ds).values())
+    assert len(load_dataset(root, max_bytes=CAP * 64)) == 64  # within a larger budget: kept
+
+
+def test_text_image_bytes_are_refused_not_read_as_paths(tmp_path):
+    """Before, a string cell was handed to the image loader as a path: a shard could make
+    thumbview read any image file on the machine."""
+    import pyarrow as pa
+
+    secret = tmp_path / "elsewhere.jpg"
+    secret.write_bytes(jpeg((1, 2, 3)))
+    kind = pa.struct([("bytes", pa.string()), ("path", pa.string())])
+    (tmp_path / "in" / "data").mkdir(parents=True)
+    table = pa.table({"image": pa.array([{"bytes": str(secret), "path": "a.jpg"}], kind), "views": ["1"]})  # fmt: skip
+    pq.write_table(table, tmp_path / "in" / "data" / "train-00000-of-00001.parquet")
+    with pytest.raises(DatasetError, match="'image.bytes' must be binary"):
+        load_dataset(tmp_path / "in")
+
+
+def test_image_files_and_packed_cells_share_the_cap(tmp_path, monkeypatch):
+    """The folder refuses a file over the cap as the shards refuse its cell (same report),
+    and `pack` cuts row groups so each can be read back whole under the budget."""
+    src = messy_folder(tmp_path / "src")
+    (src / "img" / "4.jpg").write_bytes(padded(9 * CAP))  # over the budget: its own group
+    monkeypatch.setattr(shards_module, "DEFAULT_MAX_BYTES", CAP)  # what pack sizes groups by
+    pack(src, tmp_path / "out")
+    folder, sharded = load_dataset(src, max_bytes=CAP), load_dataset(tmp_path / "out", max_bytes=CAP)  # fmt: skip
+    assert brief(sharded.report) == brief(folder.report)
+    assert ("img/4.jpg", "unreadable image") in [(s.file_name, s.reason) for s in folder.report.skipped]  # fmt: skip
+    meta = pq.ParquetFile(shard_files(tmp_path / "out")[0]).metadata
+    sizes = [meta.row_group(g).column(0).total_uncompressed_size for g in range(meta.num_row_groups)]  # fmt: skip
+    assert meta.num_row_groups >= 2 and sum(s > 8 * CAP for s in sizes) == 1  # the big one alone
+
+
+def test_cli_info_and_unpack_refuse_a_cell_over_the_default_cap(tmp_path):
+    """The default cap (32 MB) end to end: a 33 MB cell of zeros is 1.6 MB on disk."""
+    from typer.testing import CliRunner
+
+    from thumbview.cli import app
+    from thumbview.data.images import DEFAULT_MAX_BYTES
+
+    root = hostile_shard(tmp_path / "in", [jpeg((1, 1, 1)), padded(DEFAULT_MAX_BYTES)], group_rows=1)  # fmt: skip
+    runner = CliRunner()
+    res = runner.invoke(app, ["info", str(root)])
+    assert res.exit_code == 0 and "2 rows, 1 kept, 1 skipped (unreadable image: 1)" in res.output
+    res = runner.invoke(app, ["unpack", str(root), str(tmp_path / "out")])
+    assert res.exit_code == 0 and "1 image(s) not written: over the image byte cap" in res.output
+    assert sorted(p.name for p in (tmp_path / "out" / "img").iterdir()) == ["0.jpg"]

@@ -173,6 +173,10 @@ def unpack_command(
         console.print(
             f"{result.n_unwritable} image(s) not written: their file_name leaves {escape(str(out))}"
         )
+    if result.n_refused:
+        console.print(
+            f"{result.n_refused} image(s) not written: over the image byte cap (warnings above)"
+        )
 
 
 def register(app: typer.Typer) -> None:

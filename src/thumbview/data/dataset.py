@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from thumbview.data.images import DEFAULT_MAX_PIXELS
+from thumbview.data.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from thumbview.data.table import (
     METADATA_NAMES,
     REASONS,
@@ -79,6 +79,7 @@ def load_dataset(
     workers: int = 4,
     progress: Progress = SILENT,
     verify_cache: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> ThumbnailDataset:
     """Read and validate a dataset folder; bad rows are skipped and listed in `report`.
 
@@ -88,6 +89,7 @@ def load_dataset(
     (`thumbview.data.shards`), with the same checks and the same report.
     With `verify_cache` each verdict is remembered outside the folder (`verify_cache_path`)
     keyed by file name, size, mtime, ctime and inode, so a later load decodes only new or changed files.
+    An image (file or shard cell) over `max_bytes` is an unreadable image, as one over `max_pixels`.
     """
     root = _check_root(root)
     from thumbview.data import shards  # pyarrow: imported only for a sharded folder
@@ -100,6 +102,7 @@ def load_dataset(
             workers=workers,
             progress=progress,
             verify_cache=verify_cache,
+            max_bytes=max_bytes,
         )
     meta_path = _find_metadata(root)
     raw, malformed = _read_metadata(meta_path)
@@ -108,7 +111,8 @@ def load_dataset(
     problems, views = _check_rows(root, raw, malformed)
     if verify_images:
         cache = verify_cache_path(root) if verify_cache else None
-        _check_images(root, raw, problems, max_pixels, workers, progress, cache)
+        limits = (max_pixels, max_bytes)
+        _check_images(root, raw, problems, limits, workers, progress, cache)
     _check_duplicates(raw, problems)
     return _assemble(root, raw, problems, views)
 
@@ -154,12 +158,13 @@ def _check_images(
     root: Path,
     df: pd.DataFrame,
     problems: Problems,
-    max_pixels: int,
+    limits: tuple[int, int],
     workers: int,
     progress: Progress,
     cache: Path | None,
 ) -> None:
-    """Every still-clean row's image must decode; record the ones that fail.
+    """Every still-clean row's image must decode within `limits` (max pixels, max bytes);
+    record the ones that fail.
 
     Verdicts come from `cache` for files whose name and stat key are unchanged there;
     the rest are fully decoded in threads, and the cache is rewritten when anything changed.
@@ -171,22 +176,23 @@ def _check_images(
     names = [column[i] for i in todo]
 
     def decode(misses: np.ndarray) -> list[str | None]:
-        return _decode_all([root / names[j] for j in misses], max_pixels, workers, progress)
+        return _decode_all([root / names[j] for j in misses], limits, workers, progress)
 
-    setting = _verify_setting(root, max_pixels)
+    setting = _verify_setting(root, *limits)
     apply_verdicts(todo, _stamp(root, names), decode, problems, cache, setting)
 
 
 def _decode_all(
-    paths: list[Path], max_pixels: int, workers: int, progress: Progress
+    paths: list[Path], limits: tuple[int, int], workers: int, progress: Progress
 ) -> list[str | None]:
     """The decode error of each path (None when it decodes), in threads."""
+    max_pixels, max_bytes = limits
     errors: list[str | None] = []
     with (
         ThreadPoolExecutor(max_workers=workers) as pool,
         progress.task("checking images", len(paths)) as advance,
     ):
-        for error in pool.map(lambda p: decode_error(p, max_pixels), paths):
+        for error in pool.map(lambda p: decode_error(p, max_pixels, max_bytes=max_bytes), paths):
             errors.append(error)
             advance(1)
     return errors

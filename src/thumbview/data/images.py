@@ -8,6 +8,7 @@ alpha and animated GIFs all arrive in practice.
 from __future__ import annotations
 
 import io
+import os
 import struct
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 # 50 megapixels is far above any YouTube thumbnail (maxres is 1280x720 = 0.9 MP) and
 # far below what would exhaust memory when decoded (50 MP x 4 bytes = 200 MB).
 DEFAULT_MAX_PIXELS = 50_000_000
+# 16x YouTube's own 2 MB limit on a custom thumbnail. The pixel cap alone does not bound
+# the bytes: a valid JPEG may carry any amount of trailing data, which a file read whole
+# (digests, Parquet cells) would bring into memory. Image files and shard cells share it.
+DEFAULT_MAX_BYTES = 32 * 2**20
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "MPO")
 
@@ -31,15 +36,24 @@ class ImageError(ValueError):
     """An image that cannot be used; the message says why in words a person understands."""
 
 
+def over_byte_cap(size: int, max_bytes: int) -> str | None:
+    """Why an image of `size` bytes is refused ("... over the ...-byte image cap"), or None."""
+    if size <= max_bytes:
+        return None
+    return f"{size:,} bytes, over the {max_bytes:,}-byte image cap"
+
+
 def load_image(
     source: str | Path | bytes | bytearray | memoryview,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Image.Image:
     """Decode `source` (a path or raw bytes) to an RGB image, or raise `ImageError`.
 
     The pixel count is checked from the header, before any pixel is decoded, so a
-    decompression bomb costs nothing. GIFs and other animations give their first frame.
+    decompression bomb costs nothing; the byte size (`max_bytes`) from the file's size or
+    the buffer's length. GIFs and other animations give their first frame.
     Transparent images are composited on white, the way YouTube shows them. `name` is what
     error messages call the image (default: the path, or "upload" for bytes).
     """
@@ -54,6 +68,9 @@ def load_image(
     except (ValueError, TypeError) as e:  # embedded NUL byte, not a path at all
         raise ImageError(f"{name}: not a valid path ({e})") from e
     with fp:
+        size = memoryview(source).nbytes if in_memory else os.fstat(fp.fileno()).st_size
+        if too_large := over_byte_cap(size, max_bytes):
+            raise ImageError(f"{name}: {too_large}")
         return _decode(fp, name, max_pixels)
 
 

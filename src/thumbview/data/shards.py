@@ -15,7 +15,11 @@ file's schema metadata holds the `huggingface` features (so `image` shows as an 
 `thumbview` (format version, the original column order).
 
 Reading is streaming: the metadata columns are read whole (small), image bytes one row group
-at a time (verification, embedding), so memory never holds the images of the dataset.
+at a time (verification, embedding), so memory never holds the images of the dataset. A
+shard may come from anyone, so reading is bounded by the image byte cap (`read_cells`): a
+cell over it is refused (the folder's rule for an image file), and a row group whose images
+take more than `GROUP_CELLS` cells at the cap (in the file's footer, or once decoded: a
+dictionary-encoded cell may repeat) is refused whole, never read into Python.
 The checks and the skip report are the folder loader's (`thumbview.data.table`); a row
 without image bytes refers to a file by name, so its name is checked as a folder's would be.
 """
@@ -29,6 +33,7 @@ import math
 import os
 import re
 import threading
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,10 +42,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from thumbview.data import table as tbl
-from thumbview.data.images import DEFAULT_MAX_PIXELS
+from thumbview.data.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, over_byte_cap
 from thumbview.data.table import DatasetError, ThumbnailDataset
 from thumbview.fileio import atomic_write
 from thumbview.progress import SILENT, Progress
@@ -50,8 +56,13 @@ logger = logging.getLogger(__name__)
 SHARD_DIR = "data"
 SHARD_GLOB = "*.parquet"
 ROW_GROUP_ROWS = 256  # ~5-10 MB of thumbnails: the unit read into memory at once
+# A row group is read only when its images fit this many cells at the byte cap (256 MB by
+# default): Parquet cannot read one cell of a group without its neighbours. `pack` cuts
+# its groups under it, and `datasets` aims for row groups of at most 100 MB.
+GROUP_CELLS = 8
 FORMAT_VERSION = 1
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+_BINARY = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view)
 _PLAIN_INT = re.compile(r"0|[1-9][0-9]{0,17}")  # fits int64 and prints back identically
 
 
@@ -80,24 +91,27 @@ class ShardIndex:
     """Row -> (shard file, row in that file) for the rows of a dataset; reads bytes on demand.
 
     Reads go one row group at a time and the last two row groups read are kept, so reading
-    rows in order (embedding, verification) touches each row group once.
+    rows in order (embedding, verification) touches each row group once. `max_bytes` is the
+    image byte cap every cell is read under (`read_cells`).
     """
 
     files: tuple[Path, ...]
     shard: np.ndarray  # (N,) int32 index into files
     row: np.ndarray  # (N,) int64 row within that file
+    max_bytes: int = DEFAULT_MAX_BYTES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_lock", threading.Lock())
-        object.__setattr__(self, "_groups", {})  # (file, group) -> list[bytes | None]
+        object.__setattr__(self, "_groups", {})  # (file, group) -> list[bytes | str | None]
         object.__setattr__(self, "_starts", {})  # file -> (G + 1,) first row of each group
 
     def subset(self, idx: np.ndarray) -> ShardIndex:
-        return ShardIndex(self.files, self.shard[idx], self.row[idx])
+        return ShardIndex(self.files, self.shard[idx], self.row[idx], self.max_bytes)
 
-    def read(self, rows: Sequence[int]) -> list[bytes | None]:
-        """Image bytes (None where the shard has none) of dataset rows `rows`, in order."""
-        out: list[bytes | None] = []
+    def cells(self, rows: Sequence[int]) -> list[bytes | str | None]:
+        """The image cells of dataset rows `rows`, in order: bytes, None where the shard has
+        none, or why a cell is not read (a str: over the byte cap, or its row group too big)."""
+        out: list[bytes | str | None] = []
         with self._lock:
             for r in rows:
                 f, i = int(self.shard[r]), int(self.row[r])
@@ -106,20 +120,83 @@ class ShardIndex:
                 out.append(self._group(f, g)[i - starts[g]])
         return out
 
+    def read(self, rows: Sequence[int]) -> list[bytes | None]:
+        """Image bytes of dataset rows `rows`, in order; None where the shard has none or the
+        cell is refused (`cells` says why)."""
+        return [c if isinstance(c, bytes) else None for c in self.cells(rows)]
+
     def _group_starts(self, f: int) -> np.ndarray:
         if f not in self._starts:
-            meta = pq.ParquetFile(self.files[f]).metadata
-            sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
-            self._starts[f] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            self._starts[f] = _group_starts(pq.ParquetFile(self.files[f]).metadata)
         return self._starts[f]
 
-    def _group(self, f: int, g: int) -> list[bytes | None]:
+    def _group(self, f: int, g: int) -> list[bytes | str | None]:
         if (f, g) not in self._groups:
             if len(self._groups) >= 2:
                 self._groups.pop(next(iter(self._groups)))
-            table = pq.ParquetFile(self.files[f]).read_row_group(g, columns=["image.bytes"])
-            self._groups[(f, g)] = table.column("image").combine_chunks().field("bytes").to_pylist()
+            self._groups[(f, g)] = read_cells(self.files[f], g, self.max_bytes)
         return self._groups[(f, g)]
+
+
+def _group_starts(meta: pq.FileMetaData) -> np.ndarray:
+    """(G + 1,) the first row of each row group, and the file's row count last."""
+    sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+def _image_leaf(meta: pq.FileMetaData) -> int:
+    return [meta.schema.column(i).path for i in range(meta.num_columns)].index("image.bytes")
+
+
+def read_cells(path: Path, g: int, max_bytes: int = DEFAULT_MAX_BYTES) -> list[bytes | str | None]:
+    """Row group `g`'s image cells: bytes, None where there are none, or why a cell is not
+    read (a str). Memory stays bounded by the cap: a group whose image column the footer
+    says is over `GROUP_CELLS` x `max_bytes` is not read; otherwise it is read with its
+    dictionary kept (a repeated cell costs its bytes once), a group that would decode to
+    more than that budget is refused, and a cell over the cap is never copied out of Arrow
+    (its length comes from the offsets). Used by every reader of shard bytes."""
+    meta = pq.ParquetFile(path).metadata
+    n, budget = meta.row_group(g).num_rows, GROUP_CELLS * max_bytes
+    chunk = meta.row_group(g).column(_image_leaf(meta))
+    stored = max(chunk.total_compressed_size, chunk.total_uncompressed_size)
+    if stored > budget:
+        return [f"its row group stores {stored:,} bytes of images, {_over(budget)}"] * n
+    pf = pq.ParquetFile(path, read_dictionary=["image.bytes"])
+    image = pf.read_row_group(g, columns=["image.bytes"]).column("image")
+    parts = [_chunk_cells(c, max_bytes) for c in image.chunks]
+    decoded = sum(total for _, total in parts)
+    if decoded > budget:
+        return [f"its row group decodes to {decoded:,} bytes of images, {_over(budget)}"] * n
+    return [cell for cells, _ in parts for cell in cells]
+
+
+def _over(budget: int) -> str:
+    return f"over the {budget:,} read at once ({GROUP_CELLS} x the image byte cap); not read"
+
+
+def _chunk_cells(image: pa.StructArray, max_bytes: int) -> tuple[list[bytes | str | None], int]:
+    """(cells, bytes the kept cells decode to) of one chunk of the `image` column."""
+    data = image.field("bytes")
+    dictionary = pa.types.is_dictionary(data.type)
+    values = data.dictionary if dictionary else data
+    lengths = pc.fill_null(pc.binary_length(values), 0).to_numpy(zero_copy_only=False)  # (V,)
+    if dictionary:
+        index = pc.fill_null(data.indices, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        lengths = lengths[index] if len(lengths) else np.zeros(len(data), np.int64)  # (n,)
+    present = (image.is_valid().to_numpy(zero_copy_only=False)
+               & data.is_valid().to_numpy(zero_copy_only=False))  # fmt: skip
+    over = present & (lengths > max_bytes)  # (n,)
+    keep = present & ~over
+    if dictionary:  # convert each distinct kept value once; rows share it
+        wanted = np.zeros(len(values), bool)
+        wanted[index[keep]] = True
+        table = pc.if_else(pa.array(wanted), values, pa.nulls(len(values), values.type)).to_pylist()
+        cells: list = [table[j] if k else None for j, k in zip(index.tolist(), keep.tolist(), strict=True)]  # fmt: skip
+    else:
+        cells = pc.if_else(pa.array(keep), data, pa.nulls(len(data), data.type)).to_pylist()
+    for i in np.flatnonzero(over).tolist():
+        cells[i] = over_byte_cap(int(lengths[i]), max_bytes)
+    return cells, int(lengths[keep].sum())
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -133,10 +210,11 @@ def load_shards(
     workers: int = 4,
     progress: Progress = SILENT,
     verify_cache: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> ThumbnailDataset:
     """`load_dataset` for a sharded folder: the same checks, reasons and report."""
     files = shard_files(root)
-    raw, index, has_bytes = _read_shard_metadata(files)
+    raw, index, has_bytes = _read_shard_metadata(files, max_bytes)
     tbl._require_columns(raw, f"{SHARD_DIR}/{files[0].name}")
     raw = tbl._fill_defaults(raw)
     problems, views = _check_rows(raw, has_bytes)
@@ -147,7 +225,9 @@ def load_shards(
     return tbl._assemble(root, raw, problems, views, index)
 
 
-def _read_shard_metadata(files: list[Path]) -> tuple[pd.DataFrame, ShardIndex, np.ndarray]:
+def _read_shard_metadata(
+    files: list[Path], max_bytes: int
+) -> tuple[pd.DataFrame, ShardIndex, np.ndarray]:
     """Every metadata column as text, `file_name` from `image.path`, and which rows have bytes."""
     frames, shard, row, present = [], [], [], []
     order: list[str] | None = None
@@ -157,7 +237,7 @@ def _read_shard_metadata(files: list[Path]) -> tuple[pd.DataFrame, ShardIndex, n
             _check_schema(pf.schema_arrow, path.name)
             others = [n for n in pf.schema_arrow.names if n != "image"]
             table = pf.read(columns=[*others, "image.path"])
-            present.append(_has_bytes(pf))
+            present.append(_has_bytes(pf, path, max_bytes))
         except (OSError, pa.ArrowException) as e:
             raise DatasetError(f"cannot read {SHARD_DIR}/{path.name}: {e}") from e
         frames.append(_text_frame(table, others))
@@ -171,7 +251,7 @@ def _read_shard_metadata(files: list[Path]) -> tuple[pd.DataFrame, ShardIndex, n
     raw = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if order and sorted(order) == sorted(raw.columns):
         raw = raw[order]
-    index = ShardIndex(tuple(files), np.concatenate(shard), np.concatenate(row))
+    index = ShardIndex(tuple(files), np.concatenate(shard), np.concatenate(row), max_bytes)
     return raw.reset_index(drop=True), index, np.concatenate(present)
 
 
@@ -184,6 +264,9 @@ def _check_schema(schema: pa.Schema, name: str) -> None:
         and {"bytes", "path"} <= {kind.field(i).name for i in range(kind.num_fields)}
     ):
         raise DatasetError(f"{SHARD_DIR}/{name}: 'image' must be a struct of bytes and path")
+    cell = kind.field("bytes").type
+    if not any(is_type(cell) for is_type in _BINARY):  # a text cell would be read as a path
+        raise DatasetError(f"{SHARD_DIR}/{name}: 'image.bytes' must be binary, not {cell}")
 
 
 def _text_frame(table: pa.Table, others: list[str]) -> pd.DataFrame:
@@ -214,22 +297,19 @@ def _column_order(schema: pa.Schema) -> list[str] | None:
         return None
 
 
-def _has_bytes(pf: pq.ParquetFile) -> np.ndarray:
-    """(rows,) bool per row: image bytes present. Row-group statistics say "no nulls" for
-    almost every group, so the bytes themselves are read only where some are missing."""
+def _has_bytes(pf: pq.ParquetFile, path: Path, max_bytes: int) -> np.ndarray:
+    """(rows,) bool per row: image bytes present (a refused cell counts as present: reading
+    it reports why). Row-group statistics say "no nulls" for almost every group, so cells
+    are read only where some are missing, and then under the cap (`read_cells`)."""
     meta = pf.metadata
-    leaf = [meta.schema.column(i).path for i in range(meta.num_columns)].index("image.bytes")
+    leaf = _image_leaf(meta)
     parts = []
     for g in range(meta.num_row_groups):
         stats = meta.row_group(g).column(leaf).statistics
         if stats is not None and stats.has_null_count and stats.null_count == 0:
             parts.append(np.ones(meta.row_group(g).num_rows, dtype=bool))
             continue
-        image = pf.read_row_group(g, columns=["image.bytes"]).column("image").combine_chunks()
-        parts.append(
-            image.field("bytes").is_valid().to_numpy(zero_copy_only=False)
-            & image.is_valid().to_numpy(zero_copy_only=False)
-        )
+        parts.append(np.array([c is not None for c in read_cells(path, g, max_bytes)], bool))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
 
@@ -283,7 +363,7 @@ def _check_images(
     def decode(misses: np.ndarray) -> list[str | None]:
         return _decode_rows(index, rows[misses].tolist(), max_pixels, workers, progress)
 
-    setting = {**tbl._verify_setting(root, max_pixels), "layout": "parquet"}
+    setting = {**tbl._verify_setting(root, max_pixels, index.max_bytes), "layout": "parquet"}
     tbl.apply_verdicts(todo, current, decode, problems, cache, setting)
 
 
@@ -297,19 +377,25 @@ def _decode_rows(
 ) -> list[str | None]:
     """The decode error of each row's bytes (None when fine), row group by row group."""
     errors: list[str | None] = []
+    limits = (max_pixels, index.max_bytes)
     with (
         ThreadPoolExecutor(max_workers=workers) as pool,
         progress.task("checking images", len(rows)) as advance,
     ):
         for start in range(0, len(rows), ROW_GROUP_ROWS):
             chunk = rows[start : start + ROW_GROUP_ROWS]
-            data = index.read(chunk)
+            cells = index.cells(chunk)
             names = [f"{index.files[index.shard[r]].name} row {index.row[r]}" for r in chunk]
-            errors += pool.map(
-                lambda blob, name: tbl.decode_error(blob or b"", max_pixels, name), data, names
-            )
+            errors += pool.map(_cell_error, cells, names, [limits] * len(chunk))
             advance(len(chunk))
     return errors
+
+
+def _cell_error(cell: bytes | str | None, name: str, limits: tuple[int, int]) -> str | None:
+    """A cell's verdict: why it was not read, or its decode error (None when it decodes)."""
+    if isinstance(cell, str):
+        return f"{name}: {cell}"
+    return tbl.decode_error(cell or b"", limits[0], name, limits[1])
 
 
 # --- pack: folder -> shards --------------------------------------------------------------
@@ -389,16 +475,13 @@ def _schema(raw: pd.DataFrame) -> pa.Schema:
 
 def _write_shard(path: Path, root: Path, part: pd.DataFrame, schema: pa.Schema, advance) -> int:
     n_images = 0
-    folders: dict[str, bool] = {}
 
     def write(tmp: Path) -> None:
         nonlocal n_images
         with pq.ParquetWriter(tmp, schema) as writer:
-            for start in range(0, len(part), ROW_GROUP_ROWS):
-                rows = part.iloc[start : start + ROW_GROUP_ROWS]
-                names = rows["file_name"].tolist()
-                blobs = [_read_if_usable(root, n, folders) for n in names]
+            for rows, blobs in _row_groups(root, part):
                 n_images += sum(b is not None for b in blobs)
+                names = rows["file_name"].tolist()
                 arrays = [
                     pa.array(
                         [{"bytes": b, "path": n} for b, n in zip(blobs, names, strict=True)],
@@ -414,7 +497,7 @@ def _write_shard(path: Path, root: Path, part: pd.DataFrame, schema: pa.Schema, 
                         )
                     )
                 writer.write_table(
-                    pa.Table.from_arrays(arrays, schema=schema), row_group_size=ROW_GROUP_ROWS
+                    pa.Table.from_arrays(arrays, schema=schema), row_group_size=len(rows)
                 )
                 advance(len(rows))
             if len(part) == 0:
@@ -422,6 +505,25 @@ def _write_shard(path: Path, root: Path, part: pd.DataFrame, schema: pa.Schema, 
 
     atomic_write(path, write)
     return n_images
+
+
+def _row_groups(root: Path, part: pd.DataFrame) -> Iterator[tuple[pd.DataFrame, list]]:
+    """(rows, image bytes) of each row group to write: ROW_GROUP_ROWS rows, or fewer when
+    their images would pass the budget a reader takes at once (`read_cells`), so every
+    group `pack` writes can be read back; an image larger than that stands alone."""
+    folders: dict[str, bool] = {}
+    budget = GROUP_CELLS * DEFAULT_MAX_BYTES
+    start, size, blobs = 0, 0, []
+    for i, name in enumerate(part["file_name"].tolist()):
+        blob = _read_if_usable(root, name, folders)
+        length = len(blob) if blob is not None else 0
+        if blobs and (len(blobs) == ROW_GROUP_ROWS or size + length > budget):
+            yield part.iloc[start:i], blobs
+            start, size, blobs = i, 0, []
+        blobs.append(blob)
+        size += length
+    if blobs:
+        yield part.iloc[start:], blobs
 
 
 def _read_if_usable(root: Path, name: str, folders: dict[str, bool]) -> bytes | None:
@@ -440,17 +542,28 @@ def _read_if_usable(root: Path, name: str, folders: dict[str, bool]) -> bytes | 
 @dataclass(frozen=True)
 class UnpackResult:
     """What `unpack` wrote. `n_unwritable`: rows with bytes but a name that would land
-    outside OUT (foreign shards only); their rows are kept and their images are not written."""
+    outside OUT (foreign shards only); `n_refused`: rows whose cell is over the image byte
+    cap (or in a row group too large to read). Their rows are kept, their images not written."""
 
     n_rows: int
     n_images: int
     n_unwritable: int
     metadata: Path
+    n_refused: int = 0
 
 
-def unpack(shards: str | Path, out: str | Path, *, progress: Progress = SILENT) -> UnpackResult:
+def unpack(
+    shards: str | Path,
+    out: str | Path,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    progress: Progress = SILENT,
+) -> UnpackResult:
     """Write a sharded dataset back as an imagefolder: images at their `file_name`, and
-    `metadata.csv` with every row, in the original column order and text."""
+    `metadata.csv` with every row, in the original column order and text.
+
+    Cells are written as they are (a corrupt one too: loading the folder reports it as
+    loading the shards did), except those the byte cap refuses, each logged with why."""
     src = tbl._check_root(shards)
     files = shard_files(src)
     if not files:
@@ -459,27 +572,28 @@ def unpack(shards: str | Path, out: str | Path, *, progress: Progress = SILENT) 
     out.mkdir(parents=True, exist_ok=True)
     if any((out / n).exists() for n in tbl.METADATA_NAMES):
         raise DatasetError(f"{out} already has a metadata file; choose an empty OUT")
-    raw, index, _ = _read_shard_metadata(files)
-    n_images = n_unwritable = 0
-    folders: dict[str, bool] = {}
-    names = raw["file_name"].tolist()
+    raw, index, _ = _read_shard_metadata(files, max_bytes)
     with progress.task("unpacking", len(raw)) as advance:
-        for start, blobs in _blob_chunks(index, len(raw)):
-            for name, blob in zip(names[start : start + len(blobs)], blobs, strict=True):
-                if blob is None:
-                    continue
-                if _place(out.resolve(), name, blob, folders):
-                    n_images += 1
-                else:
-                    n_unwritable += 1
-            advance(len(blobs))
+        counts = _write_images(out.resolve(), raw["file_name"].tolist(), index, advance)
     meta = atomic_write(out / "metadata.csv", lambda tmp: _write_csv(tmp, raw))
-    return UnpackResult(len(raw), n_images, n_unwritable, meta)
+    return UnpackResult(len(raw), counts["written"], counts["unwritable"], meta, counts["refused"])
 
 
-def _blob_chunks(index: ShardIndex, n: int) -> Iterator[tuple[int, list[bytes | None]]]:
-    for start in range(0, n, ROW_GROUP_ROWS):
-        yield start, index.read(range(start, min(n, start + ROW_GROUP_ROWS)))
+def _write_images(out: Path, names: list[str], index: ShardIndex, advance) -> Counter[str]:
+    """Each row's cell at its name under `out`, row group by row group: how many were
+    written, unwritable (a name leaving `out`) and refused (the byte cap)."""
+    counts: Counter[str] = Counter()
+    folders: dict[str, bool] = {}
+    for start in range(0, len(names), ROW_GROUP_ROWS):
+        cells = index.cells(range(start, min(len(names), start + ROW_GROUP_ROWS)))
+        for row, (name, cell) in enumerate(zip(names[start:], cells, strict=False), start):
+            if isinstance(cell, str):
+                logger.warning("not writing the image of row %d (%r): %s", row, name, cell)
+                counts["refused"] += 1
+            elif cell is not None:
+                counts["written" if _place(out, name, cell, folders) else "unwritable"] += 1
+        advance(len(cells))
+    return counts
 
 
 def _place(out: Path, name: str, blob: bytes, folders: dict[str, bool]) -> bool:

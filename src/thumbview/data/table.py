@@ -33,7 +33,7 @@ import PIL
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from thumbview.data.images import load_image
+from thumbview.data.images import DEFAULT_MAX_BYTES, load_image
 from thumbview.fileio import atomic_write, dataset_cache_name, user_cache_root
 
 logger = logging.getLogger(__name__)
@@ -461,10 +461,15 @@ def apply_verdicts(
         _write_verdicts(cache, setting, dataclasses.replace(current, errors=errors))
 
 
-def decode_error(source: Path | bytes, max_pixels: int, name: str | None = None) -> str | None:
+def decode_error(
+    source: Path | bytes,
+    max_pixels: int,
+    name: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> str | None:
     """Why `source` cannot be used as an image (the report's detail), or None when it can."""
     try:
-        load_image(source, max_pixels=max_pixels, name=name)
+        load_image(source, max_pixels=max_pixels, name=name, max_bytes=max_bytes)
     except Exception as e:  # noqa: BLE001 - a hostile file must become a report line, never a crash
         return str(e) or type(e).__name__
     return None
@@ -511,12 +516,13 @@ def _lookup(cached: _Verdicts | None, current: _Verdicts) -> np.ndarray:
     return np.where(same, rows, -1)
 
 
-def _verify_setting(root: Path, max_pixels: int) -> dict[str, str]:
+def _verify_setting(root: Path, max_pixels: int, max_bytes: int) -> dict[str, str]:
     """What a verdict depends on besides the file: a cache made under other settings is void."""
     return {
         "format": str(_VERIFY_FORMAT),
         "root": str(root),
         "max_pixels": str(max_pixels),
+        "max_bytes": str(max_bytes),
         "pillow": PIL.__version__,
     }
 

@@ -125,7 +125,8 @@ def _read_tasks(dataset: ThumbnailDataset, rows: list[int]) -> list[dict]:
     for r in order:
         f, i = int(index.shard[r]), int(index.row[r])
         task = tasks.setdefault(
-            (f, i // READ_TASK_ROWS), {"file": str(index.files[f]), "pos": [], "rows": []}
+            (f, i // READ_TASK_ROWS),
+            {"file": str(index.files[f]), "max_bytes": index.max_bytes, "pos": [], "rows": []},
         )
         task["pos"].append(r)
         task["rows"].append(i)
@@ -133,24 +134,24 @@ def _read_tasks(dataset: ThumbnailDataset, rows: list[int]) -> list[dict]:
 
 
 def read_task(task: dict) -> list[bytes]:
-    """The image bytes a task names (runs on a worker, next to the data)."""
+    """The image bytes a task names (runs on a worker, next to the data); a cell the byte cap
+    refuses (`thumbview.data.shards.read_cells`) is b"", which then fails to decode."""
     if "paths" in task:
         return [Path(p).read_bytes() for p in task["paths"]]
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(task["file"])
-    meta = pf.metadata
+    from thumbview.data.shards import read_cells
+
+    meta = pq.ParquetFile(task["file"]).metadata
     starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
     groups = np.searchsorted(starts, task["rows"], side="right") - 1  # (T,) row group per row
     blobs: list[bytes] = []
     for g in sorted(set(groups.tolist())):  # one row group in memory at a time
-        column = pf.read_row_group(g, columns=["image.bytes"]).column("image").combine_chunks()
-        data = column.field("bytes")
-        blobs += [
-            data[r - starts[g]].as_py() or b""
-            for r in task["rows"]
-            if r < starts[g + 1] and r >= starts[g]
-        ]
+        cells = read_cells(Path(task["file"]), g, task["max_bytes"])
+        for r in task["rows"]:
+            if starts[g] <= r < starts[g + 1]:
+                cell = cells[r - starts[g]]
+                blobs.append(cell if isinstance(cell, bytes) else b"")
     return blobs
 
 
