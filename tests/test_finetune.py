@@ -249,3 +249,99 @@ def test_cli_trains_and_prints_json(data, tmp_path):
     got = json.loads(res.stdout)
     assert got["epochs_run"] == 1 and got["holdout"]["n"] == got["n_holdout"] > 0
     assert LoadedPredictor.load(out).model.config.encoders == ("pixels",)
+
+
+# --- issue 24: a damaged or edited checkpoint is one clear error, and nothing is lost -------
+
+
+@pytest.fixture(scope="module")
+def one_epoch(data, tmp_path_factory) -> Path:
+    """A run of 1 epoch (of 2 asked for later with --resume) and its checkpoint."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("ft-ckpt") / "m"
+    finetune(load_dataset(data), FinetuneConfig(**FAST, epochs=1, holdout=0.0), out)
+    return out
+
+
+def _edit_json(change):
+    def tamper(folder: Path) -> None:
+        state = json.loads((folder / "state.json").read_text())
+        change(state)
+        (folder / "state.json").write_text(json.dumps(state))
+
+    return tamper
+
+
+def _edit_tensors(change):
+    def tamper(folder: Path) -> None:
+        tensors = load_file(folder / "state.safetensors")
+        change(tensors)
+        save_file(tensors, folder / "state.safetensors", metadata={"epoch": "1"})
+
+    return tamper
+
+
+def _first(tensors: dict, prefix: str) -> str:
+    return next(k for k in sorted(tensors) if k.startswith(prefix))
+
+
+TAMPERED = {
+    "json cut short": (lambda f: (f / "state.json").write_text('{"epoch": 1, '), "state.json"),
+    "json nested deep": (lambda f: (f / "state.json").write_text("[" * 100_000), "state.json"),
+    "no sched": (_edit_json(lambda s: s.pop("sched")), "state.json"),
+    "extra sched key": (_edit_json(lambda s: s["sched"].update(step=1)), "state.json"),
+    "lr is text": (_edit_json(lambda s: s["param_groups"][0].update(lr="x")), "state.json"),
+    "epoch is text": (_edit_json(lambda s: s.update(epoch="1")), "state.json"),
+    "history is a number": (_edit_json(lambda s: s.update(history=5)), "state.json"),
+    "config is text": (_edit_json(lambda s: s.update(config="x")), "state.json"),
+    "tensors cut short": (
+        lambda f: (f / "state.safetensors").write_bytes(b"\x08" + b"\0" * 20),
+        "state.safetensors",
+    ),  # fmt: skip
+    "weight of another shape": (
+        _edit_tensors(lambda t: t.update({_first(t, "net."): torch.zeros(3, 5)})),
+        "state.safetensors",
+    ),  # fmt: skip
+    "NaN weights": (
+        _edit_tensors(lambda t: t[_first(t, "best.")].fill_(float("nan"))),
+        "state.safetensors",
+    ),  # fmt: skip
+    "slot of no parameter": (
+        _edit_tensors(lambda t: t.update({"opt.999.exp_avg": torch.zeros(1)})),
+        "state.safetensors",
+    ),  # fmt: skip
+    "missing weight": (_edit_tensors(lambda t: t.pop(_first(t, "net."))), "state.safetensors"),
+    "rng of floats": (
+        _edit_tensors(lambda t: t.update({"rng.torch": torch.zeros(3)})),
+        "state.safetensors",
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_resume_from_a_tampered_checkpoint_is_one_clear_error(case, one_epoch, data, tmp_path):
+    """Before, each of these was a traceback (KeyError, RuntimeError, SafetensorError, ...),
+    some only after an epoch of training on the bad state."""
+    import shutil
+
+    tamper, name = TAMPERED[case]
+    out = tmp_path / "m"
+    shutil.copytree(one_epoch, out)
+    tamper(out / "checkpoint")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    config = FinetuneConfig(**FAST, epochs=2, holdout=0.0)
+    with pytest.raises(FinetuneError, match=rf"checkpoint/{name} is damaged \(.+\); run without --resume"):  # fmt: skip
+        finetune(load_dataset(data), config, out, resume=True)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing lost
+
+
+def test_cli_resume_from_a_tampered_checkpoint_is_one_line(one_epoch, data, tmp_path):
+    import shutil
+
+    shutil.copytree(one_epoch, tmp_path / "m")
+    TAMPERED["weight of another shape"][0](tmp_path / "m" / "checkpoint")
+    args = ["finetune", str(data), "--out", str(tmp_path / "m"), "--backbone", "test-vit",
+            "--batch-size", "32", "--workers", "0", "--patience", "50", "--holdout", "0",
+            "--epochs", "2", "--resume"]  # fmt: skip
+    line = _one_line_error(args)
+    assert "state.safetensors is damaged" in line and "run without --resume" in line

@@ -158,20 +158,12 @@ def save_checkpoint(folder: Path, net, opt, sched, best: dict, state: dict[str, 
 
 
 def load_checkpoint(folder: Path, net, opt, sched, config: FinetuneConfig) -> tuple[dict, dict]:
-    """Restore what `save_checkpoint` wrote; returns (state counters, best weights)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    """Restore what `save_checkpoint` wrote; returns (state counters, best weights).
 
-    if not (folder / "state.json").is_file() or not (folder / "state.safetensors").is_file():
-        raise FinetuneError(f"--resume: no checkpoint in {folder}; run without --resume")
-    state = json.loads((folder / "state.json").read_text())
-    with safe_open(folder / "state.safetensors", "pt") as f:
-        if (f.metadata() or {}).get("epoch") != str(state["epoch"]):
-            raise FinetuneError(f"--resume: {folder} is inconsistent (interrupted while saving)")
-    changed = config.same_run(FinetuneConfig.from_dict(state["config"]))
-    if changed:
-        raise FinetuneError(f"--resume: settings differ from the saved run ({', '.join(changed)})")
-    tensors = load_file(folder / "state.safetensors")
+    A checkpoint folder can be damaged or edited, so all of it is checked against what this
+    run would save (`_read_checkpoint`) before anything is restored: a bad one is one
+    FinetuneError naming the file, and the folder is left as it was."""
+    state, tensors = _read_checkpoint(folder, net, opt, sched, config)
     net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
     slots: dict[int, dict] = {}
@@ -185,6 +177,122 @@ def load_checkpoint(folder: Path, net, opt, sched, config: FinetuneConfig) -> tu
     sched.load_state_dict(state["sched"])
     torch.set_rng_state(tensors["rng.torch"])
     return state, best
+
+
+def _read_checkpoint(folder: Path, net, opt, sched, config: FinetuneConfig) -> tuple[dict, dict]:
+    """(state.json, state.safetensors) of a checkpoint, checked whole; FinetuneError if not."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    json_path, tensor_path = folder / "state.json", folder / "state.safetensors"
+    if not json_path.is_file() or not tensor_path.is_file():
+        raise FinetuneError(f"--resume: no checkpoint in {folder}; run without --resume")
+    try:
+        state = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise _damaged(json_path, f"not valid JSON: {e}") from e
+    try:
+        with safe_open(tensor_path, "pt") as f:
+            epoch = (f.metadata() or {}).get("epoch")
+        tensors = load_file(tensor_path)
+    except (OSError, ValueError, SafetensorError) as e:
+        raise _damaged(tensor_path, str(e)) from e
+    if problem := _state_problem(state, opt, sched):
+        raise _damaged(json_path, problem)
+    if epoch != str(state["epoch"]):
+        raise FinetuneError(f"--resume: {folder} is inconsistent (interrupted while saving)")
+    try:
+        changed = config.same_run(FinetuneConfig.from_dict(state["config"]))
+    except (TypeError, ValueError) as e:
+        raise _damaged(json_path, f"its settings are not valid ({e})") from e
+    if changed:
+        raise FinetuneError(f"--resume: settings differ from the saved run ({', '.join(changed)})")
+    if problem := _tensor_problem(tensors, net, opt):
+        raise _damaged(tensor_path, problem)
+    return state, tensors
+
+
+def _damaged(path: Path, problem: str) -> FinetuneError:
+    first = problem.strip().splitlines()[0][:200] if problem.strip() else "unreadable"
+    return FinetuneError(f"--resume: {path} is damaged ({first}); run without --resume to start over")  # fmt: skip
+
+
+def _state_problem(state: Any, opt, sched) -> str | None:
+    """What is wrong with a read state.json (None when it is what `save_checkpoint` writes):
+    counters, history, and the optimiser and scheduler settings in this run's exact shape."""
+    counters = ("epoch", "best_epoch", "bad")
+    if not isinstance(state, dict) or not all(_is_count(state.get(k)) for k in counters):
+        return "epoch, best_epoch and bad must be counts"
+    if not isinstance(state.get("stopped"), bool) or not isinstance(state.get("config"), dict):
+        return "stopped must be true/false and config an object"
+    history = state.get("history")
+    if not isinstance(history, list) or len(history) != state["epoch"]:
+        return "history must hold one row per finished epoch"
+    if not all(isinstance(r, list) and len(r) == 3 and all(map(_is_number, r)) for r in history):
+        return "history rows must be [epoch, train MSE, validation MSE]"
+    if not (state.get("best") is None or _is_number(state["best"])):
+        return "best must be a number or null"
+    fresh = opt.state_dict()["param_groups"]
+    if not _same_shape(state.get("param_groups"), fresh) or [
+        g["params"] for g in state["param_groups"]
+    ] != [g["params"] for g in fresh]:
+        return "its optimiser settings (param_groups) are not the ones this run saves"
+    if not _same_shape(state.get("sched"), sched.state_dict()):
+        return "its learning-rate schedule (sched) is not the one this run saves"
+    return None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value: Any) -> bool:  # NaN allowed: a diverged epoch's loss is NaN
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _same_shape(saved: Any, fresh: Any) -> bool:
+    """`saved` (read from JSON) has `fresh`'s shape: the same keys, lengths and JSON types,
+    numbers finite. Settings a load_state_dict copies in as they are must hold no surprise
+    (an extra scheduler key would become an attribute, shadowing a method)."""
+    if isinstance(fresh, dict):
+        return (
+            isinstance(saved, dict)
+            and saved.keys() == {str(k) for k in fresh}
+            and all(_same_shape(saved[str(k)], v) for k, v in fresh.items())
+        )
+    if isinstance(fresh, list | tuple):
+        return isinstance(saved, list) and len(saved) == len(fresh) and all(map(_same_shape, saved, fresh))  # fmt: skip
+    if fresh is None or isinstance(fresh, bool | str):
+        return type(saved) is type(fresh)
+    return _is_number(saved) and math.isfinite(saved)
+
+
+def _tensor_problem(tensors: dict, net, opt) -> str | None:
+    """What is wrong with the saved tensors (None when they fit this run's network and
+    optimiser): exactly its weights twice (net., best.), AdamW's slots, the RNG state."""
+    shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    params = [p for g in opt.param_groups for p in g["params"]]
+    expected = {f"{part}.{k}": shape for k, shape in shapes.items() for part in ("net", "best")}
+    for key, value in tensors.items():
+        if key == "rng.torch":
+            if value.dtype != torch.uint8 or value.shape != torch.get_rng_state().shape:
+                return "rng.torch is not a torch RNG state"
+        elif key.startswith("opt."):
+            _, idx, slot = (key.split(".", 2) + ["", ""])[:3]
+            if not idx.isdigit() or int(idx) >= len(params) or slot not in _ADAM_SLOTS:
+                return f"{key} is not an optimiser slot of this network"
+            if value.numel() != (1 if slot == "step" else params[int(idx)].numel()):
+                return f"{key} has {value.numel()} values, not its parameter's"
+        elif expected.pop(key, None) != tuple(value.shape):
+            return f"{key} is not a weight of this network, or has another shape"
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return f"{key} holds NaN or infinite values"
+    if "rng.torch" not in tensors or expected:
+        return f"missing {', '.join(sorted(expected)[:3]) or 'rng.torch'}"
+    return None
+
+
+_ADAM_SLOTS = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
 
 
 # ----- the loop ----------------------------------------------------------------------------
