@@ -237,3 +237,157 @@ def test_ctrl_c_saves_finished_epochs_and_resume_continues(tiny_base, bot_model_
     assert result.epochs_done == 2 and [r["epoch"] for r in result.history] == [1, 2]
     meta = json.loads((tmp_path / "b" / "bot.json").read_text())
     assert meta["method"] == "draft" and "faces" in meta["guards"]["held_fixed"]
+
+
+# --- issue 24: a tampered bot folder is one clear error, and nothing is lost ----------------
+
+LORA = "pytorch_lora_weights.safetensors"
+
+
+def _json_edit(name, change):
+    def tamper(bot):
+        data = json.loads((bot / name).read_text())
+        change(data)
+        (bot / name).write_text(json.dumps(data))
+
+    return tamper
+
+
+def _tensor_edit(name, change):
+    def tamper(bot):
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(bot / name)
+        change(tensors)
+        save_file(tensors, bot / name)
+
+    return tamper
+
+
+def _first_key(tensors):
+    return sorted(tensors)[0]
+
+
+def _resized(tensors):
+    import torch
+
+    key = _first_key(tensors)
+    tensors[key] = torch.zeros(tensors[key].shape[0] + 1, *tensors[key].shape[1:])
+
+
+# name -> (tamper, the file the error names, whether `bot generate` / serve --bot read it)
+BOT_TAMPERED = {
+    "bot.json cut short": (lambda b: (b / "bot.json").write_text('{"format": '), "bot.json", True),
+    "unknown setting": (
+        _json_edit("bot.json", lambda d: d["config"].update(evil=1)),
+        "bot.json",
+        True,
+    ),  # fmt: skip
+    "rank is text": (
+        _json_edit("bot.json", lambda d: d["config"].update(lora_rank="4")),
+        "bot.json",
+        True,
+    ),  # fmt: skip
+    "NaN learning rate": (
+        _json_edit("bot.json", lambda d: d["config"].update(lr=float("nan"))),
+        "bot.json",
+        True,
+    ),  # fmt: skip
+    "a huge image": (
+        _json_edit("bot.json", lambda d: d["config"]["sample"].update(height=2**20)),
+        "bot.json",
+        True,
+    ),  # fmt: skip
+    "history a number": (
+        _json_edit("state.json", lambda d: d.update(history=3)),
+        "state.json",
+        False,
+    ),  # fmt: skip
+    "history reordered": (
+        _json_edit("state.json", lambda d: d["history"].reverse()),
+        "state.json",
+        False,
+    ),  # fmt: skip
+    "optimizer cut short": (
+        lambda b: (b / "optimizer.safetensors").write_bytes(b"\x10" + b"\0" * 9),
+        "optimizer.safetensors",
+        False,
+    ),  # fmt: skip
+    "optimizer of another shape": (
+        _tensor_edit("optimizer.safetensors", _resized),
+        "optimizer.safetensors",
+        False,
+    ),  # fmt: skip
+    "LoRA cut short": (lambda b: (b / LORA).write_bytes(b"\x10" + b"\0" * 9), LORA, True),
+    "LoRA of other shapes": (_tensor_edit(LORA, _resized), LORA, True),
+    "LoRA missing a tensor": (_tensor_edit(LORA, lambda t: t.pop(_first_key(t))), LORA, True),
+    "LoRA with an extra tensor": (
+        _tensor_edit(LORA, lambda t: t.update(extra=t[_first_key(t)].clone())),
+        LORA,
+        True,
+    ),  # fmt: skip
+    "LoRA with NaN": (
+        _tensor_edit(LORA, lambda t: t[_first_key(t)].fill_(float("nan"))),
+        LORA,
+        True,
+    ),  # fmt: skip
+}
+
+
+def _tampered_copy(trained_bot, tmp_path, case):
+    import shutil
+
+    tamper, name, read_by_generate = BOT_TAMPERED[case]
+    bot = tmp_path / "bot"
+    shutil.copytree(trained_bot, bot)
+    tamper(bot)
+    return bot, name, read_by_generate
+
+
+def _files(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("case", list(BOT_TAMPERED))
+def test_resume_and_load_of_a_tampered_bot_are_one_clear_error(case, trained_bot, tiny_base, bot_model_dir, tmp_path):  # noqa: F811  # fmt: skip
+    """Before: KeyError, TypeError, SafetensorError or RuntimeError tracebacks; a LoRA with a
+    tensor missing or extra was loaded with a warning; NaN weights sampled black images."""
+    from thumbview.bot.folder import BotConfig, Prompt
+    from thumbview.bot.generate import LoadedBot
+    from thumbview.bot.policy import SampleConfig
+    from thumbview.bot.rl import BotError
+    from thumbview.bot.train import train_bot
+
+    bot, name, read_by_generate = _tampered_copy(trained_bot, tmp_path, case)
+    before = _files(bot)
+    sample = SampleConfig(steps=2, guidance=1.5, height=64, width=64)
+    config = BotConfig(method="ddpo", epochs=3, batch=1, per_prompt=2, sample=sample)
+    with pytest.raises(BotError, match=name):
+        train_bot(str(tiny_base), bot_model_dir, [Prompt("t", "p")], bot, config, resume=True)
+    if read_by_generate:
+        with pytest.raises(BotError, match=name):
+            LoadedBot.load(bot)
+    assert _files(bot) == before  # nothing rewritten, nothing lost
+
+
+def test_cli_and_web_refuse_a_lora_of_the_wrong_shapes_in_one_line(trained_bot, tmp_path):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from thumbview.serve.app import _install_error_handlers
+
+    bot, _, _ = _tampered_copy(trained_bot, tmp_path, "LoRA of other shapes")
+    result = invoke("bot", "generate", bot, "--title", "t", "-n", "1", "--out", tmp_path / "o")
+    assert result.exit_code == 2 and result.output.count("error:") == 1
+    assert "does not fit this base model and LoRA rank" in " ".join(result.output.split())
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+    from thumbview.serve.bot import bot_router
+
+    app = FastAPI()
+    _install_error_handlers(app)
+    app.include_router(bot_router(bot))
+    res = TestClient(app, base_url="http://127.0.0.1").post("/api/bot/generate", data={"title": "t", "n": 1})  # fmt: skip
+    assert res.status_code == 422 and "does not fit this base model" in res.text
+    bad, _, _ = _tampered_copy(trained_bot, tmp_path / "j", "unknown setting")
+    with pytest.raises(ValueError, match="unknown settings evil"):
+        bot_router(bad)  # serve --bot fails at start-up, before announcing its address

@@ -7,14 +7,21 @@ training writes one: both import this module, so loading a bot for `bot generate
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from thumbview.bot.policy import LORA_FILE, SampleConfig, check_sample_config
+from thumbview.bot.policy import (
+    LORA_FILE,
+    SampleConfig,
+    check_sample_config,
+    non_finite,
+    read_tensors,
+)
 from thumbview.bot.reward import RewardConfig
 from thumbview.bot.rl import BotError
 from thumbview.fileio import atomic_write
+from thumbview.schema import read_json
 
 BOT_FILE = "bot.json"
 FORMAT, FORMAT_VERSION = "thumbview-bot", 1
@@ -62,9 +69,33 @@ class BotConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> BotConfig:
-        return cls(
-            **{**d, "sample": SampleConfig(**d["sample"]), "reward": RewardConfig(**d["reward"])}
-        )
+        """The config saved in bot.json, checked (`_from_json`): BotError in words."""
+        if not isinstance(d, dict):
+            raise BotError("config: expected an object")
+        sample = _from_json(SampleConfig, d.get("sample", {}), "config.sample")
+        reward = _from_json(RewardConfig, d.get("reward", {}), "config.reward")
+        return _from_json(cls, {**d, "sample": sample, "reward": reward}, "config")
+
+
+# JSON types of a config field, by its annotation (`from __future__ import annotations`).
+_FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "str | None": (str, type(None))}  # fmt: skip
+
+
+def _from_json(cls, values: object, where: str):
+    """`cls(**values)` for a config dataclass read from JSON: every key one of its fields,
+    every value of its field's type (numbers finite), so an edited file is refused in words
+    instead of failing deep in sampling. Nested configs are built by the caller."""
+    if not isinstance(values, dict):
+        raise BotError(f"{where}: expected an object")
+    types = {f.name: f.type for f in fields(cls)}
+    if unknown := sorted(map(str, set(values) - set(types))):
+        raise BotError(f"{where}: unknown settings {', '.join(unknown)}")
+    for key, value in values.items():
+        kinds = _FIELD_TYPES.get(str(types[key]))
+        bad_number = isinstance(value, float) and not math.isfinite(value)
+        if kinds is not None and (isinstance(value, bool) or not isinstance(value, kinds) or bad_number):  # fmt: skip
+            raise BotError(f"{where}.{key}: expected {types[key]}, got {str(value)[:40]!r}")
+    return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -105,13 +136,21 @@ def save_grid(images: list, columns: int, path: Path) -> Path:
 
 
 def read_bot(bot_dir: str | Path) -> dict:
-    """bot.json, checked; FileNotFoundError/BotError in words."""
+    """bot.json, checked (its `config` a valid BotConfig), and the LoRA file readable with
+    finite values (its shapes need the base model: `Policy.load_lora`); a bot folder can be
+    shared or edited, so anything else is FileNotFoundError/BotError in words."""
     path = Path(bot_dir) / BOT_FILE
     if not path.is_file() or not (Path(bot_dir) / LORA_FILE).is_file():
         raise FileNotFoundError(
             f"{bot_dir} is not a bot folder (needs {BOT_FILE} and {LORA_FILE}); train one with `thumbview bot train`"
         )
-    meta = json.loads(path.read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT:
+    meta = read_json(path, {"format": str, "base": str, "config": dict}, BotError)
+    if meta["format"] != FORMAT:
         raise BotError(f"{path} is not a thumbview bot file")
+    try:
+        BotConfig.from_dict(meta["config"])
+    except BotError as e:
+        raise BotError(f"{path}: {e}") from e
+    if problem := non_finite(read_tensors(Path(bot_dir) / LORA_FILE, "LoRA")):
+        raise BotError(f"{Path(bot_dir) / LORA_FILE}: {problem}")
     return meta

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from thumbview.bot.folder import BotConfig, Prompt, read_bot, save_grid
-from thumbview.bot.policy import LORA_FILE, Policy, load_base
+from thumbview.bot.policy import Policy, load_base
 from thumbview.bot.reward import to_pil
 from thumbview.compare import p_best, residual_atoms
 from thumbview.fileio import atomic_write, json_safe
@@ -56,7 +56,7 @@ class Generation:
 
 @dataclass
 class LoadedBot:
-    """A bot folder loaded once: its policy (base + LoRA via `load_lora_weights`) and config."""
+    """A bot folder loaded once: its policy (base + its LoRA adapter) and config."""
 
     policy: Policy
     meta: dict
@@ -64,11 +64,13 @@ class LoadedBot:
 
     @classmethod
     def load(cls, bot_dir: str | Path, decoder: Callable | None = None) -> LoadedBot:
+        """The bot's base with a fresh adapter of its rank, then its LoRA file copied in
+        (`Policy.load_lora`: a file of other keys or shapes is a BotError, not a warning)."""
         meta = read_bot(bot_dir)
-        pipe = load_base(meta["base"])
-        pipe.load_lora_weights(str(bot_dir), weight_name=LORA_FILE)
         config = BotConfig.from_dict(meta["config"])
-        return cls(Policy(pipe, config.lora_rank, decoder, new_adapter=False), meta, config)
+        policy = Policy(load_base(meta["base"]), config.lora_rank, decoder)
+        policy.load_lora(Path(bot_dir))
+        return cls(policy, meta, config)
 
     def images(
         self,

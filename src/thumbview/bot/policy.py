@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
+MAX_STEPS = 1000  # the DDIM schedule's training timesteps
+MAX_SIDE = 2048  # pixels a side: 4x Stable Diffusion 1.x's native 512
 BASE_FILES = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
@@ -81,23 +83,20 @@ def load_base(base: str | Path):
 class Policy:
     """A pipeline + LoRA: sample with log-probs, decode, reference eps, save/load the adapter."""
 
-    def __init__(
-        self, pipe, lora_rank: int = 4, decoder: Callable | None = None, new_adapter: bool = True
-    ):
-        """`new_adapter=False` for a pipe whose LoRA was loaded with `pipe.load_lora_weights`."""
+    def __init__(self, pipe, lora_rank: int = 4, decoder: Callable | None = None):
+        """A new adapter of `lora_rank` on the pipe's UNet (saved weights: `load_lora`)."""
         from peft import LoraConfig
 
         self.pipe = pipe
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
             module.requires_grad_(False)
-        if new_adapter:
-            config = LoraConfig(
-                r=lora_rank,
-                lora_alpha=lora_rank,
-                init_lora_weights="gaussian",
-                target_modules=list(LORA_TARGETS),
-            )
-            pipe.unet.add_adapter(config)
+        config = LoraConfig(
+            r=lora_rank,
+            lora_alpha=lora_rank,
+            init_lora_weights="gaussian",
+            target_modules=list(LORA_TARGETS),
+        )
+        pipe.unet.add_adapter(config)
         self.lora_rank = lora_rank
         self.decoder = decoder or self._vae_decode
 
@@ -133,17 +132,22 @@ class Policy:
         return Path(out) / LORA_FILE
 
     def load_lora(self, folder: Path) -> None:
-        """Copy saved adapter weights into this policy's adapter (used by --resume)."""
-        from peft.utils import set_peft_model_state_dict
-        from safetensors.torch import load_file
+        """Copy saved adapter weights into this policy's adapter (--resume, loading a bot).
 
-        state = load_file(Path(folder) / LORA_FILE)
-        state = {k.removeprefix("unet."): v for k, v in state.items()}
+        The file is checked first: exactly this adapter's tensors (every key, each of this
+        base and rank's shape) and all finite; anything else is a BotError naming the file,
+        and the adapter is left as it was."""
         from diffusers.utils import convert_unet_state_dict_to_peft
+        from peft.utils import set_peft_model_state_dict
 
+        path = Path(folder) / LORA_FILE
+        state = {k.removeprefix("unet."): v for k, v in read_tensors(path, "LoRA").items()}
+        expected = {k: tuple(v.shape) for k, v in self.lora_state_dict().items()}
+        if problem := tensor_mismatch(state, expected):
+            raise BotError(f"{path} does not fit this base model and LoRA rank ({problem})")
         result = set_peft_model_state_dict(self.pipe.unet, convert_unet_state_dict_to_peft(state))
         if getattr(result, "unexpected_keys", None):
-            raise BotError(f"{folder / LORA_FILE} does not fit this base model's UNet")
+            raise BotError(f"{path} does not fit this base model's UNet")
 
     # ----- sampling -----------------------------------------------------------------------
     def embed(self, prompts: Sequence[str], guidance: float) -> torch.Tensor:
@@ -212,7 +216,48 @@ class Policy:
 
 
 def check_sample_config(cfg: SampleConfig, method: str) -> None:
+    """Settings sampling can run with; the bounds keep an edited bot.json from asking for an
+    image of any size or any number of steps (memory and time grow with both)."""
     if method == "ddpo" and cfg.eta <= 0:
         raise BotError("ddpo needs eta > 0: a deterministic DDIM step has no log-probability")
-    if cfg.steps < 1 or cfg.height % 8 or cfg.width % 8:
-        raise BotError("steps must be >= 1 and the size a multiple of 8")
+    if not 1 <= cfg.steps <= MAX_STEPS or cfg.height % 8 or cfg.width % 8:
+        raise BotError(f"steps must be 1..{MAX_STEPS} and the size a multiple of 8")
+    if not (8 <= cfg.height <= MAX_SIDE and 8 <= cfg.width <= MAX_SIDE):
+        raise BotError(f"the image size must be 8..{MAX_SIDE} pixels a side")
+
+
+def read_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """A safetensors file of a bot folder; BotError in words when it cannot be read."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except FileNotFoundError as e:
+        raise BotError(f"{path} is missing: the bot folder is incomplete") from e
+    except (OSError, ValueError, SafetensorError) as e:
+        raise BotError(f"{path} is not a readable {what} file ({str(e)[:200]})") from e
+
+
+def tensor_mismatch(
+    tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]
+) -> str | None:
+    """How `tensors` differ from `expected` (key -> shape), or None; non-finite values too."""
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        return (
+            f"{len(missing)} tensors missing, {len(extra)} unexpected, e.g. {(missing + extra)[0]}"
+        )
+    for key, value in tensors.items():
+        if tuple(value.shape) != expected[key]:
+            return f"{key} is {tuple(value.shape)}, not {expected[key]}"
+    return non_finite(tensors)
+
+
+def non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """Which tensor holds NaN or infinite values, or None (weights that would make noise)."""
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return f"{key} holds NaN or infinite values"
+    return None

@@ -26,10 +26,11 @@ from thumbview.bot.folder import (
     FORMAT_VERSION,
     BotConfig,
     Prompt,
+    read_bot,
     save_grid,
 )
 from thumbview.bot.methods import EpochStats, ddpo_epoch, draft_epoch
-from thumbview.bot.policy import Policy, load_base
+from thumbview.bot.policy import Policy, load_base, read_tensors, tensor_mismatch
 from thumbview.bot.reward import (
     HELD_FIXED,
     PredictorReward,
@@ -39,10 +40,15 @@ from thumbview.bot.reward import (
 )
 from thumbview.bot.rl import BotError, PerPromptStatTracker
 from thumbview.fileio import atomic_write, json_safe
+from thumbview.schema import MapOf, Number, Optional, read_json
 
 log = logging.getLogger(__name__)
 
 LOG_FILE, STATE_FILE, OPTIM_FILE = "train_log.jsonl", "state.json", "optimizer.safetensors"
+_ADAM_SLOTS = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
+# state.json as `_save` writes it (NaN is written as null); the extra row keys are not read.
+_ROW = {"epoch": int, **{k: Optional(Number) for k in ("reward_mean", "loss", "kl", "ood_mean", "eval_log10")}}  # fmt: skip
+STATE_SCHEMA = {"history": [_ROW], "tracker": MapOf([Number])}
 
 
 @dataclass(frozen=True)
@@ -140,11 +146,12 @@ def _start(out_dir: Path, config: BotConfig, resume: bool) -> dict:
         return {"config": config, "history": [], "tracker": {}}
     if not (out_dir / STATE_FILE).exists():
         raise BotError(f"nothing to resume in {out_dir} (no {STATE_FILE})")
-    saved = json.loads((out_dir / BOT_FILE).read_text(encoding="utf-8"))
-    state = json.loads((out_dir / STATE_FILE).read_text(encoding="utf-8"))
-    cfg = replace(
-        BotConfig.from_dict(saved["config"]), epochs=max(config.epochs, len(state["history"]))
-    )
+    saved = read_bot(out_dir)
+    state = read_json(out_dir / STATE_FILE, STATE_SCHEMA, BotError)
+    if [row["epoch"] for row in state["history"]] != list(range(1, len(state["history"]) + 1)):
+        raise BotError(f"{out_dir / STATE_FILE}: history must hold epochs 1, 2, ... in order")
+    cfg = BotConfig.from_dict(saved["config"])
+    cfg = replace(cfg, epochs=max(config.epochs, len(state["history"])))
     return {"config": cfg, "history": state["history"], "tracker": state["tracker"]}
 
 
@@ -261,9 +268,16 @@ def save_optimizer(optimizer, params: list, path: Path) -> None:
 
 
 def load_optimizer(optimizer, params: list, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(path))
+    """The AdamW state `save_optimizer` wrote, checked first: only slots of these parameters,
+    each of its parameter's shape (a 0-d step), all finite; else a BotError naming the file."""
+    tensors = read_tensors(path, "optimizer state")
+    expected = {}
+    for key in tensors:
+        index, _, slot = key.partition(".")
+        if index.isdigit() and int(index) < len(params) and slot in _ADAM_SLOTS:
+            expected[key] = () if slot == "step" else tuple(params[int(index)].shape)
+    if problem := tensor_mismatch(tensors, expected):
+        raise BotError(f"{path} does not fit this adapter ({problem})")
     for i, p in enumerate(params):
         state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == str(i)}
         if state:
