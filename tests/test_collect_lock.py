@@ -131,3 +131,51 @@ def test_image_and_metadata_writes_fsync_their_folder(tmp_path: Path, monkeypatc
     events.clear()
     write_metadata(out, pd.DataFrame({"file_name": [saved.file_name], "views": [5]}))
     assert events == [("replace", str(out / "metadata.csv")), ("fsync dir", str(out))]
+
+
+def test_two_collect_runs_at_once_one_is_refused_and_nothing_is_lost(tmp_path: Path) -> None:
+    """Issue 24: two runs on one folder at the same moment (the second through a symlink to
+    it, and a merge too): while the first is fetching, the others are refused with one line
+    and write nothing; the first finishes with every row."""
+    import threading
+
+    from test_collect_merge import make_shard, row
+    from thumbview.collect import CollectError, merge_shards
+
+    fetching, release = threading.Event(), threading.Event()
+
+    class Slow(NoNetwork):
+        def fetch(self, ids, *, subscribers=True):
+            fetching.set()
+            release.wait(10)
+            from thumbview.collect.types import Unavailable
+
+            return [Unavailable(v, "private") for v in ids]
+
+    out = tmp_path / "out"
+    first: dict = {}
+    worker = threading.Thread(target=lambda: first.update(s=collect_ids(out, ["abcdefghijk"], backend=Slow())))  # fmt: skip
+    worker.start()
+    assert fetching.wait(10)
+    os.symlink(out, tmp_path / "link")
+    shard = make_shard(tmp_path / "shard", [row(1)], shade=1)
+    try:
+        for attempt in (
+            lambda: collect_ids(tmp_path / "link", ["bbbbbbbbbbb"], backend=NoNetwork()),
+            lambda: merge_shards(out, [shard]),
+        ):
+            with pytest.raises(LockHeld, match=f"pid {os.getpid()}") as refused:
+                attempt()
+            assert "\n" not in str(refused.value)
+        with pytest.raises(CollectError, match="being collected into"):  # out as a shard
+            merge_shards(tmp_path / "merged", [out])
+        assert not (tmp_path / "merged" / "metadata.csv").exists()
+    finally:
+        release.set()
+        worker.join(10)
+    assert first["s"].skipped == {"private": 1} and not (out / LOCK_NAME).exists()
+    from thumbview.collect import Store
+
+    with Store(out) as store:
+        assert store.skipped()["video_id"].tolist() == ["abcdefghijk"]  # the first run's
+        assert [v for v, _, _ in store.pending(9)] == []  # nothing queued by the refused one

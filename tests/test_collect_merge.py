@@ -162,3 +162,109 @@ def test_shards_from_collect_ids_merge_to_the_unsharded_dataset(tmp_path: Path) 
     pd.testing.assert_frame_equal(merged[keep], alone[keep])
     for name in merged["file_name"]:
         assert (tmp_path / "merged" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+
+# --- issue 24: shard folders that link outside, and counts that contradict each other -------
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    """Every file (and link) below `folder` with its bytes: what a merge must not change."""
+    return {
+        str(p.relative_to(folder)): (os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
+        for p in folder.rglob("*")
+        if p.is_file() or p.is_symlink()
+    }
+
+
+def test_merge_writes_nothing_into_its_shards(shards, tmp_path: Path) -> None:
+    """Before, the read-only connection left collect.sqlite-wal and -shm in every shard."""
+    a, b = shards
+    before = {a: files_of(a), b: files_of(b)}
+    merge_shards(tmp_path / "out", [a, b])
+    assert {a: files_of(a), b: files_of(b)} == before
+
+
+def test_a_shard_killed_mid_write_merges_its_logged_rows(tmp_path: Path) -> None:
+    """A run killed with kill -9 leaves committed rows in collect.sqlite-wal only: they are
+    merged (from a copy inside OUT, removed after), and the shard is left as it was."""
+    import shutil
+
+    live = tmp_path / "live"
+    store = Store(live)  # never closed: its rows stay in the write-ahead log
+    for r in (row(1), row(2)):
+        atomic_write(live / r["file_name"], jpeg(5))
+        store.add_video(r)
+    killed = tmp_path / "killed"
+    shutil.copytree(live, killed, ignore=shutil.ignore_patterns("*-shm"))
+    assert (killed / "collect.sqlite-wal").stat().st_size > 0
+    before = files_of(killed)
+    summary = merge_shards(tmp_path / "out", [killed])
+    store.close()
+    assert summary.added == 2 and files_of(killed) == before
+    assert not list((tmp_path / "out").glob(".merge-*"))
+
+
+def test_shard_links_leading_outside_are_refused(shards, tmp_path: Path) -> None:
+    """A shard's images/ linked elsewhere: its rows are refused one by one (reported); its
+    database linked elsewhere (OUT's own included): the merge is refused before it starts.
+    A shard folder that is itself a link (the user named it) merges from where it leads."""
+    a, b = shards
+    elsewhere = tmp_path / "elsewhere"
+    (a / "images").rename(elsewhere)
+    os.symlink(elsewhere, a / "images")
+    summary = merge_shards(tmp_path / "out", [a])
+    assert summary.added == 0 and summary.refused == {"bad image": 5}
+    out = tmp_path / "out2"
+    merge_shards(out, [b])
+    (b / "collect.sqlite").rename(tmp_path / "b.sqlite")
+    os.symlink(out / "collect.sqlite", b / "collect.sqlite")
+    before = snapshot(out)
+    with pytest.raises(CollectError, match="link to a database outside its shard"):
+        merge_shards(out, [b])
+    assert snapshot(out) == before
+    (b / "collect.sqlite").unlink()
+    (tmp_path / "b.sqlite").rename(b / "collect.sqlite")
+    os.symlink(b, tmp_path / "b-link")
+    assert merge_shards(tmp_path / "out3", [tmp_path / "b-link"]).added == 5
+
+
+def test_out_whose_images_lead_outside_is_refused(shards, tmp_path: Path) -> None:
+    """Before, an OUT/images/<bucket> link made merge (and collect) write images where it
+    led, and the sweep delete what it found there."""
+    a, _ = shards
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.jpg").write_bytes(b"mine")
+    (out / "images").mkdir(parents=True)
+    os.symlink(victim, out / "images" / vid(1)[:2])
+    with pytest.raises(CollectError, match="link leading outside"):
+        merge_shards(out, [a])
+    assert files_of(victim) == {"keep.jpg": b"mine"}
+
+
+def test_conflicting_views_at_one_instant_are_reported_not_dropped(tmp_path: Path) -> None:
+    """Two shards with video 1 read at the same instant with different counts (one shard
+    edited, or a clock collision). Before, the second count was dropped silently and the
+    row depended on the order of the shards. Now OUT keeps the first and the second is
+    refused as "conflicting views", both counts in the log; every other snapshot merges."""
+    a = make_shard(tmp_path / "a", [row(1, T1, views=100), row(2)], shade=10)
+    b = make_shard(tmp_path / "b", [row(1, T1, views=555, likes=9, comments=4), row(3)], shade=20)  # fmt: skip
+    t0 = "2023-12-01T00:00:00.000000Z"
+    with Store(b) as store:
+        store.put_videos([], [(vid(1), 50, t0)])  # an earlier snapshot: no conflict, merged
+    summary = merge_shards(tmp_path / "out", [a, b])
+    assert summary.refused == {"conflicting views": 1} and summary.total_rows == 3
+    with Store(tmp_path / "out") as store:
+        assert store.history(vid(1)) == [(50, t0), (100, T1)]
+        assert store.video_rows([vid(1)])[vid(1)]["views"] == 100  # b's fuller row does not win
+    again = merge_shards(tmp_path / "out", [a, b])
+    assert again.refused == {"conflicting views": 1} and again.added == again.updated == 0
+
+
+def test_merge_refuses_a_count_the_loader_refuses(tmp_path: Path) -> None:
+    shard = make_shard(tmp_path / "s", [row(1), row(2)], shade=30)
+    with sqlite3.connect(shard / "collect.sqlite") as db:
+        db.execute("UPDATE videos SET views = ? WHERE video_id = ?", (10**13, vid(2)))
+    db.close()
+    summary = merge_shards(tmp_path / "out", [shard])
+    assert summary.added == 1 and summary.refused == {"bad views": 1}

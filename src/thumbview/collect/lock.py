@@ -129,6 +129,27 @@ def dataset_lock(root: str | Path) -> Iterator[Holder]:
         os.close(fd)
 
 
+def lock_holder(root: str | Path) -> Holder | None:
+    """Who collects into `root` right now (None if nobody), asked without writing there: a
+    shared flock on the lock file, opened read-only, fails while a run holds it."""
+    path = Path(root) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file: no run
+        return None
+    try:
+        if fcntl is None:
+            holder = _read_holder(path)
+            return holder if holder is not None and _pid_alive(holder.pid) else None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(path) or Holder(0, "another process")
+        return None
+    finally:
+        os.close(fd)  # releases the shared lock at once
+
+
 def _check_previous(path: Path, previous: Holder | None, me: Holder) -> None:
     """A lock file left by another process: take it over if it is provably stale, else refuse."""
     if previous is None or previous.pid == me.pid and previous.host == me.host:

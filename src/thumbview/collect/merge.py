@@ -13,15 +13,20 @@ folded into OUT's own store, so OUT is a collect folder too (refresh and further
   re-fetch what a shard already gave up on.
 
 Merging is idempotent: a second merge of the same shards changes nothing (same rule, ties
-keep OUT's row, snapshots are keyed by time). Shards are never written to. Anything in a
-shard that is not what the collector writes (an id not of YouTube's form, a file name that
-is not the id's, a symlinked or oversized or undecodable image) is refused and counted.
+keep OUT's row, snapshots are keyed by time). Shards are never written to (`_open_shard`).
+Anything in a shard that is not what the collector writes (an id not of YouTube's form, a
+file name that is not the id's, a count the loader refuses, a symlinked or oversized or
+undecodable image) is refused and counted; so is a count that contradicts OUT's at the same
+instant ("conflicting views": the history holds one count per instant). A shard whose
+database is a link out of it, or that a run is collecting into, is refused whole.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,10 +38,10 @@ from types import MappingProxyType
 
 from thumbview.collect.collector import export_metadata
 from thumbview.collect.filters import is_video_id, show_id
-from thumbview.collect.lock import dataset_lock
-from thumbview.collect.store import COLUMNS, DB_NAME, Store, image_relpath
+from thumbview.collect.lock import dataset_lock, lock_holder
+from thumbview.collect.store import COLUMNS, DB_NAME, SCRATCH_PREFIX, Store, image_relpath
 from thumbview.collect.thumbs import DEFAULT_MAX_BYTES, JPEG_MAGIC
-from thumbview.collect.types import CollectError
+from thumbview.collect.types import CollectError, InvalidCount, view_count
 from thumbview.data.images import ImageError, load_image
 from thumbview.fileio import atomic_write
 from thumbview.progress import SILENT, Progress
@@ -93,9 +98,10 @@ def merge_shards(
     with dataset_lock(out), Store(out) as store:
         store.sweep()
         try:
-            for shard in sources:
-                with _open_shard(shard) as db:
-                    _merge_one(store, shard, db, max_bytes, counts, refused, progress)
+            with tempfile.TemporaryDirectory(dir=out, prefix=SCRATCH_PREFIX) as scratch:
+                for shard in sources:
+                    with _open_shard(shard, Path(scratch)) as db:
+                        _merge_one(store, shard, db, max_bytes, counts, refused, progress)
         finally:
             export_metadata(out, store)
         total = store.count()
@@ -106,13 +112,20 @@ def merge_shards(
 
 
 def _check_shards(out: Path, shards: Sequence[str | Path]) -> list[Path]:
-    """The distinct shard folders, each a collect folder, none of them OUT itself."""
+    """The distinct shard folders, each a collect folder, none of them OUT itself, none being
+    collected into now, each holding its own database (not a link to one elsewhere, OUT's
+    included): any of these is refused before anything is merged."""
     found: dict[Path, Path] = {}
     for shard in map(Path, shards):
-        if not (shard / DB_NAME).is_file():
+        db = shard / DB_NAME
+        if not db.is_file():
             raise CollectError(f"{shard} is not a collect folder (no {DB_NAME})")
         if shard.resolve() == out.resolve():
             raise CollectError(f"{shard} is OUT itself: merge other folders into it")
+        if db.is_symlink() or not db.resolve().is_relative_to(shard.resolve()):
+            raise CollectError(f"{db} is a link to a database outside its shard; copy it in")
+        if (holder := lock_holder(shard)) is not None:
+            raise CollectError(f"{shard} is being collected into by {holder.describe()}; merge it when that run ends")  # fmt: skip
         found.setdefault(shard.resolve(), shard)
     if not found:
         raise CollectError("give at least one shard folder to merge")
@@ -120,9 +133,20 @@ def _check_shards(out: Path, shards: Sequence[str | Path]) -> list[Path]:
 
 
 @contextmanager
-def _open_shard(shard: Path) -> Iterator[sqlite3.Connection]:
-    """A read-only connection to a shard's database (a shard is never written to)."""
-    uri = (shard / DB_NAME).resolve().as_uri() + "?mode=ro"
+def _open_shard(shard: Path, scratch: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to a shard's database that writes nothing into the shard (a
+    WAL database opened read-only still creates its -shm and -wal files, and cannot be
+    opened at all in a read-only folder): SQLite's `immutable` mode when the database file
+    is whole, else (a run killed mid-write left a write-ahead log) a copy of the database
+    and its log in `scratch`, so the log's committed rows are merged too."""
+    db_path, wal = shard / DB_NAME, shard / f"{DB_NAME}-wal"
+    if wal.is_file() and wal.stat().st_size > 0:
+        copy = scratch / f"{len(list(scratch.iterdir()))}-{DB_NAME}"
+        shutil.copyfile(db_path, copy)
+        shutil.copyfile(wal, copy.with_name(f"{copy.name}-wal"))
+        uri = copy.as_uri() + "?mode=ro"
+    else:
+        uri = db_path.resolve().as_uri() + "?mode=ro&immutable=1"
     try:
         db = sqlite3.connect(uri, uri=True)
         db.execute("SELECT 1 FROM videos LIMIT 1")
@@ -175,7 +199,9 @@ def _merge_one(
     ):
         for page in _pages(db):
             history = _history(db, page[0]["video_id"], page[-1]["video_id"])
-            winners, kept = _winners(store, shard, page, counts, refused)
+            valid = _valid_rows(shard, page, refused)
+            clashes = _drop_conflicts(store, shard, valid, history, refused)
+            winners, kept = _winners(store, valid, counts, clashes)
             copied = pool.map(lambda r: _copy_image(shard, store.root, r, max_bytes), winners)
             items = []
             for row, problem in zip(winners, copied, strict=True):
@@ -190,11 +216,8 @@ def _merge_one(
     _merge_skips(store, db)
 
 
-def _winners(
-    store: Store, shard: Path, page: list[Row], counts: Counter[str], refused: Counter[str]
-) -> tuple[list[Row], list[str]]:
-    """Valid rows of `page` that beat OUT's row (marked `_known` if OUT has one), and the
-    ids whose OUT row stays."""
+def _valid_rows(shard: Path, page: list[Row], refused: Counter[str]) -> list[Row]:
+    """The rows of `page` the collector could have written; the others are refused."""
     valid = []
     for row in page:
         problem = _row_problem(row)
@@ -202,12 +225,46 @@ def _winners(
             valid.append(row)
         else:
             _refuse(shard, row, problem, refused)
+    return valid
+
+
+def _drop_conflicts(
+    store: Store,
+    shard: Path,
+    valid: list[Row],
+    history: dict[str, list[tuple]],
+    refused: Counter[str],
+) -> set[str]:
+    """Snapshots that OUT holds at the same instant with another count: one instant cannot
+    have two counts, so each is refused and reported ("conflicting views", both counts in
+    the log) and taken out of `history`. Returns the ids whose row was read at such an
+    instant: those rows do not replace OUT's."""
+    snapshots = [h for r in valid for h in history.get(str(r["video_id"])) or [_first_snapshot(r)]]
+    clash = store.conflicting(snapshots)
+    for (video_id, observed_at), stored in clash.items():
+        theirs = next(n for v, n, t in snapshots if v == video_id and t == observed_at)
+        logger.warning("%s: refused %s's count at %s: %s here, %s in OUT",
+                       shard, show_id(video_id), observed_at, theirs, stored)  # fmt: skip
+        refused["conflicting views"] += 1
+        if video_id in history:
+            history[video_id] = [h for h in history[video_id] if h[2] != observed_at]
+    return {str(r["video_id"]) for r in valid if (r["video_id"], r["collected_at"]) in clash}
+
+
+def _winners(
+    store: Store, valid: list[Row], counts: Counter[str], clashes: set[str]
+) -> tuple[list[Row], list[str]]:
+    """Rows of `valid` that beat OUT's row (marked `_known` if OUT has one), and the ids
+    whose OUT row stays (a row read at a conflicting instant never wins)."""
     current = store.video_rows([str(r["video_id"]) for r in valid])
     winners, kept = [], []
     for row in valid:
-        known = current.get(str(row["video_id"]))
-        if known is not None and completeness(row) <= completeness(known):
-            kept.append(str(row["video_id"]))
+        video_id = str(row["video_id"])
+        known = current.get(video_id)
+        if video_id in clashes:
+            kept.append(video_id)
+        elif known is not None and completeness(row) <= completeness(known):
+            kept.append(video_id)
             counts["unchanged"] += 1
         else:
             winners.append(row | {"_known": known is not None})
@@ -230,11 +287,20 @@ def _row_problem(row: Row) -> str | None:
         return "invalid video id"
     if row["file_name"] != image_relpath(str(video_id)):
         return f"bad file name: {show_id(row['file_name'])}"
-    if not isinstance(row["views"], int) or row["views"] < 0:
+    if not isinstance(row["views"], int) or not _loadable(row["views"]):
         return "bad views"
     if not isinstance(row["collected_at"], str):
         return "bad collected_at"
     return None
+
+
+def _loadable(views: int) -> bool:
+    """The loader's rule for a count (what the collector stores): 0..MAX_COUNT."""
+    try:
+        view_count(views)
+    except InvalidCount:
+        return False
+    return True
 
 
 def _copy_image(shard: Path, out: Path, row: Row, max_bytes: int) -> str | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,12 +30,13 @@ from pathlib import Path
 import pandas as pd
 
 from thumbview.collect.filters import FILTER_REASONS, check_video_id
-from thumbview.collect.types import Thumb, VideoInfo, optional_count, view_count
+from thumbview.collect.types import CollectError, Thumb, VideoInfo, optional_count, view_count
 
 logger = logging.getLogger(__name__)
 
 DB_NAME = "collect.sqlite"
 IMAGE_DIR = "images"
+SCRATCH_PREFIX = ".merge-"  # `collect merge`'s temporary copies, inside OUT
 COLUMNS = (
     "file_name", "views", "title", "video_id", "channel_id", "channel_title", "published_at",
     "subscribers", "duration_s", "likes", "comments", "thumbnail_url", "width", "height",
@@ -129,6 +131,7 @@ class Store:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._check_image_folders()
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.root / DB_NAME, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -235,6 +238,23 @@ class Store:
             marks = ", ".join("?" * len(chunk))
             for r in self._query(f"SELECT {', '.join(COLUMNS)} FROM videos WHERE video_id IN ({marks})", chunk):  # fmt: skip
                 found[r[COLUMNS.index("video_id")]] = dict(zip(COLUMNS, r, strict=True))
+        return found
+
+    def conflicting(self, snapshots: Sequence[tuple[str, int, str]]) -> dict[tuple[str, str], int]:
+        """Of (video_id, views, observed_at) `snapshots`, those this store already holds at the
+        same instant with another count: (video_id, observed_at) -> the stored count. Adding
+        them would keep one of the two counts silently (the history is keyed by instant)."""
+        found: dict[tuple[str, str], int] = {}
+        for start in range(0, len(snapshots), 300):  # 3 bound parameters each
+            chunk = snapshots[start : start + 300]
+            values = ", ".join("(?, ?, ?)" for _ in chunk)
+            rows = self._query(
+                f"WITH s(video_id, views, observed_at) AS (VALUES {values}) "
+                "SELECT h.video_id, h.observed_at, h.views FROM s JOIN views_history h "
+                "ON h.video_id = s.video_id AND h.observed_at = s.observed_at AND h.views != s.views",
+                [x for snapshot in chunk for x in snapshot],
+            )
+            found.update({(v, t): n for v, t, n in rows})
         return found
 
     @staticmethod
@@ -370,6 +390,19 @@ class Store:
     def known_files(self) -> set[str]:
         return {r[0] for r in self._query("SELECT file_name FROM videos")}
 
+    def _check_image_folders(self) -> None:
+        """Refuse a folder whose `images/` (or a bucket in it) is a link leading outside it:
+        images would be written, and orphans deleted, through it."""
+        image_root, inside = self.root / IMAGE_DIR, self.root.resolve()
+        if not image_root.is_dir():
+            return
+        for folder in (image_root, *image_root.iterdir()):
+            if folder.is_symlink() and not folder.resolve().is_relative_to(inside):
+                raise CollectError(
+                    f"{folder} is a link leading outside {self.root}; refusing to write "
+                    "images through it (replace it with a folder)"
+                )
+
     # -- quota ------------------------------------------------------------------------
     def quota_used(self, day: str) -> int:
         rows = self._query("SELECT units FROM quota WHERE day = ?", (day,))
@@ -389,6 +422,9 @@ class Store:
         for path in self.root.glob(".metadata*.tmp"):  # a metadata.csv export cut short
             path.unlink(missing_ok=True)
             removed += 1
+        for path in self.root.glob(f"{SCRATCH_PREFIX}*"):  # a merge's copies, killed mid-way
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
         image_root = self.root / IMAGE_DIR
         if not image_root.is_dir():
             return removed
