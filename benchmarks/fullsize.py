@@ -543,16 +543,20 @@ def bot_step(policy, scorer, prompts, config, optimizer) -> Callable[[], object]
 
 def bot_task(config) -> str:
     name = f"draft K={config.draft_k}" if config.method == "draft" else "ddpo"
-    return f"`bot train` step, {name}, {config.sample.steps} DDIM steps"
+    return f"`bot train` step, {name}, {count(config.sample.steps, 'DDIM step')}"
+
+
+def count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def bot_note(config, defaults) -> str:
     d, images = defaults, config.batch * config.per_prompt
     parts = []
     if config.sample.steps != d.sample.steps:
-        parts.append(f"{config.sample.steps} DDIM steps (CLI: {d.sample.steps})")
+        parts.append(f"{count(config.sample.steps, 'DDIM step')} (CLI: {d.sample.steps})")
     if images != d.batch * d.per_prompt:
-        parts.append(f"{images} images (CLI: {d.batch * d.per_prompt})")
+        parts.append(f"{count(images, 'image')} (CLI: {d.batch * d.per_prompt})")
     if config.sample.height not in (256, 512):
         parts.append(f"{config.sample.height} px (spec: 256 and 512)")
     return ", ".join(parts)
@@ -568,7 +572,7 @@ PARTS: dict[str, Callable[[str, Plan], Iterator[Row]]] = {
 }
 HEADER = (
     "| part | model | task | device | precision | batch | resolution | rate | "
-    "s / call or step | peak memory (MB) | note |\n"
+    "s / call or step | peak memory (MiB) | note |\n"
     "|---|---|---|---|---|---:|---|---:|---:|---:|---|"
 )
 

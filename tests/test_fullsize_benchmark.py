@@ -30,7 +30,7 @@ EXPECTED_TASKS = {
     "clip": {"embed", "residual stream, layer -2, all 17 tokens"},
     "finetune": {"train step, gradient checkpointing"},
     "sae": {"train step (no dead latents)"},
-    "bot": {"`bot train` step, draft K=1, 1 DDIM steps", "`bot train` step, ddpo, 1 DDIM steps"},
+    "bot": {"`bot train` step, draft K=1, 1 DDIM step", "`bot train` step, ddpo, 1 DDIM step"},
 }
 
 
