@@ -50,7 +50,7 @@ def draft_epoch(
     traj = policy.sample(image_prompts, seeds, cfg, grad_last=k)
     total, ood = reward(traj.rgb, titles)  # (B,), (B,)
     kl = _draft_kl(policy, traj, k, cfg.guidance) if kl_weight > 0 else torch.zeros(())
-    loss = -total.mean() + kl_weight * kl
+    loss = -total.mean() + kl_weight * kl.to(total.device)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(policy.lora_parameters(), 1.0)
     optimizer.step()
@@ -132,7 +132,7 @@ def ddpo_epoch(
         ref_fn,
         policy.pipe.scheduler,
         traj,
-        torch.as_tensor(adv, dtype=torch.float32),
+        torch.as_tensor(adv, dtype=torch.float32, device=traj.latents.device),
         cfg.eta,
         optimizer,
         policy.lora_parameters(),

@@ -154,7 +154,7 @@ class Policy:
         """(2B or B, L, E) text embeddings: unconditional first when guidance > 1."""
         with torch.no_grad():
             cond, uncond = self.pipe.encode_prompt(
-                list(prompts), torch.device("cpu"), 1, guidance > 1.0, [""] * len(prompts)
+                list(prompts), self.pipe.device, 1, guidance > 1.0, [""] * len(prompts)
             )
         return torch.cat([uncond, cond]) if guidance > 1.0 else cond
 
@@ -167,11 +167,13 @@ class Policy:
         return uncond + guidance * (cond - uncond)
 
     def initial_latents(self, seeds: Sequence[int], cfg: SampleConfig) -> torch.Tensor:
+        """Noise drawn on the CPU from per-seed generators, then moved to the pipeline's
+        device, so a seed starts from the same noise on every device."""
         scale = self.pipe.vae_scale_factor
         shape = (4, cfg.height // scale, cfg.width // scale)
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         x = torch.stack([torch.randn(shape, generator=g) for g in gens])  # (B, C, h, w)
-        return x * self.pipe.scheduler.init_noise_sigma, gens
+        return (x * self.pipe.scheduler.init_noise_sigma).to(self.pipe.device), gens
 
     def sample(
         self,
@@ -188,7 +190,7 @@ class Policy:
         x, gens = self.initial_latents(seeds, cfg)
         latents, logps = [x], []
         for i, t in enumerate(sched.timesteps):
-            noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens])
+            noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(x.device)
             with_grad = i >= len(sched.timesteps) - grad_last
             with torch.set_grad_enabled(with_grad):
                 eps = self._eps_maybe_checkpointed(x, t, embeds, cfg.guidance, with_grad)

@@ -202,7 +202,8 @@ class TorchReward:
         for name in pred.model.config.encoders:
             X = torch.as_tensor(blocks[name], dtype=torch.float64)  # (B, D)
             if name == "visual":
-                X = X.index_copy(1, torch.as_tensor(PORTED_INDEX), torch_describe(rgb.double()))
+                ported = torch_describe(rgb.double()).cpu()  # (B, P), the head runs on the CPU
+                X = X.index_copy(1, torch.as_tensor(PORTED_INDEX), ported)
             z = (X - torch.as_tensor(pred.model.block_mean_[name])) / torch.as_tensor(
                 pred.model.block_scale_[name]
             )

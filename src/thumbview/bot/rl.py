@@ -71,7 +71,8 @@ def ddim_step(
             noise = torch.randn_like(sample)
         prev_sample = mean + std * noise
     if float(std) == 0:  # the last step with set_alpha_to_one: deterministic, nothing to learn
-        return DDIMStep(prev_sample, torch.zeros(sample.shape[0], dtype=sample.dtype), mean, std)
+        zeros = torch.zeros(sample.shape[0], dtype=sample.dtype, device=sample.device)
+        return DDIMStep(prev_sample, zeros, mean, std)
     return DDIMStep(prev_sample, gaussian_log_prob(prev_sample, mean, std), mean, std)
 
 
