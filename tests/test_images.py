@@ -179,3 +179,21 @@ def test_bytes_over_the_byte_cap_are_refused_before_decoding(tmp_path):
             with pytest.raises(ImageError):
                 load_image(source, max_bytes=4096)
             decode.assert_not_called()
+
+
+def test_header_problem_screens_without_decoding_pixels():
+    """`unpack` screens every cell by its header: junk and cut headers are named, a good
+    image passes, and a body cut after the header is left to the full decode."""
+    from thumbview.data.images import header_problem
+
+    buf = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(buf, "JPEG")  # noise: most of the file is pixel data
+    good = buf.getvalue()
+    assert header_problem(good) is None
+    assert "not an image" in header_problem(b"hello, not an image")
+    assert header_problem(good[:40]) is not None  # the header itself is cut
+    assert header_problem(good[: len(good) // 2]) is None  # only the pixels are cut...
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(good[: len(good) // 2])  # ...which the full decode finds
+    assert "pixel cap" in header_problem(good, max_pixels=128 * 127)

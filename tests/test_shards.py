@@ -103,6 +103,7 @@ def test_unpack_round_trip_is_lossless(packed, tmp_path):
     result = unpack(out, tmp_path / "back")
     back = tmp_path / "back"
     assert (result.n_rows, result.n_images, result.n_unwritable) == (14, 12, 0)
+    assert result.n_unreadable == 1  # img/bad.jpg: written as it is, and reported
     assert len([p for p in back.rglob("*.jpg")]) == 8  # 12 rows with bytes, 8 distinct files
     assert (back / "metadata.csv").read_bytes() == (src / "metadata.csv").read_bytes()
     for path in src.rglob("*.jpg"):
@@ -271,6 +272,7 @@ def test_cli_pack_info_unpack(packed, tmp_path):
     assert res.exit_code == 0 and load_dataset(src).report.summary() in " ".join(res.output.split())
     res = runner.invoke(app, ["unpack", str(tmp_path / "s2"), str(tmp_path / "b2")])
     assert res.exit_code == 0, res.output
+    assert "1 image(s) written as they are but not readable" in " ".join(res.output.split())
     assert (tmp_path / "b2" / "metadata.csv").read_bytes() == (src / "metadata.csv").read_bytes()
     res = runner.invoke(app, ["pack", str(src), str(tmp_path / "s2")])
     assert res.exit_code == 2 and "already holds shards" in " ".join(res.output.split())

@@ -177,6 +177,11 @@ def unpack_command(
         console.print(
             f"{result.n_refused} image(s) not written: over the image byte cap (warnings above)"
         )
+    if result.n_unreadable:
+        console.print(
+            f"{result.n_unreadable} image(s) written as they are but not readable as images "
+            "(warnings above); `thumbview info` on the folder lists them"
+        )
 
 
 def register(app: typer.Typer) -> None:

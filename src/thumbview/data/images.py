@@ -75,6 +75,17 @@ def load_image(
 
 
 def _decode(fp, name: str, max_pixels: int) -> Image.Image:
+    img = _open_checked(fp, name, max_pixels)
+    try:
+        img.seek(0)  # first frame of an animation
+        img.load()
+    except _DECODE_ERRORS as e:
+        raise ImageError(f"{name}: corrupt or truncated image ({e})") from e
+    return to_rgb(img)
+
+
+def _open_checked(fp, name: str, max_pixels: int) -> Image.Image:
+    """The image opened from its header only (format and size checked, no pixel decoded)."""
     # No warnings.catch_warnings() here: it swaps process-wide state and is not thread-safe,
     # and images are decoded from thread pools. Pillow raises DecompressionBombError itself
     # above 2 x MAX_IMAGE_PIXELS; our own cap below handles everything smaller.
@@ -93,12 +104,20 @@ def _decode(fp, name: str, max_pixels: int) -> Image.Image:
         raise ImageError(f"{name}: {width}x{height} exceeds the {max_pixels:,} pixel cap")
     if width == 0 or height == 0:
         raise ImageError(f"{name}: empty image")
+    return img
+
+
+def header_problem(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """Why bytes are not a usable image judged from the header alone (None when they may be).
+
+    Microseconds per image, so a whole shard can be screened (`unpack`) where a full decode
+    of every image would take most of an hour per million; a truncated body is found only by
+    a full decode (`load_image`, the loader's verification)."""
     try:
-        img.seek(0)  # first frame of an animation
-        img.load()
-    except _DECODE_ERRORS as e:
-        raise ImageError(f"{name}: corrupt or truncated image ({e})") from e
-    return to_rgb(img)
+        _open_checked(io.BytesIO(data), "cell", max_pixels)
+    except ImageError as e:
+        return str(e).removeprefix("cell: ")
+    return None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

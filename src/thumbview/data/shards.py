@@ -46,7 +46,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from thumbview.data import table as tbl
-from thumbview.data.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, over_byte_cap
+from thumbview.data.images import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    header_problem,
+    over_byte_cap,
+)
 from thumbview.data.table import DatasetError, ThumbnailDataset
 from thumbview.fileio import atomic_write
 from thumbview.progress import SILENT, Progress
@@ -543,13 +548,15 @@ def _read_if_usable(root: Path, name: str, folders: dict[str, bool]) -> bytes | 
 class UnpackResult:
     """What `unpack` wrote. `n_unwritable`: rows with bytes but a name that would land
     outside OUT (foreign shards only); `n_refused`: rows whose cell is over the image byte
-    cap (or in a row group too large to read). Their rows are kept, their images not written."""
+    cap (or in a row group too large to read). Their rows are kept, their images not written.
+    `n_unreadable`: cells written as they are whose header is not a usable image."""
 
     n_rows: int
     n_images: int
     n_unwritable: int
     metadata: Path
     n_refused: int = 0
+    n_unreadable: int = 0  # written, but their header is no usable image (`info` skips them)
 
 
 def unpack(
@@ -562,8 +569,10 @@ def unpack(
     """Write a sharded dataset back as an imagefolder: images at their `file_name`, and
     `metadata.csv` with every row, in the original column order and text.
 
-    Cells are written as they are (a corrupt one too: loading the folder reports it as
-    loading the shards did), except those the byte cap refuses, each logged with why."""
+    Cells are written as they are, except those the byte cap refuses, each logged with why.
+    A cell whose header is not a usable image is written too (so pack -> unpack stays
+    lossless), logged and counted in `n_unreadable`; loading the folder skips and reports it,
+    as loading the shards did."""
     src = tbl._check_root(shards)
     files = shard_files(src)
     if not files:
@@ -576,7 +585,10 @@ def unpack(
     with progress.task("unpacking", len(raw)) as advance:
         counts = _write_images(out.resolve(), raw["file_name"].tolist(), index, advance)
     meta = atomic_write(out / "metadata.csv", lambda tmp: _write_csv(tmp, raw))
-    return UnpackResult(len(raw), counts["written"], counts["unwritable"], meta, counts["refused"])
+    return UnpackResult(
+        len(raw), counts["written"], counts["unwritable"], meta, counts["refused"],
+        counts["unreadable"],
+    )  # fmt: skip
 
 
 def _write_images(out: Path, names: list[str], index: ShardIndex, advance) -> Counter[str]:
@@ -592,6 +604,9 @@ def _write_images(out: Path, names: list[str], index: ShardIndex, advance) -> Co
                 counts["refused"] += 1
             elif cell is not None:
                 counts["written" if _place(out, name, cell, folders) else "unwritable"] += 1
+                if problem := header_problem(cell):  # written as it is: pack -> unpack is lossless
+                    logger.warning("row %d (%r) is not a usable image: %s", row, name, problem)
+                    counts["unreadable"] += 1
         advance(len(cells))
     return counts
 
