@@ -304,3 +304,21 @@ def test_evaluate_says_skilful_only_past_the_margin():
         {**base, "brier": 0.2, "skilful": True}
     )
     assert "skil" not in _pairwise_line({**base, "skilful": None})  # an old model: unknown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        "[]",
+        '{"target": "log10"}',
+        '{"target": "log10", "target_quantiles": [0], "blocks": {"t": {"mean": 1}}}',
+    ],
+)
+def test_a_damaged_range_file_is_an_artifact_error_naming_it(tmp_path, text):
+    """A hand-edited or truncated training_range.json: one line naming the file, no traceback."""
+    from thumbview.predict.model import ArtifactError
+
+    (tmp_path / drift.RANGE_FILE).write_text(text)
+    with pytest.raises(ArtifactError, match="training_range.json: damaged"):
+        TrainingRange.load(tmp_path)

@@ -166,9 +166,11 @@ class Policy:
         uncond, cond = out.chunk(2)
         return uncond + guidance * (cond - uncond)
 
-    def initial_latents(self, seeds: Sequence[int], cfg: SampleConfig) -> torch.Tensor:
-        """Noise drawn on the CPU from per-seed generators, then moved to the pipeline's
-        device, so a seed starts from the same noise on every device."""
+    def initial_latents(
+        self, seeds: Sequence[int], cfg: SampleConfig
+    ) -> tuple[torch.Tensor, list[torch.Generator]]:
+        """(noise (B, 4, h, w), the per-seed generators): drawn on the CPU, then moved to the
+        pipeline's device, so a seed starts from the same noise on every device."""
         scale = self.pipe.vae_scale_factor
         shape = (4, cfg.height // scale, cfg.width // scale)
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]

@@ -406,9 +406,14 @@ class TrainingRange:
         path = Path(model_dir) / RANGE_FILE
         if not path.is_file():
             return None
-        d = json.loads(path.read_text())
-        blocks = {k: _block_from_json(v) for k, v in d["blocks"].items()}
-        return cls(d["target"], tuple(d["target_quantiles"]), blocks)
+        from thumbview.predict.model import ArtifactError  # model imports no drift: no ring
+
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            blocks = {k: _block_from_json(v) for k, v in d["blocks"].items()}
+            return cls(d["target"], tuple(d["target_quantiles"]), blocks)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            raise ArtifactError(f"{path}: damaged training range ({type(e).__name__}: {e})") from e
 
 
 def _block_from_json(v: dict) -> BlockRange:

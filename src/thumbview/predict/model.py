@@ -228,7 +228,8 @@ class ViewPredictor:
         """`n` draws (N, n) from each prediction's distribution (inverse-CDF of the residuals).
 
         Used to estimate P(A beats B): draw for both, compare. Residuals are drawn
-        independently per row, so it treats the two errors as independent (conservative).
+        independently per row, so it treats the two errors as independent: on same-channel
+        pairs that scored like a coin flip (`predict.pairwise` calibrates the difference instead).
         """
         u = np.random.default_rng(seed).random((_n_rows(blocks, self.config.encoders), n))
         return self.predict(blocks)[:, None] + self.residual_quantile(u)  # (N, n)
