@@ -137,6 +137,9 @@ def test_generate_json_is_sorted_by_predicted_views(trained_bot, tmp_path):
     assert len(log10) == 3 and log10 == sorted(log10, reverse=True)
     assert abs(sum(c["p_best"] for c in payload["candidates"]) - 1) < 1e-9
     assert all(c["low"] <= c["views"] <= c["high"] for c in payload["candidates"])
+    from thumbview.compare import FALLBACK_NOTE
+
+    assert payload["note"] == FALLBACK_NOTE  # the fixture's predictor has no pairwise model
     assert len(list(tmp_path.glob("*.png"))) == 3
 
 

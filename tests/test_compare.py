@@ -135,3 +135,21 @@ def test_a_model_without_a_pairwise_model_says_it_falls_back(model_dir, tmp_path
     assert said.exit_code == 0, said.output
     text = " ".join(said.output.split())  # the console wraps at its width
     assert text.count("independent residuals") == 1 and f"note: {FALLBACK_NOTE}" in text
+
+
+def test_best_chances_use_the_pairwise_model_when_there_is_one(model_dir):  # noqa: F811
+    """The bot ranks its candidates by the rule compare uses: the calibrated difference model
+    when the predictor has one, else independent residuals and the fallback note."""
+    from thumbview.compare import FALLBACK_NOTE, best_chances, p_best, residual_atoms
+    from thumbview.predict import pairwise as pw
+
+    loaded = LoadedPredictor.load(model_dir)
+    pred = np.array([3.4, 3.5, 3.3])
+    assert loaded.pairwise is not None
+    chances, note = best_chances(loaded, pred)
+    assert note == "" and np.allclose(chances, pw.p_best(pred, loaded.pairwise.calibration_.sigma))
+    loaded.__dict__["pairwise"] = None  # as a model saved before pairwise calibrations
+    chances, note = best_chances(loaded, pred)
+    assert note == FALLBACK_NOTE
+    assert np.allclose(chances, p_best(pred, residual_atoms(loaded.model)))
+    assert chances.argmax() == 1 and abs(chances.sum() - 1) < 1e-9

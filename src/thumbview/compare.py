@@ -278,6 +278,18 @@ def compare(
     )
 
 
+def best_chances(predictor: LoadedPredictor, pred: np.ndarray) -> tuple[np.ndarray, str]:
+    """(P(best) (N,), the note to show): from the model's calibrated difference model when it
+    has one, else independent residuals and `FALLBACK_NOTE`. For ranked candidates without
+    blocks kept (the bot), by the same rule `compare` uses."""
+    pairwise = predictor.pairwise
+    if pairwise is None:
+        return p_best(pred, residual_atoms(predictor.model)), FALLBACK_NOTE
+    from thumbview.predict import pairwise as pw
+
+    return pw.p_best(pred, pairwise.calibration_.sigma), ""
+
+
 def _probabilities(model, pred, blocks, pairs, names, pairwise):
     """(P(best) (N,), P(beats) (N, N), extra Comparison fields) from the best method available."""
     if pairwise is None:

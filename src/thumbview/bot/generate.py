@@ -1,8 +1,8 @@
 """Use a trained bot: generate candidates for a title, rank them, compare bot with base.
 
 Ranking reuses the project's pieces: `LoadedPredictor.predict_images` (views and the
-interval at the model's coverage), compare's `p_best` (chance each shown candidate is the
-best), and frames' `mmr_select` on colour histograms (so `--top` is not four near-copies).
+interval at the model's coverage), compare's `best_chances` (chance each shown candidate is
+the best, from the model's pairwise calibration when it has one), and frames' `mmr_select` on colour histograms (so `--top` is not four near-copies).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from PIL import Image
 from thumbview.bot.folder import BotConfig, Prompt, read_bot, save_grid
 from thumbview.bot.policy import Policy, load_base
 from thumbview.bot.reward import to_pil
-from thumbview.compare import p_best, residual_atoms
+from thumbview.compare import best_chances
 from thumbview.fileio import atomic_write, json_safe
 from thumbview.frames.select import hsv_histogram, mmr_select
 from thumbview.inference import LoadedPredictor
@@ -49,6 +49,7 @@ class Generation:
     coverage: float
     target: str
     lora: bool
+    note: str = ""  # how P(best) was computed, when people must know (compare.FALLBACK_NOTE)
 
     def to_json_dict(self) -> dict:
         return json_safe(asdict(self))
@@ -129,7 +130,7 @@ def generate(
     seeds = [seed + i for i in range(n)]
     images = bot.images([prompt or title] * n, seeds, lora, steps)
     chosen, preds = rank(predictor, images, title, seeds, top)
-    pb = p_best(np.array([preds[i].log10 for i in chosen]), residual_atoms(predictor.model))
+    pb, note = best_chances(predictor, np.array([preds[i].log10 for i in chosen]))  # (top,)
     files = _write(images, chosen, seeds, out)
     if sink is not None:
         sink.update({str(seeds[i]): png_bytes(images[i]) for i in chosen})
@@ -145,7 +146,9 @@ def generate(
         )
         for k, i in enumerate(chosen)
     )
-    result = Generation(title, prompt or title, cands, predictor.coverage, predictor.target, lora)
+    result = Generation(
+        title, prompt or title, cands, predictor.coverage, predictor.target, lora, note
+    )
     if out is not None:
         atomic_write(
             Path(out) / "generation.json", json.dumps(result.to_json_dict(), indent=2) + "\n"

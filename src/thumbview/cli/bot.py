@@ -203,6 +203,8 @@ def generate_command(
             c.file or "-",
         )
     console.print(table)
+    if result.note:
+        console.print(f"note: {result.note}")
 
 
 @app.command("eval")
