@@ -89,6 +89,27 @@ def test_a_winner_is_named_only_when_reliably_ahead(p_best, matrix, verdict):
     assert _node(script) is verdict
 
 
+@pytest.mark.parametrize(
+    ("reliable", "matrix", "expected"),
+    [
+        (False, [[0.5, 0.9]], False),  # the server's pairwise verdict: not reliably ahead
+        (True, [[0.5, 0.6]], True),  # the server's verdict wins over the page's own rule
+        (None, [[0.5, 0.9]], True),  # no calibration: the page's 3-in-4 rule decides
+    ],
+)
+def test_the_page_follows_the_servers_verdict(reliable, matrix, expected):
+    """compare's `reliable` (from the calibrated difference model) names the winner, not the
+    page's own threshold; the threshold only speaks for models without a calibration."""
+    rows = [{"pBeats": 0.7}, {"pBeats": 0.3}]
+    script = (
+        "const RELIABLE = 0.75;\n"
+        + _function("reliablyAhead")
+        + f"\nconsole.log(JSON.stringify(reliablyAhead({json.dumps(rows)}, "
+        + f"{json.dumps(matrix)}, {json.dumps(reliable)})))"
+    )
+    assert _node(script) is expected
+
+
 def test_out_of_range_lines_are_shown_once_each():
     """The page shows the server's out-of-range lines (predict: one per title; compare: one)."""
     line = "the input lies outside the training range: brightness 1 is outside ..."

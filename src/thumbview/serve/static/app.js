@@ -229,7 +229,7 @@ function normaliseComparison(out) {
   // The server lists candidates best first (by P(best)); keep its order.
   rows.forEach((r, i) => { if (r.rank === null) r.rank = i + 1; });
   rows.sort((a, b) => a.rank - b.rank);
-  return { rows, pBeatsMatrix: out.p_beats || null, descriptors: pick(out, "descriptors", "descriptor_differences", "differences"), sae: out.sae || [], names, warning: rangeWarning([out.warning]), note: out.note || "" };
+  return { rows, pBeatsMatrix: out.p_beats || null, descriptors: pick(out, "descriptors", "descriptor_differences", "differences"), sae: out.sae || [], names, warning: rangeWarning([out.warning]), note: out.note || "", reliable: out.reliable ?? null, verdict: out.verdict || "" };
 }
 
 function rankRows(rows) {
@@ -252,7 +252,7 @@ function renderResults(result) {
   const warn = $("#range-warning");
   warn.textContent = result.warning ? `Outside what the model was trained on: ${result.warning}` : "";
   warn.hidden = !result.warning;
-  renderWinner(rows, result.pBeatsMatrix);
+  renderWinner(rows, result.pBeatsMatrix, result.reliable ?? null, result.verdict || "");
   renderNote(result.note);
   drawChart(rows);
   renderTable(rows);
@@ -267,24 +267,27 @@ function renderNote(note) {
   box.hidden = !note;
 }
 
-// A leader is named only when it beats the runner-up at least 3 times out of 4; with
-// several candidates within a few points of each other no P(best) means "most likely to win".
+// The server decides whether the leader is reliably ahead when the model has a calibrated
+// difference model (`reliable`, with its sentence `verdict`); the page follows it. Without one
+// (the independent-residual fallback, said in the note) a leader is named only when it beats
+// the runner-up at least 3 times out of 4.
 const RELIABLE = 0.75;
 
 // true / false, or null when nothing says how sure the ranking is (titles for one image).
-function reliablyAhead(rows, matrix) {
+function reliablyAhead(rows, matrix, reliable = null) {
   if (rows.length < 2) return true;
+  if (reliable === true || reliable === false) return reliable;
   if (matrix && matrix[0] && isFinite(matrix[0][1])) return matrix[0][1] >= RELIABLE;
   const [a, b] = [rows[0].pBeats, rows[1].pBeats];
   return a === null || b === null ? null : a - b >= 0.25;
 }
 
-function renderWinner(rows, matrix) {
+function renderWinner(rows, matrix, reliable = null, verdict = "") {
   const box = $("#winner");
   box.replaceChildren();
   box.classList.remove("tie");
   if (!rows.length) return;
-  const ahead = reliablyAhead(rows, matrix);
+  const ahead = reliablyAhead(rows, matrix, reliable);
   if (ahead === false) {
     const close = rows.filter((r) => r.pBeats !== null && rows[0].pBeats - r.pBeats < 0.1);
     const n = Math.max(close.length, 2);
@@ -292,7 +295,7 @@ function renderWinner(rows, matrix) {
     box.append(el("div", {},
       el("div", { class: "kicker", text: "Too close to call" }),
       el("div", { class: "big", text: "No candidate is reliably ahead" }),
-      el("div", { class: "what", text: `The top ${n} are within a few points of each other (${close.slice(0, n).map((r) => fmtPct(r.pBeats)).join(", ")} chance of being the best): the model cannot tell them apart. Choose on other grounds, or test them.` })));
+      el("div", { class: "what", text: verdict || `The top ${n} are within a few points of each other (${close.slice(0, n).map((r) => fmtPct(r.pBeats)).join(", ")} chance of being the best): the model cannot tell them apart. Choose on other grounds, or test them.` })));
     return;
   }
   const best = rows[0];
