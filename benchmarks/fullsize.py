@@ -447,11 +447,11 @@ def sd15_pipeline(device: str, quick: bool):
     built on `device`. The tokenizer is the bot's offline byte-level one, padded to SD's
     77 tokens, so the UNet's cross-attention sees the real sequence length."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+    from diffusers import AutoencoderKL
     from diffusers import UNet2DConditionModel as UNet
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from thumbview.bot.tiny import SD_SCHEDULER, tiny_pipeline, tiny_tokenizer
+    from thumbview.bot.tiny import assemble_pipeline, tiny_pipeline, tiny_tokenizer
 
     if quick:
         return tiny_pipeline().to(device)
@@ -462,16 +462,7 @@ def sd15_pipeline(device: str, quick: bool):
     with torch.device(device):
         unet, vae = UNet(**SD15_UNET), AutoencoderKL(**SD15_VAE)
         text = CLIPTextModel(CLIPTextConfig(**SD15_TEXT, **special))
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=DDIMScheduler(**SD_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return assemble_pipeline(unet, vae, text, tokenizer)
 
 
 def bot_rows(device: str, plan: Plan) -> Iterator[Row]:

@@ -91,3 +91,9 @@ def test_model_format_is_cheap_and_tolerant(tmp_path):
     assert kinds.model_format(tmp_path) is None
     (tmp_path / "config.json").write_text(json.dumps({"format": "thumbview-finetuned"}))
     assert kinds.model_format(tmp_path) == "thumbview-finetuned"
+
+
+def test_the_default_kind_is_the_frozen_feature_format():
+    from thumbview.predict.model import FORMAT
+
+    assert kinds.DEFAULT_KIND == FORMAT and FORMAT in kinds._installed()

@@ -16,6 +16,7 @@ from typing import Literal
 from PIL import Image
 
 from thumbview.data.images import load_image
+from thumbview.finetune.config import FORMAT as FINETUNED_FORMAT
 from thumbview.inference import LoadedPredictor, SaeEncoder
 from thumbview.inference.kinds import model_format
 from thumbview.layout import MODEL_WEIGHTS, SAE_CONFIG, SAE_SUBDIR
@@ -29,13 +30,11 @@ from thumbview.sae.explain import FeatureExplanation, StudyIndex, explain_latent
 
 log = logging.getLogger(__name__)
 
-FINETUNED = "thumbview-finetuned"
-
 
 def source_kind(source: Path) -> Literal["finetuned", "model", "sae"]:
     """What `thumbview explain SOURCE` was given: a fine-tuned model, a model, or an SAE."""
     source = Path(source)
-    if model_format(source) == FINETUNED:  # a network on pixels: an occlusion heatmap
+    if model_format(source) == FINETUNED_FORMAT:  # a network on pixels: an occlusion heatmap
         return "finetuned"
     if (source / MODEL_WEIGHTS).exists():
         return "model"

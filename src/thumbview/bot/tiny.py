@@ -88,12 +88,7 @@ SD_SCHEDULER: dict[str, Any] = {  # Stable Diffusion 1.x's DDIM settings
 def tiny_pipeline(seed: int = 0) -> Any:
     """StableDiffusionPipeline with a ~0.4M-parameter UNet, 64x64 -> 8x8 VAE, 2-layer text model."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -105,9 +100,17 @@ def tiny_pipeline(seed: int = 0) -> Any:
         "pad_token_id": tokenizer.pad_token_id,
     }
     text_config = CLIPTextConfig(vocab_size=len(tokenizer), **TINY_TEXT, **special)
+    return assemble_pipeline(unet, vae, CLIPTextModel(text_config), tokenizer)
+
+
+def assemble_pipeline(unet, vae, text_encoder, tokenizer) -> Any:
+    """A StableDiffusionPipeline of these parts with the bot's DDIM scheduler and no safety
+    checker: how both the tiny base and the full-size benchmark's SD-1.5 are put together."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
     return StableDiffusionPipeline(
         vae=vae,
-        text_encoder=CLIPTextModel(text_config),
+        text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
         scheduler=DDIMScheduler(**SD_SCHEDULER),

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "thumbview.model_kinds"
 # A folder whose config.json names no known format is read as the original kind, whose own
 # loader then says precisely what is wrong with it (missing file, corrupt JSON, bad field).
-DEFAULT_KIND = "thumbview-predictor"
+DEFAULT_KIND = "thumbview-predictor"  # = predict.model.FORMAT (tests/test_kinds.py checks)
 _registered: dict[str, Any] = {}
 
 

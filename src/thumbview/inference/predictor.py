@@ -19,7 +19,7 @@ from PIL import Image
 
 from thumbview.data.images import load_image
 from thumbview.embed.base import Encoder
-from thumbview.inference.kinds import kind_for, model_format
+from thumbview.inference.kinds import DEFAULT_KIND, kind_for, model_format
 from thumbview.predict.drift import DriftReport, TrainingRange
 from thumbview.predict.model import PredictorError, ViewPredictor
 from thumbview.predict.target import to_views
@@ -103,7 +103,7 @@ class LoadedPredictor:
     @property
     def kind(self) -> str:
         """The folder's model kind (config.json `format`), e.g. "thumbview-finetuned"."""
-        return model_format(self.model_dir) or "thumbview-predictor"
+        return model_format(self.model_dir) or DEFAULT_KIND
 
     @property
     def coverage(self) -> float:
