@@ -86,7 +86,7 @@ def test_registry_builds_title_lazily():
 
 
 def test_registry_unknown_name_lists_known_ones():
-    assert ENCODER_NAMES == ("clip", "title", "visual", "context", "title-desc")
+    assert ENCODER_NAMES == ("imagenet", "clip", "title", "visual", "context", "title-desc")
     with pytest.raises(
         UnknownEncoderError, match="clip, title, visual, context, title-desc"
     ) as info:

@@ -12,16 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from thumbview.cli._shared import console, progress_for, safe, split_names, user_errors
-from thumbview.embed.registry import DEFAULT_CLIP_MODEL
+from thumbview.embed.registry import DEFAULT_CLIP_MODEL, ENCODER_NAMES
 
 # The library is imported inside each command: `thumbview --help` must not load pandas/torch.
-ENCODER_NAMES = (
-    "clip",
-    "title",
-    "visual",
-    "context",
-    "title-desc",
-)  # == thumbview.embed.registry.ENCODER_NAMES (tested)
 
 DataArg = Annotated[Path, typer.Argument(help="Dataset folder (images + metadata.csv).")]
 EncodersOpt = Annotated[

@@ -141,6 +141,41 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+# A bar is a border line of near-black, near-uniform pixels (YouTube pads a 16:9 video's 4:3
+# thumbnail with them). JPEG noise in real bars stays well under these bounds.
+BAR_MEAN = 24.0
+BAR_STD = 10.0
+MIN_CONTENT = 1 / 3  # never cut a picture below a third of its side (a dark photo is not a bar)
+
+
+def _bar_lines(gray: np.ndarray) -> tuple[int, int]:
+    """How many leading and trailing rows of `gray` (H, W) are bars."""
+    is_bar = (gray.mean(axis=1) < BAR_MEAN) & (gray.std(axis=1) < BAR_STD)  # (H,)
+    lead = int(np.argmin(is_bar)) if not is_bar.all() else len(is_bar)
+    trail = int(np.argmin(is_bar[::-1])) if not is_bar.all() else len(is_bar)
+    return lead, trail
+
+
+def bar_box(rgb: np.ndarray) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) box of `rgb` (H, W, 3) inside its letterbox/pillarbox bars."""
+    gray = rgb.astype(np.float32).mean(axis=2)  # (H, W)
+    h, w = gray.shape
+    top, bottom = _bar_lines(gray)
+    left, right = _bar_lines(gray.T)
+    if h - top - bottom < max(1, h * MIN_CONTENT):
+        top = bottom = 0
+    if w - left - right < max(1, w * MIN_CONTENT):
+        left = right = 0
+    return left, top, w - right, h - bottom
+
+
+def strip_bars(img: Image.Image) -> Image.Image:
+    """`img` without the uniform dark bars around it, so the picture, not the file's frame, is
+    what models see: a 16:9 thumbnail and the same picture letterboxed to 4:3 come out alike."""
+    box = bar_box(np.asarray(img.convert("RGB")))
+    return img if box == (0, 0, img.width, img.height) else img.crop(box)
+
+
 def fit_frame(rgb: np.ndarray, size: tuple[int, int], fit: str = "crop") -> Image.Image:
     """`rgb` (H, W, 3) as a `size` (w, h) image: centre-cropped to the aspect, or letterboxed."""
     img = Image.fromarray(rgb)

