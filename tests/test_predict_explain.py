@@ -152,3 +152,25 @@ def test_explain_a_saved_model_end_to_end(tmp_path):
     assert json.loads(json.dumps(ex.to_json_dict()))["features"][0]["name"] in FEATURE_NAMES
     with pytest.raises(ValueError, match="no such model folder"):
         LoadedPredictor.load(tmp_path / "nope")
+
+
+def test_a_mixed_block_lists_only_its_named_columns():
+    """`imagenet`: 1,280 unnamed pooled features + named class probabilities. The planted
+    effect sits on an unnamed column and on one named class; only named columns are listed,
+    and the block's total still carries the unnamed one."""
+    from thumbview.embed.imagenet import ImagenetEncoder
+    from thumbview.predict.explain import interpretable_names
+
+    names = interpretable_names(ImagenetEncoder())
+    assert names[0] == "" and "espresso" in names[1280 + 967]
+    rng = np.random.default_rng(1)
+    block = rng.normal(0, 1, (300, 6))  # columns 0-2 unnamed, 3-5 named
+    y = 2.0 * block[:, 0] + 1.0 * block[:, 4] + 0.01 * rng.normal(size=300)
+    model = ViewPredictor(PredictorConfig(encoders=("imagenet",))).fit(
+        {"imagenet": block}, y, calibrate=False
+    )
+    row = {"imagenet": np.array([[3.0, 0, 0, 0, 1.0, 0]])}
+    ex = explain_row(model, row, {"imagenet": ["", "", "", "cat", "dog", "cup"]}, top=5)
+    assert [f.name for f in ex.features][0] == "dog"
+    assert {f.name for f in ex.features} <= {"cat", "dog", "cup"}
+    assert ex.blocks[0].contribution_log10 == pytest.approx(ex.log10 - ex.baseline_log10, abs=1e-9)

@@ -198,7 +198,7 @@ def test_any_mode_and_size(ocr_encoder):
     out = ocr_encoder.encode(images)
     assert out.shape == (len(images), N_FEATURES) and out.dtype == np.float32
     assert np.isfinite(out).all()
-    assert out[4, COL["aspect ratio (width / height)"]] == pytest.approx(60.0)
+    assert out[4, COL["picture aspect ratio (width / height, bars removed)"]] == pytest.approx(60.0)
     gray = np.asarray(noise.convert("L"))
     np.testing.assert_array_equal(
         describe(gray), describe(np.asarray(noise.convert("L").convert("RGB")))
@@ -277,7 +277,22 @@ def test_profile_is_part_of_the_cache_key():
         VisualEncoder(ocr=False, profile="fast"),
         VisualEncoder(ocr=False, profile="reference"),
     )
-    assert fast.spec()["profile"] == "fast" and fast.spec()["version"] == "2"
+    assert fast.spec()["profile"] == "fast" and fast.spec()["version"] == "3"
     assert fast.spec_hash() != ref.spec_hash()
     with pytest.raises(VisualInputError, match="profile"):
         VisualEncoder(profile="turbo")
+
+
+def test_letterboxed_copy_gets_the_descriptors_of_the_picture():
+    """A 16:9 thumbnail and the same picture letterboxed into a 4:3 file are described alike:
+    the file's frame is not read as darkness, edges or aspect ratio (visual version 3)."""
+    rng = np.random.default_rng(3)
+    base = rng.integers(60, 255, (9, 16, 3), dtype=np.uint8)
+    wide = Image.fromarray(base).resize((320, 180), Image.Resampling.BILINEAR)
+    boxed = Image.new("RGB", (320, 240), (0, 0, 0))
+    boxed.paste(wide, (0, 30))
+    encoder = VisualEncoder(ocr=False, faces=False)
+    a, b = encoder.encode([wide, boxed])
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert a[COL["picture aspect ratio (width / height, bars removed)"]] == pytest.approx(16 / 9)
+    assert a[COL["near-black fraction"]] == 0.0

@@ -250,7 +250,7 @@ class ImagenetEncoder(Encoder):
         ]
 
     def feature_names(self) -> list[str]:
-        pooled = [f"imagenet feature {i}" for i in range(POOLED_DIM)]
+        pooled = [f"{self.name}[{i}]" for i in range(POOLED_DIM)]  # generic: never listed alone
         classes = [f"looks like: {n} (ImageNet class)" for n in class_names()]
         return {"both": pooled + classes, "pooled": pooled, "classes": classes}[self.outputs]
 

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from thumbview.data.images import to_rgb
+from thumbview.data.images import strip_bars, to_rgb
 from thumbview.embed.base import Encoder
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "edge density",
     "centre minus border edge density",
     "sharpness (log Laplacian variance)",
-    "aspect ratio (width / height)",
+    "picture aspect ratio (width / height, bars removed)",
     "face count",
     "largest face area (fraction)",
     "text area (fraction)",
@@ -317,7 +317,10 @@ class VisualEncoder(Encoder):
     """Interpretable descriptors (see FEATURE_NAMES) for thumbnails; CPU, no download."""
 
     name = "visual"
-    version = "2"  # 2: the fast detector profile (1 = profile "reference")
+    # 2: the fast detector profile (1 = profile "reference"); 3: letterbox/pillarbox bars are
+    # cut before describing, so a 16:9 picture and the same picture letterboxed into 4:3 get
+    # the same descriptors (the bars were read as "near-black" and as the aspect ratio).
+    version = "3"
     modality = "image"
 
     def __init__(
@@ -373,7 +376,7 @@ class VisualEncoder(Encoder):
 
     def _describe_one(self, img: Image.Image) -> np.ndarray:
         detect_faces, read_text = self._detectors()
-        return describe(np.asarray(to_rgb(img)), detect_faces, read_text)  # (D,)
+        return describe(np.asarray(strip_bars(to_rgb(img))), detect_faces, read_text)  # (D,)
 
     def _detectors(self) -> tuple[FaceDetector | None, TextReader | None]:
         """This thread's models, loaded on first use so constructing an encoder stays cheap."""

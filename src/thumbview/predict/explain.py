@@ -16,7 +16,8 @@ which is where the predictor's standardised design row is all zeros. A contribut
   reported as `residual_log10`.
 
 Dense embedding blocks (CLIP, title) have no nameable columns, so each is reported as one
-block contribution; descriptor blocks (`visual`) are also listed feature by feature.
+block contribution; descriptor blocks (`visual`) are also listed feature by feature, and so
+are the named columns of a mixed block (`imagenet`'s class probabilities, "looks like: ...").
 `linear_attribution` and `integrated_gradients` are the pure maths on arrays; `explain_row`
 applies them to a model and one row of feature blocks; `thumbview.explain.explain_prediction`
 does the IO for a loaded model.
@@ -193,7 +194,7 @@ def top_features(
     block: str, names: Sequence[str], values, typical, contributions, top: int
 ) -> list[FeatureContribution]:
     """The `top` columns of one block by |contribution|, largest first."""
-    order = np.argsort(-np.abs(contributions), kind="stable")[:top]
+    order = [j for j in np.argsort(-np.abs(contributions), kind="stable") if names[j]][:top]
     return [
         FeatureContribution(
             block,
@@ -251,7 +252,9 @@ def explain_row(
 
 
 def interpretable_names(encoder: Encoder) -> list[str] | None:
-    """The encoder's column names, or None when they are the generic `name[i]` placeholders."""
+    """The encoder's column names, "" for the generic `name[i]` placeholders among them (never
+    listed: `imagenet`'s 1,280 pooled features are, its 1,000 class probabilities are not), or
+    None when no column has a name."""
     names = list(encoder.feature_names())
-    generic = [f"{encoder.name}[{i}]" for i in range(len(names))]
-    return None if names == generic else names
+    named = ["" if n == f"{encoder.name}[{i}]" else n for i, n in enumerate(names)]
+    return named if any(named) else None
