@@ -80,3 +80,12 @@ def test_wide_blocks_get_ridge_only():
     assert ("wide", "ridge") in got and ("wide", "gbm") not in got
     assert not any(head == "gbm" and "wide" in enc for enc, head in got)
     assert ("narrow+wide", "stacked") in got or ("wide+narrow", "stacked") in got
+
+
+def test_chosen_combos_score_only_those_and_match_the_full_ablation():
+    blocks, y, groups = _planted(n=240)
+    full = {(r.encoders, r.head): r for r in ablate(blocks, y, groups, k=3, gbm_iter=0)}
+    rows = ablate(blocks, y, groups, k=3, gbm_iter=0, combos=[("lin",), ("lin", "noise")])
+    assert [(r.encoders, r.head) for r in rows] == [("lin", "ridge"), ("lin+noise", "ridge")]
+    for r in rows:  # same folds, same fits: the same numbers as in the full ablation
+        assert r.spearman == full[(r.encoders, r.head)].spearman

@@ -89,13 +89,14 @@ def ablate(
     seed: int = 0,
     heads: Sequence[str] = HEADS,
     gbm_iter: int = 300,  # 0: ridge only
+    combos: Sequence[tuple[str, ...]] | None = None,
     progress: Progress = SILENT,
 ) -> list[AblationRow]:
-    """Every non-empty subset of `blocks` x `heads`, scored on the same K folds."""
+    """Every non-empty subset of `blocks` (or just `combos`) x `heads`, on the same K folds."""
     y = np.asarray(y, dtype=np.float64)
     folds = group_kfold(groups, k, seed, n=len(y))
     rows = []
-    combos = subsets(list(blocks))
+    combos = subsets(list(blocks)) if combos is None else [tuple(c) for c in combos]
     with progress.task("ablation", len(combos)) as advance:
         for subset in combos:
             preds = _fold_predictions(blocks, y, groups, folds, subset, seed, gbm_iter)
