@@ -146,7 +146,7 @@ def test_missing_architecture_says_how_to_install(model_dir, data, monkeypatch):
     assert "incomplete" not in line
 
 
-def test_every_command_accepts_the_model(model_dir, data, tmp_path):
+def test_every_command_accepts_the_model(model_dir, data, tmp_path, monkeypatch):
     import av
     from fastapi.testclient import TestClient
 
@@ -173,6 +173,11 @@ def test_every_command_accepts_the_model(model_dir, data, tmp_path):
                          config=FramesConfig(sample_fps=2))  # fmt: skip
     views = [c.predicted_views for c in result.choices]
     assert 1 <= len(views) <= 2 and views == sorted(views, reverse=True)
+    monkeypatch.chdir(tmp_path)  # explain's heatmap is drawn on the letterboxed square it read
+    res = runner.invoke(app, ["explain", str(model_dir), a, "--json"])
+    assert res.exit_code == 0, res.output
+    heat = json.loads(res.stdout)
+    assert np.asarray(heat["grid"]).shape == (8, 8) and Path(heat["heatmap"]).is_file()
 
 
 def test_resume_after_interruption_equals_an_uninterrupted_run(data, tmp_path):
