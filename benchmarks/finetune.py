@@ -5,6 +5,8 @@ Run by hand, not in the tests:
     .venv/bin/python benchmarks/finetune.py speed            # images/s + peak RSS per backbone
     .venv/bin/python benchmarks/finetune.py goal --n 4000    # synth: finetune vs visual ridge
     .venv/bin/python benchmarks/finetune.py cv DATA          # real data: channel-disjoint K-fold
+    .venv/bin/python benchmarks/finetune.py cv DATA --backbone effnet-lite0 --init imagenet
+    .venv/bin/python benchmarks/finetune.py frozen DATA      # ridge on frozen imagenet features
 
 `speed` times optimiser steps (forward + backward + AdamW) on random 0-255 pixels, each
 backbone in its own process so its peak RSS is its own; on a CUDA machine it also times
@@ -15,7 +17,11 @@ fine-tuned image-only model on the same channel-disjoint split, and prints both 
 Spearmans, their ratio and the fine-tuning wall time. `cv` fine-tunes on each training fold
 of the channel-disjoint folds `thumbview cv` uses (same grouping, same seed) and scores the
 held-out fold through `LoadedPredictor`, as `predict` would: mean ± sd over folds,
-comparable with the frozen-feature rows of the README.
+comparable with the frozen-feature rows of the README. `--only-folds` runs some of those
+folds and `--max-train` fine-tunes on a seeded random subsample of each training fold, where
+compute is short (the table's header says so). `frozen` fits the ridge head `thumbview cv`
+fits on the frozen `imagenet` features (and with the MiniLM title) on the same folds and the
+same training rows, for the comparison at equal data.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from thumbview.progress import SILENT
 
 SPEED_BACKBONES = {"vit-tiny": 32, "convnext-atto": 32, "vit-s16": 8, "vit-b16": 4}
 # name: (batch, input side or None for the model's default), timm twins of the rows above
@@ -150,6 +158,27 @@ def goal(args) -> None:
     assert np.isfinite(v)
 
 
+def folds(ds, args) -> list[tuple[int, object, object]]:
+    """(fold, training rows, test rows) of the channel-disjoint folds `thumbview cv` uses,
+    those in `--only-folds`, training rows cut to a seeded `--max-train` subsample."""
+    import numpy as np
+
+    from thumbview.predict.metrics import group_kfold
+
+    keep = {int(f) for f in args.only_folds.split(",")} if args.only_folds else None
+    out = []
+    for f, (train_idx, test_idx) in enumerate(group_kfold(ds.channels, args.folds, 0, n=len(ds))):
+        if keep is not None and f not in keep:
+            continue
+        if args.max_train and len(train_idx) > args.max_train:
+            pick = np.random.default_rng([0, f]).choice(
+                len(train_idx), args.max_train, replace=False
+            )
+            train_idx = np.sort(train_idx[pick])
+        out.append((f, train_idx, test_idx))
+    return out
+
+
 def fold_scores(ds, title: str, args, work: Path) -> list[float]:
     """Held-out Spearman of one title mode on each channel-disjoint fold."""
     from scipy.stats import spearmanr
@@ -158,22 +187,26 @@ def fold_scores(ds, title: str, args, work: Path) -> list[float]:
     from thumbview.finetune.config import FinetuneConfig
     from thumbview.finetune.train import finetune
     from thumbview.inference import LoadedPredictor
-    from thumbview.predict.metrics import group_kfold
     from thumbview.predict.target import make_target
 
     y, _ = make_target(ds.views, "log10")
     scores = []
-    for f, (train_idx, test_idx) in enumerate(group_kfold(ds.channels, args.folds, 0, n=len(ds))):
-        cfg = FinetuneConfig(title=title, epochs=args.epochs, workers=args.workers, holdout=0.0)
+    for f, train_idx, test_idx in folds(ds, args):
+        cfg = FinetuneConfig(backbone=args.backbone, init=args.init, title=title,
+                             epochs=args.epochs, workers=args.workers, holdout=0.0,
+                             image_size=args.image_size, lr=args.lr, batch_size=args.batch_size)  # fmt: skip
         t0 = time.perf_counter()
-        finetune(ds.subset(train_idx), cfg, work / f"{title}-fold{f}")
-        loaded = LoadedPredictor.load(work / f"{title}-fold{f}")
+        name = f"{args.backbone}-{args.init or 'scratch'}-{title}-fold{f}"
+        r = finetune(ds.subset(train_idx), cfg, work / name)
+        t_train = time.perf_counter() - t0
+        loaded = LoadedPredictor.load(work / name)
         test = ds.subset(test_idx)
         images = [load_image(test.image_source(i)) for i in range(len(test))]
         pred = loaded.predict(loaded.blocks(images, list(test.titles)))
         scores.append(float(spearmanr(pred, y[test_idx]).statistic))
-        print(f"{title} fold {f}: {scores[-1]:.3f} ({time.perf_counter() - t0:.0f} s)",
-              file=sys.stderr)  # fmt: skip
+        print(f"{name}: {scores[-1]:.3f} ({t_train:.0f} s training {r.n_train} + validation "
+              f"{r.n_val}, {r.epochs_run} epochs; {time.perf_counter() - t0:.0f} s with "
+              f"scoring {len(test_idx)})", file=sys.stderr, flush=True)  # fmt: skip
     return scores
 
 
@@ -184,15 +217,71 @@ def cv(args) -> None:
 
     ds = load_dataset(args.data)
     work = Path(args.work or tempfile.mkdtemp(prefix="ft-cv-"))
-    print(f"{args.data}: {len(ds)} videos, {args.folds} channel-disjoint folds, "
-          f"vit-tiny 64 px, {args.epochs} epochs max, {os.cpu_count()} cores\n")  # fmt: skip
+    import torch
+
+    torch.set_num_threads(args.threads)
+    start = args.init or "scratch"
+    print(f"{args.data}: {len(ds)} videos, {args.folds} channel-disjoint folds"
+          f"{f' (run: {args.only_folds})' if args.only_folds else ''}"
+          f"{f', training rows cut to {args.max_train}' if args.max_train else ''}, "
+          f"{args.backbone} from {start}, {args.image_size or 'default'} px, {args.epochs} epochs "
+          f"max, lr {args.lr}, batch {args.batch_size}, {args.threads} torch threads, "
+          f"{os.cpu_count()} cores shared with other jobs\n")  # fmt: skip
     print("| model | Spearman (mean ± sd over folds) | per fold |")
     print("|---|---|---|")
     for title in args.titles.split(","):
         s = np.array(fold_scores(ds, title, args, work))
         name = {"none": "image only", "frozen": "image + frozen MiniLM title"}.get(title, title)
-        print(f"| finetune vit-tiny, {name} | {s.mean():.3f} ± {s.std(ddof=1):.3f} | "
+        sd = f"{s.std(ddof=1):.3f}" if len(s) > 1 else "-"
+        print(f"| finetune {args.backbone} from {start}, {name} | {s.mean():.3f} ± {sd} | "
               f"{', '.join(f'{v:.3f}' for v in s)} |", flush=True)  # fmt: skip
+
+
+def frozen(args) -> None:
+    """Ridge (`thumbview cv`'s head) on frozen imagenet features, alone and with the title,
+    on the folds and training rows `cv` with the same arguments fine-tunes on, and (with
+    `--max-train`) on the whole training folds too. Features come from the shared cache of
+    the whole dataset (`thumbview cv --encoders imagenet` fills it)."""
+    import numpy as np
+
+    from thumbview.data.dataset import load_dataset
+    from thumbview.embed.cache import embed
+    from thumbview.embed.registry import get_encoder
+    from thumbview.predict.target import make_target
+
+    ds = load_dataset(args.data)
+    y, _ = make_target(ds.views, "log10")
+    t0 = time.perf_counter()
+    feats = {n: embed(ds, get_encoder(n), progress=SILENT)[0] for n in ("imagenet", "title")}
+    print(f"features of {len(ds)} videos: {time.perf_counter() - t0:.0f} s\n", flush=True)
+    print("| model | Spearman (mean ± sd over folds) | per fold |")
+    print("|---|---|---|")
+    runs = [("same training rows", folds(ds, args))]
+    if args.max_train:
+        runs.append(
+            (
+                "whole training folds",
+                folds(ds, argparse.Namespace(**{**vars(args), "max_train": 0})),
+            )
+        )
+    for rows, chosen in runs:
+        for names in (("imagenet",), ("imagenet", "title")):
+            s = np.array([_ridge_score(feats, names, y, tr, te) for _, tr, te in chosen])
+            sd = f"{s.std(ddof=1):.3f}" if len(s) > 1 else "-"
+            print(f"| ridge on frozen {' + '.join(names)}, {rows} | {s.mean():.3f} ± {sd} | "
+                  f"{', '.join(f'{v:.3f}' for v in s)} |", flush=True)  # fmt: skip
+
+
+def _ridge_score(feats, names, y, train_idx, test_idx) -> float:
+    """Held-out Spearman of `thumbview cv`'s default ridge head on frozen feature blocks."""
+    from scipy.stats import spearmanr
+
+    from thumbview.predict.model import PredictorConfig, ViewPredictor
+
+    model = ViewPredictor(PredictorConfig(encoders=names))
+    model.fit({n: feats[n][train_idx] for n in names}, y[train_idx], calibrate=False)
+    pred = model.predict({n: feats[n][test_idx] for n in names})
+    return float(spearmanr(pred, y[test_idx]).statistic)
 
 
 def main() -> None:
@@ -215,15 +304,24 @@ def main() -> None:
     g.add_argument("--workers", type=int, default=2)
     g.add_argument("--titles", default="none", help="title modes to fine-tune, comma-separated")
     g.add_argument("--work", default=None, help="folder for data and models (default: temp)")
-    c = sub.add_parser("cv")
-    c.add_argument("data", type=Path)
-    c.add_argument("--folds", type=int, default=5)
-    c.add_argument("--epochs", type=int, default=8)
-    c.add_argument("--workers", type=int, default=2)
-    c.add_argument("--titles", default="none,frozen", help="title modes, comma-separated")
-    c.add_argument("--work", default=None, help="folder for the fold models (default: temp)")
+    for part in ("cv", "frozen"):
+        c = sub.add_parser(part)
+        c.add_argument("data", type=Path)
+        c.add_argument("--folds", type=int, default=5)
+        c.add_argument("--only-folds", default=None, help="folds to run, e.g. 0,1 (default all)")
+        c.add_argument("--max-train", type=int, default=0, help="subsample training rows")
+        c.add_argument("--epochs", type=int, default=8)
+        c.add_argument("--workers", type=int, default=2)
+        c.add_argument("--titles", default="none,frozen", help="title modes, comma-separated")
+        c.add_argument("--backbone", default="vit-tiny")
+        c.add_argument("--init", default=None, help="e.g. imagenet (default: from scratch)")
+        c.add_argument("--image-size", type=int, default=None)
+        c.add_argument("--lr", type=float, default=1e-3)
+        c.add_argument("--batch-size", type=int, default=64)
+        c.add_argument("--threads", type=int, default=2)
+        c.add_argument("--work", default=None, help="folder for the fold models (default: temp)")
     args = p.parse_args()
-    {"speed": speed, "goal": goal, "cv": cv}[args.part](args)
+    {"speed": speed, "goal": goal, "cv": cv, "frozen": frozen}[args.part](args)
 
 
 if __name__ == "__main__":

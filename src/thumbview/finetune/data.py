@@ -30,9 +30,10 @@ class ThumbnailRows(torch.utils.data.Dataset):
         hflip: bool = False,
         jitter: float = 0.0,
         seed: int = 0,
+        frame: str = "squash",
     ):
         self.paths, self.y, self.title = list(paths), np.asarray(y, np.float32), title
-        self.size = size
+        self.size, self.frame = size, frame
         self.augment, self.hflip, self.jitter, self.seed = augment, hflip, jitter, seed
         self.order = np.arange(len(self.paths))
         self.epoch = 0
@@ -50,9 +51,9 @@ class ThumbnailRows(torch.utils.data.Dataset):
         image = load_image(self.paths[i])
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, i, 1])
-            pixels = augmented_pixels(image, self.size, rng, self.hflip, self.jitter)
+            pixels = augmented_pixels(image, self.size, rng, self.hflip, self.jitter, self.frame)
         else:
-            pixels = to_pixels(image, self.size)
+            pixels = to_pixels(image, self.size, frame=self.frame)
         title = np.zeros(0, np.float32) if self.title is None else self.title[i]
         return torch.from_numpy(pixels), torch.from_numpy(np.asarray(title)), self.y[i]
 

@@ -3,7 +3,9 @@
 A fine-tuned network reads pixels, not frozen features. Exposing the preprocessed pixels as
 an `Encoder` block lets every consumer of `LoadedPredictor` (predict, compare, frames, serve)
 pass images through unchanged: `blocks(images, titles)` then `predict(blocks)`.
-Training and inference share `to_pixels`, so what the model saw is what it is given.
+Training and inference share `to_pixels`, so what the model saw is what it is given; its
+`frame` (stored with the model) says how the picture becomes a square: squashed whole, or for
+the ImageNet backbones letterboxed exactly as the frozen `imagenet` encoder does it.
 """
 
 from __future__ import annotations
@@ -14,17 +16,25 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from thumbview.data.images import strip_bars, to_rgb
+from thumbview.embed import imagenet
 from thumbview.embed.base import Encoder
+from thumbview.finetune.config import FRAMES, FinetuneError
 
 TITLE_MAX_TOKENS = 32
 
 
-def to_pixels(image: Image.Image, size: int, crop: tuple[float, ...] | None = None) -> np.ndarray:
-    """uint8 (3, size, size): the whole frame (or the `crop` box, as fractions) squashed to a square.
+def to_pixels(
+    image: Image.Image, size: int, crop: tuple[float, ...] | None = None, frame: str = "squash"
+) -> np.ndarray:
+    """uint8 (3, size, size): the whole frame (or the `crop` box, as fractions) as a square.
 
-    Squashing instead of centre-cropping keeps the text and faces near a 16:9 thumbnail's
-    edges, which carry signal; the model learns on the same squashed geometry.
+    "squash": resized whole; squashing instead of centre-cropping keeps the text and faces
+    near a 16:9 thumbnail's edges, which carry signal. "letterbox": `imagenet.frame` (dark
+    bars cut, aspect kept, centred on grey), the crop taken from the picture inside the bars.
     """
+    if frame == "letterbox":
+        return _letterboxed(image, size, crop)
     image = image.convert("RGB")
     box = None
     if crop is not None:
@@ -34,8 +44,23 @@ def to_pixels(image: Image.Image, size: int, crop: tuple[float, ...] | None = No
     return np.asarray(out, dtype=np.uint8).transpose(2, 0, 1).copy()  # (3, S, S)
 
 
+def _letterboxed(image: Image.Image, size: int, crop: tuple[float, ...] | None) -> np.ndarray:
+    """uint8 (3, S, S); without `crop`, exactly the frozen encoder's `imagenet.frame`."""
+    if crop is not None:
+        picture = strip_bars(to_rgb(image))
+        w, h = picture.size
+        box = (crop[0] * w, crop[1] * h, crop[2] * w, crop[3] * h)
+        image = picture.crop(tuple(round(v) for v in box))
+    return imagenet.frame(image, size).transpose(2, 0, 1).copy()  # (3, S, S)
+
+
 def augmented_pixels(
-    image: Image.Image, size: int, rng: np.random.Generator, hflip: bool, jitter: float
+    image: Image.Image,
+    size: int,
+    rng: np.random.Generator,
+    hflip: bool,
+    jitter: float,
+    frame: str = "squash",
 ) -> np.ndarray:
     """A thumbnail-suited random view: a mild crop (80-100% of the area, aspect +-10%).
 
@@ -49,33 +74,36 @@ def augmented_pixels(
     if jitter > 0:
         for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
             image = enhance(image.convert("RGB")).enhance(rng.uniform(1 - jitter, 1 + jitter))
-    pixels = to_pixels(image, size, (x0, y0, x0 + cw, y0 + ch))
+    pixels = to_pixels(image, size, (x0, y0, x0 + cw, y0 + ch), frame)
     if hflip and rng.random() < 0.5:
         pixels = pixels[:, :, ::-1].copy()
     return pixels
 
 
 class PixelEncoder(Encoder):
-    """Images -> float32 (B, 3*S*S) of the squashed 0-255 pixels (normalisation is in the net)."""
+    """Images -> float32 (B, 3*S*S) of the framed 0-255 pixels (normalisation is in the net)."""
 
     name = "pixels"
     version = "1"
     modality = "image"
 
-    def __init__(self, image_size: int = 64) -> None:
-        self.image_size = int(image_size)
+    def __init__(self, image_size: int = 64, frame: str = "squash") -> None:
+        if frame not in FRAMES:
+            raise FinetuneError(f"unknown pixel frame {frame!r}; one of {', '.join(FRAMES)}")
+        self.image_size, self.frame = int(image_size), frame
 
     @property
     def dim(self) -> int:
         return 3 * self.image_size * self.image_size
 
     def spec(self) -> dict[str, Any]:
-        return {**super().spec(), "image_size": self.image_size}
+        frame = {} if self.frame == "squash" else {"frame": self.frame}  # older specs: squash
+        return {**super().spec(), "image_size": self.image_size, **frame}
 
     def encode(self, inputs: Sequence[Image.Image]) -> np.ndarray:
         if not len(inputs):
             return np.zeros((0, self.dim), np.float32)
-        arrays = [to_pixels(im, self.image_size).reshape(-1) for im in inputs]
+        arrays = [to_pixels(im, self.image_size, frame=self.frame).reshape(-1) for im in inputs]
         return np.stack(arrays).astype(np.float32)  # (B, 3*S*S)
 
 

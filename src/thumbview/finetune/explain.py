@@ -70,6 +70,8 @@ def explain_image(loaded, image: Image.Image, name: str, title: str = "", grid: 
         return loaded.predict(rows)
 
     point, drops = occlusion_grid(predict, pixels, grid)
+    if loaded.model.arch_.get("frame", "squash") != "squash":  # the grid covers the letterbox
+        image = Image.fromarray(pixels.transpose(1, 2, 0).astype(np.uint8))  # (S, S, 3)
     path = save_heatmap(image, drops, heatmap) if heatmap is not None else None
     views = to_views(loaded.target)(point)
     return Saliency(name, title, loaded.target, point, views, drops, path)

@@ -140,13 +140,17 @@ class FinetunedPredictor(ViewPredictor):
 
         directory = Path(directory)
         meta = read_meta(directory)
-        if (
-            isinstance(meta.get("architecture"), dict)
-            and meta["architecture"].get("kind") == "timm"
-        ):
+        kind = (
+            meta["architecture"].get("kind") if isinstance(meta.get("architecture"), dict) else None
+        )
+        if kind == "timm":
             from thumbview.finetune.timm_backbone import import_timm
 
             import_timm()  # a missing timm says how to install it, not "model is incomplete"
+        elif kind == "effnet":  # the architecture package only: the weights are in the folder
+            from thumbview.finetune.effnet_backbone import import_architecture
+
+            import_architecture()
         try:
             tensors = load_file(directory / WEIGHTS_FILE)
         except (SafetensorError, OSError, ValueError) as e:

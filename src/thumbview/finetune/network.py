@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 CLIP_MEAN, CLIP_STD = (0.4815, 0.4578, 0.4082), (0.2686, 0.2613, 0.2758)
 HALF = (0.5, 0.5, 0.5)
 TITLE_DIM = 384  # MiniLM-L6
+OWN_RECIPES = ("timm", "effnet")  # kinds whose recipe is stored under arch[kind], not hf_config
 
 
 def _config_class(kind: str):
@@ -44,7 +45,8 @@ class ImageTower(nn.Module):
     """Pixels (B, 3, S, S) in 0..255 -> image embedding (B, D).
 
     `backbone_config` is the transformers config dict, or for kind "timm" the recipe of
-    `timm_backbone.recipe` (normalised with timm's own mean/std for the model).
+    `timm_backbone.recipe` (normalised with timm's own mean/std for the model), or for kind
+    "effnet" that of `effnet_backbone.recipe` (scaled to [-1, 1] as `imagenet.to_input` does).
     """
 
     def __init__(self, kind: str, backbone_config: dict[str, Any]):
@@ -55,6 +57,11 @@ class ImageTower(nn.Module):
 
             self.model = create(backbone_config)
             mean, std = backbone_config["mean"], backbone_config["std"]
+        elif kind == "effnet":
+            from thumbview.finetune.effnet_backbone import create as create_effnet
+
+            self.model = create_effnet(backbone_config)
+            mean, std = HALF, HALF
         else:
             cfg = _config_class(kind).from_dict(backbone_config)
             extra = {"add_pooling_layer": False} if kind == "vit" else {}
@@ -69,6 +76,10 @@ class ImageTower(nn.Module):
             from thumbview.finetune.timm_backbone import embedding_dim
 
             return embedding_dim(self.model)
+        if self.kind == "effnet":
+            from thumbview.finetune.effnet_backbone import embedding_dim as effnet_dim
+
+            return effnet_dim(self.model)
         cfg = self.model.config
         return cfg.hidden_sizes[-1] if self.kind == "convnext" else cfg.hidden_size
 
@@ -76,6 +87,10 @@ class ImageTower(nn.Module):
         x = (pixels.float() - self.mean) / self.std  # (B, 3, S, S)
         if self.kind == "timm":
             return self.model(x)  # (B, D) pooled, no classifier (num_classes=0)
+        if self.kind == "effnet":
+            from thumbview.finetune.effnet_backbone import features
+
+            return features(self.model, x)  # (B, 1280) last stage, averaged over space
         if self.kind == "convnext":
             return self.model(pixel_values=x).pooler_output  # (B, D)
         out = self.model(pixel_values=x, interpolate_pos_encoding=True)
@@ -108,7 +123,7 @@ class FusionNet(nn.Module):
     def __init__(self, arch: dict[str, Any]):
         super().__init__()
         kind = arch["kind"]
-        self.image = ImageTower(kind, arch["timm"] if kind == "timm" else arch["hf_config"])
+        self.image = ImageTower(kind, arch[kind] if kind in OWN_RECIPES else arch["hf_config"])
         self.title_mode = arch["title"]
         self.title = TitleTower(arch["title_config"]) if arch.get("title_config") else None
         width = self.image.dim + (0 if self.title_mode == "none" else TITLE_DIM)
@@ -133,12 +148,17 @@ class FusionNet(nn.Module):
 def architecture(config: FinetuneConfig, init_config: dict | None = None) -> dict[str, Any]:
     """The JSON description `FusionNet` is built from (stored in the model's config.json)."""
     spec = backbone_spec(config.backbone)
-    timm_recipe = None
+    own_recipe = None
     if spec.kind == "timm":
         from thumbview.finetune.timm_backbone import recipe
 
         kind, hf = "timm", None
-        timm_recipe, size = recipe(config, init_config)
+        own_recipe, size = recipe(config, init_config)
+    elif spec.kind == "effnet":
+        from thumbview.finetune.effnet_backbone import recipe as effnet_recipe
+
+        kind, hf = "effnet", None
+        own_recipe, size = effnet_recipe(spec.hf["arch"]), config.size
     else:
         kind = init_config.pop("_kind") if init_config else spec.kind
         hf = init_config if init_config else {**spec.hf, "image_size": config.size}
@@ -153,12 +173,13 @@ def architecture(config: FinetuneConfig, init_config: dict | None = None) -> dic
     return {
         "kind": kind,
         "hf_config": hf,
-        **({"timm": timm_recipe} if timm_recipe else {}),
+        **({kind: own_recipe} if own_recipe else {}),
         "title": config.title,
         "title_config": title_config,
         "hidden": config.hidden,
         "dropout": config.dropout,
         "image_size": int(size),
+        "frame": spec.frame,
     }
 
 
@@ -171,6 +192,8 @@ def build_network(config: FinetuneConfig) -> tuple[FusionNet, dict[str, Any]]:
     if init_state is not None:
         if arch["kind"] == "timm":
             from thumbview.finetune.timm_backbone import load_weights as load
+        elif arch["kind"] == "effnet":
+            from thumbview.finetune.effnet_backbone import load_weights as load
         else:
             load = load_backbone
         load(net.image.model, init_state, config.init)
@@ -185,10 +208,15 @@ def build_network(config: FinetuneConfig) -> tuple[FusionNet, dict[str, Any]]:
 def read_init(config: FinetuneConfig) -> tuple[dict[str, torch.Tensor], dict | None]:
     """(backbone state dict, transformers config dict with `_kind` or None) from `--init`
     (for a timm backbone: the extras of its folder's config.json, see `timm_backbone`)."""
-    if backbone_spec(config.backbone).kind == "timm":
+    kind = backbone_spec(config.backbone).kind
+    if kind == "timm":
         from thumbview.finetune.timm_backbone import read_init as read_timm_init
 
         return read_timm_init(config)
+    if kind == "effnet":
+        from thumbview.finetune.effnet_backbone import read_init as read_effnet_init
+
+        return read_effnet_init(config)
     path = Path(config.init).expanduser()
     if path.is_file():
         return read_safetensors(path, config.init), None

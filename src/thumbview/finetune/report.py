@@ -22,9 +22,9 @@ def finish(model: FinetunedPredictor, dataset, split, y, titles, test_pred, out_
     """Save everything; score the hold-out when there is one. Returns (EvalResult | None, plots)."""
     model.save(out_dir)
     cfg = model.config
-    size = model.arch_["image_size"]
-    options = {"pixels": {"image_size": size}, "title": {}, "title-tokens": {}}
-    encoders = {"pixels": PixelEncoder(size), "title": TitleEncoder(),
+    size, frame = model.arch_["image_size"], model.arch_.get("frame", "squash")
+    options = {"pixels": {"image_size": size, "frame": frame}, "title": {}, "title-tokens": {}}
+    encoders = {"pixels": PixelEncoder(size, frame), "title": TitleEncoder(),
                 "title-tokens": TitleTokenEncoder()}  # fmt: skip
     names = cfg.encoders
     seen = np.concatenate([split.train, split.val])

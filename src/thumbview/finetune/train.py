@@ -447,7 +447,8 @@ def finetune(
     titles = title_block(dataset, config, cache_dir, progress)
     y_mean, y_std = float(y[split.train].mean()), float(y[split.train].std() or 1.0)
     net, arch = build_network(config)
-    paths, scale = [str(p) for p in dataset.paths], (y_mean, y_std, arch["image_size"])
+    paths = [str(p) for p in dataset.paths]
+    scale = (y_mean, y_std, arch["image_size"], arch.get("frame", "squash"))
     rows = _rows(paths, y, titles, split.train, config, scale, augment=config.augment)
     val = _rows(paths, y, titles, split.val, config, scale, augment=False)
     state = train_loop(net, rows, val, y[split.val], y_mean, y_std, config, out_dir / CHECKPOINT_DIR,
@@ -472,7 +473,7 @@ def finetune(
 
 
 def _rows(paths, y, titles, idx, config, scale, *, augment: bool) -> ThumbnailRows:
-    y_mean, y_std, size = scale
+    y_mean, y_std, size, frame = scale
     return ThumbnailRows(
         [paths[i] for i in idx],
         (y[idx] - y_mean) / y_std,
@@ -482,4 +483,5 @@ def _rows(paths, y, titles, idx, config, scale, *, augment: bool) -> ThumbnailRo
         hflip=config.hflip,
         jitter=config.color_jitter,
         seed=config.seed,
+        frame=frame,
     )
