@@ -54,11 +54,19 @@ def frames_command(
 
 
 def _print_frames(result, top: int) -> None:
+    """The same verdict and out-of-range line as compare, then the stills ('=1' on a tie)."""
     target = result.target
+    if result.verdict:
+        colour = "green" if result.reliable else "yellow"
+        console.print(f"[bold {colour}]verdict:[/] {safe(result.verdict)}")
+    if result.warning:
+        console.print(f"[yellow]warning:[/] {result.warning}")
+    if result.note:
+        console.print(f"[yellow]note:[/] {result.note}")
     table = Table("rank", "time", "shot", "predicted", result.interval_label, "still")
-    for rank, c in enumerate(result.choices, 1):
+    for rank, c in zip(result.rank_labels(), result.choices, strict=True):
         table.add_row(
-            str(rank),
+            rank,
             f"{c.timestamp_s:.1f}s",
             str(c.shot_index),
             format_views(c.predicted_views, target),
