@@ -152,3 +152,27 @@ def test_explain_a_saved_model_end_to_end(tmp_path):
     assert json.loads(json.dumps(ex.to_json_dict()))["features"][0]["name"] in FEATURE_NAMES
     with pytest.raises(ValueError, match="no such model folder"):
         LoadedPredictor.load(tmp_path / "nope")
+
+
+def test_explain_shows_a_year_as_a_year_and_explains_cyclic_columns(tmp_path):
+    """A context model's explanation: the publication year reads "2020", never "2K", and the
+    clock-angle columns carry plain words next to their names."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from thumbview.cli import app
+    from thumbview.data.dataset import load_dataset
+    from thumbview.data.synth import SynthConfig, make_synthetic
+    from thumbview.predict.workflow import train
+
+    data = load_dataset(make_synthetic(tmp_path / "synth", SynthConfig(n=80, seed=0)))
+    train(data, PredictorConfig(encoders=("context",)), tmp_path / "model", holdout_frac=0)
+    said = CliRunner().invoke(
+        app, ["explain", str(tmp_path / "model"), str(data.paths[0]), "--top", "8"],
+        env={"COLUMNS": "250"},
+    )  # fmt: skip
+    assert said.exit_code == 0, said.output
+    year = next(line for line in said.output.splitlines() if "publication year" in line)
+    assert re.search(r"\b(19|20)\d\d\b", year) and "2K" not in year, year
+    assert "upload time as a clock position" in said.output

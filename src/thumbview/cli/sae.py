@@ -339,9 +339,9 @@ def explain_command(
 
 def _explain_model(model_dir: Path, image: Path, title: str, top: int, as_json: bool) -> None:
     from thumbview.cli._shared import safe
-    from thumbview.explain import explain_prediction
+    from thumbview.explain import explain_prediction, feature_label, feature_value
     from thumbview.inference import LoadedPredictor
-    from thumbview.units import format_number, format_views
+    from thumbview.units import format_views
 
     ex = explain_prediction(LoadedPredictor.load(model_dir), image, title, top=top)
     if as_json:
@@ -357,7 +357,10 @@ def _explain_model(model_dir: Path, image: Path, title: str, top: int, as_json: 
         table.add_row(f"[bold]{safe(b.name)}[/] (all)", "", "", f"x{b.factor:.2f}")
     for f in ex.features:
         table.add_row(
-            safe(f.name), format_number(f.value), format_number(f.typical), f"x{f.factor:.2f}"
+            safe(feature_label(f.name)),
+            feature_value(f.name, f.value),
+            feature_value(f.name, f.typical),
+            f"x{f.factor:.2f}",
         )
     console.print(table)
 
