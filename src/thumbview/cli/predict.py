@@ -345,7 +345,10 @@ def _print_eval_extras(result: EvalResult) -> None:
 
 def _pairwise_line(p: dict) -> str:
     """Brier on the evaluated pairs; "skilful" only when it beats the coin by the margin."""
-    said = f"P(A beats B) on {p['n_pairs']} same-channel pairs: Brier {p['brier']:.3f} (coin 0.250)"
+    said = (
+        f"P(A beats B) on {p['n_pairs']} same-channel pairs: Brier {p['brier']:.3f} (the mean "
+        "squared miss of those chances; lower is better, a coin flip scores 0.250)"
+    )
     if p.get("skilful") is None:
         return said
     margin = p["skill_margin"]
