@@ -86,7 +86,10 @@ def test_predict_json_with_interval(model_dir, synth_dir):
     images = sorted((synth_dir / "images").glob("*.jpg"))[:2]
     result = ok("predict", model_dir, *images, "--title", "I tried the secret 🔥", "--json")
     rows = json.loads(result.stdout)
-    assert len(rows) == 2 and rows[0]["title"] == "I tried the secret 🔥"
+    assert isinstance(rows, list) and len(rows) == 2  # as its --help says: an array
+    assert rows[0]["title"] == "I tried the secret 🔥"
+    said = " ".join(ok("predict", "--help").output.replace("│", " ").split())
+    assert "Print a JSON array (one object per image x title)" in said
     for row in rows:
         assert row["low"] <= row["views"] <= row["high"]
 

@@ -51,6 +51,11 @@ ModelArg = Annotated[
     Path, typer.Argument(help="Model folder written by `thumbview train`.", metavar="MODEL")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+# `predict` prints one JSON object per image x title: a JSON array, said as such.
+PredictJsonOpt = Annotated[
+    bool,
+    typer.Option("--json", help="Print a JSON array (one object per image x title) instead."),
+]
 HeadOpt = Annotated[
     Head,
     typer.Option(
@@ -270,7 +275,7 @@ def predict_command(
             "--title", "-t", help="Title(s) to pair (repeat for several).", metavar="TEXT"
         ),
     ] = None,
-    as_json: JsonOpt = False,
+    as_json: PredictJsonOpt = False,
     published: Annotated[
         str | None,
         typer.Option("--published", help="Upload date (YYYY-MM-DD), for models with context."),
