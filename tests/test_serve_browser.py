@@ -181,6 +181,11 @@ def test_no_winner_is_named_when_candidates_are_close(server):
             assert "No candidate is reliably ahead" in winner and "52%" in winner
             assert "coin flip" in winner and "most likely to win" not in winner.lower()
             assert page.inner_text("#ranking tbody").count("3K") >= 1  # one formatter
+            # no green anywhere: the verdict box is amber, as the PNG's band
+            background = page.eval_on_selector(
+                "#winner", "e => getComputedStyle(e).backgroundColor"
+            )
+            assert background == "rgb(255, 244, 214)", background
             # no green top row anywhere: not in the table, not in the chart
             assert page.locator("#ranking tr.best").count() == 0
             assert page.locator("#chart .row.best").count() == 0

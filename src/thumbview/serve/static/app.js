@@ -301,7 +301,7 @@ function renderWinner(rows, matrix, reliable = null, verdict = "") {
     box.append(el("div", {},
       el("div", { class: "kicker", text: "Too close to call" }),
       el("div", { class: "big", text: "No candidate is reliably ahead" }),
-      el("div", { class: "what", text: verdict || `The top ${n} are within a few points of each other (${close.slice(0, n).map((r) => fmtPct(r.pBeats)).join(", ")} chance of being the best): the model cannot tell them apart. Choose on other grounds, or test them.` })));
+      el("div", { class: "what", text: verdict ? verdict.charAt(0).toUpperCase() + verdict.slice(1) + "." : `The top ${n} are within a few points of each other (${close.slice(0, n).map((r) => fmtPct(r.pBeats)).join(", ")} chance of being the best): the model cannot tell them apart. Choose on other grounds, or test them.` })));
     return;
   }
   const best = rows[0];
