@@ -174,6 +174,9 @@ def test_a_descriptor_reading_names_ties_together_and_says_help_or_hurt():
         "highest in d.jpg, lowest in a.jpg; the model does not read it directly"
     )
     assert DescriptorDiff("x", (1.0, 0.0), 1.0, "a", effect=0.0).helps is None
+    # a hair above zero is still zero to a creator: 0, 0.00001 and 0.0014 are "lowest in a, b"
+    hue = DescriptorDiff("hue: purple", (0.0, 1e-5, 0.0014), 1.0, "c.jpg", effect=None)
+    assert hue.reading(names).startswith("highest in c.jpg;"), hue.reading(names)
 
 
 def _cli_compare(paths, model, *extra):
@@ -227,3 +230,20 @@ def test_a_clear_leader_is_named_and_a_tie_reason_takes_it_away(high_low, loaded
         assert tie.winner is None and tie.reliable is False
         assert tie.rank_labels() == ["=1", "=1"] and reason in tie.verdict
         assert Comparison.from_json_dict(json.loads(json.dumps(tie.to_json_dict()))) == tie
+
+
+def test_a_model_with_no_pairwise_skill_ties_every_candidate(loaded):
+    """Held-out pairwise calls no better than a coin: the model cannot order candidates at
+    all, so even a planted high-vs-low pair is shown as a full tie, said in words."""
+    import copy
+    from dataclasses import replace as swap
+
+    pairwise = copy.copy(loaded.pairwise)
+    pairwise.calibration_ = swap(pairwise.calibration_, heldout_brier=0.25, heldout_brier_se=0.01)
+    assert pairwise.calibration_.skilful is False
+    images = [_thumb(11, warm_colours=1, big_text=1), _thumb(12, dark_blurry=1), _thumb(13)]
+    result = compare(loaded, images, ["high.jpg", "low.jpg", "mid.jpg"], pairwise=pairwise)
+    assert result.reliable is False and result.tied == 3 and result.winner is None
+    assert result.rank_labels() == ["=1", "=1", "=1"]
+    assert "not clearly better than a coin" in result.verdict
+    assert loaded.pairwise.calibration_.skilful is not False  # the override did not stick

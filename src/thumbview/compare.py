@@ -121,7 +121,8 @@ class DescriptorDiff:
         Equal values are named together (never "highest in A" when A, B and C are equal);
         the side named is the smaller group. Help or hurt is the model's own sign."""
         v = np.asarray(self.values, dtype=np.float64)  # (I,)
-        top, low = (_at(v, v.max(), names), _at(v, v.min(), names))
+        near = 0.02 * (v.max() - v.min())  # closer than this to an extreme counts as equal
+        top, low = (_at(v, v.max(), names, near), _at(v, v.min(), names, near))
         where = f"highest in {_join(top)}" if len(top) <= len(low) else f"lowest in {_join(low)}"
         if len(v) > 2 and len(top) == len(low) == 1:
             where = f"highest in {top[0]}, lowest in {low[0]}"
@@ -133,9 +134,9 @@ class DescriptorDiff:
         return f"{where}; more of it tends to {'help' if self.helps else 'hurt'} ({change})"
 
 
-def _at(values: np.ndarray, level: float, names: Sequence[str]) -> list[str]:
-    """The names whose value equals `level` (to float precision)."""
-    same = np.isclose(values, level, rtol=1e-6, atol=1e-9)
+def _at(values: np.ndarray, level: float, names: Sequence[str], near: float = 0.0) -> list[str]:
+    """The names whose value equals `level` (to float precision, or within `near`)."""
+    same = np.isclose(values, level, rtol=1e-6, atol=max(near, 1e-9))
     return [names[i] for i in np.flatnonzero(same)]
 
 

@@ -147,7 +147,9 @@ def _print_comparison(comparison) -> None:
             _print_summaries(what, rows, target)
     if comparison.descriptors:
         names = [safe(n) for n in comparison.image_names]
-        why = Table("descriptor", *names, "what it means", title="what sets them apart")
+        read = any(d.effect is not None for d in comparison.descriptors)
+        title = "what sets them apart" + ("" if read else " (this model does not read these)")
+        why = Table("descriptor", *names, "what it means", title=title)
         for d in comparison.descriptors[:6]:
             why.add_row(d.feature, *(format_number(v) for v in d.values), safe(d.note))
         console.print(why)

@@ -175,7 +175,8 @@ def judge(
         threshold, reliable, reason = FALLBACK_RELIABLE, p >= FALLBACK_RELIABLE, ""
     else:
         reliable, reason, threshold = _pairwise_call(pairwise, pred, blocks, labels)
-    tied = 1 if reliable else _tie_group(beats, order, threshold)
+    # No skill shown at all (`reason`): the model cannot order these candidates, so all tie.
+    tied = 1 if reliable else len(order) if reason else _tie_group(beats, order, threshold)
     if reliable:
         text = f"{labels[top]} is likely ahead: {chance_words(p, labels[top], labels[nxt])}"
     else:
