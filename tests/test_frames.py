@@ -306,3 +306,15 @@ def test_frames_give_compares_verdict_and_range_line(video, model_dir):  # noqa:
     assert got["rank_labels"][: got["tied"]] == ["=1"] * got["tied"]
     assert re.search(r"│ =1 +│ [0-9.]+s", said.output)  # the table's rank column
     assert got["warning"] and f"warning: {' '.join(got['warning'].split())}" in text
+
+
+def test_a_tie_reason_ties_every_chosen_frame(video, model_dir):  # noqa: F811
+    """A model with no demonstrated skill (the reason comes from its folder) ties every
+    still, as compare does: no frame is ranked above another."""
+    from thumbview.frames import rank_frames
+    from thumbview.inference import LoadedPredictor
+
+    reason = "this model did not beat the median on held-out videos"
+    result = rank_frames(video[0], LoadedPredictor.load(model_dir), top=3, tie_reason=reason)
+    assert result.reliable is False and reason in result.verdict
+    assert result.rank_labels() == ["=1"] * len(result.choices) and len(result.choices) == 3

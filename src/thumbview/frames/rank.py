@@ -145,6 +145,7 @@ def rank_frames(
     out_dir: Path | None = None,
     config: FramesConfig = FramesConfig(),
     progress: Progress = SILENT,
+    tie_reason: str = "",
 ) -> FramesResult:
     """The `top` best, mutually different frames of `video` by predicted views.
 
@@ -152,6 +153,8 @@ def rank_frames(
     `predictor` is loaded once by the caller (`LoadedPredictor.load(dir)`), so a server
     ranks many videos with one copy of the model. Two tasks of `progress`: "scanning video",
     then "ranking frames" (`PROGRESS_SHARES` of the time, for a `Fractions` reporter).
+    The result carries compare's verdict on the chosen stills; `tie_reason` (a model with no
+    demonstrated skill) forces "no reliable difference", as `compare(..., tie_reason)`.
     """
     if top < 1:
         raise FramesError(f"top must be >= 1, got {top}")
@@ -168,7 +171,7 @@ def rank_frames(
             f"{video}: no usable frame among {scan.n_sampled} sampled ({_skips(scan.skipped)})"
         )
     with progress.task("ranking frames", 1 + (out_dir is not None)) as advance:
-        choices, said = _choose(predictor, scan, title, top, config)
+        choices, said = _choose(predictor, scan, title, top, config, tie_reason)
         result = FramesResult(tuple(choices), scan.skipped, scan.n_sampled, len(scan.candidates),
                               scan.n_shots, scan.duration_s, predictor.target,
                               predictor.coverage, **said)  # fmt: skip
@@ -184,7 +187,9 @@ def _skips(skipped: dict[str, int]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in skipped.items() if v) or "none skipped"
 
 
-def _choose(predictor: LoadedPredictor, scan: ScanResult, title: str, top: int, config):
+def _choose(
+    predictor: LoadedPredictor, scan: ScanResult, title: str, top: int, config, tie_reason=""
+):
     """Score every candidate, pick a diverse set by MMR; (choices best-first, verdict fields).
 
     MMR decides *which* frames (so the top 5 are not one shot five times); the order shown
@@ -214,10 +219,10 @@ def _choose(predictor: LoadedPredictor, scan: ScanResult, title: str, top: int, 
         for i in order
     ]
     shown = {name: np.asarray(X)[order] for name, X in blocks.items()}  # (K, D) best first
-    return choices, _verdict(predictor, pred[order], shown, choices)
+    return choices, _verdict(predictor, pred[order], shown, choices, tie_reason)
 
 
-def _verdict(predictor: LoadedPredictor, pred: np.ndarray, blocks, choices) -> dict[str, Any]:
+def _verdict(predictor: LoadedPredictor, pred, blocks, choices, tie_reason) -> dict[str, Any]:
     """compare's verdict and out-of-range line for the chosen frames (`pred` (K,) best first)."""
     report = predictor.out_of_range(blocks)
     out: dict[str, Any] = {"warning": (report.message() or "") if report is not None else ""}
@@ -225,7 +230,7 @@ def _verdict(predictor: LoadedPredictor, pred: np.ndarray, blocks, choices) -> d
         return out
     labels = [f"the frame at {c.timestamp_s:.1f}s" for c in choices]
     odds = chances(predictor, pred)
-    said = judge(predictor, pred, blocks, labels, range(len(pred)), odds.beats)
+    said = judge(predictor, pred, blocks, labels, range(len(pred)), odds.beats, tie_reason)
     return {**out, "reliable": said.reliable, "verdict": said.text, "tied": said.tied,
             "note": odds.note}  # fmt: skip
 
