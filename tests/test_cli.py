@@ -327,7 +327,9 @@ def test_compare_command_ranks_and_draws(model_dir, synth_dir, tmp_path):
     assert abs(sum(c["p_best"] for c in payload["candidates"]) - 1) < 1e-6
     assert (tmp_path / "s.png").stat().st_size > 1000
     table = ok("compare", a, b, "--model", model_dir)
-    assert "P(best)" in table.output
+    said = " ".join(table.output.split())
+    assert "chance best" in said and "verdict:" in said
+    assert "chance best: how often each candidate comes out on top" in said  # in words
 
 
 def test_ctrl_c_says_how_to_resume(synth_dir, monkeypatch):

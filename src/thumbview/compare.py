@@ -305,13 +305,7 @@ def compare(
     draws, and `note` says so. `tie_reason` forces "no reliable difference" (a model with
     no demonstrated skill); `pairwise` overrides the model's own (tests).
     """
-    titles = list(titles) or [""]
-    if len(images) != len(names):
-        raise CompareError(f"{len(images)} images but {len(names)} names")
-    if len(images) * len(titles) < 2:
-        raise CompareError("need at least two candidates (images x titles) to compare")
-    if study is not None and sae is None:
-        raise CompareError("an SAE study needs the SAE it was made with (sae)")
+    titles = _checked(images, names, list(titles) or [""], study, sae)
     for message in predictor.missing_inputs(titles):
         log.warning(message)
     pairs, blocks = predictor.combinations(images, titles)
@@ -337,6 +331,17 @@ def compare(
         by_image=_summaries(cands, "image", predictor.target) if len(titles) > 1 else (),
         by_title=_summaries(cands, "title", predictor.target) if len(images) > 1 else (),
     )  # fmt: skip
+
+
+def _checked(images, names, titles: list[str], study, sae) -> list[str]:
+    """The titles, once the inputs make a comparison (CompareError in words otherwise)."""
+    if len(images) != len(names):
+        raise CompareError(f"{len(images)} images but {len(names)} names")
+    if len(images) * len(titles) < 2:
+        raise CompareError("need at least two candidates (images x titles) to compare")
+    if study is not None and sae is None:
+        raise CompareError("an SAE study needs the SAE it was made with (sae)")
+    return titles
 
 
 def best_chances(predictor: LoadedPredictor, pred: np.ndarray) -> tuple[np.ndarray, str]:
