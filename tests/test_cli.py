@@ -86,7 +86,10 @@ def test_predict_json_with_interval(model_dir, synth_dir):
     images = sorted((synth_dir / "images").glob("*.jpg"))[:2]
     result = ok("predict", model_dir, *images, "--title", "I tried the secret 🔥", "--json")
     rows = json.loads(result.stdout)
-    assert len(rows) == 2 and rows[0]["title"] == "I tried the secret 🔥"
+    assert isinstance(rows, list) and len(rows) == 2  # as its --help says: an array
+    assert rows[0]["title"] == "I tried the secret 🔥"
+    said = " ".join(ok("predict", "--help").output.replace("│", " ").split())
+    assert "Print a JSON array (one object per image x title)" in said
     for row in rows:
         assert row["low"] <= row["views"] <= row["high"]
 
@@ -324,7 +327,9 @@ def test_compare_command_ranks_and_draws(model_dir, synth_dir, tmp_path):
     assert abs(sum(c["p_best"] for c in payload["candidates"]) - 1) < 1e-6
     assert (tmp_path / "s.png").stat().st_size > 1000
     table = ok("compare", a, b, "--model", model_dir)
-    assert "P(best)" in table.output
+    said = " ".join(table.output.split())
+    assert "chance best" in said and "verdict:" in said
+    assert "chance best: how often each candidate comes out on top" in said  # in words
 
 
 def test_ctrl_c_says_how_to_resume(synth_dir, monkeypatch):

@@ -281,7 +281,9 @@ def test_evaluate_json_carries_warning_coverage_and_pairwise(narrow_model):
     assert res.exit_code == 0, res.output
     got = json.loads(res.stdout)
     assert "far outside the training range" in got["warning"]
-    assert {"predicted decile", "channel size", "age tercile"} <= set(got["conditional_coverage"])
+    strata = set(got["conditional_coverage"])  # deciles, or fewer groups for few rows
+    assert {"channel size", "age tercile"} <= strata
+    assert any(k.startswith("predicted") for k in strata)
     assert got["pairwise"]["n_pairs"] > 0 and 0 <= got["pairwise"]["brier"] <= 1
     assert got["pairwise"]["heldout_brier"] == got["pairwise"]["brier"]  # new pairs: held out
     assert got["pairwise"]["skilful"] in (True, False) and got["pairwise"]["skill_margin"] > 0

@@ -218,3 +218,37 @@ def test_baselines_are_the_same_model_in_train_and_cv():
             compute_metrics(y[test], m.predict({"visual": blocks["visual"][test]})).spearman
         )
     assert baselines["visual-only"].mean.spearman == pytest.approx(np.mean(want), abs=1e-12)
+
+
+def test_coverage_by_predicted_views_reads_in_order_and_merges_small_sets():
+    """D1, D2, ..., D10 in order (not first-seen), and with few rows fewer, larger groups
+    instead of deciles of one or two videos each; the command line prints them in order."""
+    from thumbview.cli.predict import _print_eval_extras
+    from thumbview.predict.crossval import EvalResult, conditional_coverage, coverage_strata
+
+    rng = np.random.default_rng(3)
+    pred = rng.normal(size=400)
+    cov = conditional_coverage(pred, pred - 1, pred + 1, coverage_strata(pred, [1, 30] * 200))
+    assert [r["stratum"] for r in cov["predicted decile"]] == [f"D{k}" for k in range(1, 11)]
+    assert [r["stratum"] for r in cov["channel size"]] == ["1 video", "20+ videos"]
+    small = rng.normal(size=45)
+    ((name, rows),) = conditional_coverage(small, small, small, coverage_strata(small)).items()
+    assert name == "predicted views in 2 equal groups" and [r["stratum"] for r in rows] == [
+        "G1",
+        "G2",
+    ]
+    assert min(r["n"] for r in rows) >= 20
+    from thumbview.cli._shared import console
+
+    with console.capture() as said:
+        _print_eval_extras(EvalResult(Metrics(0, 0, 0, 0, 1), {}, conditional_coverage=cov))
+    line = " ".join(said.get().split())  # the console wraps at its width
+    assert line.index("D2 ") < line.index("D3 ") < line.index("D9 ") < line.index("D10 ")
+
+
+def test_the_brier_line_says_what_brier_is():
+    from thumbview.cli.predict import _pairwise_line
+
+    line = _pairwise_line({"n_pairs": 12, "brier": 0.21, "skilful": None})
+    assert "Brier 0.210 (the mean squared miss of those chances" in line
+    assert "a coin flip scores 0.250" in line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import av
@@ -282,3 +283,38 @@ def test_frames_above_the_size_cap_are_refused_before_decoding(tmp_path):
     # Refused on opening, from the stream header, before any frame is decoded.
     with pytest.raises(FrameSizeError), open_video(video, small_cap):
         raise AssertionError("open_video must refuse before handing out the stream")
+
+
+def test_frames_give_compares_verdict_and_range_line(video, model_dir):  # noqa: F811
+    """Two close frames (54K vs 52K) are a tie, not a ranking: `frames` prints compare's
+    verdict ("=1", no winner) and the out-of-range line (planted: longer text than any
+    training thumbnail), in the table and in --json alike."""
+    from typer.testing import CliRunner
+
+    from thumbview.cli import app
+
+    args = ["frames", str(video[0]), "--model", str(model_dir), "--top", "5"]
+    runner = CliRunner()
+    got = json.loads(runner.invoke(app, [*args, "--json"]).output)
+    said = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert said.exit_code == 0, said.output
+    text = " ".join(said.output.split())
+    assert got["reliable"] is False and got["tied"] >= 2
+    assert got["verdict"].startswith("no reliable difference between the top")
+    assert "(50% would be a coin flip)" in got["verdict"]
+    assert f"verdict: {got['verdict']}" in text and "winner" not in text.lower()
+    assert got["rank_labels"][: got["tied"]] == ["=1"] * got["tied"]
+    assert re.search(r"│ =1 +│ [0-9.]+s", said.output)  # the table's rank column
+    assert got["warning"] and f"warning: {' '.join(got['warning'].split())}" in text
+
+
+def test_a_tie_reason_ties_every_chosen_frame(video, model_dir):  # noqa: F811
+    """A model with no demonstrated skill (the reason comes from its folder) ties every
+    still, as compare does: no frame is ranked above another."""
+    from thumbview.frames import rank_frames
+    from thumbview.inference import LoadedPredictor
+
+    reason = "this model did not beat the median on held-out videos"
+    result = rank_frames(video[0], LoadedPredictor.load(model_dir), top=3, tie_reason=reason)
+    assert result.reliable is False and reason in result.verdict
+    assert result.rank_labels() == ["=1"] * len(result.choices) and len(result.choices) == 3

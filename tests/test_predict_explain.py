@@ -174,3 +174,27 @@ def test_a_mixed_block_lists_only_its_named_columns():
     assert [f.name for f in ex.features][0] == "dog"
     assert {f.name for f in ex.features} <= {"cat", "dog", "cup"}
     assert ex.blocks[0].contribution_log10 == pytest.approx(ex.log10 - ex.baseline_log10, abs=1e-9)
+
+
+def test_explain_shows_a_year_as_a_year_and_explains_cyclic_columns(tmp_path):
+    """A context model's explanation: the publication year reads "2020", never "2K", and the
+    clock-angle columns carry plain words next to their names."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from thumbview.cli import app
+    from thumbview.data.dataset import load_dataset
+    from thumbview.data.synth import SynthConfig, make_synthetic
+    from thumbview.predict.workflow import train
+
+    data = load_dataset(make_synthetic(tmp_path / "synth", SynthConfig(n=80, seed=0)))
+    train(data, PredictorConfig(encoders=("context",)), tmp_path / "model", holdout_frac=0)
+    said = CliRunner().invoke(
+        app, ["explain", str(tmp_path / "model"), str(data.paths[0]), "--top", "8"],
+        env={"COLUMNS": "250"},
+    )  # fmt: skip
+    assert said.exit_code == 0, said.output
+    year = next(line for line in said.output.splitlines() if "publication year" in line)
+    assert re.search(r"\b(19|20)\d\d\b", year) and "2K" not in year, year
+    assert "upload time as a clock position" in said.output

@@ -48,11 +48,21 @@ def test_train_on_cached_features_writes_codes_that_analyze_reads(synth_dir, tmp
     assert np.allclose(codes.getnnz(axis=1), 4)  # TopK: exactly k per row
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["heldout_eval"]["n"] == 6  # 5% of 120 never trained on
+    held = metrics["heldout_eval"]  # the printed count is the density plot's count
+    said = " ".join(res.output.split())
+    assert f"{held['never_fired']} of {held['d_sae']} latents" in said, said
+    assert "never fired on the held-out activations (as in feature_density.png)" in said
+    assert "dead " not in said
     by_file = ok("sae", "analyze", synth_dir, "--latents", out / "codes.npz", *STUDY,
                  "--out", tmp_path / "s1", "--json")  # fmt: skip
     by_sae = ok("sae", "analyze", synth_dir, "--sae", out, *STUDY, "--json",
                 "--cache-dir", tmp_path / "cache")  # fmt: skip
     assert (out / "study" / "summary.json").is_file()  # default study: OUT/study
+    for study in (out / "study", tmp_path / "s1"):  # a title SAE's report says "title"
+        page = (study / "report.html").read_text(encoding="utf-8")
+        assert (
+            "Which title features go with more views?" in page and "thumbnail features" not in page
+        )
     first, second = json.loads(by_file.stdout), json.loads(by_sae.stdout)
     assert first["table"] == second["table"]  # --sae OUT recomputes the same codes
     image = next((synth_dir / "images").glob("*.jpg"))

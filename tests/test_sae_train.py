@@ -64,6 +64,10 @@ def test_topk_recovers_planted_dictionary(tmp_path):
     assert trainer.heldout_metrics.explained_variance == held["explained_variance"]
     assert metrics["train_eval"]["n"] == 19_000
     assert (tmp_path / "feature_density.png").read_bytes()[:4] == b"\x89PNG"
+    # the reported count of never-firing latents is the one the density plot shows
+    assert trainer.reported_metrics == trainer.heldout_metrics
+    assert held["never_fired"] == round(held["dead_fraction"] * 128) and held["d_sae"] == 128
+    assert int((trainer.eval_frequency == 0).sum()) == after.never_fired  # plot == line
     assert (tmp_path / "checkpoint" / "state.safetensors").exists()
     reloaded = load_sae(tmp_path / "sae")
     torch.testing.assert_close(reloaded.W_dec, sae.W_dec, rtol=0, atol=0)

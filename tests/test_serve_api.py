@@ -170,8 +170,14 @@ def test_compare_two_images_two_titles(client, serve_model):
     assert {(c["image"], c["title"]) for c in out["candidates"]} == {
         (i, t) for i in ("a.jpg", "b.jpg") for t in ("First", "Second")
     }
+    # the one verdict the page renders, with its rank labels and the cross-product summaries
+    assert isinstance(out["reliable"], bool) and out["verdict"] and len(out["rank_labels"]) == 4
+    assert (out["rank_labels"][0] == "=1") == (out["reliable"] is False)
+    assert len(out["by_image"]) == 2 and len(out["by_title"]) == 2 and out["chance_best"]
     same = [("images", _file(_jpeg(serve_model["paths"][0]), "x.jpg"))] * 2
-    assert client.post("/compare", files=same).json()["images"] == ["x.jpg", "x.jpg (2)"]
+    tie = client.post("/compare", files=same).json()
+    assert tie["images"] == ["x.jpg", "x.jpg (2)"]
+    assert tie["reliable"] is False and tie["rank_labels"] == ["=1", "=1"]
 
 
 def test_compare_bad_inputs(client, serve_model):

@@ -128,8 +128,39 @@ def test_no_winner_is_named_when_candidates_are_close(server):
             for k, pb in enumerate(p_best)
         ],
         "p_beats": [[0.5 if i == j else 0.52 for j in range(6)] for i in range(6)],
-        "descriptors": [],
+        "descriptors": [
+            {
+                "feature": "brightness",
+                "values": [0.7, 0.2],
+                "spread": 1.0,
+                "highest": "a.jpg",
+                "effect": 0.05,
+                "note": "highest in a.jpg; more of it tends to help (x1.12 predicted views)",
+            },
+            {
+                "feature": "text boxes",
+                "values": [3, 0],
+                "spread": 1.0,
+                "highest": "a.jpg",
+                "effect": -0.1,
+                "note": "highest in a.jpg; more of it tends to hurt (x0.79 predicted views)",
+            },
+        ],
         "sae": [],
+        "reliable": False,
+        "verdict": "no reliable difference between the top 6: the chance that a.jpg really "
+        "gets more views than b.jpg is 52% (50% would be a coin flip)",
+        "tied": 6,
+        "rank_labels": ["=1"] * 6,
+        "chance_best": "chance best: how often each candidate comes out on top",
+        "by_image": [
+            {"name": n, "views": 3000, "low": 2950, "high": 3000, "p_best": 0.5}
+            for n in ("a.jpg", "b.jpg")
+        ],
+        "by_title": [
+            {"name": f"t{k}", "views": 3000, "low": 3000, "high": 3000, "p_best": 1 / 3}
+            for k in range(3)
+        ],
     }
     with playwright_sync.sync_playwright() as p:
         browser = _browser(p)
@@ -147,9 +178,71 @@ def test_no_winner_is_named_when_candidates_are_close(server):
             page.click("#go")
             page.wait_for_selector("#ranking tbody tr", timeout=30_000)
             winner = page.inner_text("#winner")
-            assert "No candidate is reliably ahead" in winner and "19%" in winner
-            assert "most likely to win" not in winner.lower()
+            assert "No candidate is reliably ahead" in winner and "52%" in winner
+            assert "coin flip" in winner and "most likely to win" not in winner.lower()
             assert page.inner_text("#ranking tbody").count("3K") >= 1  # one formatter
+            # no green anywhere: the verdict box is amber, as the PNG's band
+            background = page.eval_on_selector(
+                "#winner", "e => getComputedStyle(e).backgroundColor"
+            )
+            assert background == "rgb(255, 244, 214)", background
+            # no green top row anywhere: not in the table, not in the chart
+            assert page.locator("#ranking tr.best").count() == 0
+            assert page.locator("#chart .row.best").count() == 0
+            ranks = page.locator("#ranking td.rank").all_inner_texts()
+            assert ranks == ["=1"] * 6
+            assert "how often each candidate comes out on top" in page.inner_text("#chance-note")
+            summaries = page.inner_text("#summaries")
+            assert "Per thumbnail" in summaries and "Per title" in summaries
+            apart = page.inner_text("#descriptors")
+            assert "tends to hurt" in apart and "highest in A" not in apart
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def test_frames_show_the_verdict_and_range_line(server, tmp_path):
+    """A frames job whose stills are a tie: the page shows the verdict, the out-of-range
+    line and "=1" ranks, not a #1 / #2 ranking."""
+    url, thumbs = server
+    warning = "20% of the inputs lie outside the training range: text length 11"
+    result = {
+        "choices": [
+            {"timestamp_s": t, "shot_index": k, "predicted_views": v, "low": 1e3, "high": 9e4,
+             "path": f"/frames/j1/stills/{k}.jpg", "log10": 4.7}
+            for k, (t, v) in enumerate(((9.0, 54_000), (14.0, 52_000)))
+        ],
+        "reliable": False,
+        "verdict": "no reliable difference between the top 2: the chance that the frame at "
+        "9.0s really gets more views than the frame at 14.0s is 52% (50% would be a coin flip)",
+        "tied": 2,
+        "rank_labels": ["=1", "=1"],
+        "warning": warning,
+    }  # fmt: skip
+    job = {"job_id": "j1", "status": "done", "progress": 1.0, "result": result}
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"not decoded: the routes below answer")
+    still = thumbs[0].read_bytes()
+    with playwright_sync.sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page, errors = _page(browser)
+            page.route("**/frames/j1/stills/*", lambda r: r.fulfill(status=200, body=still,
+                       content_type="image/jpeg"))  # fmt: skip
+            page.route("**/frames/j1", lambda r: r.fulfill(status=200, body=json.dumps(job),
+                       content_type="application/json"))  # fmt: skip
+            page.route("**/frames", lambda r: r.fulfill(status=200, content_type="application/json",
+                       body=json.dumps({"job_id": "j1", "status": "queued"})))  # fmt: skip
+            page.goto(url)
+            page.wait_for_selector("#status.ok")
+            page.set_input_files("#video", str(video))
+            page.click("#frames-go")
+            page.wait_for_selector("#stills figure", timeout=30_000)
+            said = page.inner_text("#frames-verdict")
+            assert said.startswith("No reliable difference") and "coin flip" in said
+            assert warning in page.inner_text("#frames-warning")
+            views = page.locator("#stills .views").all_inner_texts()
+            assert [v.split(" ")[0] for v in views] == ["=1", "=1"]
             assert errors == []
         finally:
             browser.close()

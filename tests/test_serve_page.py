@@ -145,3 +145,48 @@ def test_the_fallback_note_is_shown_in_one_line_and_hidden_without_one():
     assert shown == {"textContent": f"Note: {FALLBACK_NOTE}.", "hidden": False}
     assert "\n" not in shown["textContent"] and "coin flip" in shown["textContent"]
     assert without == {"textContent": "", "hidden": True}
+
+
+def test_what_sets_them_apart_shows_the_servers_reading():
+    """The page shows compare's own reading (equal images named together, help or hurt),
+    never its own "highest in A" when A, B and C are equal."""
+    reading = "lowest in d.jpg; more of it tends to help (x1.12 predicted views ...)"
+    desc = [{"feature": "brightness", "values": [0.7, 0.7, 0.7, 0.2], "highest": "a.jpg, b.jpg, c.jpg",
+             "note": reading}]  # fmt: skip
+    script = (
+        "const state = { files: [] };\n"
+        "const letter = (i) => 'ABCDEF'[i];\n"
+        + _function("pick")
+        + "\n"
+        + _function("fmtValue")
+        + "\n"
+        + _function("descriptorItems")
+        + f"\nconsole.log(JSON.stringify(descriptorItems({json.dumps(desc)}, "
+        + "['a.jpg', 'b.jpg', 'c.jpg', 'd.jpg'])))"
+    )
+    (item,) = _node(script)
+    assert item["note"] == reading and "highest in A" not in json.dumps(item)
+
+
+def test_per_thumbnail_and_per_title_summaries_only_for_a_cross_product():
+    by_image = [{"name": "a.jpg", "views": 3100, "low": 2800, "high": 3500, "p_best": 0.55}]
+    by_title = [{"name": "", "views": 3000, "low": 2000, "high": 4000, "p_best": 1.0}]
+    script = (
+        "const relativeTarget = () => false;\n"
+        + _function("fmtViews")
+        + "\n"
+        + _function("formatViews")
+        + "\n"
+        + _function("fmtPct")
+        + "\n"
+        + _function("summaryTables")
+        + f"\nconsole.log(JSON.stringify([summaryTables({json.dumps(by_image)}, "
+        + f"{json.dumps(by_title)}), summaryTables({json.dumps(by_image)}, [])]))"
+    )
+    both, one = _node(script)
+    assert [t["head"] for t in both] == ["Per thumbnail", "Per title"]
+    assert (
+        both[0]["rows"][0][0] == "a.jpg"
+        and "55% chance the best pair uses it" in both[0]["rows"][0]
+    )
+    assert both[1]["rows"][0][0] == "(no title)" and one == []

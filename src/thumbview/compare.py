@@ -23,6 +23,7 @@ ratios from the study.
 from __future__ import annotations
 
 import logging
+import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -35,20 +36,46 @@ from thumbview.data.images import fit_frame, load_image
 from thumbview.embed.visual import FEATURE_NAMES, describe
 from thumbview.fileio import atomic_write
 from thumbview.inference import LoadedPredictor, SaeEncoder
+from thumbview.inference.verdict import (
+    CHANCE_BEST,
+    FALLBACK_NOTE,
+    INDEPENDENCE,
+    N_ATOMS,
+    RankVerdict,
+    chances,
+    judge,
+    p_beats_matrix,
+    p_best,
+    rank_labels,
+    residual_atoms,
+)
 from thumbview.layout import find_study_dir
-from thumbview.predict.model import ViewPredictor
 from thumbview.predict.target import to_views
 from thumbview.units import format_range, format_views, interval_label, shorten
 
 log = logging.getLogger(__name__)
 
-N_ATOMS = 100
-INDEPENDENCE = "independent residuals (the fallback: this model has no pairwise calibration)"
-FALLBACK_NOTE = (
-    "P(beats) and P(best) assume independent residuals: this model has no pairwise "
-    "calibration (trained before it existed), and that method scored like a coin flip on "
-    "same-channel pairs; retrain the model for calibrated chances"
-)
+__all__ = [
+    "CHANCE_BEST",
+    "FALLBACK_NOTE",
+    "INDEPENDENCE",
+    "N_ATOMS",
+    "Candidate",
+    "CompareError",
+    "Comparison",
+    "DescriptorDiff",
+    "SaeDiff",
+    "Summary",
+    "best_chances",
+    "compare",
+    "compare_files",
+    "descriptor_diffs",
+    "p_beats_matrix",
+    "p_best",
+    "residual_atoms",
+    "sae_diffs",
+    "save_side_by_side",
+]
 
 
 class CompareError(ValueError):
@@ -76,19 +103,45 @@ class DescriptorDiff:
     feature: str
     values: tuple[float, ...]
     spread: float
-    highest: str  # name of the image with the largest value
-    # change in the winner's predicted log10 views when this descriptor goes from the lowest
+    highest: str  # the image(s) at the largest value, joined with ", " when several are equal
+    # change in the leader's predicted log10 views when this descriptor goes from the lowest
     # to the highest value among the images (its other features kept); None when the model
     # does not read the descriptors (no `visual` encoder)
     effect: float | None = None
+    note: str = ""  # `reading(names)`: where it is highest or lowest, and whether it helps
 
-    def reading(self, winner: str) -> str:
-        """'higher in the winner, and that tends to help': what a creator needs from a diff."""
-        where = "higher" if self.highest == winner else "lower"
-        if self.effect is None or self.effect == 0:
-            return f"{where} in the winner (the model does not weigh it directly)"
-        helps = (self.effect > 0) == (where == "higher")
-        return f"{where} in the winner, and that tends to {'help' if helps else 'hurt'}"
+    @property
+    def helps(self) -> bool | None:
+        """More of it raises the prediction (True), lowers it (False), or is not weighed."""
+        return None if not self.effect else self.effect > 0
+
+    def reading(self, names: Sequence[str]) -> str:
+        """'highest in a.jpg and c.jpg; more of it tends to help (x1.12 views ...)'.
+
+        Equal values are named together (never "highest in A" when A, B and C are equal);
+        the side named is the smaller group. Help or hurt is the model's own sign."""
+        v = np.asarray(self.values, dtype=np.float64)  # (I,)
+        near = 0.02 * (v.max() - v.min())  # closer than this to an extreme counts as equal
+        top, low = (_at(v, v.max(), names, near), _at(v, v.min(), names, near))
+        where = f"highest in {_join(top)}" if len(top) <= len(low) else f"lowest in {_join(low)}"
+        if len(v) > 2 and len(top) == len(low) == 1:
+            where = f"highest in {top[0]}, lowest in {low[0]}"
+        if self.effect is None:
+            return f"{where}; the model does not read it directly"
+        if self.helps is None:
+            return f"{where}; the model gives it no weight"
+        change = f"x{10**self.effect:.2f} predicted views from the lowest to the highest here"
+        return f"{where}; more of it tends to {'help' if self.helps else 'hurt'} ({change})"
+
+
+def _at(values: np.ndarray, level: float, names: Sequence[str], near: float = 0.0) -> list[str]:
+    """The names whose value equals `level` (to float precision, or within `near`)."""
+    same = np.isclose(values, level, rtol=1e-6, atol=max(near, 1e-9))
+    return [names[i] for i in np.flatnonzero(same)]
+
+
+def _join(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
 
 
 @dataclass(frozen=True)
@@ -102,8 +155,28 @@ class SaeDiff:
 
 
 @dataclass(frozen=True)
+class Summary:
+    """One thumbnail across every title (or one title across every thumbnail).
+
+    views: the typical prediction (geometric mean of its candidates; views or multiplier);
+    low, high: its lowest and highest candidate's point prediction; p_best: the chance the
+    best candidate uses it (the sum of its candidates' chances)."""
+
+    name: str
+    views: float
+    low: float
+    high: float
+    p_best: float
+
+
+@dataclass(frozen=True)
 class Comparison:
-    """Candidates ranked by P(best); `p_beats[i][j]` = P(candidate i beats candidate j)."""
+    """Candidates ranked by P(best); `p_beats[i][j]` = P(candidate i beats candidate j).
+
+    `reliable`, `verdict` and `tied` are the one verdict (`inference.verdict.RankVerdict`)
+    that the CLI table, the PNG and the web page all render: when `reliable` is False no
+    winner is named anywhere and the first `tied` candidates share rank "=1".
+    """
 
     candidates: tuple[Candidate, ...]
     p_beats: tuple[tuple[float, ...], ...]
@@ -114,21 +187,43 @@ class Comparison:
     coverage: float
     descriptor_scale: str  # "model feature sd" | "relative to the mean magnitude"
     assumption: str = INDEPENDENCE
-    # Whether the leader is reliably ahead (None: the model has no pairwise calibration),
-    # and the sentence to show instead of a bare percentage ("no reliable difference ...").
+    # Whether the leader is reliably ahead (None: a result saved before every comparison
+    # carried a verdict), and the sentence to show instead of a bare percentage.
     reliable: bool | None = None
     verdict: str = ""
     warning: str = ""  # inputs far outside the training range, in one line ("" when none)
     note: str = ""  # how P(beats) was computed, when the user must know (FALLBACK_NOTE)
+    tied: int = 0  # how many candidates from the top are not told apart (1: a clear leader)
+    by_image: tuple[Summary, ...] = ()  # per thumbnail, with several titles
+    by_title: tuple[Summary, ...] = ()  # per title, with several thumbnails
+    chance_best: str = CHANCE_BEST  # what "chance best" means, in words
 
     @property
     def interval_label(self) -> str:
         """'90% interval' for a model calibrated at 90% (never a fixed level)."""
         return interval_label(self.coverage)
 
+    @property
+    def winner(self) -> Candidate | None:
+        """The leader, only when it is reliably ahead; None whenever the verdict is a tie."""
+        return self.candidates[0] if self.reliable else None
+
+    def rank_labels(self) -> list[str]:
+        """'1', '2', ... with a clear leader; '=1' for each tied candidate otherwise."""
+        tied = max(self.tied, 2) if self.reliable is False else 1
+        return rank_labels(len(self.candidates), tied, [c.log10 for c in self.candidates])
+
+    def as_tie(self, reason: str) -> Comparison:
+        """Every candidate tied, for `reason` (e.g. the model showed no skill): no winner."""
+        said = RankVerdict(False, self.verdict, self.tied, 0.5).forced_tie(
+            reason, len(self.candidates)
+        )
+        return replace(self, reliable=False, verdict=said.text, tied=said.tied)
+
     def to_json_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["p_beats"] = [list(row) for row in self.p_beats]
+        d["rank_labels"] = self.rank_labels()
         return d
 
     @classmethod
@@ -149,54 +244,11 @@ class Comparison:
             verdict=d.get("verdict", ""),
             warning=d.get("warning", ""),
             note=d.get("note", ""),
+            tied=d.get("tied", 0),
+            by_image=tuple(Summary(**x) for x in d.get("by_image", ())),
+            by_title=tuple(Summary(**x) for x in d.get("by_title", ())),
+            chance_best=d.get("chance_best", CHANCE_BEST),
         )
-
-
-# ----- probabilities (pure) ------------------------------------------------------------------
-def residual_atoms(model: ViewPredictor, n: int = N_ATOMS) -> np.ndarray:
-    """(n,) equally likely residuals: the quantile function at the midpoints of n segments."""
-    return np.asarray(model.residual_quantile((np.arange(n) + 0.5) / n), dtype=np.float64)
-
-
-def p_beats_matrix(pred: np.ndarray, atoms: np.ndarray) -> np.ndarray:
-    """(N, N) P(pred_i + R_i > pred_j + R_j), R iid over `atoms`, ties counted half.
-
-    Exact: the difference R_i - R_j takes M^2 equally likely values; counting those above
-    pred_j - pred_i in integers keeps identical inputs at exactly 0.5.
-    """
-    pred = np.asarray(pred, dtype=np.float64)  # (N,)
-    m = len(atoms)
-    diffs = np.sort((atoms[:, None] - atoms[None, :]).ravel())  # (M^2,) symmetric around 0
-    delta = pred[None, :] - pred[:, None]  # (N, N) pred_j - pred_i
-    below_or_eq = np.searchsorted(diffs, delta, side="right")  # (N, N) count <= delta
-    below = np.searchsorted(diffs, delta, side="left")  # count < delta
-    greater = m * m - below_or_eq
-    ties = below_or_eq - below
-    return (2 * greater + ties) / (2.0 * m * m)
-
-
-def p_best(pred: np.ndarray, atoms: np.ndarray) -> np.ndarray:
-    """(N,) P(candidate i is the best of all), independent residuals over `atoms`.
-
-    For each atom of i, the chance that every other candidate falls below it (ties half,
-    via the mid-CDF); renormalised to sum to 1, which only corrects for multi-way ties.
-    With two candidates it equals `p_beats_matrix`.
-    """
-    pred = np.asarray(pred, dtype=np.float64)  # (N,)
-    sorted_atoms = np.sort(atoms)
-    m = len(atoms)
-    values = pred[:, None] + sorted_atoms[None, :]  # (N, M) outcomes of each candidate
-    prob = np.ones_like(values)
-    for k in range(len(pred)):
-        x = values - pred[k]  # (N, M) what candidate k's residual must stay below
-        mid_cdf = (
-            np.searchsorted(sorted_atoms, x, side="left")
-            + np.searchsorted(sorted_atoms, x, side="right")
-        ) / (2.0 * m)
-        mid_cdf[k] = 1.0  # a candidate does not compete with itself
-        prob *= mid_cdf
-    out = prob.mean(axis=1)
-    return out / out.sum()
 
 
 # ----- why (pure) ----------------------------------------------------------------------------
@@ -212,7 +264,7 @@ def descriptor_diffs(
             FEATURE_NAMES[f],
             tuple(float(v) for v in values[:, f]),
             float(spread[f]),
-            names[int(np.argmax(values[:, f]))],
+            ", ".join(_at(values[:, f], values[:, f].max(), names)),
         )
         for f in order
     )
@@ -240,6 +292,7 @@ def compare(
     sae: SaeEncoder | None = None,
     top_features: int = 5,
     pairwise=None,
+    tie_reason: str = "",
 ) -> Comparison:
     """Every image x title, ranked by P(best), with P(A beats B) and the biggest differences.
 
@@ -247,62 +300,67 @@ def compare(
     `SaeEncoder.load`): a server compares many uploads with one copy of each. Intervals are
     at the model's own calibrated coverage. P(beats) and P(best) come from the model's
     calibrated difference model (`predictor.pairwise`, see `predict.pairwise`), and the
-    result says whether the leader is reliably ahead; models trained before it existed fall
-    back to independent residual draws, and `note` says so. `pairwise` overrides the
-    model's own (tests).
+    result carries the one verdict (`inference.verdict.judge`) on whether the leader is
+    reliably ahead; models trained before it existed fall back to independent residual
+    draws, and `note` says so. `tie_reason` forces "no reliable difference" (a model with
+    no demonstrated skill); `pairwise` overrides the model's own (tests).
     """
-    titles = list(titles) or [""]
+    titles = _checked(images, names, list(titles) or [""], study, sae)
+    for message in predictor.missing_inputs(titles):
+        log.warning(message)
+    pairs, blocks = predictor.combinations(images, titles)
+    pred = predictor.predict(blocks)  # (N,)
+    if pairwise is not None:
+        predictor = replace(predictor)  # a copy: the override must not stick to the caller's
+        predictor.__dict__["pairwise"] = pairwise
+    odds = chances(predictor, pred)
+    order = np.lexsort((-pred, -odds.best))
+    labels = [f"{names[i]}" + (f" + {t!r}" if t else "") for i, t in pairs]
+    said = judge(predictor, pred, blocks, labels, order, odds.beats, tie_reason)
+    report = predictor.out_of_range(blocks)
+    cands = _candidates(predictor, blocks, pred, odds.best, order, pairs, names)
+    descs, how = _descriptors(predictor.model, blocks, images, names, len(titles), top_features)
+    descs = _with_effects(predictor, blocks, int(order[0]), descs)
+    descs = tuple(replace(d, note=d.reading(names)) for d in descs)
+    diffs = sae_diffs(sae.latents(images), study, top_features) if study is not None else ()
+    p = tuple(tuple(float(odds.beats[a, b]) for b in order) for a in order)
+    return Comparison(
+        cands, p, descs, diffs, tuple(names), predictor.target, predictor.coverage, how,
+        assumption=odds.assumption, reliable=said.reliable, verdict=said.text, tied=said.tied,
+        warning=(report.message() or "") if report is not None else "", note=odds.note,
+        by_image=_summaries(cands, "image", predictor.target) if len(titles) > 1 else (),
+        by_title=_summaries(cands, "title", predictor.target) if len(images) > 1 else (),
+    )  # fmt: skip
+
+
+def _checked(images, names, titles: list[str], study, sae) -> list[str]:
+    """The titles, once the inputs make a comparison (CompareError in words otherwise)."""
     if len(images) != len(names):
         raise CompareError(f"{len(images)} images but {len(names)} names")
     if len(images) * len(titles) < 2:
         raise CompareError("need at least two candidates (images x titles) to compare")
     if study is not None and sae is None:
         raise CompareError("an SAE study needs the SAE it was made with (sae)")
-    for message in predictor.missing_inputs(titles):
-        log.warning(message)
-    model = predictor.model
-    pairs, blocks = predictor.combinations(images, titles)
-    pred = predictor.predict(blocks)  # (N,)
-    pairwise = predictor.pairwise if pairwise is None else pairwise
-    best, beats, extra = _probabilities(model, pred, blocks, pairs, names, pairwise)
-    if (report := predictor.out_of_range(blocks)) is not None:
-        extra["warning"] = report.message() or ""
-    order = np.lexsort((-pred, -best))
-    cands = _candidates(predictor, blocks, pred, best, order, pairs, names)
-    descs, how = _descriptors(model, blocks, images, names, len(titles), top_features)
-    descs = _with_effects(predictor, blocks, int(order[0]), descs)
-    diffs = sae_diffs(sae.latents(images), study, top_features) if study is not None else ()
-    p = tuple(tuple(float(beats[a, b]) for b in order) for a in order)
-    return Comparison(
-        cands, p, descs, diffs, tuple(names), predictor.target, predictor.coverage, how, **extra
-    )
+    return titles
 
 
 def best_chances(predictor: LoadedPredictor, pred: np.ndarray) -> tuple[np.ndarray, str]:
     """(P(best) (N,), the note to show): from the model's calibrated difference model when it
     has one, else independent residuals and `FALLBACK_NOTE`. For ranked candidates without
     blocks kept (the bot), by the same rule `compare` uses."""
-    pairwise = predictor.pairwise
-    if pairwise is None:
-        return p_best(pred, residual_atoms(predictor.model)), FALLBACK_NOTE
-    from thumbview.predict import pairwise as pw
-
-    return pw.p_best(pred, pairwise.calibration_.sigma), ""
+    odds = chances(predictor, np.asarray(pred, dtype=np.float64))
+    return odds.best, odds.note
 
 
-def _probabilities(model, pred, blocks, pairs, names, pairwise):
-    """(P(best) (N,), P(beats) (N, N), extra Comparison fields) from the best method available."""
-    if pairwise is None:
-        atoms = residual_atoms(model)
-        return p_best(pred, atoms), p_beats_matrix(pred, atoms), {"note": FALLBACK_NOTE}
-    from thumbview.predict import pairwise as pw
-
-    sigma = pairwise.calibration_.sigma
-    labels = [f"{names[i]}" + (f" + {t!r}" if t else "") for i, t in pairs]
-    said = pw.verdict(pred, pairwise.calibration_, pairwise.fold_predictions(blocks), labels)
-    beats = pw.p_beats(pred[:, None] - pred[None, :], sigma)  # (N, N)
-    extra = {"assumption": pw.METHOD, "reliable": said.reliable, "verdict": said.text}
-    return pw.p_best(pred, sigma), beats, extra
+def _summaries(cands: Sequence[Candidate], key: str, target: str) -> tuple[Summary, ...]:
+    """Per thumbnail (key "image") or per title: typical prediction and share of P(best)."""
+    scale, out = to_views(target), []
+    for name in dict.fromkeys(getattr(c, key) for c in cands):  # first-seen (ranked) order
+        mine = [c for c in cands if getattr(c, key) == name]
+        logs = [c.log10 for c in mine]
+        out.append(Summary(name, scale(float(np.mean(logs))), scale(min(logs)), scale(max(logs)),
+                           float(sum(c.p_best for c in mine))))  # fmt: skip
+    return tuple(out)
 
 
 def _candidates(predictor, blocks, pred, best, order, pairs, names) -> tuple[Candidate, ...]:
@@ -376,25 +434,111 @@ def compare_files(
     return compare(predictor, images, names, titles, study, sae), images
 
 
+# ----- the picture ---------------------------------------------------------------------------
+GREEN, AMBER, RED, INK, GREY = (
+    (214, 240, 218),
+    (255, 236, 196),
+    (150, 20, 20),
+    (20, 20, 20),
+    (90, 90, 90),
+)
+PNG_COLUMNS, CELL_W, CELL_H, PAD = 3, 420, 236, 12
+
+
 def save_side_by_side(comparison: Comparison, images: Sequence[Image.Image], path: Path) -> Path:
-    """PNG: each candidate (ranked) with predicted views, interval and P(best)."""
-    cell_w, cell_h, text_h = 320, 180, 84
-    n = len(comparison.candidates)
-    sheet = Image.new("RGB", (n * cell_w, cell_h + text_h), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=13)
-    target = comparison.target
-    for k, c in enumerate(comparison.candidates):
-        still = fit_frame(
-            np.asarray(images[c.image_index].convert("RGB")), (cell_w - 6, cell_h - 6), "letterbox"
-        )
-        sheet.paste(still, (k * cell_w + 3, 3))
-        lines = (
-            shorten(f"#{k + 1} {c.image}", 44),
-            shorten(c.title or "(no title)", 44),
-            f"{format_views(c.views, target)} views ({format_range(c.low, c.high, target)})",
-            f"{comparison.interval_label}; P(best) = {100 * c.p_best:.1f}%",
-        )
-        for j, line in enumerate(lines):
-            draw.text((k * cell_w + 6, cell_h + 2 + 20 * j), line, fill=(0, 0, 0), font=font)
+    """PNG readable at a glance: the verdict (and the range warning) on top, then each
+    candidate in ranked order ('=1' when tied) with views, interval and chance best, and
+    per-thumbnail / per-title summaries with several of each. At most 3 columns."""
+    fonts = {size: ImageFont.load_default(size=size) for size in (16, 20, 26)}
+    width = PNG_COLUMNS * CELL_W if len(comparison.candidates) > 2 else 2 * CELL_W
+    head = _png_heading(comparison, width, fonts)
+    cells = _png_cells(comparison, images, width, fonts)
+    foot = _png_summaries(comparison, width, fonts)
+    sheet = Image.new("RGB", (width, sum(p.height for p in (head, cells, foot))), "white")
+    y = 0
+    for part in (head, cells, foot):
+        sheet.paste(part, (0, y))
+        y += part.height
     return atomic_write(path, lambda tmp: sheet.save(tmp, "PNG"))
+
+
+def _wrapped(text: str, font, width: int) -> list[str]:
+    """`text` in lines no wider than `width` pixels (by the font's own average width)."""
+    per_char = max(font.getlength("abcdefghij klmnopqrstuvwxyz") / 27, 1.0)
+    return textwrap.wrap(text, max(int(width / per_char), 10)) or [""]
+
+
+def _text_block(lines: Sequence[tuple[str, Any, tuple]], width: int, fill) -> Image.Image:
+    """A band of `lines` ((text, font, colour)), each wrapped to `width`, on `fill`."""
+    rows = [(w, f, c) for text, f, c in lines for w in _wrapped(text, f, width - 2 * PAD)]
+    height = PAD + sum(int(f.size * 1.3) for _, f, _ in rows) + PAD
+    band = Image.new("RGB", (width, height), fill)
+    draw, y = ImageDraw.Draw(band), PAD
+    for text, font, colour in rows:
+        draw.text((PAD, y), text, fill=colour, font=font)
+        y += int(font.size * 1.3)
+    return band
+
+
+def _png_heading(comparison: Comparison, width: int, fonts) -> Image.Image:
+    """The verdict in large type (green: a leader; amber: a tie), then warnings and notes."""
+    winner = comparison.winner
+    verdict = comparison.verdict or "the model cannot say how sure this ranking is"
+    if winner is not None:
+        title = f"Likely best: {winner.image}" + (f" + {winner.title!r}" if winner.title else "")
+    else:
+        title = "No reliable difference: too close to call"
+    lines = [(title, fonts[26], INK), (verdict, fonts[20], INK)]
+    if comparison.warning:
+        lines.append((f"Warning: {comparison.warning}", fonts[16], RED))
+    if comparison.note:
+        lines.append((f"Note: {comparison.note}", fonts[16], GREY))
+    lines.append((comparison.chance_best, fonts[16], GREY))
+    return _text_block(lines, width, GREEN if winner is not None else AMBER)
+
+
+def _png_cells(comparison: Comparison, images, width: int, fonts) -> Image.Image:
+    """Every candidate: its thumbnail and four lines of large text."""
+    cols = width // CELL_W
+    n, text_h = len(comparison.candidates), 4 * 26 + PAD
+    rows = -(-n // cols)
+    sheet = Image.new("RGB", (width, rows * (CELL_H + text_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, (c, rank) in enumerate(
+        zip(comparison.candidates, comparison.rank_labels(), strict=True)
+    ):
+        x, y = (k % cols) * CELL_W, (k // cols) * (CELL_H + text_h)
+        rgb = np.asarray(images[c.image_index].convert("RGB"))
+        sheet.paste(
+            fit_frame(rgb, (CELL_W - 2 * PAD, CELL_H - PAD), "letterbox"), (x + PAD, y + PAD)
+        )
+        lines = (
+            (shorten(f"{rank}  {c.image}", 34), fonts[20]),
+            (shorten(c.title or "(no title)", 40), fonts[16]),
+            (f"{format_views(c.views, comparison.target)} views "
+             f"({format_range(c.low, c.high, comparison.target)})", fonts[20]),
+            (f"{comparison.interval_label}; chance best {c.p_best:.0%}", fonts[16]),
+        )  # fmt: skip
+        for j, (line, font) in enumerate(lines):
+            draw.text((x + PAD, y + CELL_H + 26 * j), line, fill=INK, font=font)
+    return sheet
+
+
+def _png_summaries(comparison: Comparison, width: int, fonts) -> Image.Image:
+    """Per thumbnail across the titles, per title across the thumbnails (when both vary)."""
+    lines = []
+    for heading, rows in (("Per thumbnail", comparison.by_image),
+                          ("Per title", comparison.by_title)):  # fmt: skip
+        if rows and comparison.by_image and comparison.by_title:
+            lines.append((heading, fonts[20], INK))
+            lines += [(_summary_line(s, comparison.target), fonts[16], INK) for s in rows]
+    return _text_block(lines, width, "white") if lines else Image.new("RGB", (width, 0))
+
+
+def _summary_line(s: Summary, target: str) -> str:
+    """'a.jpg: typically 3.1K views (2.8K to 3.5K across the other axis); chance best 55%'."""
+    return (
+        f"{shorten(s.name or '(no title)', 48)}: typically {format_views(s.views, target)} views "
+        f"({format_views(s.low, target)} to {format_views(s.high, target)}); "
+        f"chance the best pair uses it {s.p_best:.0%}"
+    )

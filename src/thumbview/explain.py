@@ -20,6 +20,7 @@ from thumbview.finetune.config import FORMAT as FINETUNED_FORMAT
 from thumbview.inference import LoadedPredictor, SaeEncoder
 from thumbview.inference.kinds import model_format
 from thumbview.layout import MODEL_WEIGHTS, SAE_CONFIG, SAE_SUBDIR
+from thumbview.predict.drift import format_feature
 from thumbview.predict.explain import (
     ExplainError,
     PredictionExplanation,
@@ -29,6 +30,29 @@ from thumbview.predict.explain import (
 from thumbview.sae.explain import FeatureExplanation, StudyIndex, explain_latents, load_study
 
 log = logging.getLogger(__name__)
+
+# Feature names that are jargon to a creator -> plain words shown next to them. Cyclic
+# columns: weekday = 2 pi d / 7 (Monday = 0), hour = 2 pi h / 24 (UTC).
+PLAIN = {
+    "weekday (sin)": "day of the week as a point on a circle: 1 between Tuesday and Wednesday",
+    "weekday (cos)": "day of the week as a point on a circle: 1 = Monday",
+    "hour of day UTC (sin)": "upload time as a clock position: 1 = 06:00, -1 = 18:00 UTC",
+    "hour of day UTC (cos)": "upload time as a clock position: 1 = midnight, -1 = noon UTC",
+    "sharpness (log Laplacian variance)": "how crisp the edges are; higher is sharper",
+    "luminance entropy (bits)": "how varied the brightness is",
+    "colorfulness": "how vivid and varied the colours are",
+    "edge density": "share of the picture that is outlines and detail",
+}
+
+
+def feature_label(name: str) -> str:
+    """'hour of day UTC (cos): upload time as a clock position ...': jargon, explained."""
+    return f"{name}: {PLAIN[name]}" if name in PLAIN else name
+
+
+def feature_value(name: str, value: float) -> str:
+    """'2020' for a year (never '2K'), days or years for an age, counts for subscribers."""
+    return format_feature(name, value)
 
 
 def source_kind(source: Path) -> Literal["finetuned", "model", "sae"]:

@@ -54,11 +54,19 @@ def frames_command(
 
 
 def _print_frames(result, top: int) -> None:
+    """The same verdict and out-of-range line as compare, then the stills ('=1' on a tie)."""
     target = result.target
+    if result.verdict:
+        colour = "green" if result.reliable else "yellow"
+        console.print(f"[bold {colour}]verdict:[/] {safe(result.verdict)}")
+    if result.warning:
+        console.print(f"[yellow]warning:[/] {result.warning}")
+    if result.note:
+        console.print(f"[yellow]note:[/] {result.note}")
     table = Table("rank", "time", "shot", "predicted", result.interval_label, "still")
-    for rank, c in enumerate(result.choices, 1):
+    for rank, c in zip(result.rank_labels(), result.choices, strict=True):
         table.add_row(
-            str(rank),
+            rank,
             f"{c.timestamp_s:.1f}s",
             str(c.shot_index),
             format_views(c.predicted_views, target),
@@ -112,11 +120,20 @@ def compare_command(
 
 
 def _print_comparison(comparison) -> None:
+    """The library's one verdict first, then the ranked table ('=1' for a tie), the
+    per-thumbnail and per-title summaries, and what sets the images apart."""
     target = comparison.target
-    table = Table("rank", "image", "title", "predicted", comparison.interval_label, "P(best)")
-    for rank, c in enumerate(comparison.candidates, 1):
+    colour = "green" if comparison.winner is not None else "yellow"
+    if comparison.verdict:  # "no reliable difference ..." instead of a bare 51%
+        console.print(f"[bold {colour}]verdict:[/] {safe(comparison.verdict)}")
+    if comparison.warning:
+        console.print(f"[yellow]warning:[/] {comparison.warning}")
+    if comparison.note:  # the independent-residual fallback, said aloud
+        console.print(f"[yellow]note:[/] {comparison.note}")
+    table = Table("rank", "image", "title", "predicted", comparison.interval_label, "chance best")
+    for rank, c in zip(comparison.rank_labels(), comparison.candidates, strict=True):
         table.add_row(
-            str(rank),
+            rank,
             safe(c.image),
             safe(c.title),
             format_views(c.views, target),
@@ -124,25 +141,37 @@ def _print_comparison(comparison) -> None:
             f"{c.p_best:.0%}",
         )
     console.print(table)
-    if comparison.verdict:  # "no reliable difference ..." instead of a bare 51%
-        console.print(comparison.verdict)
-    if comparison.note:  # the independent-residual fallback, said aloud
-        console.print(f"[yellow]note:[/] {comparison.note}")
-    if comparison.warning:
-        console.print(f"[yellow]warning:[/] {comparison.warning}")
+    console.print(f"[dim]{comparison.chance_best}[/]")
+    for what, rows in (("per thumbnail", comparison.by_image), ("per title", comparison.by_title)):
+        if comparison.by_image and comparison.by_title:
+            _print_summaries(what, rows, target)
     if comparison.descriptors:
-        winner = comparison.candidates[0].image
         names = [safe(n) for n in comparison.image_names]
-        why = Table(
-            "descriptor", *names, f"vs the winner ({safe(winner)})", title="what differs most"
-        )
+        read = any(d.effect is not None for d in comparison.descriptors)
+        title = "what sets them apart" + ("" if read else " (this model does not read these)")
+        why = Table("descriptor", *names, "what it means", title=title)
         for d in comparison.descriptors[:6]:
-            why.add_row(d.feature, *(format_number(v) for v in d.values), d.reading(winner))
+            why.add_row(d.feature, *(format_number(v) for v in d.values), safe(d.note))
         console.print(why)
     for s in comparison.sae[:5]:
         ratio = "-" if s.ratio is None else f"{format_views(s.ratio, 'channel-relative')} views"
         acts = ", ".join(format_number(a) for a in s.activations)
         console.print(f"SAE feature {s.latent}: activations {acts} ({ratio})")
+
+
+def _print_summaries(what: str, rows, target: str) -> None:
+    """One row per thumbnail (or title) across the other axis of the cross product."""
+    table = Table(
+        what, "typical prediction", "lowest - highest", "chance the best uses it", title=what
+    )
+    for s in rows:
+        table.add_row(
+            safe(s.name or "(no title)"),
+            format_views(s.views, target),
+            format_range(s.low, s.high, target),
+            f"{s.p_best:.0%}",
+        )
+    console.print(table)
 
 
 @user_errors

@@ -51,6 +51,11 @@ ModelArg = Annotated[
     Path, typer.Argument(help="Model folder written by `thumbview train`.", metavar="MODEL")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+# `predict` prints one JSON object per image x title: a JSON array, said as such.
+PredictJsonOpt = Annotated[
+    bool,
+    typer.Option("--json", help="Print a JSON array (one object per image x title) instead."),
+]
 HeadOpt = Annotated[
     Head,
     typer.Option(
@@ -270,7 +275,7 @@ def predict_command(
             "--title", "-t", help="Title(s) to pair (repeat for several).", metavar="TEXT"
         ),
     ] = None,
-    as_json: JsonOpt = False,
+    as_json: PredictJsonOpt = False,
     published: Annotated[
         str | None,
         typer.Option("--published", help="Upload date (YYYY-MM-DD), for models with context."),
@@ -345,7 +350,10 @@ def _print_eval_extras(result: EvalResult) -> None:
 
 def _pairwise_line(p: dict) -> str:
     """Brier on the evaluated pairs; "skilful" only when it beats the coin by the margin."""
-    said = f"P(A beats B) on {p['n_pairs']} same-channel pairs: Brier {p['brier']:.3f} (coin 0.250)"
+    said = (
+        f"P(A beats B) on {p['n_pairs']} same-channel pairs: Brier {p['brier']:.3f} (the mean "
+        "squared miss of those chances; lower is better, a coin flip scores 0.250)"
+    )
     if p.get("skilful") is None:
         return said
     margin = p["skill_margin"]

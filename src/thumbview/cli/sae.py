@@ -177,13 +177,21 @@ def _train_on_shards(shards: Path, data: Path | None, out: Path, options, train_
     _report_training(result, out)
 
 
+def _never_fired(m) -> str:
+    """'3 of 768 latents (0.4%) never fired': the plot's count, in the plot's words."""
+    if not m.d_sae:  # metrics saved before the count was kept
+        return f"{m.dead_fraction:.1%} of latents never fired"
+    return f"{m.never_fired} of {m.d_sae} latents ({m.dead_fraction:.1%}) never fired"
+
+
 def _report_training(result, out: Path) -> None:
     m = result.metrics
     where = "held-out" if result.heldout else "training"
     console.print(
         f"SAE on {result.n_activations:,} activations -> [bold]{out}[/]\n"
         f"explained variance {m.explained_variance:.3f} ({where} activations), mean L0 "
-        f"{m.l0:.1f}, dead {m.dead_fraction:.1%}; codes for `sae analyze --latents`: "
+        f"{m.l0:.1f}; {_never_fired(m)} on the {where} activations (as in feature_density.png); "
+        f"codes for `sae analyze --latents`: "
         f"{result.codes_file}"
     )
 
@@ -232,6 +240,7 @@ def analyze_command(
     """Which SAE features go with high or low views: the study's statistics and a report."""
     from thumbview.sae.analyze import (
         AnalyzeConfig,
+        feature_source,
         latents_for_dataset,
         load_latents_file,
         make_study_config,
@@ -252,8 +261,9 @@ def analyze_command(
         heldout_group=heldout_group, n_perm=n_perm, seed=seed,
     )  # fmt: skip
     config = AnalyzeConfig(
-        study=study, control=parse_controls(control), channel=channel, reference=reference
-    )
+        study=study, control=parse_controls(control), channel=channel, reference=reference,
+        features=feature_source(sae, latents),
+    )  # fmt: skip
     z = (
         latents_for_dataset(ds, sae, cache_dir, progress=progress_for(as_json))
         if sae
@@ -339,9 +349,9 @@ def explain_command(
 
 def _explain_model(model_dir: Path, image: Path, title: str, top: int, as_json: bool) -> None:
     from thumbview.cli._shared import safe
-    from thumbview.explain import explain_prediction
+    from thumbview.explain import explain_prediction, feature_label, feature_value
     from thumbview.inference import LoadedPredictor
-    from thumbview.units import format_number, format_views
+    from thumbview.units import format_views
 
     ex = explain_prediction(LoadedPredictor.load(model_dir), image, title, top=top)
     if as_json:
@@ -357,7 +367,10 @@ def _explain_model(model_dir: Path, image: Path, title: str, top: int, as_json: 
         table.add_row(f"[bold]{safe(b.name)}[/] (all)", "", "", f"x{b.factor:.2f}")
     for f in ex.features:
         table.add_row(
-            safe(f.name), format_number(f.value), format_number(f.typical), f"x{f.factor:.2f}"
+            safe(feature_label(f.name)),
+            feature_value(f.name, f.value),
+            feature_value(f.name, f.typical),
+            f"x{f.factor:.2f}",
         )
     console.print(table)
 

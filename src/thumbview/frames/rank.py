@@ -17,6 +17,7 @@ cosine is the Bhattacharyya coefficient).
 from __future__ import annotations
 
 import logging
+import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from thumbview.fileio import write_json
 from thumbview.frames.extract import FramesError, ScanResult, grab_frames, scan_video
 from thumbview.frames.select import SelectConfig, mmr_select
 from thumbview.inference import LoadedPredictor
+from thumbview.inference.verdict import chances, judge, rank_labels
 from thumbview.layout import FRAMES_CONTACT_SHEET, FRAMES_JSON
 from thumbview.predict.model import ViewPredictor
 from thumbview.predict.target import to_views
@@ -98,9 +100,21 @@ class FramesResult:
     coverage: float  # the model's calibrated interval coverage (low/high of each choice)
     contact_sheet: Path | None = None
     json_path: Path | None = None
+    # compare's one verdict on the chosen frames (`inference.verdict`): None/"" with one frame
+    reliable: bool | None = None
+    verdict: str = ""
+    tied: int = 0  # how many from the top are not told apart (1: a clear leader)
+    warning: str = ""  # the chosen stills far outside the training range, in one line
+    note: str = ""  # how the chances were computed, when the user must know
+
+    def rank_labels(self) -> list[str]:
+        """'1', '2', ... with a clear leader; '=1' for each frame in a tie (as compare)."""
+        tied = max(self.tied, 2) if self.reliable is False else 1
+        return rank_labels(len(self.choices), tied, [c.log10 for c in self.choices])
 
     def to_json_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["rank_labels"] = self.rank_labels()
         d["choices"] = [
             {**asdict(c), "path": None if c.path is None else str(c.path)} for c in self.choices
         ]
@@ -131,6 +145,7 @@ def rank_frames(
     out_dir: Path | None = None,
     config: FramesConfig = FramesConfig(),
     progress: Progress = SILENT,
+    tie_reason: str = "",
 ) -> FramesResult:
     """The `top` best, mutually different frames of `video` by predicted views.
 
@@ -138,6 +153,8 @@ def rank_frames(
     `predictor` is loaded once by the caller (`LoadedPredictor.load(dir)`), so a server
     ranks many videos with one copy of the model. Two tasks of `progress`: "scanning video",
     then "ranking frames" (`PROGRESS_SHARES` of the time, for a `Fractions` reporter).
+    The result carries compare's verdict on the chosen stills; `tie_reason` (a model with no
+    demonstrated skill) forces "no reliable difference", as `compare(..., tie_reason)`.
     """
     if top < 1:
         raise FramesError(f"top must be >= 1, got {top}")
@@ -154,10 +171,10 @@ def rank_frames(
             f"{video}: no usable frame among {scan.n_sampled} sampled ({_skips(scan.skipped)})"
         )
     with progress.task("ranking frames", 1 + (out_dir is not None)) as advance:
-        choices = _choose(predictor, scan, title, top, config)
+        choices, said = _choose(predictor, scan, title, top, config, tie_reason)
         result = FramesResult(tuple(choices), scan.skipped, scan.n_sampled, len(scan.candidates),
                               scan.n_shots, scan.duration_s, predictor.target,
-                              predictor.coverage)  # fmt: skip
+                              predictor.coverage, **said)  # fmt: skip
         advance(1)
         if out_dir is not None:
             result = write_outputs(result, Path(video), Path(out_dir), title, config)
@@ -170,8 +187,10 @@ def _skips(skipped: dict[str, int]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in skipped.items() if v) or "none skipped"
 
 
-def _choose(predictor: LoadedPredictor, scan: ScanResult, title: str, top: int, config):
-    """Score every candidate, pick a diverse set by MMR, and return it best-first.
+def _choose(
+    predictor: LoadedPredictor, scan: ScanResult, title: str, top: int, config, tie_reason=""
+):
+    """Score every candidate, pick a diverse set by MMR; (choices best-first, verdict fields).
 
     MMR decides *which* frames (so the top 5 are not one shot five times); the order shown
     to people is by predicted views, since that is what "rank 1" means to a creator.
@@ -187,7 +206,7 @@ def _choose(predictor: LoadedPredictor, scan: ScanResult, title: str, top: int, 
     chosen = mmr_select(pred, emb, top, config.diversity, shots)
     order = sorted(chosen, key=lambda i: -pred[i])
     scale = to_views(predictor.target)
-    return [
+    choices = [
         FrameChoice(
             cands[i].timestamp_s,
             cands[i].shot_index,
@@ -199,6 +218,21 @@ def _choose(predictor: LoadedPredictor, scan: ScanResult, title: str, top: int, 
         )
         for i in order
     ]
+    shown = {name: np.asarray(X)[order] for name, X in blocks.items()}  # (K, D) best first
+    return choices, _verdict(predictor, pred[order], shown, choices, tie_reason)
+
+
+def _verdict(predictor: LoadedPredictor, pred, blocks, choices, tie_reason) -> dict[str, Any]:
+    """compare's verdict and out-of-range line for the chosen frames (`pred` (K,) best first)."""
+    report = predictor.out_of_range(blocks)
+    out: dict[str, Any] = {"warning": (report.message() or "") if report is not None else ""}
+    if len(choices) < 2:
+        return out
+    labels = [f"the frame at {c.timestamp_s:.1f}s" for c in choices]
+    odds = chances(predictor, pred)
+    said = judge(predictor, pred, blocks, labels, range(len(pred)), odds.beats, tie_reason)
+    return {**out, "reliable": said.reliable, "verdict": said.text, "tied": said.tied,
+            "note": odds.note}  # fmt: skip
 
 
 def diversity_embeddings(
@@ -233,7 +267,10 @@ def write_outputs(
         choices.append(_replace_path(c, path))
         stills.append(still)
     sheet = out_dir / CONTACT_SHEET
-    contact_sheet(stills, choices, result.target, f"{video.name}  {title}".strip()).save(sheet)
+    heading = f"{video.name}  {title}".strip()
+    picture = contact_sheet(stills, choices, result.target, heading, result.rank_labels(),
+                            result.verdict, result.warning)  # fmt: skip
+    picture.save(sheet)
     result = _with_paths(result, tuple(choices), sheet, out_dir / FRAMES_JSON)
     payload = {"video": str(video), "title": title, "config": _config_json(config)}
     payload.update(result.to_json_dict())
@@ -259,20 +296,35 @@ def _config_json(config: FramesConfig) -> dict[str, Any]:
 
 
 def contact_sheet(
-    stills: list[Image.Image], choices: list[FrameChoice], target: str, heading: str
+    stills: list[Image.Image],
+    choices: list[FrameChoice],
+    target: str,
+    heading: str,
+    ranks: list[str] | None = None,
+    verdict: str = "",
+    warning: str = "",
 ) -> Image.Image:
-    """A grid of the chosen stills with rank, timestamp, shot and predicted views."""
+    """A grid of the chosen stills with rank ('=1' when tied), timestamp, shot and predicted
+    views, under the heading, the verdict and the out-of-range line (each wrapped)."""
     cell_w, cell_h, text_h, cols = 384, 216, 50, min(3, max(1, len(stills)))
     rows = -(-len(stills) // cols)
-    sheet = Image.new("RGB", (cols * cell_w, 30 + rows * (cell_h + text_h)), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
+    ranks = ranks or [str(k + 1) for k in range(len(stills))]
     font = ImageFont.load_default(size=14)
-    draw.text((6, 6), heading[:120], fill=(0, 0, 0), font=font)
+    top_lines = [heading[:120]] + [
+        line for text in (verdict, f"warning: {warning}" if warning else "")
+        for line in textwrap.wrap(text, 6 + cols * 46)
+    ]  # fmt: skip
+    top = 10 + 20 * len(top_lines)
+    sheet = Image.new("RGB", (cols * cell_w, top + rows * (cell_h + text_h)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for j, line in enumerate(top_lines):
+        colour = (150, 20, 20) if line.startswith("warning") else (0, 0, 0)
+        draw.text((6, 6 + 20 * j), line, fill=colour, font=font)
     for i, (still, c) in enumerate(zip(stills, choices, strict=True)):
-        x, y = (i % cols) * cell_w, 30 + (i // cols) * (cell_h + text_h)
+        x, y = (i % cols) * cell_w, top + (i // cols) * (cell_h + text_h)
         sheet.paste(still.resize((cell_w - 4, cell_h - 4)), (x + 2, y + 2))
         mins, secs = divmod(c.timestamp_s, 60)
-        line1 = f"#{i + 1}  {int(mins):02d}:{secs:04.1f}  shot {c.shot_index}"
+        line1 = f"{ranks[i]}  {int(mins):02d}:{secs:04.1f}  shot {c.shot_index}"
         views = f"{format_views(c.predicted_views, target)} views"
         band = f"({format_range(c.low, c.high, target)})"
         draw.text((x + 6, y + cell_h + 2), line1, fill=(0, 0, 0), font=font)

@@ -9,6 +9,7 @@ the product question is ranking ("which of my thumbnails is better?"), not the e
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,7 @@ def cross_validate(
     return summaries.pop("model"), summaries
 
 
+MIN_STRATUM = 20  # rows per predicted-views group below which groups are merged
 INTERVAL_METHOD = (
     "cross-validation residual intervals: quantiles of out-of-fold (channel-disjoint) "
     "residuals around the model refit on all training rows; close to split-conformal but "
@@ -131,7 +133,7 @@ def conditional_coverage(y, lo, hi, strata: dict[str, np.ndarray]) -> dict[str, 
     for name, labels in strata.items():
         labels = np.asarray(labels, dtype=object)
         rows = []
-        for value in pd.unique(labels):
+        for value in sorted(pd.unique(labels), key=_stratum_order):  # D1, D2, ..., D10
             sel = labels == value
             rows.append(
                 {"stratum": str(value), "n": int(sel.sum()), "coverage": float(inside[sel].mean())}
@@ -140,10 +142,21 @@ def conditional_coverage(y, lo, hi, strata: dict[str, np.ndarray]) -> dict[str, 
     return out
 
 
+def _stratum_order(label) -> tuple[float, str]:
+    """Strata in reading order: by the first number in the label ('D2' < 'D10', '2-4 videos'
+    < '20+ videos'), labels without one ('age unknown') last."""
+    found = re.search(r"\d+", str(label))
+    return (float(found.group()) if found else float("inf"), str(label))
+
+
 def coverage_strata(pred, channel_sizes=None, ages_days=None) -> dict[str, np.ndarray]:
     """Labels per row: predicted-views decile, channel size bucket, upload-age tercile."""
     pred = np.asarray(pred, dtype=np.float64)
-    strata = {"predicted decile": _quantile_labels(pred, 10, "D")}
+    # Deciles need rows: with fewer than MIN_STRATUM x 10, fewer, larger groups (each a
+    # coverage people can read, not n = 1-2), named by how many there are.
+    q = int(np.clip(len(pred) // MIN_STRATUM, 1, 10))
+    name = "predicted decile" if q == 10 else f"predicted views in {q} equal groups"
+    strata = {name: _quantile_labels(pred, q, "D" if q == 10 else "G")}
     if channel_sizes is not None:
         sizes = np.asarray(channel_sizes)
         edges, names = [2, 5, 20], ["1 video", "2-4 videos", "5-19 videos", "20+ videos"]

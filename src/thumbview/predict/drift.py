@@ -454,6 +454,12 @@ def _span(lo: float, hi: float, unit: str | None) -> str:
     return f"{a} to {b}" if min(lo, hi) < 0 and unit is None else f"{a}-{b}"
 
 
+def format_feature(name: str, v: float) -> str:
+    """A feature's value in the unit people read it in ("2020", "3 days", "12K"), else
+    the number (`format_number`): what `explain` shows, the same as this file's lines."""
+    return _value(v, UNITS.get(name))
+
+
 def _value(v: float, unit: str | None) -> str:
     if unit == "year":
         return str(int(np.floor(v)))

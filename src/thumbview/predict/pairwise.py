@@ -361,10 +361,14 @@ def verdict(
     if not calibration.skilful:
         return PairVerdict(False, "no reliable difference (held-out pairwise calls were not "
                            "clearly better than a coin)", p, zj)  # fmt: skip
+    odds = (
+        f"the chance the leader really gets more views than the next is {p:.0%} "
+        "(50% is a coin flip)"
+    )
     if p - 0.5 < margin or (zj is not None and zj < z):
-        return PairVerdict(False, f"no reliable difference between the top candidates "
-                           f"(P = {p:.0%})", p, zj)  # fmt: skip
-    return PairVerdict(True, f"{name} is likely ahead (P = {p:.0%} to beat the next)", p, zj)
+        return PairVerdict(False, f"no reliable difference between the top candidates: {odds}",
+                           p, zj)  # fmt: skip
+    return PairVerdict(True, f"{name} is likely ahead: {odds}", p, zj)
 
 
 # ----- the fitted object ---------------------------------------------------------------------

@@ -61,6 +61,8 @@ class AnalyzeConfig:
     grid_size: int = 11
     reference: Path | None = None
     batch_size: int = 256
+    features: str | None = None  # what the SAE was trained on (cfg.json "features"): the
+    # report's heading names thumbnail or title features by it; None when unknown
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.control) - set(CONTROLS))
@@ -73,6 +75,18 @@ class AnalyzeConfig:
         if self.study is not None:
             return self.study
         return channel_config() if self.channel is not None else StudyConfig()
+
+
+def feature_source(sae_dir: str | Path | None, latents_file: str | Path | None) -> str | None:
+    """The `features` an SAE was trained on ("clip", "title", ...): from `sae_dir`, or from
+    the SAE folder beside a `codes.npz` that `sae train --out` wrote; None when unknown."""
+    from thumbview.sae.folder import read_sae_cfg
+
+    where = sae_dir or (Path(latents_file).parent if latents_file else None)
+    try:
+        return str(read_sae_cfg(where).get("features", "clip")) if where else None
+    except (OSError, ValueError):  # a bare codes file with no SAE folder beside it
+        return None
 
 
 def make_study_config(channel_mode: bool = False, **overrides: Any) -> StudyConfig:
@@ -483,6 +497,7 @@ def _summary(
             "grid_size": config.grid_size,
             "reference": str(config.reference) if config.reference else None,
             "sae_dir": str(sae_dir) if sae_dir else None,
+            "features": config.features,
             "timings": {k: round(v, 3) for k, v in timings.items()},
         }
     )

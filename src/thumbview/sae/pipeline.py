@@ -137,7 +137,7 @@ def _fit_and_encode(
     cfg = sae_config(options.pop("arch", "topk"), d_in=acts.shape[1], **options)
     trainer = SaeTrainer(build_sae(cfg, seed=train_cfg.seed), train_cfg)
     sae = trainer.fit(acts, out_dir, extra_cfg=extra_cfg, progress=progress)
-    metrics = trainer.heldout_metrics or trainer.evaluate(acts[:65_536])
+    metrics = trainer.reported_metrics or trainer.evaluate(acts[:65_536])
     log.info("SAE: %s", metrics)
     codes = out_dir / CODES_FILE
     if code_rows is not None:

@@ -439,6 +439,16 @@ def _intro(summary: dict[str, Any], stat: str) -> str:
     return html.escape(text)
 
 
+# What an SAE's activations describe, by the `features` it was trained on (cfg.json).
+SUBJECTS = {"clip": "thumbnail", "visual": "thumbnail", "title": "title", "title-desc": "title"}
+
+
+def subject(summary: dict[str, Any]) -> str:
+    """'thumbnail', 'title', or '' (activation shards of unknown origin): what the features
+    are features of, named in the report's heading."""
+    return SUBJECTS.get(str(summary.get("features") or ""), "")
+
+
 def write_report(
     path: str | Path,
     summary: dict[str, Any],
@@ -450,6 +460,7 @@ def write_report(
 ) -> Path:
     """A self-contained report.html beside its PNGs; every piece of text is HTML-escaped."""
     stat = summary.get("config", {}).get("statistic", "median")
+    what = subject(summary)
     ci_name = f"{100 * float(summary.get('config', {}).get('ci', 0.95)):g}%"
     figures = "".join(
         f'<figure><img src="{html.escape(src)}" alt="{html.escape(cap)}"><figcaption class="muted">'
@@ -459,9 +470,9 @@ def write_report(
     doc = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Thumbnail features and views</title><style>{_CSS}</style></head>
+<title>{html.escape(what.capitalize() or "SAE")} features and views</title><style>{_CSS}</style></head>
 <body><main>
-<h1>Which thumbnail features go with more views?</h1>
+<h1>Which {html.escape(what + " " if what else "")}features go with more views?</h1>
 <p class="muted">{_intro(summary, stat)}</p>
 <section class="cards">{_headline(summary)}</section>{_warnings(summary)}
 <h2>Effect sizes</h2><div class="plots">{figures}</div>

@@ -65,6 +65,8 @@ class EvalMetrics:
     l0: float
     dead_fraction: float  # latents that never fired on this set
     n: int
+    never_fired: int = 0  # how many latents that is (what the density plot's title counts)
+    d_sae: int = 0
 
 
 # -- data --------------------------------------------------------------------------------
@@ -186,6 +188,10 @@ class SaeTrainer:
         self.last_metrics: dict[str, float] = {}
         self.activation_scale = 1.0  # inputs are multiplied by this while training
         self.heldout_metrics: EvalMetrics | None = None
+        # The evaluation `sae train` reports (held-out, else a training sample) and its
+        # (d_sae,) firing frequencies: the density plot and the printed line share them.
+        self.reported_metrics: EvalMetrics | None = None
+        self.eval_frequency: np.ndarray | None = None
 
     def lr_at(self, step: int) -> float:
         """Linear warmup, then constant; warmup shrinks for runs too short to afford it."""
@@ -256,7 +262,7 @@ class SaeTrainer:
         x = _as_matrix(activations, self.sae.cfg.d_in)
         size = min(8192, max(64, _EVAL_LATENT_BUDGET // self.sae.cfg.d_sae))
         s1, s2, sse, nonzero = 0.0, 0.0, 0.0, 0
-        fired = torch.zeros(self.sae.cfg.d_sae, dtype=torch.bool, device=self.sae.W_enc.device)
+        counts = torch.zeros(self.sae.cfg.d_sae, dtype=torch.float64, device=self.sae.W_enc.device)
         for start in range(0, len(x), size):
             chunk = _take(x, slice(start, start + size)).to(self.sae.W_enc.device)  # (B, D)
             out = self.sae(chunk)
@@ -265,15 +271,19 @@ class SaeTrainer:
             sse += float((out.recon.double() - chunk.double()).pow(2).sum())
             active = out.latents > 0  # (B, S)
             nonzero += int(active.sum())
-            fired |= active.any(0)
+            counts += active.sum(0).double()  # (S,)
         total = s2 - float(s1.pow(2).sum()) / len(x)  # sum ||x - mean||^2, one pass, in float64
         fvu = sse / total if total > 0 else float("nan")
+        self.eval_frequency = counts.cpu().numpy() / len(x)  # (S,)
+        never = int((counts == 0).sum())
         return EvalMetrics(
             fvu=fvu,
             explained_variance=1 - fvu,
             l0=nonzero / len(x),
-            dead_fraction=1.0 - float(fired.float().mean()),
+            dead_fraction=never / self.sae.cfg.d_sae,
             n=len(x),
+            never_fired=never,
+            d_sae=self.sae.cfg.d_sae,
         )
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -441,19 +451,25 @@ class SaeTrainer:
             "last_step": self.last_metrics,
             "dead_fraction": self.dead_fraction(),
         }
+        where = "in the last training window"
+        frequency = self.firing_frequency()
         if data is not None:
             rng = np.random.default_rng(self.cfg.seed)
             rows = np.sort(rng.permutation(train_rows)[:_EVAL_MAX_ROWS])
-            metrics["train_eval"] = asdict(self.evaluate(_take(data, rows)))
+            self.reported_metrics = self.evaluate(_take(data, rows))
+            metrics["train_eval"] = asdict(self.reported_metrics)
+            where = "on the training activations"
             if len(held_rows):
                 self.heldout_metrics = self.evaluate(_take(data, held_rows[:_EVAL_MAX_ROWS]))
                 metrics["heldout_eval"] = asdict(self.heldout_metrics)
+                self.reported_metrics, where = self.heldout_metrics, "on the held-out activations"
             else:
                 log.warning(
                     "too few activations to hold any out: explained variance is on training rows"
                 )
+            frequency = self.eval_frequency  # the set the reported line counts
         (out_dir / METRICS_JSON).write_text(json.dumps(metrics, indent=2))
-        save_density_histogram(self.firing_frequency(), out_dir / "feature_density.png")
+        save_density_histogram(frequency, out_dir / "feature_density.png", where)
 
 
 def _fmt(metrics: dict[str, float]) -> str:
@@ -475,8 +491,9 @@ def _existing_checkpoint(directory: Path) -> Path:
     raise SaeFileError(f"{directory}: no checkpoint here ({TRAINER_FILE} missing)")
 
 
-def save_density_histogram(frequency: np.ndarray, path: str | Path) -> Path:
-    """PNG of log10 firing frequency per latent; never-firing latents are counted in the title."""
+def save_density_histogram(frequency: np.ndarray, path: str | Path, where: str = "") -> Path:
+    """PNG of log10 firing frequency per latent; never-firing latents are counted in the title,
+    with `where` they were counted (the same count `sae train` prints)."""
     from matplotlib.figure import Figure  # no pyplot: no global state, safe off the main thread
 
     path = Path(path)
@@ -487,7 +504,9 @@ def save_density_histogram(frequency: np.ndarray, path: str | Path) -> Path:
         ax.hist(np.log10(alive), bins=50, color="tab:blue")
     ax.set_xlabel("log10 firing frequency")
     ax.set_ylabel("latents")
-    ax.set_title(f"{len(frequency) - len(alive)} of {len(frequency)} latents never fired")
+    ax.set_title(
+        f"{len(frequency) - len(alive)} of {len(frequency)} latents never fired {where}".strip()
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path

@@ -226,10 +226,12 @@ function normaliseComparison(out) {
       rank: pick(c, "rank"),
     };
   });
-  // The server lists candidates best first (by P(best)); keep its order.
-  rows.forEach((r, i) => { if (r.rank === null) r.rank = i + 1; });
+  // The server lists candidates best first (by P(best)); keep its order. Its rank labels
+  // ("=1" for each candidate in a tie) come from the same verdict as the CLI and the PNG.
+  const labels = out.rank_labels || [];
+  rows.forEach((r, i) => { if (r.rank === null) r.rank = i + 1; r.rankLabel = labels[i] || null; });
   rows.sort((a, b) => a.rank - b.rank);
-  return { rows, pBeatsMatrix: out.p_beats || null, descriptors: pick(out, "descriptors", "descriptor_differences", "differences"), sae: out.sae || [], names, warning: rangeWarning([out.warning]), note: out.note || "", reliable: out.reliable ?? null, verdict: out.verdict || "" };
+  return { rows, pBeatsMatrix: out.p_beats || null, descriptors: pick(out, "descriptors", "descriptor_differences", "differences"), sae: out.sae || [], names, warning: rangeWarning([out.warning]), note: out.note || "", reliable: out.reliable ?? null, verdict: out.verdict || "", byImage: out.by_image || [], byTitle: out.by_title || [], chanceBest: out.chance_best || "" };
 }
 
 function rankRows(rows) {
@@ -253,9 +255,13 @@ function renderResults(result) {
   warn.textContent = result.warning ? `Outside what the model was trained on: ${result.warning}` : "";
   warn.hidden = !result.warning;
   renderWinner(rows, result.pBeatsMatrix, result.reliable ?? null, result.verdict || "");
+  // Only a candidate reliably ahead gets the green "best" row, in the chart and the table.
+  result.ahead = reliablyAhead(rows, result.pBeatsMatrix, result.reliable ?? null) === true;
   renderNote(result.note);
-  drawChart(rows);
-  renderTable(rows);
+  drawChart(rows, result.ahead);
+  renderTable(rows, result.ahead);
+  renderChanceNote(rows, result.chanceBest || "");
+  renderSummaries(result.byImage || [], result.byTitle || []);
   renderDescriptors(descriptors, result.names, result.sae || []);
 }
 
@@ -295,19 +301,20 @@ function renderWinner(rows, matrix, reliable = null, verdict = "") {
     box.append(el("div", {},
       el("div", { class: "kicker", text: "Too close to call" }),
       el("div", { class: "big", text: "No candidate is reliably ahead" }),
-      el("div", { class: "what", text: verdict || `The top ${n} are within a few points of each other (${close.slice(0, n).map((r) => fmtPct(r.pBeats)).join(", ")} chance of being the best): the model cannot tell them apart. Choose on other grounds, or test them.` })));
+      el("div", { class: "what", text: verdict ? verdict.charAt(0).toUpperCase() + verdict.slice(1) + "." : `The top ${n} are within a few points of each other (${close.slice(0, n).map((r) => fmtPct(r.pBeats)).join(", ")} chance of being the best): the model cannot tell them apart. Choose on other grounds, or test them.` })));
     return;
   }
   const best = rows[0];
   const f = state.files[best.index];
   const what = rows.length < 2 ? "Predicted views" : ahead ? "Most likely to win" : "Highest prediction";
-  const detail = best.pBeats !== null && rows.length > 1 ? ` · ${fmtPct(best.pBeats)} chance it’s the best` : "";
+  const detail = best.pBeats !== null && rows.length > 1 ? ` · ${fmtPct(best.pBeats)} chance it’s the best (it comes out on top in ${fmtPct(best.pBeats)} of replays of the model’s typical errors)` : "";
   box.append(
     f ? el("img", { src: f.url, alt: "" }) : null,
     el("div", {},
       el("div", { class: "kicker", text: what }),
       el("div", { class: "big", text: `${fmtViews(best.views)} views` }),
-      el("div", { class: "what", text: `${f ? f.name : ""}${best.title ? " with “" + best.title + "”" : ""} · likely ${fmtViews(best.low)}–${fmtViews(best.high)}${detail}` })));
+      el("div", { class: "what", text: `${f ? f.name : ""}${best.title ? " with “" + best.title + "”" : ""} · likely ${fmtViews(best.low)}–${fmtViews(best.high)}${detail}` }),
+      verdict && rows.length > 1 ? el("div", { class: "what verdict", text: verdict.charAt(0).toUpperCase() + verdict.slice(1) + "." }) : null));
 }
 
 function logTicks(lo, hi) {
@@ -322,7 +329,7 @@ function logTicks(lo, hi) {
   return ticks;
 }
 
-function drawChart(rows) {
+function drawChart(rows, ahead = false) {
   const box = $("#chart");
   box.replaceChildren();
   if (!rows.length) return;
@@ -346,13 +353,13 @@ function drawChart(rows) {
     root.append(svg("line", { class: "grid", x1: x(t), x2: x(t), y1: top, y2: height - 24 }));
     root.append(svg("text", { class: "axis-label", x: x(t), y: height - 8, "text-anchor": "middle" }, fmtViews(t)));
   }
-  rows.forEach((r, i) => root.append(chartRow(r, i, { x, top, rowH, thumbW, width, right })));
+  rows.forEach((r, i) => root.append(chartRow(r, i, { x, top, rowH, thumbW, width, right, ahead })));
   box.append(root);
 }
 
 function chartRow(r, i, g) {
   const y0 = g.top + i * g.rowH;
-  const group = svg("g", { class: i === 0 && r.rank === 1 ? "row best" : "row" });
+  const group = svg("g", { class: g.ahead && i === 0 && r.rank === 1 ? "row best" : "row" });
   const f = state.files[r.index];
   const thumbH = Math.round(g.thumbW * 9 / 16);
   if (f) {
@@ -375,7 +382,7 @@ function chartRow(r, i, g) {
 
 function truncate(s, n) { return s.length > n ? s.slice(0, Math.max(n - 1, 4)) + "…" : s; }
 
-function renderTable(rows) {
+function renderTable(rows, ahead = false) {
   const body = $("#ranking tbody");
   body.replaceChildren();
   const showBeats = rows.some((r) => r.pBeats !== null);
@@ -385,8 +392,8 @@ function renderTable(rows) {
     const beats = showBeats ? el("td", {}, el("div", { class: "beats" },
       el("div", { class: "track" }, el("div", { class: "fill", style: `width:${Math.round(100 * (r.pBeats || 0))}%` })),
       el("span", { class: "pct", text: fmtPct(r.pBeats) }))) : null;
-    body.append(el("tr", { class: i === 0 ? "best" : "" },
-      el("td", { class: "num rank", text: String(r.rank) }),
+    body.append(el("tr", { class: ahead && i === 0 ? "best" : "" },
+      el("td", { class: "num rank", text: r.rankLabel || String(r.rank) }),
       el("td", {}, f ? el("img", { src: f.url, alt: f.name, title: f.name }) : null,
         el("span", { class: "title-sub", text: r.title || "" })),
       el("td", { class: "title-cell", text: r.title || "—" }),
@@ -394,6 +401,32 @@ function renderTable(rows) {
       el("td", { class: "num range-col", text: `${fmtViews(r.low)}–${fmtViews(r.high)}` }),
       beats));
   });
+}
+
+// What "chance it's the best" means, in words, under the table (the server's sentence).
+function renderChanceNote(rows, text) {
+  const box = $("#chance-note");
+  const show = rows.some((r) => r.pBeats !== null) && !!text;
+  box.textContent = show ? text.charAt(0).toUpperCase() + text.slice(1) + "." : "";
+  box.hidden = !show;
+}
+
+// Per thumbnail (across the titles) and per title (across the thumbnails): the server's
+// summaries of the cross product, shown only when both vary.
+function summaryTables(byImage, byTitle) {
+  if (!byImage.length || !byTitle.length) return [];
+  return [["Per thumbnail", byImage], ["Per title", byTitle]].map(([head, list]) => ({
+    head,
+    rows: list.map((s) => [s.name || "(no title)", `${fmtViews(s.views)} typical (${fmtViews(s.low)}–${fmtViews(s.high)})`, `${fmtPct(s.p_best)} chance the best pair uses it`]),
+  }));
+}
+
+function renderSummaries(byImage, byTitle) {
+  const box = $("#summaries");
+  const tables = summaryTables(byImage, byTitle);
+  box.replaceChildren(...tables.map((t) => el("div", {}, el("h4", { text: t.head }),
+    el("table", { class: "table" }, el("tbody", {}, ...t.rows.map((cells) => el("tr", {}, ...cells.map((c) => el("td", { text: c })))))))));
+  box.hidden = tables.length === 0;
 }
 
 // ---------- descriptors (shape depends on thumbview.compare) ----------
@@ -429,9 +462,11 @@ function descriptorItems(desc, names) {
   const list = Array.isArray(desc) ? desc : Object.entries(desc).map(([name, v]) => ({ name, values: v }));
   return list.slice(0, 12).map((d) => {
     const name = pick(d, "label", "name", "descriptor", "feature") || "";
+    // The server's reading ("lowest in d.jpg; more of it tends to help ...") names equal
+    // images together and says whether the difference helps or hurts; it is shown as is.
     const highest = pick(d, "highest");
     const hi = highest !== null ? names.indexOf(highest) : -1;
-    const note = hi >= 0 ? `highest in ${letter(hi)}` : pick(d, "note", "summary", "effect", "description");
+    const note = pick(d, "note") || (hi >= 0 ? `highest in ${letter(hi)}` : pick(d, "summary", "description"));
     let vals = pick(d, "values", "by_image", "per_image") || [];
     if (!Array.isArray(vals)) vals = Object.entries(vals).map(([k, v]) => ({ image: k, value: v }));
     const values = vals.map((v, i) => {
@@ -566,9 +601,24 @@ function stillItems(result) {
   return [];
 }
 
+// The frames job's verdict and out-of-range line: the same ones compare and the CLI show.
+function renderFramesVerdict(result) {
+  const verdict = $("#frames-verdict");
+  const warn = $("#frames-warning");
+  const said = (result && result.verdict) || "";
+  verdict.textContent = said ? said.charAt(0).toUpperCase() + said.slice(1) + "." : "";
+  verdict.className = "frames-verdict" + (result && result.reliable === false ? " tie" : "");
+  verdict.hidden = !said;
+  const line = (result && result.warning) || "";
+  warn.textContent = line ? `Outside what the model was trained on: ${line}` : "";
+  warn.hidden = !line;
+}
+
 function renderStills(result) {
   const box = $("#stills");
   box.replaceChildren();
+  renderFramesVerdict(result);
+  const labels = (result && result.rank_labels) || [];
   const items = stillItems(result);
   if (!items.length) {
     setMsg($("#frames-msg"), "No usable frames were found in this video.", "error");
@@ -581,7 +631,7 @@ function renderStills(result) {
     box.append(el("figure", { class: "still", style: "margin:0" },
       el("img", { src, alt: `Frame ${i + 1}` }),
       el("figcaption", { class: "meta" },
-        el("span", { class: "views", text: views !== null ? `#${i + 1} · ${fmtViews(views)} views` : `#${i + 1}` }),
+        el("span", { class: "views", text: views !== null ? `${labels[i] || "#" + (i + 1)} · ${fmtViews(views)} views` : labels[i] || `#${i + 1}` }),
         el("span", { class: "when", text: when !== null ? "at " + fmtTime(when) : "" }))));
   });
 }
@@ -622,7 +672,7 @@ function wire() {
   let resizeTimer = null;
   window.addEventListener("resize", () => {
     clearTimeout(resizeTimer);
-    resizeTimer = setTimeout(() => { if (state.rows) drawChart(state.rows.rows); }, 120);
+    resizeTimer = setTimeout(() => { if (state.rows) drawChart(state.rows.rows, state.rows.ahead); }, 120);
   });
 }
 
