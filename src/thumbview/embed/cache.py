@@ -31,6 +31,7 @@ from thumbview.data.images import ImageError, load_image
 from thumbview.embed.base import Encoder
 from thumbview.fileio import atomic_write, dataset_cache_name, user_cache_root
 from thumbview.progress import SILENT, Advance, Progress
+from thumbview.schema import SchemaError, load_json
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +136,9 @@ class FeatureStore:
         spec_file = self.path / "spec.json"
         if not spec_file.exists():
             return False
-        try:
-            stored = json.loads(spec_file.read_text())["spec"]
-        except (json.JSONDecodeError, KeyError):
+        try:  # size and depth limited; a FIFO or a device here is a mismatch, never a hang
+            stored = load_json(spec_file)["spec"]
+        except (SchemaError, KeyError, TypeError):
             return False
         if stored != json.loads(json.dumps(self.spec)):
             log.warning("cache %s was made by a different encoder spec; recomputing", self.path)
