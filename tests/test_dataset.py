@@ -132,9 +132,27 @@ def test_dot_dot_that_stays_inside_is_allowed(tmp_path):
     assert load_dataset(root).keys == ["g0", "g1", "again"]
 
 
-@pytest.mark.parametrize("name", ["images/nope.jpg", "images", "", "   "])
+@pytest.mark.parametrize("name", ["images/nope.jpg", "", "   "])
 def test_missing_image(tmp_path, name):
     assert_one_skip(load_dataset(folder(tmp_path, [[name, "5", "", "x"]])), "missing image")
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_folder_or_fifo_named_as_an_image_is_not_a_regular_file(tmp_path, kind):
+    """Issue 30: these read as "missing image"; a FIFO opened for decoding would block."""
+    root = folder(tmp_path, [["images/odd.jpg", "5", "", "x"]])
+    if kind == "folder":
+        (root / "images" / "odd.jpg").mkdir()
+    elif hasattr(os, "mkfifo"):
+        os.mkfifo(root / "images" / "odd.jpg")
+    else:
+        pytest.skip("no FIFOs here")
+    ds = load_dataset(root)
+    assert_one_skip(ds, "unreadable image")
+    assert (
+        ds.report.skipped[0].detail
+        == "images/odd.jpg is not a regular file (a folder, FIFO or device)"
+    )
 
 
 @pytest.mark.parametrize("content", ["truncated", "random", "text", "big"])

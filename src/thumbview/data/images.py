@@ -7,8 +7,10 @@ alpha and animated GIFs all arrive in practice.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -24,6 +26,7 @@ DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_BYTES = 32 * 2**20
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "MPO")
+NOT_REGULAR = "not a regular file (a folder, FIFO or device)"
 
 # Refuse truncated files instead of silently padding them with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -60,9 +63,11 @@ def load_image(
     in_memory = isinstance(source, bytes | bytearray | memoryview)
     name = name or ("upload" if in_memory else str(source))
     try:
-        fp = io.BytesIO(source) if in_memory else open(source, "rb")  # noqa: SIM115
+        fp = io.BytesIO(source) if in_memory else _open_regular(source)
     except FileNotFoundError as e:
         raise ImageError(f"{name}: file not found") from e
+    except IsADirectoryError as e:
+        raise ImageError(f"{name}: {NOT_REGULAR}") from e
     except OSError as e:
         raise ImageError(f"{name}: cannot open ({e.strerror or e})") from e
     except (ValueError, TypeError) as e:  # embedded NUL byte, not a path at all
@@ -72,6 +77,21 @@ def load_image(
         if too_large := over_byte_cap(size, max_bytes):
             raise ImageError(f"{name}: {too_large}")
         return _decode(fp, name, max_pixels)
+
+
+def _open_regular(path: str | Path) -> io.BufferedReader:
+    """The file at `path` opened for reading, or IsADirectoryError when it is not a regular
+    file: decided on the open descriptor (O_NONBLOCK, so a FIFO does not wait for a writer;
+    a FIFO used to hang `predict`, and a folder or FIFO in a dataset read as "missing")."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(errno.EISDIR, NOT_REGULAR)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _decode(fp, name: str, max_pixels: int) -> Image.Image:

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import stat
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -33,7 +34,7 @@ import PIL
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from thumbview.data.images import DEFAULT_MAX_BYTES, load_image
+from thumbview.data.images import DEFAULT_MAX_BYTES, NOT_REGULAR, load_image
 from thumbview.fileio import atomic_write, dataset_cache_name, user_cache_root
 from thumbview.schema import JsonDepthError, parse_json
 
@@ -444,8 +445,12 @@ def _file_problem(
         return ("unsafe file_name", unsafe)
     if not name.strip():
         return ("missing image", "empty file_name")
-    if not (root / name).is_file():
+    try:
+        mode = (root / name).stat().st_mode
+    except (OSError, ValueError):  # absent, a dangling link, a name the OS refuses
         return ("missing image", f"no file at {name}")
+    if not stat.S_ISREG(mode):  # reading a FIFO would block; a device never ends
+        return ("unreadable image", f"{name} is {NOT_REGULAR}")
     return None
 
 
