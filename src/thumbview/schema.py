@@ -14,6 +14,7 @@ absent or null), `[schema]` for a list of items, `MapOf(schema)` for an object w
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -21,7 +22,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 MAX_JSON_BYTES = 64 * 1024 * 1024  # a model's JSON is kilobytes; refuse to parse a giant
 # thumbview's own files nest 6 deep; json's C parser recurses once per level and fails near
@@ -29,6 +30,7 @@ MAX_JSON_BYTES = 64 * 1024 * 1024  # a model's JSON is kilobytes; refuse to pars
 MAX_JSON_DEPTH = 100
 # A JSON string (escapes included): its brackets are text, not nesting.
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+NOT_REGULAR = "not a regular file (a folder, FIFO or device)"
 _BRACKETS = b"[]{}"
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in _BRACKETS)
 
@@ -84,9 +86,9 @@ def load_json(
         data = read_regular_file(path, max_bytes)
     except FileNotFoundError as e:
         raise error(f"{path}: missing") from e
-    except OSError as e:
+    except OSError as e:  # not a regular file, permissions
         raise error(f"{path}: {e.strerror or e}") from e
-    except ValueError as e:  # not a regular file, over the cap
+    except ValueError as e:  # over the cap
         raise error(f"{path}: {e}") from e
     try:
         return parse_json(data, max_depth=max_depth, allow_nan=allow_nan)
@@ -98,24 +100,30 @@ def load_json(
         raise error(f"{path}: not valid JSON ({e})") from e
 
 
-def read_regular_file(path: str | Path, max_bytes: int) -> bytes:
-    """The bytes of a regular file of at most `max_bytes`. ValueError (one line, no path)
-    for anything else, decided on the open descriptor before reading: a FIFO, a device
-    (a link to /dev/zero), a folder; a file over the cap. At most max_bytes + 1 are read,
-    so a file growing while it is read cannot take more memory either."""
+def open_regular(path: str | Path) -> BinaryIO:
+    """`path` opened for binary reading if it is a regular file; else IsADirectoryError
+    ("not a regular file"), decided on the open descriptor before any read. O_NONBLOCK: opening
+    a FIFO must not wait for a writer (reads of a regular file are unaffected)."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(path, flags)  # O_NONBLOCK: opening a FIFO must not wait for a writer
+    fd = os.open(path, flags)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError("not a regular file")
-        if info.st_size > max_bytes:
-            raise ValueError(f"too large ({info.st_size:,} bytes; at most {max_bytes:,})")
-        f = os.fdopen(fd, "rb")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(errno.EISDIR, NOT_REGULAR)
+        return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
-    with f:
+
+
+def read_regular_file(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`. Refused before reading (one line,
+    no path): a FIFO, a device (a link to /dev/zero), a folder (IsADirectoryError); a file
+    over the cap (ValueError). At most max_bytes + 1 are read, so a file growing while it
+    is read cannot take more memory either."""
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise ValueError(f"too large ({size:,} bytes; at most {max_bytes:,})")
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ValueError(f"too large (over {max_bytes:,} bytes)")

@@ -7,15 +7,15 @@ alpha and animated GIFs all arrive in practice.
 
 from __future__ import annotations
 
-import errno
 import io
 import os
-import stat
 import struct
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+from thumbview.schema import NOT_REGULAR, open_regular
 
 # 50 megapixels is far above any YouTube thumbnail (maxres is 1280x720 = 0.9 MP) and
 # far below what would exhaust memory when decoded (50 MP x 4 bytes = 200 MB).
@@ -26,7 +26,6 @@ DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_BYTES = 32 * 2**20
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "MPO")
-NOT_REGULAR = "not a regular file (a folder, FIFO or device)"
 
 # Refuse truncated files instead of silently padding them with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -63,7 +62,7 @@ def load_image(
     in_memory = isinstance(source, bytes | bytearray | memoryview)
     name = name or ("upload" if in_memory else str(source))
     try:
-        fp = io.BytesIO(source) if in_memory else _open_regular(source)
+        fp = io.BytesIO(source) if in_memory else open_regular(source)  # never waits on a FIFO
     except FileNotFoundError as e:
         raise ImageError(f"{name}: file not found") from e
     except IsADirectoryError as e:
@@ -77,21 +76,6 @@ def load_image(
         if too_large := over_byte_cap(size, max_bytes):
             raise ImageError(f"{name}: {too_large}")
         return _decode(fp, name, max_pixels)
-
-
-def _open_regular(path: str | Path) -> io.BufferedReader:
-    """The file at `path` opened for reading, or IsADirectoryError when it is not a regular
-    file: decided on the open descriptor (O_NONBLOCK, so a FIFO does not wait for a writer;
-    a FIFO used to hang `predict`, and a folder or FIFO in a dataset read as "missing")."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(path, flags)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise IsADirectoryError(errno.EISDIR, NOT_REGULAR)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def _decode(fp, name: str, max_pixels: int) -> Image.Image:

@@ -34,9 +34,9 @@ import PIL
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from thumbview.data.images import DEFAULT_MAX_BYTES, NOT_REGULAR, load_image
+from thumbview.data.images import DEFAULT_MAX_BYTES, load_image
 from thumbview.fileio import atomic_write, dataset_cache_name, user_cache_root
-from thumbview.schema import JsonDepthError, parse_json
+from thumbview.schema import NOT_REGULAR, JsonDepthError, parse_json
 
 logger = logging.getLogger(__name__)
 
