@@ -249,3 +249,58 @@ def test_interrupted_embed_resumes_where_it_stopped(tmp_path, monkeypatch):
     features, stats = embed(ds, encoder, cache_dir=tmp_path / "c", batch_size=1)
     assert stats.n_cached == 2 and encoder.calls == 2  # the first shard survived
     np.testing.assert_allclose(features, np.array(COLOURS, np.float32))
+
+
+TWO_RUNS = """
+import json, sys, time
+from pathlib import Path
+import numpy as np
+from thumbview.data.dataset import load_dataset
+from thumbview.embed.base import Encoder
+from thumbview.embed.cache import embed
+
+class Slow(Encoder):
+    name, version, modality = "slow", "1", "image"
+    dim = 3
+    def encode(self, inputs):
+        time.sleep(0.3)  # a few seconds in all: the other run starts meanwhile
+        return np.stack([np.asarray(im, np.float32).mean(axis=(0, 1)) for im in inputs])
+
+root, cache, go = map(Path, sys.argv[1:4])
+ds = load_dataset(root)
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.01)
+_, stats = embed(ds, Slow(), cache_dir=cache, batch_size=1, workers=1)
+print(json.dumps({"computed": stats.n_computed, "cached": stats.n_cached}), flush=True)
+"""
+
+
+def test_two_embed_runs_at_once_compute_and_write_each_row_once(tmp_path):
+    """Issue 30: two runs both computed everything and wrote duplicate shards. Now the
+    second waits for the first (the store's lock) and reuses its rows."""
+    import subprocess
+    import sys
+
+    from safetensors.numpy import load_file
+
+    root = make_dataset(tmp_path / "d", COLOURS)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    args = [str(root), str(tmp_path / "c"), str(tmp_path / "go")]
+    runs = [
+        subprocess.Popen([sys.executable, "-c", TWO_RUNS, *args], env=env, stdout=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    try:
+        assert all(r.stdout.readline().strip() == b"ready" for r in runs)
+        (tmp_path / "go").touch()  # both start embedding together
+        results = [json.loads(r.communicate(timeout=120)[0]) for r in runs]
+    finally:
+        for r in runs:
+            if r.poll() is None:
+                r.kill()
+    assert sorted(r["computed"] for r in results) == [0, len(COLOURS)], results
+    assert sorted(r["cached"] for r in results) == [0, len(COLOURS)], results
+    shards = sorted((tmp_path / "c").glob("slow-*/shard-*.safetensors"))
+    assert sum(len(load_file(s)["digests"]) for s in shards) == len(COLOURS)

@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import os
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -131,9 +132,27 @@ def test_dot_dot_that_stays_inside_is_allowed(tmp_path):
     assert load_dataset(root).keys == ["g0", "g1", "again"]
 
 
-@pytest.mark.parametrize("name", ["images/nope.jpg", "images", "", "   "])
+@pytest.mark.parametrize("name", ["images/nope.jpg", "", "   "])
 def test_missing_image(tmp_path, name):
     assert_one_skip(load_dataset(folder(tmp_path, [[name, "5", "", "x"]])), "missing image")
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_folder_or_fifo_named_as_an_image_is_not_a_regular_file(tmp_path, kind):
+    """Issue 30: these read as "missing image"; a FIFO opened for decoding would block."""
+    root = folder(tmp_path, [["images/odd.jpg", "5", "", "x"]])
+    if kind == "folder":
+        (root / "images" / "odd.jpg").mkdir()
+    elif hasattr(os, "mkfifo"):
+        os.mkfifo(root / "images" / "odd.jpg")
+    else:
+        pytest.skip("no FIFOs here")
+    ds = load_dataset(root)
+    assert_one_skip(ds, "unreadable image")
+    assert (
+        ds.report.skipped[0].detail
+        == "images/odd.jpg is not a regular file (a folder, FIFO or device)"
+    )
 
 
 @pytest.mark.parametrize("content", ["truncated", "random", "text", "big"])
@@ -392,6 +411,75 @@ def test_row_reader_agrees_with_the_fast_reader(tmp_path):
     careful = load_dataset(root)
     pd.testing.assert_frame_equal(careful.table, fast.table)
     assert careful.report.counts() == {"malformed row": 1}
+
+
+def _peak_bytes(fn) -> tuple[object, int]:
+    """(fn(), peak bytes Python and numpy allocated while it ran)."""
+    tracemalloc.start()
+    try:
+        return fn(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("where", ["first", "middle"])
+def test_a_row_of_many_trailing_commas_is_malformed_and_costs_no_memory(tmp_path, where):
+    """Issue 30: one row of 10^5 trailing commas took `info` to 3.2 GB (pandas made a column
+    per field); now it is a malformed row, read in about the memory of the clean file."""
+    root = tmp_path / "ds"
+    for i in range(3):
+        put_image(root, f"images/g{i}.jpg")
+    wide = b"images/g1.jpg,200,good 1,g1" + b"," * 200_000 + b"\n"
+    lines = [b"images/g0.jpg,100,good 0,g0\n", wide, LAST] if where == "middle" else [wide, LAST]
+    (root / "metadata.csv").write_bytes(CSV_HEAD + b"".join(lines))
+    ds, peak = _peak_bytes(lambda: load_dataset(root, workers=1))
+    assert ds.report.counts() == {"malformed row": 1}
+    assert "200,004 fields (at most 1024)" in ds.report.skipped[0].detail
+    assert "g2" in ds.keys and "g1" not in ds.keys
+    (root / "metadata.csv").write_bytes(CSV_HEAD + b"".join(lines).replace(b"," * 200_000, b""))
+    clean, clean_peak = _peak_bytes(lambda: load_dataset(root, workers=1))
+    assert "g1" in clean.keys and clean.report.skipped == ()
+    assert peak < clean_peak + 8e6, (peak, clean_peak)
+
+
+def test_a_few_trailing_empty_fields_are_still_tolerated(tmp_path):
+    """Spreadsheets pad rows to their widest column: up to MAX_FIELDS fields a row is fine."""
+    put_image(tmp_path, "a.jpg")
+    put_image(tmp_path, "b.jpg")
+    (tmp_path / "metadata.csv").write_text("file_name,views\na.jpg,5" + "," * 1000 + "\nb.jpg,6\n")
+    ds = load_dataset(tmp_path)
+    assert ds.keys == ["a", "b"] and ds.report.skipped == ()
+
+
+def test_a_header_wider_than_the_field_cap_is_one_line(tmp_path):
+    put_image(tmp_path, "a.jpg")
+    (tmp_path / "metadata.csv").write_text("file_name,views" + "," * 100_000 + "\na.jpg,5\n")
+    with pytest.raises(
+        DatasetError, match=r"^cannot read metadata\.csv: its header has 100,002 fields"
+    ):
+        load_dataset(tmp_path)
+
+
+def test_a_deeply_nested_jsonl_title_skips_only_that_row(tmp_path):
+    """Issue 30: a title of 10^5 nested brackets raised RecursionError; now that row is
+    malformed. Brackets inside a string are text, and kept."""
+    for name in ("a", "b", "c", "d"):
+        put_image(tmp_path, f"{name}.jpg")
+    deep = '{"file_name": "b.jpg", "views": 2, "title": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    wide = json.dumps({"file_name": "d.jpg", "views": 4, **{f"k{i}": i for i in range(2000)}})
+    lines = [
+        json.dumps({"file_name": "a.jpg", "views": 1, "title": "[" * 100_000}),
+        deep,
+        json.dumps({"file_name": "c.jpg", "views": 3}),
+        wide,
+    ]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ds = load_dataset(tmp_path)
+    assert ds.keys == ["a", "c"] and ds.titles[0] == "[" * 100_000
+    assert [s.reason for s in ds.report.skipped] == ["malformed row"] * 2
+    details = [s.detail for s in ds.report.skipped]
+    assert "line 2 is nested too deeply (over 100 levels)" in details[0]
+    assert "line 4 has 2,002 fields (at most 1024)" in details[1]
 
 
 def test_header_only_metadata_gives_an_empty_dataset(tmp_path):

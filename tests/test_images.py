@@ -145,7 +145,7 @@ def test_decoding_does_not_touch_global_warning_state():
 def test_missing_file_and_bad_paths(tmp_path):
     with pytest.raises(ImageError, match="not found"):
         load_image(tmp_path / "nope.jpg")
-    with pytest.raises(ImageError, match="cannot open"):
+    with pytest.raises(ImageError, match="not a regular file"):
         load_image(tmp_path)  # a folder
     with pytest.raises(ImageError, match="not a valid path"):
         load_image("bad\x00name.jpg")
@@ -197,3 +197,34 @@ def test_header_problem_screens_without_decoding_pixels():
     with pytest.raises(ImageError, match="truncated"):
         load_image(good[: len(good) // 2])  # ...which the full decode finds
     assert "pixel cap" in header_problem(good, max_pixels=128 * 127)
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "dev-zero"])
+def test_a_path_that_is_not_a_regular_file_is_refused_without_reading(tmp_path, kind):
+    """Issue 30: a FIFO made `load_image` (and `predict`) wait forever for a writer."""
+    import os
+    import threading
+    from pathlib import Path
+
+    path = tmp_path / "a.jpg"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo" and hasattr(os, "mkfifo"):
+        os.mkfifo(path)
+    elif kind == "dev-zero" and Path("/dev/zero").exists():
+        path.symlink_to("/dev/zero")
+    else:
+        pytest.skip(f"no {kind} here")
+    raised: list[Exception] = []
+
+    def load():
+        try:
+            load_image(path)
+        except ImageError as e:
+            raised.append(e)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert raised, "load_image blocked or accepted it"
+    assert str(raised[0]) == f"{path}: not a regular file (a folder, FIFO or device)"

@@ -304,7 +304,7 @@ def test_load_errors_are_clear(tmp_path):
     with pytest.raises(SaeFileError, match="missing tensors \\['b_dec'\\]"):
         load_sae(tmp_path)
     (tmp_path / "cfg.json").write_text("{not json")
-    with pytest.raises(SaeFileError, match="corrupt JSON"):
+    with pytest.raises(SaeFileError, match="cfg.json: not valid JSON"):
         load_sae(tmp_path)
     (tmp_path / "cfg.json").unlink()
     with pytest.raises(SaeFileError, match="holds no SAE: neither .*cfg.json nor .*sae/cfg.json"):

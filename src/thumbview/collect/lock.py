@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - Windows: the pid check alone decides
     fcntl = None  # type: ignore[assignment]
 
 from thumbview.collect.types import CollectError
+from thumbview.schema import parse_json, read_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class Holder:
 
 def _read_holder(path: Path) -> Holder | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(read_regular_file(path, 1 << 16))  # a FIFO or device: not ours
         return Holder(int(data["pid"]), str(data["host"]), str(data.get("since", "")))
     except (OSError, ValueError, KeyError, TypeError):
         return None  # empty (killed while writing) or not ours: nothing to respect

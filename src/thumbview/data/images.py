@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from thumbview.schema import NOT_REGULAR, open_regular
+
 # 50 megapixels is far above any YouTube thumbnail (maxres is 1280x720 = 0.9 MP) and
 # far below what would exhaust memory when decoded (50 MP x 4 bytes = 200 MB).
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -60,9 +62,11 @@ def load_image(
     in_memory = isinstance(source, bytes | bytearray | memoryview)
     name = name or ("upload" if in_memory else str(source))
     try:
-        fp = io.BytesIO(source) if in_memory else open(source, "rb")  # noqa: SIM115
+        fp = io.BytesIO(source) if in_memory else open_regular(source)  # never waits on a FIFO
     except FileNotFoundError as e:
         raise ImageError(f"{name}: file not found") from e
+    except IsADirectoryError as e:
+        raise ImageError(f"{name}: {NOT_REGULAR}") from e
     except OSError as e:
         raise ImageError(f"{name}: cannot open ({e.strerror or e})") from e
     except (ValueError, TypeError) as e:  # embedded NUL byte, not a path at all

@@ -55,6 +55,7 @@ from thumbview.data.images import (
 from thumbview.data.table import DatasetError, ThumbnailDataset
 from thumbview.fileio import atomic_write
 from thumbview.progress import SILENT, Progress
+from thumbview.schema import parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -296,8 +297,8 @@ def _as_text(column: pa.Array | pa.ChunkedArray) -> list[str]:
 
 def _column_order(schema: pa.Schema) -> list[str] | None:
     meta = (schema.metadata or {}).get(b"thumbview")
-    try:
-        return [str(c) for c in json.loads(meta)["columns"]] if meta else None
+    try:  # depth-limited: 10^5 nested brackets here raised RecursionError (issue 30)
+        return [str(c) for c in parse_json(meta)["columns"]] if meta else None
     except (ValueError, KeyError, TypeError):
         return None
 

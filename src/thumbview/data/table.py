@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import stat
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ from safetensors.numpy import load_file, save_file
 
 from thumbview.data.images import DEFAULT_MAX_BYTES, load_image
 from thumbview.fileio import atomic_write, dataset_cache_name, user_cache_root
+from thumbview.schema import NOT_REGULAR, JsonDepthError, parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,9 @@ _COUNT = re.compile(r"[+-]?([0-9]+|[0-9]{1,3}(,[0-9]{3})+)(\.[0-9]*)?([eE][+-]?[
 # 9.2e18, so sums, int64 columns and float64 logs of counts stay exact.
 MAX_COUNT = 10**12
 _ASCII_SPACE = " \t\r\n\f\v"
+# Fields a metadata row (or header) may have: pandas makes a column per field of the widest
+# row, so a row of 10^5 trailing commas would cost GBs; wider rows are malformed.
+MAX_FIELDS = 1024
 _VERIFY_FORMAT = 2  # bump when the verification cache layout or the meaning of a verdict changes
 
 # Per metadata row: None while the row is usable, else (reason, detail).
@@ -254,7 +259,8 @@ def _read_metadata(path: Path) -> tuple[pd.DataFrame, dict[int, tuple[str, str]]
         if path.suffix == ".csv":
             df, malformed = _read_csv(path)
         elif path.suffix == ".jsonl":
-            df = _as_text(_read_jsonl(path))
+            df, malformed = _read_jsonl(path)
+            df = _as_text(df)
         else:
             df = _as_text(pd.read_parquet(path))
     except DatasetError:
@@ -266,23 +272,67 @@ def _read_metadata(path: Path) -> tuple[pd.DataFrame, dict[int, tuple[str, str]]
 
 
 def _read_csv(path: Path) -> tuple[pd.DataFrame, dict[int, tuple[str, str]]]:
-    """pandas' C parser for a clean file (fast); the row-by-row reader when it is not."""
+    """pandas' C parser for a clean file (fast); the row-by-row reader when it is not.
+
+    Wide rows never reach pandas: it makes a column per field of its widest row (one row of
+    10^5 trailing commas cost `info` 3.2 GB; 10^6 aborted with bad_alloc). A streaming
+    pre-pass bounds every row's width (`_widest_row`); only a file whose rows are no wider
+    than its header goes to pandas, and then reading just the header's columns (`usecols`).
+    """
+    width = _header_width(path)
+    if width is not None and _widest_row(path) > width:  # extra fields: the careful reader
+        return _read_csv_rows(path)
     with warnings.catch_warnings():
         warnings.simplefilter("error", pd.errors.ParserWarning)  # extra fields: be careful
         try:
             # index_col=False: a row with extra fields must not shift file_name into the index.
             df = pd.read_csv(
-                path, dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False
+                path,
+                dtype=str,
+                keep_default_na=False,
+                encoding="utf-8-sig",
+                index_col=False,
+                usecols=None if width is None else range(width),
             )
             return df, {}
-        except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.ParserWarning):
+        except (ValueError, pd.errors.ParserWarning):  # parser, encoding, usecols
             pass
     return _read_csv_rows(path)
 
 
+def _header_width(path: Path) -> int | None:
+    """Fields in the header (None for an empty file: pandas says so); a header wider than
+    MAX_FIELDS is refused, since every row would be read that wide."""
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        header = next((r for r in csv.reader(f) if r), None)
+    if header is not None and len(header) > MAX_FIELDS:
+        raise DatasetError(
+            f"cannot read {path.name}: its header has {len(header):,} fields (at most {MAX_FIELDS})"
+        )
+    return None if header is None else len(header)
+
+
+def _widest_row(path: Path) -> int:
+    """An upper bound on the fields of the widest data row, without parsing (one pass of C
+    `count`s, file read in lines): commas + 1 per line, lines joined while a quote is open
+    (an odd number of `"` so far). A quoted comma only raises it. A stray quote inside an
+    unquoted field can make it miss a multi-line row's extra field; pandas then drops that
+    field unreported, but still reads only the header's columns, so memory stays bounded."""
+    widest = commas = quotes = 0
+    with path.open("rb") as f:
+        next(f, None)  # the header (a quoted newline in it only makes the bound larger)
+        for line in f:
+            commas += line.count(b",")
+            quotes += line.count(b'"')
+            if quotes % 2 == 0:  # the row ends here
+                widest, commas, quotes = max(widest, commas + 1), 0, 0
+    return max(widest, commas + 1 if commas else 0)
+
+
 def _read_csv_rows(path: Path) -> tuple[pd.DataFrame, dict[int, tuple[str, str]]]:
-    """Row by row: a row with a byte that is not UTF-8, or with more (non-empty) fields than
-    the header, is kept as a placeholder and marked malformed; every other row reads as usual.
+    """Row by row: a row with a byte that is not UTF-8, with more (non-empty) fields than
+    the header, or with more than MAX_FIELDS fields, is kept as a placeholder and marked
+    malformed; every other row reads as usual.
 
     Empty trailing fields ("a.jpg,5,") are harmless and tolerated: some writers add them.
     """
@@ -298,12 +348,14 @@ def _read_csv_rows(path: Path) -> tuple[pd.DataFrame, dict[int, tuple[str, str]]
         problem = _csv_row_problem(fields, len(header), reader.line_num)
         if problem:
             malformed[i] = ("malformed row", problem)
-            fields = [_printable(f) for f in fields]
+            fields = [_printable(f) for f in fields[: len(header)]]
         rows.append((fields + [""] * len(header))[: len(header)])
     return pd.DataFrame(rows, columns=header, dtype=str), malformed
 
 
 def _csv_row_problem(fields: list[str], width: int, line: int) -> str | None:
+    if len(fields) > MAX_FIELDS:
+        return f"line {line} has {len(fields):,} fields (at most {MAX_FIELDS})"
     if _has_bad_byte(fields):
         return f"line {line} has a byte that is not UTF-8"
     if any(f for f in fields[width:]):
@@ -320,20 +372,31 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
-    records = []
+def _read_jsonl(path: Path) -> tuple[pd.DataFrame, dict[int, tuple[str, str]]]:
+    """One JSON object a line. A line nested deeper than MAX_JSON_DEPTH (refused before
+    `json.loads` recurses) or with more than MAX_FIELDS keys is a malformed row (an empty
+    placeholder keeps row numbers); a line that is not JSON at all fails the file."""
+    records, malformed = [], {}
     with path.open(encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = parse_json(line, allow_nan=True)
+            except JsonDepthError as e:
+                malformed[len(records)] = ("malformed row", f"line {lineno} is {e}")
+                records.append({})
+                continue
             except json.JSONDecodeError as e:
                 raise DatasetError(f"{path.name} line {lineno} is not valid JSON ({e.msg})") from e
             if not isinstance(record, dict):
                 raise DatasetError(f"{path.name} line {lineno} is not a JSON object")
+            if len(record) > MAX_FIELDS:
+                detail = f"line {lineno} has {len(record):,} fields (at most {MAX_FIELDS})"
+                malformed[len(records)] = ("malformed row", detail)
+                record = {}
             records.append(record)
-    return pd.DataFrame.from_records(records)
+    return pd.DataFrame.from_records(records), malformed
 
 
 def _as_text(df: pd.DataFrame) -> pd.DataFrame:
@@ -382,8 +445,12 @@ def _file_problem(
         return ("unsafe file_name", unsafe)
     if not name.strip():
         return ("missing image", "empty file_name")
-    if not (root / name).is_file():
+    try:
+        mode = (root / name).stat().st_mode
+    except (OSError, ValueError):  # absent, a dangling link, a name the OS refuses
         return ("missing image", f"no file at {name}")
+    if not stat.S_ISREG(mode):  # reading a FIFO would block; a device never ends
+        return ("unreadable image", f"{name} is {NOT_REGULAR}")
     return None
 
 

@@ -9,10 +9,17 @@ Rows are keyed by a digest of the *content* (image bytes, or title text), not by
 so an edited image is recomputed, a renamed one is not, and a changed encoder spec lands in
 a different folder. Shards are written as work progresses, so an interrupted `embed` resumes
 where it stopped and adding images computes only the new ones.
+
+Two `embed` runs of the same features at once (two terminals, `train` beside `cv`) used to
+both compute every row and write every shard twice. A run now holds the folder's lock
+(`FeatureStore.exclusive`, an `flock` on `.lock`, released by the kernel if the run dies)
+from reading the cache to its last shard; a second run waits there, then finds the rows
+the first computed and computes only what is still missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,6 +38,12 @@ from thumbview.data.images import ImageError, load_image
 from thumbview.embed.base import Encoder
 from thumbview.fileio import atomic_write, dataset_cache_name, user_cache_root
 from thumbview.progress import SILENT, Advance, Progress
+from thumbview.schema import SchemaError, load_json
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock, two runs may both compute
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +115,32 @@ class FeatureStore:
         self.path = Path(cache_dir) / f"{encoder.name}-{encoder.spec_hash()}"
         self.spec = encoder.spec()
 
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold this store for one run: another process embedding the same features waits
+        here (logged), then reuses what this one wrote. Best effort: where the folder cannot
+        be written or `flock` does not exist, runs go on unlocked (as they did before)."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            log.debug("no lock for %s (%s); embedding without it", self.path, e)
+            yield
+            return
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    log.warning(
+                        "another run is embedding into %s; waiting for it, then reusing its rows",
+                        self.path,
+                    )
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
     def load(self) -> dict[bytes, np.ndarray]:
         """digest -> feature row, over every valid shard; a spec mismatch means start afresh."""
         if not self._spec_matches():
@@ -135,9 +174,9 @@ class FeatureStore:
         spec_file = self.path / "spec.json"
         if not spec_file.exists():
             return False
-        try:
-            stored = json.loads(spec_file.read_text())["spec"]
-        except (json.JSONDecodeError, KeyError):
+        try:  # size and depth limited; a FIFO or a device here is a mismatch, never a hang
+            stored = load_json(spec_file)["spec"]
+        except (SchemaError, KeyError, TypeError):
             return False
         if stored != json.loads(json.dumps(self.spec)):
             log.warning("cache %s was made by a different encoder spec; recomputing", self.path)
@@ -169,7 +208,7 @@ def embed(
     not lose an hour of work. Shown as the task "embed <encoder>" of `progress`.
     """
     store = FeatureStore(cache_dir or default_cache_dir(dataset.root), encoder)
-    with progress.task(f"embed {encoder.name}", total=len(dataset)) as advance:
+    with progress.task(f"embed {encoder.name}", total=len(dataset)) as advance, store.exclusive():
         digests = input_digests(dataset, encoder, workers)
         table = store.load()
         todo = unique_missing(digests, table)

@@ -96,7 +96,7 @@ def embed_ray(
     ray = connect(options.address)
     encoder = make_encoder()
     store = cache.FeatureStore(cache_dir or cache.default_cache_dir(dataset.root), encoder)
-    with progress.task(f"embed {encoder.name}", total=len(dataset)) as advance:
+    with progress.task(f"embed {encoder.name}", total=len(dataset)) as advance, store.exclusive():
         digests = _digests(ray, dataset, encoder)
         table = store.load()
         todo = cache.unique_missing(digests, table)

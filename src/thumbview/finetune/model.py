@@ -29,6 +29,7 @@ from thumbview.predict.model import (
     ArtifactError,
     ViewPredictor,
 )
+from thumbview.schema import load_json
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +193,7 @@ def read_meta(directory: Path) -> dict[str, Any]:
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
             raise ArtifactError(f"{directory}: missing {name} (not a saved thumbview model?)")
-    try:
-        meta = json.loads((directory / CONFIG_FILE).read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{directory / CONFIG_FILE}: corrupt JSON ({e})") from e
+    meta = load_json(directory / CONFIG_FILE, ArtifactError)  # size and depth limited
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ArtifactError(f"{directory / CONFIG_FILE}: not a fine-tuned thumbview model")
     if meta.get("format_version", 0) > FORMAT_VERSION:

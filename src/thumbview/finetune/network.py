@@ -20,6 +20,7 @@ from torch import nn
 
 from thumbview.finetune.config import FinetuneConfig, FinetuneError, backbone_spec
 from thumbview.finetune.weights import download, is_hub_id, load_backbone, read_safetensors
+from thumbview.schema import MAX_JSON_BYTES, parse_json, read_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +235,8 @@ def _read_hf_folder(path: Path, name: str) -> tuple[dict[str, torch.Tensor], dic
             f"--init {name}: not a Hugging Face model folder (needs config.json and model.safetensors)"
         )
     try:
-        hf = json.loads(cfg_path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
+        hf = parse_json(read_regular_file(cfg_path, MAX_JSON_BYTES), allow_nan=True)
+    except (OSError, ValueError) as e:  # also: not a file, over the cap, too deep
         raise FinetuneError(f"--init {name}: config.json is not valid JSON ({e})") from e
     kind = {"clip": "clip", "clip_vision_model": "clip", "vit": "vit", "convnext": "convnext"}.get(
         hf.get("model_type")

@@ -9,7 +9,6 @@ it imports torchvision, which must be built for the installed torch.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch import nn
 
 from thumbview.finetune.config import TIMM_PREFIX, FinetuneConfig, FinetuneError
 from thumbview.finetune.weights import download, is_hub_id, load_backbone, read_safetensors
+from thumbview.schema import MAX_JSON_BYTES, parse_json, read_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,8 @@ def _read_folder(path: Path, name: str, backbone: str) -> tuple[dict[str, torch.
     cfg: Any = {}
     if cfg_path.is_file():
         try:
-            cfg = json.loads(cfg_path.read_text())
-        except (ValueError, UnicodeDecodeError) as e:
+            cfg = parse_json(read_regular_file(cfg_path, MAX_JSON_BYTES), allow_nan=True)
+        except (OSError, ValueError) as e:  # also: not a file, over the cap, too deep
             raise FinetuneError(f"--init {name}: config.json is not valid JSON ({e})") from e
     if not isinstance(cfg, dict):
         raise FinetuneError(f"--init {name}: config.json is not a timm model config")

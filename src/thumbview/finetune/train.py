@@ -30,6 +30,7 @@ from thumbview.finetune.network import build_network
 from thumbview.predict.crossval import EvalResult, Metrics, compute_metrics, group_train_test_split
 from thumbview.predict.target import make_target
 from thumbview.progress import SILENT, Progress
+from thumbview.schema import MAX_JSON_BYTES, parse_json, read_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +189,8 @@ def _read_checkpoint(folder: Path, net, opt, sched, config: FinetuneConfig) -> t
     if not json_path.is_file() or not tensor_path.is_file():
         raise FinetuneError(f"--resume: no checkpoint in {folder}; run without --resume")
     try:
-        state = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:
+        state = parse_json(read_regular_file(json_path, MAX_JSON_BYTES), allow_nan=True)
+    except (OSError, ValueError) as e:  # not a file, over the cap, too deep, not JSON
         raise _damaged(json_path, f"not valid JSON: {e}") from e
     try:
         with safe_open(tensor_path, "pt") as f:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 import logging
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -26,6 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from thumbview.layout import MODEL_CONFIG
+from thumbview.schema import SchemaError, load_json
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,9 @@ def known_kinds() -> list[str]:
 
 def model_format(model_dir: Path) -> str | None:
     """The `format` in a folder's config.json, or None when it cannot be read (cheap: no torch)."""
-    try:
-        meta = json.loads((Path(model_dir) / MODEL_CONFIG).read_text())
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+    try:  # within the size and depth limits: a link to /dev/zero or 10^5 brackets is None
+        meta = load_json(Path(model_dir) / MODEL_CONFIG)
+    except SchemaError:
         return None
     fmt = meta.get("format") if isinstance(meta, dict) else None
     return fmt if isinstance(fmt, str) else None

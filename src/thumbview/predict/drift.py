@@ -407,9 +407,10 @@ class TrainingRange:
         if not path.is_file():
             return None
         from thumbview.predict.model import ArtifactError  # model imports no drift: no ring
+        from thumbview.schema import MAX_JSON_BYTES, parse_json, read_regular_file
 
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
+        try:  # size and depth limited (issue 30)
+            d = parse_json(read_regular_file(path, MAX_JSON_BYTES), allow_nan=True)
             blocks = {k: _block_from_json(v) for k, v in d["blocks"].items()}
             return cls(d["target"], tuple(d["target_quantiles"]), blocks)
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:

@@ -421,14 +421,15 @@ class PairwiseModel:
     @classmethod
     def load(cls, model_dir: Path) -> PairwiseModel | None:
         """The saved pairwise model, or None for models trained before it existed."""
-        from thumbview.predict.model import ViewPredictor
+        from thumbview.predict.model import ArtifactError, ViewPredictor
+        from thumbview.schema import load_json
 
         root = Path(model_dir) / PAIRWISE_DIR
         if not (root / PAIRWISE_FILE).is_file():
             return None
         self = cls()
         self.calibration_ = PairCalibration.from_json_dict(
-            json.loads((root / PAIRWISE_FILE).read_text())
+            load_json(root / PAIRWISE_FILE, ArtifactError)
         )
         folds = sorted(root.glob("fold-*"), key=lambda p: int(p.name.split("-")[1]))
         self.fold_models_ = [ViewPredictor.load(p) for p in folds]

@@ -45,7 +45,7 @@ from thumbview.predict.crossval import (
     evaluate_predictor,
 )
 from thumbview.predict.drift import TrainingRange
-from thumbview.predict.model import PredictorConfig, ViewPredictor, block_rows
+from thumbview.predict.model import ArtifactError, PredictorConfig, ViewPredictor, block_rows
 from thumbview.predict.pairwise import PairwiseError, PairwiseModel, score_pairs
 from thumbview.predict.protocol import (
     SplitPlan,
@@ -54,6 +54,7 @@ from thumbview.predict.protocol import (
 )
 from thumbview.predict.target import make_target
 from thumbview.progress import SILENT, Progress
+from thumbview.schema import load_json
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +324,7 @@ def _extras(result: EvalResult, model, model_dir: Path, blocks, y, dataset, rows
 
 def _training_record(model_dir: Path) -> dict:
     path = Path(model_dir) / TRAINING_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    return load_json(path, ArtifactError) if path.exists() else {}
 
 
 def training_ids(model_dir: Path) -> set[str]:

@@ -49,6 +49,7 @@ from thumbview.sae.config import (
     sae_config_from_dict,
 )
 from thumbview.sae.model import SparseAutoencoder
+from thumbview.schema import load_json
 
 _PARAM_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
@@ -58,12 +59,7 @@ class SaeFileError(ValueError):
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise SaeFileError(f"{path}: file not found") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SaeFileError(f"{path}: unreadable or corrupt JSON ({e})") from e
+    data = load_json(path, SaeFileError, allow_nan=True)  # size and depth limited
     if not isinstance(data, dict):
         raise SaeFileError(f"{path}: expected a JSON object")
     return data
@@ -184,10 +180,7 @@ CLIP_TOKENS_KEYS = ("clip_tokens",)
 
 def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON file that must hold an object; a missing or broken file is a StudyError."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StudyError(f"cannot read {path}: {e}") from e
+    data = load_json(path, StudyError, allow_nan=True)  # size and depth limited
     if not isinstance(data, dict):
         raise StudyError(f"{path} is not a JSON object")
     return data

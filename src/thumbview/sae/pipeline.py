@@ -30,6 +30,7 @@ from thumbview.sae.config import ActivationSource, SaeError, TrainConfig, sae_co
 from thumbview.sae.folder import activation_encoder, encode_sparse
 from thumbview.sae.shards import ShardedActivations
 from thumbview.sae.train import EvalMetrics, SaeTrainer
+from thumbview.schema import SchemaError, load_json
 
 log = logging.getLogger(__name__)
 
@@ -170,17 +171,21 @@ def _activations(
     )
 
 
+def _sidecar(path: Path) -> object:
+    """A cache's sidecar JSON, or None when absent or unreadable (size and depth limited)."""
+    try:
+        return load_json(path) if path.exists() else None
+    except SchemaError:
+        return None
+
+
 def _all_token_activations(
     dataset, source: ActivationSource, encoder, path: Path, progress: Progress
 ) -> np.ndarray:
     """(N * T, D) float32 memory-mapped; reused when its sidecar matches, else rebuilt."""
     key = {"spec": encoder.spec(), "tokens": "all", "files": [str(p) for p in dataset.paths]}
     sidecar = path.with_suffix(".json")
-    if (
-        path.exists()
-        and sidecar.exists()
-        and json.loads(sidecar.read_text()) == json.loads(json.dumps(key))
-    ):
+    if path.exists() and _sidecar(sidecar) == json.loads(json.dumps(key)):
         return np.load(path, mmap_mode="r")
     first = encoder.residual_stream(
         [load_image(dataset.image_source(0))], layer=source.layer, tokens="all"

@@ -27,7 +27,7 @@ from thumbview.frames.rank import PROGRESS_SHARES
 from thumbview.progress import Progress
 from thumbview.serve.engine import Batching, Engine, steady_heap
 from thumbview.serve.jobs import FrameJobs, JobError
-from thumbview.serve.security import Guard, Security
+from thumbview.serve.security import BodyPace, Guard, Security
 from thumbview.serve.uploads import (
     DecodedImage,
     Limits,
@@ -124,6 +124,7 @@ def create_app(
         Path(sae_dir) if sae_dir else None,
         Path(study_dir) if study_dir else None,
         batching,
+        limits.compute_timeout_s,
     )
     jobs = FrameJobs(
         _frame_ranker(engine),
@@ -136,7 +137,7 @@ def create_app(
     async def lifespan(app: FastAPI):
         yield
         jobs.close()
-        engine.batcher.close()
+        engine.close()
 
     app = FastAPI(
         title="thumbview",
@@ -148,7 +149,8 @@ def create_app(
     app.state.engine, app.state.jobs, app.state.limits = engine, jobs, limits
     _install_error_handlers(app)
     body_cap = lambda path: limits.max_request_bytes(video=path.startswith("/frames"))  # noqa: E731
-    app.add_middleware(Guard, security=security, body_cap=body_cap)
+    pace = BodyPace(limits.body_grace_s, limits.min_body_bytes_per_s)
+    app.add_middleware(Guard, security=security, body_cap=body_cap, pace=pace)
     _add_model_routes(app, engine, limits)
     _add_frames_routes(app, jobs, limits)
     _add_page_routes(app, engine)
@@ -266,11 +268,12 @@ def run(
     batching: Batching = Batching(),
     bot_dir: str | Path | None = None,
 ) -> None:
-    """Load the models, then say where the page is, then serve (blocks until interrupted).
+    """Load the models, then say where the page is, then serve (blocks until interrupted;
+    stops within `limits.shutdown_grace_s` of SIGTERM / Ctrl+C, see `serve.server`).
 
     Loopback only by default; the name the server is bound to is added to the allowed hosts.
     """
-    import uvicorn
+    from thumbview.serve.server import serve
 
     steady_heap()  # before the models load, so their buffers follow it too
     app = create_app(
@@ -280,4 +283,4 @@ def run(
         log.warning("serving on %s: anyone who can reach this address can use the app", host)
     shown = f"[{host}]" if ":" in host else host
     announce(f"thumbview on http://{shown}:{port}  (Ctrl+C to stop)")
-    uvicorn.run(app, host=host, port=port)
+    serve(app, host, port, limits.header_timeout_s, limits.shutdown_grace_s)

@@ -6,6 +6,12 @@ Every model call takes one lock, so concurrent requests never multiply memory. C
 /predict requests are not served one by one behind that lock: a `MicroBatcher` gathers
 those that arrive within a few milliseconds of each other into one encoder call (one
 batched OCR / text-model pass instead of N), and hands each request its own row.
+
+Every model call runs in a worker thread (the batcher's for /predict, a second one for
+/compare and /explain), never in the request's: the request waits at most
+`compute_timeout_s` and then answers 503, and a call that never returns (a hostile model
+folder, a deadlock) holds one daemon thread, not the server. While a call has run past the
+deadline, new requests get the 503 at once instead of queueing behind it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -82,6 +89,8 @@ class MicroBatcher(Generic[T, R]):
 
     `run` maps a list of items to a list of results of the same length. When a batch
     fails, its items are retried one by one, so a bad item fails only its own request.
+    `submit(item, timeout)` raises TimeoutError when the result is not there in time (and
+    at once while the worker has been busy longer than that with an earlier batch).
     """
 
     def __init__(self, run: Callable[[list[T]], list[R]], batching: Batching = Batching()):
@@ -90,13 +99,22 @@ class MicroBatcher(Generic[T, R]):
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.batch_sizes: list[int] = []  # for tests and benchmarks: the size of each call
+        self._busy_since: float | None = None  # when the running batch started
 
-    def submit(self, item: T) -> R:
+    def submit(self, item: T, timeout: float | None = None) -> R:
         """The result for `item`, computed in a batch with whatever else is waiting."""
+        busy_since = self._busy_since
+        if timeout is not None and busy_since is not None:
+            if time.monotonic() - busy_since > timeout:
+                raise TimeoutError(f"busy for over {timeout:g} s with an earlier request")
         future: Future = Future()
         self._ensure_worker()
         self._queue.put((item, future))
-        return future.result()
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            future.cancel()  # not started yet: the worker skips it
+            raise TimeoutError(f"no result within {timeout:g} s") from None
 
     def close(self) -> None:
         if self._thread is not None:
@@ -113,7 +131,13 @@ class MicroBatcher(Generic[T, R]):
     def _loop(self) -> None:
         while (first := self._queue.get()) is not None:
             batch, stop = self._gather(first)
-            self._serve(batch)
+            batch = [(i, f) for i, f in batch if f.set_running_or_notify_cancel()]
+            self._busy_since = time.monotonic()
+            try:
+                if batch:
+                    self._serve(batch)
+            finally:
+                self._busy_since = None
             if stop:
                 return
 
@@ -157,10 +181,14 @@ class Engine:
         sae: SaeEncoder | None = None,
         study: Any = None,
         batching: Batching = Batching(),
+        compute_timeout_s: float | None = None,
     ):
         self.predictor, self.sae, self.study = predictor, sae, study
+        self.compute_timeout_s = compute_timeout_s
         self.lock = threading.Lock()
         self.batcher: MicroBatcher = MicroBatcher(self._predict_rows, batching)
+        # /compare and /explain: one at a time in their own worker, under the same deadline.
+        self.calls: MicroBatcher = MicroBatcher(_call_each, Batching(window_s=0, max_batch=1))
 
     @classmethod
     def load(
@@ -169,6 +197,7 @@ class Engine:
         sae_dir: Path | None = None,
         study_dir: Path | None = None,
         batching: Batching = Batching(),
+        compute_timeout_s: float | None = None,
     ) -> Engine:
         """Load everything now: a bad folder fails here, before the server listens."""
         predictor = LoadedPredictor.load(model_dir)
@@ -176,10 +205,28 @@ class Engine:
         if sae_dir is None or study_dir is None:
             if sae_dir is not None or study_dir is not None:
                 log.warning("explanations need both an SAE and its study; /explain is disabled")
-            return cls(predictor, batching=batching)
+            return cls(predictor, batching=batching, compute_timeout_s=compute_timeout_s)
         from thumbview.sae.explain import load_study
 
-        return cls(predictor, SaeEncoder.load(sae_dir), load_study(study_dir), batching)
+        sae, study = SaeEncoder.load(sae_dir), load_study(study_dir)
+        return cls(predictor, sae, study, batching, compute_timeout_s)
+
+    def close(self) -> None:
+        """Stop the workers (a call still running is left to finish: threads are daemons)."""
+        self.batcher.close()
+        self.calls.close()
+
+    def _within_deadline(self, batcher: MicroBatcher, item: Any) -> Any:
+        """`batcher.submit(item)` under the compute deadline; 503 in words when it passes."""
+        try:
+            return batcher.submit(item, self.compute_timeout_s)
+        except TimeoutError as e:
+            log.warning("model call refused or abandoned: %s", e)
+            raise UploadError(
+                f"the model did not answer within {self.compute_timeout_s:g} s ({e}); "
+                "try again later",
+                503,
+            ) from None
 
     @property
     def coverage(self) -> float:
@@ -188,7 +235,7 @@ class Engine:
     # ----- predict: micro-batched ---------------------------------------------------------
     def predict(self, image: DecodedImage, title: str) -> dict[str, Any]:
         """One image x one title, computed together with concurrent requests."""
-        return self.batcher.submit((image, title))
+        return self._within_deadline(self.batcher, (image, title))
 
     def _predict_rows(self, rows: list[tuple[DecodedImage, str]]) -> list[dict[str, Any]]:
         """(image, title) rows side by side -> one prediction each, in one encoder call."""
@@ -203,15 +250,19 @@ class Engine:
         from thumbview.compare import compare
 
         p, sae = self.predictor, self.sae if self.study is not None else None
-        with self.lock:
-            result = compare(
-                p,
-                [d.image for d in images],
-                [d.name for d in images],
-                titles or [""],
-                study=self.study,
-                sae=sae,
-            )
+
+        def run():
+            with self.lock:
+                return compare(
+                    p,
+                    [d.image for d in images],
+                    [d.name for d in images],
+                    titles or [""],
+                    study=self.study,
+                    sae=sae,
+                )
+
+        result = self._within_deadline(self.calls, run)
         # `images` in upload order lets the page match candidates to its previews.
         return {"images": [d.name for d in images], **result.to_json_dict()}
 
@@ -227,9 +278,12 @@ class Engine:
         self.require_study()
         from thumbview.sae.explain import explain_latents
 
-        with self.lock:
-            z = self.sae.latents([image.image])[0]  # (d_sae,)
-        return [_feature_json(f) for f in explain_latents(z, self.study, top)]
+        def run():
+            with self.lock:
+                z = self.sae.latents([image.image])[0]  # (d_sae,)
+            return [_feature_json(f) for f in explain_latents(z, self.study, top)]
+
+        return self._within_deadline(self.calls, run)
 
     def example(self, latent: int, k: int) -> Path:
         """A study thumbnail for a latent: looked up in the study, not built from the URL."""
@@ -251,6 +305,10 @@ class Engine:
             "coverage": self.coverage,
             "explain": self.study is not None,
         }
+
+
+def _call_each(calls: list[Callable[[], Any]]) -> list[Any]:
+    return [call() for call in calls]
 
 
 def _feature_json(f) -> dict[str, Any]:

@@ -11,6 +11,9 @@ So, before a route runs:
   `Origin` on cross-origin POSTs) and is allowed, so `curl` and scripts keep working;
 - the body is counted as it streams and refused with 413 at the cap, whatever
   `Content-Length` says or whether there is one (chunked uploads);
+- the body must keep pace (`BodyPace`): a body that stalls, or trickles in a byte at a
+  time, is answered 408 and its connection closed, instead of holding a connection and a
+  request task for as long as the client likes;
 - multipart form fields are checked as they stream: a field sent twice where one is
   expected (two `image` parts) is a 400, a text field that is not UTF-8 a 422.
 
@@ -20,7 +23,9 @@ allows only this server's own scripts and styles and forbids framing.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -65,6 +70,20 @@ class Security:
         if host in ("0.0.0.0", "::", "") or host in self.allowed_hosts:
             return self
         return Security(self.allowed_hosts + (host,), self.same_origin_posts)
+
+
+@dataclass(frozen=True)
+class BodyPace:
+    """How fast a request body must arrive: all of it within `grace_s` plus one second per
+    `min_bytes_per_s` received so far. A stalled body (nothing more) and a trickled one (a
+    byte a second) both miss it after about `grace_s`; a large upload at a LAN's speed
+    never does (64 KB/s lets 512 MB take 2 hours)."""
+
+    grace_s: float = 10.0
+    min_bytes_per_s: float = 64 * 1024
+
+    def seconds_left(self, elapsed: float, received: int) -> float:
+        return self.grace_s + received / self.min_bytes_per_s - elapsed
 
 
 class Refused(HTTPException):
@@ -171,17 +190,24 @@ class FormCheck:
 
 
 class Guard:
-    """ASGI middleware: host and origin checks, the streamed body cap, the form check and
-    the security headers. `body_cap(path)` is the byte cap for a request to `path`."""
+    """ASGI middleware: host and origin checks, the streamed body cap and pace, the form
+    check and the security headers. `body_cap(path)` is the byte cap for a request to `path`."""
 
-    def __init__(self, app: ASGIApp, security: Security, body_cap: Callable[[str], int]):
-        self.app, self.security, self.body_cap = app, security, body_cap
+    def __init__(
+        self,
+        app: ASGIApp,
+        security: Security,
+        body_cap: Callable[[str], int],
+        pace: BodyPace = BodyPace(),
+    ):
+        self.app, self.security, self.body_cap, self.pace = app, security, body_cap, pace
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        send = _with_headers(send)
+        body = _Body()
+        send = _with_headers(send, body)
         headers = Headers(scope=scope)
         refused = refusal(scope["method"], headers, scope.get("scheme", "http"), self.security)
         cap = self.body_cap(scope["path"])
@@ -191,36 +217,67 @@ class Guard:
         if refused is not None:
             await _send_error(send, refused)
             return
-        await self.app(scope, _checked_receive(receive, cap, headers), send)
+        await self.app(scope, _checked_receive(receive, cap, headers, self.pace, body), send)
 
 
-def _checked_receive(receive: Receive, cap: int, headers: Headers) -> Receive:
-    """`receive` that counts body bytes (413 past `cap`) and feeds multipart to `FormCheck`."""
+class _Body:
+    """What the guard saw of one request's body: bytes so far, whether it is complete, and
+    whether it was refused (then the response closes the connection: the rest is unread)."""
+
+    def __init__(self) -> None:
+        self.start, self.received, self.complete, self.refused = time.monotonic(), 0, False, False
+
+    def refuse(self, status: int, message: str) -> Refused:
+        self.refused = True
+        return Refused(status, message)
+
+
+def _checked_receive(
+    receive: Receive, cap: int, headers: Headers, pace: BodyPace, body: _Body
+) -> Receive:
+    """`receive` that counts body bytes (413 past `cap`), holds the body to `pace` (408),
+    and feeds multipart to `FormCheck`. Once the body is complete, later calls (Starlette
+    listening for a disconnect while it streams a response) are passed through untimed."""
     content_type = headers.get("content-type", "")
     form = FormCheck(content_type) if content_type.startswith("multipart/form-data") else None
-    received = 0
 
     async def checked() -> Message:
-        nonlocal received
-        message = await receive()
-        if message["type"] == "http.request":
-            body = message.get("body", b"")
-            received += len(body)
-            if received > cap:
-                raise Refused(413, f"request body is larger than the {cap / 2**20:.0f} MB limit")
-            if form is not None:
-                form.feed(body)
+        if body.complete:
+            return await receive()
+        left = pace.seconds_left(time.monotonic() - body.start, body.received)
+        try:
+            message = await asyncio.wait_for(receive(), max(left, 0.0))
+        except TimeoutError:
+            raise body.refuse(
+                408, f"request body too slow: {body.received:,} bytes after {pace.grace_s:g} s"
+            ) from None
+        if message["type"] != "http.request":
+            body.complete = True  # http.disconnect
+            return message
+        chunk = message.get("body", b"")
+        body.received += len(chunk)
+        body.complete = not message.get("more_body", False)
+        if body.received > cap:
+            raise body.refuse(413, f"request body is larger than the {cap / 2**20:.0f} MB limit")
+        if form is not None:
+            try:
+                form.feed(chunk)
+            except Refused:
+                body.refused = True
+                raise
         return message
 
     return checked
 
 
-def _with_headers(send: Send) -> Send:
+def _with_headers(send: Send, body: _Body | None = None) -> Send:
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = MutableHeaders(scope=message)
             for name, value in SECURITY_HEADERS:
                 headers.setdefault(name, value)
+            if body is not None and body.refused:  # the rest of the body stays unread
+                headers["connection"] = "close"
         await send(message)
 
     return sending

@@ -38,11 +38,19 @@ class Limits:
     max_frame_pixels: int = MAX_FRAME_PIXELS  # video frame width x height
     max_frame_jobs: int = 2  # queued + running frame jobs at once
     keep_finished_jobs: int = 8  # finished jobs (and their stills) kept for the page to read
+    # Time (seconds): see serve.server (headers), serve.security.BodyPace (body), serve.engine.
+    header_timeout_s: float = 10.0  # a request's headers, from connection (or last response)
+    body_grace_s: float = 10.0  # a body: this, plus 1 s per min_body_bytes_per_s received
+    min_body_bytes_per_s: float = 64 * 1024
+    compute_timeout_s: float = 60.0  # a model call (predict, compare, explain) -> 503
+    shutdown_grace_s: float = 3.0  # running requests get this long after SIGTERM / Ctrl+C
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if value < 1:
+            if isinstance(value, int) and value < 1:
                 raise ValueError(f"Limits.{name} must be at least 1, got {value}")
+            if not value > 0:
+                raise ValueError(f"Limits.{name} must be positive, got {value}")
 
     def max_request_bytes(self, video: bool) -> int:
         """Whole-body cap, counted as the body streams in (form fields: 1 MB on top)."""
