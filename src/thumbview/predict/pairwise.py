@@ -335,7 +335,12 @@ def heldout_skill(p, won, keys) -> tuple[float, float, float, float]:
     untied share; the difference is paired, so the shared tie share cancels in its se."""
     p, won = np.asarray(p, np.float64), np.asarray(won, np.float64)
     loss, coin = (p - won) ** 2, (0.5 - won) ** 2  # (P,) each
-    return brier(p, won), clustered_se(loss, keys), float(coin.mean()), clustered_se(loss - coin, keys)
+    return (
+        brier(p, won),
+        clustered_se(loss, keys),
+        float(coin.mean()),
+        clustered_se(loss - coin, keys),
+    )
 
 
 def score_pairs(pred, y, groups, sigma: float, seed: int = 0) -> PairCalibration:
