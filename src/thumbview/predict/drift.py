@@ -235,6 +235,7 @@ MIN_NOVELTY_ROWS = 40  # training rows below which the per-feature ranges are fi
 MAX_TENSOR_BYTES = 256 * 1024 * 1024  # a range file is kilobytes to a megabyte; refuse more
 NOVELTY_FILE = "training_range.safetensors"  # the novelty score's arrays, beside RANGE_FILE
 COLUMN, ALONG, TOGETHER, OFF, LEAD = "column", "direction", "within", "distance", "predictive"
+LEAD_Z = 2.0  # a predictive weight within this many standard errors of 0 is left out
 RIDGE = 0.1  # the predictive direction's ridge penalty (whitened coordinates have unit sd)
 
 
@@ -288,6 +289,8 @@ class BlockNovelty:
         axis_knots, axis_tails = margins(T)
         yc = np.asarray(y, dtype=np.float64) - np.mean(y)
         weights = np.linalg.solve(T.T @ T / len(T) + RIDGE * np.eye(T.shape[1]), T.T @ yc / len(T))
+        se = np.sqrt(np.mean((yc - T @ weights) ** 2) / len(T))  # each weight's, roughly
+        weights = np.where(np.abs(weights) > LEAD_Z * se, weights, 0.0)  # noise: left out
         lead_knots, lead_tails = margins((T @ weights)[:, None])
         return cls(tuple(names), knots, tails, seen, center, basis, scale, rho, axis_knots,
                    axis_tails, weights, lead_knots, lead_tails)  # fmt: skip
