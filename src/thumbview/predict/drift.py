@@ -503,17 +503,11 @@ class Novelty:
         blocks = {k: np.asarray(v, dtype=np.float64) for k, v in blocks.items()}
         y = np.asarray(y, dtype=np.float64)
         n = len(next(iter(blocks.values())))
-        fit_rows, cal_rows = halves(n, groups, seed)
-        sub = None if groups is None else np.asarray(groups, dtype=object)[fit_rows]
-        a, b = halves(len(fit_rows), sub, seed + 1)
+        fit_rows, scale_rows, cal_rows = split_rows(n, groups, seed, alpha)
         final = _fit_blocks(blocks, y, fit_rows, names)
         components = tuple((name, k) for name, bn in final.items() for k in bn.kinds)
-        ks = {name: len(bn.scale) for name, bn in final.items()}  # the same statistics
-        crossed = np.vstack([  # (n_fit, C): statistics of rows the blocks were not fitted on
-            _statistics(_fit_blocks(blocks, y, fit_rows[p], names, ks), components,
-                        {k: v[fit_rows[q]] for k, v in blocks.items()})
-            for p, q in ((a, b), (b, a))
-        ])  # fmt: skip
+        # (n_scale, C): the statistics on rows the blocks were not fitted on, as new rows'
+        crossed = _statistics(final, components, {k: v[scale_rows] for k, v in blocks.items()})
         knots, tails = margins(crossed)
         self = cls(alpha, final, components, {"knots": knots, "tails": tails}, np.zeros(0))
         cal = np.sort(self.scores({k: v[cal_rows] for k, v in blocks.items()})[0])
@@ -617,6 +611,28 @@ class Novelty:
         if m < 1 or np.any(np.diff(cal) < 0):
             raise ValueError("the calibration scores must be sorted and not empty")
         return cls(alpha, blocks, components, scales, cal)
+
+
+def split_rows(n: int, groups=None, seed: int = 0, alpha: float = ALPHA):
+    """(rows to fit the statistics on, rows to measure their distributions on, calibration
+    rows): disjoint, whole groups (channels) on one side when given. Calibration gets a
+    quarter of the rows but at least 1/alpha (so that alpha can be reached) and at most half;
+    the statistics' distributions a third of the rest, the statistics themselves the others."""
+    m = min(max(int(np.ceil(n / 4)), int(np.ceil(1 / alpha))), n // 2)
+    sizes = np.cumsum([n - m - (n - m) // 3, (n - m) // 3])  # row counts of the first two
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        order = rng.permutation(n)
+        return tuple(np.sort(part) for part in np.split(order, sizes))
+    _, codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    counts = np.bincount(codes)
+    perm = rng.permutation(len(counts))
+    ends = np.cumsum(counts[perm])  # rows covered after each group, in that order
+    part = np.searchsorted(sizes, ends - counts[perm] // 2, side="right")  # (G,) 0, 1 or 2
+    which = np.empty(len(counts), int)
+    which[perm] = part
+    rows = np.arange(n)
+    return tuple(rows[which[codes] == k] for k in range(3))
 
 
 def _fit_blocks(blocks: dict[str, np.ndarray], y, rows: np.ndarray, names, ks=None) -> dict:
