@@ -8,28 +8,39 @@ therefore records the training distribution of its target (quantiles) and of eac
 block (`training_range.json`), and evaluation, prediction, comparison, the web page and the
 bot's reward all ask `TrainingRange.check` and get one `DriftReport`.
 
-The check looks at one feature at a time, because a whole-block distance (the
-root-mean-square of the standardised columns, the check before this one) averages a shift
-in one column away over the others, the more so the wider the block:
+The check gives every row one novelty score with a stated false-alarm rate (`Novelty`,
+files from issue 29 on). Each block contributes five statistics, so no direction is blind:
 
-- Narrow blocks (at most `NARROW` columns: context, title descriptors, visual descriptors):
-  each column on its own. A value is outside when it lies beyond everything training saw
-  *and* beyond the 0.5-99.5% training range widened by `MARGIN` x its width. Never flagging
-  a value training saw keeps counts (faces, emoji) quiet; the margin keeps the tails of
-  continuous columns quiet. Flagged columns are named, in their own units where they have
-  one ("publication year 2019-2020 is outside the training years 2012-2015").
-- Embedding blocks (title, clip): the same range check on a row's coordinates along the
-  block's main directions (top principal components of the standardised block, whitened),
-  on their root-mean-square (a Mahalanobis distance on that low-rank basis) and on the
-  row's distance from them, so a shift along one direction is not diluted by 384 quiet
-  ones. The
-  directions are fitted on one half of the training rows (split by channel when known) and
-  the ranges measured on the other half: rows the directions never saw, as new data are.
+- every column on its own, as a normal score (training quantiles in the body, Pareto tails
+  beyond, and past the largest value a tail as steep as the top values are crowded, so a
+  date or a bounded input is sharp at its edge and a heavy-tailed count is not loud);
+- the block's whitened main directions (up to 64; each coordinate as a normal score too),
+  the whitened distance within them and the distance off them, for shifts along any
+  direction of an embedding and for combinations of columns each inside its own range
+  (x2 = x1 in training, x2 = -x1 now);
+- the row's coordinate along the block's predictive direction (a ridge of the target on
+  the whitened coordinates): a shift along what the views depend on breaks intervals
+  first, even when it is one of hundreds of quiet directions.
 
-`MARGIN` was calibrated by simulation (`benchmarks/drift_calibration.py`, BENCHMARKS.md):
-rows the check leaves unflagged keep their nominal coverage within 5 points on the shifted
-cases, and fresh data like the training data is flagged rarely. Files written before the
-per-feature ranges keep the old whole-block check.
+The statistics are fitted on one part of the training rows, their distributions measured
+on a second (rows the fit never saw, as new rows are), so each becomes a normal score and
+they weigh alike; a row's score is the largest. The third part calibrates it (split
+conformal): a row is flagged when its score exceeds all but alpha (1%) of the calibration
+rows', so a row like the training rows is flagged with probability at most alpha whatever
+the number of columns or rows (1/(m + 1) with m calibration rows when m < 99). The parts
+hold whole channels when channels are known. An evaluation warns when its share of flagged
+rows is improbable under that rate (a beta-binomial tail below WARN_LEVEL), not at a fixed
+share; a prediction warns on any flagged row. A flagged row names what it is most extreme
+on: a column in its own units ("publication year 2019-2020 is outside the training years
+2012-2015"), a dimension or direction of an embedding, or the two columns whose
+combination is new.
+
+The arrays (a 2,280-wide block's directions alone are 146K numbers) are stored in
+safetensors beside the JSON (`NOVELTY_FILE`), read through the same checked loader.
+Measured by simulation in `benchmarks/drift_calibration.py` (BENCHMARKS.md). Files written
+before keep their checks: per-feature ranges (issue 22: each narrow column beyond its
+widened 0.5-99.5% range and everything training saw, embeddings along 16 main directions;
+an evaluation warns above MAX_SHARE) or, older still, the whole-block distance.
 """
 
 from __future__ import annotations
@@ -51,8 +62,8 @@ RANGE_FILE = "training_range.json"
 TARGET_LEVELS = (0.0, 0.01, 0.05, 0.5, 0.95, 0.99, 1.0)
 FAR = 2.0  # old files: x the training rows' 99th-percentile whole-block distance
 VIEWS_SLACK = 0.5  # log10 units beyond the training 1-99% range (about 3x) before warning
-MAX_SHARE = 0.05  # an evaluation warns when more than this share of rows is outside
-NARROW = 64  # blocks up to this width are checked column by column
+MAX_SHARE = 0.05  # views, and old files' features: an evaluation warns above this share
+NARROW = 64  # blocks up to this width have named columns (embeddings: "dimension j")
 RANGE_LEVELS = (0.005, 0.995)  # the central training range a column is measured by
 MARGIN = 0.25  # x that range's width, added on both sides (calibrated by simulation)
 DIRECTIONS = 16  # main directions of an embedding block (at most; n/10 for small sets)
@@ -480,16 +491,17 @@ def _top_directions(Uc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 class Novelty:
     """One novelty score per row with a stated false-alarm rate (split conformal).
 
-    The training rows are split in two (whole channels on each side when known). On the
-    first half each block's statistics are fitted (`BlockNovelty`), and, cross-fitted
-    within that half (statistics of rows the fit did not see), the distribution of each of
-    the C statistics (`scales`: knots (L, C), tails (4, C), seen (2, C)), so each becomes a
-    normal score and they weigh alike. A row's score is its largest such score. The second
-    half's scores (`calibration`, sorted (m,)) set the threshold: a row is flagged when its
-    score exceeds the j-th largest of them, j = floor(alpha (m + 1)) (at least 1). On new
-    rows exchangeable with the training rows that happens with probability j / (m + 1) <=
-    alpha (1 / (m + 1) when m < 1/alpha - 1), whatever the number of columns, blocks or
-    rows, and however the statistics were fitted: only the held-out rows set the level.
+    The training rows are split in three (`split_rows`; whole channels in each part when
+    known). On the first each block's statistics are fitted (`BlockNovelty`); on the second
+    the distribution of each of the C statistics is measured (`scales`: `margins` knots
+    (L, C) and tails (TAIL_ROWS, C)), on rows the fit never saw, so each becomes a normal
+    score that new rows share and they weigh alike. A row's score is its largest. The
+    third part's scores (`calibration`, sorted (m,)) set the threshold: a row is flagged
+    when its score exceeds the j-th largest of them, j = floor(alpha (m + 1)) (at least 1).
+    On new rows exchangeable with the training rows that happens with probability
+    j / (m + 1) <= alpha (1 / (m + 1) when m < 1/alpha - 1), whatever the number of
+    columns, blocks or rows, and however the statistics were fitted: only the held-out
+    rows set the level.
     """
 
     alpha: float
@@ -1040,7 +1052,7 @@ def _report(columns, values, outside, views=None, span="", min_share=0.0) -> Dri
 
 def _percent(share: float) -> str:
     """'12%', or '<1%' for a share that rounds to zero but is not."""
-    return "<1%" if 0 < share < 0.005 else f"{share:.0%}"
+    return "<1%" if 0 < share and f"{share:.0%}" == "0%" else f"{share:.0%}"
 
 
 def _span(lo: float, hi: float, unit: str | None) -> str:
