@@ -26,6 +26,7 @@ evaluations (batches of `--eval` rows with views) that warn, new check and old.
 
     python benchmarks/drift_calibration.py [--runs 20] [--n 1000]
     python benchmarks/drift_calibration.py --false-alarms [--runs 100]
+    python benchmarks/drift_calibration.py --wide
     python benchmarks/drift_calibration.py --real ../shared/data/yt-virality
 """
 
@@ -236,6 +237,35 @@ def false_alarms(runs: int, sizes=(300, 500, 1000), n_eval: int = 200) -> None:
             print(f"| {n} | {name} | {share:.2%} | {warns:.0%} | {fit_s / runs:.2f} |")
 
 
+def wide(n: int = 2000, n_new: int = 1000) -> None:
+    """Fit and scoring time and file sizes for a 2,280-wide block (an ImageNet encoder: 1,280
+    pooled features + 1,000 class probabilities) beside 47 narrow columns."""
+    rng = np.random.default_rng(0)
+
+    def draw(m):
+        logits = rng.normal(size=(m, 1000))
+        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        blocks, y = mixed(rng, m)
+        blocks.pop("title")
+        return {**blocks, "imagenet": np.hstack([np.abs(rng.normal(size=(m, 1280))), probs])}, y
+
+    blocks, y = draw(n)
+    start = time.perf_counter()
+    limits = drift.TrainingRange.fit(y, blocks, names=NAMES)
+    fit_s = time.perf_counter() - start
+    fresh, _ = draw(n_new)
+    start = time.perf_counter()
+    flagged = limits.features_outside(fresh)
+    score_s = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as out:
+        limits.save(Path(out))
+        sizes = [(Path(out) / f).stat().st_size for f in (drift.RANGE_FILE, drift.NOVELTY_FILE)]
+    print("| training rows | fit s | rows scored | score s | rows flagged | JSON bytes | "
+          "safetensors bytes |\n|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+    print(f"| {n} | {fit_s:.2f} | {n_new} | {score_s:.2f} | {flagged.mean():.2%} | {sizes[0]:,} "
+          f"| {sizes[1]:,} |")  # fmt: skip
+
+
 # ----- the real thumbnails ---------------------------------------------------------------------
 def real(root: Path, encoders: tuple[str, ...]) -> None:
     """Train on older uploads, score newer ones (and a channel-disjoint hold-out of the
@@ -283,12 +313,15 @@ if __name__ == "__main__":
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--eval", type=int, default=200, help="rows per fresh evaluation")
     parser.add_argument("--false-alarms", action="store_true", help="fresh data at 3 sizes")
+    parser.add_argument("--wide", action="store_true", help="a 2,280-wide block: time, size")
     parser.add_argument("--cases", default="", help="only cases whose name contains this")
     parser.add_argument("--real", type=Path, help="a dataset folder: the time-shifted splits")
     parser.add_argument("--encoders", default="title,context,title-desc,visual")
     args = parser.parse_args()
     if args.real:
         real(args.real, tuple(args.encoders.split(",")))
+    elif args.wide:
+        wide()
     elif args.false_alarms:
         false_alarms(args.runs, n_eval=args.eval)
     else:
