@@ -27,7 +27,9 @@ on a second (rows the fit never saw, as new rows are), so each becomes a normal 
 they weigh alike; a row's score is the largest. The third part calibrates it (split
 conformal): a row is flagged when its score exceeds all but alpha (1%) of the calibration
 rows', so a row like the training rows is flagged with probability at most alpha whatever
-the number of columns or rows (1/(m + 1) with m calibration rows when m < 99). The parts
+the number of columns or rows. With fewer than MIN_NOVELTY_ROWS training rows (too few
+calibration rows for 1%, and too few to measure the statistics' tails) the per-feature
+ranges below are fitted instead. The parts
 hold whole channels when channels are known. An evaluation warns when its share of flagged
 rows is improbable under that rate (a beta-binomial tail below WARN_LEVEL), not at a fixed
 share; a prediction warns on any flagged row. A flagged row names what it is most extreme
@@ -242,7 +244,7 @@ KNOT_LEVELS = (0.1, 0.25, 0.5, 0.75, 0.9)  # each column's training quantiles ke
 TAIL = 0.1  # the share beyond each outer knot, where a generalised Pareto tail takes over
 MAX_XI = 0.5  # the Pareto tails' shape, at most (heavier tails are rare and badly estimated)
 MAX_DIRECTIONS = 64  # main directions of a block's normal scores kept (at most; n/4)
-MIN_NOVELTY_ROWS = 40  # training rows below which the per-feature ranges are fitted instead
+MIN_NOVELTY_ROWS = 200  # below: the per-feature ranges (fewer than 1/ALPHA calibration rows)
 MAX_TENSOR_BYTES = 256 * 1024 * 1024  # a range file is kilobytes to a megabyte; refuse more
 NOVELTY_FILE = "training_range.safetensors"  # the novelty score's arrays, beside RANGE_FILE
 COLUMN, ALONG, TOGETHER, OFF, LEAD = "column", "direction", "within", "distance", "predictive"
