@@ -475,3 +475,18 @@ def test_a_damaged_range_file_is_an_artifact_error_naming_it(tmp_path, text):
     (tmp_path / drift.RANGE_FILE).write_text(text)
     with pytest.raises(ArtifactError, match="training_range.json: damaged"):
         TrainingRange.load(tmp_path)
+
+
+def test_the_three_parts_hold_whole_channels_and_enough_calibration_rows():
+    """Fit, distribution and calibration rows are disjoint; a channel lies in one part; the
+    calibration part has at least 1/alpha rows when there are enough (else half)."""
+    channels = np.repeat(np.arange(60), 5)
+    parts = drift.split_rows(300, channels, seed=1)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(300))
+    owners = [set(channels[p]) for p in parts]
+    assert not (owners[0] & owners[1] or owners[0] & owners[2] or owners[1] & owners[2])
+    assert len(parts[2]) >= 95  # whole channels of 5 rows around 100
+    assert [len(p) for p in drift.split_rows(1000)] == [500, 250, 250]
+    assert [len(p) for p in drift.split_rows(120)] == [40, 20, 60]
+    few = drift.split_rows(300, np.repeat(["a", "b"], 150))  # two channels cannot fill three
+    assert all(len(p) >= 50 for p in few)

@@ -631,7 +631,9 @@ def split_rows(n: int, groups=None, seed: int = 0, alpha: float = ALPHA):
     """(rows to fit the statistics on, rows to measure their distributions on, calibration
     rows): disjoint, whole groups (channels) on one side when given. Calibration gets a
     quarter of the rows but at least 1/alpha (so that alpha can be reached) and at most half;
-    the statistics' distributions a third of the rest, the statistics themselves the others."""
+    the statistics' distributions a third of the rest, the statistics themselves the others.
+    When whole channels cannot fill the parts within half of these sizes, rows are split
+    without them."""
     m = min(max(int(np.ceil(n / 4)), int(np.ceil(1 / alpha))), n // 2)
     sizes = np.cumsum([n - m - (n - m) // 3, (n - m) // 3])  # row counts of the first two
     rng = np.random.default_rng(seed)
@@ -646,7 +648,10 @@ def split_rows(n: int, groups=None, seed: int = 0, alpha: float = ALPHA):
     which = np.empty(len(counts), int)
     which[perm] = part
     rows = np.arange(n)
-    return tuple(rows[which[codes] == k] for k in range(3))
+    parts = tuple(rows[which[codes] == k] for k in range(3))
+    if min(len(p) for p in parts) < 0.5 * min(m, (n - m) // 3):  # a few big channels
+        return split_rows(n, None, seed, alpha)  # rows apart rather than parts lopsided
+    return parts
 
 
 def _fit_blocks(blocks: dict[str, np.ndarray], y, rows: np.ndarray, names, ks=None) -> dict:
