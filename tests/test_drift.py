@@ -1,9 +1,12 @@
 """Out-of-range warnings and interval coverage, checked with known truth.
 
-The simulations plant a known shift (or none) and check the per-feature range check of
-`predict.drift`: its level on fresh data like the training data, that it finds and names
-a shift in one feature, in a date and along an embedding, and that the rows it leaves
-unflagged keep the nominal coverage. Full-size runs: `benchmarks/drift_calibration.py`.
+The simulations plant a known shift (or none) and check the novelty score of
+`predict.drift`: its level on fresh data like the training data (rows flagged at most at
+the stated 1%, evaluations warning rarely, with 47 skewed columns and few rows), that it
+finds and names a shift in one feature, in a date, in one column or one direction of a
+wide block, and in a combination of columns each within its own range, and that the rows
+it leaves unflagged keep the nominal coverage. Old files keep their checks. Full-size runs:
+`benchmarks/drift_calibration.py`.
 """
 
 from __future__ import annotations
@@ -45,14 +48,41 @@ def test_narrow_training_warns_on_wide_views_and_far_features():
 
 def test_training_range_round_trips_narrow_and_embedding_blocks(tmp_path):
     rng = np.random.default_rng(3)
-    blocks = {"a": rng.normal(size=(60, 3)), "wide": rng.normal(size=(60, 80))}
-    limits = TrainingRange.fit(rng.normal(size=60), blocks, names={"a": ["x", "y", "z"]})
+    blocks = {"a": rng.normal(size=(200, 3)), "wide": rng.normal(size=(200, 80))}
+    limits = TrainingRange.fit(rng.normal(size=200), blocks, names={"a": ["x", "y", "z"]})
     limits.save(tmp_path)
-    assert TrainingRange.load(tmp_path) == limits
-    saved = json.loads((tmp_path / drift.RANGE_FILE).read_text())["blocks"]
-    assert [c["name"] for c in saved["a"]["columns"]] == ["x", "y", "z"]
-    assert len(saved["wide"]["basis"]) == 3 and len(saved["wide"]["basis"][0]) == 80  # 30 rows / 10
+    loaded = TrainingRange.load(tmp_path)
+    assert loaded == limits and loaded.novelty is not None
+    new = {k: rng.normal(size=(50, v.shape[1])) * 3 for k, v in blocks.items()}
+    assert (loaded.features_outside(new) == limits.features_outside(new)).all()
+    saved = json.loads((tmp_path / drift.RANGE_FILE).read_text())["novelty"]
+    assert saved["blocks"]["a"]["names"] == ["x", "y", "z"] and saved["alpha"] == drift.ALPHA
+    assert saved["blocks"]["wide"]["names"] is None  # embeddings: generic, not stored
+    assert saved["blocks"]["wide"]["directions"] == 16  # 67 fitted rows / 4 (`split_rows`)
     assert TrainingRange.load(tmp_path / "none") is None
+
+
+def test_a_2280_wide_block_stays_small_on_disk_and_sees_one_column(tmp_path):
+    """An ImageNet-like block: 1,280 pooled features + 1,000 class probabilities. The JSON
+    stays kilobytes (the arrays go to safetensors, the directions capped at 64), and a class
+    probability far above anything training saw is flagged and named."""
+    rng = np.random.default_rng(6)
+
+    def draw(n):
+        logits = rng.normal(size=(n, 1000))
+        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        return np.hstack([np.abs(rng.normal(size=(n, 1280))), probs])
+
+    X = draw(400)
+    limits = TrainingRange.fit(rng.normal(size=400), {"imagenet": X})
+    limits.save(tmp_path)
+    assert (tmp_path / drift.RANGE_FILE).stat().st_size < 10_000
+    assert (tmp_path / drift.NOVELTY_FILE).stat().st_size < 2_000_000
+    new = draw(20)
+    new[:10, 1280 + 7] = 0.9  # one class dominates: never seen in training
+    flagged = TrainingRange.load(tmp_path).features_outside({"imagenet": new})
+    assert flagged[:10].all() and flagged[10:].sum() <= 1
+    assert "dimension 1288" in limits.warning({"imagenet": new[:10]})
 
 
 def test_an_old_file_without_feature_ranges_loads_and_keeps_the_whole_block_check(tmp_path):
@@ -69,6 +99,41 @@ def test_an_old_file_without_feature_ranges_loads_and_keeps_the_whole_block_chec
     assert limits.warning({"f": near}) is None
     assert "the f inputs look unlike the training ones" in limits.warning({"f": far})
     assert limits.check({"other": far}).message() is None  # a block it never saw: no check
+
+
+def test_a_file_with_per_feature_ranges_keeps_them(tmp_path):
+    """A training_range.json of issue 22 (per-feature ranges, no novelty score) loads and
+    keeps its check: its values outside the ranges are named as before."""
+    rng = np.random.default_rng(9)
+    X = rng.uniform(-1, 1, (300, 3))
+    ranges = {"f": drift.BlockRange.fit(X, ["x1", "x2", "x3"])}
+    drift.TrainingRange("log10", tuple(np.linspace(3, 4, 7)), ranges).save(tmp_path)
+    assert not (tmp_path / drift.NOVELTY_FILE).exists()
+    limits = TrainingRange.load(tmp_path)
+    assert limits.novelty is None and limits.blocks["f"].columns
+    far = np.array([[3.0, 0.0, 0.0]])
+    assert "x1 3 is outside the training range -1 to 1" in limits.warning({"f": far})
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "shape"])
+def test_a_damaged_novelty_file_is_an_artifact_error_naming_it(tmp_path, damage):
+    from safetensors.numpy import load_file, save_file
+
+    from thumbview.predict.model import ArtifactError
+
+    rng = np.random.default_rng(2)
+    TrainingRange.fit(rng.normal(size=200), {"f": rng.normal(size=(200, 4))}).save(tmp_path)
+    path = tmp_path / drift.NOVELTY_FILE
+    if damage == "missing":
+        path.unlink()
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        tensors = load_file(path)
+        tensors["f/basis"] = tensors["f/basis"][:1]
+        save_file(tensors, path)
+    with pytest.raises(ArtifactError, match="training_range"):
+        TrainingRange.load(tmp_path)
 
 
 # ----- simulations with known truth ------------------------------------------------------------
@@ -101,21 +166,43 @@ def _embedding(rng, n, width, factors=None):
     return f @ (scales * LOADINGS[width]) + rng.normal(0, 1.0, (n, width))
 
 
-def test_fresh_data_warns_on_at_most_5_percent_of_40_evaluations():
-    """Level, 40 runs: each fits the range on 400 new training rows, then scores 100 fresh
-    rows as an evaluation (with views) and 25 single fresh rows as predictions."""
+def _skewed(rng, n):
+    """47 skewed narrow columns (context, counts, lognormal, gamma, Pareto, beta, binary, |t3|)
+    in three blocks, like the default encoders', and a 96-d embedding."""
+    blocks, y = _mixed(rng, n)
+    counts = rng.poisson([0.5, 8.0, 0.1, 2.0, 0.3, 12.0, 0.02, 1.5], (n, 8)).astype(float)
+    more = np.c_[
+        rng.lognormal(0, 1.2, (n, 3)), rng.gamma(0.5, 1, (n, 4)), rng.pareto(3.0, (n, 3)),
+        rng.beta(0.5, 0.5, (n, 2)), rng.random((n, 3)) < 0.2, np.abs(rng.standard_t(3, (n, 5))),
+    ]  # fmt: skip
+    blocks["title-desc"] = np.c_[blocks["title-desc"], counts]
+    blocks["visual"] = np.c_[blocks["visual"], more]
+    blocks["title"] = blocks["title"][:, :96]
+    return blocks, y
+
+
+def test_fresh_data_flags_at_most_1_percent_and_warns_in_at_most_1_of_20_evaluations():
+    """Level, 20 runs with only 300 training rows and 47 skewed narrow columns beside a
+    96-d embedding: each scores 200 fresh rows as an evaluation. The novelty score flags
+    about the stated 1% of rows (single predictions warn as often) and at most one
+    evaluation warns; the per-feature ranges of issue 22 warned in most of them."""
     rng = np.random.default_rng(11)
     names = {"context": list(CONTEXT)}
-    evaluations, singles = [], []
-    for _ in range(40):
-        blocks, y = _mixed(rng, 400)
+    rows, evaluations, old = [], [], []
+    for _ in range(20):
+        blocks, y = _skewed(rng, 300)
+        assert sum(v.shape[1] for k, v in blocks.items() if k != "title") == 47
         limits = TrainingRange.fit(y, blocks, names=names)
-        fresh, y_new = _mixed(rng, 100)
-        evaluations.append(limits.check(fresh, y_new).warns)
-        one, _ = _mixed(rng, 25)  # each row's own line, as every Prediction carries it
-        singles += [bool(line) for line in limits.row_messages(one)]
-    assert np.mean(evaluations) <= 0.05
-    assert np.mean(singles) <= 0.05
+        fresh, y_new = _skewed(rng, 200)
+        report = limits.check(fresh, y_new)
+        rows.append(report.share)
+        evaluations.append(report.features_warn)
+        ranges = {k: drift.BlockRange.fit(v) for k, v in blocks.items()}
+        before = TrainingRange("log10", limits.target_quantiles, ranges).check(fresh, y_new)
+        old.append(before.features_warn)
+    assert np.mean(rows) <= 0.015
+    assert sum(evaluations) <= 1
+    assert np.mean(old) >= 0.5
 
 
 def _one_input_world(rng, n, spread):
@@ -129,7 +216,8 @@ def _one_input_world(rng, n, spread):
 def test_a_shift_in_one_input_is_found_and_named_and_unflagged_rows_keep_coverage_20_runs():
     """20 runs: ridge on x1 ~ U(-1, 1), scored with x1 ~ U(-3, 3). Every evaluation warns
     and names x1; rows left unflagged cover within 5 points of the nominal 80%, flagged
-    ones far less; the old whole-block distance flagged almost nothing."""
+    ones far less; the whole-block distance of the check before issue 22 flagged almost
+    nothing."""
     rng = np.random.default_rng(21)
     names = {"f": ["x1", "x2", "x3", "x4", "x5", "x6"]}
     flagged, old, cover_in, cover_out, named = [], [], [], [], []
@@ -146,10 +234,10 @@ def test_a_shift_in_one_input_is_found_and_named_and_unflagged_rows_keep_coverag
         flagged.append(out.mean())
         cover_in.append(inside[~out].mean())
         cover_out.append(inside[out].mean())
-        r = limits.blocks["f"]  # the check before this one: the whole-block distance
+        r = drift.BlockRange.fit(blocks["f"])  # the whole-block distance
         old.append(np.mean(r.distance(new["f"]) > drift.FAR * r.q99_distance))
     assert all(named)
-    assert 0.4 < np.mean(flagged) < 0.6  # |x1| beyond ~1.5 of 3
+    assert 0.55 < np.mean(flagged) < 0.75  # |x1| beyond ~1.1 of 3
     assert abs(np.mean(cover_in) - 0.8) <= 0.05 and np.mean(cover_out) < 0.6
     assert np.mean(old) < 0.05
 
@@ -174,9 +262,9 @@ def test_a_publication_year_shift_is_named_in_years():
     said = limits.warning({"context": later})
     assert "publication year 2019-2020 is outside the training years 2012-2015" in said
     assert "upload age" not in said
-    assert (
-        limits.warning({"context": uploads("2013-01-01", "2014-12-31", "2016-06-01", 200)}) is None
-    )
+    inside = {"context": uploads("2013-01-01", "2014-12-31", "2016-06-01", 200)}
+    assert limits.features_outside(inside).mean() <= 0.03  # about the stated 1%
+    assert "publication year" not in (limits.warning(inside) or "")
 
 
 def _embedding_world(rng, n, width, spread):
@@ -188,8 +276,8 @@ def _embedding_world(rng, n, width, spread):
 
 def test_an_embedding_shift_is_found_without_dilution_at_width_384_10_runs():
     """10 runs per width: one factor of a 96-d and a 384-d embedding moves from U(-1, 1) to
-    U(-3, 3). The check along main directions flags as many rows at 384 as at 96, and far
-    more than the old whole-block distance; fresh data is flagged in under 5% of rows."""
+    U(-3, 3). The novelty score flags as many rows at 384 as at 96, and far more than the
+    whole-block distance; fresh data is flagged in under 2% of rows."""
     rng = np.random.default_rng(8)
     share, old, fresh = {}, {}, []
     for width in (96, 384):
@@ -199,12 +287,76 @@ def test_an_embedding_shift_is_found_without_dilution_at_width_384_10_runs():
             limits = TrainingRange.fit(y, blocks)
             new, _ = _embedding_world(rng, 500, width, 3.0)
             share[width].append(limits.features_outside(new).mean())
-            r = limits.blocks["title"]
+            r = drift.BlockRange.fit(blocks["title"])
             old[width].append(np.mean(r.distance(new["title"]) > drift.FAR * r.q99_distance))
             fresh.append(limits.features_outside(_embedding_world(rng, 500, width, 1.0)[0]).mean())
     assert np.mean(share[384]) >= 0.35 and np.mean(share[384]) >= np.mean(share[96]) - 0.1
     assert np.mean(old[384]) < 0.05
-    assert np.mean(fresh) < 0.05
+    assert np.mean(fresh) < 0.02
+
+
+SPECTRUM = 1 / np.sqrt(np.arange(1, 385))  # a decaying spectrum over 384 directions
+AXES = np.linalg.qr(np.random.default_rng(40).normal(size=(384, 384)))[0]
+
+
+def _wide_column(rng, n, spread):
+    """A 384-d block of independent columns whose first moves from U(-1, 1)."""
+    X = np.c_[rng.uniform(-spread, spread, n), rng.normal(size=(n, 383))]
+    return {"title": X}, np.tanh(2 * X[:, 0]) + rng.normal(0, 0.5, n)
+
+
+def _pc40(rng, n, spread):
+    """A 384-d block with sd k^-1/2 along its k-th direction; the 40th score moves."""
+    f = rng.uniform(-np.sqrt(3), np.sqrt(3), (n, 384))
+    g = rng.uniform(-spread, spread, n)
+    f[:, 39] = np.sqrt(3) * g
+    return {"title": (f * SPECTRUM) @ AXES.T}, np.tanh(2 * g) + rng.normal(0, 0.5, n)
+
+
+def _joint(rng, n, spread):
+    """x2 = x1 in training (spread 1), x2 = -x1 when scored: every column in its range."""
+    x1 = rng.uniform(-1, 1, n)
+    X = np.c_[x1, (x1 if spread == 1 else -x1) + rng.normal(0, 0.1, n), rng.normal(size=(n, 4))]
+    return {"f": X}, np.tanh(2 * x1) + 0.3 * X[:, 2] + rng.normal(0, 0.5, n)
+
+
+@pytest.mark.parametrize(
+    "world, block, feature, off",
+    [
+        (_wide_column, "title", "dimension 1", 0.05),
+        (_joint, "f", "x1 with x2", 0.05),
+        (_pc40, "title", None, 0.15),  # the hardest: within 5 points only at noise sd 1
+    ],
+)
+def test_blind_directions_of_issue_22_warn_and_unflagged_rows_keep_coverage_3_runs(
+    world, block, feature, off
+):
+    """3 runs per case, outcome noise sd 0.5, 1,000 training rows: one column of a 384-d
+    block, the 40th direction of a 384-d block with a decaying spectrum, and x2 = -x1 after
+    x2 = x1 in training each moves from U(-1, 1) to U(-3, 3). Every evaluation warns, naming
+    the block (and the feature), and the rows left unflagged cover within 5 points of 80%,
+    more than all rows do. The 40th direction is the exception: its rows are flagged
+    only from about 1.5x the training range on, and at this noise the rows just inside that
+    cover about 0.70 (within 5 points at noise sd 1; BENCHMARKS.md)."""
+    rng = np.random.default_rng(29)
+    names = {"f": ["x1", "x2", "x3", "x4", "x5", "x6"]}
+    warned, named, cover, everyone = [], [], [], []
+    for _ in range(3):
+        blocks, y = world(rng, 1000, 1.0)
+        model = ViewPredictor(PredictorConfig(encoders=tuple(blocks))).fit(blocks, y)
+        limits = TrainingRange.fit(y, blocks, names=names)
+        new, y_new = world(rng, 1000, 3.0)
+        report = limits.check(new, y_new)
+        top = report.shifts[0]
+        warned.append(report.warns)
+        named.append(top.block == block and feature in (None, top.feature))
+        lo, hi = model.predict_interval(new)
+        out = limits.features_outside(new)
+        covered = (y_new >= lo) & (y_new <= hi)
+        cover.append(np.mean(covered[~out]))
+        everyone.append(np.mean(covered))
+    assert all(warned) and all(named)
+    assert abs(np.mean(cover) - 0.8) <= off and np.mean(cover) > np.mean(everyone)
 
 
 def test_cv_residual_intervals_cover_new_rows_at_the_nominal_rate():
@@ -293,8 +445,9 @@ def test_evaluate_json_carries_warning_coverage_and_pairwise(narrow_model):
     assert report["views_share_outside"] > 0.05
     strata = {r["stratum"] for r in got["conditional_coverage"]["training range"]}
     assert strata <= {"inside", "outside"} and "inside" in strata
-    saved = json.loads((out / drift.RANGE_FILE).read_text())["blocks"]["title"]
-    assert len(saved["basis"]) >= 1 and saved["columns"][-1]["name"] == drift.DISTANCE
+    saved = json.loads((out / drift.RANGE_FILE).read_text())  # ~80 rows: per-feature ranges
+    assert "novelty" not in saved and not (out / drift.NOVELTY_FILE).exists()
+    assert saved["blocks"]["title"]["columns"][-1]["name"] == drift.DISTANCE
 
 
 def test_evaluate_says_skilful_only_past_the_margin():
@@ -324,3 +477,18 @@ def test_a_damaged_range_file_is_an_artifact_error_naming_it(tmp_path, text):
     (tmp_path / drift.RANGE_FILE).write_text(text)
     with pytest.raises(ArtifactError, match="training_range.json: damaged"):
         TrainingRange.load(tmp_path)
+
+
+def test_the_three_parts_hold_whole_channels_and_enough_calibration_rows():
+    """Fit, distribution and calibration rows are disjoint; a channel lies in one part; the
+    calibration part has at least 1/alpha rows when there are enough (else half)."""
+    channels = np.repeat(np.arange(60), 5)
+    parts = drift.split_rows(300, channels, seed=1)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(300))
+    owners = [set(channels[p]) for p in parts]
+    assert not (owners[0] & owners[1] or owners[0] & owners[2] or owners[1] & owners[2])
+    assert len(parts[2]) >= 95  # whole channels of 5 rows around 100
+    assert [len(p) for p in drift.split_rows(1000)] == [500, 250, 250]
+    assert [len(p) for p in drift.split_rows(120)] == [40, 20, 60]
+    few = drift.split_rows(300, np.repeat(["a", "b"], 150))  # two channels cannot fill three
+    assert all(len(p) >= 50 for p in few)

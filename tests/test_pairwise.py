@@ -108,6 +108,33 @@ def test_no_skill_model_is_called_skilful_in_at_most_5_of_100_runs():
     assert np.mean([c.heldout_brier for c in cals]) >= 0.25  # cross-fitted: no better than a coin
 
 
+def _tied(y, step: float):
+    """y rounded to a grid of `step` log10 units: views recorded coarsely tie within a channel."""
+    return y if step == 0 else np.round(np.asarray(y) / step) * step
+
+
+@pytest.mark.parametrize("step, ties", [(0.0, 0.0), (0.025, 0.03), (0.16, 0.2)])
+def test_no_skill_model_with_ties_is_skilful_in_at_most_5_of_100_runs(step, ties):
+    """100 runs of a no-skill model per tie share (0%, about 3% and about 20% of same-channel
+    pairs tied): a tie scores 0.5, so the coin's Brier on those pairs is 0.25 x the untied
+    share; judged against it, `skilful` is raised in at most 5 runs, while the constant 0.25
+    (the rule before) is fooled by the ties."""
+    cals, shares = [], []
+    for seed in range(100):
+        pred, y, ch, folds = _oof(40, 0.0, seed)
+        y = _tied(y, step)
+        i, j = pw.same_group_pairs(ch, folds=folds)
+        shares.append(np.mean(y[i] == y[j]))
+        cals.append(pw.calibrate_pairs(pred, y, ch, folds))
+    assert np.mean(shares) == pytest.approx(ties, abs=0.02)
+    assert sum(c.skilful for c in cals) <= 5
+    assert all(
+        c.coin_brier == pytest.approx(0.25 * (1 - s)) for c, s in zip(cals, shares, strict=True)
+    )
+    fooled = sum(pw.BRIER_COIN - c.heldout_brier > pw.SKILL_Z * c.heldout_brier_se for c in cals)
+    assert (fooled >= 50) if ties else (fooled <= 5)
+
+
 def test_within_channel_skill_is_called_skilful_in_most_of_40_runs():
     """40 simulated runs with real within-channel skill (cross-fitted Brier about 0.22): the
     margin is crossed in at least 36 of them (40 at these seeds)."""
