@@ -180,3 +180,45 @@ def test_every_command_takes_it_through_the_registry(tmp_path):
     assert compared
     explained = ok("explain", model, images[0])
     assert "ImageNet class" in explained
+
+
+def test_differentiable_twin_matches_encode_and_carries_gradients(encoder):
+    """`torch_encode` (the bot's draft reward) gives `encode`'s features on the same pictures."""
+    wide = _photo("chelsea").resize((160, 90))
+    boxed = Image.new("RGB", (160, 120), (0, 0, 0))
+    boxed.paste(wide, (0, 15))
+    images = [wide, boxed, _photo("coffee").resize((96, 64))]
+    want = encoder.encode(images)
+    for image, row in zip(images, want, strict=True):
+        rgb = torch.from_numpy(np.asarray(image, np.float32) / 255).permute(2, 0, 1)[None]
+        rgb.requires_grad_(True)
+        got = encoder.torch_encode(rgb)
+        assert got.shape == (1, encoder.dim)
+        assert np.corrcoef(got.detach().numpy()[0, :POOLED_DIM], row[:POOLED_DIM])[0, 1] > 0.995
+        assert int(got[0, POOLED_DIM:].argmax()) == int(row[POOLED_DIM:].argmax())
+        got[0, :POOLED_DIM].sum().backward()
+        assert rgb.grad is not None and rgb.grad.abs().sum() > 0
+
+
+def test_the_bots_draft_reward_backpropagates_through_imagenet(tmp_path):
+    """A predictor on imagenet features is a draft reward: value = the predictor's, with gradients."""
+    pytest.importorskip("diffusers")
+    from thumbview.bot.reward import PredictorReward, TorchReward, to_pil
+    from thumbview.predict.model import PredictorConfig, ViewPredictor
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (24, 48, 64, 3), dtype=np.uint8)
+    encoder = ImagenetEncoder()
+    X = encoder.encode([Image.fromarray(p) for p in pixels])
+    y = 4.0 + X[:, POOLED_DIM + 967] + rng.normal(0, 0.05, len(X))  # "espresso" pays
+    folder = tmp_path / "model"
+    ViewPredictor(PredictorConfig(encoders=("imagenet",))).fit({"imagenet": X}, y).save(folder)
+    spec = {"imagenet": {"options": {}, "spec": encoder.spec()}}
+    (folder / "encoders.json").write_text(json.dumps(spec), encoding="utf-8")
+    reward = PredictorReward(folder)
+    rgb = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    total, _ = TorchReward(reward)(rgb, ["t", "t"])
+    full = reward.score([to_pil(x) for x in rgb.detach()], ["t", "t"])
+    np.testing.assert_allclose(total.detach().numpy(), full.total, atol=0.02)
+    total.sum().backward()
+    assert rgb.grad.abs().sum() > 0

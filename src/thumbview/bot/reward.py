@@ -173,17 +173,23 @@ class TorchReward:
     The ported descriptor columns carry gradients; the rest (HELD_FIXED) and every text
     block are computed by the full encoders on the current image and held fixed, so the
     value matches the predictor (to the descriptor tolerance) while only colour, contrast,
-    sharpness and hue are steered. Image encoders other than `visual` (CLIP) are refused.
+    sharpness and hue are steered. An image encoder with a differentiable twin
+    (`torch_encode(rgb) -> (B, D)`, e.g. `imagenet`) carries gradients through all its
+    columns; other image encoders (CLIP) are refused.
     """
 
     def __init__(self, reward: PredictorReward):
         self.reward = reward
         pred = reward.predictor
-        others = [n for n, e in pred.encoders.items() if e.modality == "image" and n != "visual"]
+        others = [
+            n
+            for n, e in pred.encoders.items()
+            if e.modality == "image" and n != "visual" and not hasattr(e, "torch_encode")
+        ]
         if others:
             raise BotError(
-                f"draft backpropagates through the visual descriptors only; the predictor also "
-                f"uses {', '.join(others)}: use --method ddpo"
+                f"draft backpropagates through the visual descriptors and differentiable image "
+                f"encoders only; the predictor also uses {', '.join(others)}: use --method ddpo"
             )
         if reward.config.clip_weight > 0 or reward.config.aesthetic_weight > 0:
             raise BotError(
@@ -204,6 +210,8 @@ class TorchReward:
             if name == "visual":
                 ported = torch_describe(rgb.double()).cpu()  # (B, P), the head runs on the CPU
                 X = X.index_copy(1, torch.as_tensor(PORTED_INDEX), ported)
+            elif hasattr(encoder := pred.encoders[name], "torch_encode"):
+                X = encoder.torch_encode(rgb.float().cpu()).double()  # (B, D) with gradients
             z = (X - torch.as_tensor(pred.model.block_mean_[name])) / torch.as_tensor(
                 pred.model.block_scale_[name]
             )

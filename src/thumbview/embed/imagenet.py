@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from PIL import Image
 
-from thumbview.data.images import strip_bars, to_rgb
+from thumbview.data.images import bar_box, strip_bars, to_rgb
 from thumbview.embed.base import Encoder
 from thumbview.fileio import atomic_write, user_cache_root, write_json
 
@@ -240,7 +240,12 @@ class ImagenetEncoder(Encoder):
     @property
     def network(self) -> torch.nn.Module:
         if self._net is None:
-            self._net = build_network()
+            import torch
+
+            # Built as normal tensors even when first asked for inside `encode`'s inference
+            # mode: weights made there could never take part in a gradient (torch_encode).
+            with torch.inference_mode(False):
+                self._net = build_network()
         return self._net
 
     @property
@@ -298,6 +303,35 @@ class ImagenetEncoder(Encoder):
             return fmap.flatten(2).transpose(1, 2)  # (B, H*W, C)
 
         return self._batched(images, run)
+
+    def torch_encode(self, rgb: torch.Tensor) -> torch.Tensor:
+        """Differentiable twin of `encode` for reward gradients (the bot's `draft`): RGB
+        (B, 3, H, W) in [0, 1] -> float32 (B, dim). Bars are found without gradient (a box is
+        a choice, not a function of colour); resizing is antialiased bilinear as PIL's, so
+        values match `encode` up to its 8-bit rounding of the resized picture."""
+        import torch
+
+        framed = [self._frame_tensor(x) for x in rgb]  # each (3, S, S) in [0, 1]
+        x = torch.stack(framed).mul(255 / 127.5).sub(1.0)  # (B, 3, S, S) in [-1, 1]
+        return self._outputs_of(x.contiguous(memory_format=torch.channels_last))
+
+    @staticmethod
+    def _frame_tensor(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
+        """`frame` on one (3, H, W) tensor in [0, 1], keeping gradients."""
+        import torch.nn.functional as F
+
+        pixels = (x.detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        left, top, right, bottom = bar_box(pixels)
+        picture = x[:, top:bottom, left:right]
+        h, w = picture.shape[1:]
+        scale = size / max(h, w)
+        new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+        picture = F.interpolate(picture[None], size=(new_h, new_w), mode="bilinear",
+                                antialias=True, align_corners=False)[0]  # fmt: skip
+        top, left = (size - new_h) // 2, (size - new_w) // 2
+        grey = FILL / 255  # pad the offset from grey with zeros: the canvas is grey outside
+        pad = (left, size - new_w - left, top, size - new_h - top)
+        return F.pad(picture - grey, pad) + grey  # (3, S, S)
 
     def _outputs_of(self, x: torch.Tensor) -> torch.Tensor:
         import torch
