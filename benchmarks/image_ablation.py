@@ -49,8 +49,10 @@ def main() -> None:
     parser.add_argument("data", type=Path)
     parser.add_argument("-k", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=(), help="leave out rows using these encoders")
+    parser.add_argument("--only", nargs="*", default=(), help="keep only rows using these encoders")
     args = parser.parse_args()
     combos = [c for c in COMBOS if not any(e.startswith(tuple(args.skip)) for e in c)]
+    combos = [c for c in combos if not args.only or any(e in args.only for e in c)]
     encoders = [e for e in ENCODERS if e not in args.skip]
     started = time.perf_counter()
     dataset = load_dataset(args.data)
