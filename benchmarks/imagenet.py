@@ -18,6 +18,7 @@ features and whether the top ImageNet class agrees on every image.
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import os
 import time
@@ -85,7 +86,9 @@ def onnx_runner(net) -> Callable[[list[Image.Image]], np.ndarray] | str:
             return pooled_and_logits(self.inner, x)
 
     buf = io.BytesIO()
-    net = net.to(memory_format=torch.contiguous_format)
+    # The exporter works on a copy: exporting the encoder's own module changed what later
+    # rows computed with it (their features moved by up to 2.7 in one run).
+    net = copy.deepcopy(net).to(memory_format=torch.contiguous_format)
     torch.onnx.export(Wrapped(net), torch.zeros(1, 3, 224, 224), buf, input_names=["x"],
                       dynamic_axes={"x": {0: "b"}}, dynamo=False)  # fmt: skip
     options = ort.SessionOptions()
@@ -106,7 +109,9 @@ def onnx_runner(net) -> Callable[[list[Image.Image]], np.ndarray] | str:
 def warm_up(net) -> None:
     """One untimed pass per path, so oneDNN's kernel creation is not counted in any row."""
     x = torch.zeros(32, 3, 224, 224)
-    with torch.no_grad():  # not inference_mode: `.to` in it would make the weights inference tensors
+    with (
+        torch.no_grad()
+    ):  # not inference_mode: `.to` in it would make the weights inference tensors
         for fmt in (torch.contiguous_format, torch.channels_last):
             for bf16 in (False, True):
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
