@@ -344,7 +344,7 @@ class ViewPredictor:
             ) from e
         model.y_median_, model.n_train_ = float(meta["y_median"]), int(meta["n_train"])
         _check_loaded_dims(model, directory)
-        quantiles = _quantiles(arrays, directory / WEIGHTS_FILE)
+        quantiles = quantile_arrays(arrays, directory / WEIGHTS_FILE)
         if quantiles is not None:
             model.quantile_levels_, model.residual_quantiles_ = quantiles
         if meta.get("cv_metrics"):
@@ -413,7 +413,9 @@ def _check_loaded_dims(model: ViewPredictor, directory: Path) -> None:
         )
 
 
-def _quantiles(arrays: dict[str, np.ndarray], path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+def quantile_arrays(
+    arrays: dict[str, np.ndarray], path: Path
+) -> tuple[np.ndarray, np.ndarray] | None:
     """(levels, residual quantiles) for intervals, or None when the model has none.
 
     Both or neither; levels strictly increasing in [0, 1] and quantiles non-decreasing, each
