@@ -21,6 +21,7 @@ from thumbview.embed.base import Encoder
 from thumbview.fileio import atomic_write
 from thumbview.finetune.config import FORMAT, FORMAT_VERSION, FinetuneConfig, FinetuneError
 from thumbview.finetune.encoders import TITLE_MAX_TOKENS, build_encoder
+from thumbview.layout import check_finished
 from thumbview.predict.folder import encoder_specs
 from thumbview.predict.model import (
     CONFIG_FILE,
@@ -218,6 +219,7 @@ META_SCHEMA = {
 
 def read_meta(directory: Path) -> dict[str, Any]:
     """config.json of a fine-tuned model folder (`ArtifactError` when it is not one)."""
+    check_finished(directory, ArtifactError)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
             raise ArtifactError(f"{directory}: missing {name} (not a saved thumbview model?)")

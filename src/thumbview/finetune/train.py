@@ -27,6 +27,7 @@ from thumbview.finetune.data import ThumbnailRows, loader
 from thumbview.finetune.encoders import TitleTokenEncoder
 from thumbview.finetune.model import FinetunedPredictor, network_state
 from thumbview.finetune.network import build_network
+from thumbview.layout import unfinished_run
 from thumbview.predict.crossval import EvalResult, Metrics, compute_metrics, group_train_test_split
 from thumbview.predict.target import make_target
 from thumbview.progress import SILENT, Progress
@@ -450,25 +451,26 @@ def finetune(
     paths, scale = [str(p) for p in dataset.paths], (y_mean, y_std, arch["image_size"])
     rows = _rows(paths, y, titles, split.train, config, scale, augment=config.augment)
     val = _rows(paths, y, titles, split.val, config, scale, augment=False)
-    state = train_loop(net, rows, val, y[split.val], y_mean, y_std, config, out_dir / CHECKPOINT_DIR,
-                       resume=resume, progress=progress, on_epoch=on_epoch,
-                       before_epoch=before_epoch)  # fmt: skip
-    device, dtype = device_and_precision(config)
-    model = FinetunedPredictor(config).set_fitted(
-        net, arch, y_mean, y_std, float(np.median(y[split.train])), len(split.train)
-    )
-    val_pred = predict_rows(net, val, config, device, dtype) * y_std + y_mean
-    model.calibrate(y[split.val], val_pred)
-    model.val_metrics_ = compute_metrics(y[split.val], val_pred).to_dict()
-    model.history_ = state["history"]
-    test = _rows(paths, y, titles, split.test, config, scale, augment=False)
-    test_pred = (
-        predict_rows(net, test, config, device, dtype) * y_std + y_mean if len(test) else None
-    )
-    holdout, plots = finish(model, dataset, split, y, titles, test_pred, out_dir)
-    return FinetuneResult(out_dir, len(split.train), len(split.val), len(split.test),
-                          state["epoch"], state["best_epoch"], state["stopped"],
-                          Metrics(**model.val_metrics_), holdout, plots)  # fmt: skip
+    with unfinished_run(out_dir, "thumbview finetune"):  # stays on a kill; --resume goes on
+        state = train_loop(net, rows, val, y[split.val], y_mean, y_std, config, out_dir / CHECKPOINT_DIR,
+                           resume=resume, progress=progress, on_epoch=on_epoch,
+                           before_epoch=before_epoch)  # fmt: skip
+        device, dtype = device_and_precision(config)
+        model = FinetunedPredictor(config).set_fitted(
+            net, arch, y_mean, y_std, float(np.median(y[split.train])), len(split.train)
+        )
+        val_pred = predict_rows(net, val, config, device, dtype) * y_std + y_mean
+        model.calibrate(y[split.val], val_pred)
+        model.val_metrics_ = compute_metrics(y[split.val], val_pred).to_dict()
+        model.history_ = state["history"]
+        test = _rows(paths, y, titles, split.test, config, scale, augment=False)
+        test_pred = (
+            predict_rows(net, test, config, device, dtype) * y_std + y_mean if len(test) else None
+        )
+        holdout, plots = finish(model, dataset, split, y, titles, test_pred, out_dir)
+        return FinetuneResult(out_dir, len(split.train), len(split.val), len(split.test),
+                              state["epoch"], state["best_epoch"], state["stopped"],
+                              Metrics(**model.val_metrics_), holdout, plots)  # fmt: skip
 
 
 def _rows(paths, y, titles, idx, config, scale, *, augment: bool) -> ThumbnailRows:

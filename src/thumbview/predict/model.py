@@ -23,7 +23,7 @@ from safetensors.numpy import load_file, save_file
 
 from thumbview import __version__
 from thumbview.fileio import atomic_write, write_json
-from thumbview.layout import MODEL_CONFIG, MODEL_WEIGHTS
+from thumbview.layout import MODEL_CONFIG, MODEL_WEIGHTS, check_finished
 from thumbview.predict.heads import (
     GBM_MAX_DIM,
     HEADS,
@@ -356,6 +356,7 @@ def _read_artifact(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarra
     """Both files of a saved predictor, or an `ArtifactError` naming what is wrong."""
     if not directory.is_dir():
         raise ArtifactError(f"{directory}: no such model folder")
+    check_finished(directory, ArtifactError)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
             raise ArtifactError(f"{directory}: missing {name} (not a saved thumbview predictor?)")

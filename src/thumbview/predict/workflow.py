@@ -32,6 +32,7 @@ from thumbview.layout import (
     PLOT_PRED_VS_ACTUAL,
     PLOT_RESIDUALS,
     PLOT_TRAINING_CURVE,
+    unfinished_run,
 )
 from thumbview.predict import plots
 from thumbview.predict.crossval import (
@@ -149,34 +150,48 @@ def train(
     plan = _embedded_only(plan, finite_rows(blocks))  # rows an encoder skipped have no features
     train_idx, test_idx = plan.train_idx, plan.test_idx
     model = ViewPredictor(config).fit(block_rows(blocks, train_idx), y[train_idx], plan.fold_groups)
-    model.save(out_dir)
-    write_training_record(
-        out_dir, dataset, train_idx, encoder_options(config.encoders, clip_model), encoders
-    )
-    _add_to_record(out_dir / TRAINING_FILE, protocol=plan.protocol.to_json_dict())
-    _fit_baselines(out_dir, config, block_rows(blocks, train_idx), y[train_idx])
-    fit_pairwise(out_dir, config, block_rows(blocks, train_idx), y[train_idx], dataset, plan)
-    _fit_range(
-        out_dir, config, block_rows(blocks, train_idx), y[train_idx], encoders, dataset, train_idx
-    )
-    paths = [*_training_plots(model, out_dir)]
-    holdout = None
-    if len(test_idx):
-        holdout = score_rows(model, out_dir, block_rows(blocks, test_idx), y, dataset, test_idx)
-        paths += evaluation_plots(model, block_rows(blocks, test_idx), y[test_idx], out_dir)
-        write_json(
-            out_dir / EVAL_FILE,
-            {
-                **holdout.to_json_dict(),
-                "split": "holdout",
-                "protocol": plan.protocol.to_json_dict(),
-            },
-        )
-    cv = model.cv_metrics_ if getattr(model, "cv_metrics_", None) is not None else None
     n_missing = int((~mask).sum())
-    return TrainResult(
-        out_dir, len(train_idx), len(test_idx), n_missing, cv, holdout, tuple(paths), plan.protocol
-    )
+    with unfinished_run(out_dir, "thumbview train"):  # a killed run leaves no loadable model
+        model.save(out_dir)
+        write_training_record(
+            out_dir, dataset, train_idx, encoder_options(config.encoders, clip_model), encoders
+        )
+        _add_to_record(out_dir / TRAINING_FILE, protocol=plan.protocol.to_json_dict())
+        _fit_baselines(out_dir, config, block_rows(blocks, train_idx), y[train_idx])
+        fit_pairwise(out_dir, config, block_rows(blocks, train_idx), y[train_idx], dataset, plan)
+        _fit_range(
+            out_dir,
+            config,
+            block_rows(blocks, train_idx),
+            y[train_idx],
+            encoders,
+            dataset,
+            train_idx,
+        )
+        paths = [*_training_plots(model, out_dir)]
+        holdout = None
+        if len(test_idx):
+            holdout = score_rows(model, out_dir, block_rows(blocks, test_idx), y, dataset, test_idx)
+            paths += evaluation_plots(model, block_rows(blocks, test_idx), y[test_idx], out_dir)
+            write_json(
+                out_dir / EVAL_FILE,
+                {
+                    **holdout.to_json_dict(),
+                    "split": "holdout",
+                    "protocol": plan.protocol.to_json_dict(),
+                },
+            )
+        cv = model.cv_metrics_ if getattr(model, "cv_metrics_", None) is not None else None
+        return TrainResult(
+            out_dir,
+            len(train_idx),
+            len(test_idx),
+            n_missing,
+            cv,
+            holdout,
+            tuple(paths),
+            plan.protocol,
+        )
 
 
 def _embedded_only(plan: SplitPlan, embedded: np.ndarray) -> SplitPlan:

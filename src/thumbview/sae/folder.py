@@ -37,8 +37,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from thumbview.layout import SAE_CONFIG as CFG_FILE
+from thumbview.layout import SAE_SUBDIR, SaeFolderError, check_finished, resolve_sae_dir
 from thumbview.layout import SAE_WEIGHTS as WEIGHTS_FILE
-from thumbview.layout import SaeFolderError, resolve_sae_dir
 from thumbview.progress import SILENT, Progress
 from thumbview.sae.architectures import build_sae
 from thumbview.sae.arrays import StudyError
@@ -218,10 +218,7 @@ def load_sae(directory: str | Path) -> SparseAutoencoder:
 
     `directory` is the SAE folder or the `sae train --out` folder above it.
     """
-    try:
-        directory = resolve_sae_dir(directory)
-    except SaeFolderError as e:
-        raise SaeFileError(str(e)) from e
+    directory = _finished_sae_dir(directory, SaeFileError)
     cfg = _config_from_cfg_json(_read_json(directory / CFG_FILE), directory / CFG_FILE)
     tensors = _checked_tensors(directory / WEIGHTS_FILE, cfg)
     sae = build_sae(cfg)
@@ -268,10 +265,21 @@ def read_sae_cfg(sae_dir: str | Path) -> dict[str, Any]:
 
 
 def _resolved(sae_dir: str | Path) -> Path:
+    return _finished_sae_dir(sae_dir, StudyError)
+
+
+def _finished_sae_dir(path: str | Path, error: type[Exception]) -> Path:
+    """The SAE folder (`resolve_sae_dir`), refused when the `sae train` that writes it (into
+    it or into the folder above) did not finish."""
+    check_finished(path, error)
     try:
-        return resolve_sae_dir(sae_dir)
+        folder = resolve_sae_dir(path)
     except SaeFolderError as e:
-        raise StudyError(str(e)) from e
+        raise error(str(e)) from e
+    check_finished(folder, error)
+    if folder.name == SAE_SUBDIR:
+        check_finished(folder.parent, error)
+    return folder
 
 
 def activation_source(cfg: dict[str, Any]) -> ActivationSource:
