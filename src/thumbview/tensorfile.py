@@ -50,27 +50,36 @@ def n_elements(header: Header) -> int:
     return sum(math.prod(shape) for shape, _ in header.values())
 
 
-def cap_sizes(path: Path, header: Header, sizes: dict[str, Any], error: type[Exception]) -> None:
-    """Each named size a positive integer no larger than what the weights file holds.
+def cap_sizes(config: Path, header: Header, sizes: dict[str, Any], error: type[Exception]) -> None:
+    """Each named size in the file `config` a positive integer no larger than the number of
+    values the weights file holds (`header`).
 
     Checked before a network is built from them (even on the meta device, a size of 10^12
     would overflow a shape); `sizes` maps a config field's name to its value."""
     limit = max(n_elements(header), 1)
     for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise error(f"{path}: {name} must be a positive integer, got {str(value)[:40]}")
+            raise error(f"{config}: {name} must be a positive integer, got {str(value)[:40]}")
         if value > limit:
-            raise error(f"{path}: {name}={value} is larger than the weights file holds ({limit})")
+            raise error(
+                f"{config}: {name}={value} is larger than the weights file holds ({limit} values)"
+            )
 
 
-def meta_shapes(build: Callable[[], Any], prefix: str = "") -> dict[str, tuple[int, ...]]:
-    """{prefix + name: shape} of the state dict of the module `build()` returns, built on the
-    meta device: the shapes a config implies, at no memory cost."""
+def meta_state(build: Callable[[], Any], prefix: str = "") -> dict[str, tuple[tuple, bool]]:
+    """{prefix + name: (shape, is floating point)} of the state dict of the module `build()`
+    returns, built on the meta device: what a config implies, at no memory cost."""
     import torch
 
     with torch.device("meta"):
         module = build()
-    return {prefix + k: tuple(v.shape) for k, v in module.state_dict().items()}
+    state = module.state_dict()
+    return {prefix + k: (tuple(v.shape), v.is_floating_point()) for k, v in state.items()}
+
+
+def meta_shapes(build: Callable[[], Any], prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """{prefix + name: shape} of `meta_state`."""
+    return {k: shape for k, (shape, _) in meta_state(build, prefix).items()}
 
 
 def shape_problem(

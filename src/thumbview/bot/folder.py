@@ -27,6 +27,8 @@ from thumbview.tensorfile import FLOAT_DTYPES, Header, dtype_problem, read_heade
 BOT_FILE = "bot.json"
 FORMAT, FORMAT_VERSION = "thumbview-bot", 1
 METHODS = ("draft", "ddpo")
+# What generation reads (a bot.json without one would sample otherwise, silently).
+SAMPLE_FIELDS = frozenset(f.name for f in fields(SampleConfig))
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,11 @@ class BotConfig:
         """The config saved in bot.json, checked (`_from_json`): BotError in words."""
         if not isinstance(d, dict):
             raise BotError("config: expected an object")
-        sample = _from_json(SampleConfig, d.get("sample", {}), "config.sample")
+        if not isinstance(d.get("sample"), dict) or SAMPLE_FIELDS - set(d["sample"]):
+            raise BotError(
+                f"config.sample: expected every one of {', '.join(sorted(SAMPLE_FIELDS))}"
+            )
+        sample = _from_json(SampleConfig, d["sample"], "config.sample")
         reward = _from_json(RewardConfig, d.get("reward", {}), "config.reward")
         return _from_json(cls, {**d, "sample": sample, "reward": reward}, "config")
 
@@ -154,7 +160,10 @@ def read_bot(bot_dir: str | Path) -> dict:
         raise BotError(f"{path}: {e}") from e
     lora = Path(bot_dir) / LORA_FILE
     if problem := lora_rank_problem(read_header(lora, BotError), config.lora_rank):
-        raise BotError(f"{lora}: {problem} ({BOT_FILE} config.lora_rank)")
+        raise BotError(
+            f"{lora} does not fit this base model and LoRA rank ({problem}; "
+            f"{BOT_FILE} config.lora_rank)"
+        )
     if problem := non_finite(read_tensors(lora, "LoRA")):
         raise BotError(f"{lora}: {problem}")
     return meta

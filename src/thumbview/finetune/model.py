@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from thumbview.embed.base import Encoder
 from thumbview.fileio import atomic_write
 from thumbview.finetune.config import FORMAT, FORMAT_VERSION, FinetuneConfig, FinetuneError
 from thumbview.finetune.encoders import TITLE_MAX_TOKENS, build_encoder
+from thumbview.layout import MODEL_ENCODERS as ENCODERS_FILE
 from thumbview.layout import check_finished
 from thumbview.predict.folder import encoder_specs
 from thumbview.predict.model import (
@@ -37,7 +39,7 @@ from thumbview.tensorfile import (
     INT_DTYPES,
     cap_sizes,
     dtype_problem,
-    meta_shapes,
+    meta_state,
     read_header,
     shape_problem,
 )
@@ -161,6 +163,11 @@ class FinetunedPredictor(ViewPredictor):
             model = cls(FinetuneConfig.from_dict(meta["config"]))
         except (TypeError, ValueError) as e:
             raise ArtifactError(f"{directory / CONFIG_FILE}: config: {e}") from e
+        if meta["architecture"]["title"] != model.config.title:
+            raise ArtifactError(
+                f"{directory / CONFIG_FILE}: config.title {model.config.title!r} is not the "
+                f"network's (architecture.title {str(meta['architecture']['title'])[:20]!r})"
+            )
         _check_network(directory, meta["architecture"])  # before anything is allocated
         try:
             tensors = load_file(directory / WEIGHTS_FILE)
@@ -217,6 +224,15 @@ META_SCHEMA = {
 }  # fmt: skip
 
 
+_FIELD_JSON = {"str": str, "dict": dict, "str | None": Optional(str), "int": int,
+               "int | None": Optional(int), "float": Number, "bool": bool}  # fmt: skip
+
+
+def _config_schema() -> dict[str, Any]:
+    """FinetuneConfig's fields, each typed by its annotation (older files may lack new ones)."""
+    return {f.name: Optional(_FIELD_JSON.get(str(f.type), object)) for f in fields(FinetuneConfig)}
+
+
 def read_meta(directory: Path) -> dict[str, Any]:
     """config.json of a fine-tuned model folder (`ArtifactError` when it is not one)."""
     check_finished(directory, ArtifactError)
@@ -228,8 +244,8 @@ def read_meta(directory: Path) -> dict[str, Any]:
         raise ArtifactError(f"{directory / CONFIG_FILE}: not a fine-tuned thumbview model")
     version = meta.get("format_version", 0)
     if isinstance(version, int) and version > FORMAT_VERSION:
-        raise ArtifactError(f"{directory}: saved by a newer thumbview; upgrade to load it")
-    if problem := check(meta, META_SCHEMA):
+        raise ArtifactError(f"{directory / CONFIG_FILE}: saved by a newer thumbview; upgrade")
+    if problem := check(meta, META_SCHEMA) or check(meta["config"], _config_schema(), ".config"):
         raise ArtifactError(f"{directory / CONFIG_FILE}: {problem}")
     return meta
 
@@ -240,19 +256,22 @@ def _check_network(directory: Path, arch: dict[str, Any]) -> None:
     by what the file holds, so a width of 10^9 is refused before anything is built."""
     from thumbview.finetune.network import FusionNet
 
-    path = directory / WEIGHTS_FILE
+    path, config = directory / WEIGHTS_FILE, directory / CONFIG_FILE
     header = read_header(path, ArtifactError)
-    cap_sizes(path, header, _sizes(arch, "architecture"), ArtifactError)
+    sizes = {"architecture.image_size": arch["image_size"], "architecture.hidden": arch["hidden"]}
+    cap_sizes(config, header, {**_sizes(arch, "architecture"), **sizes}, ArtifactError)
     try:
-        expected = meta_shapes(lambda: FusionNet(arch), prefix="net.")
+        expected = meta_state(lambda: FusionNet(arch), prefix="net.")
     except Exception as e:  # noqa: BLE001 - transformers/timm raise anything on a bad config
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ArtifactError(f"{directory / CONFIG_FILE}: architecture: {first}") from e
+        raise ArtifactError(f"{config}: architecture: {first}") from e
     stored = {k: v for k, v in header.items() if k.startswith("net.")}
-    if problem := shape_problem(stored, expected, FLOAT_DTYPES | INT_DTYPES):  # int: BN counters
+    if problem := shape_problem(stored, {k: shape for k, (shape, _) in expected.items()},
+                                FLOAT_DTYPES | INT_DTYPES):  # fmt: skip
         raise ArtifactError(f"{path}: {problem} ({CONFIG_FILE} architecture)")
-    rest = {k: v for k, v in header.items() if not k.startswith("net.")}
-    if problem := dtype_problem(rest, FLOAT_DTYPES):
+    floats = {k: v for k, v in header.items() if expected.get(k, (0, True))[1]}
+    ints = {k: v for k, v in header.items() if k not in floats}  # BatchNorm's counters
+    if problem := dtype_problem(floats, FLOAT_DTYPES) or dtype_problem(ints, INT_DTYPES):
         raise ArtifactError(f"{path}: {problem}")
 
 
@@ -278,9 +297,16 @@ def load_folder(directory: str | Path) -> tuple[FinetunedPredictor, dict[str, En
     directory = Path(directory)
     model = FinetunedPredictor.load(directory)
     saved = encoder_specs(directory, model.config.encoders)
-    encoders = {
-        name: build_encoder(name, saved[name].get("options", {})) for name in model.config.encoders
-    }
+    try:
+        encoders = {n: build_encoder(n, saved[n].get("options", {})) for n in model.config.encoders}
+    except (TypeError, ValueError) as e:
+        raise ArtifactError(f"{directory / ENCODERS_FILE}: {e}") from e
+    for name, encoder in encoders.items():
+        if encoder.dim != model.block_dims_[name]:
+            raise ArtifactError(
+                f"{directory / ENCODERS_FILE}: {name} gives {encoder.dim} values, the network "
+                f"reads {model.block_dims_[name]} ({CONFIG_FILE} architecture.image_size)"
+            )
     return model, encoders, None
 
 

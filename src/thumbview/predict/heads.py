@@ -740,3 +740,5 @@ def _check_loaded_shapes(n_features: int, arrays: dict[str, np.ndarray]) -> None
             raise HeadError(
                 f"stored array {name!r} has shape {np.shape(a)}, expected ({n_features},)"
             )
+        if name.endswith("scale") and not (np.asarray(a) > 0).all():  # column sd, 1 if constant
+            raise HeadError(f"stored array {name!r} must be > 0 (a scale)")

@@ -61,10 +61,11 @@ CONFIG_SCHEMA = {
     "thumbview_version": Optional(str),
     "target": Optional(str),
     "cv_metrics": Optional(
-        {"spearman": Optional(Number), "pearson": Optional(Number),
-         "mae_log10": Optional(Number), "r2": Optional(Number), "n": int}
+        {"spearman": (*Number, type(None)), "pearson": (*Number, type(None)),
+         "mae_log10": (*Number, type(None)), "r2": (*Number, type(None)), "n": int}
     ),
 }  # fmt: skip
+INT_ARRAYS = ("tree_sizes",)  # the only integer arrays a predictor stores (GBM); others float
 METRIC_FIELDS = ("spearman", "pearson", "mae_log10", "r2", "n")  # cv_metrics in config.json
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 101)  # residual quantiles stored for intervals
 
@@ -366,13 +367,16 @@ def _read_artifact(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarra
     version = meta.get("format_version", 0)
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise ArtifactError(
-            f"{directory}: saved by a newer thumbview ({meta.get('thumbview_version')}); upgrade to load it"
+            f"{directory / CONFIG_FILE}: saved by a newer thumbview "
+            f"({str(meta.get('thumbview_version'))[:20]}); upgrade to load it"
         )
     problem = check(meta, CONFIG_SCHEMA)  # every field, typed
     if problem:
         raise ArtifactError(f"{directory / CONFIG_FILE}: {problem}")
     header = read_header(directory / WEIGHTS_FILE, ArtifactError)
-    if problem := dtype_problem(header, FLOAT_DTYPES | INT_DTYPES):
+    counts = {k: v for k, v in header.items() if k.endswith(INT_ARRAYS)}
+    floats = {k: v for k, v in header.items() if k not in counts}
+    if problem := dtype_problem(counts, INT_DTYPES) or dtype_problem(floats, FLOAT_DTYPES):
         raise ArtifactError(f"{directory / WEIGHTS_FILE}: {problem}")
     try:
         arrays = load_file(directory / WEIGHTS_FILE)
@@ -405,6 +409,8 @@ def _check_loaded_dims(model: ViewPredictor, directory: Path) -> None:
                     f"{directory / WEIGHTS_FILE}: block {name!r} scaler has shape {part.shape}, "
                     f"{CONFIG_FILE} block_dims says ({dim},)"
                 )
+        if not (model.block_scale_[name] > 0).all():  # a standard deviation (1 if constant)
+            raise ArtifactError(f"{directory / WEIGHTS_FILE}: block.{name}.scale must be > 0")
     width = sum(model.block_dims_.values())
     head_width = getattr(model.head_, "n_features_", None) or len(model.head_.coef_)
     if head_width != width:

@@ -197,7 +197,7 @@ def _checked_tensors(path: Path, cfg: SaeConfigs) -> dict[str, torch.Tensor]:
     anything is allocated (a d_sae of 10^9 with a 10 KB file is refused, not built), and
     finite."""
     header = read_header(path, SaeFileError)
-    cap_sizes(path, header, {"d_in": cfg.d_in, "d_sae": cfg.d_sae}, SaeFileError)
+    cap_sizes(path.parent / CFG_FILE, header, {"d_in": cfg.d_in, "d_sae": cfg.d_sae}, SaeFileError)
     expected = {
         "W_enc": (cfg.d_in, cfg.d_sae),
         "b_enc": (cfg.d_sae,),
@@ -305,6 +305,17 @@ def activation_source(cfg: dict[str, Any]) -> ActivationSource:
     return ActivationSource("clip", str(model), int(layer), str(tokens))
 
 
+def read_activation_source(sae_dir: str | Path) -> ActivationSource:
+    """`activation_source` of an SAE folder's cfg.json; its errors name the file."""
+    path = _resolved(sae_dir) / CFG_FILE
+    try:
+        return activation_source(read_sae_cfg(sae_dir))
+    except StudyError as e:
+        raise e if str(path) in str(e) else StudyError(f"{path}: {e}") from e
+    except SaeError as e:
+        raise StudyError(f"{path}: {e}") from e
+
+
 def activation_encoder(source: ActivationSource, device: str = "cpu") -> Any:
     """The encoder whose output the SAE reads (CLIP at the layer, or a cached encoder)."""
     if source.features == "clip":
@@ -326,7 +337,7 @@ def load_sae_encoder(
     CLIP activations; `sae analyze` passes False to accept any cached encoder's features.
     """
     folder = _resolved(sae_dir)
-    source = activation_source(read_sae_cfg(folder))
+    source = read_activation_source(folder)
     if images_only and source.features != "clip":
         raise StudyError(
             f"this SAE was trained on {source.features!r} features, not CLIP activations of "
