@@ -274,18 +274,18 @@ def test_a_killed_train_leaves_a_folder_no_command_loads(tmp_path):
 
 
 def test_a_finished_run_removes_the_marker_and_older_folders_never_had_one(folders):
-    from thumbview.layout import unfinished_run
+    from thumbview.fileio import while_running
 
     assert not (folders["ridge"] / RUN_UNFINISHED).exists()
     legacy = ROOT / "tests" / "data" / "legacy" / "d7022a0"
     assert not list(legacy.rglob(RUN_UNFINISHED))  # they load as before (test_legacy_folders)
     folder = folders["ridge"]
-    with pytest.raises(RuntimeError), unfinished_run(folder, "test"):
+    with pytest.raises(RuntimeError), while_running(folder / RUN_UNFINISHED, "test"):
         assert (folder / RUN_UNFINISHED).is_file()
         _refused(ViewPredictor.load, folder, "did not finish")
         raise RuntimeError("the run fails")
     assert (folder / RUN_UNFINISHED).is_file()  # a failed run stays unfinished
-    with unfinished_run(folder, "test"):  # the run again (a resume), to the end
+    with while_running(folder / RUN_UNFINISHED, "test"):  # the run again (a resume), to the end
         pass
     assert not (folder / RUN_UNFINISHED).exists()
     ViewPredictor.load(folder)

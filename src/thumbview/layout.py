@@ -13,12 +13,7 @@ command that takes an SAE accepts either folder and goes through `resolve_sae_di
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-
-from thumbview.fileio import atomic_write, fsync_dir
 
 # ----- a run in progress (`train`, `finetune`, `sae train`) --------------------------------
 # Written before a run's first file and removed after its last: a folder holding it is being
@@ -127,26 +122,9 @@ def find_study_dir(sae_dir: str | Path | None) -> Path | None:
 
 
 # ----- runs that did not finish ------------------------------------------------------------
-@contextmanager
-def unfinished_run(folder: str | Path, command: str) -> Iterator[Path]:
-    """Mark `folder` as being written by `command` until the body returns.
-
-    The marker stays when the body raises or the process is killed (SIGKILL, power cut), so
-    the half-written folder is refused by every loader (`check_finished`) until the run is
-    done again or resumed; it is flushed to disk before the body writes anything."""
-    folder = Path(folder)
-    marker = atomic_write(
-        folder / RUN_UNFINISHED,
-        f"`{command}` started writing this folder at {time.strftime('%Y-%m-%d %H:%M:%S')} and "
-        "has not finished: it is removed when the run completes. Rerun (or resume) it.\n",
-    )
-    yield folder
-    marker.unlink(missing_ok=True)
-    fsync_dir(folder)
-
-
 def check_finished(folder: str | Path, error: type[Exception]) -> None:
-    """Raise `error` when the run that writes `folder` did not finish (its marker is there)."""
+    """Raise `error` when the run that writes `folder` did not finish (its marker is there;
+    runs write it with `fileio.while_running(folder / RUN_UNFINISHED, ...)`)."""
     if (Path(folder) / RUN_UNFINISHED).exists():
         raise error(
             f"{folder}: the run that wrote this folder did not finish ({RUN_UNFINISHED} is "

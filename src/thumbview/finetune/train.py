@@ -22,12 +22,13 @@ import torch
 from thumbview.data.dataset import ThumbnailDataset
 from thumbview.embed.cache import embed
 from thumbview.embed.title import TitleEncoder
+from thumbview.fileio import while_running
 from thumbview.finetune.config import FinetuneConfig, FinetuneError
 from thumbview.finetune.data import ThumbnailRows, loader
 from thumbview.finetune.encoders import TitleTokenEncoder
 from thumbview.finetune.model import FinetunedPredictor, network_state
 from thumbview.finetune.network import build_network
-from thumbview.layout import unfinished_run
+from thumbview.layout import RUN_UNFINISHED
 from thumbview.predict.crossval import EvalResult, Metrics, compute_metrics, group_train_test_split
 from thumbview.predict.target import make_target
 from thumbview.progress import SILENT, Progress
@@ -451,7 +452,9 @@ def finetune(
     paths, scale = [str(p) for p in dataset.paths], (y_mean, y_std, arch["image_size"])
     rows = _rows(paths, y, titles, split.train, config, scale, augment=config.augment)
     val = _rows(paths, y, titles, split.val, config, scale, augment=False)
-    with unfinished_run(out_dir, "thumbview finetune"):  # stays on a kill; --resume goes on
+    with while_running(
+        out_dir / RUN_UNFINISHED, "thumbview finetune"
+    ):  # stays on a kill; --resume goes on
         state = train_loop(net, rows, val, y[split.val], y_mean, y_std, config, out_dir / CHECKPOINT_DIR,
                            resume=resume, progress=progress, on_epoch=on_epoch,
                            before_epoch=before_epoch)  # fmt: skip

@@ -22,8 +22,9 @@ import scipy.sparse as sp
 from thumbview.data.dataset import ThumbnailDataset
 from thumbview.data.images import load_image
 from thumbview.embed.cache import embed
+from thumbview.fileio import while_running
+from thumbview.layout import RUN_UNFINISHED
 from thumbview.layout import SAE_CODES as CODES_FILE
-from thumbview.layout import unfinished_run
 from thumbview.progress import SILENT, Progress
 from thumbview.sae.analyze import image_folder_dataset
 from thumbview.sae.architectures import build_sae
@@ -140,7 +141,7 @@ def _fit_and_encode(
     options = _default_dead_after(dict(sae_options or {}), len(acts))
     cfg = sae_config(options.pop("arch", "topk"), d_in=acts.shape[1], **options)
     trainer = SaeTrainer(build_sae(cfg, seed=train_cfg.seed), train_cfg)
-    with unfinished_run(out_dir, "thumbview sae train"):
+    with while_running(out_dir / RUN_UNFINISHED, "thumbview sae train"):
         sae = trainer.fit(acts, out_dir, extra_cfg=extra_cfg, progress=progress)
         metrics = trainer.heldout_metrics or trainer.evaluate(acts[:65_536])
         log.info("SAE: %s", metrics)
