@@ -365,8 +365,12 @@ def train_loop(
     config: FinetuneConfig, ckpt: Path, *, resume: bool, progress: Progress = SILENT,
     on_epoch: Callable[[EpochReport], None] | None = None,
     before_epoch: Callable[[int], None] | None = None,
+    started: Callable[[], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Epochs with checkpoints and early stopping; leaves the best weights in `net`."""
+    """Epochs with checkpoints and early stopping; leaves the best weights in `net`.
+
+    `started` is called once the run's state is set (a resume's checkpoint checked), before
+    anything is written: the finetune run marks its folder unfinished there."""
     import time
 
     device, dtype = device_and_precision(config)
@@ -375,6 +379,8 @@ def train_loop(
     opt, sched = make_optimizer(net, config, steps)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     state, best = _start_state(net, opt, sched, config, ckpt, resume)
+    if started:
+        started()
     try:
         while state["epoch"] < config.epochs and not state["stopped"]:
             if before_epoch:
@@ -452,12 +458,11 @@ def finetune(
     paths, scale = [str(p) for p in dataset.paths], (y_mean, y_std, arch["image_size"])
     rows = _rows(paths, y, titles, split.train, config, scale, augment=config.augment)
     val = _rows(paths, y, titles, split.val, config, scale, augment=False)
-    with while_running(
-        out_dir / RUN_UNFINISHED, "thumbview finetune"
-    ):  # stays on a kill; --resume goes on
+    marker = out_dir / RUN_UNFINISHED  # stays on a kill; --resume goes on and removes it
+    with while_running(marker, "thumbview finetune", lazy=True) as started:
         state = train_loop(net, rows, val, y[split.val], y_mean, y_std, config, out_dir / CHECKPOINT_DIR,
                            resume=resume, progress=progress, on_epoch=on_epoch,
-                           before_epoch=before_epoch)  # fmt: skip
+                           before_epoch=before_epoch, started=started)  # fmt: skip
         device, dtype = device_and_precision(config)
         model = FinetunedPredictor(config).set_fitted(
             net, arch, y_mean, y_std, float(np.median(y[split.train])), len(split.train)
