@@ -14,7 +14,9 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +104,32 @@ def write_json(path: str | Path, payload: Any) -> Path:
     """
     text = json.dumps(json_safe(payload), indent=2, ensure_ascii=False, allow_nan=False)
     return atomic_write(path, text + "\n")
+
+
+@contextmanager
+def while_running(
+    marker: str | Path, command: str, *, lazy: bool = False
+) -> Iterator[Callable[[], None]]:
+    """A marker file that exists, flushed to disk, while the body runs, and is removed when
+    it returns: a run that is killed or raises leaves it behind (`layout.RUN_UNFINISHED`).
+
+    With `lazy`, the marker is written only when the body calls the function it is given
+    (a resumed run first checks its checkpoint, so a refused resume leaves the folder as it
+    was), and removed only if it was written."""
+    marker = Path(marker)
+    note = (
+        f"`{command}` started writing this folder at {time.strftime('%Y-%m-%d %H:%M:%S')} and "
+        "has not finished: this file is removed when it does. Run it again (or resume it).\n"
+    )
+    written = []
+
+    def start() -> None:
+        if not written:
+            written.append(atomic_write(marker, note))
+
+    if not lazy:
+        start()
+    yield start
+    if written:
+        marker.unlink(missing_ok=True)
+        fsync_dir(marker.parent)

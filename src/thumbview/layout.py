@@ -15,6 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# ----- a run in progress (`train`, `finetune`, `sae train`) --------------------------------
+# Written before a run's first file and removed after its last: a folder holding it is being
+# written, or was left by a run that was killed, and no loader reads it as a model. Folders
+# written before the marker existed never hold it, so they load as they always did.
+RUN_UNFINISHED = "UNFINISHED"
+
 # ----- a model folder (`thumbview train --out`) ----------------------------------------------
 MODEL_WEIGHTS = "model.safetensors"  # every array of the fitted predictor
 MODEL_CONFIG = "config.json"  # the predictor's config, head settings and block widths
@@ -113,3 +119,14 @@ def find_study_dir(sae_dir: str | Path | None) -> Path | None:
         if any((folder / name).is_file() for name in STUDY_TABLES):
             return folder
     return None
+
+
+# ----- runs that did not finish ------------------------------------------------------------
+def check_finished(folder: str | Path, error: type[Exception]) -> None:
+    """Raise `error` when the run that writes `folder` did not finish (its marker is there;
+    runs write it with `fileio.while_running(folder / RUN_UNFINISHED, ...)`)."""
+    if (Path(folder) / RUN_UNFINISHED).exists():
+        raise error(
+            f"{folder}: the run that wrote this folder did not finish ({RUN_UNFINISHED} is "
+            "there); run it again, or resume it (finetune --resume, sae train)"
+        )

@@ -22,10 +22,13 @@ from thumbview.bot.reward import RewardConfig
 from thumbview.bot.rl import BotError
 from thumbview.fileio import atomic_write
 from thumbview.schema import read_json
+from thumbview.tensorfile import FLOAT_DTYPES, Header, dtype_problem, read_header
 
 BOT_FILE = "bot.json"
 FORMAT, FORMAT_VERSION = "thumbview-bot", 1
 METHODS = ("draft", "ddpo")
+# What generation reads (a bot.json without one would sample otherwise, silently).
+SAMPLE_FIELDS = frozenset(f.name for f in fields(SampleConfig))
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,11 @@ class BotConfig:
         """The config saved in bot.json, checked (`_from_json`): BotError in words."""
         if not isinstance(d, dict):
             raise BotError("config: expected an object")
-        sample = _from_json(SampleConfig, d.get("sample", {}), "config.sample")
+        if not isinstance(d.get("sample"), dict) or SAMPLE_FIELDS - set(d["sample"]):
+            raise BotError(
+                f"config.sample: expected every one of {', '.join(sorted(SAMPLE_FIELDS))}"
+            )
+        sample = _from_json(SampleConfig, d["sample"], "config.sample")
         reward = _from_json(RewardConfig, d.get("reward", {}), "config.reward")
         return _from_json(cls, {**d, "sample": sample, "reward": reward}, "config")
 
@@ -148,9 +155,33 @@ def read_bot(bot_dir: str | Path) -> dict:
     if meta["format"] != FORMAT:
         raise BotError(f"{path} is not a thumbview bot file")
     try:
-        BotConfig.from_dict(meta["config"])
+        config = BotConfig.from_dict(meta["config"])
     except BotError as e:
         raise BotError(f"{path}: {e}") from e
-    if problem := non_finite(read_tensors(Path(bot_dir) / LORA_FILE, "LoRA")):
-        raise BotError(f"{Path(bot_dir) / LORA_FILE}: {problem}")
+    lora = Path(bot_dir) / LORA_FILE
+    if problem := lora_rank_problem(read_header(lora, BotError), config.lora_rank):
+        raise BotError(
+            f"{lora} does not fit this base model and LoRA rank ({problem}; "
+            f"{BOT_FILE} config.lora_rank)"
+        )
+    if problem := non_finite(read_tensors(lora, "LoRA")):
+        raise BotError(f"{lora}: {problem}")
     return meta
+
+
+def lora_rank_problem(header: Header, rank: int) -> str | None:
+    """Why a LoRA file's header does not hold an adapter of `rank`, or None.
+
+    Read before the adapter is built: the policy allocates `rank` columns per adapted layer,
+    so a rank of 10^9 in bot.json must be refused by the file's shapes, not by the memory."""
+    if problem := dtype_problem(header, FLOAT_DTYPES):
+        return problem
+    downs = {k: s for k, (s, _) in header.items() if k.endswith(("lora.down.weight", "lora_A.weight"))}  # fmt: skip
+    ups = {k: s for k, (s, _) in header.items() if k.endswith(("lora.up.weight", "lora_B.weight"))}
+    if not downs or len(downs) != len(ups) or len(downs) + len(ups) != len(header):
+        return "not a LoRA adapter (expected pairs of lora down/up weights)"
+    for name, shape in {**downs, **ups}.items():
+        at = shape[0] if name in downs else shape[-1]
+        if len(shape) != 2 or at != rank:
+            return f"tensor {name!r} has shape {shape}: not a rank-{rank} adapter"
+    return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from thumbview.embed.base import Encoder
 from thumbview.fileio import atomic_write
 from thumbview.finetune.config import FORMAT, FORMAT_VERSION, FinetuneConfig, FinetuneError
 from thumbview.finetune.encoders import TITLE_MAX_TOKENS, build_encoder
+from thumbview.layout import MODEL_ENCODERS as ENCODERS_FILE
+from thumbview.layout import check_finished
 from thumbview.predict.folder import encoder_specs
 from thumbview.predict.model import (
     CONFIG_FILE,
@@ -28,8 +31,18 @@ from thumbview.predict.model import (
     WEIGHTS_FILE,
     ArtifactError,
     ViewPredictor,
+    quantile_arrays,
 )
-from thumbview.schema import load_json
+from thumbview.schema import MapOf, Number, Optional, check, read_json
+from thumbview.tensorfile import (
+    FLOAT_DTYPES,
+    INT_DTYPES,
+    cap_sizes,
+    dtype_problem,
+    meta_state,
+    read_header,
+    shape_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +147,7 @@ class FinetunedPredictor(ViewPredictor):
     @classmethod
     def load(cls, directory: str | Path) -> FinetunedPredictor:
         """Rebuild the network from its stored architecture and weights (`ArtifactError` if damaged)."""
+        import torch
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -141,9 +155,7 @@ class FinetunedPredictor(ViewPredictor):
 
         directory = Path(directory)
         meta = read_meta(directory)
-        kind = (
-            meta["architecture"].get("kind") if isinstance(meta.get("architecture"), dict) else None
-        )
+        kind = meta["architecture"].get("kind")
         if kind == "timm":
             from thumbview.finetune.timm_backbone import import_timm
 
@@ -153,21 +165,31 @@ class FinetunedPredictor(ViewPredictor):
 
             import_architecture()
         try:
+            model = cls(FinetuneConfig.from_dict(meta["config"]))
+        except (TypeError, ValueError) as e:
+            raise ArtifactError(f"{directory / CONFIG_FILE}: config: {e}") from e
+        if meta["architecture"]["title"] != model.config.title:
+            raise ArtifactError(
+                f"{directory / CONFIG_FILE}: config.title {model.config.title!r} is not the "
+                f"network's (architecture.title {str(meta['architecture']['title'])[:20]!r})"
+            )
+        _check_network(directory, meta["architecture"])  # before anything is allocated
+        try:
             tensors = load_file(directory / WEIGHTS_FILE)
         except (SafetensorError, OSError, ValueError) as e:
             raise ArtifactError(f"{directory / WEIGHTS_FILE}: corrupt or truncated ({e})") from e
-        try:
-            model = cls(FinetuneConfig.from_dict(meta["config"]))
-            net = FusionNet(meta["architecture"])
-            net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-            model.set_fitted(net, meta["architecture"], meta["y_mean"], meta["y_std"],
-                             meta["y_median"], meta["n_train"])  # fmt: skip
-            model.calibrate(np.zeros(1), np.zeros(1))
-            model.residual_quantiles_ = tensors["residual_quantiles"].double().numpy()
-            model.quantile_levels_ = tensors["quantile_levels"].double().numpy()
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise ArtifactError(f"{directory}: fine-tuned model is incomplete ({e})") from e
-        model.history_, model.val_metrics_ = meta.get("history", []), meta.get("val_metrics")
+        arrays = {k: v.double().numpy() for k, v in tensors.items() if not k.startswith("net.")}
+        quantiles = quantile_arrays(arrays, directory / WEIGHTS_FILE)
+        if quantiles is None:
+            raise ArtifactError(f"{directory / WEIGHTS_FILE}: residual_quantiles is missing")
+        if bad := sorted(k for k, v in tensors.items() if not bool(torch.isfinite(v).all())):
+            raise ArtifactError(f"{directory / WEIGHTS_FILE}: non-finite values in {bad[0]}")
+        net = FusionNet(meta["architecture"])
+        net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        model.set_fitted(net, meta["architecture"], meta["y_mean"], meta["y_std"],
+                         meta["y_median"], meta["n_train"])  # fmt: skip
+        model.quantile_levels_, model.residual_quantiles_ = quantiles
+        model.history_, model.val_metrics_ = meta.get("history") or [], meta.get("val_metrics")
         return model
 
 
@@ -188,17 +210,86 @@ def _first_rows(blocks, encoders) -> int:
     return int(np.shape(blocks[encoders[0]])[0])
 
 
+# config.json as `save` writes it (the network's own fields are checked by building it on
+# the meta device against the weights' header: `_check_network`).
+META_SCHEMA = {
+    "format": str,
+    "format_version": int,
+    "config": dict,
+    "architecture": {"kind": str, "image_size": int, "hidden": int, "dropout": Number,
+                     "title": str},
+    "encoders": Optional([str]),
+    "block_dims": Optional(MapOf(int)),
+    "y_mean": Number,
+    "y_std": Number,
+    "y_median": Number,
+    "n_train": int,
+    "val_metrics": Optional(MapOf(Optional(Number))),
+    "history": Optional([[Number]]),
+}  # fmt: skip
+
+
+_FIELD_JSON = {"str": str, "dict": dict, "str | None": Optional(str), "int": int,
+               "int | None": Optional(int), "float": Number, "bool": bool}  # fmt: skip
+
+
+def _config_schema() -> dict[str, Any]:
+    """FinetuneConfig's fields, each typed by its annotation (older files may lack new ones)."""
+    return {f.name: Optional(_FIELD_JSON.get(str(f.type), object)) for f in fields(FinetuneConfig)}
+
+
 def read_meta(directory: Path) -> dict[str, Any]:
     """config.json of a fine-tuned model folder (`ArtifactError` when it is not one)."""
+    check_finished(directory, ArtifactError)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
             raise ArtifactError(f"{directory}: missing {name} (not a saved thumbview model?)")
-    meta = load_json(directory / CONFIG_FILE, ArtifactError)  # size and depth limited
+    meta = read_json(directory / CONFIG_FILE, None, ArtifactError)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ArtifactError(f"{directory / CONFIG_FILE}: not a fine-tuned thumbview model")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ArtifactError(f"{directory}: saved by a newer thumbview; upgrade to load it")
+    version = meta.get("format_version", 0)
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise ArtifactError(f"{directory / CONFIG_FILE}: saved by a newer thumbview; upgrade")
+    if problem := check(meta, META_SCHEMA) or check(meta["config"], _config_schema(), ".config"):
+        raise ArtifactError(f"{directory / CONFIG_FILE}: {problem}")
     return meta
+
+
+def _check_network(directory: Path, arch: dict[str, Any]) -> None:
+    """The network `arch` describes has exactly the stored tensors, judged from the weights'
+    header and a build on the meta device (no memory): every size in `arch` is first capped
+    by what the file holds, so a width of 10^9 is refused before anything is built."""
+    from thumbview.finetune.network import FusionNet
+
+    path, config = directory / WEIGHTS_FILE, directory / CONFIG_FILE
+    header = read_header(path, ArtifactError)
+    sizes = {"architecture.image_size": arch["image_size"], "architecture.hidden": arch["hidden"]}
+    cap_sizes(config, header, {**_sizes(arch, "architecture"), **sizes}, ArtifactError)
+    try:
+        expected = meta_state(lambda: FusionNet(arch), prefix="net.")
+    except Exception as e:  # noqa: BLE001 - transformers/timm raise anything on a bad config
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ArtifactError(f"{config}: architecture: {first}") from e
+    stored = {k: v for k, v in header.items() if k.startswith("net.")}
+    if problem := shape_problem(stored, {k: shape for k, (shape, _) in expected.items()},
+                                FLOAT_DTYPES | INT_DTYPES):  # fmt: skip
+        raise ArtifactError(f"{path}: {problem} ({CONFIG_FILE} architecture)")
+    floats = {k: v for k, v in header.items() if expected.get(k, (0, True))[1]}
+    ints = {k: v for k, v in header.items() if k not in floats}  # BatchNorm's counters
+    if problem := dtype_problem(floats, FLOAT_DTYPES) or dtype_problem(ints, INT_DTYPES):
+        raise ArtifactError(f"{path}: {problem}")
+
+
+def _sizes(value: Any, where: str) -> dict[str, int]:
+    """Every positive whole number inside `value` (a JSON tree), by its path: each is a size,
+    a count or an index that no network stored in the file can exceed."""
+    if isinstance(value, dict):
+        return {k: n for key, v in value.items() for k, n in _sizes(v, f"{where}.{key}").items()}
+    if isinstance(value, list):
+        return {k: n for i, v in enumerate(value) for k, n in _sizes(v, f"{where}[{i}]").items()}
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return {where: value}
+    return {}
 
 
 KIND = FORMAT  # the `format` of config.json this module loads (entry point "thumbview.model_kinds")
@@ -211,9 +302,16 @@ def load_folder(directory: str | Path) -> tuple[FinetunedPredictor, dict[str, En
     directory = Path(directory)
     model = FinetunedPredictor.load(directory)
     saved = encoder_specs(directory, model.config.encoders)
-    encoders = {
-        name: build_encoder(name, saved[name].get("options", {})) for name in model.config.encoders
-    }
+    try:
+        encoders = {n: build_encoder(n, saved[n].get("options", {})) for n in model.config.encoders}
+    except (TypeError, ValueError) as e:
+        raise ArtifactError(f"{directory / ENCODERS_FILE}: {e}") from e
+    for name, encoder in encoders.items():
+        if encoder.dim != model.block_dims_[name]:
+            raise ArtifactError(
+                f"{directory / ENCODERS_FILE}: {name} gives {encoder.dim} values, the network "
+                f"reads {model.block_dims_[name]} ({CONFIG_FILE} architecture.image_size)"
+            )
     return model, encoders, None
 
 

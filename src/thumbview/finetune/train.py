@@ -22,11 +22,13 @@ import torch
 from thumbview.data.dataset import ThumbnailDataset
 from thumbview.embed.cache import embed
 from thumbview.embed.title import TitleEncoder
+from thumbview.fileio import while_running
 from thumbview.finetune.config import FinetuneConfig, FinetuneError
 from thumbview.finetune.data import ThumbnailRows, loader
 from thumbview.finetune.encoders import TitleTokenEncoder
 from thumbview.finetune.model import FinetunedPredictor, network_state
 from thumbview.finetune.network import build_network
+from thumbview.layout import RUN_UNFINISHED
 from thumbview.predict.crossval import EvalResult, Metrics, compute_metrics, group_train_test_split
 from thumbview.predict.target import make_target
 from thumbview.progress import SILENT, Progress
@@ -364,8 +366,12 @@ def train_loop(
     config: FinetuneConfig, ckpt: Path, *, resume: bool, progress: Progress = SILENT,
     on_epoch: Callable[[EpochReport], None] | None = None,
     before_epoch: Callable[[int], None] | None = None,
+    started: Callable[[], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Epochs with checkpoints and early stopping; leaves the best weights in `net`."""
+    """Epochs with checkpoints and early stopping; leaves the best weights in `net`.
+
+    `started` is called once the run's state is set (a resume's checkpoint checked), before
+    anything is written: the finetune run marks its folder unfinished there."""
     import time
 
     device, dtype = device_and_precision(config)
@@ -374,6 +380,8 @@ def train_loop(
     opt, sched = make_optimizer(net, config, steps)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     state, best = _start_state(net, opt, sched, config, ckpt, resume)
+    if started:
+        started()
     try:
         while state["epoch"] < config.epochs and not state["stopped"]:
             if before_epoch:
@@ -452,25 +460,27 @@ def finetune(
     scale = (y_mean, y_std, arch["image_size"], arch.get("frame", "squash"))
     rows = _rows(paths, y, titles, split.train, config, scale, augment=config.augment)
     val = _rows(paths, y, titles, split.val, config, scale, augment=False)
-    state = train_loop(net, rows, val, y[split.val], y_mean, y_std, config, out_dir / CHECKPOINT_DIR,
-                       resume=resume, progress=progress, on_epoch=on_epoch,
-                       before_epoch=before_epoch)  # fmt: skip
-    device, dtype = device_and_precision(config)
-    model = FinetunedPredictor(config).set_fitted(
-        net, arch, y_mean, y_std, float(np.median(y[split.train])), len(split.train)
-    )
-    val_pred = predict_rows(net, val, config, device, dtype) * y_std + y_mean
-    model.calibrate(y[split.val], val_pred)
-    model.val_metrics_ = compute_metrics(y[split.val], val_pred).to_dict()
-    model.history_ = state["history"]
-    test = _rows(paths, y, titles, split.test, config, scale, augment=False)
-    test_pred = (
-        predict_rows(net, test, config, device, dtype) * y_std + y_mean if len(test) else None
-    )
-    holdout, plots = finish(model, dataset, split, y, titles, test_pred, out_dir)
-    return FinetuneResult(out_dir, len(split.train), len(split.val), len(split.test),
-                          state["epoch"], state["best_epoch"], state["stopped"],
-                          Metrics(**model.val_metrics_), holdout, plots)  # fmt: skip
+    marker = out_dir / RUN_UNFINISHED  # stays on a kill; --resume goes on and removes it
+    with while_running(marker, "thumbview finetune", lazy=True) as started:
+        state = train_loop(net, rows, val, y[split.val], y_mean, y_std, config, out_dir / CHECKPOINT_DIR,
+                           resume=resume, progress=progress, on_epoch=on_epoch,
+                           before_epoch=before_epoch, started=started)  # fmt: skip
+        device, dtype = device_and_precision(config)
+        model = FinetunedPredictor(config).set_fitted(
+            net, arch, y_mean, y_std, float(np.median(y[split.train])), len(split.train)
+        )
+        val_pred = predict_rows(net, val, config, device, dtype) * y_std + y_mean
+        model.calibrate(y[split.val], val_pred)
+        model.val_metrics_ = compute_metrics(y[split.val], val_pred).to_dict()
+        model.history_ = state["history"]
+        test = _rows(paths, y, titles, split.test, config, scale, augment=False)
+        test_pred = (
+            predict_rows(net, test, config, device, dtype) * y_std + y_mean if len(test) else None
+        )
+        holdout, plots = finish(model, dataset, split, y, titles, test_pred, out_dir)
+        return FinetuneResult(out_dir, len(split.train), len(split.val), len(split.test),
+                              state["epoch"], state["best_epoch"], state["stopped"],
+                              Metrics(**model.val_metrics_), holdout, plots)  # fmt: skip
 
 
 def _rows(paths, y, titles, idx, config, scale, *, augment: bool) -> ThumbnailRows:

@@ -44,7 +44,8 @@ def load_folder(model_dir: Path) -> tuple[ViewPredictor, dict[str, Encoder], Tra
     for name in model.config.encoders:
         try:
             encoders[name] = get_encoder(name, **saved[name]["options"])
-        except (EncoderOptionError, UnknownEncoderError) as e:  # a name or option it lacks
+        except (EncoderOptionError, UnknownEncoderError, TypeError, ValueError) as e:
+            # a name or option it lacks, or an option of the wrong type or value
             raise ArtifactError(f"{model_dir / ENCODERS_FILE}: {name}: {e}") from e
         if json.loads(json.dumps(encoders[name].spec())) != saved[name].get("spec"):
             log.warning("encoder %s differs from the one the model was trained with", name)

@@ -23,6 +23,9 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from thumbview.schema import Number, check
+from thumbview.tensorfile import meta_shapes
+
 log = logging.getLogger(__name__)
 
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-2, 4, 13))
@@ -168,14 +171,19 @@ class RidgeHead:
         _require_fitted(self, "coef_")
         return {"mean": self.mean_, "scale": self.scale_, "coef": self.coef_}
 
+    SAVED = {"kind": str, "alphas": [Number], "standardize": bool, "alpha": Number,
+             "intercept": Number, "n_features": int}  # fmt: skip
+
     @classmethod
     def from_arrays(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> RidgeHead:
+        _check_config(config, cls.SAVED)
         head = cls(alphas=config["alphas"], standardize=config["standardize"])
         head.mean_, head.scale_, head.coef_ = (
             np.asarray(arrays[k], dtype=np.float64) for k in ("mean", "scale", "coef")
         )
         head.intercept_, head.alpha_ = float(config["intercept"]), float(config["alpha"])
-        _check_loaded_shapes(head.coef_.shape[0], {k: arrays[k] for k in ("mean", "scale")})
+        n = config["n_features"]
+        _check_loaded_shapes(n, {k: arrays[k] for k in ("mean", "scale", "coef")})
         return head
 
 
@@ -328,25 +336,33 @@ class MLPHead:
         arrays = {f"net.{k}": v.detach().numpy().copy() for k, v in self.net_.state_dict().items()}
         return {"x_mean": self.x_mean_, "x_scale": self.x_scale_, **arrays}
 
+    SAVED = {"kind": str, "hidden": int, "dropout": Number, "lr": Number, "weight_decay": Number,
+             "max_epochs": int, "patience": int, "batch_size": int, "val_frac": Number,
+             "seed": int, "standardize": bool, "n_features": int, "y_mean": Number,
+             "y_scale": Number, "best_epoch": int, "history": [[Number]]}  # fmt: skip
+
     @classmethod
     def from_arrays(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> MLPHead:
+        """The head, its sizes checked against the stored arrays *before* the network is
+        built: a `hidden` of 10^9 in config.json must not allocate 40 GB first."""
+        _check_config(config, cls.SAVED)
         names = set(MLPParams.__dataclass_fields__)
         head = cls(**{k: v for k, v in config.items() if k in names})
         p = head.params
-        head.n_features_ = int(config["n_features"])
+        head.n_features_ = config["n_features"]
         head.y_mean_, head.y_scale_ = float(config["y_mean"]), float(config["y_scale"])
-        head.best_epoch_ = int(config["best_epoch"])
+        head.best_epoch_ = config["best_epoch"]
+        if any(len(h) != 3 for h in config["history"]):
+            raise HeadError("history: each entry must be [epoch, train_mse, val_mse]")
         head.history_ = [(int(e), float(t), float(v)) for e, t, v in config["history"]]
         head.x_mean_, head.x_scale_ = (
             np.asarray(arrays[k], np.float64) for k in ("x_mean", "x_scale")
         )
         _check_loaded_shapes(head.n_features_, {k: arrays[k] for k in ("x_mean", "x_scale")})
-        head.net_ = build_mlp(head.n_features_, p.hidden, p.dropout)
         state = {k[4:]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith("net.")}
-        try:
-            head.net_.load_state_dict(state)
-        except RuntimeError as e:
-            raise HeadError(f"stored MLP weights do not match its config ({e})") from e
+        _check_net_shapes(state, head.n_features_, p)
+        head.net_ = build_mlp(head.n_features_, p.hidden, p.dropout)
+        head.net_.load_state_dict(state)
         head.net_.eval()
         return head
 
@@ -407,12 +423,15 @@ class GBMHead:
         return self
 
     def _leaves(self, X: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Leaf node (global index) per (row, tree) (N, T), and the path of each tree."""
+        """Leaf node (global index) per (row, tree) (N, T), and the path of each tree.
+
+        Bounded: a tree of S nodes is at most S deep (children come after their parent,
+        checked at load), so a loop in a damaged tree ends in an error, not forever."""
         n = self.nodes_
         starts = np.concatenate([[0], np.cumsum(self.tree_sizes_)[:-1]])  # (T,)
         node = np.broadcast_to(starts, (len(X), len(starts))).copy()  # (N, T)
         paths = [node.copy()]
-        while True:
+        for _ in range(int(self.tree_sizes_.max(initial=0)) + 1):
             leaf = n["is_leaf"][node] > 0
             if leaf.all():
                 return node, paths
@@ -421,6 +440,7 @@ class GBMHead:
             child = np.where(go_left, n["left"][node], n["right"][node]).astype(np.int64) + starts
             node = np.where(leaf, node, child)
             paths.append(node.copy())
+        raise HeadError("gbm trees are deeper than their node count: a tree loops")
 
     def predict(self, X) -> np.ndarray:
         _require_fitted(self, "nodes_")
@@ -466,18 +486,76 @@ class GBMHead:
         _require_fitted(self, "nodes_")
         return {"tree_sizes": self.tree_sizes_, **{f"node.{k}": v for k, v in self.nodes_.items()}}
 
+    SAVED = {"kind": str, "max_iter": int, "learning_rate": Number, "max_leaf_nodes": int,
+             "min_samples_leaf": int, "l2_regularization": Number, "val_frac": Number,
+             "seed": int, "baseline": Number, "n_trees": int, "n_features": int}  # fmt: skip
+
     @classmethod
     def from_arrays(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> GBMHead:
+        _check_config(config, cls.SAVED)
         head = cls(**{k: config[k] for k in ("max_iter", "learning_rate", "max_leaf_nodes",
                                               "min_samples_leaf", "l2_regularization", "val_frac",
                                               "seed")})  # fmt: skip
         head.baseline_, head.n_trees_ = float(config["baseline"]), int(config["n_trees"])
         head.n_features_ = int(config["n_features"])
-        head.tree_sizes_ = np.asarray(arrays["tree_sizes"], dtype=np.int64)
+        sizes = np.asarray(arrays["tree_sizes"])
+        if sizes.ndim != 1 or sizes.dtype.kind not in "iu" or len(sizes) != head.n_trees_:
+            raise HeadError(
+                f"tree_sizes must be {head.n_trees_} integers (n_trees), got {sizes.dtype} "
+                f"of shape {sizes.shape}"
+            )
+        head.tree_sizes_ = sizes.astype(np.int64)
         head.nodes_ = {k: np.asarray(arrays[f"node.{k}"], np.float64) for k in cls.NODE_FIELDS}
-        if int(head.tree_sizes_.sum()) != len(head.nodes_["value"]):
-            raise HeadError("stored gbm trees do not match their node arrays")
+        if problem := tree_problem(head.tree_sizes_, head.nodes_, head.n_features_):
+            raise HeadError(f"stored gbm trees are not trees: {problem}")
         return head
+
+
+def tree_problem(sizes: np.ndarray, nodes: dict[str, np.ndarray], n_features: int) -> str | None:
+    """Why node arrays of consecutive trees (`sizes` (T,) nodes each) are not valid trees,
+    or None.
+
+    Valid: every array 1-d with sum(sizes) nodes; `is_leaf` 0/1; at every split node,
+    `left`/`right` whole numbers pointing *after* the node inside its own tree (so no cycle,
+    and depth <= tree size), `feature_idx` a column in [0, n_features); every node but a
+    root the child of exactly one split (reachable exactly once); `count` >= 0. Checked at
+    load so that a damaged tree is refused in words, never looped over."""
+    if len(sizes) == 0:
+        return "tree_sizes is empty (no trees)"
+    total = int(sizes.sum())
+    if int(sizes.min()) < 1:
+        return f"tree_sizes holds {int(sizes.min())}; every tree has at least one node"
+    for name, a in nodes.items():
+        if a.shape != (total,):
+            return f"node.{name} has shape {a.shape}, expected ({total},) = sum(tree_sizes)"
+    starts = np.repeat(np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)  # (M,) own tree start
+    ends = np.repeat(np.cumsum(sizes), sizes)  # (M,)
+    own = np.arange(total)
+    is_leaf = nodes["is_leaf"]
+    if not np.isin(is_leaf, (0.0, 1.0)).all():
+        return "node.is_leaf holds values other than 0 and 1"
+    split = is_leaf == 0
+    for name in ("left", "right", "feature_idx"):
+        v = nodes[name][split]
+        if not (np.isfinite(v) & (v == np.floor(v))).all():
+            return f"node.{name} holds a value that is not a whole number"
+    feature = nodes["feature_idx"][split]
+    if len(feature) and not (0 <= feature.min() and feature.max() < n_features):
+        return f"node.feature_idx holds {feature.max():.0f}, outside the {n_features} features"
+    children = []
+    for name in ("left", "right"):
+        child = nodes[name][split].astype(np.int64) + starts[split]  # (S,) global index
+        if not ((child > own[split]) & (child < ends[split])).all():
+            return f"node.{name} points outside its tree or back to an earlier node (a loop)"
+        children.append(child)
+    parents = np.bincount(np.concatenate(children), minlength=total)  # (M,) splits reaching it
+    roots = np.zeros(total, bool)
+    roots[np.concatenate([[0], np.cumsum(sizes)[:-1]])] = True
+    if (parents[~roots] != 1).any() or (parents[roots] != 0).any():
+        return "a node is reached from more than one split, or from none"
+    if (nodes["count"] < 0).any():
+        return "node.count holds a negative count"
+    return None
 
 
 def _tree_arrays(est) -> tuple[float, list[np.ndarray]]:
@@ -571,6 +649,7 @@ class StackedHead:
 
     @classmethod
     def from_arrays(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> StackedHead:
+        _check_config(config, {"kind": str, "gbm_columns": [int], "n_features": int})
         head = cls(config["gbm_columns"])
         head.ridge = RidgeHead.from_arrays(*_part("ridge", config, arrays))
         head.gbm = GBMHead.from_arrays(*_part("gbm", config, arrays))
@@ -578,6 +657,10 @@ class StackedHead:
         head._check_columns(head.n_features_)
         if len(head.ridge.coef_) != head.n_features_:
             raise HeadError("stored stacked ridge does not match its feature count")
+        if head.gbm.n_features_ != len(head.gbm_columns):
+            raise HeadError("gbm.n_features: the stacked trees read len(gbm_columns) columns")
+        if len(set(head.gbm_columns)) != len(head.gbm_columns):
+            raise HeadError("gbm_columns: a column is listed twice")
         return head
 
 
@@ -625,9 +708,37 @@ def _require_fitted(head, attr: str) -> None:
         raise HeadError(f"this {type(head).__name__} is not fitted yet; call fit(X, y) first")
 
 
+def _check_config(config: dict[str, Any], schema: dict[str, Any]) -> None:
+    """A head's saved settings, each of its type (a head's config is untrusted JSON)."""
+    if problem := check(config, schema):
+        raise HeadError(problem)
+
+
+def _check_net_shapes(state: dict[str, torch.Tensor], n_features: int, p: MLPParams) -> None:
+    """The stored network's tensors are exactly those `build_mlp` makes for these sizes.
+
+    The sizes are first capped by the stored elements, then the expected shapes come from
+    a build on the meta device (no memory), so nothing is allocated from config.json."""
+    stored = sum(t.numel() for t in state.values())
+    for name, size in (("n_features", n_features), ("hidden", p.hidden)):
+        if size > stored:
+            raise HeadError(f"{name}={size} is larger than the stored network ({stored} weights)")
+    want = meta_shapes(lambda: build_mlp(n_features, p.hidden, 0.0))
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != want:
+        bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))[0]
+        raise HeadError(
+            f"stored MLP weight net.{bad} is {got.get(bad)}, its config implies {want.get(bad)}"
+        )
+    if any(not t.is_floating_point() for t in state.values()):
+        raise HeadError("stored MLP weights must be floating point")
+
+
 def _check_loaded_shapes(n_features: int, arrays: dict[str, np.ndarray]) -> None:
     for name, a in arrays.items():
         if np.shape(a) != (n_features,):
             raise HeadError(
                 f"stored array {name!r} has shape {np.shape(a)}, expected ({n_features},)"
             )
+        if name.endswith("scale") and not (np.asarray(a) > 0).all():  # column sd, 1 if constant
+            raise HeadError(f"stored array {name!r} must be > 0 (a scale)")

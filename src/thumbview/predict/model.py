@@ -23,7 +23,7 @@ from safetensors.numpy import load_file, save_file
 
 from thumbview import __version__
 from thumbview.fileio import atomic_write, write_json
-from thumbview.layout import MODEL_CONFIG, MODEL_WEIGHTS
+from thumbview.layout import MODEL_CONFIG, MODEL_WEIGHTS, check_finished
 from thumbview.predict.heads import (
     GBM_MAX_DIM,
     HEADS,
@@ -34,6 +34,7 @@ from thumbview.predict.heads import (
 from thumbview.predict.metrics import Metrics, compute_metrics, group_kfold
 from thumbview.predict.target import TARGETS
 from thumbview.schema import MapOf, Number, Optional, check, read_json
+from thumbview.tensorfile import FLOAT_DTYPES, INT_DTYPES, dtype_problem, read_header
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,15 @@ CONFIG_SCHEMA = {
     "block_dims": MapOf(int),
     "y_median": Number,
     "n_train": int,
-}
+    "thumbview_version": Optional(str),
+    "target": Optional(str),
+    "cv_metrics": Optional(
+        {"spearman": (*Number, type(None)), "pearson": (*Number, type(None)),
+         "mae_log10": (*Number, type(None)), "r2": (*Number, type(None)), "n": int}
+    ),
+}  # fmt: skip
+INT_ARRAYS = ("tree_sizes",)  # the only integer arrays a predictor stores (GBM); others float
+METRIC_FIELDS = ("spearman", "pearson", "mae_log10", "r2", "n")  # cv_metrics in config.json
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 101)  # residual quantiles stored for intervals
 
 
@@ -317,22 +326,30 @@ class ViewPredictor:
         meta, arrays = _read_artifact(directory)
         try:
             model = cls(PredictorConfig.from_dict(meta["config"]))
-            model.block_dims_ = {k: int(v) for k, v in meta["block_dims"].items()}
+        except (TypeError, PredictorError) as e:
+            raise ArtifactError(f"{directory / CONFIG_FILE}: config: {e}") from e
+        model.block_dims_ = _block_dims(meta["block_dims"], model.config.encoders, directory)
+        if meta["head"].get("kind") != model.config.head:
+            raise ArtifactError(
+                f"{directory / CONFIG_FILE}: head.kind {str(meta['head'].get('kind'))[:20]!r} "
+                f"is not config.head {model.config.head!r}"
+            )
+        try:
             model.block_mean_ = {n: arrays[f"block.{n}.mean"] for n in model.config.encoders}
             model.block_scale_ = {n: arrays[f"block.{n}.scale"] for n in model.config.encoders}
             heads = {k[5:]: v for k, v in arrays.items() if k.startswith("head.")}
             model.head_ = head_from_arrays(meta["head"], heads)
-            model.y_median_, model.n_train_ = float(meta["y_median"]), int(meta["n_train"])
-        except (KeyError, TypeError, HeadError, PredictorError) as e:
+        except (KeyError, TypeError, HeadError) as e:
             raise ArtifactError(
-                f"{directory}: saved predictor is incomplete or inconsistent ({e})"
+                f"{directory / WEIGHTS_FILE} does not match {CONFIG_FILE} (head: {e})"
             ) from e
-        if "residual_quantiles" in arrays:
-            model.residual_quantiles_ = arrays["residual_quantiles"]
-            model.quantile_levels_ = arrays["quantile_levels"]
-        if meta.get("cv_metrics"):
-            model.cv_metrics_ = Metrics(**meta["cv_metrics"])
+        model.y_median_, model.n_train_ = float(meta["y_median"]), int(meta["n_train"])
         _check_loaded_dims(model, directory)
+        quantiles = quantile_arrays(arrays, directory / WEIGHTS_FILE)
+        if quantiles is not None:
+            model.quantile_levels_, model.residual_quantiles_ = quantiles
+        if meta.get("cv_metrics"):
+            model.cv_metrics_ = Metrics(**{k: meta["cv_metrics"][k] for k in METRIC_FIELDS})
         return model
 
 
@@ -340,6 +357,7 @@ def _read_artifact(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarra
     """Both files of a saved predictor, or an `ArtifactError` naming what is wrong."""
     if not directory.is_dir():
         raise ArtifactError(f"{directory}: no such model folder")
+    check_finished(directory, ArtifactError)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
             raise ArtifactError(f"{directory}: missing {name} (not a saved thumbview predictor?)")
@@ -349,11 +367,17 @@ def _read_artifact(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarra
     version = meta.get("format_version", 0)
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise ArtifactError(
-            f"{directory}: saved by a newer thumbview ({meta.get('thumbview_version')}); upgrade to load it"
+            f"{directory / CONFIG_FILE}: saved by a newer thumbview "
+            f"({str(meta.get('thumbview_version'))[:20]}); upgrade to load it"
         )
     problem = check(meta, CONFIG_SCHEMA)  # every field, typed
     if problem:
         raise ArtifactError(f"{directory / CONFIG_FILE}: {problem}")
+    header = read_header(directory / WEIGHTS_FILE, ArtifactError)
+    counts = {k: v for k, v in header.items() if k.endswith(INT_ARRAYS)}
+    floats = {k: v for k, v in header.items() if k not in counts}
+    if problem := dtype_problem(counts, INT_DTYPES) or dtype_problem(floats, FLOAT_DTYPES):
+        raise ArtifactError(f"{directory / WEIGHTS_FILE}: {problem}")
     try:
         arrays = load_file(directory / WEIGHTS_FILE)
     except (SafetensorError, OSError, ValueError) as e:
@@ -366,13 +390,60 @@ def _read_artifact(directory: Path) -> tuple[dict[str, Any], dict[str, np.ndarra
     return meta, arrays
 
 
+def _block_dims(dims: dict[str, int], encoders: tuple[str, ...], directory: Path) -> dict:
+    """block_dims: exactly one positive width per configured encoder."""
+    if set(dims) != set(encoders) or any(d < 1 for d in dims.values()):
+        raise ArtifactError(
+            f"{directory / CONFIG_FILE}: block_dims must give a positive width for each of "
+            f"{', '.join(encoders)} (got {str(dims)[:80]})"
+        )
+    return {name: dims[name] for name in encoders}
+
+
 def _check_loaded_dims(model: ViewPredictor, directory: Path) -> None:
+    """Scalers of block_dims' widths, and a head that reads exactly the design's columns."""
     for name, dim in model.block_dims_.items():
         for part in (model.block_mean_[name], model.block_scale_[name]):
             if part.shape != (dim,):
                 raise ArtifactError(
-                    f"{directory}: block {name!r} scaler has shape {part.shape}, expected ({dim},)"
+                    f"{directory / WEIGHTS_FILE}: block {name!r} scaler has shape {part.shape}, "
+                    f"{CONFIG_FILE} block_dims says ({dim},)"
                 )
+        if not (model.block_scale_[name] > 0).all():  # a standard deviation (1 if constant)
+            raise ArtifactError(f"{directory / WEIGHTS_FILE}: block.{name}.scale must be > 0")
+    width = sum(model.block_dims_.values())
+    head_width = getattr(model.head_, "n_features_", None) or len(model.head_.coef_)
+    if head_width != width:
+        raise ArtifactError(
+            f"{directory / CONFIG_FILE}: the head reads {head_width} columns but block_dims "
+            f"add up to {width}"
+        )
+
+
+def quantile_arrays(
+    arrays: dict[str, np.ndarray], path: Path
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(levels, residual quantiles) for intervals, or None when the model has none.
+
+    Both or neither; levels strictly increasing in [0, 1] and quantiles non-decreasing, each
+    1-d of one length: a reversed or shuffled array would otherwise change every interval
+    without a word."""
+    levels, resid = arrays.get("quantile_levels"), arrays.get("residual_quantiles")
+    if levels is None and resid is None:
+        return None
+    if levels is None or resid is None:
+        missing = "quantile_levels" if levels is None else "residual_quantiles"
+        raise ArtifactError(f"{path}: {missing} is missing (intervals need both arrays)")
+    if levels.ndim != 1 or resid.shape != levels.shape or len(levels) < 2:
+        raise ArtifactError(
+            f"{path}: quantile_levels {levels.shape} and residual_quantiles {resid.shape} "
+            "must be 1-d arrays of one length >= 2"
+        )
+    if not (np.all(np.diff(levels) > 0) and levels[0] >= 0 and levels[-1] <= 1):
+        raise ArtifactError(f"{path}: quantile_levels must increase strictly within [0, 1]")
+    if not np.all(np.diff(resid) >= -1e-9 * max(1.0, float(np.abs(resid).max()))):
+        raise ArtifactError(f"{path}: residual_quantiles must not decrease (they are quantiles)")
+    return levels.astype(np.float64), resid.astype(np.float64)
 
 
 def block_rows(blocks: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:

@@ -23,7 +23,7 @@ from thumbview.data.times import dataset_ages_days, upload_times
 from thumbview.embed.base import Encoder
 from thumbview.embed.cache import embed, finite_rows
 from thumbview.embed.registry import DEFAULT_CLIP_MODEL, get_encoder
-from thumbview.fileio import write_json
+from thumbview.fileio import while_running, write_json
 from thumbview.layout import (
     MODEL_BASELINES,
     MODEL_ENCODERS,
@@ -32,6 +32,7 @@ from thumbview.layout import (
     PLOT_PRED_VS_ACTUAL,
     PLOT_RESIDUALS,
     PLOT_TRAINING_CURVE,
+    RUN_UNFINISHED,
 )
 from thumbview.predict import plots
 from thumbview.predict.crossval import (
@@ -150,34 +151,34 @@ def train(
     plan = _embedded_only(plan, finite_rows(blocks))  # rows an encoder skipped have no features
     train_idx, test_idx = plan.train_idx, plan.test_idx
     model = ViewPredictor(config).fit(block_rows(blocks, train_idx), y[train_idx], plan.fold_groups)
-    model.save(out_dir)
-    write_training_record(
-        out_dir, dataset, train_idx, encoder_options(config.encoders, clip_model), encoders
-    )
-    _add_to_record(out_dir / TRAINING_FILE, protocol=plan.protocol.to_json_dict())
-    _fit_baselines(out_dir, config, block_rows(blocks, train_idx), y[train_idx])
-    fit_pairwise(out_dir, config, block_rows(blocks, train_idx), y[train_idx], dataset, plan)
-    _fit_range(
-        out_dir, config, block_rows(blocks, train_idx), y[train_idx], encoders, dataset, train_idx
-    )
-    paths = [*_training_plots(model, out_dir)]
-    holdout = None
-    if len(test_idx):
-        holdout = score_rows(model, out_dir, block_rows(blocks, test_idx), y, dataset, test_idx)
-        paths += evaluation_plots(model, block_rows(blocks, test_idx), y[test_idx], out_dir)
-        write_json(
-            out_dir / EVAL_FILE,
-            {
-                **holdout.to_json_dict(),
-                "split": "holdout",
-                "protocol": plan.protocol.to_json_dict(),
-            },
-        )
-    cv = model.cv_metrics_ if getattr(model, "cv_metrics_", None) is not None else None
     n_missing = int((~mask).sum())
-    return TrainResult(
-        out_dir, len(train_idx), len(test_idx), n_missing, cv, holdout, tuple(paths), plan.protocol
-    )
+    with while_running(out_dir / RUN_UNFINISHED, "thumbview train"):  # a killed run: refused
+        model.save(out_dir)
+        _save_companions(out_dir, config, blocks, y, dataset, plan, encoders, clip_model)
+        paths = [*_training_plots(model, out_dir)]
+        holdout = None
+        if len(test_idx):
+            holdout = score_rows(model, out_dir, block_rows(blocks, test_idx), y, dataset, test_idx)
+            paths += evaluation_plots(model, block_rows(blocks, test_idx), y[test_idx], out_dir)
+            protocol = plan.protocol.to_json_dict()
+            write_json(out_dir / EVAL_FILE, {**holdout.to_json_dict(), "split": "holdout",
+                                             "protocol": protocol})  # fmt: skip
+        cv = model.cv_metrics_ if getattr(model, "cv_metrics_", None) is not None else None
+    counts = (len(train_idx), len(test_idx), n_missing)
+    return TrainResult(out_dir, *counts, cv, holdout, tuple(paths), plan.protocol)
+
+
+def _save_companions(out_dir, config, blocks, y, dataset, plan, encoders, clip_model) -> None:
+    """What `train` writes beside the model: the training record and encoders.json, one
+    baseline per encoder, the pairwise model and the training range (training rows only)."""
+    train_idx = plan.train_idx
+    options = encoder_options(config.encoders, clip_model)
+    write_training_record(out_dir, dataset, train_idx, options, encoders)
+    _add_to_record(out_dir / TRAINING_FILE, protocol=plan.protocol.to_json_dict())
+    rows, y_train = block_rows(blocks, train_idx), y[train_idx]
+    _fit_baselines(out_dir, config, rows, y_train)
+    fit_pairwise(out_dir, config, rows, y_train, dataset, plan)
+    _fit_range(out_dir, config, rows, y_train, encoders, dataset, train_idx)
 
 
 def _embedded_only(plan: SplitPlan, embedded: np.ndarray) -> SplitPlan:

@@ -27,6 +27,7 @@ dtype, device, model_name, hook_name, ...). Where it differs from what SAELens e
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +37,23 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from thumbview.layout import SAE_CONFIG as CFG_FILE
+from thumbview.layout import SAE_SUBDIR, SaeFolderError, check_finished, resolve_sae_dir
 from thumbview.layout import SAE_WEIGHTS as WEIGHTS_FILE
-from thumbview.layout import SaeFolderError, resolve_sae_dir
 from thumbview.progress import SILENT, Progress
 from thumbview.sae.architectures import build_sae
 from thumbview.sae.arrays import StudyError
 from thumbview.sae.config import (
     ActivationSource,
+    ReluL1Config,
     SaeConfigs,
     SaeError,
+    TopKConfig,
     sae_config,
     sae_config_from_dict,
 )
 from thumbview.sae.model import SparseAutoencoder
-from thumbview.schema import load_json
+from thumbview.schema import MapOf, Number, Optional, check, load_json
+from thumbview.tensorfile import cap_sizes, read_header, shape_problem
 
 _PARAM_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
@@ -124,24 +128,84 @@ def save_sae(
     return directory
 
 
+# cfg.json as SAELens reads it (the sizes and activation; other keys are metadata), and the
+# JSON type of each field of thumbview's own config (under "thumbview"), by its annotation.
+SAELENS_SCHEMA = {
+    "d_in": Optional(int),
+    "d_sae": Optional(int),
+    "architecture": Optional(str),
+    "k": Optional(int),
+    "activation_fn_kwargs": Optional(MapOf((int, float, str, bool, type(None)))),
+    "thumbview": Optional(dict),
+}
+_FIELD_JSON = {"int": int, "float": Number, "bool": bool, "int | None": Optional(int)}
+
+
+def _own_schema() -> dict[str, Any]:
+    """Every field of every architecture's config, optional (defaults), typed."""
+    schema: dict[str, Any] = {"arch": Optional(str)}
+    for cls in (TopKConfig, ReluL1Config):
+        for f in fields(cls):
+            schema[f.name] = Optional(_FIELD_JSON.get(str(f.type), object))
+    return schema
+
+
 def _config_from_cfg_json(data: dict[str, Any], path: Path) -> SaeConfigs:
-    """thumbview's own config if present (either layout), else one rebuilt from SAELens fields."""
+    """thumbview's own config if present (either layout), else one rebuilt from SAELens fields.
+
+    Every field typed first (a `k` of true is not 1, a `d_in` of 0 divides nothing), and in
+    thumbview's layout the SAELens sizes beside it must agree with it: SAELens reads those."""
+    if (problem := check(data, SAELENS_SCHEMA)) or (
+        "thumbview" in data and (problem := check(data["thumbview"], _own_schema(), ".thumbview"))
+    ):
+        raise SaeFileError(f"{path}: {problem}")
     try:
-        if "thumbview" in data:
-            return sae_config_from_dict(data["thumbview"])
-        d_in, d_sae = int(data["d_in"]), int(data["d_sae"])
-        if d_sae % d_in:
-            raise SaeFileError(f"{path}: d_sae={d_sae} is not a multiple of d_in={d_in}")
-        if data.get("architecture") == "topk":
-            k = int(data.get("k") or data.get("activation_fn_kwargs", {}).get("k") or 1)
-            return sae_config("topk", d_in=d_in, expansion_factor=d_sae // d_in, k=k)
-        return sae_config(
-            "relu-l1", d_in=d_in, expansion_factor=d_sae // d_in, normalize_activations=False
-        )
+        cfg = _sae_config(data, path)
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, SaeFileError):
             raise
         raise SaeFileError(f"{path}: not a usable SAE config ({e})") from e
+    for key, value in (("d_in", cfg.d_in), ("d_sae", cfg.d_sae), ("k", getattr(cfg, "k", None))):
+        if data.get(key) is not None and data[key] != value:
+            raise SaeFileError(f"{path}: {key}={data[key]} disagrees with thumbview.{key}={value}")
+    return cfg
+
+
+def _sae_config(data: dict[str, Any], path: Path) -> SaeConfigs:
+    if "thumbview" in data:
+        return sae_config_from_dict(data["thumbview"])
+    d_in, d_sae = data["d_in"], data["d_sae"]
+    if d_in < 1 or d_sae < 1 or d_sae % d_in:
+        raise SaeFileError(f"{path}: d_sae={d_sae} is not a positive multiple of d_in={d_in}")
+    if data.get("architecture") == "topk":
+        k = data.get("k") or (data.get("activation_fn_kwargs") or {}).get("k") or 1
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise SaeFileError(f"{path}: activation_fn_kwargs.k must be an integer")
+        return sae_config("topk", d_in=d_in, expansion_factor=d_sae // d_in, k=k)
+    return sae_config(
+        "relu-l1", d_in=d_in, expansion_factor=d_sae // d_in, normalize_activations=False
+    )
+
+
+def _checked_tensors(path: Path, cfg: SaeConfigs) -> dict[str, torch.Tensor]:
+    """The four parameters, their shapes checked in the header against the config *before*
+    anything is allocated (a d_sae of 10^9 with a 10 KB file is refused, not built), and
+    finite."""
+    header = read_header(path, SaeFileError)
+    cap_sizes(path.parent / CFG_FILE, header, {"d_in": cfg.d_in, "d_sae": cfg.d_sae}, SaeFileError)
+    expected = {
+        "W_enc": (cfg.d_in, cfg.d_sae),
+        "b_enc": (cfg.d_sae,),
+        "W_dec": (cfg.d_sae, cfg.d_in),
+        "b_dec": (cfg.d_in,),
+    }
+    if problem := shape_problem(header, expected, exact=False):
+        raise SaeFileError(f"{path}: {problem} (cfg.json)")
+    tensors = _read_safetensors(path)
+    bad = [k for k in _PARAM_KEYS if not bool(torch.isfinite(tensors[k]).all())]
+    if bad:
+        raise SaeFileError(f"{path}: non-finite values (NaN or inf) in {', '.join(bad)}")
+    return tensors
 
 
 def load_sae(directory: str | Path) -> SparseAutoencoder:
@@ -149,22 +213,10 @@ def load_sae(directory: str | Path) -> SparseAutoencoder:
 
     `directory` is the SAE folder or the `sae train --out` folder above it.
     """
-    try:
-        directory = resolve_sae_dir(directory)
-    except SaeFolderError as e:
-        raise SaeFileError(str(e)) from e
+    directory = _finished_sae_dir(directory, SaeFileError)
     cfg = _config_from_cfg_json(_read_json(directory / CFG_FILE), directory / CFG_FILE)
-    tensors = _read_safetensors(directory / WEIGHTS_FILE)
+    tensors = _checked_tensors(directory / WEIGHTS_FILE, cfg)
     sae = build_sae(cfg)
-    missing = [k for k in _PARAM_KEYS if k not in tensors]
-    if missing:
-        raise SaeFileError(f"{directory / WEIGHTS_FILE}: missing tensors {missing}")
-    for key in _PARAM_KEYS:
-        want, got = tuple(getattr(sae, key).shape), tuple(tensors[key].shape)
-        if want != got:
-            raise SaeFileError(
-                f"{directory / WEIGHTS_FILE}: {key} has shape {got}, config implies {want}"
-            )
     sae.load_state_dict({k: tensors[k].float() for k in _PARAM_KEYS})
     return sae
 
@@ -186,16 +238,40 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
+# cfg.json keys naming the activations, typed: a clip_layer of [1] is refused in words.
+SOURCE_SCHEMA = {
+    "features": Optional(str),
+    **{k: Optional(str) for k in (*CLIP_MODEL_KEYS, *CLIP_TOKENS_KEYS)},
+    **{k: Optional(int) for k in CLIP_LAYER_KEYS},
+}
+
+
 def read_sae_cfg(sae_dir: str | Path) -> dict[str, Any]:
-    """The SAE's cfg.json as a dict (`sae_dir`: the SAE folder or the `sae train --out` one)."""
-    return read_json_object(_resolved(sae_dir) / CFG_FILE)
+    """The SAE's cfg.json as a dict (`sae_dir`: the SAE folder or the `sae train --out` one),
+    its activation fields typed."""
+    path = _resolved(sae_dir) / CFG_FILE
+    cfg = read_json_object(path)
+    if problem := check(cfg, SOURCE_SCHEMA):
+        raise StudyError(f"{path}: {problem}")
+    return cfg
 
 
 def _resolved(sae_dir: str | Path) -> Path:
+    return _finished_sae_dir(sae_dir, StudyError)
+
+
+def _finished_sae_dir(path: str | Path, error: type[Exception]) -> Path:
+    """The SAE folder (`resolve_sae_dir`), refused when the `sae train` that writes it (into
+    it or into the folder above) did not finish."""
+    check_finished(path, error)
     try:
-        return resolve_sae_dir(sae_dir)
+        folder = resolve_sae_dir(path)
     except SaeFolderError as e:
-        raise StudyError(str(e)) from e
+        raise error(str(e)) from e
+    check_finished(folder, error)
+    if folder.name == SAE_SUBDIR:
+        check_finished(folder.parent, error)
+    return folder
 
 
 def activation_source(cfg: dict[str, Any]) -> ActivationSource:
@@ -221,6 +297,17 @@ def activation_source(cfg: dict[str, Any]) -> ActivationSource:
     return ActivationSource("clip", str(model), int(layer), str(tokens))
 
 
+def read_activation_source(sae_dir: str | Path) -> ActivationSource:
+    """`activation_source` of an SAE folder's cfg.json; its errors name the file."""
+    path = _resolved(sae_dir) / CFG_FILE
+    try:
+        return activation_source(read_sae_cfg(sae_dir))
+    except StudyError as e:
+        raise e if str(path) in str(e) else StudyError(f"{path}: {e}") from e
+    except SaeError as e:
+        raise StudyError(f"{path}: {e}") from e
+
+
 def activation_encoder(source: ActivationSource, device: str = "cpu") -> Any:
     """The encoder whose output the SAE reads (CLIP at the layer, or a cached encoder)."""
     if source.features == "clip":
@@ -242,7 +329,7 @@ def load_sae_encoder(
     CLIP activations; `sae analyze` passes False to accept any cached encoder's features.
     """
     folder = _resolved(sae_dir)
-    source = activation_source(read_sae_cfg(folder))
+    source = read_activation_source(folder)
     if images_only and source.features != "clip":
         raise StudyError(
             f"this SAE was trained on {source.features!r} features, not CLIP activations of "

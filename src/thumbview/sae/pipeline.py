@@ -22,6 +22,8 @@ import scipy.sparse as sp
 from thumbview.data.dataset import ThumbnailDataset
 from thumbview.data.images import load_image
 from thumbview.embed.cache import embed
+from thumbview.fileio import while_running
+from thumbview.layout import RUN_UNFINISHED
 from thumbview.layout import SAE_CODES as CODES_FILE
 from thumbview.progress import SILENT, Progress
 from thumbview.sae.analyze import image_folder_dataset
@@ -133,16 +135,20 @@ def _fit_and_encode(
     extra_cfg: dict,
     progress: Progress = SILENT,
 ) -> SaeTrainResult:
-    """Fit (checkpointed in out_dir), measure, and write the codes of `code_rows` if any."""
+    """Fit (checkpointed in out_dir), measure, and write the codes of `code_rows` if any.
+
+    The folder is marked unfinished until the codes are written: a killed run leaves an SAE
+    no loader accepts, and running the same command again resumes from the checkpoint."""
     options = _default_dead_after(dict(sae_options or {}), len(acts))
     cfg = sae_config(options.pop("arch", "topk"), d_in=acts.shape[1], **options)
     trainer = SaeTrainer(build_sae(cfg, seed=train_cfg.seed), train_cfg)
-    sae = trainer.fit(acts, out_dir, extra_cfg=extra_cfg, progress=progress)
-    metrics = trainer.reported_metrics or trainer.evaluate(acts[:65_536])
-    log.info("SAE: %s", metrics)
-    codes = out_dir / CODES_FILE
-    if code_rows is not None:
-        sp.save_npz(codes, encode_sparse(sae, code_rows, progress=progress))
+    with while_running(out_dir / RUN_UNFINISHED, "thumbview sae train"):
+        sae = trainer.fit(acts, out_dir, extra_cfg=extra_cfg, progress=progress)
+        metrics = trainer.reported_metrics or trainer.evaluate(acts[:65_536])
+        log.info("SAE: %s", metrics)
+        codes = out_dir / CODES_FILE
+        if code_rows is not None:
+            sp.save_npz(codes, encode_sparse(sae, code_rows, progress=progress))
     return SaeTrainResult(out_dir, len(acts), metrics, trainer.heldout_metrics is not None, codes)
 
 
