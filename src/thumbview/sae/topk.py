@@ -66,14 +66,14 @@ class TopKSae(SparseAutoencoder):
     def _forward(self, x: Tensor, total_var: Tensor, dead_mask: Tensor | None) -> ForwardOutput:
         x_c = x - self.b_dec  # (B, D)
         with torch.no_grad():  # choose the winners densely, then differentiate only them
-            relu_pre = F.relu(torch.addmm(self.b_enc, x_c, self.W_enc))  # (B, S)
+            relu_pre = torch.addmm(self.b_enc, x_c, self.W_enc).relu_()  # (B, S)
             values, idx = relu_pre.topk(self.cfg.k, dim=-1, sorted=False)  # (B, k) each
         acts = SelectedCodes.apply(x_c, self.W_enc, self.b_enc, idx, values)  # (B, k)
         recon = self._decode_sparse(acts, idx) + self.b_dec  # (B, D)
         err = x - recon  # (B, D)
         fvu = err.pow(2).sum() / total_var
         aux = self._auxk_loss(x_c.detach(), relu_pre, err, dead_mask, total_var)
-        latents = torch.zeros_like(relu_pre).scatter(-1, idx, acts)  # (B, S)
+        latents = torch.zeros_like(relu_pre).scatter_(-1, idx, acts)  # (B, S), one buffer
         firing = acts.detach() > 0  # (B, k)
         l0 = firing.sum(-1).float().mean()
         fired = torch.bincount(idx[firing], minlength=self.cfg.d_sae)  # (S,)
