@@ -84,7 +84,9 @@ def _epoch_batches(train, batch: int, seed: int, epoch: int):
 
     order = np.random.default_rng([seed, epoch]).permutation(len(train))
     for i in range(len(train) // batch):
-        yield torch.from_numpy(np.ascontiguousarray(train[np.sort(order[i * batch : (i + 1) * batch])]))
+        yield torch.from_numpy(
+            np.ascontiguousarray(train[np.sort(order[i * batch : (i + 1) * batch])])
+        )
 
 
 def heldout_fvu(recon_fn, heldout) -> float:
@@ -147,8 +149,11 @@ def worker_thumbview(spec: dict, train, heldout, out: Path) -> dict:
     sae.fold_input_scale_(trainer.activation_scale)
     save_sae(sae, out / "native", {"features": "sae-peers"})
     _save_params(out / "params", sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
-    return {**result, "settings": f"Adam lr {trainer.cfg.lr:g}, warm-up {trainer.cfg.warmup_steps} "
-            f"(capped at 10% of steps), inputs scaled to mean sq. norm d_in, d_sae {cfg.d_sae}"}
+    return {
+        **result,
+        "settings": f"Adam lr {trainer.cfg.lr:g}, warm-up {trainer.cfg.warmup_steps} "
+        f"(capped at 10% of steps), inputs scaled to mean sq. norm d_in, d_sae {cfg.d_sae}",
+    }
 
 
 def worker_sae_lens(spec: dict, train, heldout, out: Path) -> dict:
@@ -161,8 +166,9 @@ def worker_sae_lens(spec: dict, train, heldout, out: Path) -> dict:
     cfg = TopKTrainingSAEConfig(d_in=spec["d_in"], d_sae=spec["d_sae"], k=spec["k"])
     sae = TopKTrainingSAE(cfg)
     tokens = (len(train) // spec["batch"]) * spec["batch"] * spec["epochs"]
-    tcfg = SAETrainerConfig(total_training_samples=tokens, train_batch_size_samples=spec["batch"],
-                            lr_end=3e-4 / 10)  # what LanguageModelSAERunnerConfig fills in
+    tcfg = SAETrainerConfig(
+        total_training_samples=tokens, train_batch_size_samples=spec["batch"], lr_end=3e-4 / 10
+    )  # what LanguageModelSAERunnerConfig fills in
     trainer = SAETrainer(tcfg, sae, data_provider=iter(()))
 
     def step(batch):
@@ -175,11 +181,19 @@ def worker_sae_lens(spec: dict, train, heldout, out: Path) -> dict:
     result = _train_loop(spec, train, heldout, step, recon)
     sae.save_inference_model(out / "native")  # SAELens' own layout: read by thumbview as is
     w_norm = sae.W_dec.norm(dim=-1)  # rescale_acts_by_decoder_norm, folded as SAELens does
-    _save_params(out / "params", sae.W_enc * w_norm, sae.b_enc * w_norm,
-                 sae.W_dec / w_norm[:, None], sae.b_dec)
-    return {**result, "version": sae_lens.__version__,
-            "settings": f"Adam lr {tcfg.lr:g} {tcfg.lr_scheduler_name}, aux coef "
-            f"{cfg.aux_loss_coefficient:g}, grad clip 1, decoder init norm {cfg.decoder_init_norm}"}
+    _save_params(
+        out / "params",
+        sae.W_enc * w_norm,
+        sae.b_enc * w_norm,
+        sae.W_dec / w_norm[:, None],
+        sae.b_dec,
+    )
+    return {
+        **result,
+        "version": sae_lens.__version__,
+        "settings": f"Adam lr {tcfg.lr:g} {tcfg.lr_scheduler_name}, aux coef "
+        f"{cfg.aux_loss_coefficient:g}, grad clip 1, decoder init norm {cfg.decoder_init_norm}",
+    }
 
 
 def worker_sparsify(spec: dict, train, heldout, out: Path) -> dict:
@@ -219,9 +233,12 @@ def worker_sparsify(spec: dict, train, heldout, out: Path) -> dict:
     opt.eval()
     sae.save_to_disk(out / "native")
     _save_params(out / "params", sae.encoder.weight.T, sae.encoder.bias, sae.W_dec, sae.b_dec)
-    return {**result, "version": version("eai-sparsify"),
-            "settings": f"SignSGD lr {lr:.2e} + ScheduleFree (momentum 0.95), b_dec = batch mean, "
-            "AuxK off (its default auxk_alpha 0), eager decoder"}
+    return {
+        **result,
+        "version": version("eai-sparsify"),
+        "settings": f"SignSGD lr {lr:.2e} + ScheduleFree (momentum 0.95), b_dec = batch mean, "
+        "AuxK off (its default auxk_alpha 0), eager decoder",
+    }
 
 
 def _import_overcomplete_sae():
@@ -242,8 +259,9 @@ def _import_overcomplete_sae():
 
 def worker_overcomplete(spec: dict, train, heldout, out: Path) -> dict:
     """overcomplete's TopKSAE as its README trains it: Adam 5e-4, MSE, grad clip 1."""
-    import torch
     from importlib.metadata import version
+
+    import torch
 
     oc = _import_overcomplete_sae()
     sae = oc.TopKSAE(spec["d_in"], nb_concepts=spec["d_sae"], top_k=spec["k"])
@@ -266,11 +284,15 @@ def worker_overcomplete(spec: dict, train, heldout, out: Path) -> dict:
     result = _train_loop(spec, train, heldout, step, recon)
     sae.eval()
     (lin,) = [m for m in sae.encoder.modules() if isinstance(m, torch.nn.Linear)]  # + Identity
-    _save_params(out / "params", lin.weight.T, lin.bias, sae.get_dictionary(),
-                 torch.zeros(spec["d_in"]))
-    return {**result, "version": version("overcomplete"),
-            "settings": "Adam lr 5e-4, MSE loss, grad clip 1, default linear encoder, "
-            "no decoder bias (README example)"}
+    _save_params(
+        out / "params", lin.weight.T, lin.bias, sae.get_dictionary(), torch.zeros(spec["d_in"])
+    )
+    return {
+        **result,
+        "version": version("overcomplete"),
+        "settings": "Adam lr 5e-4, MSE loss, grad clip 1, default linear encoder, "
+        "no decoder bias (README example)",
+    }
 
 
 WORKERS = {
@@ -290,8 +312,9 @@ def run_worker(name: str, work: Path) -> None:
     heldout = np.load(work / "heldout.npy", mmap_mode="r")
     out = work / spec.get("out_name", name)
     result = WORKERS[name](spec, train, heldout, out)
-    result.update(peak_rss_mb=_peak_rss_mb(), threads=torch.get_num_threads(),
-                  torch=torch.__version__)
+    result.update(
+        peak_rss_mb=_peak_rss_mb(), threads=torch.get_num_threads(), torch=torch.__version__
+    )
     (out / "result.json").write_text(json.dumps(result, indent=1))
 
 
@@ -303,7 +326,7 @@ def planted_activations(n: int, d_in: int, seed: int) -> tuple[np.ndarray, np.nd
 
     x = sum_j a_j f_j + offset + noise over 4 d_in unit directions f_j; feature j fires with a
     power-law rate (about 20 per row), with Exp(1) magnitude. log10 views = 5 + 0.5 [feature
-    100 fires] - 0.5 [feature 200 fires] + N(0, 0.5), so the study has something to find.
+    n_true/30 fires] - 0.5 [feature n_true/15 fires] + N(0, 0.5): something for the study.
     """
     rng = np.random.default_rng(seed)
     n_true = 4 * d_in
@@ -311,6 +334,7 @@ def planted_activations(n: int, d_in: int, seed: int) -> tuple[np.ndarray, np.nd
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     rate = np.arange(1, n_true + 1, dtype=np.float64) ** -0.6
     rate = np.minimum(rate * 20 / rate.sum(), 0.5)
+    marked = [n_true // 30, n_true // 15]  # features 102 and 204 at d_in 768
     offset = 3.0 * rng.standard_normal(d_in).astype(np.float32) / np.sqrt(d_in) * 4
     x = np.empty((n, d_in), np.float32)
     planted = np.zeros((n, 2), bool)
@@ -319,7 +343,7 @@ def planted_activations(n: int, d_in: int, seed: int) -> tuple[np.ndarray, np.nd
         fires = rng.random((m, n_true)) < rate
         a = (rng.exponential(1.0, (m, n_true)) * fires).astype(np.float32)
         x[s : s + m] = a @ dirs + offset
-        planted[s : s + m] = fires[:, [100, 200]]
+        planted[s : s + m] = fires[:, marked]
     signal_var = x.var(0).sum()
     x += rng.standard_normal(x.shape).astype(np.float32) * np.sqrt(0.02 * signal_var / d_in)
     views = 10 ** (5 + 0.5 * planted[:, 0] - 0.5 * planted[:, 1] + rng.normal(0, 0.5, n))
@@ -381,8 +405,15 @@ def _params_to_folder(params: Path, folder: Path, k: int) -> Path:
     d_in, d_sae = tensors["W_enc"].shape
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / "sae_weights.safetensors"))
-    cfg = {"d_in": int(d_in), "d_sae": int(d_sae), "architecture": "topk", "k": k,
-           "apply_b_dec_to_input": True, "normalize_activations": "none", "dtype": "float32"}
+    cfg = {
+        "d_in": int(d_in),
+        "d_sae": int(d_sae),
+        "architecture": "topk",
+        "k": k,
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "dtype": "float32",
+    }
     (folder / "cfg.json").write_text(json.dumps(cfg))
     return folder
 
@@ -390,8 +421,9 @@ def _params_to_folder(params: Path, folder: Path, k: int) -> Path:
 def study_config():
     from thumbview.sae.config import StudyConfig
 
-    return StudyConfig(top_k=50, min_active=25, n_extreme=5, heldout_group=5, n_perm=2000,
-                       n_shuffles=19, n_boot=0)
+    return StudyConfig(
+        top_k=50, min_active=25, n_extreme=5, heldout_group=5, n_perm=2000, n_shuffles=19, n_boot=0
+    )
 
 
 def read_back(name: str, out: Path, heldout: np.ndarray, views: np.ndarray, k: int) -> dict:
@@ -457,8 +489,9 @@ def profile_thumbview(spec: dict, train: np.ndarray) -> dict[str, float]:
     from thumbview.sae.model import SaeConfig
     from thumbview.sae.train import SaeTrainer, TrainConfig
 
-    cfg = SaeConfig(d_in=spec["d_in"], expansion_factor=spec["d_sae"] // spec["d_in"],
-                    arch="topk", k=spec["k"])
+    cfg = SaeConfig(
+        d_in=spec["d_in"], expansion_factor=spec["d_sae"] // spec["d_in"], arch="topk", k=spec["k"]
+    )
     sae = build_sae(cfg, seed=0)
     trainer = SaeTrainer(sae, TrainConfig(batch_size=spec["batch"], warmup_steps=1))
     x = torch.from_numpy(np.ascontiguousarray(train[: spec["batch"]]))
@@ -521,12 +554,17 @@ def fmt_ratio(r: float | None) -> str:
 
 def print_table(results: dict, spec: dict, bound_tps: float) -> None:
     tv = results.get("thumbview", {})
-    ratios = {n: equal_fvu_ratio(tv, r) for n, r in results.items()
-              if n != "thumbview" and "curve" in r and "curve" in tv}
+    ratios = {
+        n: equal_fvu_ratio(tv, r)
+        for n, r in results.items()
+        if n != "thumbview" and "curve" in r and "curve" in tv
+    }
     best = min(ratios.values()) if ratios else None
-    print("| library | thumbview ÷ it at equal FVU | tokens/s | share of GEMM bound | "
-          "peak RSS MB | held-out FVU | dead latents | reads via load_sae (FVU there) | "
-          "thumbview study on its codes | settings |")
+    print(
+        "| library | thumbview ÷ it at equal FVU | tokens/s | share of GEMM bound | "
+        "peak RSS MB | held-out FVU | dead latents | reads via load_sae (FVU there) | "
+        "thumbview study on its codes | settings |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---|---|---|")
     for name, r in results.items():
         if "skipped" in r:
@@ -539,10 +577,12 @@ def print_table(results: dict, spec: dict, bound_tps: float) -> None:
             via += f" ({r['fvu_via_thumbview']:.3f})"
         label = f"{name} {r.get('version', '')}".strip()
         dead = f"{r['dead']:.1%}" if "dead" in r else "-"
-        print(f"| {label} | {'**' + fmt_ratio(ratio) + '** (vs fastest)' if name == 'thumbview' else fmt_ratio(ratio)} "
-              f"| {tps:,.0f} | {tps / bound_tps:.0%} | {r['peak_rss_mb']:,.0f} "
-              f"| {r['curve'][-1]['fvu']:.3f} | {dead} | {via} | {r.get('study', '-')} "
-              f"| {r.get('settings', '')} |")
+        print(
+            f"| {label} | {'**' + fmt_ratio(ratio) + '** (vs fastest)' if name == 'thumbview' else fmt_ratio(ratio)} "
+            f"| {tps:,.0f} | {tps / bound_tps:.0%} | {r['peak_rss_mb']:,.0f} "
+            f"| {r['curve'][-1]['fvu']:.3f} | {dead} | {via} | {r.get('study', '-')} "
+            f"| {r.get('settings', '')} |"
+        )
 
 
 def print_curves(results: dict) -> None:
@@ -551,8 +591,10 @@ def print_curves(results: dict) -> None:
     print("| epoch | " + " | ".join(names) + " |")
     print("|---:|" + "---:|" * len(names))
     for e in range(max(len(results[n]["curve"]) for n in names)):
-        cells = [f"{results[n]['curve'][e]['fvu']:.3f} ({results[n]['curve'][e]['seconds']:.0f} s)"
-                 for n in names]
+        cells = [
+            f"{results[n]['curve'][e]['fvu']:.3f} ({results[n]['curve'][e]['seconds']:.0f} s)"
+            for n in names
+        ]
         print(f"| {e + 1} | " + " | ".join(cells) + " |")
 
 
@@ -590,8 +632,14 @@ def main(argv=None) -> dict:
 
     train, heldout, views, what = load_activations(args)
     d_in = train.shape[1]
-    spec = {"d_in": d_in, "d_sae": d_in * args.expansion, "k": args.k, "batch": args.batch,
-            "epochs": args.epochs, "seed": args.seed}
+    spec = {
+        "d_in": d_in,
+        "d_sae": d_in * args.expansion,
+        "k": args.k,
+        "batch": args.batch,
+        "epochs": args.epochs,
+        "seed": args.seed,
+    }
     gflops = gemm_gflops(args.batch, d_in, spec["d_sae"])
     bound_tps = args.batch / (step_flops(args.batch, d_in, spec["d_sae"], args.k) / (gflops * 1e9))
     results: dict[str, dict] = {}
@@ -607,17 +655,26 @@ def main(argv=None) -> dict:
                 results[name].update(read_back(name, work / name, heldout, views, args.k))
     gflops_after = gemm_gflops(args.batch, d_in, spec["d_sae"])
     tokens = (len(train) // args.batch) * args.batch * args.epochs
-    print(f"\n{what}; {len(train):,} training rows x {args.epochs} epochs = {tokens:,} tokens, "
-          f"{len(heldout):,} held out; d_sae {spec['d_sae']:,}, k {args.k}, batch {args.batch}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(
+        f"\n{what}; {len(train):,} training rows x {args.epochs} epochs = {tokens:,} tokens, "
+        f"{len(heldout):,} held out; d_sae {spec['d_sae']:,}, k {args.k}, batch {args.batch}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads\n"
+    )
     print_table(results, spec, bound_tps)
     print_curves(results)
-    print(f"\nGEMM rate ({args.batch}x{d_in} @ {d_in}x{spec['d_sae']} float32): {gflops:.1f} "
-          f"GFLOP/s before the runs, {gflops_after:.1f} after; one step's least matmul work "
-          f"{step_flops(args.batch, d_in, spec['d_sae'], args.k) / 1e9:.2f} GFLOP -> bound "
-          f"{bound_tps:,.0f} tokens/s (before-run rate)")
-    report = {"spec": spec, "data": what, "gemm_gflops": [gflops, gflops_after],
-              "bound_tokens_per_s": bound_tps, "results": results}
+    print(
+        f"\nGEMM rate ({args.batch}x{d_in} @ {d_in}x{spec['d_sae']} float32): {gflops:.1f} "
+        f"GFLOP/s before the runs, {gflops_after:.1f} after; one step's least matmul work "
+        f"{step_flops(args.batch, d_in, spec['d_sae'], args.k) / 1e9:.2f} GFLOP -> bound "
+        f"{bound_tps:,.0f} tokens/s (before-run rate)"
+    )
+    report = {
+        "spec": spec,
+        "data": what,
+        "gemm_gflops": [gflops, gflops_after],
+        "bound_tokens_per_s": bound_tps,
+        "results": results,
+    }
     if "thumbview" in args.only and not args.no_profile:
         prof = profile_thumbview(spec, train)
         report["profile_ms"] = prof

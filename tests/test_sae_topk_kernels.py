@@ -95,7 +95,11 @@ def test_forward_and_gradients_equal_the_plain_reference(n_dead):
 def test_kernels_equal_their_dense_formulas():
     g = torch.Generator().manual_seed(3)
     idx = torch.stack([torch.randperm(S, generator=g)[:K] for _ in range(40)])  # (40, K)
-    w, left, vals = torch.randn(S, D_IN, generator=g), torch.randn(40, D_IN, generator=g), torch.randn(40, K, generator=g)
+    w, left, vals = (
+        torch.randn(S, D_IN, generator=g),
+        torch.randn(40, D_IN, generator=g),
+        torch.randn(40, K, generator=g),
+    )
     z = torch.zeros(40, S).scatter(-1, idx, vals)  # the dense (B, S) matrix the kernels avoid
     torch.testing.assert_close(sparse_rows_t_matmul(idx, vals, left, S), z.T @ left)
     torch.testing.assert_close(sampled_rows_dot(idx, left, w), (left @ w.T).gather(1, idx))

@@ -99,7 +99,9 @@ def sparse_rows_t_matmul(idx: Tensor, weights: Tensor, dense: Tensor, n_rows: in
     b, k = idx.shape
     rows = torch.arange(b, device=idx.device).repeat_interleave(k)  # (B k,)
     z_t = torch.sparse_coo_tensor(
-        torch.stack([idx.reshape(-1), rows]), weights.reshape(-1), (n_rows, b),
+        torch.stack([idx.reshape(-1), rows]),
+        weights.reshape(-1),
+        (n_rows, b),
         check_invariants=False,
     )  # (n_rows, B)
     return torch.sparse.mm(z_t, dense)
