@@ -51,7 +51,7 @@ def test_thumbview_part_runs_end_to_end(peers, tmp_path, capsys, monkeypatch):
     ])  # fmt: skip
     tv = report["results"]["thumbview"]
     assert "skipped" not in tv, tv
-    assert [p["tokens"] for p in tv["curve"]] == [448, 896, 1344]  # 7 full batches per epoch
+    assert [p["tokens"] for p in tv["curve"]] == [512, 1024, 1536]  # 8 full batches per epoch
     fvus = [p["fvu"] for p in tv["curve"]]
     assert fvus == sorted(fvus, reverse=True) and fvus[-1] < 0.8  # it learns planted features
     assert tv["interop"] == "yes, own folder"
