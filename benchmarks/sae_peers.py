@@ -9,6 +9,9 @@ and whether its SAE reads back through thumbview's SAELens-layout loader
 (`thumbview.sae.folder.load_sae`) with the same reconstruction, and whether thumbview's study
 (`thumbview.sae.study.run_study`) runs on its codes.
 
+thumbview runs twice: with its own defaults, and with only the learning rate changed to
+THUMBVIEW_LR (row "thumbview-lr"), to show how much of a gap the learning rate explains.
+
 The first column compares at equal FVU: the held-out FVU target is the worse of the two final
 FVUs plus 0.01, each library's time to reach it is read off its per-epoch curve (linear
 interpolation in training time), and the ratio is (peer's time) / (thumbview's time): above 1
@@ -34,7 +37,7 @@ GPU). overcomplete's package __init__ imports torchvision models, whose PyPI whe
 beside the CPU torch; the worker imports only `overcomplete.sae` (the SAE code needs no
 torchvision). A library whose interpreter or import fails is skipped and the table says why.
 
-    .venv/bin/python benchmarks/sae_peers.py                  # the full table (~15 min, 2 cores)
+    .venv/bin/python benchmarks/sae_peers.py                  # the full table (12.5 min on 2 shared cores)
     .venv/bin/python benchmarks/sae_peers.py --quick          # small, for development
     .venv/bin/python benchmarks/sae_peers.py --activations acts.npy   # real (N, d_in) activations
     .venv/bin/python benchmarks/sae_peers.py --only thumbview --quick # thumbview's part only
