@@ -9,6 +9,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sae_peers.py"
@@ -59,3 +60,17 @@ def test_thumbview_part_runs_end_to_end(peers, tmp_path, capsys, monkeypatch):
     assert tv["study"].startswith("runs") and 0 <= tv["dead"] < 1 and tv["peak_rss_mb"] > 0
     assert report["bound_tokens_per_s"] > 0 and (tmp_path / "r.json").exists()
     assert "| thumbview |" in capsys.readouterr().out
+
+
+def test_activations_file_is_split_into_training_and_held_out_rows(peers, tmp_path):
+    x = np.random.default_rng(0).standard_normal((300, 24)).astype(np.float32)
+    np.save(tmp_path / "acts.npy", x)
+    args = peers.parse_args(
+        ["--activations", str(tmp_path / "acts.npy"), "--train-rows", "200", "--heldout-rows", "50"]
+    )
+    train, heldout, views, what = peers.load_activations(args)
+    assert train.shape == (200, 24) and heldout.shape == (50, 24) and views.shape == (250,)
+    rows = {r.tobytes() for r in x}  # every row comes from the file, none twice
+    picked = [r.tobytes() for r in np.concatenate([heldout, train])]
+    assert set(picked) <= rows and len(set(picked)) == 250
+    assert "acts.npy" in what
