@@ -22,6 +22,7 @@ from thumbview.data.dataset import ThumbnailDataset
 from thumbview.data.times import dataset_ages_days, upload_times
 from thumbview.embed.base import Encoder
 from thumbview.embed.cache import embed, finite_rows
+from thumbview.embed.context import context_rows
 from thumbview.embed.registry import DEFAULT_CLIP_MODEL, get_encoder
 from thumbview.fileio import write_json
 from thumbview.layout import (
@@ -34,6 +35,7 @@ from thumbview.layout import (
     PLOT_TRAINING_CURVE,
 )
 from thumbview.predict import plots
+from thumbview.predict.card import HeldOutSkill, ModelCard, TrainingContext, heldout_skill
 from thumbview.predict.crossval import (
     CVResult,
     EvalResult,
@@ -127,6 +129,7 @@ class TrainResult:
     holdout: EvalResult | None
     plots: tuple[Path, ...]
     protocol: SplitProtocol | None = None
+    skill: HeldOutSkill | None = None  # the held-out verdict also written to card.json
 
 
 def train(
@@ -172,11 +175,42 @@ def train(
                 "protocol": plan.protocol.to_json_dict(),
             },
         )
+    card = write_card(out_dir, model, encoders, dataset, train_idx, holdout, y, test_idx, blocks)
     cv = model.cv_metrics_ if getattr(model, "cv_metrics_", None) is not None else None
     n_missing = int((~mask).sum())
     return TrainResult(
-        out_dir, len(train_idx), len(test_idx), n_missing, cv, holdout, tuple(paths), plan.protocol
+        out_dir,
+        len(train_idx),
+        len(test_idx),
+        n_missing,
+        cv,
+        holdout,
+        tuple(paths),
+        plan.protocol,
+        card.skill,
     )
+
+
+def write_card(out_dir, model, encoders, dataset, train_idx, holdout, y, test_idx, blocks):
+    """`card.json`: the training rows' typical context and horizon, and the held-out verdict
+    (`predict.card`): what every command that uses the model says about it."""
+    as_of = next(
+        (getattr(e, "as_of", None) for e in encoders.values() if e.modality == "meta"), None
+    )
+    rows = context_rows(dataset.table, as_of)  # the whole table: ages share one snapshot
+    context = TrainingContext.from_rows([rows[i] for i in train_idx])
+    pairwise = PairwiseModel.load(out_dir)
+    within = None if pairwise is None else pairwise.calibration_.skilful
+    if holdout is not None and holdout.pairwise and holdout.pairwise.get("skilful") is False:
+        within = False  # held-out pairs disagree with the cross-fit: not demonstrated
+    skill = HeldOutSkill(within_channel=within)
+    if len(test_idx):
+        channels = None if dataset.channels is None else dataset.channels[test_idx]
+        pred = model.predict(block_rows(blocks, test_idx))
+        skill = heldout_skill(y[test_idx], pred, model.y_median_, channels, within)
+    card = ModelCard(context, skill)
+    card.save(out_dir)
+    return card
 
 
 def _embedded_only(plan: SplitPlan, embedded: np.ndarray) -> SplitPlan:
