@@ -211,12 +211,12 @@ def test_concurrent_predictions_are_batched_and_each_gets_its_own(serve_model, m
     active, peak, guard = [0], [0], threading.Lock()
     real = engine.predictor.blocks
 
-    def counting(images, titles):
+    def counting(images, titles, context=None):
         with guard:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
         try:
-            return real(images, titles)
+            return real(images, titles, context)
         finally:
             with guard:
                 active[0] -= 1

@@ -36,6 +36,7 @@ from thumbview.embed.visual import FEATURE_NAMES, describe
 from thumbview.fileio import atomic_write
 from thumbview.inference import LoadedPredictor, SaeEncoder
 from thumbview.layout import find_study_dir
+from thumbview.predict.card import WITHIN_CHANNEL
 from thumbview.predict.model import ViewPredictor
 from thumbview.predict.target import to_views
 from thumbview.units import format_range, format_views, interval_label, shorten
@@ -120,6 +121,18 @@ class Comparison:
     verdict: str = ""
     warning: str = ""  # inputs far outside the training range, in one line ("" when none)
     note: str = ""  # how P(beats) was computed, when the user must know (FALLBACK_NOTE)
+    # What the numbers are and what was assumed (`ModelNotes`): views after how long, the
+    # context filled from the training medians, inputs the model cannot use.
+    predicts: str = ""
+    assumed: str = ""
+    ignored: str = ""
+    # One line when the model showed no skill at choosing between one channel's videos
+    # (held-out same-channel calls no better than a coin); "" when it did.
+    no_skill_note: str = ""
+    # True when no candidate may be shown as the winner: no demonstrated within-channel
+    # skill (`no_skill_note`) or no reliable difference (`reliable` is False). Renderers
+    # show tied ranks then; the order of `candidates` is kept only for stability.
+    tie: bool = False
 
     @property
     def interval_label(self) -> str:
@@ -149,6 +162,8 @@ class Comparison:
             verdict=d.get("verdict", ""),
             warning=d.get("warning", ""),
             note=d.get("note", ""),
+            **{k: d.get(k, "") for k in ("predicts", "assumed", "ignored", "no_skill_note")},
+            tie=bool(d.get("tie", False)),
         )
 
 
@@ -240,6 +255,7 @@ def compare(
     sae: SaeEncoder | None = None,
     top_features: int = 5,
     pairwise=None,
+    context: dict | None = None,
 ) -> Comparison:
     """Every image x title, ranked by P(best), with P(A beats B) and the biggest differences.
 
@@ -249,7 +265,10 @@ def compare(
     calibrated difference model (`predictor.pairwise`, see `predict.pairwise`), and the
     result says whether the leader is reliably ahead; models trained before it existed fall
     back to independent residual draws, and `note` says so. `pairwise` overrides the
-    model's own (tests).
+    model's own (tests). `context`: the video's publication date, subscribers and channel
+    size (`context_from_options`), shared by every candidate; what is missing is the
+    training median, and the result says so (`predicts`, `assumed`, `ignored`). A model
+    without demonstrated within-channel skill gets `no_skill_note` and `tie`.
     """
     titles = list(titles) or [""]
     if len(images) != len(names):
@@ -261,7 +280,7 @@ def compare(
     for message in predictor.missing_inputs(titles):
         log.warning(message)
     model = predictor.model
-    pairs, blocks = predictor.combinations(images, titles)
+    pairs, blocks = predictor.combinations(images, titles, context)
     pred = predictor.predict(blocks)  # (N,)
     pairwise = predictor.pairwise if pairwise is None else pairwise
     best, beats, extra = _probabilities(model, pred, blocks, pairs, names, pairwise)
@@ -273,6 +292,9 @@ def compare(
     descs = _with_effects(predictor, blocks, int(order[0]), descs)
     diffs = sae_diffs(sae.latents(images), study, top_features) if study is not None else ()
     p = tuple(tuple(float(beats[a, b]) for b in order) for a in order)
+    notes = predictor.notes(WITHIN_CHANNEL, context)
+    extra.update(notes.context.to_json_dict(), no_skill_note=notes.no_skill)
+    extra["tie"] = bool(notes.no_skill) or extra.get("reliable") is False
     return Comparison(
         cands, p, descs, diffs, tuple(names), predictor.target, predictor.coverage, how, **extra
     )
@@ -357,6 +379,7 @@ def compare_files(
     titles: Sequence[str] = ("",),
     sae_dir: Path | None = None,
     study_dir: Path | None = None,
+    context: dict | None = None,
 ) -> tuple[Comparison, list[Image.Image]]:
     """`compare` from files (for the CLI); returns the decoded images for `save_side_by_side`.
 
@@ -373,7 +396,7 @@ def compare_files(
 
         study = load_study(study_dir)
     names = [Path(p).name for p in image_paths]
-    return compare(predictor, images, names, titles, study, sae), images
+    return compare(predictor, images, names, titles, study, sae, context=context), images
 
 
 def save_side_by_side(comparison: Comparison, images: Sequence[Image.Image], path: Path) -> Path:

@@ -31,6 +31,7 @@ from thumbview.frames.extract import FramesError, ScanResult, grab_frames, scan_
 from thumbview.frames.select import SelectConfig, mmr_select
 from thumbview.inference import LoadedPredictor
 from thumbview.layout import FRAMES_CONTACT_SHEET, FRAMES_JSON
+from thumbview.predict.card import WITHIN_CHANNEL
 from thumbview.predict.model import ViewPredictor
 from thumbview.predict.target import to_views
 from thumbview.progress import SILENT, Progress
@@ -98,6 +99,12 @@ class FramesResult:
     coverage: float  # the model's calibrated interval coverage (low/high of each choice)
     contact_sheet: Path | None = None
     json_path: Path | None = None
+    # What the numbers are and what was assumed (`LoadedPredictor.notes`), and one line when
+    # the model showed no skill at choosing between one video's candidates ("" when it did).
+    predicts: str = ""
+    assumed: str = ""
+    ignored: str = ""
+    no_skill_note: str = ""
 
     def to_json_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -131,6 +138,7 @@ def rank_frames(
     out_dir: Path | None = None,
     config: FramesConfig = FramesConfig(),
     progress: Progress = SILENT,
+    context: dict | None = None,
 ) -> FramesResult:
     """The `top` best, mutually different frames of `video` by predicted views.
 
@@ -138,6 +146,7 @@ def rank_frames(
     `predictor` is loaded once by the caller (`LoadedPredictor.load(dir)`), so a server
     ranks many videos with one copy of the model. Two tasks of `progress`: "scanning video",
     then "ranking frames" (`PROGRESS_SHARES` of the time, for a `Fractions` reporter).
+    `context`: the video's publication date, subscribers, channel size (see `compare`).
     """
     if top < 1:
         raise FramesError(f"top must be >= 1, got {top}")
@@ -154,10 +163,12 @@ def rank_frames(
             f"{video}: no usable frame among {scan.n_sampled} sampled ({_skips(scan.skipped)})"
         )
     with progress.task("ranking frames", 1 + (out_dir is not None)) as advance:
-        choices = _choose(predictor, scan, title, top, config)
+        choices = _choose(predictor, scan, title, top, config, context)
+        notes = predictor.notes(WITHIN_CHANNEL, context)
         result = FramesResult(tuple(choices), scan.skipped, scan.n_sampled, len(scan.candidates),
                               scan.n_shots, scan.duration_s, predictor.target,
-                              predictor.coverage)  # fmt: skip
+                              predictor.coverage, **notes.context.to_json_dict(),
+                              no_skill_note=notes.no_skill)  # fmt: skip
         advance(1)
         if out_dir is not None:
             result = write_outputs(result, Path(video), Path(out_dir), title, config)
@@ -170,7 +181,7 @@ def _skips(skipped: dict[str, int]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in skipped.items() if v) or "none skipped"
 
 
-def _choose(predictor: LoadedPredictor, scan: ScanResult, title: str, top: int, config):
+def _choose(predictor: LoadedPredictor, scan: ScanResult, title: str, top: int, config, context):
     """Score every candidate, pick a diverse set by MMR, and return it best-first.
 
     MMR decides *which* frames (so the top 5 are not one shot five times); the order shown
@@ -178,7 +189,7 @@ def _choose(predictor: LoadedPredictor, scan: ScanResult, title: str, top: int, 
     """
     cands = scan.candidates
     images = [Image.fromarray(c.rgb) for c in cands]
-    blocks = predictor.blocks(images, [title] * len(images))
+    blocks = predictor.blocks(images, [title] * len(images), context)
     pred = predictor.predict(blocks)  # (N,)
     lo, hi = predictor.intervals(blocks)  # at the model's own coverage
     hists = np.stack([c.hist for c in cands])  # (N, B)
