@@ -57,9 +57,11 @@ def test_an_input_the_model_cannot_use_is_said_to_be_ignored_and_not_fed():
     bare = TrainingContext.from_rows([{**r, "subscribers": None} for r in ROWS])
     filled, note = fill_context({"subscribers": 5e6}, bare, True, FILL)
     assert filled["subscribers"] == FILL["subscribers"]  # what training saw, not 5M
-    assert note.ignored.startswith("ignored: --subscribers (the training data had no such")
+    assert note.ignored.startswith("ignored: the subscriber count given (the training data had")
     _, note = fill_context({"published": "2012-01-01"}, bare, False, FILL)
-    assert "ignored: --published" in note.ignored and "reads no context" in note.ignored
+    assert (
+        "ignored: the publication date given" in note.ignored and "reads no context" in note.ignored
+    )
 
 
 def test_a_folder_without_a_card_uses_the_fixed_values_and_says_so():

@@ -104,9 +104,9 @@ def test_an_input_the_model_cannot_use_is_said_to_be_ignored(old_model):
             ("100", "5000000")]  # fmt: skip
     rows = [json.loads(r.stdout)[0] for r in runs]
     assert rows[0]["views"] == rows[1]["views"]
-    assert rows[0]["ignored"].startswith("ignored: --subscribers (the training data had no such")
+    assert rows[0]["ignored"].startswith("ignored: the subscriber count given (the training")
     table = ok("predict", old_model["model"], a, "--subscribers", "100")
-    assert "ignored: --subscribers" in " ".join(table.output.split())
+    assert "ignored: the subscriber count given" in " ".join(table.output.split())
     bad = invoke("compare", a, a, "-m", old_model["model"], "--channel-videos", "0")
     assert bad.exit_code == 2 and "--channel-videos must be a number >= 1" in bad.output
 

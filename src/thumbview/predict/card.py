@@ -42,11 +42,12 @@ VERSION = 1
 POOLED = "pooled"  # how many views will this thumbnail get (any channel)
 WITHIN_CHANNEL = "within-channel"  # which of one video's candidates will do best
 LEVEL = 0.9  # the interval of the held-out gain over the median
-# The context a video can be given: option name, what it is, how it is shown.
+# The context a video can be given (CLI --published, --subscribers, --channel-videos; the
+# page's fields of the same names), as a note names it.
 INPUTS = {
-    "published": "--published (publication date)",
-    "subscribers": "--subscribers",
-    "channel_videos": "--channel-videos (channel size)",
+    "published": "publication date",
+    "subscribers": "subscriber count",
+    "channel_videos": "channel size",
 }
 _SCHEMA = {
     "version": int,
@@ -193,7 +194,7 @@ def fill_context(
 
 def _ignored(given: dict[str, Any], why: str) -> str:
     names = [INPUTS[k] for k in INPUTS if k in given]
-    return f"ignored: {', '.join(names)} ({why})" if names else ""
+    return f"ignored: the {' and '.join(names)} given ({why})" if names else ""
 
 
 def _legacy_fill(given, reads_context, fallback, relative) -> tuple[dict, ContextNote]:
@@ -261,7 +262,7 @@ class HeldOutSkill:
 
     def _pooled_words(self) -> str:
         if self.gain is None:
-            return "not checked against the median baseline on held-out videos (no hold-out)"
+            return "was not checked against the median baseline on held-out videos (no hold-out)"
         band = (
             ""
             if self.gain_low is None
