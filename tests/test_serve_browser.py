@@ -172,3 +172,117 @@ def test_api_docs_render_offline(server):
             assert outside == [] and errors == []
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def context_server(tmp_path_factory):
+    """(base URL, thumbnails) of a live server whose model reads the context (2005-2015)."""
+    from _serve_fixture import build_context_model
+
+    model = build_context_model(tmp_path_factory.mktemp("ctx"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(model["model"]), host="127.0.0.1", port=port, log_level="warning"
+    )
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}", model["paths"][:2]
+    srv.should_exit = True
+    thread.join(10)
+
+
+def test_the_page_sends_the_upload_date_and_says_what_it_assumed(context_server, tmp_path):
+    """Without a date the page says it assumed the training median's; with one typed in the
+    date field, the comparison uses it (no longer assumed, other numbers) and says what the
+    views are (after how long)."""
+    url, thumbs = context_server
+    with playwright_sync.sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page, errors = _page(browser)
+            page.goto(url)
+            page.wait_for_selector("#status.ok")
+            page.set_input_files("#file", [str(t) for t in thumbs])
+            with page.expect_response("**/compare") as first:
+                page.click("#go")
+            page.wait_for_selector("#model-notes li", timeout=30_000)
+            notes = page.inner_text("#model-notes")
+            assert "Assumed: published 20" in notes and "after upload" in notes
+            page.fill("#ctx-published", "2006-02-01")
+            page.fill("#ctx-channel-videos", "3")
+            with page.expect_response("**/compare") as second:
+                page.click("#go")
+            page.wait_for_function(
+                "() => !document.querySelector('#model-notes').innerText.includes('published')"
+            )
+            notes = page.inner_text("#model-notes")
+            assert "Assumed: published" not in notes and "Predicts views about" in notes
+            before, after = first.value.json(), second.value.json()
+            assert [c["views"] for c in before["candidates"]] != [
+                c["views"] for c in after["candidates"]
+            ]
+            shot = tmp_path / "serve_context.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert errors == []
+        finally:
+            browser.close()
+    _keep(shot)
+
+
+def test_a_model_without_within_channel_skill_names_no_winner(server):
+    """/compare answers tie with its no-skill line: the page names no winner and says why,
+    even when one candidate's chance looks high."""
+    url, thumbs = server
+    note = "no demonstrated skill at choosing between one video's candidates: treat it as a tie"
+    answer = {
+        "images": ["a.jpg", "b.jpg"],
+        "candidates": [
+            {
+                "image": n,
+                "image_index": k,
+                "title": "",
+                "views": v,
+                "low": 100,
+                "high": 9000,
+                "p_best": pb,
+            }
+            for k, (n, v, pb) in enumerate([("a.jpg", 5000, 0.9), ("b.jpg", 900, 0.1)])
+        ],  # fmt: skip
+        "p_beats": [[0.5, 0.9], [0.1, 0.5]],
+        "descriptors": [],
+        "sae": [],
+        "reliable": True,
+        "verdict": "a.jpg is reliably ahead",
+        "no_skill_note": note,
+        "tie": True,
+        "predicts": "predicts views about 3.3 years after upload",
+    }
+    with playwright_sync.sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page, errors = _page(browser)
+            page.route(
+                "**/compare",
+                lambda route: route.fulfill(
+                    status=200, content_type="application/json", body=json.dumps(answer)
+                ),
+            )
+            page.goto(url)
+            page.wait_for_selector("#status.ok")
+            page.set_input_files("#file", [str(t) for t in thumbs])
+            page.click("#go")
+            page.wait_for_selector("#ranking tbody tr", timeout=30_000)
+            winner = page.inner_text("#winner")
+            assert "most likely to win" not in winner.lower() and "no demonstrated skill" in winner
+            notes = page.inner_text("#model-notes")
+            assert "No demonstrated skill at choosing" in notes and "3.3 years" in notes
+            assert errors == []
+        finally:
+            browser.close()
