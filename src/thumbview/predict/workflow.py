@@ -163,18 +163,8 @@ def train(
         out_dir, config, block_rows(blocks, train_idx), y[train_idx], encoders, dataset, train_idx
     )
     paths = [*_training_plots(model, out_dir)]
-    holdout = None
-    if len(test_idx):
-        holdout = score_rows(model, out_dir, block_rows(blocks, test_idx), y, dataset, test_idx)
-        paths += evaluation_plots(model, block_rows(blocks, test_idx), y[test_idx], out_dir)
-        write_json(
-            out_dir / EVAL_FILE,
-            {
-                **holdout.to_json_dict(),
-                "split": "holdout",
-                "protocol": plan.protocol.to_json_dict(),
-            },
-        )
+    holdout, more = _evaluate_holdout(model, out_dir, blocks, y, dataset, plan)
+    paths += more
     card = write_card(out_dir, model, encoders, dataset, train_idx, holdout, y, test_idx, blocks)
     cv = model.cv_metrics_ if getattr(model, "cv_metrics_", None) is not None else None
     n_missing = int((~mask).sum())
@@ -189,6 +179,18 @@ def train(
         plan.protocol,
         card.skill,
     )
+
+
+def _evaluate_holdout(model, out_dir, blocks, y, dataset, plan) -> tuple[EvalResult | None, list]:
+    """`eval.json` and the evaluation plots on the held-out rows (None, [] without any)."""
+    test_idx = plan.test_idx
+    if not len(test_idx):
+        return None, []
+    holdout = score_rows(model, out_dir, block_rows(blocks, test_idx), y, dataset, test_idx)
+    paths = evaluation_plots(model, block_rows(blocks, test_idx), y[test_idx], out_dir)
+    payload = {**holdout.to_json_dict(), "split": "holdout"}
+    write_json(out_dir / EVAL_FILE, {**payload, "protocol": plan.protocol.to_json_dict()})
+    return holdout, paths
 
 
 def write_card(out_dir, model, encoders, dataset, train_idx, holdout, y, test_idx, blocks):
