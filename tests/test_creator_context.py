@@ -4,7 +4,8 @@ A model trained on 2006-2015 videos (synthetic, dates moved back ten years, view
 on 2016-01-01), asked without context, predicts for its own median video and says what it
 assumed; `--published` is used by predict and compare; `--subscribers` on a model whose data
 had no subscribers is said to be ignored. A model trained on shuffled views is flagged by
-`train`, `predict`, `compare` and `frames`.
+`train`, `predict`, `explain`, `compare` and `frames` (the bot and the page: test_bot_cli.py,
+test_serve_api.py, test_serve_browser.py).
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ def test_a_model_worse_than_the_median_is_flagged_everywhere(useless_model, tmp_
     out = " ".join(ok("predict", model, a).output.split())
     assert "no demonstrated skill: this model" in out
     assert json.loads(ok("predict", model, a, "--json").stdout)[0]["no_skill_note"]
+    assert "no demonstrated skill: this model" in " ".join(ok("explain", model, a).output.split())
     payload = json.loads(ok("compare", a, b, "-m", model, "--json").stdout)
     assert payload["tie"] is True and payload["no_skill_note"].startswith("no demonstrated skill")
     table = ok("compare", a, b, "-m", model).output
