@@ -335,6 +335,26 @@ def heldout_skill(
     )
 
 
+def write_card(
+    out_dir: Path, dataset, train_rows, test_rows=(), y=None, pred=None, median: float = 0.0,
+    within: bool | None = None, as_of: str | None = None,
+) -> ModelCard:  # fmt: skip
+    """`card.json` of a model trained on `train_rows` of `dataset`, judged on `test_rows`
+    (`pred`: its predictions there, `y`: the whole target) against the training `median`.
+    Every model kind writes it this way (`predict.workflow.train`, `finetune`)."""
+    from thumbview.embed.context import context_rows  # the one context definition
+
+    rows = context_rows(dataset.table, as_of)  # the whole table: ages share one snapshot
+    context = TrainingContext.from_rows([rows[i] for i in train_rows])
+    skill = HeldOutSkill(within_channel=within)
+    if len(test_rows) and pred is not None:
+        channels = None if dataset.channels is None else dataset.channels[test_rows]
+        skill = heldout_skill(np.asarray(y)[test_rows], pred, median, channels, within)
+    card = ModelCard(context, skill)
+    card.save(out_dir)
+    return card
+
+
 # ----- the card ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelCard:

@@ -22,7 +22,6 @@ from thumbview.data.dataset import ThumbnailDataset
 from thumbview.data.times import dataset_ages_days, upload_times
 from thumbview.embed.base import Encoder
 from thumbview.embed.cache import embed, finite_rows
-from thumbview.embed.context import context_rows
 from thumbview.embed.registry import DEFAULT_CLIP_MODEL, get_encoder
 from thumbview.fileio import write_json
 from thumbview.layout import (
@@ -35,7 +34,7 @@ from thumbview.layout import (
     PLOT_TRAINING_CURVE,
 )
 from thumbview.predict import plots
-from thumbview.predict.card import HeldOutSkill, ModelCard, TrainingContext, heldout_skill
+from thumbview.predict.card import HeldOutSkill, write_card
 from thumbview.predict.crossval import (
     CVResult,
     EvalResult,
@@ -165,7 +164,7 @@ def train(
     paths = [*_training_plots(model, out_dir)]
     holdout, more = _evaluate_holdout(model, out_dir, blocks, y, dataset, plan)
     paths += more
-    card = write_card(out_dir, model, encoders, dataset, train_idx, holdout, y, test_idx, blocks)
+    card = _write_card(out_dir, model, encoders, dataset, train_idx, holdout, y, test_idx, blocks)
     cv = model.cv_metrics_ if getattr(model, "cv_metrics_", None) is not None else None
     n_missing = int((~mask).sum())
     return TrainResult(
@@ -193,26 +192,20 @@ def _evaluate_holdout(model, out_dir, blocks, y, dataset, plan) -> tuple[EvalRes
     return holdout, paths
 
 
-def write_card(out_dir, model, encoders, dataset, train_idx, holdout, y, test_idx, blocks):
-    """`card.json`: the training rows' typical context and horizon, and the held-out verdict
-    (`predict.card`): what every command that uses the model says about it."""
+def _write_card(out_dir, model, encoders, dataset, train_idx, holdout, y, test_idx, blocks):
+    """`card.json` (`predict.card.write_card`): the training rows' typical context and the
+    held-out verdict, within-channel skill from the pairwise calibration and held-out pairs."""
     as_of = next(
         (getattr(e, "as_of", None) for e in encoders.values() if e.modality == "meta"), None
     )
-    rows = context_rows(dataset.table, as_of)  # the whole table: ages share one snapshot
-    context = TrainingContext.from_rows([rows[i] for i in train_idx])
     pairwise = PairwiseModel.load(out_dir)
     within = None if pairwise is None else pairwise.calibration_.skilful
     if holdout is not None and holdout.pairwise and holdout.pairwise.get("skilful") is False:
         within = False  # held-out pairs disagree with the cross-fit: not demonstrated
-    skill = HeldOutSkill(within_channel=within)
-    if len(test_idx):
-        channels = None if dataset.channels is None else dataset.channels[test_idx]
-        pred = model.predict(block_rows(blocks, test_idx))
-        skill = heldout_skill(y[test_idx], pred, model.y_median_, channels, within)
-    card = ModelCard(context, skill)
-    card.save(out_dir)
-    return card
+    pred = model.predict(block_rows(blocks, test_idx)) if len(test_idx) else None
+    return write_card(
+        out_dir, dataset, train_idx, test_idx, y, pred, model.y_median_, within, as_of
+    )
 
 
 def _embedded_only(plan: SplitPlan, embedded: np.ndarray) -> SplitPlan:
