@@ -40,6 +40,11 @@ from thumbview.serve.app import create_app  # noqa: E402
 def server(tmp_path_factory):
     """(base URL, two thumbnail paths) of a live server with a small model trained for 90%."""
     model = build_serve_model(tmp_path_factory.mktemp("serve"))
+    yield from _live(model)
+
+
+def _live(model: dict):
+    """Serve `model["model"]` on a free loopback port in a thread; yields (URL, 2 thumbnails)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -109,6 +114,22 @@ def test_compare_two_thumbnails_in_the_browser(server, viewport, tmp_path):
     _keep(shot)
 
 
+def _compare_canned(page, url: str, thumbs, answer: dict) -> None:
+    """Compare `thumbs` on the page with /compare answering `answer` (the page's own logic
+    under test, not the model's)."""
+    page.route(
+        "**/compare",
+        lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps(answer)
+        ),
+    )
+    page.goto(url)
+    page.wait_for_selector("#status.ok")
+    page.set_input_files("#file", [str(t) for t in thumbs])
+    page.click("#go")
+    page.wait_for_selector("#ranking tbody tr", timeout=30_000)
+
+
 def test_no_winner_is_named_when_candidates_are_close(server):
     """Six candidates within a few points: the page says no candidate is reliably ahead."""
     url, thumbs = server
@@ -135,17 +156,7 @@ def test_no_winner_is_named_when_candidates_are_close(server):
         browser = _browser(p)
         try:
             page, errors = _page(browser)
-            page.route(
-                "**/compare",
-                lambda route: route.fulfill(
-                    status=200, content_type="application/json", body=json.dumps(close)
-                ),
-            )
-            page.goto(url)
-            page.wait_for_selector("#status.ok")
-            page.set_input_files("#file", [str(t) for t in thumbs])
-            page.click("#go")
-            page.wait_for_selector("#ranking tbody tr", timeout=30_000)
+            _compare_canned(page, url, thumbs, close)
             winner = page.inner_text("#winner")
             assert "No candidate is reliably ahead" in winner and "19%" in winner
             assert "most likely to win" not in winner.lower()
@@ -179,23 +190,7 @@ def context_server(tmp_path_factory):
     """(base URL, thumbnails) of a live server whose model reads the context (2005-2015)."""
     from _serve_fixture import build_context_model
 
-    model = build_context_model(tmp_path_factory.mktemp("ctx"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(model["model"]), host="127.0.0.1", port=port, log_level="warning"
-    )
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", model["paths"][:2]
-    srv.should_exit = True
-    thread.join(10)
+    yield from _live(build_context_model(tmp_path_factory.mktemp("ctx")))
 
 
 def test_the_page_sends_the_upload_date_and_says_what_it_assumed(context_server, tmp_path):
@@ -268,17 +263,7 @@ def test_a_model_without_within_channel_skill_names_no_winner(server):
         browser = _browser(p)
         try:
             page, errors = _page(browser)
-            page.route(
-                "**/compare",
-                lambda route: route.fulfill(
-                    status=200, content_type="application/json", body=json.dumps(answer)
-                ),
-            )
-            page.goto(url)
-            page.wait_for_selector("#status.ok")
-            page.set_input_files("#file", [str(t) for t in thumbs])
-            page.click("#go")
-            page.wait_for_selector("#ranking tbody tr", timeout=30_000)
+            _compare_canned(page, url, thumbs, answer)
             winner = page.inner_text("#winner")
             assert "most likely to win" not in winner.lower() and "no demonstrated skill" in winner
             notes = page.inner_text("#model-notes")
