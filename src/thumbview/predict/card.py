@@ -130,7 +130,7 @@ class TrainingContext:
             return f"published {str(value)[:10]}"
         if key == "subscribers":
             return f"{format_count(value)} subscribers"
-        return f"a channel of {format_count(value)} videos"
+        return f"a channel of {format_count(value)} video{'s' if value >= 1.5 else ''}"
 
 
 def _finite(values: list[Any]) -> np.ndarray:
