@@ -151,6 +151,7 @@ def _in_process(model: Path, images: list[bytes], n: int, rounds: int) -> None:
                 f"t{i}.jpg", Image.open(io.BytesIO(images[i % len(images)])).convert("RGB")
             ),
             f"video {i}",
+            {},  # no context: the training medians (one group, one encoder call)
         )
         for i in range(n)
     ]

@@ -27,3 +27,27 @@ def build_serve_model(root: Path) -> dict:
         train(ds, config, root / "model", holdout_frac=0)
         _CACHE["model"] = {"model": root / "model", "paths": ds.paths}
     return _CACHE["model"]
+
+
+def build_context_model(root: Path) -> dict:
+    """{"model", "paths"}: visual + context ridge on 60 synthetic videos published 2006-2015
+    (views counted 2016-01-01, no subscribers column), with a hold-out: what the page's
+    context fields and notes are tested with (test_serve_api.py, test_serve_browser.py)."""
+    if "context" not in _CACHE:
+        import pandas as pd
+
+        from thumbview.data.dataset import load_dataset
+        from thumbview.data.synth import SynthConfig, make_synthetic
+        from thumbview.predict.model import PredictorConfig
+        from thumbview.predict.workflow import train
+
+        make_synthetic(root / "ctx", SynthConfig(n=60, seed=1))
+        table = pd.read_csv(root / "ctx" / "metadata.csv", dtype=str, keep_default_na=False)
+        when = pd.to_datetime(table["published_at"], utc=True) - pd.DateOffset(years=10)
+        table["published_at"] = when.dt.strftime("%Y-%m-%dT%H:%M:%SZ")  # 2005-2015
+        table["collected_at"] = "2016-01-01T00:00:00Z"
+        table.drop(columns=["subscribers"]).to_csv(root / "ctx" / "metadata.csv", index=False)
+        ds = load_dataset(root / "ctx")
+        train(ds, PredictorConfig(encoders=("visual", "context")), root / "ctx-model")
+        _CACHE["context"] = {"model": root / "ctx-model", "paths": ds.paths}
+    return _CACHE["context"]

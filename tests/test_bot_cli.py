@@ -141,6 +141,10 @@ def test_generate_json_is_sorted_by_predicted_views(trained_bot, tmp_path):
 
     assert payload["note"] == FALLBACK_NOTE  # the fixture's predictor has no pairwise model
     assert len(list(tmp_path.glob("*.png"))) == 3
+    # so its skill at choosing between candidates was never shown, and generate says so
+    assert payload["no_skill_note"].startswith("no demonstrated skill at choosing")
+    table = invoke("bot", "generate", trained_bot, "--title", "worst cake ever", "-n", "2")
+    assert "no demonstrated skill at choosing" in " ".join(table.output.split())
 
 
 def test_eval_compares_base_and_bot(trained_bot, bot_model_dir, prompts, tmp_path):  # noqa: F811
@@ -215,6 +219,8 @@ def test_web_panel_generates_ranked_candidates(trained_bot):
     cands = res.json()["candidates"]
     assert len(cands) == 2 and cands[0]["log10"] >= cands[1]["log10"]
     assert Image.open(io.BytesIO(base64.b64decode(cands[0]["png"]))).size == (64, 64)
+    assert res.json()["no_skill_note"].startswith("no demonstrated skill")  # shown by bot.js
+    assert "no_skill_note" in (STATIC_DIR / "bot.js").read_text()
     assert client.post("/api/bot/generate", data={"title": "", "n": 3}).status_code == 422
 
 

@@ -144,3 +144,78 @@ def test_channel_url(text: str, expected: str) -> None:
 def test_classify_error() -> None:
     assert classify_error("ERROR: [youtube] x: Video unavailable") == ("unavailable", True)
     assert classify_error("HTTP Error 429: Too Many Requests") == ("fetch failed", False)
+
+
+# ----- no network (issue 28) ------------------------------------------------------------------
+OFFLINE = (
+    "ERROR: Unable to download API page: HTTPSConnection(host='www.youtube.com', port=443): "
+    "Failed to resolve 'www.youtube.com' ([Errno -2] Name or service not known)"
+)
+
+
+class OfflineYoutubeDL:
+    """What yt_dlp.YoutubeDL raises with no network, for every URL."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def extract_info(self, url: str, download: bool = True, **kwargs) -> dict:
+        self.calls += 1
+        raise DownloadError(OFFLINE)
+
+
+@pytest.mark.parametrize("command", ["search", "ids"])
+def test_collect_without_a_network_says_so_once_and_fails(command, tmp_path, monkeypatch):
+    """One line saying YouTube could not be reached, exit 3, no raw yt-dlp error, the queue
+    kept for the next run; before, it printed the raw error 4 times and exited 0."""
+    from typer.testing import CliRunner
+
+    from thumbview.cli import app
+    from thumbview.collect import ytdlp
+
+    fake = OfflineYoutubeDL()
+    monkeypatch.setattr(ytdlp, "_default_extractor", lambda flat: fake)
+    monkeypatch.setattr(ytdlp, "backoff_delay", lambda *a: 0.0)
+    (tmp_path / "ids.txt").write_text("dQw4w9WgXcQ\njNQXAC9IVRw\n")
+    args = ["cats", "--per-query", "2"] if command == "search" else [str(tmp_path / "ids.txt")]
+    result = CliRunner().invoke(app, ["collect", command, str(tmp_path / "out"), *args])
+    assert result.exit_code == 3, result.output
+    said = [line for line in result.output.splitlines() if line.strip()]
+    lines = [line for line in said if "could not be reached" in line]
+    assert len(lines) == 1 and lines[0].startswith("error: YouTube could not be reached")
+    assert "Errno" not in result.output and "collected" not in result.output.split("error:")[0]
+    assert fake.calls >= 1
+    if command == "ids":
+        assert "2 videos stay queued" in lines[0]
+        with Store(tmp_path / "out") as store:
+            assert len(store.pending(3)) == 2  # nothing given up: the next run tries again
+
+
+def test_a_network_error_is_not_a_video_error_and_yt_dlp_prints_nothing():
+    from thumbview.collect.http import Unreachable
+    from thumbview.collect.ytdlp import _default_extractor, is_network_error
+
+    assert is_network_error(OFFLINE) and not is_network_error("ERROR: Private video")
+    backend = YtDlpBackend(OfflineYoutubeDL(), policy=RetryPolicy(attempts=2, base_delay=0.0))
+    with pytest.raises(Unreachable):
+        backend.fetch(["dQw4w9WgXcQ"])
+    with pytest.raises(Unreachable):
+        list(backend.search("cats", 2))
+    assert type(_default_extractor(False).params["logger"]).__name__ == "_QuietLogger"
+
+
+def test_the_http_client_says_unreachable_only_when_it_never_connected():
+    from thumbview.collect.http import FetchError, Unreachable
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno -2] Name or service not known", request=request)
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    policy = RetryPolicy(attempts=2, base_delay=0.0, timeout=1.0)
+    with pytest.raises(Unreachable):
+        HttpClient(policy, transport=httpx.MockTransport(refuse)).get("https://x.test/a")
+    with pytest.raises(FetchError) as err:
+        HttpClient(policy, transport=httpx.MockTransport(slow)).get("https://x.test/a")
+    assert not isinstance(err.value, Unreachable)

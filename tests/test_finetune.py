@@ -56,6 +56,13 @@ def test_loss_decreases_and_folder_follows_train_conventions(trained):
     assert ev["split"] == "holdout" and "title-only" in ev["baselines"]
     seen = json.loads((out / "training.json").read_text())["video_ids"]
     assert len(seen) == result.n_train + result.n_val
+    from thumbview.predict.card import ModelCard  # what the model says of itself (issue 28)
+
+    card = ModelCard.load(out)
+    assert card.context.n == len(seen) and card.context.horizon_days > 0
+    assert card.skill.n_rows == ev["n"] and card.skill.mae_median == pytest.approx(
+        ev["baselines"]["global-median"]["mae_log10"]
+    )
 
 
 def test_save_load_gives_identical_predictions_and_evaluate_agrees(trained, data):

@@ -217,12 +217,12 @@ def test_concurrent_predictions_are_batched_and_each_gets_its_own(serve_model, m
     active, peak, guard = [0], [0], threading.Lock()
     real = engine.predictor.blocks
 
-    def counting(images, titles):
+    def counting(images, titles, context=None):
         with guard:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
         try:
-            return real(images, titles)
+            return real(images, titles, context)
         finally:
             with guard:
                 active[0] -= 1
@@ -504,3 +504,52 @@ def test_results_never_carry_server_paths(tmp_path):
     assert stills == {"a.jpg": (tmp_path / "a.jpg").resolve()}
     assert display_name("C:\\Users\\me\\..\\x<y>.png", 0) == "x_y_.png"
     assert display_name("../..", 3) == "image 4"
+
+
+# ----------------------------------------------------------------------------- context (issue 28)
+@pytest.fixture(scope="module")
+def context_client(tmp_path_factory):
+    from _serve_fixture import build_context_model
+
+    model = build_context_model(tmp_path_factory.mktemp("ctx"))
+    with _client(serve_app.create_app(model["model"])) as c:
+        yield c, model["paths"]
+
+
+def test_context_fields_are_used_and_what_was_assumed_is_said(context_client, tmp_path):
+    """Without a date the page's prediction is for the training data's median video, inside
+    its 2005-2015 range; a given date is used (and not said to be assumed); an input the
+    model never learned from is said to be ignored; every answer says what it predicts."""
+    c, paths = context_client
+    files = {"image": _file(_jpeg(paths[0]))}
+    plain = c.post("/predict", files=files).json()
+    year = int(plain["assumed"].removeprefix("assumed: published ")[:4])
+    assert 2005 <= year <= 2015 and plain["prediction"]["warning"] == ""
+    assert "after upload" in plain["predicts"] and plain["ignored"] == ""
+    dated = c.post("/predict", files=files, data={"published": "2014-06-01"}).json()
+    assert "published" not in dated["assumed"]
+    assert dated["prediction"]["views"] != plain["prediction"]["views"]
+    subs = c.post("/predict", files=files, data={"subscribers": "5000000"}).json()
+    assert subs["ignored"].startswith("ignored: the subscriber count given")
+    assert subs["prediction"]["views"] == plain["prediction"]["views"]
+    both = [("images", _file(_jpeg(p), f"{i}.jpg")) for i, p in enumerate(paths[:2])]
+    compared = c.post("/compare", files=both, data={"published": "2006-01-01"}).json()
+    assert "published" not in compared["assumed"] and compared["predicts"]
+    assert isinstance(compared["tie"], bool) and "no_skill_note" in compared
+    _error(c.post("/predict", files=files, data={"published": "soon"}), 422, "not a date")
+    _error(c.post("/compare", files=both, data={"channel_videos": "0"}), 422, "channel videos")
+    assert "after upload" in c.get("/health").json()["predicts"]
+    video = _video(tmp_path / "clip.mp4").read_bytes()
+    resp = c.post("/frames", files={"video": ("v.mp4", video, "video/mp4")},
+                  data={"top": "1", "published": "2010-01-01"})  # fmt: skip
+    job = _wait(c, resp.json()["job_id"])
+    assert job["status"] == "done", job["error"]
+    assert "published" not in job["result"]["assumed"] and job["result"]["predicts"]
+
+
+def test_a_model_without_a_hold_out_says_its_skill_was_never_checked(client, serve_model):
+    """The shared serve model was trained with no hold-out: nothing shows it beats the median."""
+    files = {"image": _file(_jpeg(serve_model["paths"][0]))}
+    got = client.post("/predict", files=files, data={"published": "2020-01-01"}).json()
+    assert got["no_skill_note"].startswith("no demonstrated skill: this model was not checked")
+    assert got["ignored"].startswith("ignored: the publication date given")

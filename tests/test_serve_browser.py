@@ -40,6 +40,11 @@ from thumbview.serve.app import create_app  # noqa: E402
 def server(tmp_path_factory):
     """(base URL, two thumbnail paths) of a live server with a small model trained for 90%."""
     model = build_serve_model(tmp_path_factory.mktemp("serve"))
+    yield from _live(model)
+
+
+def _live(model: dict):
+    """Serve `model["model"]` on a free loopback port in a thread; yields (URL, 2 thumbnails)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -109,6 +114,22 @@ def test_compare_two_thumbnails_in_the_browser(server, viewport, tmp_path):
     _keep(shot)
 
 
+def _compare_canned(page, url: str, thumbs, answer: dict) -> None:
+    """Compare `thumbs` on the page with /compare answering `answer` (the page's own logic
+    under test, not the model's)."""
+    page.route(
+        "**/compare",
+        lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps(answer)
+        ),
+    )
+    page.goto(url)
+    page.wait_for_selector("#status.ok")
+    page.set_input_files("#file", [str(t) for t in thumbs])
+    page.click("#go")
+    page.wait_for_selector("#ranking tbody tr", timeout=30_000)
+
+
 def test_no_winner_is_named_when_candidates_are_close(server):
     """Six candidates within a few points: the page says no candidate is reliably ahead."""
     url, thumbs = server
@@ -166,17 +187,7 @@ def test_no_winner_is_named_when_candidates_are_close(server):
         browser = _browser(p)
         try:
             page, errors = _page(browser)
-            page.route(
-                "**/compare",
-                lambda route: route.fulfill(
-                    status=200, content_type="application/json", body=json.dumps(close)
-                ),
-            )
-            page.goto(url)
-            page.wait_for_selector("#status.ok")
-            page.set_input_files("#file", [str(t) for t in thumbs])
-            page.click("#go")
-            page.wait_for_selector("#ranking tbody tr", timeout=30_000)
+            _compare_canned(page, url, thumbs, close)
             winner = page.inner_text("#winner")
             assert "No candidate is reliably ahead" in winner and "52%" in winner
             assert "coin flip" in winner and "most likely to win" not in winner.lower()
@@ -263,5 +274,93 @@ def test_api_docs_render_offline(server):
             assert "/predict" in paths and "/compare" in paths
             assert "Unable to render" not in page.inner_text("body")
             assert outside == [] and errors == []
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def context_server(tmp_path_factory):
+    """(base URL, thumbnails) of a live server whose model reads the context (2005-2015)."""
+    from _serve_fixture import build_context_model
+
+    yield from _live(build_context_model(tmp_path_factory.mktemp("ctx")))
+
+
+def test_the_page_sends_the_upload_date_and_says_what_it_assumed(context_server, tmp_path):
+    """Without a date the page says it assumed the training median's; with one typed in the
+    date field, the comparison uses it (no longer assumed, other numbers) and says what the
+    views are (after how long)."""
+    url, thumbs = context_server
+    with playwright_sync.sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page, errors = _page(browser)
+            page.goto(url)
+            page.wait_for_selector("#status.ok")
+            page.set_input_files("#file", [str(t) for t in thumbs])
+            with page.expect_response("**/compare") as first:
+                page.click("#go")
+            page.wait_for_selector("#model-notes li", timeout=30_000)
+            notes = page.inner_text("#model-notes")
+            assert "Assumed: published 20" in notes and "after upload" in notes
+            page.fill("#ctx-published", "2006-02-01")
+            page.fill("#ctx-channel-videos", "3")
+            with page.expect_response("**/compare") as second:
+                page.click("#go")
+            page.wait_for_function(
+                "() => !document.querySelector('#model-notes').innerText.includes('published')"
+            )
+            notes = page.inner_text("#model-notes")
+            assert "Assumed: published" not in notes and "Predicts views about" in notes
+            before, after = first.value.json(), second.value.json()
+            assert [c["views"] for c in before["candidates"]] != [
+                c["views"] for c in after["candidates"]
+            ]
+            shot = tmp_path / "serve_context.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert errors == []
+        finally:
+            browser.close()
+    _keep(shot)
+
+
+def test_a_model_without_within_channel_skill_names_no_winner(server):
+    """/compare answers tie with its no-skill line: the page names no winner and says why,
+    even when one candidate's chance looks high."""
+    url, thumbs = server
+    note = "no demonstrated skill at choosing between one video's candidates: treat it as a tie"
+    answer = {
+        "images": ["a.jpg", "b.jpg"],
+        "candidates": [
+            {
+                "image": n,
+                "image_index": k,
+                "title": "",
+                "views": v,
+                "low": 100,
+                "high": 9000,
+                "p_best": pb,
+            }
+            for k, (n, v, pb) in enumerate([("a.jpg", 5000, 0.9), ("b.jpg", 900, 0.1)])
+        ],  # fmt: skip
+        "p_beats": [[0.5, 0.9], [0.1, 0.5]],
+        "descriptors": [],
+        "sae": [],
+        "reliable": True,
+        "verdict": "a.jpg is reliably ahead",
+        "no_skill_note": note,
+        "tie": True,
+        "predicts": "predicts views about 3.3 years after upload",
+    }
+    with playwright_sync.sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page, errors = _page(browser)
+            _compare_canned(page, url, thumbs, answer)
+            winner = page.inner_text("#winner")
+            assert "most likely to win" not in winner.lower() and "no demonstrated skill" in winner
+            notes = page.inner_text("#model-notes")
+            assert "No demonstrated skill at choosing" in notes and "3.3 years" in notes
+            assert errors == []
         finally:
             browser.close()

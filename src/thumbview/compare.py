@@ -50,6 +50,7 @@ from thumbview.inference.verdict import (
     residual_atoms,
 )
 from thumbview.layout import find_study_dir
+from thumbview.predict.card import WITHIN_CHANNEL
 from thumbview.predict.target import to_views
 from thumbview.units import format_range, format_views, interval_label, shorten
 
@@ -197,6 +198,18 @@ class Comparison:
     by_image: tuple[Summary, ...] = ()  # per thumbnail, with several titles
     by_title: tuple[Summary, ...] = ()  # per title, with several thumbnails
     chance_best: str = CHANCE_BEST  # what "chance best" means, in words
+    # What the numbers are and what was assumed (`ModelNotes`): views after how long, the
+    # context filled from the training medians, inputs the model cannot use.
+    predicts: str = ""
+    assumed: str = ""
+    ignored: str = ""
+    # One line when the model showed no skill at choosing between one channel's videos
+    # (held-out same-channel calls no better than a coin); "" when it did.
+    no_skill_note: str = ""
+    # True when no candidate may be shown as the winner: no demonstrated within-channel
+    # skill (`no_skill_note`) or no reliable difference (`reliable` is False). Renderers
+    # show tied ranks then; the order of `candidates` is kept only for stability.
+    tie: bool = False
 
     @property
     def interval_label(self) -> str:
@@ -218,7 +231,7 @@ class Comparison:
         said = RankVerdict(False, self.verdict, self.tied, 0.5).forced_tie(
             reason, len(self.candidates)
         )
-        return replace(self, reliable=False, verdict=said.text, tied=said.tied)
+        return replace(self, reliable=False, verdict=said.text, tied=said.tied, tie=True)
 
     def to_json_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -248,6 +261,8 @@ class Comparison:
             by_image=tuple(Summary(**x) for x in d.get("by_image", ())),
             by_title=tuple(Summary(**x) for x in d.get("by_title", ())),
             chance_best=d.get("chance_best", CHANCE_BEST),
+            **{k: d.get(k, "") for k in ("predicts", "assumed", "ignored", "no_skill_note")},
+            tie=bool(d.get("tie", False)),
         )
 
 
@@ -293,6 +308,7 @@ def compare(
     top_features: int = 5,
     pairwise=None,
     tie_reason: str = "",
+    context: dict | None = None,
 ) -> Comparison:
     """Every image x title, ranked by P(best), with P(A beats B) and the biggest differences.
 
@@ -302,14 +318,19 @@ def compare(
     calibrated difference model (`predictor.pairwise`, see `predict.pairwise`), and the
     result carries the one verdict (`inference.verdict.judge`) on whether the leader is
     reliably ahead; models trained before it existed fall back to independent residual
-    draws, and `note` says so. `tie_reason` forces "no reliable difference" (a model with
-    no demonstrated skill); `pairwise` overrides the model's own (tests).
+    draws, and `note` says so. `tie_reason` forces "no reliable difference"; a model without
+    demonstrated within-channel skill forces it too, with its `no_skill_note`. `pairwise`
+    overrides the model's own (tests). `context`: the video's publication date, subscribers
+    and channel size (`context_from_options`), shared by every candidate; what is missing is
+    the training median, and the result says so (`predicts`, `assumed`, `ignored`).
     """
     titles = _checked(images, names, list(titles) or [""], study, sae)
     for message in predictor.missing_inputs(titles):
         log.warning(message)
-    pairs, blocks = predictor.combinations(images, titles)
+    pairs, blocks = predictor.combinations(images, titles, context)
     pred = predictor.predict(blocks)  # (N,)
+    notes = predictor.notes(WITHIN_CHANNEL, context)
+    tie_reason = tie_reason or notes.no_skill
     if pairwise is not None:
         predictor = replace(predictor)  # a copy: the override must not stick to the caller's
         predictor.__dict__["pairwise"] = pairwise
@@ -330,6 +351,8 @@ def compare(
         warning=(report.message() or "") if report is not None else "", note=odds.note,
         by_image=_summaries(cands, "image", predictor.target) if len(titles) > 1 else (),
         by_title=_summaries(cands, "title", predictor.target) if len(images) > 1 else (),
+        **notes.context.to_json_dict(), no_skill_note=notes.no_skill,
+        tie=bool(notes.no_skill) or said.reliable is False,
     )  # fmt: skip
 
 
@@ -415,6 +438,7 @@ def compare_files(
     titles: Sequence[str] = ("",),
     sae_dir: Path | None = None,
     study_dir: Path | None = None,
+    context: dict | None = None,
 ) -> tuple[Comparison, list[Image.Image]]:
     """`compare` from files (for the CLI); returns the decoded images for `save_side_by_side`.
 
@@ -431,7 +455,7 @@ def compare_files(
 
         study = load_study(study_dir)
     names = [Path(p).name for p in image_paths]
-    return compare(predictor, images, names, titles, study, sae), images
+    return compare(predictor, images, names, titles, study, sae, context=context), images
 
 
 # ----- the picture ---------------------------------------------------------------------------

@@ -27,6 +27,7 @@ MODEL_CONFIG = "config.json"  # the predictor's config, head settings and block 
 MODEL_ENCODERS = "encoders.json"  # {encoder: {options, spec}} to rebuild its features
 MODEL_TRAINING = "training.json"  # dataset, video ids and channels it was trained on
 MODEL_EVAL = "eval.json"  # held-out evaluation
+MODEL_CARD = "card.json"  # typical context of the training data, horizon, held-out skill
 MODEL_BASELINES = "baselines"  # one single-encoder model per encoder
 PLOT_TRAINING_CURVE = "training_curve.png"
 PLOT_PRED_VS_ACTUAL = "pred_vs_actual.png"

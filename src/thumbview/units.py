@@ -71,6 +71,14 @@ def format_range(low: float, high: float, target: str = "log10") -> str:
     return f"{format_views(low, target)} - {format_views(high, target)}"
 
 
+def format_days(days: float) -> str:
+    """An age people read: 12 -> '12 days', 800 -> '2.2 years' (years from 60 days on)."""
+    days = max(float(days), 0.0)
+    if not math.isfinite(days):
+        return "?"
+    return f"{days:.0f} days" if days < 60 else f"{days / 365.25:.1f} years"
+
+
 def interval_label(coverage: float) -> str:
     """'90% interval' for a model calibrated at coverage 0.9."""
     return f"{round(100 * float(coverage)):d}% interval"

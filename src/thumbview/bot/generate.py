@@ -24,6 +24,7 @@ from thumbview.compare import best_chances
 from thumbview.fileio import atomic_write, json_safe
 from thumbview.frames.select import hsv_histogram, mmr_select
 from thumbview.inference import LoadedPredictor
+from thumbview.predict.card import WITHIN_CHANNEL
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,12 @@ class Generation:
     target: str
     lora: bool
     note: str = ""  # how P(best) was computed, when people must know (compare.FALLBACK_NOTE)
+    # What the views are (after how long), what context was assumed, and one line when the
+    # predictor showed no skill at choosing between one video's candidates (`ModelNotes`).
+    predicts: str = ""
+    assumed: str = ""
+    ignored: str = ""
+    no_skill_note: str = ""
 
     def to_json_dict(self) -> dict:
         return json_safe(asdict(self))
@@ -146,9 +153,11 @@ def generate(
         )
         for k, i in enumerate(chosen)
     )
+    notes = predictor.notes(WITHIN_CHANNEL)
     result = Generation(
-        title, prompt or title, cands, predictor.coverage, predictor.target, lora, note
-    )
+        title, prompt or title, cands, predictor.coverage, predictor.target, lora, note,
+        **notes.context.to_json_dict(), no_skill_note=notes.no_skill,
+    )  # fmt: skip
     if out is not None:
         atomic_write(
             Path(out) / "generation.json", json.dumps(result.to_json_dict(), indent=2) + "\n"

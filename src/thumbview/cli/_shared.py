@@ -88,6 +88,16 @@ def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {safe(message)}", highlight=False, soft_wrap=True)
 
 
+def say_notes(lines: list[str], no_skill: str = "") -> None:
+    """What a result predicts and assumed (`ModelNotes`), and the no-skill line in yellow:
+    on stdout, beside the table they qualify."""
+    for line in lines:
+        if line == no_skill or line.startswith("ignored:"):
+            console.print(f"[yellow]{safe(line)}[/]", highlight=False, soft_wrap=True)
+        else:
+            console.print(safe(line), highlight=False, soft_wrap=True)
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from thumbview.cli._shared import console, err_console, print_json, user_errors
+from thumbview.cli._shared import console, err_console, print_json, say_notes, user_errors
 
 app = typer.Typer(
     help="thumbnailbot: tune a diffusion model with the view predictor (needs thumbview\\[bot]).",
@@ -205,6 +205,8 @@ def generate_command(
     console.print(table)
     if result.note:
         console.print(f"note: {result.note}")
+    lines = [result.predicts, result.assumed, result.ignored, result.no_skill_note]
+    say_notes([line for line in lines if line], result.no_skill_note)
 
 
 @app.command("eval")

@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from thumbview.cli._shared import console, progress_for, user_errors
+from thumbview.cli._shared import console, err_console, progress_for, user_errors
 from thumbview.collect import (
     CollectSummary,
     collect_channel,
@@ -28,10 +28,14 @@ from thumbview.collect import (
 )
 from thumbview.collect.options import CollectOptions, option_fields
 
-app = typer.Typer(help="Collect thumbnails + metadata from YouTube into a dataset folder.")
+app = typer.Typer(
+    help="Collect thumbnails + metadata from YouTube into a dataset folder. Exits 3 when "
+    "YouTube could not be reached and nothing was collected."
+)
 
 Out = Annotated[Path, typer.Argument(help="Dataset folder (created; re-use it to resume).")]
 _DATE_FORMATS = ["%Y-%m-%d"]
+EXIT_UNREACHABLE = 3  # nothing collected because YouTube could not be reached
 
 
 def with_options(groups: frozenset[str] | None = None) -> Callable[[Callable], Callable]:
@@ -80,6 +84,16 @@ def _value(value: Any) -> Any:
 
 
 def _report(summary: CollectSummary) -> None:
+    """The run's table; a run that reached nothing (no network) is one line and exit 3."""
+    if summary.unreachable:
+        queued = f"{summary.remaining} videos stay queued; " if summary.remaining else ""
+        err_console.print(
+            "[bold red]error:[/] YouTube could not be reached (no network connection?), so "
+            f"nothing was collected; {queued}re-run the same command when online",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=EXIT_UNREACHABLE)
     table = Table(title=escape(f"collect -> {summary.out}"), show_header=False)
     table.add_row("collected", str(summary.collected))
     table.add_row("rows in dataset", str(summary.total_rows))

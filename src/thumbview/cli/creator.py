@@ -13,8 +13,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from thumbview.cli._shared import console, print_json, progress_for, safe, user_errors, warn
-from thumbview.cli.predict import JsonOpt
+from thumbview.cli._shared import (
+    console,
+    print_json,
+    progress_for,
+    safe,
+    say_notes,
+    user_errors,
+    warn,
+)
+from thumbview.cli.predict import ChannelVideosOpt, JsonOpt, PublishedOpt, SubscribersOpt
 from thumbview.units import format_number, format_range, format_views
 
 ModelOpt = Annotated[
@@ -35,22 +43,35 @@ def frames_command(
         bool, typer.Option("--letterbox", help="Letterbox to 16:9 instead of cropping.")
     ] = False,
     as_json: JsonOpt = False,
+    published: PublishedOpt = None,
+    subscribers: SubscribersOpt = None,
+    channel_videos: ChannelVideosOpt = None,
 ) -> None:
     """Rank the stills of a video by predicted views; the top ones are different shots."""
     from dataclasses import replace
 
+    from thumbview.embed.context import context_from_options
     from thumbview.frames.rank import FramesConfig, rank_frames
     from thumbview.inference import LoadedPredictor
 
+    context = context_from_options(published, subscribers, channel_videos=channel_videos)
     config = replace(FramesConfig(), fit="letterbox") if letterbox else FramesConfig()
     predictor = LoadedPredictor.load(model)  # a bad model is reported before decoding
     for message in predictor.missing_inputs([title]):
         warn(message)
-    result = rank_frames(video, predictor, title, top, out, config, progress_for(as_json))
+    progress = progress_for(as_json)
+    result = rank_frames(video, predictor, title, top, out, config, progress, context)
     if as_json:
         print_json(result.to_json_dict())
         return
     _print_frames(result, top)
+    _say_model_notes(result)
+
+
+def _say_model_notes(result) -> None:
+    """What the numbers predict, what was assumed or ignored, and the no-skill line."""
+    lines = [result.predicts, result.assumed, result.ignored, result.no_skill_note]
+    say_notes([line for line in lines if line], result.no_skill_note)
 
 
 def _print_frames(result, top: int) -> None:
@@ -104,11 +125,16 @@ def compare_command(
         Path | None, typer.Option("--png", help="Write a side-by-side PNG here.")
     ] = None,
     as_json: JsonOpt = False,
+    published: PublishedOpt = None,
+    subscribers: SubscribersOpt = None,
+    channel_videos: ChannelVideosOpt = None,
 ) -> None:
     """Every thumbnail x title: predicted views, interval and the chance each one wins."""
     from thumbview.compare import compare_files, save_side_by_side
+    from thumbview.embed.context import context_from_options
 
-    comparison, decoded = compare_files(model, images, title or [""], sae, study)
+    context = context_from_options(published, subscribers, channel_videos=channel_videos)
+    comparison, decoded = compare_files(model, images, title or [""], sae, study, context)
     if png:
         save_side_by_side(comparison, decoded, png)
     if as_json:
@@ -145,6 +171,7 @@ def _print_comparison(comparison) -> None:
     for what, rows in (("per thumbnail", comparison.by_image), ("per title", comparison.by_title)):
         if comparison.by_image and comparison.by_title:
             _print_summaries(what, rows, target)
+    _say_model_notes(comparison)
     if comparison.descriptors:
         names = [safe(n) for n in comparison.image_names]
         read = any(d.effect is not None for d in comparison.descriptors)

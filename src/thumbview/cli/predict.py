@@ -18,6 +18,7 @@ from thumbview.cli._shared import (
     print_json,
     progress_for,
     safe,
+    say_notes,
     split_names,
     user_errors,
 )
@@ -70,6 +71,31 @@ TargetOpt = Annotated[
     typer.Option(
         "--target",
         help=f"log10 = {TARGET_HELP['log10']}; channel-relative = {TARGET_HELP['channel-relative']}.",
+    ),
+]
+# The context of the video asked about: the same three options on predict, compare, frames
+# (and fields of the web page); what is not given is the training data's median.
+PublishedOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--published",
+        help="Upload date (YYYY-MM-DD), for models with context (default: the training "
+        "data's median date, said in the output).",
+    ),
+]
+SubscribersOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--subscribers",
+        help="Channel subscribers, for models with context (default: the training median).",
+    ),
+]
+ChannelVideosOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--channel-videos",
+        help="Channel size: how many videos the channel has, for models with context "
+        "(default: the training median).",
     ),
 ]
 SeedOpt = Annotated[
@@ -133,6 +159,22 @@ def train_command(
         _print_eval_extras(result.holdout)
     for path in result.plots:
         console.print(f"plot: {safe(path)}")
+    _print_skill(result.skill)
+
+
+def _print_skill(skill) -> None:
+    """The held-out verdict in plain words, last, where it is read: red when the model does
+    not beat guessing the median or shows no within-channel skill."""
+    if skill is None:
+        return
+    good = skill.beats_median and skill.within_channel
+    colour = "green" if good else "red" if skill.beats_median is False else "yellow"
+    console.print(f"[bold {colour}]verdict:[/] this model {safe(skill.summary())}", soft_wrap=True)
+    if skill.beats_median is False:
+        console.print(
+            "predict, compare, frames, the web page and the bot will say so beside every "
+            "result; more channels or another --encoders/--target may help"
+        )
 
 
 @user_errors
@@ -277,26 +319,29 @@ def predict_command(
         ),
     ] = None,
     as_json: PredictJsonOpt = False,
-    published: Annotated[
-        str | None,
-        typer.Option("--published", help="Upload date (YYYY-MM-DD), for models with context."),
-    ] = None,
-    subscribers: Annotated[
-        float | None,
-        typer.Option("--subscribers", help="Channel subscribers, for models with context."),
-    ] = None,
+    published: PublishedOpt = None,
+    subscribers: SubscribersOpt = None,
+    channel_videos: ChannelVideosOpt = None,
 ) -> None:
-    """Predicted views with the model's interval for each image (x each title)."""
+    """Predicted views with the model's interval for each image (x each title), with what it
+    predicts (views after how long), what it assumed, and whether it beat the baseline
+    (with --json, the fields predicts, assumed, ignored and no_skill_note of every row)."""
+    from thumbview.data.images import load_image
     from thumbview.embed.context import context_from_options
-    from thumbview.inference.predictor import predict_files
+    from thumbview.inference import LoadedPredictor
+    from thumbview.predict.card import POOLED
 
+    context = context_from_options(published, subscribers, channel_videos=channel_videos)
+    loaded = LoadedPredictor.load(model)  # a bad model folder is reported before images
+    opened = [load_image(p) for p in images]
     # a model that reads titles, given none, warns (on stderr) and says what it assumed
-    context = context_from_options(published, subscribers)
-    predictions = predict_files(model, images, title or [""], context=context)
+    predictions = loaded.predict_images(opened, [str(p) for p in images], title or [""], context)
+    notes = loaded.notes(POOLED, context)
     if as_json:
-        print_json([p.__dict__ for p in predictions])
+        print_json([{**p.__dict__, **notes.to_json_dict()} for p in predictions])
         return
     console.print(_predictions_table(predictions))
+    say_notes(notes.lines(), notes.no_skill)
 
 
 @user_errors

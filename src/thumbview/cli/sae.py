@@ -348,14 +348,17 @@ def explain_command(
 
 
 def _explain_model(model_dir: Path, image: Path, title: str, top: int, as_json: bool) -> None:
-    from thumbview.cli._shared import safe
+    from thumbview.cli._shared import safe, say_notes
     from thumbview.explain import explain_prediction, feature_label, feature_value
     from thumbview.inference import LoadedPredictor
+    from thumbview.predict.card import POOLED
     from thumbview.units import format_views
 
-    ex = explain_prediction(LoadedPredictor.load(model_dir), image, title, top=top)
+    predictor = LoadedPredictor.load(model_dir)
+    ex = explain_prediction(predictor, image, title, top=top)
+    notes = predictor.notes(POOLED)  # what the views are, what was assumed, skill
     if as_json:
-        print_json(ex.to_json_dict())
+        print_json({**ex.to_json_dict(), **notes.to_json_dict()})
         return
     unit = "x the channel's typical views" if ex.target != "log10" else "views"
     console.print(
@@ -373,6 +376,7 @@ def _explain_model(model_dir: Path, image: Path, title: str, top: int, as_json: 
             f"x{f.factor:.2f}",
         )
     console.print(table)
+    say_notes(notes.lines(), notes.no_skill)
 
 
 def _explain_sae(sae: Path, image: Path, study: Path, top: int, as_json: bool) -> None:

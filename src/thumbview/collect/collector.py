@@ -34,7 +34,7 @@ from thumbview.collect.filters import (
     shard_ids,
     show_id,
 )
-from thumbview.collect.http import FetchError, HttpClient
+from thumbview.collect.http import FetchError, HttpClient, Unreachable
 from thumbview.collect.lock import dataset_lock
 from thumbview.collect.quota import QuotaExhausted, quota_day
 from thumbview.collect.store import DB_NAME, Store, decode_video, encode_video, utc_now
@@ -71,9 +71,13 @@ class CollectConfig:
             raise CollectError(f"invalid collect settings: {self}")
 
 
+OFFLINE = "YouTube could not be reached"  # a run's `stopped` when the network failed
+
+
 @dataclass(frozen=True)
 class CollectSummary:
-    """What a run did. `stopped` is None when the queue was emptied, else "quota" / "interrupted".
+    """What a run did. `stopped` is None when the queue was emptied, else "quota" /
+    "interrupted" / OFFLINE (no network: the queue is kept for the next run).
 
     `rechecked` counts earlier filter skips re-checked offline against changed filters;
     those kept are in `collected`, those still rejected in `skipped`.
@@ -88,6 +92,11 @@ class CollectSummary:
     stopped: str | None
     elapsed_s: float
     rechecked: int = 0
+
+    @property
+    def unreachable(self) -> bool:
+        """Nothing could be collected because YouTube could not be reached."""
+        return self.stopped == OFFLINE and self.collected == 0
 
     def describe(self) -> str:
         skipped = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"
@@ -171,6 +180,8 @@ class _Run:
     def _describe(self, jobs: Sequence[_Job]) -> list[tuple[_Job, VideoInfo | Unavailable]]:
         try:
             results = self.backend.fetch([j.video_id for j in jobs])
+        except Unreachable:
+            raise  # no video can be described now: `_handle` stops the run, the queue stays
         except FetchError as e:
             results = [Unavailable(j.video_id, "fetch failed", str(e), False) for j in jobs]
         except (KeyError, TypeError, ValueError, AttributeError) as e:  # a malformed answer
@@ -230,6 +241,10 @@ class _Run:
         except QuotaExhausted as e:
             logger.warning("stopping: %s", e)
             self.stopped = "quota"
+            return
+        except Unreachable as e:
+            logger.info("stopping, YouTube could not be reached: %s", e)
+            self.stopped = OFFLINE
             return
         for job, item in described:
             if item.video_id != job.video_id:  # the backend answered for another id
@@ -291,10 +306,12 @@ def _collect(
     progress: Progress,
     started: float,
     invalid: int = 0,
+    listing: str | None = None,
 ) -> CollectSummary:
     """Work through the queue and export; the shared tail of every collect command.
 
-    `invalid` counts the ids refused on the way into the queue (reported as skips).
+    `invalid` counts the ids refused on the way into the queue (reported as skips);
+    `listing` is how listing stopped: OFFLINE is kept as the run's `stopped`.
     """
     store.sweep()
     ready, still, rechecked = _recheck_filtered(store, config.filters)
@@ -320,7 +337,7 @@ def _collect(
         skipped=MappingProxyType(dict(run.skipped)),
         quota_used=_quota_used(backend),
         remaining=len(store.pending(config.max_attempts)),
-        stopped=run.stopped,
+        stopped=run.stopped or (listing if listing == OFFLINE else None),
         elapsed_s=time.monotonic() - started,
         rechecked=rechecked,
     )
@@ -400,6 +417,9 @@ def _list_into(
     except QuotaExhausted as e:
         logger.warning("listing %s stopped: %s", label, e)
         listed.stopped = "quota"
+    except Unreachable as e:  # said once, by whoever reports the summary
+        logger.info("listing %s stopped, YouTube could not be reached: %s", label, e)
+        listed.stopped = OFFLINE
     except FetchError as e:
         logger.error("listing %s failed (will be retried next run): %s", label, e)
         listed.stopped = "listing failed"
@@ -424,15 +444,16 @@ def collect_search(
     started = time.monotonic()
     with dataset_lock(out), Store(out) as store:
         _attach_quota(backend, store)
-        invalid = 0
+        invalid, stopped = 0, None
         for query in queries:
             key = f"search:{backend.name}:{query}"
             listed = _list_into(store, backend.search(query, per_query), query, key, per_query)
             invalid += listed.invalid
             if listed.stopped:
+                stopped = listed.stopped
                 break
         config = config or CollectConfig()
-        return _collect(store, backend, http, config, progress, started, invalid)
+        return _collect(store, backend, http, config, progress, started, invalid, stopped)
 
 
 def collect_channel(
@@ -451,7 +472,9 @@ def collect_channel(
         _attach_quota(backend, store)
         listed = _list_into(store, backend.channel(channel, limit), channel, None, limit or 0)
         config = config or CollectConfig()
-        return _collect(store, backend, http, config, progress, started, listed.invalid)
+        return _collect(
+            store, backend, http, config, progress, started, listed.invalid, listed.stopped
+        )
 
 
 def collect_ids(

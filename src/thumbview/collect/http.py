@@ -34,6 +34,11 @@ class FetchError(RuntimeError):
         self.body = body
 
 
+class Unreachable(FetchError):
+    """The service could not be reached at all (no network, DNS failure, connection refused):
+    nothing can be collected now, so the run stops and keeps its queue for the next one."""
+
+
 class NotFoundError(FetchError):
     """404 / 410: the resource does not exist (a missing thumbnail size, a deleted video)."""
 
@@ -144,14 +149,16 @@ class HttpClient:
 
     def _with_retries(self, url: str, once: Callable[[], httpx.Response]) -> httpx.Response:
         """Call `once` until it gives a 2xx; 404/410 and other 4xx raise at once."""
-        last = "no attempt"
+        last, never_connected = "no attempt", True
         for attempt in range(self.policy.attempts):
             wait: float | None = None
             try:
                 response = once()
             except httpx.TransportError as e:  # timeouts, resets, truncated bodies
                 last = f"{type(e).__name__}: {e}"
+                never_connected &= isinstance(e, httpx.ConnectError)
             else:
+                never_connected = False
                 status = response.status_code
                 if status < 300:
                     return response
@@ -163,7 +170,8 @@ class HttpClient:
                 wait = parse_retry_after(response.headers.get("Retry-After"))
             if attempt + 1 < self.policy.attempts:
                 self._pause(attempt, wait, url, last)
-        raise FetchError(f"{url}: gave up after {self.policy.attempts} attempts ({last})")
+        error = Unreachable if never_connected else FetchError
+        raise error(f"{url}: gave up after {self.policy.attempts} attempts ({last})")
 
     def _pause(self, attempt: int, retry_after: float | None, url: str, why: str) -> None:
         delay = backoff_delay(attempt, self.policy, self._rng)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from thumbview.collect.http import FetchError, RetryPolicy, backoff_delay
+from thumbview.collect.http import FetchError, RetryPolicy, Unreachable, backoff_delay
 from thumbview.collect.types import (
     Listing,
     Thumb,
@@ -46,6 +46,35 @@ _ERRORS = (
     ("premieres in", "live or upcoming", True),
     ("live event will begin", "live or upcoming", True),
 )
+
+
+# What yt-dlp says when the network, not the video, failed: no answer can come now.
+_NETWORK = (
+    "failed to resolve",
+    "name or service not known",
+    "temporary failure in name resolution",
+    "nodename nor servname",
+    "getaddrinfo failed",
+    "network is unreachable",
+    "no route to host",
+    "connection refused",
+)
+
+
+def is_network_error(message: str) -> bool:
+    """True when a yt-dlp error says YouTube could not be reached at all."""
+    low = message.lower()
+    return any(needle in low for needle in _NETWORK)
+
+
+class _QuietLogger:
+    """yt-dlp's messages to this module's log (debug): it prints errors on stderr even when
+    quiet, so an offline run showed its raw error once per retry. The collector reports."""
+
+    def debug(self, msg: str) -> None:
+        logger.debug("yt-dlp: %s", msg)
+
+    info = warning = error = debug
 
 
 class Extractor(Protocol):
@@ -146,7 +175,12 @@ def classify_error(message: str) -> tuple[str, bool]:
 def _default_extractor(flat: bool) -> Extractor:
     import yt_dlp
 
-    options: dict[str, Any] = {"quiet": True, "no_warnings": True, "skip_download": True}
+    options: dict[str, Any] = {
+        "quiet": True,
+        "no_warnings": True,
+        "skip_download": True,
+        "logger": _QuietLogger(),
+    }
     if flat:
         options["extract_flat"] = "in_playlist"
     return yt_dlp.YoutubeDL(options)
@@ -196,7 +230,8 @@ class YtDlpBackend:
         try:
             result = self._extract(url, flat=True)
         except Exception as e:  # the collector reports a failed listing and goes on
-            raise FetchError(f"listing {url} failed: {e}") from e
+            error = Unreachable if is_network_error(str(e)) else FetchError
+            raise error(f"listing {url} failed: {e}") from e
         listings = [x for x in map(entry_to_listing, result.get("entries") or []) if x]
         yield listings[:limit] if limit is not None else listings
 
@@ -214,6 +249,8 @@ class YtDlpBackend:
             try:
                 info = self._extract(watch_url(video_id), flat=False)
             except Exception as e:
+                if is_network_error(str(e)):  # no video can be described now: stop the run
+                    raise Unreachable(f"{video_id}: {e}") from e
                 reason, permanent = classify_error(str(e))
                 out.append(Unavailable(video_id, reason, str(e)[:300], permanent))
                 continue

@@ -10,9 +10,13 @@ For comparing candidates of ONE upcoming video the context is shared by all of t
 cancels: it changes the level of every prediction, never their order.
 
 Inputs are per-row dicts (modality "meta"), built from the dataset by `context_rows` or from
-command-line options (`--published`, `--subscribers`). A missing value is replaced by a fixed
-typical value (`FILL`) so the block keeps its width; a column missing from the whole dataset
-is then constant in training, so the model gives it no weight, and a note says it was skipped.
+command-line options (`--published`, `--subscribers`, `--channel-videos`). A prediction asked
+without some of them is made for the training data's typical video: `predict.card` fills the
+gap with the training rows' medians (stored in the model folder's card.json) and says so, and
+its upload age is the model's horizon (the training videos' median age at the views snapshot).
+`FILL` is only the last resort inside this encoder (a row of a dataset without the column, or
+a model folder from before card.json): a column missing from the whole dataset is constant in
+training, so the model gives it no weight, and a note says it was skipped.
 """
 
 from __future__ import annotations
@@ -144,19 +148,32 @@ def context_rows(table: pd.DataFrame, as_of: str | None = None) -> list[dict[str
 
 
 def context_from_options(
-    published: str | None = None, subscribers: float | None = None, as_of: str | None = None
+    published: str | None = None,
+    subscribers: float | None = None,
+    as_of: str | None = None,
+    channel_videos: float | None = None,
 ) -> dict[str, Any]:
     """The context of a video not in a dataset (`predict --published ... --subscribers ...`).
 
-    Age is counted from `published` to `as_of` (default: now), the views snapshot asked about.
+    Without `as_of` the age is left out: the prediction is for views at the model's horizon
+    (`predict.card`). With it, the age is counted from `published` to that views snapshot.
+    Values that cannot be a video's context raise ValueError with the option's name.
     """
     out: dict[str, Any] = {}
     if published:
         when = pd.to_datetime(published, utc=True, errors="coerce")
         if pd.isna(when):
             raise ValueError(f"--published {published!r} is not a date (use YYYY-MM-DD)")
-        snap = pd.Timestamp(as_of, tz="UTC") if as_of else pd.Timestamp.now(tz="UTC")
-        out.update(published=when.isoformat(), age_days=max((snap - when).days, 0))
-    if subscribers is not None:
-        out["subscribers"] = float(subscribers)
+        out["published"] = when.isoformat()
+        if as_of:
+            out["age_days"] = max((pd.Timestamp(as_of, tz="UTC") - when).days, 0)
+    for name, value, low in (
+        ("subscribers", subscribers, 0),
+        ("channel-videos", channel_videos, 1),
+    ):
+        if value is None:
+            continue
+        if not np.isfinite(value) or value < low:
+            raise ValueError(f"--{name} must be a number >= {low}, got {value:g}")
+        out[name.replace("-", "_")] = float(value)
     return out

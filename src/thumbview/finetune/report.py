@@ -1,5 +1,6 @@
 """Write a fine-tuned model folder with the same conventions as `thumbview train`:
-model + config, encoders.json, training.json (rows it saw), baselines/, eval.json, plots.
+model + config, encoders.json, training.json (rows it saw), baselines/, eval.json, card.json,
+plots.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from thumbview.fileio import write_json
 from thumbview.finetune.encoders import PixelEncoder, TitleTokenEncoder
 from thumbview.finetune.model import FinetunedPredictor
 from thumbview.predict import plots
+from thumbview.predict.card import write_card
 from thumbview.predict.crossval import EvalResult, compute_metrics
 from thumbview.predict.model import PredictorConfig, ViewPredictor
 from thumbview.predict.workflow import EVAL_FILE, write_training_record
@@ -37,6 +39,8 @@ def finish(model: FinetunedPredictor, dataset, split, y, titles, test_pred, out_
         baseline = ViewPredictor(single).fit({"title": titles[split.train]}, y[split.train],
                                              calibrate=False)  # fmt: skip
         baseline.save(out_dir / "baselines" / "title")
+    pred = None if test_pred is None else np.asarray(test_pred)
+    write_card(out_dir, dataset, seen, split.test, y, pred, model.y_median_)  # no pairwise
     paths = []
     if model.history_:
         paths.append(plots.plot_training_curve(model.history_, out_dir / "learning_curve.png"))

@@ -33,6 +33,7 @@ from thumbview.frames.select import SelectConfig, mmr_select
 from thumbview.inference import LoadedPredictor
 from thumbview.inference.verdict import chances, judge, rank_labels
 from thumbview.layout import FRAMES_CONTACT_SHEET, FRAMES_JSON
+from thumbview.predict.card import WITHIN_CHANNEL
 from thumbview.predict.model import ViewPredictor
 from thumbview.predict.target import to_views
 from thumbview.progress import SILENT, Progress
@@ -112,6 +113,13 @@ class FramesResult:
         tied = max(self.tied, 2) if self.reliable is False else 1
         return rank_labels(len(self.choices), tied, [c.log10 for c in self.choices])
 
+    # What the numbers are and what was assumed (`LoadedPredictor.notes`), and one line when
+    # the model showed no skill at choosing between one video's candidates ("" when it did).
+    predicts: str = ""
+    assumed: str = ""
+    ignored: str = ""
+    no_skill_note: str = ""
+
     def to_json_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["rank_labels"] = self.rank_labels()
@@ -146,6 +154,7 @@ def rank_frames(
     config: FramesConfig = FramesConfig(),
     progress: Progress = SILENT,
     tie_reason: str = "",
+    context: dict | None = None,
 ) -> FramesResult:
     """The `top` best, mutually different frames of `video` by predicted views.
 
@@ -153,8 +162,10 @@ def rank_frames(
     `predictor` is loaded once by the caller (`LoadedPredictor.load(dir)`), so a server
     ranks many videos with one copy of the model. Two tasks of `progress`: "scanning video",
     then "ranking frames" (`PROGRESS_SHARES` of the time, for a `Fractions` reporter).
-    The result carries compare's verdict on the chosen stills; `tie_reason` (a model with no
-    demonstrated skill) forces "no reliable difference", as `compare(..., tie_reason)`.
+    The result carries compare's verdict on the chosen stills; `tie_reason` forces "no
+    reliable difference", as `compare(..., tie_reason)`, and so does a model without
+    demonstrated within-channel skill (with its `no_skill_note`). `context`: the video's
+    publication date, subscribers, channel size (see `compare`).
     """
     if top < 1:
         raise FramesError(f"top must be >= 1, got {top}")
@@ -171,10 +182,13 @@ def rank_frames(
             f"{video}: no usable frame among {scan.n_sampled} sampled ({_skips(scan.skipped)})"
         )
     with progress.task("ranking frames", 1 + (out_dir is not None)) as advance:
-        choices, said = _choose(predictor, scan, title, top, config, tie_reason)
+        notes = predictor.notes(WITHIN_CHANNEL, context)
+        choices, said = _choose(predictor, scan, title, top, config, tie_reason or notes.no_skill,
+                                context)  # fmt: skip
         result = FramesResult(tuple(choices), scan.skipped, scan.n_sampled, len(scan.candidates),
                               scan.n_shots, scan.duration_s, predictor.target,
-                              predictor.coverage, **said)  # fmt: skip
+                              predictor.coverage, **said, **notes.context.to_json_dict(),
+                              no_skill_note=notes.no_skill)  # fmt: skip
         advance(1)
         if out_dir is not None:
             result = write_outputs(result, Path(video), Path(out_dir), title, config)
@@ -188,7 +202,13 @@ def _skips(skipped: dict[str, int]) -> str:
 
 
 def _choose(
-    predictor: LoadedPredictor, scan: ScanResult, title: str, top: int, config, tie_reason=""
+    predictor: LoadedPredictor,
+    scan: ScanResult,
+    title: str,
+    top: int,
+    config,
+    tie_reason="",
+    context: dict | None = None,
 ):
     """Score every candidate, pick a diverse set by MMR; (choices best-first, verdict fields).
 
@@ -197,7 +217,7 @@ def _choose(
     """
     cands = scan.candidates
     images = [Image.fromarray(c.rgb) for c in cands]
-    blocks = predictor.blocks(images, [title] * len(images))
+    blocks = predictor.blocks(images, [title] * len(images), context)
     pred = predictor.predict(blocks)  # (N,)
     lo, hi = predictor.intervals(blocks)  # at the model's own coverage
     hists = np.stack([c.hist for c in cands])  # (N, B)

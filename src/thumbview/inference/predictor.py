@@ -20,6 +20,15 @@ from PIL import Image
 from thumbview.data.images import load_image
 from thumbview.embed.base import Encoder
 from thumbview.inference.kinds import DEFAULT_KIND, kind_for, model_format
+from thumbview.predict.card import (
+    POOLED,
+    WITHIN_CHANNEL,
+    ContextNote,
+    HeldOutSkill,
+    ModelCard,
+    fill_context,
+    legacy_skill,
+)
 from thumbview.predict.drift import DriftReport, TrainingRange
 from thumbview.predict.model import PredictorError, ViewPredictor
 from thumbview.predict.target import to_views
@@ -61,6 +70,24 @@ class Prediction:
         return format_views(self.views, self.target), format_range(self.low, self.high, self.target)
 
 
+@dataclass(frozen=True)
+class ModelNotes:
+    """What a result must say about the model beside its numbers (`LoadedPredictor.notes`).
+
+    context: what is predicted (views after how long) and what was assumed or ignored;
+    no_skill: one line when the model showed no skill for the question asked, else "".
+    """
+
+    context: ContextNote
+    no_skill: str = ""
+
+    def lines(self) -> list[str]:
+        return [*self.context.lines(), *([self.no_skill] if self.no_skill else [])]
+
+    def to_json_dict(self) -> dict[str, str]:
+        return {**self.context.to_json_dict(), "no_skill_note": self.no_skill}
+
+
 @dataclass
 class LoadedPredictor:
     """A fitted `ViewPredictor` with its encoders; build with `LoadedPredictor.load(dir)`."""
@@ -70,6 +97,7 @@ class LoadedPredictor:
     model_dir: Path
     training_range: TrainingRange | None = None  # warns when inputs are unlike the training set
     context: dict | None = None  # what a "meta" encoder (context) reads: published, subscribers
+    card: ModelCard | None = None  # training context and held-out verdict (None: old folder)
 
     @classmethod
     def load(cls, model_dir: str | Path) -> LoadedPredictor:
@@ -78,7 +106,10 @@ class LoadedPredictor:
         The folder's kind (its config.json `format`) picks the loader (`inference.kinds`)."""
         model_dir = Path(model_dir)
         model, encoders, training_range = kind_for(model_dir).load_folder(model_dir)
-        return cls(model, encoders, model_dir, training_range)
+        card = ModelCard.load(model_dir)
+        if card is None:
+            log.info("%s has no card.json: fixed context values, skill from eval.json", model_dir)
+        return cls(model, encoders, model_dir, training_range, card=card)
 
     @staticmethod
     def check(model_dir: str | Path) -> None:
@@ -138,38 +169,76 @@ class LoadedPredictor:
             ]
         return []
 
+    # ----- context and skill ----------------------------------------------------------------
+    @property
+    def reads_context(self) -> bool:
+        """True when one of the model's encoders reads the context (date, subscribers, ...)."""
+        return any(enc.modality == "meta" for enc in self.encoders.values())
+
+    def filled_context(self, context: dict | None = None) -> tuple[dict, ContextNote]:
+        """(what the context encoder reads, the note on what was assumed or ignored).
+
+        `context` (default: `self.context`) is what the user gave (`context_from_options`);
+        missing values come from the training data's medians (`predict.card.fill_context`).
+        """
+        from thumbview.embed.context import FILL
+
+        given = self.context if context is None else context
+        relative = self.target == "channel-relative"
+        trained = None if self.card is None else self.card.context
+        return fill_context(given, trained, self.reads_context, FILL, relative)
+
+    @functools.cached_property
+    def skill(self) -> HeldOutSkill:
+        """The held-out verdict (card.json; for older folders, eval.json and pairwise.json)."""
+        if self.card is not None:
+            return self.card.skill
+        pairwise = self.pairwise
+        return legacy_skill(
+            self.model_dir, None if pairwise is None else pairwise.calibration_.skilful
+        )
+
+    def notes(self, question: str = POOLED, context: dict | None = None) -> ModelNotes:
+        """What to say beside a result: `question` is `predict.card.POOLED` (how many views)
+        or `WITHIN_CHANNEL` (which of one video's candidates), whose skill must be shown."""
+        if question not in (POOLED, WITHIN_CHANNEL):
+            raise ValueError(f"unknown question {question!r}")
+        return ModelNotes(self.filled_context(context)[1], self.skill.note(question))
+
     # ----- features -----------------------------------------------------------------------------
-    def blocks(self, images: Sequence[Image.Image], titles: Sequence[str]) -> dict[str, np.ndarray]:
-        """{encoder: (N, D)} for N (image, title) rows given side by side (equal lengths)."""
+    def blocks(
+        self, images: Sequence[Image.Image], titles: Sequence[str], context: dict | None = None
+    ) -> dict[str, np.ndarray]:
+        """{encoder: (N, D)} for N (image, title) rows given side by side (equal lengths).
+
+        `context`: the video's publication date, subscribers, channel size (default:
+        `self.context`); what is missing is the training data's median (`filled_context`)."""
         if len(images) != len(titles):
             raise PredictorError(f"{len(images)} images but {len(titles)} titles")
         return {
-            name: enc.encode(self._inputs(enc, images, titles))
+            name: enc.encode(self._inputs(enc, images, titles, context))
             for name, enc in self.encoders.items()
         }
 
-    def _inputs(self, enc: Encoder, images, titles) -> list:
+    def _inputs(self, enc: Encoder, images, titles, context: dict | None) -> list:
         """What one encoder reads: titles, images, or the context dict (same for every row)."""
         if enc.modality == "text":
             return list(titles)
         if enc.modality != "meta":
             return list(images)
-        if not self.context:
-            log.warning(
-                "no context given (--published, --subscribers): typical values assumed; "
-                "this moves every prediction alike and does not change their order"
-            )
-        return [dict(self.context or {}) for _ in images]
+        filled, _ = self.filled_context(context)
+        return [dict(filled) for _ in images]
 
     def combinations(
-        self, images: Sequence[Image.Image], titles: Sequence[str]
+        self, images: Sequence[Image.Image], titles: Sequence[str], context: dict | None = None
     ) -> tuple[list[tuple[int, str]], dict[str, np.ndarray]]:
         """Every image x title, image-major: ([(image index, title)], blocks one row per pair).
 
         One definition of the order, shared by predict, compare and the web page.
         """
         pairs = [(i, t) for i in range(len(images)) for t in (list(titles) or [""])]
-        return pairs, self.blocks([images[i] for i, _ in pairs], [t for _, t in pairs])
+        rows = [images[i] for i, _ in pairs]
+        return pairs, self.blocks(rows, [t for _, t in pairs], context)
 
     # ----- predictions --------------------------------------------------------------------------
     def predict(self, blocks: dict[str, np.ndarray]) -> np.ndarray:
@@ -185,20 +254,29 @@ class LoadedPredictor:
         images: Sequence[Image.Image],
         names: Sequence[str],
         titles: Sequence[str] = ("",),
+        context: dict | None = None,
     ) -> list[Prediction]:
         """Every image x title combination with its interval, in `combinations` order."""
         for message in self.missing_inputs(list(titles)):
             log.warning(message)
         pairs = [(i, t) for i in range(len(images)) for t in (list(titles) or [""])]
         return self.predict_rows(
-            [images[i] for i, _ in pairs], [names[i] for i, _ in pairs], [t for _, t in pairs]
+            [images[i] for i, _ in pairs],
+            [names[i] for i, _ in pairs],
+            [t for _, t in pairs],
+            context,
         )
 
     def predict_rows(
-        self, images: Sequence[Image.Image], names: Sequence[str], titles: Sequence[str]
+        self,
+        images: Sequence[Image.Image],
+        names: Sequence[str],
+        titles: Sequence[str],
+        context: dict | None = None,
     ) -> list[Prediction]:
-        """One prediction per (image, name, title) row given side by side (the web batcher)."""
-        blocks = self.blocks(images, titles)  # {encoder: (N, D)}
+        """One prediction per (image, name, title) row given side by side (the web batcher);
+        `context` is shared by every row (see `blocks`)."""
+        blocks = self.blocks(images, titles, context)  # {encoder: (N, D)}
         report = self.out_of_range(blocks)
         if report is not None and (said := report.message()):
             log.warning("%s", said)

@@ -58,7 +58,7 @@ from scipy import special, stats
 
 from thumbview.embed.context import FEATURES as CONTEXT_FEATURES
 from thumbview.fileio import atomic_write
-from thumbview.units import format_count, format_number, format_views
+from thumbview.units import format_count, format_days, format_number, format_views
 
 RANGE_FILE = "training_range.json"
 TARGET_LEVELS = (0.0, 0.01, 0.05, 0.5, 0.95, 0.99, 1.0)
@@ -1081,8 +1081,7 @@ def _value(v: float, unit: str | None) -> str:
     if unit == "year":
         return str(int(np.floor(v)))
     if unit == "age":  # log10(1 + days)
-        days = max(10**v - 1, 0.0)
-        return f"{days:.0f} days" if days < 60 else f"{days / 365.25:.1f} years"
+        return format_days(10**v - 1)
     if unit == "subscribers":  # log10(1 + subscribers)
         return format_count(max(10**v - 1, 0.0))
     if unit == "videos":  # log10(videos)

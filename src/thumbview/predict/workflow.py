@@ -35,6 +35,7 @@ from thumbview.layout import (
     RUN_UNFINISHED,
 )
 from thumbview.predict import plots
+from thumbview.predict.card import HeldOutSkill, write_card
 from thumbview.predict.crossval import (
     CVResult,
     EvalResult,
@@ -129,6 +130,7 @@ class TrainResult:
     holdout: EvalResult | None
     plots: tuple[Path, ...]
     protocol: SplitProtocol | None = None
+    skill: HeldOutSkill | None = None  # the held-out verdict also written to card.json
 
 
 def train(
@@ -156,16 +158,14 @@ def train(
         model.save(out_dir)
         _save_companions(out_dir, config, blocks, y, dataset, plan, encoders, clip_model)
         paths = [*_training_plots(model, out_dir)]
-        holdout = None
-        if len(test_idx):
-            holdout = score_rows(model, out_dir, block_rows(blocks, test_idx), y, dataset, test_idx)
-            paths += evaluation_plots(model, block_rows(blocks, test_idx), y[test_idx], out_dir)
-            protocol = plan.protocol.to_json_dict()
-            write_json(out_dir / EVAL_FILE, {**holdout.to_json_dict(), "split": "holdout",
-                                             "protocol": protocol})  # fmt: skip
+        holdout, more = _evaluate_holdout(model, out_dir, blocks, y, dataset, plan)
+        paths += more
+        card = _write_card(
+            out_dir, model, encoders, dataset, train_idx, holdout, y, test_idx, blocks
+        )
         cv = model.cv_metrics_ if getattr(model, "cv_metrics_", None) is not None else None
     counts = (len(train_idx), len(test_idx), n_missing)
-    return TrainResult(out_dir, *counts, cv, holdout, tuple(paths), plan.protocol)
+    return TrainResult(out_dir, *counts, cv, holdout, tuple(paths), plan.protocol, card.skill)
 
 
 def _save_companions(out_dir, config, blocks, y, dataset, plan, encoders, clip_model) -> None:
@@ -179,6 +179,34 @@ def _save_companions(out_dir, config, blocks, y, dataset, plan, encoders, clip_m
     _fit_baselines(out_dir, config, rows, y_train)
     fit_pairwise(out_dir, config, rows, y_train, dataset, plan)
     _fit_range(out_dir, config, rows, y_train, encoders, dataset, train_idx)
+
+
+def _evaluate_holdout(model, out_dir, blocks, y, dataset, plan) -> tuple[EvalResult | None, list]:
+    """`eval.json` and the evaluation plots on the held-out rows (None, [] without any)."""
+    test_idx = plan.test_idx
+    if not len(test_idx):
+        return None, []
+    holdout = score_rows(model, out_dir, block_rows(blocks, test_idx), y, dataset, test_idx)
+    paths = evaluation_plots(model, block_rows(blocks, test_idx), y[test_idx], out_dir)
+    payload = {**holdout.to_json_dict(), "split": "holdout"}
+    write_json(out_dir / EVAL_FILE, {**payload, "protocol": plan.protocol.to_json_dict()})
+    return holdout, paths
+
+
+def _write_card(out_dir, model, encoders, dataset, train_idx, holdout, y, test_idx, blocks):
+    """`card.json` (`predict.card.write_card`): the training rows' typical context and the
+    held-out verdict, within-channel skill from the pairwise calibration and held-out pairs."""
+    as_of = next(
+        (getattr(e, "as_of", None) for e in encoders.values() if e.modality == "meta"), None
+    )
+    pairwise = PairwiseModel.load(out_dir)
+    within = None if pairwise is None else pairwise.calibration_.skilful
+    if holdout is not None and holdout.pairwise and holdout.pairwise.get("skilful") is False:
+        within = False  # held-out pairs disagree with the cross-fit: not demonstrated
+    pred = model.predict(block_rows(blocks, test_idx)) if len(test_idx) else None
+    return write_card(
+        out_dir, dataset, train_idx, test_idx, y, pred, model.y_median_, within, as_of
+    )
 
 
 def _embedded_only(plan: SplitPlan, embedded: np.ndarray) -> SplitPlan:

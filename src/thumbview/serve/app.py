@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from thumbview import __version__
 from thumbview.frames.rank import PROGRESS_SHARES
+from thumbview.predict.card import POOLED
 from thumbview.progress import Progress
 from thumbview.serve.engine import Batching, Engine, steady_heap
 from thumbview.serve.jobs import FrameJobs, JobError
@@ -33,6 +34,7 @@ from thumbview.serve.uploads import (
     Limits,
     UploadError,
     check_video,
+    clean_context,
     clean_titles,
     decode_image,
     display_name,
@@ -174,23 +176,42 @@ def _frame_ranker(engine: Engine) -> Callable[..., Any]:
 
 ImageUpload = Annotated[UploadFile, File(description="A thumbnail (JPEG, PNG, WebP, GIF, BMP).")]
 Title = Annotated[str, Form(description="The video title (optional).")]
+# The video's context, as `predict --published/--subscribers/--channel-videos`: empty fields
+# are the training data's medians, and the answer says what was assumed or ignored.
+Published = Annotated[str, Form(description="Upload date YYYY-MM-DD (optional).")]
+Subscribers = Annotated[float | None, Form(description="Channel subscribers (optional).")]
+ChannelVideos = Annotated[
+    float | None, Form(description="Channel size: how many videos it has (optional).")
+]
 
 
 def _add_model_routes(app: FastAPI, engine: Engine, limits: Limits) -> None:
     @app.post("/predict", summary="Predicted views for one thumbnail (and title)")
-    def predict(image: ImageUpload, title: Title = "") -> dict[str, Any]:
+    def predict(
+        image: ImageUpload,
+        title: Title = "",
+        published: Published = "",
+        subscribers: Subscribers = None,
+        channel_videos: ChannelVideos = None,
+    ) -> dict[str, Any]:
         titles = clean_titles([title], limits)
-        found = engine.predict(_images([image], limits)[0], titles[0] if titles else "")
-        return {"prediction": found, "coverage": engine.coverage}
+        context = clean_context(published, subscribers, channel_videos)
+        found = engine.predict(_images([image], limits)[0], titles[0] if titles else "", context)
+        notes = engine.notes(POOLED, context)
+        return {"prediction": found, "coverage": engine.coverage, **notes}
 
     @app.post("/compare", summary="Rank 2-6 thumbnails x 1-3 titles")
     def compare(
         images: Annotated[list[UploadFile], File(description="2 to 6 thumbnails.")],
         titles: Annotated[list[str] | None, Form(description="0 to 3 titles.")] = None,
+        published: Published = "",
+        subscribers: Subscribers = None,
+        channel_videos: ChannelVideos = None,
     ) -> dict[str, Any]:
         _count(images, 2, limits.max_images)
         titles_ = clean_titles(titles, limits)
-        return engine.compare(_images(images, limits), titles_)
+        context = clean_context(published, subscribers, channel_videos)
+        return engine.compare(_images(images, limits), titles_, context)
 
     @app.post("/explain", summary="SAE features active in a thumbnail")
     def explain(
@@ -211,9 +232,13 @@ def _add_frames_routes(app: FastAPI, jobs: FrameJobs, limits: Limits) -> None:
         video: Annotated[UploadFile, File(description="A video file (MP4, MOV, WebM, ...).")],
         title: Title = "",
         top: Annotated[int, Form(ge=1, le=12, description="How many frames to return.")] = 5,
+        published: Published = "",
+        subscribers: Subscribers = None,
+        channel_videos: ChannelVideos = None,
     ) -> dict[str, Any]:
         titles = clean_titles([title], limits)
-        job = jobs.new(title=titles[0] if titles else "", top=top)
+        context = clean_context(published, subscribers, channel_videos)
+        job = jobs.new(title=titles[0] if titles else "", top=top, context=context)
         try:
             label = job.label = display_name(video.filename, 0)
             path = job.dir / f"upload{video_suffix(video.filename)}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import logging
 import queue
 import threading
@@ -233,20 +234,39 @@ class Engine:
         return self.predictor.coverage
 
     # ----- predict: micro-batched ---------------------------------------------------------
-    def predict(self, image: DecodedImage, title: str) -> dict[str, Any]:
-        """One image x one title, computed together with concurrent requests."""
-        return self._within_deadline(self.batcher, (image, title))
+    def predict(self, image: DecodedImage, title: str, context: dict | None = None) -> dict:
+        """One image x one title, computed together with concurrent requests, under the compute
+        deadline; `context` (`uploads.clean_context`) is the video's date, subscribers and
+        channel size."""
+        return self._within_deadline(self.batcher, (image, title, context or {}))
 
-    def _predict_rows(self, rows: list[tuple[DecodedImage, str]]) -> list[dict[str, Any]]:
-        """(image, title) rows side by side -> one prediction each, in one encoder call."""
+    def notes(self, question: str, context: dict | None = None) -> dict[str, str]:
+        """What a result predicts, assumed and ignored, and the no-skill line (`ModelNotes`)."""
+        return self.predictor.notes(question, context or {}).to_json_dict()
+
+    def _predict_rows(self, rows: list[tuple[DecodedImage, str, dict]]) -> list[dict[str, Any]]:
+        """(image, title, context) rows -> one prediction each, one encoder call per context
+        (concurrent requests for different videos may share a batch)."""
+        out: list[dict[str, Any] | None] = [None] * len(rows)
+        groups: dict[str, list[int]] = {}
+        for k, (_, _, context) in enumerate(rows):
+            groups.setdefault(json.dumps(context, sort_keys=True), []).append(k)
         with self.lock:
-            found = self.predictor.predict_rows(
-                [d.image for d, _ in rows], [d.name for d, _ in rows], [t for _, t in rows]
-            )
-        return [asdict(p) for p in found]
+            for ks in groups.values():
+                found = self.predictor.predict_rows(
+                    [rows[k][0].image for k in ks],
+                    [rows[k][0].name for k in ks],
+                    [rows[k][1] for k in ks],
+                    rows[ks[0]][2],
+                )
+                for k, p in zip(ks, found, strict=True):
+                    out[k] = asdict(p)
+        return out
 
     # ----- compare, explain ---------------------------------------------------------------
-    def compare(self, images: list[DecodedImage], titles: list[str]) -> dict[str, Any]:
+    def compare(
+        self, images: list[DecodedImage], titles: list[str], context: dict | None = None
+    ) -> dict[str, Any]:
         from thumbview.compare import compare
 
         p, sae = self.predictor, self.sae if self.study is not None else None
@@ -260,6 +280,7 @@ class Engine:
                     titles or [""],
                     study=self.study,
                     sae=sae,
+                    context=context or {},
                 )
 
         result = self._within_deadline(self.calls, run)
@@ -304,6 +325,8 @@ class Engine:
             "target": self.predictor.target,
             "coverage": self.coverage,
             "explain": self.study is not None,
+            "reads_context": self.predictor.reads_context,
+            "predicts": self.predictor.notes().context.predicts,
         }
 
 

@@ -122,6 +122,21 @@ def clean_titles(titles: list[str] | None, limits: Limits) -> list[str]:
     return kept
 
 
+def clean_context(
+    published: str = "", subscribers: float | None = None, channel_videos: float | None = None
+) -> dict:
+    """The video's context from form fields (as `predict --published ...`); a bad value is
+    refused in words. Empty fields are left to the model's training medians."""
+    from thumbview.embed.context import context_from_options
+
+    try:
+        return context_from_options(
+            published.strip() or None, subscribers, channel_videos=channel_videos
+        )
+    except ValueError as e:
+        raise UploadError(str(e).replace("--", "").replace("-", " ", 1)) from None
+
+
 def video_suffix(filename: str | None) -> str:
     """A suffix from a fixed list (decoders like a familiar one); anything else gets .mp4."""
     suffix = Path(display_name(filename, 0)).suffix.lower()

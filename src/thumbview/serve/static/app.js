@@ -178,12 +178,33 @@ async function runPredict(ts) {
     const form = new FormData();
     form.append("image", state.files[0].file, state.files[0].name);
     form.append("title", title);
+    appendContext(form);
     const out = await api("/predict", { method: "POST", body: form });
+    state.notes = out;
     const p = out.prediction;
     rows.push({ index: 0, title: p.title, views: p.views, low: p.low, high: p.high, pBeats: null, warning: p.warning || "" });
   }
   rankRows(rows);  // titles for one image: ranked by point estimate, no P(beats)
   return { rows, descriptors: null, warning: rangeWarning(rows.map((r) => r.warning)) };
+}
+
+// The video's context from the form (upload date, subscribers, channel size), appended to a
+// request as the command line's --published/--subscribers/--channel-videos; empty fields
+// are left out, and the server assumes the training data's medians (and says so).
+function appendContext(form) {
+  const fields = [["published", "#ctx-published"], ["subscribers", "#ctx-subscribers"], ["channel_videos", "#ctx-channel-videos"]];
+  for (const [name, sel] of fields) {
+    const v = $(sel).value.trim();
+    if (v) form.append(name, v);
+  }
+}
+
+// What the numbers predict, what was assumed or ignored, and the no-skill line: the lines
+// the command line prints under its table, as a list (the no-skill one stands out).
+function renderModelNotes(box, out) {
+  const lines = ["predicts", "assumed", "ignored", "no_skill_note"].map((k) => [k, (out && out[k]) || ""]).filter(([, t]) => t);
+  box.replaceChildren(...lines.map(([k, t]) => el("li", { class: k === "no_skill_note" ? "no-skill" : "", text: t.charAt(0).toUpperCase() + t.slice(1) + "." })));
+  box.hidden = !lines.length;
 }
 
 // The server's out-of-range lines (one per prediction, or the comparison's one) as one
@@ -198,7 +219,9 @@ async function runCompare(ts) {
   const form = new FormData();
   for (const f of state.files) form.append("images", f.file, f.name);
   for (const t of ts) form.append("titles", t);
+  appendContext(form);
   const out = await api("/compare", { method: "POST", body: form });
+  state.notes = out;
   return normaliseComparison(out);
 }
 
@@ -231,7 +254,7 @@ function normaliseComparison(out) {
   const labels = out.rank_labels || [];
   rows.forEach((r, i) => { if (r.rank === null) r.rank = i + 1; r.rankLabel = labels[i] || null; });
   rows.sort((a, b) => a.rank - b.rank);
-  return { rows, pBeatsMatrix: out.p_beats || null, descriptors: pick(out, "descriptors", "descriptor_differences", "differences"), sae: out.sae || [], names, warning: rangeWarning([out.warning]), note: out.note || "", reliable: out.reliable ?? null, verdict: out.verdict || "", byImage: out.by_image || [], byTitle: out.by_title || [], chanceBest: out.chance_best || "" };
+  return { rows, pBeatsMatrix: out.p_beats || null, descriptors: pick(out, "descriptors", "descriptor_differences", "differences"), sae: out.sae || [], names, warning: rangeWarning([out.warning]), note: out.note || "", reliable: out.tie ? false : out.reliable ?? null, verdict: out.verdict || out.no_skill_note || "", byImage: out.by_image || [], byTitle: out.by_title || [], chanceBest: out.chance_best || "" };
 }
 
 function rankRows(rows) {
@@ -254,6 +277,7 @@ function renderResults(result) {
   const warn = $("#range-warning");
   warn.textContent = result.warning ? `Outside what the model was trained on: ${result.warning}` : "";
   warn.hidden = !result.warning;
+  renderModelNotes($("#model-notes"), state.notes);
   renderWinner(rows, result.pBeatsMatrix, result.reliable ?? null, result.verdict || "");
   // Only a candidate reliably ahead gets the green "best" row, in the chart and the table.
   result.ahead = reliablyAhead(rows, result.pBeatsMatrix, result.reliable ?? null) === true;
@@ -546,6 +570,8 @@ async function startFrames() {
   const form = new FormData();
   form.append("video", input.files[0], input.files[0].name);
   form.append("title", $("#video-title").value.trim());
+  appendContext(form);
+  $("#frames-notes").hidden = true;
   try {
     const job = await api("/frames", { method: "POST", body: form });
     setMsg(msg, "Scoring frames…", "busy");
@@ -583,7 +609,7 @@ async function pollJob(id) {
     clearInterval(state.jobTimer);
     $("#frames-go").disabled = false;
     if (job.status === "failed") setMsg(msg, job.error || "Ranking failed.", "error");
-    else { setMsg(msg, ""); renderStills(job.result); }
+    else { setMsg(msg, ""); renderStills(job.result); renderModelNotes($("#frames-notes"), job.result); }
   } else if (job.status === "queued") {
     setMsg(msg, "Waiting for another video to finish…", "busy");
   }
