@@ -130,7 +130,7 @@ def test_a_model_worse_than_the_median_is_flagged_everywhere(useless_model, tmp_
     table = ok("compare", a, b, "-m", model).output
     assert "no demonstrated skill at choosing" in " ".join(table.split())
     ranks = re.findall(r"^│ (\S+)\s+│ \S+\.jpg", table, re.MULTILINE)
-    assert ranks == ["=", "="]  # ranks shown as a tie, no #1
+    assert ranks == ["=1", "=1"]  # ranks shown as a tie, no #1
     video = _tiny_video(tmp_path / "clip.mp4", [a, b, c, d])
     frames = json.loads(ok("frames", video, "-m", model, "--top", "2", "--json").stdout)
     assert frames["no_skill_note"].startswith("no demonstrated skill")

@@ -285,13 +285,21 @@ def test_frames_above_the_size_cap_are_refused_before_decoding(tmp_path):
         raise AssertionError("open_video must refuse before handing out the stream")
 
 
-def test_frames_give_compares_verdict_and_range_line(video, model_dir):  # noqa: F811
+def test_frames_give_compares_verdict_and_range_line(video, model_dir, monkeypatch):  # noqa: F811
     """Two close frames (54K vs 52K) are a tie, not a ranking: `frames` prints compare's
-    verdict ("=1", no winner) and the out-of-range line (planted: longer text than any
-    training thumbnail), in the table and in --json alike."""
+    verdict ("=1", no winner) and the out-of-range line, in the table and in --json alike.
+    The range line is the predictor's own (`out_of_range`, here made to flag the stills: the
+    novelty score of issue 29 calls these synthetic stills in range at its 1% rate)."""
     from typer.testing import CliRunner
 
     from thumbview.cli import app
+    from thumbview.inference.predictor import LoadedPredictor
+
+    class Flagged:
+        def message(self) -> str:
+            return "text length (characters) 40 is outside the training range 0-12"
+
+    monkeypatch.setattr(LoadedPredictor, "out_of_range", lambda self, blocks: Flagged())
 
     args = ["frames", str(video[0]), "--model", str(model_dir), "--top", "5"]
     runner = CliRunner()
@@ -305,7 +313,8 @@ def test_frames_give_compares_verdict_and_range_line(video, model_dir):  # noqa:
     assert f"verdict: {got['verdict']}" in text and "winner" not in text.lower()
     assert got["rank_labels"][: got["tied"]] == ["=1"] * got["tied"]
     assert re.search(r"│ =1 +│ [0-9.]+s", said.output)  # the table's rank column
-    assert got["warning"] and f"warning: {' '.join(got['warning'].split())}" in text
+    assert got["warning"] == Flagged().message()
+    assert f"warning: {' '.join(got['warning'].split())}" in text
 
 
 def test_a_tie_reason_ties_every_chosen_frame(video, model_dir):  # noqa: F811

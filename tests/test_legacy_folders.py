@@ -62,7 +62,11 @@ def test_model_folder_predicts_what_it_predicted_when_written(kind, ref, caplog)
     want, rtol = ref[kind], RTOL[kind]
     with caplog.at_level(logging.WARNING, logger="thumbview"):
         loaded = LoadedPredictor.load(LEGACY / kind)
-    assert SPEC_CHANGED not in caplog.text  # an encoder computing something else would warn
+    # An encoder computing something else would warn. `visual` version 3 (letterbox bars cut
+    # before describing, issue 27) is a deliberate change: it warns, and the fixture's inputs,
+    # which have no bars, still predict exactly what they did (asserted below).
+    changed = [line for line in caplog.text.splitlines() if SPEC_CHANGED in line]
+    assert all("encoder visual differs" in line for line in changed), changed
     got = loaded.predict_images(_images(), IMAGES, TITLES)
     assert [(p.image, p.title) for p in got] == [(i, t) for i in IMAGES for t in TITLES]
     assert [p.title for p in got] == [w["title"] for w in want["predictions"]]
