@@ -222,3 +222,25 @@ def test_the_bots_draft_reward_backpropagates_through_imagenet(tmp_path):
     np.testing.assert_allclose(total.detach().numpy(), full.total, atol=0.02)
     total.sum().backward()
     assert rgb.grad.abs().sum() > 0
+
+
+def test_onnx_runtime_gives_torchs_features_and_a_damaged_export_is_rebuilt(tmp_path, monkeypatch):
+    """The fast path (ONNX Runtime) computes what the torch network computes; its cached
+    export is checked by digest and rebuilt when damaged, never run."""
+    pytest.importorskip("onnx")
+    images = [_photo("chelsea"), _photo("coffee").resize((120, 90))]
+    torch_enc = ImagenetEncoder(backend="torch")
+    want = torch_enc.encode(images)
+    real = imagenet.cached_weights_path
+    monkeypatch.setattr(imagenet, "cached_weights_path", lambda root=None: real(tmp_path))
+    fast = ImagenetEncoder(backend="onnx")
+    fast._net = torch_enc.network
+    np.testing.assert_allclose(fast.encode(images), want, rtol=1e-4, atol=1e-4)
+    export = real(tmp_path).with_suffix(".onnx")
+    assert export.is_file()
+    export.write_bytes(b"not an onnx model")  # damaged: the digest no longer matches
+    again = ImagenetEncoder(backend="onnx")
+    again._net = torch_enc.network
+    np.testing.assert_allclose(again.encode(images), want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ImagenetError, match="backend"):
+        ImagenetEncoder(backend="tensorrt")
