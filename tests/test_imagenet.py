@@ -180,6 +180,23 @@ def test_every_command_takes_it_through_the_registry(tmp_path):
     assert compared
     explained = ok("explain", model, images[0])
     assert "ImageNet class" in explained
+    # A file's frame does not decide: 16:9 candidates and the same pictures letterboxed into
+    # 4:3 files get the same predictions and the same order from compare.
+    wide, boxed = [], []
+    for k, name in enumerate(("chelsea", "coffee", "astronaut")):
+        picture = _photo(name).resize((320, 180))
+        picture.save(wide_path := tmp_path / f"wide{k}.png")
+        frame = Image.new("RGB", (320, 240), (0, 0, 0))
+        frame.paste(picture, (0, 30))
+        frame.save(boxed_path := tmp_path / f"boxed{k}.png")
+        wide.append(wide_path)
+        boxed.append(boxed_path)
+    a = json.loads(ok("compare", *wide, "--model", model, "--json"))["candidates"]
+    b = json.loads(ok("compare", *boxed, "--model", model, "--json"))["candidates"]
+    assert [c["image"].replace("wide", "") for c in a] == [
+        c["image"].replace("boxed", "") for c in b
+    ]
+    np.testing.assert_allclose([c["log10"] for c in a], [c["log10"] for c in b], atol=1e-3)
 
 
 def test_differentiable_twin_matches_encode_and_carries_gradients(encoder):

@@ -25,7 +25,9 @@ from thumbview.embed.visual import FEATURE_NAMES, HUE_BINS, WORKING_SIZE
 NOT_PORTED = frozenset(
     n
     for n in FEATURE_NAMES
-    if n.startswith(("edge", "centre minus border edge", "aspect", "face", "largest face", "text"))
+    if n.startswith(
+        ("edge", "centre minus border edge", "picture aspect", "face", "largest face", "text")
+    )
 )
 PORTED: tuple[str, ...] = tuple(n for n in FEATURE_NAMES if n not in NOT_PORTED)
 PORTED_INDEX = np.array([FEATURE_NAMES.index(n) for n in PORTED])  # (P,) columns of describe()

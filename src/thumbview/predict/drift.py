@@ -751,7 +751,8 @@ class Shift:
                      WITHIN: "far out along its main directions together",
                      PREDICTIVE: "outside the training range along the direction that "
                                  "predicts views"}  # fmt: skip
-            along = f"outside the training range along {self.feature}"
+            along = (f"outside the training range along {self.feature} (one of the mixes of "
+                     "its values that varied most between training thumbnails)")  # fmt: skip
             return f"the {self.block} embedding lies {where.get(self.feature, along)}"
         unit = UNITS.get(self.feature)
         label, plural = LABELS.get(unit, (self.feature, "range"))
