@@ -27,7 +27,10 @@ from thumbview.sae.config import (
     option_help,
 )
 
-app = typer.Typer(help="Sparse autoencoder on CLIP activations, and which features go with views.")
+app = typer.Typer(
+    help="Sparse autoencoder on image activations (CLIP, ImageNet) or cached features, "
+    "and which features go with views."
+)
 
 
 Arch = StrEnum("Arch", {a: a for a in ARCHS})
@@ -76,10 +79,8 @@ def train_command(
     old_model: Annotated[
         str | None, typer.Option("--model", hidden=True, help="Old name of --clip-model.")
     ] = None,
-    layer: Annotated[int, typer.Option("--layer", help=_source("layer"))] = _SOURCE.layer,
-    tokens: Annotated[Tokens, typer.Option("--tokens", help=_source("tokens"))] = Tokens(
-        _SOURCE.tokens
-    ),
+    layer: Annotated[int | None, typer.Option("--layer", help=_source("layer"))] = None,
+    tokens: Annotated[Tokens | None, typer.Option("--tokens", help=_source("tokens"))] = None,
     arch: Annotated[
         Arch, typer.Option("--arch", help="SAE architecture: topk, or relu-l1 (the study's).")
     ] = Arch("topk"),
@@ -118,7 +119,7 @@ def train_command(
     ] = None,
     cache_dir: CacheOpt = None,
 ) -> None:
-    """Train a sparse autoencoder on CLIP activations or cached features (resumable).
+    """Train a sparse autoencoder on CLIP or ImageNet activations, or cached features (resumable).
 
     Writes OUT/sae (the SAE), OUT/metrics.json (explained variance on held-out
     activations) and OUT/codes.npz (the dataset's latents, for `sae analyze --latents`).
@@ -136,7 +137,7 @@ def train_command(
         from thumbview.sae.config import SaeError
 
         raise SaeError("give a dataset folder, or --activations SHARDS")
-    source = ActivationSource(features.value, clip_model, layer, tokens.value)
+    source = ActivationSource(features.value, clip_model, layer, tokens and tokens.value)
     from thumbview.sae.folder import activation_encoder
     from thumbview.sae.pipeline import train_sae
 
@@ -380,17 +381,20 @@ def _explain_model(model_dir: Path, image: Path, title: str, top: int, as_json: 
 
 
 def _explain_sae(sae: Path, image: Path, study: Path, top: int, as_json: bool) -> None:
+    from thumbview.cli._shared import safe
     from thumbview.explain import explain_sae_image
 
     features = explain_sae_image(image, sae, study, top=top)
     if as_json:
         print_json([{**f.__dict__, "examples": [str(p) for p in f.examples]} for f in features])
         return
-    table = Table("latent", "activation", "views x dataset", "q", "examples")
+    named = any(f.name for f in features)  # an ImageNet SAE names latents by class
+    columns = ["latent", *(["looks like"] if named else []), "activation", "views x dataset"]
+    table = Table(*columns, "q", "examples")
     for f in features:
         ratio = "-" if f.ratio is None else f"{f.ratio:.2f}"
         q = "-" if f.q is None else f"{f.q:.2g}"
-        table.add_row(
-            str(f.latent), f"{f.activation:.3f}", ratio, q, ", ".join(p.name for p in f.examples)
-        )
+        name = [safe(f.name or "-")] if named else []
+        examples = ", ".join(p.name for p in f.examples)
+        table.add_row(str(f.latent), *name, f"{f.activation:.3f}", ratio, q, examples)
     console.print(table)

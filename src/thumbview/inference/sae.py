@@ -1,7 +1,7 @@
-"""`SaeEncoder`: image -> CLIP activations -> sparse-autoencoder latents, in one place.
+"""`SaeEncoder`: image -> network activations -> sparse-autoencoder latents, in one place.
 
 Explain, compare, the web page and the study all need SAE latents; they load the SAE and
-its CLIP once through here (`SaeEncoder.load`, or `load_sae_encoder` for the bare pair) and
+its encoder (CLIP or the ImageNet network) once through here (`SaeEncoder.load`, or `load_sae_encoder` for the bare pair) and
 call `latents` (a few images) or `encode_sparse` (a whole dataset's cached activations).
 torch, transformers and scipy load only when an SAE does.
 """
@@ -17,15 +17,16 @@ import numpy as np
 from PIL import Image
 
 from thumbview.layout import resolve_sae_dir
-from thumbview.sae.folder import encode_sparse, load_sae_encoder
+from thumbview.sae.folder import load_sae_encoder
+from thumbview.sae.sources import image_codes
 
 
 @dataclass
 class SaeEncoder:
-    """A loaded SAE and the CLIP encoder whose activations it was trained on."""
+    """A loaded SAE and the image encoder whose activations it was trained on."""
 
     sae: Any  # thumbview.sae.model.SparseAutoencoder
-    clip: Any  # thumbview.embed.clip.ClipEncoder
+    clip: Any  # the activation encoder: ClipEncoder, or sae.sources.ImagenetStage
     sae_dir: Path
 
     @classmethod
@@ -40,5 +41,4 @@ class SaeEncoder:
 
     def latents(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Dense SAE codes (I, d_sae) float32 for a few images (>= 0)."""
-        acts = self.clip.encode([img.convert("RGB") for img in images])  # (I, d_in)
-        return encode_sparse(self.sae, acts).toarray()
+        return image_codes(self.sae, self.clip, images)

@@ -15,7 +15,7 @@ import logging
 import time
 import zipfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from thumbview.fileio import json_safe
 from thumbview.progress import SILENT, Progress
 from thumbview.sae import report
 from thumbview.sae.arrays import StudyError
+from thumbview.sae.config import LAYERED_SOURCES
 from thumbview.sae.covariates import ResidualFit, adjust_views_fit, upload_age_years
 from thumbview.sae.folder import encode_sparse, load_sae_encoder
 from thumbview.sae.selection import check_latents, top_activations
@@ -42,6 +43,7 @@ ALL_FEATURES_CSV = "all_features.csv"
 SUMMARY_JSON = "summary.json"
 EXAMPLES_JSON = "examples.json"
 REPORT_HTML = "report.html"
+LATENT_NAMES_JSON = "latent_names.json"  # every latent's name (explain names unstudied ones)
 LatentMatrix = np.ndarray | sp.csr_matrix | sp.csc_matrix
 
 
@@ -129,13 +131,35 @@ def latents_for_dataset(
     device: str = "cpu",
     batch_size: int = 256,
 ) -> sp.csr_matrix:
-    """CSR (len(dataset), d_sae): each video's cached activations, through the SAE."""
+    """CSR (len(dataset), d_sae): each video's cached activations, through the SAE.
+
+    An SAE of every spatial position has no cacheable per-video vector: its images are
+    streamed and each latent's max over an image's positions kept (`image_codes`).
+    """
     from thumbview.embed.cache import embed
 
     sae, encoder = load_sae_encoder(sae_dir, device, images_only=False)
+    if getattr(encoder, "positions", False):
+        return _streamed_codes(dataset, sae, encoder, progress)
     acts, stats = embed(dataset, encoder, Path(cache_dir) if cache_dir else None, progress=progress)
     logger.info("activations: %d cached, %d computed", stats.n_cached, stats.n_computed)
     return encode_sparse(sae, acts, batch_size, progress)
+
+
+def _streamed_codes(dataset: ThumbnailDataset, sae: Any, encoder: Any, progress: Progress):
+    from thumbview.data.images import load_image
+    from thumbview.sae.sources import image_codes
+
+    blocks, step = [], 8 * encoder.batch_size
+    with progress.task("SAE latents (every position)", len(dataset)) as advance:
+        for s in range(0, len(dataset), step):
+            rows = range(s, min(s + step, len(dataset)))
+            images = [load_image(dataset.image_source(r)) for r in rows]
+            blocks.append(sp.csr_matrix(image_codes(sae, encoder, images)))
+            advance(len(images))
+    if not blocks:
+        return sp.csr_matrix((0, sae.cfg.d_sae), dtype=np.float32)
+    return sp.vstack(blocks, format="csr")
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -324,14 +348,16 @@ def run_analysis(
     out.mkdir(parents=True, exist_ok=True)
     study = config.resolved_study()
     ds, x = _study_rows(dataset, check_latents(align_latents(latents, dataset)), config, study)
+    activations, names = sae_activations_info(sae_dir)
     views, fit = _grouping(ds, config.control)
     t1 = time.perf_counter()
     result = run_study(x, views, study)
     t2 = time.perf_counter()
     reference = _reference(config, x.shape[1], sae_dir, reference_latents, cache_dir, progress)
-    paths = _write_outputs(ds, x, result, config, out, reference, progress)
+    paths = _write_outputs(ds, x, result, config, out, reference, progress, names)
     timings = {"prepare_s": t1 - t0, "study_s": t2 - t1, "write_s": time.perf_counter() - t2}
     summary = _summary(dataset, ds, result, config, views, timings, sae_dir)
+    summary["activations"] = activations
     summary.update(json_safe(_control_summary(fit)))
     paths["summary_json"].write_text(json.dumps(summary, indent=2, allow_nan=False))
     paths["report_html"] = report.write_report(out / REPORT_HTML, summary, paths["cards"])
@@ -390,19 +416,62 @@ def _write_outputs(
     out: Path,
     reference: _Reference | None,
     progress: Progress,
+    latent_names: dict[int, str] | None = None,
 ) -> dict[str, Any]:
-    """features.csv, all_features.csv, examples.json, plots and per-feature grids."""
+    """features.csv, all_features.csv, examples.json, plots and per-feature grids.
+
+    `latent_names` (latent -> name, when the SAE's source names its latents) become a
+    `latent_name` column of both CSVs and a line on each grid's card.
+    """
     paths: dict[str, Any] = {k: out / v for k, v in _FILES.items()}
-    result.table().to_csv(paths["features_csv"], index=False)
+    _named(result.table(), latent_names).to_csv(paths["features_csv"], index=False)
     names = ds.table["file_name"].to_numpy(dtype=object)
     all_features = result.features.assign(top_file_name=names[result.features["top_video"]])
-    all_features.to_csv(paths["all_features_csv"], index=False)
+    _named(all_features, latent_names).to_csv(paths["all_features_csv"], index=False)
     examples = top_examples(x, result.features["latent_feature_index"].to_numpy(), config.grid_size)
     _write_examples(paths["examples_json"], ds, names, examples)
     report.plot_histogram(result, paths["histogram_png"])
     report.plot_magnitude(result, paths["magnitude_png"])
     paths["cards"] = _grids(ds, result, examples, reference, config.grid_size, out, progress)
+    if latent_names:
+        paths["cards"] = [replace(c, name=latent_names.get(c.latent)) for c in paths["cards"]]
+        names_json = {"names": {str(k): v for k, v in sorted(latent_names.items())}}
+        (out / LATENT_NAMES_JSON).write_text(json.dumps(names_json), encoding="utf-8")
+    else:
+        (out / LATENT_NAMES_JSON).unlink(missing_ok=True)  # from an earlier run into out
     return paths
+
+
+LATENT_NAME = "latent_name"  # the CSV column `explain` reads names from
+
+
+def _named(table: pd.DataFrame, names: dict[int, str] | None) -> pd.DataFrame:
+    if not names:
+        return table
+    return table.assign(**{LATENT_NAME: table["latent_feature_index"].map(names)})
+
+
+def sae_activations_info(
+    sae_dir: str | Path | None,
+) -> tuple[dict[str, Any] | None, dict[int, str] | None]:
+    """What the SAE read (summary.json's "activations", the report's title) and its latents'
+    names where its source names them (`sae.sources.latent_names`); (None, None) without one.
+    """
+    if sae_dir is None:
+        return None, None
+    from thumbview.sae.folder import activation_source, load_sae, read_sae_cfg
+    from thumbview.sae.sources import latent_names, names_description
+
+    cfg = read_sae_cfg(sae_dir)
+    info = {"features": cfg.get("features", "clip"), "hook_name": cfg.get("hook_name")}
+    try:
+        source = activation_source(cfg)
+    except StudyError:  # activation shards: nothing more is known
+        return info, None
+    info.update(layer=source.layer, tokens=source.tokens, latent_names=names_description(source))
+    if source.features not in LAYERED_SOURCES:
+        info.update(layer=None, tokens=None)
+    return info, latent_names(load_sae(sae_dir), source)
 
 
 _FILES = {

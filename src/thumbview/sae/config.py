@@ -288,33 +288,70 @@ class TrainConfig:
 # ------------------------------------------------------------------------ activations
 
 STUDY_CLIP_MODEL = "openai/clip-vit-large-patch14"  # the original study's model
-FEATURE_SOURCES = ("clip", "title", "visual")  # `thumbview.embed.registry.ENCODER_NAMES`
-TOKENS = ("cls", "all")
+# `thumbview.embed.registry.ENCODER_NAMES` an SAE can read. clip and imagenet are networks
+# with layers (`--layer`, `--tokens`); the others give one cached vector per video.
+FEATURE_SOURCES = ("clip", "imagenet", "title", "visual")
+LAYERED_SOURCES = ("clip", "imagenet")
+# Per source, the tokens it offers (first = default) and the default `--layer`.
+SOURCE_TOKENS = {"clip": ("cls", "all"), "imagenet": ("pooled", "all")}
+SOURCE_LAYERS = {"clip": -2, "imagenet": -1}
+TOKENS = ("cls", "pooled", "all")
 
 
 @dataclass(frozen=True)
 class ActivationSource:
     """Which activations an SAE reads; recorded in its cfg.json so analysis can rebuild them.
 
-    `features="clip"` is the study's recipe (CLIP's residual stream at `layer`); any other
-    cached encoder ("title", "visual") trains the SAE on that encoder's features instead,
-    which works offline when CLIP weights are not available.
+    `features="clip"` is the study's recipe (CLIP's residual stream at `layer`);
+    `features="imagenet"` the ImageNet EfficientNet-Lite0 at block `layer` (-1 = its conv
+    head), one spatially averaged vector per image ("pooled") or every spatial position
+    ("all", the counterpart of CLIP's patch tokens). Any other cached encoder ("title",
+    "visual") trains the SAE on that encoder's features. `layer=None` and `tokens=None`
+    take the source's defaults (`SOURCE_LAYERS`, first of `SOURCE_TOKENS`).
     """
 
     features: str = field(
         default="clip",
-        metadata=_doc("Activations to train on: clip (residual stream) or a cached encoder."),
+        metadata=_doc(
+            "Activations to train on: clip (residual stream), imagenet (EfficientNet-Lite0 "
+            "blocks) or a cached encoder's features (title, visual)."
+        ),
     )
     clip_model: str = field(default=STUDY_CLIP_MODEL, metadata=_doc("CLIP id or local folder."))
-    layer: int = field(
-        default=-2, metadata=_doc("CLIP hidden_states index; -2 = after the second-to-last block.")
+    layer: int | None = field(
+        default=None,
+        metadata=_doc(
+            "Layer: CLIP hidden_states index (default -2, after the second-to-last block); "
+            "imagenet block 0..15 or -1 = the conv head (default)."
+        ),
     )
-    tokens: str = field(default="cls", metadata=_doc("CLIP tokens: cls (one per image) or all."))
+    tokens: str | None = field(
+        default=None,
+        metadata=_doc(
+            "One vector per image (clip: cls, imagenet: pooled; the default) or all "
+            "tokens / spatial positions."
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.features not in FEATURE_SOURCES:
             raise SaeError(f"unknown features {self.features!r}; choose one of {FEATURE_SOURCES}")
-        if self.tokens not in TOKENS:
+        offered = SOURCE_TOKENS.get(self.features, ("cls",))
+        tokens = offered[0] if self.tokens is None else self.tokens
+        if tokens not in TOKENS:
             raise SaeError(f"tokens must be one of {TOKENS}, got {self.tokens!r}")
-        if self.features != "clip" and self.tokens != "cls":
-            raise SaeError("--tokens all needs --features clip (other encoders give one vector)")
+        if self.features not in LAYERED_SOURCES and tokens != "cls":
+            raise SaeError(
+                f"--tokens {tokens} needs --features clip or imagenet "
+                "(other encoders give one vector)"
+            )
+        if tokens not in offered:
+            raise SaeError(f"--features {self.features} takes --tokens {' or '.join(offered)}")
+        object.__setattr__(self, "tokens", tokens)  # the resolved defaults are what is saved
+        if self.layer is None:
+            object.__setattr__(self, "layer", SOURCE_LAYERS.get(self.features, -2))
+
+    @property
+    def per_image(self) -> bool:
+        """One activation vector per image (cls/pooled), the rows the study groups."""
+        return self.tokens != "all"

@@ -10,7 +10,7 @@ server can explain many images against it; `explain_latents` is the pure lookup.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,8 @@ from thumbview.sae.analyze import (
     ALL_FEATURES_CSV,
     EXAMPLES_JSON,
     FEATURES_CSV,
+    LATENT_NAME,
+    LATENT_NAMES_JSON,
     SUMMARY_JSON,
 )
 from thumbview.sae.arrays import StudyError
@@ -33,7 +35,9 @@ class FeatureExplanation:
     """One SAE latent active in the image.
 
     ratio / q / group_views are None when the latent was not in the study (it fired on too
-    few videos to qualify); `examples` are study thumbnails that activate it most.
+    few videos to qualify); `examples` are study thumbnails that activate it most; `name`
+    what the SAE's source calls the latent (ImageNet SAEs: the classes its direction
+    raises), None where it has no names.
     """
 
     latent: int
@@ -42,6 +46,7 @@ class FeatureExplanation:
     q: float | None
     group_views: float | None
     examples: tuple[Path, ...]
+    name: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,6 +57,7 @@ class StudyIndex:
     examples: dict[int, tuple[str, ...]]  # latent -> file names relative to dataset_root
     dataset_root: Path | None
     n_latents: int | None
+    names: dict[int, str] = field(default_factory=dict)  # latent -> name (the CSV's latent_name)
 
 
 def load_study(path: str | Path) -> StudyIndex:
@@ -72,19 +78,37 @@ def load_study(path: str | Path) -> StudyIndex:
         raise StudyError(
             f"no study results at {path} (expected {ALL_FEATURES_CSV} or {FEATURES_CSV})"
         )
-    stats = _read_stats(csv)
+    table = _read_table(csv)
+    stats = _read_stats(table, csv)
     examples, root = _read_examples(folder / EXAMPLES_JSON)
     n_latents = None
     if (folder / SUMMARY_JSON).is_file():
         n_latents = read_json_object(folder / SUMMARY_JSON).get("n_latents")
-    return StudyIndex(stats, examples, root, None if n_latents is None else int(n_latents))
+    n_latents = None if n_latents is None else int(n_latents)
+    names = _read_names(table)
+    if (folder / LATENT_NAMES_JSON).is_file():  # every latent's, studied or not
+        given = read_json_object(folder / LATENT_NAMES_JSON).get("names") or {}
+        names = {int(k): str(v) for k, v in given.items()}
+    return StudyIndex(stats, examples, root, n_latents, names)
 
 
-def _read_stats(csv: Path) -> dict[int, tuple[float, float, float]]:
+def _read_table(csv: Path) -> pd.DataFrame:
     try:
-        table = pd.read_csv(csv)
+        return pd.read_csv(csv)
     except (OSError, ValueError) as e:
         raise StudyError(f"cannot read {csv}: {e}") from e
+
+
+def _read_names(table: pd.DataFrame) -> dict[int, str]:
+    """Latent -> name from the `latent_name` column (absent: the source names no latents)."""
+    if LATENT_NAME not in table.columns:
+        return {}
+    named = table.dropna(subset=[LATENT_NAME]).drop_duplicates("latent_feature_index")
+    latents, names = named["latent_feature_index"].astype(int), named[LATENT_NAME].astype(str)
+    return dict(zip(latents, names, strict=True))
+
+
+def _read_stats(table: pd.DataFrame, csv: Path) -> dict[int, tuple[float, float, float]]:
     group = [c for c in table.columns if str(c).startswith("group_") and str(c).endswith("_views")]
     missing = {"latent_feature_index", "ratio", "q"} - set(table.columns)
     if missing or not group:
@@ -127,9 +151,7 @@ def explain_latents(
         ratio, q, views = study.stats.get(latent, (None, None, None))
         names = study.examples.get(latent, ())[:n_examples]
         root = study.dataset_root or Path(".")
-        out.append(
-            FeatureExplanation(
-                latent, float(z[latent]), ratio, q, views, tuple(root / n for n in names)
-            )
-        )
+        examples = tuple(root / n for n in names)
+        name = study.names.get(latent)
+        out.append(FeatureExplanation(latent, float(z[latent]), ratio, q, views, examples, name))
     return out

@@ -40,6 +40,7 @@ from thumbview.layout import SAE_CONFIG as CFG_FILE
 from thumbview.layout import SAE_SUBDIR, SaeFolderError, check_finished, resolve_sae_dir
 from thumbview.layout import SAE_WEIGHTS as WEIGHTS_FILE
 from thumbview.progress import SILENT, Progress
+from thumbview.sae import sources
 from thumbview.sae.architectures import build_sae
 from thumbview.sae.arrays import StudyError
 from thumbview.sae.config import (
@@ -221,12 +222,6 @@ def load_sae(directory: str | Path) -> SparseAutoencoder:
     return sae
 
 
-# cfg.json keys naming the activations an SAE was trained on (thumbview's, then SAELens').
-CLIP_MODEL_KEYS = ("clip_model", "model_name")
-CLIP_LAYER_KEYS = ("clip_layer",)
-CLIP_TOKENS_KEYS = ("clip_tokens",)
-
-
 # ------------------------------------------------------------------------ SAE latents
 
 
@@ -241,8 +236,10 @@ def read_json_object(path: Path) -> dict[str, Any]:
 # cfg.json keys naming the activations, typed: a clip_layer of [1] is refused in words.
 SOURCE_SCHEMA = {
     "features": Optional(str),
-    **{k: Optional(str) for k in (*CLIP_MODEL_KEYS, *CLIP_TOKENS_KEYS)},
-    **{k: Optional(int) for k in CLIP_LAYER_KEYS},
+    **{k: Optional(str) for k in (*sources.CLIP_MODEL_KEYS, *sources.CLIP_TOKENS_KEYS)},
+    **{k: Optional(int) for k in sources.CLIP_LAYER_KEYS},
+    "imagenet_layer": Optional(int),
+    "imagenet_tokens": Optional(str),
 }
 
 
@@ -276,25 +273,12 @@ def _finished_sae_dir(path: str | Path, error: type[Exception]) -> Path:
 
 def activation_source(cfg: dict[str, Any]) -> ActivationSource:
     """The activations an SAE was trained on, from its cfg.json (thumbview's or SAELens' keys)."""
-    features = cfg.get("features", "clip")
-    if features == "shards":  # no encoder to rerun: the codes were written at training time
+    if cfg.get("features") == "shards":  # no encoder to rerun: codes were written at training
         raise StudyError(
             f"this SAE was trained on activation shards ({cfg.get('dataset_path')}), so it "
             "cannot compute activations itself: pass its codes, `--latents SAE/codes.npz`"
         )
-    if features != "clip":
-        return ActivationSource(features=str(features))
-    model = next((cfg[k] for k in CLIP_MODEL_KEYS if cfg.get(k)), None)
-    layer = next((cfg[k] for k in CLIP_LAYER_KEYS if cfg.get(k) is not None), None)
-    tokens = next((cfg[k] for k in CLIP_TOKENS_KEYS if cfg.get(k)), "cls")
-    if model is None or layer is None:
-        raise StudyError(
-            "the SAE's cfg.json does not say which activations it was trained on: it needs "
-            f"'features', or 'clip_model' and 'clip_layer' (found keys: {sorted(cfg)})"
-        )
-    if tokens != "cls":
-        raise StudyError(f"the study uses one vector per thumbnail (CLS); SAE has {tokens!r}")
-    return ActivationSource("clip", str(model), int(layer), str(tokens))
+    return sources.source_from_cfg(cfg)
 
 
 def read_activation_source(sae_dir: str | Path) -> ActivationSource:
@@ -309,14 +293,8 @@ def read_activation_source(sae_dir: str | Path) -> ActivationSource:
 
 
 def activation_encoder(source: ActivationSource, device: str = "cpu") -> Any:
-    """The encoder whose output the SAE reads (CLIP at the layer, or a cached encoder)."""
-    if source.features == "clip":
-        from thumbview.embed.clip import ClipEncoder
-
-        return ClipEncoder(source.clip_model, layer=source.layer, tokens="cls", device=device)
-    from thumbview.embed.registry import get_encoder
-
-    return get_encoder(source.features)
+    """The encoder whose output the SAE reads (a network at its layer, or a cached encoder)."""
+    return sources.activation_encoder(source, device)
 
 
 def load_sae_encoder(
@@ -326,14 +304,16 @@ def load_sae_encoder(
 
     `sae_dir` is the folder given to `sae train --out` or the `sae/` inside it.
     `images_only`: the caller feeds images (explain, compare, serve), so the SAE must read
-    CLIP activations; `sae analyze` passes False to accept any cached encoder's features.
+    an image network's activations (CLIP or ImageNet); `sae analyze` passes False to accept
+    any cached encoder's features.
     """
     folder = _resolved(sae_dir)
     source = read_activation_source(folder)
-    if images_only and source.features != "clip":
+    if images_only and source.features not in sources.IMAGE_SOURCES:
         raise StudyError(
-            f"this SAE was trained on {source.features!r} features, not CLIP activations of "
-            f"images; use it with `sae analyze` (explaining an image needs a CLIP SAE)"
+            f"this SAE was trained on {source.features!r} features, not an image network's "
+            f"activations; use it with `sae analyze` (explaining an image needs a CLIP or "
+            f"ImageNet SAE)"
         )
     sae = load_sae(folder).to(device).eval()
     encoder = activation_encoder(source, device)

@@ -31,28 +31,11 @@ from thumbview.sae.architectures import build_sae
 from thumbview.sae.config import ActivationSource, SaeError, TrainConfig, sae_config
 from thumbview.sae.folder import activation_encoder, encode_sparse
 from thumbview.sae.shards import ShardedActivations
+from thumbview.sae.sources import IMAGE_SOURCES, position_max_codes, source_cfg
 from thumbview.sae.train import EvalMetrics, SaeTrainer
 from thumbview.schema import SchemaError, load_json
 
 log = logging.getLogger(__name__)
-
-
-def source_cfg(source: ActivationSource, encoder: Any) -> dict[str, Any]:
-    """cfg.json keys naming the activations: thumbview's, plus SAELens' model/hook names."""
-    if source.features != "clip":
-        return {"features": source.features, "model_name": encoder.spec().get("encoder")}
-    index = encoder.layer_index(source.layer)
-    # hidden_states[i] is the output of block i - 1; hidden_states[0] the embeddings.
-    hook = f"vision_model.encoder.layers.{index - 1}" if index else "vision_model.pre_layrnorm"
-    return {
-        "features": "clip",
-        "clip_model": source.clip_model,
-        "model_name": source.clip_model,
-        "hook_name": hook,
-        "hook_layer": max(index - 1, 0),
-        "clip_layer": source.layer,
-        "clip_tokens": source.tokens,
-    }
 
 
 @dataclass(frozen=True)
@@ -82,8 +65,8 @@ def train_sae(
     `encoder`: `activation_encoder(source)` when the caller built it already (the CLI does,
     before checking the dataset, so a missing CLIP is reported first).
     """
-    if reference is not None and source.features != "clip":
-        raise SaeError("--reference adds images, so it needs --features clip")
+    if reference is not None and source.features not in IMAGE_SOURCES:
+        raise SaeError("--reference adds images, so it needs --features clip or imagenet")
     out_dir = Path(out_dir)
     encoder = encoder or activation_encoder(source)
     train_cfg = train_cfg or TrainConfig()
@@ -93,9 +76,16 @@ def train_sae(
         for i, d in enumerate(datasets)
     ]
     acts = parts[0] if len(parts) == 1 else np.concatenate(parts)  # keep a lone memmap mapped
-    code_rows = parts[0] if source.tokens == "cls" else None  # one row per video: the study's
+    # The study's rows are videos: one vector per image as it is; every position of an image
+    # folded to each latent's max over the image (`position_max_codes`); CLIP's all-token
+    # stream (CLS among patches) has no per-video codes.
+    per_position = getattr(encoder, "positions", False)
+    code_rows = parts[0] if source.per_image or per_position else None
+    n_tokens = len(parts[0]) // max(len(dataset), 1) if per_position else 1
     extra = source_cfg(source, encoder)
-    return _fit_and_encode(acts, code_rows, out_dir, sae_options, train_cfg, extra, progress)
+    return _fit_and_encode(
+        acts, code_rows, out_dir, sae_options, train_cfg, extra, progress, n_tokens
+    )
 
 
 def train_sae_on_shards(
@@ -134,8 +124,10 @@ def _fit_and_encode(
     train_cfg: TrainConfig,
     extra_cfg: dict,
     progress: Progress = SILENT,
+    n_tokens: int = 1,
 ) -> SaeTrainResult:
-    """Fit (checkpointed in out_dir), measure, and write the codes of `code_rows` if any.
+    """Fit (checkpointed in out_dir), measure, and write the codes of `code_rows` if any
+    (`n_tokens` > 1: rows come in runs of one image's positions, folded by their max).
 
     The folder is marked unfinished until the codes are written: a killed run leaves an SAE
     no loader accepts, and running the same command again resumes from the checkpoint."""
@@ -147,7 +139,9 @@ def _fit_and_encode(
         metrics = trainer.reported_metrics or trainer.evaluate(acts[:65_536])
         log.info("SAE: %s", metrics)
         codes = out_dir / CODES_FILE
-        if code_rows is not None:
+        if code_rows is not None and n_tokens > 1:
+            sp.save_npz(codes, position_max_codes(sae, code_rows, n_tokens))
+        elif code_rows is not None:
             sp.save_npz(codes, encode_sparse(sae, code_rows, progress=progress))
     return SaeTrainResult(out_dir, len(acts), metrics, trainer.heldout_metrics is not None, codes)
 
@@ -169,7 +163,7 @@ def _activations(
     cache_dir,
     progress: Progress,
 ) -> np.ndarray:
-    if source.tokens == "cls":
+    if source.per_image:
         acts, _ = embed(dataset, encoder, cache_dir, progress=progress)
         return acts  # (N, D)
     return _all_token_activations(
@@ -202,7 +196,7 @@ def _all_token_activations(
         path, mode="w+", dtype=np.float32, shape=(len(dataset) * n_tokens, dim)
     )
     batch = encoder.batch_size
-    with progress.task("CLIP activations (all tokens)", len(dataset)) as advance:
+    with progress.task(f"{source.features} activations (all tokens)", len(dataset)) as advance:
         for start in range(0, len(dataset), batch):
             rows = range(start, min(start + batch, len(dataset)))
             images = [load_image(dataset.image_source(r)) for r in rows]  # files or shard bytes

@@ -270,6 +270,7 @@ class FeatureCard:
     grid: str  # path of the grid PNG relative to the report
     titles: tuple[str, ...]  # titles of the top example videos
     cluster: int | None = None  # shared-video cluster (features in one are one piece of evidence)
+    name: str | None = None  # what the SAE's source calls the latent (ImageNet classes), if any
 
     @classmethod
     def from_table_row(
@@ -393,16 +394,18 @@ def _warnings(summary: dict[str, Any]) -> str:
 
 
 def _table(cards: Sequence[FeatureCard], side: str, stat: str, ci_name: str) -> str:
+    named = any(c.name for c in cards)
     head = (
-        f"<tr><th>Rank</th><th>Feature</th><th>Group {stat}</th><th>vs all</th>"
-        f"<th>{ci_name} CI</th><th>q</th><th>cluster</th></tr>"
+        f"<tr><th>Rank</th><th>Feature</th>{'<th>Looks like</th>' if named else ''}"
+        f"<th>Group {stat}</th><th>vs all</th><th>{ci_name} CI</th><th>q</th><th>cluster</th></tr>"
     )
     body = []
     for c in (c for c in cards if c.side == side):
         ratio, ci = _ratio(c)
         cls = _colour(c)
+        name = f'<td class="name">{html.escape(c.name or "–")}</td>' if named else ""
         body.append(
-            f'<tr><td>{c.rank}</td><td><a href="#{c.side}-{c.rank}">#{c.latent}</a></td>'
+            f'<tr><td>{c.rank}</td><td><a href="#{c.side}-{c.rank}">#{c.latent}</a></td>{name}'
             f'<td>{html.escape(format_views(c.group_views))}</td><td class="{cls}">{ratio}</td>'
             f"<td>{html.escape(ci)}</td><td>{_num(c.q, '.2g')}</td>"
             f"<td>{'–' if c.cluster is None else c.cluster}</td></tr>"
@@ -416,7 +419,9 @@ def _feature(card: FeatureCard) -> str:
     titles = "".join(f"<li>{html.escape(t)}</li>" for t in card.titles if t)
     return (
         f'<figure class="feature" id="{card.side}-{card.rank}"><figcaption><strong>{label} #{card.rank}'
-        f"</strong> · feature {card.latent} · {html.escape(ratio)} the views (CI {html.escape(ci)}) · "
+        f"</strong> · feature {card.latent}"
+        + (f" · looks like: {html.escape(card.name)}" if card.name else "")
+        + f" · {html.escape(ratio)} the views (CI {html.escape(ci)}) · "
         f"q = {_num(card.q, '.2g')}</figcaption>"
         f'<a href="{html.escape(card.grid)}"><img loading="lazy" src="{html.escape(card.grid)}" '
         f'alt="thumbnails that activate feature {card.latent} most"></a>'
@@ -439,14 +444,39 @@ def _intro(summary: dict[str, Any], stat: str) -> str:
     return html.escape(text)
 
 
-# What an SAE's activations describe, by the `features` it was trained on (cfg.json).
-SUBJECTS = {"clip": "thumbnail", "visual": "thumbnail", "title": "title", "title-desc": "title"}
+# The report's question, by what the SAE was trained on (summary.json's "activations").
+_TITLES = {
+    "clip": "Which things CLIP sees in a thumbnail go with more views?",
+    "imagenet": "Which things an ImageNet network sees in a thumbnail go with more views?",
+    "title": "Which title features go with more views?",
+    "visual": "Which thumbnail descriptors (colour, faces, text) go with more views?",
+}
+_SOURCE_LINES = {
+    "clip": "CLIP's residual stream ({hook_name})",
+    "imagenet": "the ImageNet-trained EfficientNet-Lite0 ({hook_name}, {tokens})",
+    "title": "the titles' sentence embeddings (not the images)",
+    "visual": "26 hand-made image descriptors (colour, faces, text boxes)",
+    "shards": "activation shards from disk ({hook_name})",
+}
 
 
-def subject(summary: dict[str, Any]) -> str:
-    """'thumbnail', 'title', or '' (activation shards of unknown origin): what the features
-    are features of, named in the report's heading."""
-    return SUBJECTS.get(str(summary.get("features") or ""), "")
+def report_title(activations: dict[str, Any] | None) -> str:
+    """The report's heading, naming what its features are features of."""
+    features = (activations or {}).get("features")
+    return _TITLES.get(features, "Which SAE features go with more views?")
+
+
+def _source_line(activations: dict[str, Any] | None) -> str:
+    """One sentence: which features the SAE was trained on, and how its latents are named."""
+    info = activations or {}
+    what = _SOURCE_LINES.get(info.get("features"))
+    if what is None:
+        text = "SAE trained on: unknown (latents were read from a file; pass --sae to say)."
+    else:
+        text = f"SAE trained on: {what.format_map({'hook_name': '?', 'tokens': '?', **info})}."
+    if info.get("latent_names"):
+        text += f" Latent names: {info['latent_names']}."
+    return html.escape(text)
 
 
 def write_report(
@@ -460,7 +490,8 @@ def write_report(
 ) -> Path:
     """A self-contained report.html beside its PNGs; every piece of text is HTML-escaped."""
     stat = summary.get("config", {}).get("statistic", "median")
-    what = subject(summary)
+    # what the SAE read: summary.json's "activations" (an SAE folder), else its "features"
+    source = summary.get("activations") or {"features": summary.get("features")}
     ci_name = f"{100 * float(summary.get('config', {}).get('ci', 0.95)):g}%"
     figures = "".join(
         f'<figure><img src="{html.escape(src)}" alt="{html.escape(cap)}"><figcaption class="muted">'
@@ -470,9 +501,10 @@ def write_report(
     doc = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(what.capitalize() or "SAE")} features and views</title><style>{_CSS}</style></head>
+<title>{html.escape(report_title(source))}</title><style>{_CSS}</style></head>
 <body><main>
-<h1>Which {html.escape(what + " " if what else "")}features go with more views?</h1>
+<h1>{html.escape(report_title(source))}</h1>
+<p class="source">{_source_line(source)}</p>
 <p class="muted">{_intro(summary, stat)}</p>
 <section class="cards">{_headline(summary)}</section>{_warnings(summary)}
 <h2>Effect sizes</h2><div class="plots">{figures}</div>
