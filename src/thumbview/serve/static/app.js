@@ -254,7 +254,7 @@ function normaliseComparison(out) {
   const labels = out.rank_labels || [];
   rows.forEach((r, i) => { if (r.rank === null) r.rank = i + 1; r.rankLabel = labels[i] || null; });
   rows.sort((a, b) => a.rank - b.rank);
-  return { rows, pBeatsMatrix: out.p_beats || null, descriptors: pick(out, "descriptors", "descriptor_differences", "differences"), sae: out.sae || [], names, warning: rangeWarning([out.warning]), note: out.note || "", reliable: out.tie ? false : out.reliable ?? null, verdict: out.verdict || out.no_skill_note || "", byImage: out.by_image || [], byTitle: out.by_title || [], chanceBest: out.chance_best || "" };
+  return { rows, pBeatsMatrix: out.p_beats || null, descriptors: pick(out, "descriptors", "descriptor_differences", "differences"), sae: out.sae || [], names, warning: rangeWarning([out.warning]), note: out.note || "", reliable: out.tie ? false : out.reliable ?? null, verdict: (out.tie && out.no_skill_note) || out.verdict || "", byImage: out.by_image || [], byTitle: out.by_title || [], chanceBest: out.chance_best || "" };
 }
 
 function rankRows(rows) {
