@@ -61,6 +61,7 @@ from thumbview.fileio import atomic_write
 from thumbview.units import format_count, format_days, format_number, format_views
 
 RANGE_FILE = "training_range.json"
+RANGE_FORMAT = 2  # 2: every block has per-column ranges (files without "format" are older)
 TARGET_LEVELS = (0.0, 0.01, 0.05, 0.5, 0.95, 0.99, 1.0)
 FAR = 2.0  # old files: x the training rows' 99th-percentile whole-block distance
 VIEWS_SLACK = 0.5  # log10 units beyond the training 1-99% range (about 3x) before warning
@@ -941,7 +942,8 @@ class TrainingRange:
         novelty score's arrays: a 2,280-wide block's 64 directions alone are 146K numbers,
         which a JSON file would carry as megabytes of text."""
         path = Path(model_dir) / RANGE_FILE
-        d = {"target": self.target, "target_quantiles": list(self.target_quantiles),
+        d = {"format": RANGE_FORMAT, "target": self.target,
+             "target_quantiles": list(self.target_quantiles),
              "blocks": {k: asdict(v) for k, v in self.blocks.items()}}  # fmt: skip
         if self.novelty is not None:
             from safetensors.numpy import save_file
@@ -966,6 +968,8 @@ class TrainingRange:
         try:  # size and depth limited (issue 30)
             d = parse_json(read_regular_file(path, MAX_JSON_BYTES), allow_nan=True)
             blocks = {k: _block_from_json(v) for k, v in d["blocks"].items()}
+            if d.get("format", 1) != 1 and not _complete(d, blocks):  # files from before: lenient
+                raise ValueError("a block or its per-column ranges are missing")
             novelty = None
             if "novelty" in d:
                 novelty = Novelty.from_json(d["novelty"], _read_tensors(Path(model_dir)))
@@ -1035,11 +1039,49 @@ def _seen(novelty: Novelty, block: str, name: str, kind: str) -> tuple[float, fl
 
 
 def _block_from_json(v: dict) -> BlockRange:
-    columns = tuple(
-        ColumnRange(c["name"], c["low"], c["high"], tuple(c["seen"])) for c in v.get("columns", ())
-    )
-    basis = tuple(tuple(row) for row in v.get("basis", ()))
-    return BlockRange(tuple(v["mean"]), tuple(v["sd"]), float(v["q99_distance"]), columns, basis)
+    """One block, checked as it is read (types, finite numbers, consistent lengths), so a
+    damaged file fails here, named, and never later inside a check."""
+    mean, sd = _finite(v["mean"], "mean"), _finite(v["sd"], "sd")
+    if len(mean) != len(sd) or not all(x > 0 for x in sd):
+        raise ValueError("mean and sd must have one entry per column, every sd > 0")
+    columns = tuple(_column_from_json(c) for c in v.get("columns", ()))
+    basis = tuple(_finite(row, "basis") for row in v.get("basis", ()))
+    if any(len(row) != len(mean) for row in basis):
+        raise ValueError("basis rows must have one entry per column")
+    if columns and len(columns) != (len(basis) + 2 if basis else len(mean)):
+        raise ValueError(f"{len(columns)} column ranges for {len(mean)} columns")
+    q99 = _finite([v["q99_distance"]], "q99_distance")[0]
+    return BlockRange(mean, sd, q99, columns, basis)
+
+
+def _complete(d: dict, blocks: dict[str, BlockRange]) -> bool:
+    """A file this code wrote (format 2) has its blocks, and each has its per-column ranges
+    unless the novelty score checks it (models of `MIN_NOVELTY_ROWS` rows and more): without
+    them a block would fall back to the weaker whole-block check unnoticed."""
+    ranged = "novelty" in d or (bool(blocks) and all(b.columns for b in blocks.values()))
+    return d.get("format") == RANGE_FORMAT and ranged
+
+
+def _finite(values, what: str) -> tuple[float, ...]:
+    """A list of finite numbers (never booleans or strings) as floats, else ValueError."""
+    if not isinstance(values, list) or not all(
+        isinstance(x, int | float) and not isinstance(x, bool) and np.isfinite(x) for x in values
+    ):
+        raise ValueError(f"{what} must be a list of finite numbers")
+    return tuple(float(x) for x in values)
+
+
+def _column_from_json(c) -> ColumnRange:
+    if not isinstance(c, dict) or not isinstance(c.get("name"), str):
+        raise ValueError("every column range needs a name")
+    if "low" not in c or "high" not in c:  # null is unbounded; a missing key is damage
+        raise ValueError(f"{c['name']}: low and high must be given (null for unbounded)")
+    bounds = [c["low"], c["high"]]
+    low, high = (None if b is None else _finite([b], f"{c['name']}: low/high")[0] for b in bounds)
+    seen = _finite(c.get("seen"), f"{c['name']}: seen")
+    if len(seen) != 2:
+        raise ValueError(f"{c['name']}: seen must be [min, max]")
+    return ColumnRange(c["name"], low, high, seen)
 
 
 def _report(columns, values, outside, views=None, span="", min_share=0.0) -> DriftReport:

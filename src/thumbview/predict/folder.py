@@ -23,7 +23,7 @@ from thumbview.embed.registry import (
     get_encoder,
 )
 from thumbview.layout import MODEL_ENCODERS
-from thumbview.predict.drift import TrainingRange
+from thumbview.predict.drift import RANGE_FILE, TrainingRange
 from thumbview.predict.model import FORMAT, ArtifactError, ViewPredictor
 from thumbview.schema import MapOf, read_json
 
@@ -49,7 +49,25 @@ def load_folder(model_dir: Path) -> tuple[ViewPredictor, dict[str, Encoder], Tra
             raise ArtifactError(f"{model_dir / ENCODERS_FILE}: {name}: {e}") from e
         if json.loads(json.dumps(encoders[name].spec())) != saved[name].get("spec"):
             log.warning("encoder %s differs from the one the model was trained with", name)
-    return model, encoders, TrainingRange.load(model_dir)
+    return model, encoders, _checked_range(model_dir, model)
+
+
+def _checked_range(model_dir: Path, model: ViewPredictor) -> TrainingRange | None:
+    """The training range, which must describe exactly the model's blocks at their widths:
+    a range missing a block would silently never warn about it."""
+    found = TrainingRange.load(model_dir)
+    if found is None:
+        return None
+    if found.novelty is not None:  # the novelty score's blocks (per-feature ranges: none)
+        widths = {name: len(block.names) for name, block in found.novelty.blocks.items()}
+    else:
+        widths = {name: len(block.mean) for name, block in found.blocks.items()}
+    if widths != {name: int(model.block_dims_[name]) for name in model.config.encoders}:
+        raise ArtifactError(
+            f"{model_dir / RANGE_FILE}: its blocks {sorted(widths)} are not the model's "
+            f"{list(model.config.encoders)} at their widths"
+        )
+    return found
 
 
 def check_folder(model_dir: Path) -> None:

@@ -44,9 +44,12 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import optimize, special, stats
+
+from thumbview.schema import Number, Optional, check
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +298,10 @@ class PairCalibration:
 
     @classmethod
     def from_json_dict(cls, d: dict) -> PairCalibration:
-        """Also reads files without the held-out fields: their `skilful` is None (unknown)."""
+        """Also reads files without the held-out fields: their `skilful` is None (unknown).
+        A dict that is not a calibration raises ValueError saying which field (`problem`)."""
+        if (problem := calibration_problem(d)) is not None:
+            raise ValueError(problem)
         bins = tuple(ReliabilityBin(**b) for b in d["reliability"])
         held = [None if d.get(k) is None else float(d[k]) for k in _HELDOUT_KEYS]
         return cls(
@@ -304,6 +310,42 @@ class PairCalibration:
 
 
 _HELDOUT_KEYS = ("heldout_brier", "heldout_brier_se", "heldout_coin_brier", "heldout_gain_se")
+_BIN_SCHEMA = {"low": Number, "high": Number, "n": int, "mean_p": Number, "observed": Number}
+CALIBRATION_SCHEMA = {
+    "sigma": Number,
+    "n_pairs": int,
+    "brier": Number,
+    "method": str,
+    "reliability": [_BIN_SCHEMA],
+    **{k: Optional(Number) for k in _HELDOUT_KEYS},
+}
+
+
+def calibration_problem(d: Any) -> str | None:
+    """Why `d` (pairwise.json) is not a calibration this code wrote, or None: types first,
+    then what the numbers must satisfy (the bins tile [0, 1] in order and hold every pair)."""
+    if (problem := check(d, CALIBRATION_SCHEMA)) is not None:
+        return problem
+    bins = d["reliability"]
+    if not d["sigma"] > 0 or not 0 <= d["brier"] <= 1 or d["n_pairs"] < 0:
+        return "sigma must be > 0, brier in [0, 1] and n_pairs >= 0"
+    if any(not 0 <= b["low"] < b["high"] <= 1 or b["n"] < 0 for b in bins):
+        return "reliability: every bin needs 0 <= low < high <= 1 and n >= 0"
+    if any(not (0 <= b[k] <= 1) for b in bins for k in ("mean_p", "observed")):
+        return "reliability: mean_p and observed are shares in [0, 1]"
+    if any(a["high"] > b["low"] for a, b in zip(bins, bins[1:], strict=False)):
+        return "reliability: bins out of order"
+    if sum(b["n"] for b in bins) != d["n_pairs"]:
+        return "reliability: the bins do not hold n_pairs pairs"
+    # The rule a file names says which held-out fields it was written with (issue 22: two;
+    # issue 29, against the coin on the same pairs: four); a file with none is older still.
+    rule = d.get("skill_rule")
+    needed = () if not isinstance(rule, str) else _HELDOUT_KEYS[: 4 if "untied" in rule else 2]
+    if missing := [k for k in needed if k not in d]:
+        return f"missing {missing[0]!r} (null when skill was never checked)"
+    if any(d.get(k) is not None and d[k] < 0 for k in _HELDOUT_KEYS):
+        return "held-out Brier scores and their standard errors must be >= 0"
+    return None
 
 
 def calibrate_pairs(pred, y, groups, folds=None, seed: int = 0) -> PairCalibration:
@@ -459,9 +501,14 @@ class PairwiseModel:
         if not (root / PAIRWISE_FILE).is_file():
             return None
         self = cls()
-        self.calibration_ = PairCalibration.from_json_dict(
-            load_json(root / PAIRWISE_FILE, ArtifactError)
-        )
+        try:
+            self.calibration_ = PairCalibration.from_json_dict(
+                load_json(root / PAIRWISE_FILE, ArtifactError)
+            )
+        except ValueError as e:
+            if isinstance(e, ArtifactError):
+                raise
+            raise ArtifactError(f"{root / PAIRWISE_FILE}: {e}") from e
         folds = sorted(root.glob("fold-*"), key=lambda p: int(p.name.split("-")[1]))
         self.fold_models_ = [ViewPredictor.load(p) for p in folds]
         return self
