@@ -242,3 +242,12 @@ class _RedEncoder(Encoder):
     def encode(self, inputs):
         red = np.array([np.asarray(im)[..., 0].mean() / 60.0 for im in inputs])
         return np.stack([red, -red, 0 * red, 0 * red, 0 * red], axis=1).astype(np.float32)
+
+
+def test_evaluate_quotes_the_coins_brier_on_the_same_pairs():
+    """With tied pairs a coin scores 0.25 x the untied share: the line quotes that, not 0.250."""
+    from thumbview.cli.predict import _pairwise_line
+
+    line = _pairwise_line({"n_pairs": 100, "brier": 0.19, "brier_coin": 0.2, "skilful": None})
+    assert "a coin flip scores 0.200 on these pairs" in line
+    assert "0.250" in _pairwise_line({"n_pairs": 10, "brier": 0.3, "skilful": None})

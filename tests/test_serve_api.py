@@ -553,3 +553,15 @@ def test_a_model_without_a_hold_out_says_its_skill_was_never_checked(client, ser
     got = client.post("/predict", files=files, data={"published": "2020-01-01"}).json()
     assert got["no_skill_note"].startswith("no demonstrated skill: this model was not checked")
     assert got["ignored"].startswith("ignored: the publication date given")
+
+
+def test_explain_answers_carry_the_latents_names():
+    """An imagenet SAE's latents are named by ImageNet classes; the API passes the name on."""
+    from types import SimpleNamespace
+
+    from thumbview.serve.engine import _feature_json
+
+    f = SimpleNamespace(latent=3, name="espresso, cup, plate", activation=1.5, ratio=1.2, q=0.01,
+                        group_views=3000.0, examples=("a.jpg",))  # fmt: skip
+    assert _feature_json(f)["name"] == "espresso, cup, plate"
+    assert _feature_json(SimpleNamespace(**{**vars(f), "name": None}))["name"] is None

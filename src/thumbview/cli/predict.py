@@ -398,7 +398,8 @@ def _pairwise_line(p: dict) -> str:
     """Brier on the evaluated pairs; "skilful" only when it beats the coin by the margin."""
     said = (
         f"P(A beats B) on {p['n_pairs']} same-channel pairs: Brier {p['brier']:.3f} (the mean "
-        "squared miss of those chances; lower is better, a coin flip scores 0.250)"
+        f"squared miss of those chances; lower is better, a coin flip scores "
+        f"{p.get('brier_coin', 0.25):.3f} on these pairs)"  # 0.25 x the untied share
     )
     if p.get("skilful") is None:
         return said

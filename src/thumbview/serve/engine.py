@@ -337,6 +337,7 @@ def _call_each(calls: list[Callable[[], Any]]) -> list[Any]:
 def _feature_json(f) -> dict[str, Any]:
     return {
         "latent": f.latent,
+        "name": getattr(f, "name", None),  # the ImageNet classes an imagenet SAE's latent moves
         "activation": f.activation,
         "ratio": f.ratio,
         "q": f.q,

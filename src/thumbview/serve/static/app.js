@@ -549,7 +549,7 @@ function renderFeatures(features) {
       note = f.q !== null && f.q < 0.05 ? "A reliable difference in the study." : "A weak signal: could be chance.";
     }
     box.append(el("div", { class: "feature" },
-      el("div", { class: "head" }, el("span", { class: "id", text: `Feature ${f.latent}` }), effect),
+      el("div", { class: "head" }, el("span", { class: "id", text: f.name ? `Feature ${f.latent} (looks like: ${f.name})` : `Feature ${f.latent}` }), effect),
       el("p", { class: "note", text: note }),
       el("div", { class: "strength", title: "How strongly it shows in your thumbnail" }, el("span", { style: `width:${Math.round(100 * f.activation / maxAct)}%` })),
       el("div", { class: "examples" }, ...f.examples.map((src) => el("img", { src, alt: "Study thumbnail with this feature", loading: "lazy" })))));
