@@ -18,9 +18,7 @@ features and whether the top ImageNet class agrees on every image.
 from __future__ import annotations
 
 import argparse
-import copy
-import io
-import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +28,7 @@ import torch
 from PIL import Image
 
 from thumbview.data.images import load_image
-from thumbview.embed.imagenet import ImagenetEncoder, frame, head_features, to_input
+from thumbview.embed.imagenet import ImagenetEncoder, frame, head_features, onnx_session, to_input
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "yt-virality"
 
@@ -71,36 +69,22 @@ def batched(net, images, fmt, bf16: bool = False, batch: int = 32) -> np.ndarray
 
 
 def onnx_runner(net) -> Callable[[list[Image.Image]], np.ndarray] | str:
+    """The shipped ONNX Runtime path (`imagenet.onnx_session`), exported into a temporary
+    cache so the user's is left alone; its two outputs joined as the torch rows are."""
     try:
         import onnx  # noqa: F401  (torch's exporter needs it)
-        import onnxruntime as ort
     except ImportError as e:
         return f"skipped ({e.name} not installed)"
-
-    class Wrapped(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x):
-            return pooled_and_logits(self.inner, x)
-
-    buf = io.BytesIO()
-    # The exporter works on a copy: exporting the encoder's own module changed what later
-    # rows computed with it (their features moved by up to 2.7 in one run).
-    net = copy.deepcopy(net).to(memory_format=torch.contiguous_format)
-    torch.onnx.export(Wrapped(net), torch.zeros(1, 3, 224, 224), buf, input_names=["x"],
-                      dynamic_axes={"x": {0: "b"}}, dynamo=False)  # fmt: skip
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
-    session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(net, Path(tempfile.mkdtemp()))
+    if session is None:
+        return "skipped (the export or ONNX Runtime failed: see the log)"
 
     def run(images, batch: int = 32) -> np.ndarray:
         rows = []
         for start in range(0, len(images), batch):
-            frames = np.stack([frame(im) for im in images[start : start + batch]])
-            x = (frames.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1).copy()
-            rows.append(session.run(None, {"x": x})[0])
+            x = to_input(np.stack([frame(im) for im in images[start : start + batch]]))
+            pooled, logits = session.run(None, {"x": x.contiguous().numpy()})
+            rows.append(np.concatenate([pooled, logits], axis=1))
         return np.concatenate(rows)
 
     return run
