@@ -228,9 +228,28 @@ def build_predictor(root: Path, head: str) -> Path:
         names = {"visual": encoder.feature_names()}
         TrainingRange.fit(y, {"visual": X}, names=names, groups=channels).save(out)
         PairwiseModel().fit(config, {"visual": X}, y, channels).save(out)
+        _write_card(out, y, channels, rng)
     spec = {"visual": {"options": VISUAL_OPTIONS, "spec": encoder.spec()}}
     (out / "encoders.json").write_text(json.dumps(spec), encoding="utf-8")
     return out
+
+
+def _write_card(out: Path, y, channels, rng) -> None:
+    """card.json as `train` writes it: training medians (dates, channel sizes) and a held-out
+    verdict on the last 30 rows."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from thumbview.predict.card import write_card
+
+    days = pd.to_datetime("2010-01-01") + pd.to_timedelta(rng.integers(0, 2000, len(y)), "D")
+    table = pd.DataFrame({"published_at": days.strftime("%Y-%m-%dT00:00:00Z"),
+                          "channel_id": channels})  # fmt: skip
+    dataset = SimpleNamespace(table=table, channels=channels)
+    train, test = np.arange(60), np.arange(60, len(y))
+    write_card(out, dataset, train, test, y, y[test] + rng.normal(0, 0.5, len(test)),
+               float(np.median(y[train])), True)  # fmt: skip
 
 
 def observe_predictor(folder: Path, blocks: dict):
@@ -238,7 +257,7 @@ def observe_predictor(folder: Path, blocks: dict):
 
     loaded = LoadedPredictor.load(folder)
     (lo, hi), pred = loaded.intervals(blocks), loaded.predict(blocks)
-    out = {"pred": pred, "lo": lo, "hi": hi}
+    out = {"pred": pred, "lo": lo, "hi": hi, "notes": json.dumps(loaded.notes().to_json_dict())}
     if loaded.training_range is not None:
         out["range"] = loaded.training_range.row_messages(blocks)
     if (pairwise := loaded.pairwise) is not None:

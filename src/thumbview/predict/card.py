@@ -20,7 +20,6 @@ Folders written before `card.json` fall back: the fixed `FILL` context of `embed
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ import pandas as pd
 
 from thumbview.fileio import json_safe, write_json
 from thumbview.layout import MODEL_CARD, MODEL_EVAL
-from thumbview.schema import Number, Optional, read_json
+from thumbview.schema import Number, Optional, load_json, read_json
 from thumbview.units import format_count, format_days
 
 log = logging.getLogger(__name__)
@@ -377,16 +376,31 @@ class ModelCard:
             return None
         d = read_json(path, _SCHEMA, CardError)
         try:
-            return cls(TrainingContext(**d["context"]), HeldOutSkill(**d["skill"]), d["version"])
+            card = cls(TrainingContext(**d["context"]), HeldOutSkill(**d["skill"]), d["version"])
         except TypeError as e:  # an unknown extra field
             raise CardError(f"{path}: {e}") from e
+        if (problem := _skill_problem(card.skill)) is not None:
+            raise CardError(f"{path}: skill: {problem}")
+        return card
+
+
+def _skill_problem(skill: HeldOutSkill) -> str | None:
+    """What a verdict `heldout_skill` wrote cannot look like: held-out rows without their
+    MAEs, half an interval, or an interval upside down (a field removed or edited)."""
+    if skill.n_rows and (skill.mae_model is None or skill.mae_median is None):
+        return f"a verdict on {skill.n_rows} held-out rows needs mae_model and mae_median"
+    if (skill.gain_low is None) != (skill.gain_high is None):
+        return "gain_low and gain_high come together (both null: no interval)"
+    if skill.gain_low is not None and not skill.gain_low <= skill.gain_high:
+        return "gain_low must not exceed gain_high"
+    return None
 
 
 def legacy_skill(model_dir: Path, within: bool | None) -> HeldOutSkill:
     """The verdict of a folder without card.json, from its eval.json (no interval)."""
     path = Path(model_dir) / MODEL_EVAL
     try:
-        d = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        d = load_json(path, ValueError) if path.is_file() else {}  # size and depth limited
         model, base = d.get("mae_log10"), d.get("baselines", {}).get("global-median", {})
         mae_median = base.get("mae_log10")
         held = (d.get("pairwise") or {}).get("skilful")
