@@ -166,14 +166,17 @@ def one_run(draw, planted, n: int, seed: int, noise: float) -> dict[str, dict[st
     new, y_new = draw(rng, n, True, noise)
     lo, hi = model.predict_interval(new)
     covered = (y_new >= lo) & (y_new <= hi)
-    checks = {"new": drift.TrainingRange.fit(y, blocks, names=NAMES), "old": old_check(y, blocks)}
+    oof = model.oof_predictions_
+    checks = {"new": drift.TrainingRange.fit(y, blocks, names=NAMES, predicted=oof),
+              "old": old_check(y, blocks)}  # fmt: skip
+    p_new, p_fresh = model.predict(new), model.predict(fresh)
     out = {}
     for name, limits in checks.items():
-        flags = limits.features_outside(new)
-        report = limits.check(new, y_new)
+        flags = limits.features_outside(new, p_new)
+        report = limits.check(new, y_new, p_new)
         out[name] = {
-            "fresh rows": limits.features_outside(fresh).mean(),
-            "fresh evals": float(limits.check(fresh, y_fresh).features_warn),
+            "fresh rows": limits.features_outside(fresh, p_fresh).mean(),
+            "fresh evals": float(limits.check(fresh, y_fresh, p_fresh).features_warn),
             "warns": float(report.features_warn),
             "named": float(report.features_warn and _named(report, planted)),
             "flagged": flags.mean(),
@@ -225,12 +228,14 @@ def false_alarms(runs: int, sizes=(300, 500, 1000), n_eval: int = 200) -> None:
         for seed in range(runs):
             rng = np.random.default_rng(10_000 + seed)
             blocks, y = mixed(rng, n)
+            model = ViewPredictor(PredictorConfig(encoders=tuple(blocks))).fit(blocks, y)
             start = time.perf_counter()
-            new = drift.TrainingRange.fit(y, blocks, names=NAMES)
+            new = drift.TrainingRange.fit(y, blocks, names=NAMES, predicted=model.oof_predictions_)
             fit_s += time.perf_counter() - start
             fresh, y_fresh = mixed(rng, n_eval)
+            predicted = model.predict(fresh)
             for name, limits in (("new", new), ("old", old_check(y, blocks))):
-                report = limits.check(fresh, y_fresh)
+                report = limits.check(fresh, y_fresh, predicted)
                 got[name].append((report.share, report.features_warn))
         for name, rows in got.items():
             share, warns = np.mean(rows, axis=0)

@@ -325,7 +325,7 @@ def _joint(rng, n, spread):
     [
         (_wide_column, "title", "dimension 1", 0.05),
         (_joint, "f", "x1 with x2", 0.05),
-        (_pc40, "title", None, 0.15),  # the hardest: within 5 points only at noise sd 1
+        (_pc40, "title", None, 0.05),
     ],
 )
 def test_blind_directions_of_issue_22_warn_and_unflagged_rows_keep_coverage_3_runs(
@@ -335,23 +335,22 @@ def test_blind_directions_of_issue_22_warn_and_unflagged_rows_keep_coverage_3_ru
     block, the 40th direction of a 384-d block with a decaying spectrum, and x2 = -x1 after
     x2 = x1 in training each moves from U(-1, 1) to U(-3, 3). Every evaluation warns, naming
     the block (and the feature), and the rows left unflagged cover within 5 points of 80%,
-    more than all rows do. The 40th direction is the exception: its rows are flagged
-    only from about 1.5x the training range on, and at this noise the rows just inside that
-    cover about 0.70 (within 5 points at noise sd 1; BENCHMARKS.md)."""
+    more than all rows do. The 40th direction is caught through the model's own prediction
+    (`predicted`: the rows it extrapolates on), and named by the block that moved it."""
     rng = np.random.default_rng(29)
     names = {"f": ["x1", "x2", "x3", "x4", "x5", "x6"]}
     warned, named, cover, everyone = [], [], [], []
     for _ in range(3):
         blocks, y = world(rng, 1000, 1.0)
         model = ViewPredictor(PredictorConfig(encoders=tuple(blocks))).fit(blocks, y)
-        limits = TrainingRange.fit(y, blocks, names=names)
+        limits = TrainingRange.fit(y, blocks, names=names, predicted=model.oof_predictions_)
         new, y_new = world(rng, 1000, 3.0)
-        report = limits.check(new, y_new)
+        report = limits.check(new, y_new, model.predict(new))
         top = report.shifts[0]
         warned.append(report.warns)
         named.append(top.block == block and feature in (None, top.feature))
         lo, hi = model.predict_interval(new)
-        out = limits.features_outside(new)
+        out = limits.features_outside(new, model.predict(new))
         covered = (y_new >= lo) & (y_new <= hi)
         cover.append(np.mean(covered[~out]))
         everyone.append(np.mean(covered))
@@ -492,3 +491,70 @@ def test_the_three_parts_hold_whole_channels_and_enough_calibration_rows():
     assert [len(p) for p in drift.split_rows(120)] == [40, 20, 60]
     few = drift.split_rows(300, np.repeat(["a", "b"], 150))  # two channels cannot fill three
     assert all(len(p) >= 50 for p in few)
+
+
+def _linear_world(rng, n, spread):
+    """A 384-d block whose first 8 columns carry the views linearly (truth saturating past
+    the training range): each column moves a little, the prediction a lot."""
+    X = rng.normal(size=(n, 384))
+    X[:, :8] = rng.uniform(-spread, spread, (n, 8))
+    return {"title": X}, np.tanh(X[:, :8].sum(axis=1) / 2) + rng.normal(0, 0.3, n)
+
+
+def test_a_prediction_the_model_extrapolates_to_is_flagged_named_and_round_trips(tmp_path):
+    """The model's out-of-fold predictions are one more column of the score (`PREDICTED`):
+    rows whose prediction lies far beyond the training predictions are flagged; a row is
+    named by the prediction ("the predicted views ... lie beyond what the model predicted
+    for its training videos") when no input is unusual on its own; the column survives a
+    save and load; without predictions the check runs on the inputs alone."""
+    rng = np.random.default_rng(3)
+    blocks, y = _linear_world(rng, 1000, 1.0)
+    model = ViewPredictor(PredictorConfig(encoders=("title",))).fit(blocks, y)
+    limits = TrainingRange.fit(y + 3, blocks, predicted=model.oof_predictions_ + 3)
+    assert drift.PREDICTED in limits.novelty.blocks
+    limits.save(tmp_path)
+    back = TrainingRange.load(tmp_path)
+    assert back.novelty == limits.novelty
+    fresh, _ = _linear_world(rng, 500, 1.0)
+    assert back.features_outside(fresh, model.predict(fresh) + 3).mean() <= 0.03
+    row = {"title": np.zeros((1, 384))}
+    far = model.predict(row) + 3 + 10 * np.ptp(model.oof_predictions_)  # (1,) far beyond
+    said = back.check(row, predicted=far).message()
+    assert said is not None and "the predicted views" in said, said
+    assert "lie beyond what the model predicted for its training videos" in said
+    assert back.check(row).message() is None  # no prediction given: the inputs alone
+    assert back.check(row, predicted=model.predict(row) + 3).message() is None
+
+
+def test_a_range_whose_prediction_block_is_not_one_column_is_refused(tmp_path):
+    """`train` records the prediction column beside the model's blocks; a folder whose
+    range has it wider than one column is refused by the folder loader, named."""
+    from thumbview.predict.folder import load_folder
+    from thumbview.predict.model import ArtifactError
+
+    root, out = tmp_path / "data", tmp_path / "model"
+    make_synthetic(root, SynthConfig(n=300, seed=2, n_channels=40, width=64, height=36))
+    train(load_dataset(root), PredictorConfig(encoders=("context",)), out, holdout_frac=0.1)
+    limits = TrainingRange.load(out)
+    assert drift.PREDICTED in limits.novelty.blocks
+    assert limits.novelty.blocks[drift.PREDICTED].names == ("predicted views",)
+    from safetensors.numpy import load_file, save_file
+
+    path = out / drift.NOVELTY_FILE
+    doc, tensors = json.loads((out / drift.RANGE_FILE).read_text()), load_file(str(path))
+    saved = path.read_bytes(), (out / drift.RANGE_FILE).read_text()
+    try:
+        doc["novelty"]["blocks"][drift.PREDICTED].update(width=2, names=["a", "b"])
+        for key in [k for k in tensors if k.startswith(f"{drift.PREDICTED}/")]:
+            a = tensors[key]
+            if a.ndim == 2 and a.shape[1] == 1 and not key.endswith(("lead_knots", "lead_tails")):
+                tensors[key] = np.repeat(a, 2, axis=1)
+            elif key.endswith("/center"):
+                tensors[key] = np.repeat(a, 2)
+        (out / drift.RANGE_FILE).write_text(json.dumps(doc))
+        save_file(tensors, str(path))
+        with pytest.raises(ArtifactError, match="prediction"):
+            load_folder(out)
+    finally:
+        path.write_bytes(saved[0])
+        (out / drift.RANGE_FILE).write_text(saved[1])

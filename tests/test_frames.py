@@ -299,7 +299,7 @@ def test_frames_give_compares_verdict_and_range_line(video, model_dir, monkeypat
         def message(self) -> str:
             return "text length (characters) 40 is outside the training range 0-12"
 
-    monkeypatch.setattr(LoadedPredictor, "out_of_range", lambda self, blocks: Flagged())
+    monkeypatch.setattr(LoadedPredictor, "out_of_range", lambda self, blocks, **_: Flagged())
 
     args = ["frames", str(video[0]), "--model", str(model_dir), "--top", "5"]
     runner = CliRunner()

@@ -338,7 +338,7 @@ def compare(
     order = np.lexsort((-pred, -odds.best))
     labels = [f"{names[i]}" + (f" + {t!r}" if t else "") for i, t in pairs]
     said = judge(predictor, pred, blocks, labels, order, odds.beats, tie_reason)
-    report = predictor.out_of_range(blocks)
+    report = predictor.out_of_range(blocks, predicted=pred)
     cands = _candidates(predictor, blocks, pred, odds.best, order, pairs, names)
     descs, how = _descriptors(predictor.model, blocks, images, names, len(titles), top_features)
     descs = _with_effects(predictor, blocks, int(order[0]), descs)

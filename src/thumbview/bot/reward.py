@@ -113,15 +113,19 @@ class PredictorReward:
         cfg = self.config
         total = log10 - cfg.ood_weight * ood + cfg.clip_weight * clip
         total = total + cfg.aesthetic_weight * aesthetic
-        outside, warning = self.out_of_range(blocks, len(log10))
+        outside, warning = self.out_of_range(blocks, log10)
         return RewardBreakdown(log10, ood, clip, total, aesthetic, outside, warning)
 
-    def out_of_range(self, blocks: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, str]:
-        """((N,) True where an image lies outside the training range, the line saying so)."""
-        report = self.predictor.out_of_range(blocks)
+    def out_of_range(
+        self, blocks: dict[str, np.ndarray], log10: np.ndarray
+    ) -> tuple[np.ndarray, str]:
+        """((N,) True where an image lies outside the training range, or where the predictor
+        extrapolates on it (its prediction `log10` (N,) beyond any for its training images:
+        what a reward-tuned generator drifts towards), the line saying so)."""
+        report = self.predictor.out_of_range(blocks, predicted=log10)
         if report is None:
-            return np.zeros(n, dtype=bool), ""
-        return self.predictor.training_range.features_outside(blocks), report.message() or ""
+            return np.zeros(len(log10), dtype=bool), ""
+        return self.predictor.outside(blocks, log10), report.message() or ""
 
 
 class ClipSimilarity:

@@ -244,7 +244,7 @@ def _choose(
 
 def _verdict(predictor: LoadedPredictor, pred, blocks, choices, tie_reason) -> dict[str, Any]:
     """compare's verdict and out-of-range line for the chosen frames (`pred` (K,) best first)."""
-    report = predictor.out_of_range(blocks)
+    report = predictor.out_of_range(blocks, predicted=pred)
     out: dict[str, Any] = {"warning": (report.message() or "") if report is not None else ""}
     if len(choices) < 2:
         return out

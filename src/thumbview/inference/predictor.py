@@ -277,24 +277,38 @@ class LoadedPredictor:
         """One prediction per (image, name, title) row given side by side (the web batcher);
         `context` is shared by every row (see `blocks`)."""
         blocks = self.blocks(images, titles, context)  # {encoder: (N, D)}
-        report = self.out_of_range(blocks)
+        point, (lo, hi) = self.predict(blocks), self.intervals(blocks)  # (N,) each
+        report = self.out_of_range(blocks, predicted=point)
         if report is not None and (said := report.message()):
             log.warning("%s", said)
-        point, (lo, hi) = self.predict(blocks), self.intervals(blocks)  # (N,) each
-        rows = [""] * len(point) if report is None else self.training_range.row_messages(blocks)
+        rows = [""] * len(point)
+        if report is not None:
+            rows = self.training_range.row_messages(blocks, point)
         scale = to_views(self.target)
         return [
             Prediction(n, t, float(p), scale(p), scale(a), scale(b), self.target, self.coverage, w)
             for n, t, p, a, b, w in zip(names, titles, point, lo, hi, rows, strict=True)
         ]
 
-    def out_of_range(self, blocks: dict[str, np.ndarray], y=None) -> DriftReport | None:
-        """Which rows and features lie outside the training range (`TrainingRange.check`),
-        or None for models without a recorded range: the one check that predict, compare,
-        the web page and the bot's reward all use."""
+    def out_of_range(
+        self, blocks: dict[str, np.ndarray], y=None, predicted=None
+    ) -> DriftReport | None:
+        """Which rows and features lie outside the training range (`TrainingRange.check`,
+        a DriftReport), or None for models without a recorded range: the one check that
+        predict, compare, the web page and the bot's reward all use. It includes whether
+        the model extrapolates (its predictions (N,), computed when not given, beyond those
+        it made for its training rows)."""
         if self.training_range is None:
             return None
-        return self.training_range.check(blocks, y)
+        point = self.predict(blocks) if predicted is None else predicted
+        return self.training_range.check(blocks, y, point)
+
+    def outside(self, blocks: dict[str, np.ndarray], predicted=None) -> np.ndarray:
+        """(N,) True where a row lies outside the training range (`out_of_range`'s rows)."""
+        if self.training_range is None:
+            return np.zeros(len(next(iter(blocks.values()), ())), dtype=bool)
+        point = self.predict(blocks) if predicted is None else predicted
+        return self.training_range.features_outside(blocks, point)
 
 
 # ----- from image files --------------------------------------------------------------------

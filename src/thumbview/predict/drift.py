@@ -22,6 +22,13 @@ files from issue 29 on). Each block contributes five statistics, so no direction
   the whitened coordinates): a shift along what the views depend on breaks intervals
   first, even when it is one of hundreds of quiet directions.
 
+Beside the blocks, the model's own prediction is one more column (`PREDICTED`, from the
+out-of-fold predictions of the training rows; `TrainingRange.fit(predicted=...)`): a row
+the model extrapolates on, its prediction beyond those it made for its training rows, is
+where its intervals fail, whichever of hundreds of directions moved it. A block's own
+predictive direction, fitted on a part of the rows, sees such a shift only blurred (the
+40th of 384 directions: unflagged coverage 0.70 at noise sd 0.5, and 0.75 with it; BENCHMARKS.md).
+
 The statistics are fitted on one part of the training rows, their distributions measured
 on a second (rows the fit never saw, as new rows are), so each becomes a normal score and
 they weigh alike; a row's score is the largest. The third part calibrates it (split
@@ -58,7 +65,7 @@ from scipy import special, stats
 
 from thumbview.embed.context import FEATURES as CONTEXT_FEATURES
 from thumbview.fileio import atomic_write
-from thumbview.units import format_count, format_days, format_number, format_views
+from thumbview.units import format_count, format_days, format_factor, format_number, format_views
 
 RANGE_FILE = "training_range.json"
 RANGE_FORMAT = 2  # 2: every block has per-column ranges (files without "format" are older)
@@ -75,6 +82,8 @@ SHOWN = 3  # features named in one message
 WITHIN = "distance within the main directions"
 DISTANCE = "distance from the main directions"
 PREDICTIVE = "the direction that predicts views"
+PREDICTED = "prediction"  # the block of the model's own prediction (`TrainingRange.fit`)
+PREDICTED_NAMES = {"log10": "predicted views", "channel-relative": "predicted channel multiple"}
 # Context columns that people read in other units than the encoder's (log10 counts, years)
 UNITS = dict(
     zip(
@@ -82,12 +91,14 @@ UNITS = dict(
         ("age", "year", None, None, None, None, "subscribers", "videos"),
         strict=True,
     )
-)
+) | {"predicted views": "views", "predicted channel multiple": "multiple"}
 LABELS = {  # unit: (what the feature is called, what its training range is called)
     "age": ("upload age", "ages"),
     "year": ("publication year", "years"),
     "subscribers": ("channel subscribers", "range"),
     "videos": ("channel videos in the dataset", "range"),
+    "views": ("the predicted views", "predictions"),
+    "multiple": ("the predicted multiple of the channel's usual views", "predictions"),
 }
 
 
@@ -558,16 +569,21 @@ class Novelty:
 
     def flagged(self, blocks) -> tuple[np.ndarray, np.ndarray]:
         """((N,) True where a row is novel at `level`, (N,) the component it is named by: an
-        index into `components`, its most extreme one, or its most extreme column check
-        when one is beyond the threshold)."""
+        index into `components`: its most extreme column check when one is beyond the
+        threshold, else its most extreme input component, else (no input unusual on its own
+        at level alpha) the model's prediction when that is what is extreme."""
         score, parts = self.scores(blocks)
+        inputs = np.array([b != PREDICTED for b, _ in self.components])  # (C,)
         # a column beyond the threshold is named before a direction or a pair it moves too
-        column = np.array([k == COLUMN for _, k in self.components])  # (C,)
+        column = inputs & np.array([k == COLUMN for _, k in self.components])  # (C,)
         over = parts > self.threshold  # (N, C)
         named = np.where(over & column, parts, -np.inf)
         prefer = over[:, column].any(axis=1)
-        return score > self.threshold, np.where(prefer, np.argmax(named, axis=1),
-                                                np.argmax(parts, axis=1))  # fmt: skip
+        # a prediction the model extrapolates to names the input that moved it, if one did
+        own = np.where(inputs, parts, -np.inf)  # (N, C)
+        notable = own.max(axis=1) > special.ndtri(1 - self.alpha)
+        most = np.where(notable, np.argmax(own, axis=1), np.argmax(parts, axis=1))
+        return score > self.threshold, np.where(prefer, np.argmax(named, axis=1), most)
 
     def tail_p(self, flagged: int, n: int) -> float:
         """P(at least `flagged` of n fresh rows flagged): beta-binomial, the flag rate given
@@ -758,6 +774,9 @@ class Shift:
         unit = UNITS.get(self.feature)
         label, plural = LABELS.get(unit, (self.feature, "range"))
         now, seen = _span(self.low, self.high, unit), _span(*self.seen, unit)
+        if self.block == PREDICTED:  # the model's own output: it is extrapolating
+            return (f"{label} {now} lie beyond what the model predicted for its training "
+                    f"videos ({seen})")  # fmt: skip
         if self.seen[0] <= self.low and self.high <= self.seen[1]:  # rare, not beyond
             return f"{label} {now} lies in the far tail of the training {plural} {seen}"
         return f"{label} {now} is outside the training {plural} {seen}"
@@ -845,13 +864,20 @@ class TrainingRange:
 
     @classmethod
     def fit(cls, y, blocks: dict[str, np.ndarray], target: str = "log10", names=None,
-            groups=None, seed: int = 0, alpha: float = ALPHA) -> TrainingRange:  # fmt: skip
+            groups=None, seed: int = 0, alpha: float = ALPHA,
+            predicted=None) -> TrainingRange:  # fmt: skip
         """`names`: {block: column names} (`Encoder.feature_names()`; generic when absent);
         `groups`: the rows' channels, so the score is fitted and calibrated on different
-        channels. Fewer than MIN_NOVELTY_ROWS rows: the per-feature ranges instead."""
+        channels; `predicted` (n,): the model's out-of-fold predictions of these rows, so
+        that a row the model extrapolates on (its prediction beyond those of the training
+        rows, `PREDICTED`) is flagged whichever direction of the inputs moved it. Fewer
+        than MIN_NOVELTY_ROWS rows: the per-feature ranges instead (without `predicted`)."""
         y = np.asarray(y, dtype=np.float64)
         quantiles = tuple(float(q) for q in np.quantile(y, TARGET_LEVELS))
         if len(y) >= MIN_NOVELTY_ROWS and blocks:
+            if predicted is not None:
+                blocks = with_prediction(blocks, predicted)
+                names = {**(names or {}), PREDICTED: [PREDICTED_NAMES.get(target, target)]}
             novelty = Novelty.fit(blocks, y, names, groups, seed, alpha)
             return cls(target, quantiles, {}, novelty)
         names = names or {}
@@ -867,21 +893,23 @@ class TrainingRange:
         y = np.asarray(y, dtype=np.float64)
         return (y < lo - VIEWS_SLACK) | (y > hi + VIEWS_SLACK)
 
-    def features_outside(self, blocks: dict[str, np.ndarray]) -> np.ndarray:
+    def features_outside(self, blocks: dict[str, np.ndarray], predicted=None) -> np.ndarray:
         """(N,) True where a row is flagged: novel at the stated rate (or, old files, any
-        feature of any block outside its training range)."""
-        flags = self._flags(blocks)
+        feature of any block outside its training range). `predicted` (N,): the model's
+        predictions of these rows (see `fit`; without them that part is not checked)."""
+        flags = self._flags(with_prediction(blocks, predicted))
         if flags is None:
             return np.zeros(0, bool)
         return flags[2].any(axis=1)
 
-    def check(self, blocks=None, y=None) -> DriftReport:
+    def check(self, blocks=None, y=None, predicted=None) -> DriftReport:
         """Which rows and features lie outside the training range. With `y` (an evaluation)
         the features warn when the flagged share is improbable under the stated rate (old
-        files: above MAX_SHARE); without (predictions) any flagged row does."""
+        files: above MAX_SHARE); without (predictions) any flagged row does. `predicted`:
+        as in `features_outside`."""
         views = float(self.views_outside(y).mean()) if y is not None and len(y) else None
         min_share = MAX_SHARE if y is not None else 0.0
-        flags = self._flags(blocks) if blocks else None
+        flags = self._flags(with_prediction(blocks, predicted)) if blocks else None
         if flags is None:
             return DriftReport(0, 0.0, (), views, self._span(), min_share)
         report = _report(*flags, views, self._span(), min_share)
@@ -891,9 +919,9 @@ class TrainingRange:
         tail = self.novelty.tail_p(flagged, report.n)
         return replace(report, expected=self.novelty.level, tail_p=tail)
 
-    def row_messages(self, blocks: dict[str, np.ndarray]) -> list[str]:
+    def row_messages(self, blocks: dict[str, np.ndarray], predicted=None) -> list[str]:
         """Each row's own warning ("" when it lies inside): what one prediction shows."""
-        flags = self._flags(blocks)
+        flags = self._flags(with_prediction(blocks, predicted))
         if flags is None:
             return [""] * len(next(iter(blocks.values()), ()))
         columns, values, outside = flags
@@ -902,9 +930,9 @@ class TrainingRange:
             for i in range(len(values))
         ]
 
-    def warning(self, blocks=None, y=None) -> str | None:
-        """`check(blocks, y).message()`: one plain line, or None."""
-        return self.check(blocks, y).message()
+    def warning(self, blocks=None, y=None, predicted=None) -> str | None:
+        """`check(blocks, y, predicted).message()`: one plain line, or None."""
+        return self.check(blocks, y, predicted).message()
 
     def _flags(self, blocks) -> tuple[list[tuple], np.ndarray, np.ndarray] | None:
         """([(block, ColumnRange or None, kind)], values (N, C), outside (N, C)) over the
@@ -978,6 +1006,16 @@ class TrainingRange:
             raise
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise ArtifactError(f"{path}: damaged training range ({type(e).__name__}: {e})") from e
+
+
+def with_prediction(
+    blocks: dict[str, np.ndarray] | None, predicted
+) -> dict[str, np.ndarray] | None:
+    """`blocks` with the model's predictions (N,) as the one-column block PREDICTED (the
+    blocks unchanged when there are none)."""
+    if predicted is None or blocks is None:
+        return blocks
+    return {**blocks, PREDICTED: np.asarray(predicted, dtype=np.float64).reshape(-1, 1)}
 
 
 def _read_tensors(model_dir: Path) -> dict[str, np.ndarray]:
@@ -1125,8 +1163,10 @@ def _value(v: float, unit: str | None) -> str:
         return str(int(np.floor(v)))
     if unit == "age":  # log10(1 + days)
         return format_days(10**v - 1)
-    if unit == "subscribers":  # log10(1 + subscribers)
+    if unit in ("subscribers", "views"):  # log10(1 + count)
         return format_count(max(10**v - 1, 0.0))
+    if unit == "multiple":  # log10 of a multiple of the channel's usual views
+        return format_factor(10**v)
     if unit == "videos":  # log10(videos)
         return format_count(10**v)
     return format_number(v)

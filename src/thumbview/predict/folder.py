@@ -23,7 +23,7 @@ from thumbview.embed.registry import (
     get_encoder,
 )
 from thumbview.layout import MODEL_ENCODERS
-from thumbview.predict.drift import RANGE_FILE, TrainingRange
+from thumbview.predict.drift import PREDICTED, RANGE_FILE, TrainingRange
 from thumbview.predict.model import FORMAT, ArtifactError, ViewPredictor
 from thumbview.schema import MapOf, read_json
 
@@ -60,6 +60,8 @@ def _checked_range(model_dir: Path, model: ViewPredictor) -> TrainingRange | Non
         return None
     if found.novelty is not None:  # the novelty score's blocks (per-feature ranges: none)
         widths = {name: len(block.names) for name, block in found.novelty.blocks.items()}
+        if widths.pop(PREDICTED, 1) != 1:  # the model's own prediction: one column
+            raise ArtifactError(f"{model_dir / RANGE_FILE}: its {PREDICTED} block is not 1 wide")
     else:
         widths = {name: len(block.mean) for name, block in found.blocks.items()}
     if widths != {name: int(model.block_dims_[name]) for name in model.config.encoders}:

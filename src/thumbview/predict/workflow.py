@@ -156,7 +156,7 @@ def train(
     n_missing = int((~mask).sum())
     with while_running(out_dir / RUN_UNFINISHED, "thumbview train"):  # a killed run: refused
         model.save(out_dir)
-        _save_companions(out_dir, config, blocks, y, dataset, plan, encoders, clip_model)
+        _save_companions(out_dir, config, blocks, y, dataset, plan, encoders, clip_model, model)
         paths = [*_training_plots(model, out_dir)]
         holdout, more = _evaluate_holdout(model, out_dir, blocks, y, dataset, plan)
         paths += more
@@ -168,7 +168,7 @@ def train(
     return TrainResult(out_dir, *counts, cv, holdout, tuple(paths), plan.protocol, card.skill)
 
 
-def _save_companions(out_dir, config, blocks, y, dataset, plan, encoders, clip_model) -> None:
+def _save_companions(out_dir, config, blocks, y, dataset, plan, encoders, clip_model, model):
     """What `train` writes beside the model: the training record and encoders.json, one
     baseline per encoder, the pairwise model and the training range (training rows only)."""
     train_idx = plan.train_idx
@@ -178,7 +178,7 @@ def _save_companions(out_dir, config, blocks, y, dataset, plan, encoders, clip_m
     rows, y_train = block_rows(blocks, train_idx), y[train_idx]
     _fit_baselines(out_dir, config, rows, y_train)
     fit_pairwise(out_dir, config, rows, y_train, dataset, plan)
-    _fit_range(out_dir, config, rows, y_train, encoders, dataset, train_idx)
+    _fit_range(out_dir, config, rows, y_train, encoders, dataset, train_idx, model)
 
 
 def _evaluate_holdout(model, out_dir, blocks, y, dataset, plan) -> tuple[EvalResult | None, list]:
@@ -262,12 +262,15 @@ def fit_pairwise(out_dir: Path, config, blocks, y, dataset, plan: SplitPlan) -> 
         log.warning("no calibrated P(A beats B) for this model: %s", e)
 
 
-def _fit_range(out_dir: Path, config, blocks, y, encoders, dataset, train_idx) -> None:
-    """`training_range.json`: per-feature ranges named by the encoders, embedding directions
-    and their ranges measured on different channels (`predict.drift`)."""
+def _fit_range(out_dir: Path, config, blocks, y, encoders, dataset, train_idx, model) -> None:
+    """`training_range.json`: the novelty score of the inputs and of the model's own
+    out-of-fold predictions (`predict.drift`), fitted and calibrated on different channels."""
     names = {name: encoder.feature_names() for name, encoder in encoders.items()}
     groups = None if dataset.channels is None else dataset.channels[train_idx]
-    TrainingRange.fit(y, blocks, config.target, names=names, groups=groups).save(out_dir)
+    oof = getattr(model, "oof_predictions_", None)
+    TrainingRange.fit(y, blocks, config.target, names=names, groups=groups, predicted=oof).save(
+        out_dir
+    )
 
 
 def _fit_baselines(out_dir: Path, config: PredictorConfig, blocks, y) -> None:
@@ -331,9 +334,9 @@ def _extras(result: EvalResult, model, model_dir: Path, blocks, y, dataset, rows
         sizes = ch.map(ch.value_counts()).fillna(1).to_numpy()[rows]
     strata = coverage_strata(pred, sizes, dataset_ages_days(dataset.table)[rows])
     pairwise, limits = PairwiseModel.load(model_dir), TrainingRange.load(model_dir)
-    report = None if limits is None else limits.check(blocks, y[rows])
+    report = None if limits is None else limits.check(blocks, y[rows], pred)
     if report is not None and report.n:  # coverage where the check flags rows vs where not
-        outside = limits.features_outside(blocks)
+        outside = limits.features_outside(blocks, pred)
         strata["training range"] = np.where(outside, "outside", "inside")
     scored = None
     if pairwise is not None and channels is not None:
