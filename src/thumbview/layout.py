@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# ----- a run in progress (`train`, `finetune`, `sae train`, `bot train`) -------------------
+# ----- a run in progress (`train`, `finetune`, `sae train`, `sae analyze`, `bot train`) ----
 # Written before a run's first file and removed after its last: a folder holding it is being
 # written, or was left by a run that was killed, and no loader reads it as a model. Folders
 # written before the marker existed never hold it, so they load as they always did.
