@@ -13,6 +13,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from _bot_fixture import bot_model_dir, tiny_base  # noqa: E402, F401, F811
 from thumbview.cli import app  # noqa: E402
+from thumbview.layout import RUN_UNFINISHED  # noqa: E402
 
 runner = CliRunner()
 TINY = ("--steps", "2", "--size", "64x64", "--guidance", "1.5", "--batch", "1", "--per-prompt", "2")
@@ -242,10 +243,91 @@ def test_ctrl_c_saves_finished_epochs_and_resume_continues(tiny_base, bot_model_
         )
     assert info.value.epochs_done == 1
     assert json.loads((tmp_path / "b" / "bot.json").read_text())["epochs_done"] == 1
+    assert (tmp_path / "b" / RUN_UNFINISHED).is_file()  # epoch 1 of 2 is not the bot asked for
     result = train_bot(str(tiny_base), bot_model_dir, prompts, tmp_path / "b", config, resume=True)
+    assert not (tmp_path / "b" / RUN_UNFINISHED).exists()
     assert result.epochs_done == 2 and [r["epoch"] for r in result.history] == [1, 2]
     meta = json.loads((tmp_path / "b" / "bot.json").read_text())
     assert meta["method"] == "draft" and "faces" in meta["guards"]["held_fixed"]
+
+
+def _one_line_refusal(result, bot):
+    """A CLI result that is the unfinished-run error: exit 2, one line, no traceback."""
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    assert result.output.count("error:") == 1 and "Traceback" not in result.output
+    assert "did not finish" in text and "--resume" in text and bot.name in text
+
+
+def test_a_crashed_bot_train_is_refused_everywhere_until_resume_finishes_it(tiny_base, bot_model_dir, prompts, tmp_path, monkeypatch):  # noqa: F811  # fmt: skip
+    """Before: a run that died in epoch 2 of 2 left bot.json, the LoRA and state of epoch 1
+    and no sign it stopped: `bot generate`, `bot eval` and `serve --bot` loaded it as the
+    bot that was asked for. Now all three refuse it in one line; `--resume` finishes it."""
+    import thumbview.bot.train as bot_train
+    import thumbview.serve.server as server
+    from thumbview.bot.folder import BotConfig, Prompt, read_bot
+    from thumbview.bot.generate import LoadedBot
+    from thumbview.bot.policy import SampleConfig
+    from thumbview.bot.rl import BotError
+    from thumbview.serve.bot import bot_router
+
+    evaluate = bot_train._evaluate
+
+    def crash_in_epoch_2(*args):
+        if args[-1] == 2:  # the epoch number
+            raise RuntimeError("the machine fell over")
+        return evaluate(*args)
+
+    monkeypatch.setattr(bot_train, "_evaluate", crash_in_epoch_2)
+    sample = SampleConfig(steps=2, eta=0.0, guidance=1.0, height=64, width=64)
+    config = BotConfig(epochs=2, batch=1, per_prompt=1, eval_seeds=1, sample=sample)
+    bot, titles = tmp_path / "bot", [Prompt("worst cake ever", "cake")]
+    with pytest.raises(RuntimeError, match="fell over"):
+        bot_train.train_bot(str(tiny_base), bot_model_dir, titles, bot, config)
+    assert json.loads((bot / "bot.json").read_text())["epochs_done"] == 1
+    assert (bot / RUN_UNFINISHED).is_file()
+    for load in (read_bot, LoadedBot.load, bot_router):
+        with pytest.raises(BotError, match="did not finish") as info:
+            load(bot)
+        assert "\n" not in str(info.value) and "bot train ... --resume" in str(info.value)
+    _one_line_refusal(invoke("bot", "generate", bot, "--title", "t", "-n", "1"), bot)
+    _one_line_refusal(invoke("bot", "eval", bot, "--prompts", prompts, "--model", bot_model_dir), bot)  # fmt: skip
+    monkeypatch.setattr(server, "serve", lambda *a: pytest.fail("served an unfinished bot"))
+    _one_line_refusal(invoke("serve", "--model", bot_model_dir, "--bot", bot), bot)
+    monkeypatch.undo()
+    result = bot_train.train_bot(str(tiny_base), bot_model_dir, titles, bot, config, resume=True)
+    assert result.epochs_done == 2 and not (bot / RUN_UNFINISHED).exists()
+    assert LoadedBot.load(bot).meta["epochs_done"] == 2
+
+
+def test_cli_ctrl_c_leaves_a_refused_bot_and_the_printed_resume_ends_it(tiny_base, bot_model_dir, prompts, tmp_path, monkeypatch):  # noqa: F811  # fmt: skip
+    """Ctrl-C after epoch 1 of 2: exit 130 naming the epochs saved; `bot generate` refuses
+    the folder; `--resume --epochs 1`, as the message says, ends the run with epoch 1 and
+    the folder then generates."""
+    import thumbview.cli.bot as bot_cli
+
+    def ctrl_c_after_each_epoch(epochs):
+        def stop(epoch, stats):
+            raise KeyboardInterrupt
+
+        return stop
+
+    bot = tmp_path / "bot"
+    common = ("bot", "train", "--base", tiny_base, "--model", bot_model_dir, "--prompts",
+              prompts, "--out", bot, "--method", "draft", *TINY)  # fmt: skip
+    with monkeypatch.context() as patch:
+        patch.setattr(bot_cli, "_epoch_reporter", ctrl_c_after_each_epoch)
+        stopped = invoke(*common, "--epochs", "2")
+    text = " ".join(stopped.output.split())
+    assert stopped.exit_code == 130 and "Traceback" not in stopped.output
+    assert "1 epoch(s) saved" in text and "--resume --epochs 1" in text
+    assert (bot / RUN_UNFINISHED).is_file()
+    _one_line_refusal(invoke("bot", "generate", bot, "--title", "t", "-n", "1"), bot)
+    ended = invoke(*common, "--epochs", "1", "--resume")
+    assert ended.exit_code == 0, ended.output + repr(ended.exception)
+    assert "done: 1 epochs" in ended.output and not (bot / RUN_UNFINISHED).exists()
+    shown = invoke("bot", "generate", bot, "--title", "t", "-n", "1", "--json")
+    assert shown.exit_code == 0 and len(json.loads(shown.stdout)["candidates"]) == 1
 
 
 # --- issue 24: a tampered bot folder is one clear error, and nothing is lost ----------------

@@ -14,6 +14,7 @@ from thumbview.data.images import bar_box, strip_bars
 from thumbview.embed import imagenet
 from thumbview.embed.imagenet import (
     N_CLASSES,
+    N_STAGES,
     POOLED_DIM,
     ImagenetEncoder,
     ImagenetError,
@@ -106,6 +107,33 @@ def test_stage_activations_for_the_sae(encoder):
             stage_index(bad)
     with pytest.raises(ImagenetError, match="tokens"):
         encoder.stage(images, tokens="cls")
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_no_images_give_every_output_its_shape_with_zero_rows(encoder, backend):
+    """Before: `stage([])` returned (0, 2280) whatever the layer and tokens (a stage's all
+    tokens are (B, H*W, C)); `torch_encode` of no images raised. Each empty result must be
+    the one-image result's shape with 0 rows, float32. (`stage` and `torch_encode` run torch
+    whatever the backend: checked once.)"""
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+    one = [Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), np.uint8))]
+    for outputs in ("both", "pooled", "classes"):
+        enc = ImagenetEncoder(outputs=outputs, backend=backend)
+        enc._net = encoder.network
+        pairs = [(enc.encode([]), enc.encode(one))]
+        if backend == "torch":
+            rgb = torch.rand(1, 3, 90, 120)
+            twin = [enc.torch_encode(x).detach().numpy() for x in (rgb[:0], rgb)]
+            pairs.append(tuple(twin))
+        if backend == "torch" and outputs == "both":  # stages do not depend on `outputs`
+            pairs += [
+                (enc.stage([], layer, tokens), enc.stage(one, layer, tokens))
+                for layer in range(-1, N_STAGES)
+                for tokens in ("pooled", "all")
+            ]
+        for empty, full in pairs:
+            assert empty.shape == (0, *full.shape[1:]) and empty.dtype == np.float32
 
 
 def test_spec_names_weights_digest_and_framing():

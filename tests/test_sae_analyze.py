@@ -357,6 +357,31 @@ def test_explain_latents_lookup_and_size_check(data, latents, tmp_path):
         explain_latents(np.zeros(31), study)
 
 
+def test_a_study_rerun_that_dies_is_refused_until_a_run_finishes(data, latents, tmp_path, monkeypatch):  # fmt: skip
+    """Before: a rerun into the same --out killed after its tables left the new tables beside
+    the earlier run's summary.json (30 latents for a 20-latent study) and `explain`, `compare`
+    and `serve` read that mix as a study. Now it is one line until a run writes it all."""
+    from thumbview.layout import RUN_UNFINISHED
+
+    out = _run(data, latents, tmp_path).out_dir
+    assert not (out / RUN_UNFINISHED).exists() and load_study(out).n_latents == 30
+
+    def dies(*args, **kwargs):
+        raise RuntimeError("killed while plotting")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(A.report, "plot_histogram", dies)
+        with pytest.raises(RuntimeError, match="killed"):
+            _run(data, latents[:, :20], tmp_path)
+    assert (out / RUN_UNFINISHED).is_file() and (out / "all_features.csv").is_file()
+    for given in (out, out / "features.csv"):
+        with pytest.raises(StudyError, match="did not finish") as info:
+            load_study(given)
+        assert "\n" not in str(info.value) and "sae analyze" in str(info.value)
+    _run(data, latents[:, :20], tmp_path)  # the same command again, to the end
+    assert not (out / RUN_UNFINISHED).exists() and load_study(out).n_latents == 20
+
+
 def test_precomputed_reference_latents(data, latents, tmp_path):
     ref_dir = tmp_path / "ref"
     _write_images(ref_dir, 12, seed=6, prefix="ref")

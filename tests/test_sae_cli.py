@@ -184,3 +184,58 @@ def test_old_sae_folders_with_a_null_hook_name_still_load(tmp_path):
     cfg["hook_name"] = None
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     assert torch.equal(load_sae(tmp_path).W_enc, sae.W_enc)
+
+
+class _Rows:
+    """What `_all_token_activations` reads of a dataset: its paths and each row's image."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image_source(self, row: int) -> Path:
+        return self.paths[row]
+
+
+class _Tokens:
+    """An encoder of every position: (B, 3 tokens, 2) of one value; stops on call `dies_at`."""
+
+    batch_size = 2
+
+    def __init__(self, value: float, dies_at: int | None = None) -> None:
+        self.value, self.dies_at, self.calls = value, dies_at, 0
+
+    def spec(self) -> dict:
+        return {"value": self.value}
+
+    def residual_stream(self, images, layer, tokens):
+        self.calls += 1
+        if self.calls == self.dies_at:
+            raise KeyboardInterrupt
+        return np.full((len(images), 3, 2), self.value, np.float32)
+
+
+def test_all_token_activations_killed_while_rewritten_are_not_reused(tmp_path):
+    """Before: a rewrite for other settings, killed halfway, kept the earlier settings'
+    sidecar beside a half-new file, so going back to those settings read the half-new file
+    (2s and 0s) as their activations."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from thumbview.progress import SILENT
+    from thumbview.sae.pipeline import _all_token_activations
+
+    paths = [tmp_path / f"{i}.png" for i in range(4)]
+    for p in paths:
+        Image.new("RGB", (8, 8)).save(p)
+    dataset = _Rows(paths)
+    source, acts = SimpleNamespace(layer=0, features="fake"), tmp_path / "activations-0.npy"
+    first = _all_token_activations(dataset, source, _Tokens(1.0), acts, SILENT)
+    assert first.shape == (12, 2) and (np.asarray(first) == 1).all()
+    with pytest.raises(KeyboardInterrupt):  # batch 2 of 2 of a rewrite for value 2
+        _all_token_activations(dataset, source, _Tokens(2.0, dies_at=3), acts, SILENT)
+    again = _all_token_activations(dataset, source, _Tokens(1.0), acts, SILENT)
+    assert (np.asarray(again) == 1).all()

@@ -241,6 +241,39 @@ def test_pack_refuses_what_it_cannot_keep(tmp_path):
         pack(root, tmp_path / "out")
 
 
+def test_a_pack_that_did_not_finish_is_refused_not_loaded_as_fewer_rows(tmp_path, monkeypatch):
+    """Before: `pack` stopped after shard 1 of 3 left `train-00000-of-00003.parquet` alone,
+    and `load_dataset`, `train`, `embed` and `unpack` read it as a dataset of 5 rows of 14."""
+    from typer.testing import CliRunner
+
+    from thumbview.cli import app
+
+    src, out = messy_folder(tmp_path / "src"), tmp_path / "out"
+    write, calls = shards_module._write_shard, []
+
+    def stop_at_the_second(*args):
+        calls.append(args[0].name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return write(*args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shards_module, "_write_shard", stop_at_the_second)
+        with pytest.raises(KeyboardInterrupt):
+            pack(src, out, shard_size=5)
+    assert [p.name for p in shard_files(out)] == ["train-00000-of-00003.parquet"]
+    for read in (load_dataset, lambda root: unpack(root, tmp_path / "back")):
+        with pytest.raises(DatasetError, match="lacks 2 shard") as info:
+            read(out)
+        assert "train-00001-of-00003.parquet, train-00002-of-00003.parquet" in str(info.value)
+    res = CliRunner().invoke(app, ["info", str(out)])
+    assert res.exit_code == 2 and res.output.count("error:") == 1 and "did not finish" in res.output
+    pack(src, tmp_path / "again", shard_size=5)  # into an empty OUT, to the end: every row
+    assert len(load_dataset(tmp_path / "again")) == len(load_dataset(src))
+    (out / "data" / "train-00000-of-00003.parquet").rename(out / "data" / "part.parquet")
+    assert len(load_dataset(out)) > 0  # a name that promises no other shard: read as it is
+
+
 def test_unpack_never_writes_outside_out(tmp_path):
     import pyarrow as pa
 

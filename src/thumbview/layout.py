@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# ----- a run in progress (`train`, `finetune`, `sae train`) --------------------------------
+# ----- a run in progress (`train`, `finetune`, `sae train`, `sae analyze`, `bot train`) ----
 # Written before a run's first file and removed after its last: a folder holding it is being
 # written, or was left by a run that was killed, and no loader reads it as a model. Folders
 # written before the marker existed never hold it, so they load as they always did.
@@ -123,11 +123,14 @@ def find_study_dir(sae_dir: str | Path | None) -> Path | None:
 
 
 # ----- runs that did not finish ------------------------------------------------------------
-def check_finished(folder: str | Path, error: type[Exception]) -> None:
+def check_finished(
+    folder: str | Path, error: type[Exception], resume: str = "finetune --resume, sae train"
+) -> None:
     """Raise `error` when the run that writes `folder` did not finish (its marker is there;
-    runs write it with `fileio.while_running(folder / RUN_UNFINISHED, ...)`)."""
+    runs write it with `fileio.while_running(folder / RUN_UNFINISHED, ...)`). `resume` says
+    how the command that writes this kind of folder goes on."""
     if (Path(folder) / RUN_UNFINISHED).exists():
         raise error(
             f"{folder}: the run that wrote this folder did not finish ({RUN_UNFINISHED} is "
-            "there); run it again, or resume it (finetune --resume, sae train)"
+            f"there); run it again, or resume it ({resume})"
         )

@@ -21,12 +21,19 @@ from thumbview.bot.policy import (
 from thumbview.bot.reward import RewardConfig
 from thumbview.bot.rl import BotError
 from thumbview.fileio import atomic_write
+from thumbview.layout import check_finished
 from thumbview.schema import read_json
 from thumbview.tensorfile import FLOAT_DTYPES, Header, dtype_problem, read_header
 
 BOT_FILE = "bot.json"
 FORMAT, FORMAT_VERSION = "thumbview-bot", 1
 METHODS = ("draft", "ddpo")
+# How an unfinished bot folder goes on (`layout.check_finished`): epochs 1..N are saved, so
+# `--resume` trains on to --epochs, and `--resume --epochs N` keeps the N saved epochs.
+RESUME_HINT = (
+    "`thumbview bot train ... --resume` trains on; with `--epochs` at most the epochs saved, "
+    "it keeps them as they are"
+)
 # What generation reads (a bot.json without one would sample otherwise, silently).
 SAMPLE_FIELDS = frozenset(f.name for f in fields(SampleConfig))
 
@@ -142,10 +149,16 @@ def save_grid(images: list, columns: int, path: Path) -> Path:
     return path
 
 
-def read_bot(bot_dir: str | Path) -> dict:
+def read_bot(bot_dir: str | Path, *, unfinished_ok: bool = False) -> dict:
     """bot.json, checked (its `config` a valid BotConfig), and the LoRA file readable with
     finite values (its shapes need the base model: `Policy.load_lora`); a bot folder can be
-    shared or edited, so anything else is FileNotFoundError/BotError in words."""
+    shared or edited, so anything else is FileNotFoundError/BotError in words.
+
+    A folder whose `bot train` did not finish (killed, Ctrl-C, still running: it holds
+    `RUN_UNFINISHED`) is a BotError too; only `bot train --resume` reads one
+    (`unfinished_ok`), to go on from its last saved epoch."""
+    if not unfinished_ok:
+        check_finished(bot_dir, BotError, RESUME_HINT)
     path = Path(bot_dir) / BOT_FILE
     if not path.is_file() or not (Path(bot_dir) / LORA_FILE).is_file():
         raise FileNotFoundError(

@@ -5,7 +5,9 @@ history), `pytorch_lora_weights.safetensors` (diffusers' LoRA format), `train_lo
 (one line per epoch), `samples/epoch_NNN.png` (fixed evaluation seeds), `reward.png`, and
 the resume state (`optimizer.safetensors`, `state.json`). Everything is safetensors or
 JSON; nothing is pickled. The folder is rewritten after every epoch, so an interrupted
-run loses at most the epoch in progress.
+run loses at most the epoch in progress; until the run ends the folder also holds
+`UNFINISHED` (`layout.RUN_UNFINISHED`), so every command that loads a bot (`read_bot`)
+refuses a killed or interrupted one, and `--resume` goes on from its last saved epoch.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from thumbview.bot.reward import (
     to_pil,
 )
 from thumbview.bot.rl import BotError, PerPromptStatTracker
-from thumbview.fileio import atomic_write, json_safe
+from thumbview.fileio import atomic_write, json_safe, while_running
+from thumbview.layout import RUN_UNFINISHED
 from thumbview.schema import MapOf, Number, Optional, read_json
 
 log = logging.getLogger(__name__)
@@ -100,27 +103,39 @@ def train_bot(
         tracker.load_state(state["tracker"])
     meta = _meta(base, model_dir, eval_model, config)
     history = list(state["history"])
-    epoch = len(history)
-    try:
-        while epoch < config.epochs:
-            t0 = time.perf_counter()
-            chosen, seeds = _epoch_batch(prompts, config, epoch)
-            scorer = torch_reward if config.method == "draft" else reward
-            stats = _tune_epoch(policy, scorer, chosen, seeds, config, optimizer, tracker)
-            row = {
-                "epoch": epoch + 1,
-                **asdict(stats),
-                **_evaluate(policy, reward, reward_b, prompts, config, out_dir, epoch + 1),
-            }
-            row["seconds"] = time.perf_counter() - t0
-            history.append(row)
-            epoch += 1
-            _save(out_dir, policy, optimizer, tracker, meta, history)
-            if on_epoch:
-                on_epoch(epoch, stats)
-    except KeyboardInterrupt:
-        raise BotInterrupted(out_dir, epoch) from None
+    epoch, rewards = len(history), (reward, reward_b, torch_reward)
+    # Written once every check above has passed (a refused resume leaves the folder as it
+    # was); stays on a kill, a crash or Ctrl-C, so `read_bot` refuses that folder until
+    # `--resume` goes on to the end.
+    with while_running(out_dir / RUN_UNFINISHED, "thumbview bot train"):
+        try:
+            while epoch < config.epochs:
+                stats, row = _epoch(policy, rewards, prompts, config, optimizer, tracker, out_dir, epoch)  # fmt: skip
+                history.append(row)
+                epoch += 1
+                _save(out_dir, policy, optimizer, tracker, meta, history)
+                if on_epoch:
+                    on_epoch(epoch, stats)
+        except KeyboardInterrupt:
+            raise BotInterrupted(out_dir, epoch) from None
     return TrainResult(out_dir, epoch, tuple(history))
+
+
+def _epoch(policy, rewards, prompts, config: BotConfig, optimizer, tracker, out_dir, epoch):
+    """Epoch `epoch` + 1: tune, then evaluate on the fixed seeds (its grid written);
+    (its EpochStats, its row of the training log)."""
+    reward, reward_b, torch_reward = rewards
+    t0 = time.perf_counter()
+    chosen, seeds = _epoch_batch(prompts, config, epoch)
+    scorer = torch_reward if config.method == "draft" else reward
+    stats = _tune_epoch(policy, scorer, chosen, seeds, config, optimizer, tracker)
+    row = {
+        "epoch": epoch + 1,
+        **asdict(stats),
+        **_evaluate(policy, reward, reward_b, prompts, config, out_dir, epoch + 1),
+    }
+    row["seconds"] = time.perf_counter() - t0
+    return stats, row
 
 
 def _tune_epoch(policy, scorer, chosen, seeds, config: BotConfig, optimizer, tracker):
@@ -146,7 +161,7 @@ def _start(out_dir: Path, config: BotConfig, resume: bool) -> dict:
         return {"config": config, "history": [], "tracker": {}}
     if not (out_dir / STATE_FILE).exists():
         raise BotError(f"nothing to resume in {out_dir} (no {STATE_FILE})")
-    saved = read_bot(out_dir)
+    saved = read_bot(out_dir, unfinished_ok=True)  # a killed run is what --resume is for
     state = read_json(out_dir / STATE_FILE, STATE_SCHEMA, BotError)
     if [row["epoch"] for row in state["history"]] != list(range(1, len(state["history"]) + 1)):
         raise BotError(f"{out_dir / STATE_FILE}: history must hold epochs 1, 2, ... in order")

@@ -128,8 +128,9 @@ def train_command(
     except BotInterrupted as e:
         again = f"thumbview bot train --base {base} --model {model} --prompts {prompts} --out {out}"
         err_console.print(
-            f"[yellow]interrupted[/]: {e.epochs_done} epoch(s) saved in {e.out_dir}; "
-            f"resume with `{again} --resume`"
+            f"[yellow]interrupted[/]: {e.epochs_done} epoch(s) saved in {e.out_dir}, which "
+            f"`bot generate` refuses until the run ends: resume with `{again} --resume` "
+            f"(`--resume --epochs {e.epochs_done}` ends it with the epochs saved)"
         )
         raise typer.Exit(130) from None
     console.print(f"done: {result.epochs_done} epochs; LoRA, log, grids and plot in [bold]{out}[/]")

@@ -77,6 +77,22 @@ def shard_name(index: int, total: int) -> str:
     return f"train-{index:05d}-of-{total:05d}.parquet"
 
 
+# `<split>-00003-of-00010.parquet`: the name says how many shards the split has.
+_NUMBERED = re.compile(r"(.+)-(\d{5})-of-(\d{5})\.parquet")
+
+
+def missing_shards(files: Sequence[Path]) -> list[str]:
+    """Shards the others' names promise and that are not there, sorted: a `pack` that was
+    killed after shard 1 of 3 (or a partial copy) would otherwise load as a dataset of the
+    rows written so far. Files named otherwise promise nothing."""
+    promised, present = set(), {p.name for p in files}
+    for name in present:
+        if match := _NUMBERED.fullmatch(name):
+            split, total = match[1], int(match[3])
+            promised.update(f"{split}-{i:05d}-of-{total:05d}.parquet" for i in range(total))
+    return sorted(promised - present)
+
+
 def shard_files(root: str | Path) -> list[Path]:
     """The Parquet shards of a sharded dataset, in row order (their names sort that way)."""
     return sorted((Path(root) / SHARD_DIR).glob(SHARD_GLOB))
@@ -235,6 +251,12 @@ def _read_shard_metadata(
     files: list[Path], max_bytes: int
 ) -> tuple[pd.DataFrame, ShardIndex, np.ndarray]:
     """Every metadata column as text, `file_name` from `image.path`, and which rows have bytes."""
+    if missing := missing_shards(files):
+        raise DatasetError(
+            f"{files[0].parent} lacks {len(missing)} shard(s) its files' names promise "
+            f"({', '.join(missing[:3])}): a `pack` that did not finish or a partial copy; "
+            "pack again into an empty OUT, or copy the rest"
+        )
     frames, shard, row, present = [], [], [], []
     order: list[str] | None = None
     for f, path in enumerate(files):

@@ -380,7 +380,9 @@ class ImagenetEncoder(Encoder):
         a choice, not a function of colour); resizing is antialiased bilinear as PIL's, so
         values match `encode` up to its 8-bit rounding of the resized picture."""
         framed = [self._frame_tensor(x) for x in rgb]  # each (3, S, S) in [0, 1]
-        x = torch.stack(framed).mul(255 / 127.5).sub(1.0)  # (B, 3, S, S) in [-1, 1]
+        empty = rgb.new_zeros((0, 3, INPUT_SIZE, INPUT_SIZE))  # no images: (0, dim) out
+        x = torch.stack(framed) if framed else empty
+        x = x.mul(255 / 127.5).sub(1.0)  # (B, 3, S, S) in [-1, 1]
         return self._outputs_of(x.contiguous(memory_format=torch.channels_last))
 
     @staticmethod
@@ -413,11 +415,13 @@ class ImagenetEncoder(Encoder):
         return self._select(pooled, self.network._fc(pooled))  # logits (B, 1000)
 
     def _batched(self, images: Sequence[Image.Image], run) -> np.ndarray:
+        """`run` over batches of framed images, concatenated. No images: one empty batch
+        (0, 3, S, S) still runs, so the result has `run`'s shape with 0 rows ((0, C) or
+        (0, H*W, C) for a stage; a fixed (0, dim) would be wrong for any stage)."""
         out = []
+        starts = range(0, len(images), self.batch_size) or [0]
         with torch.inference_mode():
-            for start in range(0, len(images), self.batch_size):
+            for start in starts:
                 x = to_input(self.frames(images[start : start + self.batch_size]))
                 out.append(run(x).float().numpy())
-        if not out:
-            return np.zeros((0, self.dim), np.float32)
         return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)

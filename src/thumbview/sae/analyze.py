@@ -24,7 +24,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from thumbview.data.dataset import LoadReport, ThumbnailDataset
-from thumbview.fileio import json_safe
+from thumbview.fileio import json_safe, while_running
+from thumbview.layout import RUN_UNFINISHED
 from thumbview.progress import SILENT, Progress
 from thumbview.sae import report
 from thumbview.sae.arrays import StudyError
@@ -354,13 +355,16 @@ def run_analysis(
     result = run_study(x, views, study)
     t2 = time.perf_counter()
     reference = _reference(config, x.shape[1], sae_dir, reference_latents, cache_dir, progress)
-    paths = _write_outputs(ds, x, result, config, out, reference, progress, names)
-    timings = {"prepare_s": t1 - t0, "study_s": t2 - t1, "write_s": time.perf_counter() - t2}
-    summary = _summary(dataset, ds, result, config, views, timings, sae_dir)
-    summary["activations"] = activations
-    summary.update(json_safe(_control_summary(fit)))
-    paths["summary_json"].write_text(json.dumps(summary, indent=2, allow_nan=False))
-    paths["report_html"] = report.write_report(out / REPORT_HTML, summary, paths["cards"])
+    # A killed run leaves new tables beside an earlier run's examples, names and summary (or
+    # a table cut short): `load_study` refuses the folder until a run writes it to the end.
+    with while_running(out / RUN_UNFINISHED, "thumbview sae analyze"):
+        paths = _write_outputs(ds, x, result, config, out, reference, progress, names)
+        timings = {"prepare_s": t1 - t0, "study_s": t2 - t1, "write_s": time.perf_counter() - t2}
+        summary = _summary(dataset, ds, result, config, views, timings, sae_dir)
+        summary["activations"] = activations
+        summary.update(json_safe(_control_summary(fit)))
+        paths["summary_json"].write_text(json.dumps(summary, indent=2, allow_nan=False))
+        paths["report_html"] = report.write_report(out / REPORT_HTML, summary, paths["cards"])
     logger.info("study written to %s", out)
     grids = tuple(out / c.grid for c in paths.pop("cards"))
     return AnalysisOutputs(out_dir=out, grids=grids, result=result, **paths)

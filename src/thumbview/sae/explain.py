@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from thumbview.layout import check_finished
 from thumbview.sae.analyze import (
     ALL_FEATURES_CSV,
     EXAMPLES_JSON,
@@ -64,7 +65,8 @@ def load_study(path: str | Path) -> StudyIndex:
     """A study folder (written by `run_analysis`) or its features CSV, as a `StudyIndex`.
 
     The folder's all_features.csv (every qualifying latent) is preferred over features.csv
-    (the top/bottom table only).
+    (the top/bottom table only). A folder an `sae analyze` run did not finish is a
+    StudyError (`layout.check_finished`).
     """
     path = Path(path)
     if path.is_dir():
@@ -74,6 +76,7 @@ def load_study(path: str | Path) -> StudyIndex:
         )
     else:
         folder, csv = path.parent, path
+    check_finished(folder, StudyError, "`thumbview sae analyze` with the same --out")
     if not csv.is_file():
         raise StudyError(
             f"no study results at {path} (expected {ALL_FEATURES_CSV} or {FEATURES_CSV})"

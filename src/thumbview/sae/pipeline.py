@@ -192,6 +192,7 @@ def _all_token_activations(
     )
     n_tokens, dim = first.shape[1:]
     path.parent.mkdir(parents=True, exist_ok=True)
+    sidecar.unlink(missing_ok=True)  # else a run killed while rewriting leaves the old key
     out = np.lib.format.open_memmap(
         path, mode="w+", dtype=np.float32, shape=(len(dataset) * n_tokens, dim)
     )
