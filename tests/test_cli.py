@@ -369,7 +369,32 @@ def test_compare_command_ranks_and_draws(model_dir, synth_dir, tmp_path):
     table = ok("compare", a, b, "--model", model_dir)
     said = " ".join(table.output.split())
     assert "chance best" in said and "verdict:" in said
-    assert "chance best: how often each candidate comes out on top" in said  # in words
+    # in words: what it means, or why it is not shown (this small model ties every candidate)
+    meaning = "chance best: how often each candidate comes out on top" in said
+    assert meaning is payload["chance_best_shown"]
+    assert payload["chance_best_note"].split(":")[0] == "chance best"
+
+
+def test_compare_table_shows_no_chance_best_for_a_model_without_skill(model_dir, synth_dir,
+                                                                       tmp_path):  # fmt: skip
+    """A model whose card says its same-channel calls were not better than a coin: every
+    candidate "=1", chance best "-" in the table with the line saying why, flagged in --json."""
+    from thumbview.compare import NO_CHANCE_BEST
+
+    model = Path(shutil.copytree(model_dir, tmp_path / "m"))
+    card = json.loads((model / "card.json").read_text())
+    card["skill"]["within_channel"] = False
+    (model / "card.json").write_text(json.dumps(card))
+    a, b, c = sorted((synth_dir / "images").glob("*.jpg"))[:3]
+    payload = json.loads(ok("compare", a, b, c, "--model", model, "--json").stdout)
+    assert payload["rank_labels"] == ["=1", "=1", "=1"] and payload["no_skill_note"]
+    assert payload["chance_best_shown"] is False and payload["chance_best_note"] == NO_CHANCE_BEST
+    out = ok("compare", a, b, c, "--model", model, "--png", tmp_path / "t.png").output
+    rows = [line for line in out.splitlines() if "=1" in line]
+    assert len(rows) == 3 and all(line.rstrip(" │|").endswith("-") for line in rows)
+    assert not any("%" in line for line in rows)
+    assert NO_CHANCE_BEST in " ".join(out.split())
+    assert (tmp_path / "t.png").stat().st_size > 1000
 
 
 def test_ctrl_c_says_how_to_resume(synth_dir, monkeypatch):
