@@ -42,6 +42,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -237,7 +238,6 @@ def build_predictor(root: Path, head: str) -> Path:
 def _write_card(out: Path, y, channels, rng) -> None:
     """card.json as `train` writes it: training medians (dates, channel sizes) and a held-out
     verdict on the last 30 rows."""
-    from types import SimpleNamespace
 
     import pandas as pd
 
@@ -267,12 +267,14 @@ def observe_predictor(folder: Path, blocks: dict):
 
 
 def build_finetuned(root: Path) -> Path:
-    """An untrained test-vit network (image only), calibrated and saved as `finetune` saves."""
+    """An untrained test-vit network (image only), calibrated and saved as `finetune` saves,
+    with the pairwise calibration of its held-out predictions (pairwise.json, no folds)."""
     import torch
 
     from thumbview.finetune.config import FinetuneConfig
     from thumbview.finetune.model import FinetunedPredictor
     from thumbview.finetune.network import build_network
+    from thumbview.finetune.report import fit_pairwise
 
     torch.manual_seed(0)
     config = FinetuneConfig(backbone="test-vit", title="none", epochs=1, workers=0)
@@ -283,6 +285,11 @@ def build_finetuned(root: Path) -> Path:
     out = model.save(root / "finetuned")
     spec = {"pixels": {"options": {"image_size": arch["image_size"]}, "spec": {}}}
     (out / "encoders.json").write_text(json.dumps(spec), encoding="utf-8")
+    rng = np.random.default_rng(2)
+    y, channels = 4 + rng.normal(0, 0.5, 60), np.array([f"c{i % 8}" for i in range(60)])
+    held = SimpleNamespace(channels=channels)  # held-out rows: all 60, predictions near y
+    fit_pairwise(out, held, np.arange(60), y + rng.normal(0, 0.3, 60), y)
+    assert (out / "pairwise" / "pairwise.json").is_file()
     return out
 
 

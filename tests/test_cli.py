@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,45 @@ def test_evaluate_json_excludes_training_rows(model_dir, synth_dir):
     assert payload["spearman"] > 0.2  # planted effects are learnable even from 90 rows
     assert payload["n_shared_channels"] == 0  # the hold-out split was channel-disjoint
     assert payload["interval_level"] == 0.8 and 0 <= payload["interval_coverage"] <= 1
+
+
+@pytest.fixture(scope="module")
+def unseen_dirs(synth_dir: Path) -> tuple[Path, Path]:
+    """(planted, noise): new synthetic channels the model never saw, and the same images and
+    titles with views drawn independently of them (log-normal around 10K: pure noise)."""
+    planted, noise = synth_dir.parent / "unseen", synth_dir.parent / "noise"
+    ok("synth", planted, "--n", "200", "--seed", "2")
+    shutil.copytree(planted, noise)
+    table = pd.read_csv(noise / "metadata.csv", dtype=str, keep_default_na=False)
+    views = 10 ** (4 + np.random.default_rng(0).normal(0, 0.4, len(table)))
+    table["views"] = np.round(views).astype(int).astype(str)
+    table.to_csv(noise / "metadata.csv", index=False)
+    return planted, noise
+
+
+def test_evaluate_ends_with_the_verdict_on_the_data(model_dir, unseen_dirs):
+    planted, noise = unseen_dirs
+    said = " ".join(ok("evaluate", model_dir, planted).output.split())
+    assert "verdict on this data: this model beats the median baseline on 200" in said
+    assert "90% interval +" in said and "no skill shown" not in said
+    quiet = " ".join(ok("evaluate", model_dir, noise).output.split())
+    assert "verdict on this data: this model " in quiet and "beats the median" not in quiet
+    assert "guessing the training median for every video on 200 held-out videos" in quiet
+    assert "no skill shown on this data" in quiet
+
+
+def test_evaluate_json_carries_the_verdict(model_dir, unseen_dirs):
+    planted, noise = unseen_dirs
+    good = json.loads(ok("evaluate", model_dir, planted, "--json").stdout)["verdict"]
+    bad = json.loads(ok("evaluate", model_dir, noise, "--json").stdout)["verdict"]
+    for v in (good, bad):  # the MAEs of the scored rows, and a channel-clustered interval
+        assert v["n_rows"] == 200 and v["n_channels"] > 10 and v["level"] == 0.9
+        assert v["gain"] == pytest.approx(v["mae_median"] - v["mae_model"])
+        assert v["gain_low"] < v["gain"] < v["gain_high"]
+    assert good["beats_median"] is True and good["gain_low"] > 0 and good["no_skill_note"] == ""
+    assert bad["beats_median"] is False and bad["gain_low"] <= 0
+    assert bad["no_skill_note"].startswith("no demonstrated skill: this model ")
+    assert bad["summary"].split(";")[0] in bad["no_skill_note"]
 
 
 def test_cv_json_has_folds(synth_dir):
@@ -329,7 +369,32 @@ def test_compare_command_ranks_and_draws(model_dir, synth_dir, tmp_path):
     table = ok("compare", a, b, "--model", model_dir)
     said = " ".join(table.output.split())
     assert "chance best" in said and "verdict:" in said
-    assert "chance best: how often each candidate comes out on top" in said  # in words
+    # in words: what it means, or why it is not shown (this small model ties every candidate)
+    meaning = "chance best: how often each candidate comes out on top" in said
+    assert meaning is payload["chance_best_shown"]
+    assert payload["chance_best_note"].split(":")[0] == "chance best"
+
+
+def test_compare_table_shows_no_chance_best_for_a_model_without_skill(model_dir, synth_dir,
+                                                                       tmp_path):  # fmt: skip
+    """A model whose card says its same-channel calls were not better than a coin: every
+    candidate "=1", chance best "-" in the table with the line saying why, flagged in --json."""
+    from thumbview.compare import NO_CHANCE_BEST
+
+    model = Path(shutil.copytree(model_dir, tmp_path / "m"))
+    card = json.loads((model / "card.json").read_text())
+    card["skill"]["within_channel"] = False
+    (model / "card.json").write_text(json.dumps(card))
+    a, b, c = sorted((synth_dir / "images").glob("*.jpg"))[:3]
+    payload = json.loads(ok("compare", a, b, c, "--model", model, "--json").stdout)
+    assert payload["rank_labels"] == ["=1", "=1", "=1"] and payload["no_skill_note"]
+    assert payload["chance_best_shown"] is False and payload["chance_best_note"] == NO_CHANCE_BEST
+    out = ok("compare", a, b, c, "--model", model, "--png", tmp_path / "t.png").output
+    rows = [line for line in out.splitlines() if "=1" in line]
+    assert len(rows) == 3 and all(line.rstrip(" │|").endswith("-") for line in rows)
+    assert not any("%" in line for line in rows)
+    assert NO_CHANCE_BEST in " ".join(out.split())
+    assert (tmp_path / "t.png").stat().st_size > 1000
 
 
 def test_ctrl_c_says_how_to_resume(synth_dir, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -201,11 +202,16 @@ def test_no_reliable_difference_names_no_winner_anywhere(model_dir, tmp_path):  
     text = _cli_compare(paths, model_dir, *titles, "--png", str(tmp_path / "side.png"))
     assert "winner" not in text.lower() and "likely ahead" not in text
     assert "verdict: no reliable difference" in text and "=1" in text
-    assert "chance best: how often each candidate comes out on top" in text
+    # every candidate tied: chance best is "-" (and the summaries' chances), said why
+    from thumbview.compare import NO_CHANCE_BEST
+
+    assert NO_CHANCE_BEST in " ".join(text.split())
+    assert "chance best: how often each candidate comes out on top" not in text
     assert "per thumbnail" in text and "per title" in text
+    assert not any("%" in line for line in text.splitlines() if "=1" in line)
     got = json.loads(_cli_compare(paths, model_dir, *titles, "--json"))
     assert got["reliable"] is False and got["tied"] == 4
-    assert got["rank_labels"] == ["=1"] * 4
+    assert got["rank_labels"] == ["=1"] * 4 and got["chance_best_shown"] is False
     assert {s["name"] for s in got["by_image"]} == {"a.jpg", "b.jpg"}
     assert sum(s["p_best"] for s in got["by_title"]) == pytest.approx(1.0)
     with Image.open(tmp_path / "side.png") as im:
@@ -232,6 +238,60 @@ def test_a_clear_leader_is_named_and_a_tie_reason_takes_it_away(high_low, loaded
         assert Comparison.from_json_dict(json.loads(json.dumps(tie.to_json_dict()))) == tie
 
 
+def test_chance_best_is_hidden_in_every_renderer_when_every_candidate_ties(
+    high_low, loaded, tmp_path
+):
+    """A full tie ("=1" for all) shows "-" for chance best in the PNG's cells and summaries
+    and says why in its heading; the JSON keeps the numbers, flagged as no ranking. A clear
+    leader, and a partial tie (some candidate ranked apart), keep the percentages."""
+    from dataclasses import replace as swap
+
+    from thumbview.compare import (
+        CHANCE_BEST,
+        NO_CHANCE_BEST,
+        Summary,
+        _cell_lines,
+        _heading_lines,
+        _summary_line,
+    )
+
+    result, images = high_low
+    best = result.candidates[0]
+    assert result.shows_chance_best and result.chance_best_note == CHANCE_BEST
+    assert _cell_lines(result, best, "1")[-1][0].endswith(f"chance best {best.p_best:.0%}")
+    tie = result.as_tie("this model did not beat the median on held-out videos")
+    assert not tie.shows_chance_best and tie.chance_text(0.73) == "-"
+    cells = [line for c in tie.candidates for line, _ in _cell_lines(tie, c, "=1")]
+    chance = [line for line in cells if "chance best" in line]
+    assert len(chance) == 2 and all(line.endswith("interval; chance best -") for line in chance)
+    heading = [text for text, _, _ in _heading_lines(tie)]
+    assert NO_CHANCE_BEST in heading and CHANCE_BEST not in heading
+    got = json.loads(json.dumps(tie.to_json_dict()))
+    assert got["chance_best_shown"] is False and got["chance_best_note"] == NO_CHANCE_BEST
+    assert sum(c["p_best"] for c in got["candidates"]) == pytest.approx(1.0)  # kept, flagged
+    again = Comparison.from_json_dict(got)
+    assert again == tie and not again.shows_chance_best
+    rows = (Summary("high.jpg", 3000.0, 2000.0, 4000.0, 0.8),)
+    crossed = swap(tie, by_image=rows, by_title=rows)
+    assert _summary_line(rows[0], crossed).endswith("chance the best pair uses it -")
+    assert _summary_line(rows[0], result).endswith("chance the best pair uses it 80%")
+    png = save_side_by_side(crossed, images, tmp_path / "tie.png")  # the tied path draws
+    with Image.open(png) as im:
+        assert im.getpixel((3, 3)) == (255, 236, 196)  # amber
+
+
+def test_a_partial_tie_keeps_chance_best_and_a_full_one_hides_it(loaded):
+    images = [_thumb(11, warm_colours=1, big_text=1), _thumb(12, dark_blurry=1), _thumb(13)]
+    three = compare(loaded, images, ["high.jpg", "low.jpg", "mid.jpg"])
+    partial = replace(three, reliable=False, tied=2, tie=True)
+    assert partial.rank_labels()[:2] == ["=1", "=1"] and partial.rank_labels()[2] != "=1"
+    assert partial.shows_chance_best and partial.chance_text(0.25) == "25%"
+    full = replace(three, reliable=False, tied=3, tie=True)
+    assert full.rank_labels() == ["=1"] * 3 and not full.shows_chance_best
+    said = replace(three, no_skill_note="no demonstrated skill at choosing ...")
+    assert not said.shows_chance_best
+
+
 def test_a_model_with_no_pairwise_skill_ties_every_candidate(loaded):
     """Held-out pairwise calls no better than a coin: the model cannot order candidates at
     all, so even a planted high-vs-low pair is shown as a full tie, said in words."""
@@ -246,4 +306,5 @@ def test_a_model_with_no_pairwise_skill_ties_every_candidate(loaded):
     assert result.reliable is False and result.tied == 3 and result.winner is None
     assert result.rank_labels() == ["=1", "=1", "=1"]
     assert "not clearly better than a coin" in result.verdict
+    assert not result.shows_chance_best  # no chances shown for a model that cannot rank
     assert loaded.pairwise.calibration_.skilful is not False  # the override did not stick

@@ -258,6 +258,83 @@ def test_cli_trains_and_prints_json(data, tmp_path):
     assert LoadedPredictor.load(out).model.config.encoders == ("pixels",)
 
 
+# --- a fine-tuned model carries the pairwise calibration a frozen-feature one does ----------
+@pytest.fixture(scope="module")
+def skill_runs(tmp_path_factory) -> dict[str, Path]:
+    """Two tiny image-only runs on the same 240 thumbnails (12 channels, small pictures): one
+    on the planted views (warm colours, faces... within each channel), one on views drawn
+    independently of the pictures (log-normal around 10K: pure noise). About 5 s together."""
+    import shutil
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("ft-skill")
+    config = SynthConfig(n=240, seed=1, n_channels=12, noise_sigma=0.1, width=96, height=54)
+    planted = make_synthetic(root / "planted-data", config)
+    noise = Path(shutil.copytree(planted, root / "noise-data"))
+    table = pd.read_csv(noise / "metadata.csv", dtype=str, keep_default_na=False)
+    views = 10 ** (4 + np.random.default_rng(0).normal(0, 0.4, len(table)))
+    table["views"] = np.round(views).astype(int).astype(str)
+    table.to_csv(noise / "metadata.csv", index=False)
+    cfg = FinetuneConfig(**{**FAST, "backbone": "test-cnn"}, title="none", epochs=6, lr=3e-3,
+                         augment=False, holdout=0.3, val_frac=0.3)  # fmt: skip
+    out = {}
+    for name, folder in (("planted", planted), ("noise", noise)):
+        finetune(load_dataset(folder), cfg, root / name)
+        out[name], out[f"{name}-data"] = root / name, folder
+    return out
+
+
+def test_finetune_writes_a_pairwise_calibration_that_loads(skill_runs):
+    from thumbview.predict.card import ModelCard
+    from thumbview.predict.pairwise import PAIRWISE_DIR, PAIRWISE_FILE, PairwiseModel
+
+    for name in ("planted", "noise"):
+        out = skill_runs[name]
+        saved = json.loads((out / PAIRWISE_DIR / PAIRWISE_FILE).read_text())
+        loaded = PairwiseModel.load(out)  # the checked loader compare and predict use
+        cal = loaded.calibration_
+        assert cal.n_pairs == saved["n_pairs"] > 100 and cal.heldout_brier is not None
+        assert loaded.fold_models_ == [] and loaded.fold_predictions({}) is None
+        assert not list((out / PAIRWISE_DIR).glob("fold-*"))  # one network: no fold models
+        assert LoadedPredictor.load(out).pairwise.calibration_ == cal
+        assert ModelCard.load(out).skill.within_channel is cal.skilful  # card.json agrees
+
+
+def test_a_skilful_finetuned_model_is_not_flagged_and_a_noise_one_is(skill_runs):
+    from thumbview.compare import compare
+    from thumbview.predict.card import WITHIN_CHANNEL
+    from thumbview.predict.pairwise import METHOD
+
+    said = {}
+    for name in ("planted", "noise"):
+        loaded = LoadedPredictor.load(skill_runs[name])
+        paths = load_dataset(skill_runs[f"{name}-data"]).paths[:3]
+        images = [load_image(p) for p in paths]
+        result = compare(loaded, images, [p.name for p in paths])
+        assert result.assumption == METHOD and result.note == ""  # calibrated, not the fallback
+        said[name] = (loaded.pairwise.calibration_.skilful, loaded.notes(WITHIN_CHANNEL), result)
+    skilful, notes, result = said["planted"]
+    assert skilful is True and notes.no_skill == "" and result.no_skill_note == ""
+    assert "no demonstrated skill" not in result.verdict
+    skilful, notes, result = said["noise"]
+    assert skilful is False and notes.no_skill.startswith("no demonstrated skill at choosing")
+    assert result.no_skill_note == notes.no_skill and result.tie
+    assert result.winner is None and result.rank_labels() == ["=1", "=1", "=1"]
+
+
+def test_a_rerun_without_held_out_pairs_leaves_no_older_calibration(skill_runs, tmp_path):
+    import shutil
+    from types import SimpleNamespace
+
+    from thumbview.finetune.report import fit_pairwise
+    from thumbview.predict.pairwise import PairwiseModel
+
+    out = Path(shutil.copytree(skill_runs["planted"], tmp_path / "m"))
+    no_channels = SimpleNamespace(channels=None)
+    assert fit_pairwise(out, no_channels, np.arange(5), np.zeros(5), np.zeros(5)) is None
+    assert PairwiseModel.load(out) is None and LoadedPredictor.load(out).pairwise is None
+
+
 # --- issue 24: a damaged or edited checkpoint is one clear error, and nothing is lost -------
 
 

@@ -178,6 +178,14 @@ def test_compare_two_images_two_titles(client, serve_model):
     tie = client.post("/compare", files=same).json()
     assert tie["images"] == ["x.jpg", "x.jpg (2)"]
     assert tie["reliable"] is False and tie["rank_labels"] == ["=1", "=1"]
+    # every candidate "=1": chance best is flagged as no ranking, said why; numbers kept
+    from thumbview.compare import NO_CHANCE_BEST
+
+    assert tie["chance_best_shown"] is False and tie["chance_best_note"] == NO_CHANCE_BEST
+    assert sum(c["p_best"] for c in tie["candidates"]) == pytest.approx(1.0)
+    assert out["chance_best_shown"] is (set(out["rank_labels"]) != {"=1"})
+    described = client.get("/openapi.json").json()["paths"]["/compare"]["post"]["description"]
+    assert "chance_best_shown" in described and "chance_best_note" in described
 
 
 def test_compare_bad_inputs(client, serve_model):

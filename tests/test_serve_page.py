@@ -190,3 +190,38 @@ def test_per_thumbnail_and_per_title_summaries_only_for_a_cross_product():
         and "55% chance the best pair uses it" in both[0]["rows"][0]
     )
     assert both[1]["rows"][0][0] == "(no title)" and one == []
+
+
+def test_a_full_tie_shows_no_chance_best_on_the_page():
+    """/compare's `chance_best_shown` false (every candidate "=1"): the page keeps no
+    percentage to show (table cells and summaries read "-") and shows the server's line on
+    why; with a ranking it keeps the chances and the line on what they mean."""
+    from thumbview.compare import CHANCE_BEST, NO_CHANCE_BEST
+
+    cands = [
+        {"image": n, "image_index": i, "title": "", "views": 3000, "low": 2000, "high": 4000,
+         "p_best": p}
+        for i, (n, p) in enumerate((("a.jpg", 0.6), ("b.jpg", 0.4)))
+    ]  # fmt: skip
+    shown = {"images": ["a.jpg", "b.jpg"], "candidates": cands, "p_beats": [[0.5, 0.6], [0.4, 0.5]],
+             "rank_labels": ["1", "2"], "reliable": True, "tie": False, "verdict": "a.jpg is likely ahead",
+             "no_skill_note": "", "chance_best": CHANCE_BEST, "chance_best_shown": True,
+             "chance_best_note": CHANCE_BEST}  # fmt: skip
+    tied = {**shown, "rank_labels": ["=1", "=1"], "reliable": False, "tie": True,
+            "chance_best_shown": False, "chance_best_note": NO_CHANCE_BEST}  # fmt: skip
+    summary = [{"name": "a.jpg", "views": 3000, "low": 2000, "high": 4000, "p_best": 0.6}]
+    used = ("pick", "rangeWarning", "normaliseComparison", "fmtViews", "formatViews", "fmtPct")
+    script = (
+        "const state = {files: []};\nconst relativeTarget = () => false;\n"
+        + "\n".join(_function(f) for f in (*used, "summaryTables"))
+        + f"\nconst [a, b] = [{json.dumps(shown)}, {json.dumps(tied)}].map(normaliseComparison);"
+        + f"\nconst s = {json.dumps(summary)};"
+        + "\nconsole.log(JSON.stringify([a, b, summaryTables(s, s, b.chanceHidden)]))"
+    )
+    ranked, tie, tables = _node(script)
+    assert [r["pBeats"] for r in ranked["rows"]] == [0.6, 0.4] and not ranked["chanceHidden"]
+    assert ranked["chanceBest"] == CHANCE_BEST
+    assert tie["chanceHidden"] is True and tie["chanceBest"] == NO_CHANCE_BEST
+    assert [r["pBeats"] for r in tie["rows"]] == [None, None] and tie["pBeatsMatrix"] is None
+    assert [r["rankLabel"] for r in tie["rows"]] == ["=1", "=1"]
+    assert tables[0]["rows"][0][2] == "chance the best pair uses it: -"

@@ -56,10 +56,18 @@ from thumbview.units import format_range, format_views, interval_label, shorten
 
 log = logging.getLogger(__name__)
 
+# What stands in for "chance best" when every candidate is tied ("=1"): the CLI table, the
+# PNG and the page show "-" in its place and say this line under the ranking.
+NO_CHANCE_BEST = (
+    "chance best: not shown (-) because every candidate is tied: the model cannot tell them "
+    "apart, so each one's chance of coming out on top would only rank noise"
+)
+
 __all__ = [
     "CHANCE_BEST",
     "FALLBACK_NOTE",
     "INDEPENDENCE",
+    "NO_CHANCE_BEST",
     "N_ATOMS",
     "Candidate",
     "CompareError",
@@ -177,6 +185,13 @@ class Comparison:
     `reliable`, `verdict` and `tied` are the one verdict (`inference.verdict.RankVerdict`)
     that the CLI table, the PNG and the web page all render: when `reliable` is False no
     winner is named anywhere and the first `tied` candidates share rank "=1".
+
+    Chance best (`Candidate.p_best`, `Summary.p_best`) is shown only while some candidate is
+    ranked apart (`shows_chance_best`): when every one is "=1" (a model without demonstrated
+    skill, or none told apart) every renderer shows "-" and `chance_best_note` says why. The
+    JSON keeps the numbers (the model's replayed chances, for reproducibility) beside
+    `chance_best_shown` (false: not a ranking; show "-") and `chance_best_note` (the line to
+    show under the ranking).
     """
 
     candidates: tuple[Candidate, ...]
@@ -226,6 +241,23 @@ class Comparison:
         tied = max(self.tied, 2) if self.reliable is False else 1
         return rank_labels(len(self.candidates), tied, [c.log10 for c in self.candidates])
 
+    @property
+    def shows_chance_best(self) -> bool:
+        """False when every candidate shares rank "=1" (no demonstrated skill, `as_tie`, or
+        none told apart): their chances of being best would rank noise, so none is shown. A
+        partial tie keeps them: they show how far behind the candidates ranked apart are."""
+        all_tied = self.reliable is False and max(self.tied, 2) >= len(self.candidates)
+        return not (all_tied or self.no_skill_note)
+
+    @property
+    def chance_best_note(self) -> str:
+        """The line under the ranking: what chance best means, or why it is not shown."""
+        return self.chance_best if self.shows_chance_best else NO_CHANCE_BEST
+
+    def chance_text(self, p: float) -> str:
+        """'55%' (a candidate's or a summary's chance best), or '-' when none is shown."""
+        return f"{p:.0%}" if self.shows_chance_best else "-"
+
     def as_tie(self, reason: str) -> Comparison:
         """Every candidate tied, for `reason` (e.g. the model showed no skill): no winner."""
         said = RankVerdict(False, self.verdict, self.tied, 0.5).forced_tie(
@@ -237,6 +269,8 @@ class Comparison:
         d = asdict(self)
         d["p_beats"] = [list(row) for row in self.p_beats]
         d["rank_labels"] = self.rank_labels()
+        d["chance_best_shown"] = self.shows_chance_best
+        d["chance_best_note"] = self.chance_best_note
         return d
 
     @classmethod
@@ -506,19 +540,25 @@ def _text_block(lines: Sequence[tuple[str, Any, tuple]], width: int, fill) -> Im
 
 def _png_heading(comparison: Comparison, width: int, fonts) -> Image.Image:
     """The verdict in large type (green: a leader; amber: a tie), then warnings and notes."""
+    lines = [(text, fonts[size], colour) for text, size, colour in _heading_lines(comparison)]
+    return _text_block(lines, width, GREEN if comparison.winner is not None else AMBER)
+
+
+def _heading_lines(comparison: Comparison) -> list[tuple[str, int, tuple]]:
+    """The PNG's heading as (text, font size, colour): verdict, warning, note, chance best."""
     winner = comparison.winner
     verdict = comparison.verdict or "the model cannot say how sure this ranking is"
     if winner is not None:
         title = f"Likely best: {winner.image}" + (f" + {winner.title!r}" if winner.title else "")
     else:
         title = "No reliable difference: too close to call"
-    lines = [(title, fonts[26], INK), (verdict, fonts[20], INK)]
+    lines = [(title, 26, INK), (verdict, 20, INK)]
     if comparison.warning:
-        lines.append((f"Warning: {comparison.warning}", fonts[16], RED))
+        lines.append((f"Warning: {comparison.warning}", 16, RED))
     if comparison.note:
-        lines.append((f"Note: {comparison.note}", fonts[16], GREY))
-    lines.append((comparison.chance_best, fonts[16], GREY))
-    return _text_block(lines, width, GREEN if winner is not None else AMBER)
+        lines.append((f"Note: {comparison.note}", 16, GREY))
+    lines.append((comparison.chance_best_note, 16, GREY))
+    return lines
 
 
 def _png_cells(comparison: Comparison, images, width: int, fonts) -> Image.Image:
@@ -536,16 +576,20 @@ def _png_cells(comparison: Comparison, images, width: int, fonts) -> Image.Image
         sheet.paste(
             fit_frame(rgb, (CELL_W - 2 * PAD, CELL_H - PAD), "letterbox"), (x + PAD, y + PAD)
         )
-        lines = (
-            (shorten(f"{rank}  {c.image}", 34), fonts[20]),
-            (shorten(c.title or "(no title)", 40), fonts[16]),
-            (f"{format_views(c.views, comparison.target)} views "
-             f"({format_range(c.low, c.high, comparison.target)})", fonts[20]),
-            (f"{comparison.interval_label}; chance best {c.p_best:.0%}", fonts[16]),
-        )  # fmt: skip
-        for j, (line, font) in enumerate(lines):
-            draw.text((x + PAD, y + CELL_H + 26 * j), line, fill=INK, font=font)
+        for j, (line, size) in enumerate(_cell_lines(comparison, c, rank)):
+            draw.text((x + PAD, y + CELL_H + 26 * j), line, fill=INK, font=fonts[size])
     return sheet
+
+
+def _cell_lines(comparison: Comparison, c: Candidate, rank: str) -> list[tuple[str, int]]:
+    """The four (text, font size) lines under one candidate's thumbnail in the PNG."""
+    target = comparison.target
+    return [
+        (shorten(f"{rank}  {c.image}", 34), 20),
+        (shorten(c.title or "(no title)", 40), 16),
+        (f"{format_views(c.views, target)} views ({format_range(c.low, c.high, target)})", 20),
+        (f"{comparison.interval_label}; chance best {comparison.chance_text(c.p_best)}", 16),
+    ]
 
 
 def _png_summaries(comparison: Comparison, width: int, fonts) -> Image.Image:
@@ -555,14 +599,16 @@ def _png_summaries(comparison: Comparison, width: int, fonts) -> Image.Image:
                           ("Per title", comparison.by_title)):  # fmt: skip
         if rows and comparison.by_image and comparison.by_title:
             lines.append((heading, fonts[20], INK))
-            lines += [(_summary_line(s, comparison.target), fonts[16], INK) for s in rows]
+            lines += [(_summary_line(s, comparison), fonts[16], INK) for s in rows]
     return _text_block(lines, width, "white") if lines else Image.new("RGB", (width, 0))
 
 
-def _summary_line(s: Summary, target: str) -> str:
-    """'a.jpg: typically 3.1K views (2.8K to 3.5K across the other axis); chance best 55%'."""
+def _summary_line(s: Summary, comparison: Comparison) -> str:
+    """'a.jpg: typically 3.1K views (2.8K to 3.5K); chance the best pair uses it 55%' ('-'
+    in place of the chance when every candidate is tied)."""
+    target = comparison.target
     return (
         f"{shorten(s.name or '(no title)', 48)}: typically {format_views(s.views, target)} views "
         f"({format_views(s.low, target)} to {format_views(s.high, target)}); "
-        f"chance the best pair uses it {s.p_best:.0%}"
+        f"chance the best pair uses it {comparison.chance_text(s.p_best)}"
     )

@@ -164,13 +164,13 @@ def _print_comparison(comparison) -> None:
             safe(c.title),
             format_views(c.views, target),
             format_range(c.low, c.high, target),
-            f"{c.p_best:.0%}",
+            comparison.chance_text(c.p_best),  # "-" when every candidate is tied
         )
     console.print(table)
-    console.print(f"[dim]{comparison.chance_best}[/]")
+    console.print(f"[dim]{comparison.chance_best_note}[/]")
     for what, rows in (("per thumbnail", comparison.by_image), ("per title", comparison.by_title)):
         if comparison.by_image and comparison.by_title:
-            _print_summaries(what, rows, target)
+            _print_summaries(what, rows, comparison)
     _say_model_notes(comparison)
     if comparison.descriptors:
         names = [safe(n) for n in comparison.image_names]
@@ -186,8 +186,9 @@ def _print_comparison(comparison) -> None:
         console.print(f"SAE feature {s.latent}: activations {acts} ({ratio})")
 
 
-def _print_summaries(what: str, rows, target: str) -> None:
+def _print_summaries(what: str, rows, comparison) -> None:
     """One row per thumbnail (or title) across the other axis of the cross product."""
+    target = comparison.target
     table = Table(
         what, "typical prediction", "lowest - highest", "chance the best uses it", title=what
     )
@@ -196,7 +197,7 @@ def _print_summaries(what: str, rows, target: str) -> None:
             safe(s.name or "(no title)"),
             format_views(s.views, target),
             format_range(s.low, s.high, target),
-            f"{s.p_best:.0%}",
+            comparison.chance_text(s.p_best),
         )
     console.print(table)
 

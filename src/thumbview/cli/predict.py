@@ -162,19 +162,22 @@ def train_command(
     _print_skill(result.skill)
 
 
-def _print_skill(skill) -> None:
+def _print_skill(skill, heading: str = "verdict", after: str = "") -> None:
     """The held-out verdict in plain words, last, where it is read: red when the model does
-    not beat guessing the median or shows no within-channel skill."""
+    not beat guessing the median or shows no within-channel skill. `after`: the line to add
+    when it does not beat the median (what follows from that)."""
     if skill is None:
         return
     good = skill.beats_median and skill.within_channel
     colour = "green" if good else "red" if skill.beats_median is False else "yellow"
-    console.print(f"[bold {colour}]verdict:[/] this model {safe(skill.summary())}", soft_wrap=True)
+    console.print(
+        f"[bold {colour}]{heading}:[/] this model {safe(skill.summary())}", soft_wrap=True
+    )
     if skill.beats_median is False:
-        console.print(
+        console.print(after or (
             "predict, compare, frames, the web page and the bot will say so beside every "
             "result; more channels or another --encoders/--target may help"
-        )
+        ))  # fmt: skip
 
 
 @user_errors
@@ -187,7 +190,7 @@ def evaluate_command(
     ] = None,
     cache_dir: CacheOpt = None,
 ) -> None:
-    """Score a saved model (and its baselines) on data it never saw."""
+    """Score a saved model (and its baselines) on data it never saw; ends with the verdict."""
     from thumbview.data.dataset import load_dataset
     from thumbview.evaluate import evaluate
     from thumbview.inference import LoadedPredictor
@@ -196,8 +199,7 @@ def evaluate_command(
     ds = load_dataset(data, progress=progress_for(as_json))
     ev = evaluate(model, ds, cache_dir=cache_dir, out_dir=plots, progress=progress_for(as_json))
     if as_json:
-        extra = {"n_excluded_seen": ev.n_excluded_seen, "n_shared_channels": ev.n_shared_channels}
-        print_json({**ev.result.to_json_dict(), **extra})
+        print_json(ev.to_json_dict())  # `verdict`: the held-out verdict on these rows
         return
     console.print(safe(ds.report.summary()))
     if ev.n_excluded_seen:
@@ -213,6 +215,17 @@ def evaluate_command(
     _print_eval_extras(ev.result)
     for path in ev.plots:
         console.print(f"plot: {safe(path)}")
+    _print_skill(ev.skill, "verdict on this data", _no_skill_here(ev.skill))
+
+
+def _no_skill_here(skill) -> str:
+    """What a verdict of no skill on the evaluated rows means, in one plain line."""
+    if skill is None or skill.beats_median is not False:
+        return ""
+    return (
+        f"no skill shown on this data: its predictions are not demonstrably closer to the "
+        f"actual views than one number (the training median) for all {skill.n_rows} videos"
+    )
 
 
 @user_errors

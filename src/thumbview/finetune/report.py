@@ -1,10 +1,19 @@
 """Write a fine-tuned model folder with the same conventions as `thumbview train`:
 model + config, encoders.json, training.json (rows it saw), baselines/, eval.json, card.json,
-plots.
+pairwise/pairwise.json, plots.
+
+The pairwise calibration (P(A beats B) for one video's candidates, `predict.pairwise`) is
+fitted by `train`'s own `calibrate_pairs`, on the network's predictions for the rows its
+weights never saw: the validation and the hold-out channels (disjoint, so no pair spans
+the two). Its skill is cross-fitted there (each pair scored by a sigma fitted on other
+channels' pairs), so a network that orders nothing within a channel is not called skilful.
+There are no fold models (one network is not refitted K times): verdicts skip the jackknife.
 """
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +26,15 @@ from thumbview.predict import plots
 from thumbview.predict.card import write_card
 from thumbview.predict.crossval import EvalResult, compute_metrics
 from thumbview.predict.model import PredictorConfig, ViewPredictor
+from thumbview.predict.pairwise import (
+    PAIRWISE_DIR,
+    PairwiseError,
+    PairwiseModel,
+    calibrate_pairs,
+)
 from thumbview.predict.workflow import EVAL_FILE, write_training_record
+
+log = logging.getLogger(__name__)
 
 
 def _title_baseline(cfg, titles, y, split, out_dir: Path) -> ViewPredictor | None:
@@ -31,8 +48,41 @@ def _title_baseline(cfg, titles, y, split, out_dir: Path) -> ViewPredictor | Non
     return baseline
 
 
-def finish(model: FinetunedPredictor, dataset, split, y, titles, test_pred, out_dir: Path):
-    """Save everything; score the hold-out when there is one. Returns (EvalResult | None, plots)."""
+def _heldout(split, val_pred, test_pred) -> tuple[np.ndarray, np.ndarray]:
+    """(rows (N,), predictions (N,)) of the validation and hold-out rows that have them."""
+    parts = [(split.val, val_pred), (split.test, test_pred)]
+    parts = [(r, np.asarray(p, np.float64)) for r, p in parts if p is not None and len(r)]
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0)
+    return np.concatenate([r for r, _ in parts]), np.concatenate([p for _, p in parts])
+
+
+def fit_pairwise(out_dir: Path, dataset, rows, pred, y, seed: int = 0) -> bool | None:
+    """`pairwise/pairwise.json` from held-out predictions `pred` (N,) of `rows` (N,) of the
+    dataset (`y`: the whole target); returns its `skilful` (None: not checked, or no file:
+    no channel ids, or no two held-out videos of one channel)."""
+    shutil.rmtree(Path(out_dir) / PAIRWISE_DIR, ignore_errors=True)  # never an older run's
+    if dataset.channels is None or not len(rows):
+        log.warning("no calibrated P(A beats B) for this model: no held-out channels")
+        return None
+    try:
+        cal = calibrate_pairs(pred, y[rows], dataset.channels[rows], seed=seed)
+    except PairwiseError as e:
+        log.warning("no calibrated P(A beats B) for this model: %s", e)
+        return None
+    PairwiseModel.from_calibration(cal).save(out_dir)
+    log.info("pairwise sigma %.3f on %d held-out pairs; skilful %s", cal.sigma, cal.n_pairs,
+             cal.skilful)  # fmt: skip
+    return cal.skilful
+
+
+def finish(
+    model: FinetunedPredictor, dataset, split, y, titles, test_pred, out_dir: Path, val_pred=None
+):
+    """Save everything; score the hold-out when there is one. Returns (EvalResult | None, plots).
+
+    `val_pred`, `test_pred`: the network's predictions for the validation and hold-out rows,
+    which calibrate P(A beats B) (`fit_pairwise`)."""
     model.save(out_dir)
     cfg = model.config
     size, frame = model.arch_["image_size"], model.arch_.get("frame", "squash")
@@ -46,7 +96,8 @@ def finish(model: FinetunedPredictor, dataset, split, y, titles, test_pred, out_
     )
     baseline = _title_baseline(cfg, titles, y, split, out_dir)
     pred = None if test_pred is None else np.asarray(test_pred)
-    write_card(out_dir, dataset, seen, split.test, y, pred, model.y_median_)  # no pairwise
+    within = fit_pairwise(out_dir, dataset, *_heldout(split, val_pred, pred), y, cfg.seed)
+    write_card(out_dir, dataset, seen, split.test, y, pred, model.y_median_, within)
     paths = []
     if model.history_:
         paths.append(plots.plot_training_curve(model.history_, out_dir / "learning_curve.png"))

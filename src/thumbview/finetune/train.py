@@ -477,7 +477,7 @@ def finetune(
         test_pred = (
             predict_rows(net, test, config, device, dtype) * y_std + y_mean if len(test) else None
         )
-        holdout, plots = finish(model, dataset, split, y, titles, test_pred, out_dir)
+        holdout, plots = finish(model, dataset, split, y, titles, test_pred, out_dir, val_pred)
         return FinetuneResult(out_dir, len(split.train), len(split.val), len(split.test),
                               state["epoch"], state["best_epoch"], state["stopped"],
                               Metrics(**model.val_metrics_), holdout, plots)  # fmt: skip

@@ -450,7 +450,17 @@ class PairwiseModel:
 
     Fitted attributes: `fold_models_` (list of `ViewPredictor`), `calibration_`.
     Saved as `<model>/pairwise/pairwise.json` + `<model>/pairwise/fold-<k>/` predictor folders.
+    A model kind without cross-fit fold models (a fine-tuned network: one network, too costly
+    to refit K times) saves the calibration alone (`from_calibration`): no fold folders, and
+    its verdicts have no jackknife term (`fold_predictions` is None).
     """
+
+    @classmethod
+    def from_calibration(cls, calibration: PairCalibration) -> PairwiseModel:
+        """A calibration of held-out predictions (`calibrate_pairs`) without fold models."""
+        self = cls()
+        self.fold_models_, self.calibration_ = [], calibration
+        return self
 
     def fit(self, config, blocks, y, channels, fold_groups=None) -> PairwiseModel:
         """Fit K fold models on the training rows; calibrate sigma on their held-out pairs."""
@@ -478,8 +488,10 @@ class PairwiseModel:
         )  # fmt: skip
         return self
 
-    def fold_predictions(self, blocks) -> np.ndarray:
-        """(K, N) predictions of the fold models."""
+    def fold_predictions(self, blocks) -> np.ndarray | None:
+        """(K, N) predictions of the fold models; None without any (`from_calibration`)."""
+        if not self.fold_models_:
+            return None
         return np.stack([m.predict(blocks) for m in self.fold_models_])
 
     def save(self, model_dir: Path) -> Path:

@@ -47,6 +47,17 @@ from thumbview.serve.uploads import (
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
+COMPARE_DOC = (
+    "Every thumbnail x title, best first, with the one verdict the CLI and the PNG render "
+    "(`reliable`, `verdict`, `tied`, `rank_labels`: '=1' for each tied candidate; `tie`: no "
+    "winner may be shown; `no_skill_note`: the model showed no skill at choosing between one "
+    "channel's videos, which ties every candidate). `candidates[].p_best` and "
+    "`by_image`/`by_title[].p_best` are the chances of being best when the model's typical "
+    "errors are replayed. `chance_best_shown` false means every candidate is tied ('=1'): "
+    "those numbers are then no ranking, and the page, the CLI and the PNG show '-' in their "
+    "place; `chance_best_note` is the line to show under the ranking (what chance best "
+    "means, or why it is not shown)."
+)
 SWAGGER_DIR = STATIC_DIR / "swagger-ui"  # swagger-ui-dist 5 (reads OpenAPI 3.1), shipped
 
 
@@ -200,7 +211,7 @@ def _add_model_routes(app: FastAPI, engine: Engine, limits: Limits) -> None:
         notes = engine.notes(POOLED, context)
         return {"prediction": found, "coverage": engine.coverage, **notes}
 
-    @app.post("/compare", summary="Rank 2-6 thumbnails x 1-3 titles")
+    @app.post("/compare", summary="Rank 2-6 thumbnails x 1-3 titles", description=COMPARE_DOC)
     def compare(
         images: Annotated[list[UploadFile], File(description="2 to 6 thumbnails.")],
         titles: Annotated[list[str] | None, Form(description="0 to 3 titles.")] = None,

@@ -254,7 +254,11 @@ function normaliseComparison(out) {
   const labels = out.rank_labels || [];
   rows.forEach((r, i) => { if (r.rank === null) r.rank = i + 1; r.rankLabel = labels[i] || null; });
   rows.sort((a, b) => a.rank - b.rank);
-  return { rows, pBeatsMatrix: out.p_beats || null, descriptors: pick(out, "descriptors", "descriptor_differences", "differences"), sae: out.sae || [], names, warning: rangeWarning([out.warning]), note: out.note || "", reliable: out.tie ? false : out.reliable ?? null, verdict: (out.tie && out.no_skill_note) || out.verdict || "", byImage: out.by_image || [], byTitle: out.by_title || [], chanceBest: out.chance_best || "" };
+  // Every candidate tied ("=1"): the server says chance best is not a ranking
+  // (`chance_best_shown` false); no percentage is kept to be shown, "-" stands in its place.
+  const chanceHidden = out.chance_best_shown === false;
+  if (chanceHidden) rows.forEach((r) => { r.pBeats = null; });
+  return { rows, pBeatsMatrix: chanceHidden ? null : out.p_beats || null, descriptors: pick(out, "descriptors", "descriptor_differences", "differences"), sae: out.sae || [], names, warning: rangeWarning([out.warning]), note: out.note || "", reliable: out.tie ? false : out.reliable ?? null, verdict: (out.tie && out.no_skill_note) || out.verdict || "", byImage: out.by_image || [], byTitle: out.by_title || [], chanceBest: out.chance_best_note || out.chance_best || "", chanceHidden };
 }
 
 function rankRows(rows) {
@@ -283,9 +287,9 @@ function renderResults(result) {
   result.ahead = reliablyAhead(rows, result.pBeatsMatrix, result.reliable ?? null) === true;
   renderNote(result.note);
   drawChart(rows, result.ahead);
-  renderTable(rows, result.ahead);
-  renderChanceNote(rows, result.chanceBest || "");
-  renderSummaries(result.byImage || [], result.byTitle || []);
+  renderTable(rows, result.ahead, !!result.chanceHidden);
+  renderChanceNote(rows, result.chanceBest || "", !!result.chanceHidden);
+  renderSummaries(result.byImage || [], result.byTitle || [], !!result.chanceHidden);
   renderDescriptors(descriptors, result.names, result.sae || []);
 }
 
@@ -406,16 +410,22 @@ function chartRow(r, i, g) {
 
 function truncate(s, n) { return s.length > n ? s.slice(0, Math.max(n - 1, 4)) + "…" : s; }
 
-function renderTable(rows, ahead = false) {
+// The chance-best cell: a bar and its percentage, or "-" when every candidate is tied.
+function chanceCell(r, hidden = false) {
+  if (hidden) return el("td", { class: "num", text: "-" });
+  return el("td", {}, el("div", { class: "beats" },
+    el("div", { class: "track" }, el("div", { class: "fill", style: `width:${Math.round(100 * (r.pBeats || 0))}%` })),
+    el("span", { class: "pct", text: fmtPct(r.pBeats) })));
+}
+
+function renderTable(rows, ahead = false, hidden = false) {
   const body = $("#ranking tbody");
   body.replaceChildren();
-  const showBeats = rows.some((r) => r.pBeats !== null);
+  const showBeats = hidden || rows.some((r) => r.pBeats !== null);
   $("#beats-h").hidden = !showBeats;
   rows.forEach((r, i) => {
     const f = state.files[r.index];
-    const beats = showBeats ? el("td", {}, el("div", { class: "beats" },
-      el("div", { class: "track" }, el("div", { class: "fill", style: `width:${Math.round(100 * (r.pBeats || 0))}%` })),
-      el("span", { class: "pct", text: fmtPct(r.pBeats) }))) : null;
+    const beats = showBeats ? chanceCell(r, hidden) : null;
     body.append(el("tr", { class: ahead && i === 0 ? "best" : "" },
       el("td", { class: "num rank", text: r.rankLabel || String(r.rank) }),
       el("td", {}, f ? el("img", { src: f.url, alt: f.name, title: f.name }) : null,
@@ -427,27 +437,29 @@ function renderTable(rows, ahead = false) {
   });
 }
 
-// What "chance it's the best" means, in words, under the table (the server's sentence).
-function renderChanceNote(rows, text) {
+// What "chance it's the best" means, in words, under the table (the server's sentence), or
+// why it is not shown when every candidate is tied.
+function renderChanceNote(rows, text, hidden = false) {
   const box = $("#chance-note");
-  const show = rows.some((r) => r.pBeats !== null) && !!text;
+  const show = (hidden || rows.some((r) => r.pBeats !== null)) && !!text;
   box.textContent = show ? text.charAt(0).toUpperCase() + text.slice(1) + "." : "";
   box.hidden = !show;
 }
 
 // Per thumbnail (across the titles) and per title (across the thumbnails): the server's
 // summaries of the cross product, shown only when both vary.
-function summaryTables(byImage, byTitle) {
+// `hidden`: every candidate is tied, so the chance the best pair uses it is shown as "-".
+function summaryTables(byImage, byTitle, hidden = false) {
   if (!byImage.length || !byTitle.length) return [];
   return [["Per thumbnail", byImage], ["Per title", byTitle]].map(([head, list]) => ({
     head,
-    rows: list.map((s) => [s.name || "(no title)", `${fmtViews(s.views)} typical (${fmtViews(s.low)}–${fmtViews(s.high)})`, `${fmtPct(s.p_best)} chance the best pair uses it`]),
+    rows: list.map((s) => [s.name || "(no title)", `${fmtViews(s.views)} typical (${fmtViews(s.low)}–${fmtViews(s.high)})`, hidden ? "chance the best pair uses it: -" : `${fmtPct(s.p_best)} chance the best pair uses it`]),
   }));
 }
 
-function renderSummaries(byImage, byTitle) {
+function renderSummaries(byImage, byTitle, hidden = false) {
   const box = $("#summaries");
-  const tables = summaryTables(byImage, byTitle);
+  const tables = summaryTables(byImage, byTitle, hidden);
   box.replaceChildren(...tables.map((t) => el("div", {}, el("h4", { text: t.head }),
     el("table", { class: "table" }, el("tbody", {}, ...t.rows.map((cells) => el("tr", {}, ...cells.map((c) => el("td", { text: c })))))))));
   box.hidden = tables.length === 0;
