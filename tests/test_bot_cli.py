@@ -148,6 +148,46 @@ def test_generate_json_is_sorted_by_predicted_views(trained_bot, tmp_path):
     assert "no demonstrated skill at choosing" in " ".join(table.output.split())
 
 
+def _skilled_copy(model_dir, tmp_path):
+    """The fixture's predictor with a card saying its same-channel calls beat a coin."""
+    import shutil
+
+    from thumbview.data.dataset import load_dataset
+    from thumbview.predict.card import write_card
+
+    model = shutil.copytree(model_dir, tmp_path / "skilled")
+    dataset = load_dataset(model_dir.parent / "synth")
+    write_card(model, dataset, range(len(dataset.paths)), within=True)
+    return model
+
+
+def test_generate_hides_chance_best_like_compare_under_a_no_skill_predictor(trained_bot, bot_model_dir, tmp_path):  # noqa: F811  # fmt: skip
+    """The fixture's predictor never showed skill at choosing: every candidate "=1", chance
+    best "-" with compare's NO_CHANCE_BEST line, flagged in --json (numbers kept); the same
+    generation judged by a predictor with shown skill keeps ranks and percentages."""
+    from thumbview.compare import CHANCE_BEST, NO_CHANCE_BEST
+
+    common = ("bot", "generate", trained_bot, "--title", "worst cake ever", "-n", "3")
+    payload = json.loads(invoke(*common, "--json").stdout)
+    assert payload["rank_labels"] == ["=1", "=1", "=1"] and payload["no_skill_note"]
+    assert payload["chance_best_shown"] is False and payload["chance_best_note"] == NO_CHANCE_BEST
+    assert abs(sum(c["p_best"] for c in payload["candidates"]) - 1) < 1e-9  # kept, not shown
+    out = invoke(*common).output
+    rows = [line for line in out.splitlines() if "=1" in line]
+    assert len(rows) == 3 and not any("%" in line for line in rows)
+    assert all(line.split("│")[5].strip() == "-" for line in rows)  # the chance best cell
+    assert NO_CHANCE_BEST in " ".join(out.split())
+
+    skilled = _skilled_copy(bot_model_dir, tmp_path)
+    shown = json.loads(invoke(*common, "--model", skilled, "--json").stdout)
+    assert shown["rank_labels"] == ["1", "2", "3"] and shown["no_skill_note"] == ""
+    assert shown["chance_best_shown"] is True and shown["chance_best_note"] == CHANCE_BEST
+    out = invoke(*common, "--model", skilled).output
+    rows = [line for line in out.splitlines() if line.startswith(("│ 1 ", "│ 2 ", "│ 3 "))]
+    assert [line.split("│")[5].strip().endswith("%") for line in rows] == [True] * 3
+    assert CHANCE_BEST in " ".join(out.split()) and NO_CHANCE_BEST not in " ".join(out.split())
+
+
 def test_eval_compares_base_and_bot(trained_bot, bot_model_dir, prompts, tmp_path):  # noqa: F811
     result = invoke(
         "bot",
@@ -222,6 +262,10 @@ def test_web_panel_generates_ranked_candidates(trained_bot):
     assert Image.open(io.BytesIO(base64.b64decode(cands[0]["png"]))).size == (64, 64)
     assert res.json()["no_skill_note"].startswith("no demonstrated skill")  # shown by bot.js
     assert "no_skill_note" in (STATIC_DIR / "bot.js").read_text()
+    from thumbview.compare import NO_CHANCE_BEST  # and the page shows "-" for chance best
+
+    assert res.json()["chance_best_shown"] is False and res.json()["rank_labels"] == ["=1"] * 2
+    assert res.json()["chance_best_note"] == NO_CHANCE_BEST and 'id="bot-chance-note"' in page
     assert client.post("/api/bot/generate", data={"title": "", "n": 3}).status_code == 422
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-APP_JS = Path(__file__).resolve().parents[1] / "src" / "thumbview" / "serve" / "static" / "app.js"
+STATIC = Path(__file__).resolve().parents[1] / "src" / "thumbview" / "serve" / "static"
+APP_JS, BOT_JS = STATIC / "app.js", STATIC / "bot.js"
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
 
@@ -38,11 +39,11 @@ VIEWS = {
 }
 
 
-def _function(name: str) -> str:
-    """The source of one top-level function (or const) of app.js."""
-    text = APP_JS.read_text(encoding="utf-8")
+def _function(name: str, script: Path = APP_JS) -> str:
+    """The source of one top-level function (or const) of app.js (or `script`)."""
+    text = script.read_text(encoding="utf-8")
     match = re.search(rf"^(function {name}\(|const {name} = ).*?^}};?$", text, re.S | re.M)
-    assert match, f"{name} not found in app.js"
+    assert match, f"{name} not found in {script.name}"
     return match.group(0)
 
 
@@ -225,3 +226,30 @@ def test_a_full_tie_shows_no_chance_best_on_the_page():
     assert [r["pBeats"] for r in tie["rows"]] == [None, None] and tie["pBeatsMatrix"] is None
     assert [r["rankLabel"] for r in tie["rows"]] == ["=1", "=1"]
     assert tables[0]["rows"][0][2] == "chance the best pair uses it: -"
+
+
+def test_the_bot_panel_shows_no_chance_best_under_a_no_skill_predictor():
+    """/api/bot/generate's JSON (`Generation.to_json_dict`, what the router sends): under a
+    predictor without demonstrated skill every caption is "#=1" with chance best "-", the
+    status does not say "best first", and the line under them is compare's NO_CHANCE_BEST;
+    with skill shown the same captions keep their ranks and percentages."""
+    from thumbview.bot.generate import Candidate, Generation
+    from thumbview.compare import CHANCE_BEST, NO_CHANCE_BEST
+
+    cands = (Candidate(3, None, 3.6, 4000, 2000, 8000, 0.7), Candidate(1, None, 3.5, 3000, 1500, 6000, 0.3))  # fmt: skip
+    skilled = Generation("t", "t", cands, 0.9, "log10", True, predicts="predicts views")
+    blind = Generation("t", "t", cands, 0.9, "log10", True, no_skill_note="no demonstrated skill at choosing")  # fmt: skip
+    used = "".join(_function(f, BOT_JS) + "\n" for f in ("sentence", "botStatus", "botCaption"))
+    payloads = json.dumps([g.to_json_dict() for g in (skilled, blind)])
+    script = used + (
+        f"console.log(JSON.stringify({payloads}.map((d) => [botStatus(d), "
+        "d.candidates.map((_, k) => botCaption(d, k)), sentence(d.chance_best_note)])))"
+    )
+    (status, caps, note), (tied_status, tied_caps, tied_note) = _node(script)
+    assert caps == ["#1: 4,000 views (2,000 - 8,000), chance best 70%",
+                    "#2: 3,000 views (1,500 - 6,000), chance best 30%"]  # fmt: skip
+    assert "best first" in status and note.startswith(CHANCE_BEST[0].upper() + CHANCE_BEST[1:])
+    assert tied_caps == ["#=1: 4,000 views (2,000 - 8,000), chance best -",
+                         "#=1: 3,000 views (1,500 - 6,000), chance best -"]  # fmt: skip
+    assert "best first" not in tied_status and "No demonstrated skill at choosing." in tied_status
+    assert tied_note == NO_CHANCE_BEST[0].upper() + NO_CHANCE_BEST[1:] + "."

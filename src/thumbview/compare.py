@@ -41,7 +41,11 @@ from thumbview.inference.verdict import (
     FALLBACK_NOTE,
     INDEPENDENCE,
     N_ATOMS,
+    NO_CHANCE_BEST,
     RankVerdict,
+    chance_best_note,
+    chance_best_shown,
+    chance_text,
     chances,
     judge,
     p_beats_matrix,
@@ -55,13 +59,6 @@ from thumbview.predict.target import to_views
 from thumbview.units import format_range, format_views, interval_label, shorten
 
 log = logging.getLogger(__name__)
-
-# What stands in for "chance best" when every candidate is tied ("=1"): the CLI table, the
-# PNG and the page show "-" in its place and say this line under the ranking.
-NO_CHANCE_BEST = (
-    "chance best: not shown (-) because every candidate is tied: the model cannot tell them "
-    "apart, so each one's chance of coming out on top would only rank noise"
-)
 
 __all__ = [
     "CHANCE_BEST",
@@ -246,17 +243,17 @@ class Comparison:
         """False when every candidate shares rank "=1" (no demonstrated skill, `as_tie`, or
         none told apart): their chances of being best would rank noise, so none is shown. A
         partial tie keeps them: they show how far behind the candidates ranked apart are."""
-        all_tied = self.reliable is False and max(self.tied, 2) >= len(self.candidates)
-        return not (all_tied or self.no_skill_note)
+        n, no_skill = len(self.candidates), self.no_skill_note
+        return chance_best_shown(n, self.reliable, self.tied, no_skill)
 
     @property
     def chance_best_note(self) -> str:
         """The line under the ranking: what chance best means, or why it is not shown."""
-        return self.chance_best if self.shows_chance_best else NO_CHANCE_BEST
+        return chance_best_note(self.shows_chance_best, self.chance_best)
 
     def chance_text(self, p: float) -> str:
         """'55%' (a candidate's or a summary's chance best), or '-' when none is shown."""
-        return f"{p:.0%}" if self.shows_chance_best else "-"
+        return chance_text(p, self.shows_chance_best)
 
     def as_tie(self, reason: str) -> Comparison:
         """Every candidate tied, for `reason` (e.g. the model showed no skill): no winner."""

@@ -24,6 +24,13 @@ from thumbview.compare import best_chances
 from thumbview.fileio import atomic_write, json_safe
 from thumbview.frames.select import hsv_histogram, mmr_select
 from thumbview.inference import LoadedPredictor
+from thumbview.inference.verdict import (
+    CHANCE_BEST,
+    chance_best_note,
+    chance_best_shown,
+    chance_text,
+    rank_labels,
+)
 from thumbview.predict.card import WITHIN_CHANNEL
 
 
@@ -57,9 +64,43 @@ class Generation:
     assumed: str = ""
     ignored: str = ""
     no_skill_note: str = ""
+    chance_best: str = CHANCE_BEST  # what "chance best" (`Candidate.p_best`) means, in words
+
+    @property
+    def tied(self) -> int:
+        """How many from the top share rank "=1": all of them when the predictor showed no
+        skill at choosing (compare's `as_tie` for the same reason); else none (1)."""
+        return len(self.candidates) if self.no_skill_note else 1
+
+    def rank_labels(self) -> list[str]:
+        """'1', '2', ... best first; '=1' for every candidate under a no-skill predictor."""
+        return rank_labels(len(self.candidates), self.tied, [c.log10 for c in self.candidates])
+
+    @property
+    def shows_chance_best(self) -> bool:
+        """Compare's rule (`chance_best_shown`): no chance best when every candidate is "=1"."""
+        reliable = False if self.tied > 1 else None  # the bot makes no verdict of its own
+        n = len(self.candidates)
+        return chance_best_shown(n, reliable, self.tied, self.no_skill_note)
+
+    @property
+    def chance_best_note(self) -> str:
+        """The line under the candidates: what chance best means, or why it is not shown."""
+        return chance_best_note(self.shows_chance_best, self.chance_best)
+
+    def chance_text(self, p: float) -> str:
+        """'55%', or '-' when no chance best is shown."""
+        return chance_text(p, self.shows_chance_best)
 
     def to_json_dict(self) -> dict:
-        return json_safe(asdict(self))
+        """The fields, plus compare's keys: `rank_labels`, `chance_best_shown` (false: the
+        `p_best` numbers are kept for reproducibility but are not a ranking; show "-") and
+        `chance_best_note` (the line to show under the candidates)."""
+        d = json_safe(asdict(self))
+        d["rank_labels"] = self.rank_labels()
+        d["chance_best_shown"] = self.shows_chance_best
+        d["chance_best_note"] = self.chance_best_note
+        return d
 
 
 @dataclass

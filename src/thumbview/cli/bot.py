@@ -173,7 +173,7 @@ def generate_command(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
 ) -> None:
-    """Generate thumbnails for a title, best first, with predicted views, interval and P(best)."""
+    """Generate thumbnails for a title, best first: predicted views, interval, chance best."""
     _require()
     if n < 1:
         raise ValueError("-n must be at least 1")
@@ -186,24 +186,25 @@ def generate_command(
         print_json(result.to_json_dict())
         return
     table = Table(
-        "#",
+        "rank",
         "seed",
         "predicted views",
         f"{result.coverage:.0%} interval",
-        "P(best)",
+        "chance best",
         "file",
         title=f"{'bot' if result.lora else 'base model'}: {title}",
     )
-    for k, c in enumerate(result.candidates, 1):
+    for rank, c in zip(result.rank_labels(), result.candidates, strict=True):
         table.add_row(
-            str(k),
+            rank,  # "=1" for every candidate under a predictor without demonstrated skill
             str(c.seed),
             f"{c.views:,.0f}",
             f"{c.low:,.0f} - {c.high:,.0f}",
-            f"{c.p_best:.0%}",
+            result.chance_text(c.p_best),  # "-" when every candidate is tied
             c.file or "-",
         )
     console.print(table)
+    console.print(f"[dim]{result.chance_best_note}[/]", soft_wrap=True)
     if result.note:
         console.print(f"note: {result.note}")
     lines = [result.predicts, result.assumed, result.ignored, result.no_skill_note]

@@ -37,6 +37,31 @@ CHANCE_BEST = (
     "chance best: how often each candidate comes out on top when the model's typical "
     "errors are replayed (the chances add up to 100%; with N equal candidates each gets 1/N)"
 )
+# What stands in for "chance best" when every candidate is tied ("=1"): compare's table, PNG
+# and page, and the bot's table, JSON and page show "-" in its place and say this line.
+NO_CHANCE_BEST = (
+    "chance best: not shown (-) because every candidate is tied: the model cannot tell them "
+    "apart, so each one's chance of coming out on top would only rank noise"
+)
+
+
+def chance_best_shown(n: int, reliable: bool | None, tied: int, no_skill: str = "") -> bool:
+    """The one rule for showing chance best beside `n` ranked candidates: not when all of
+    them share rank "=1" (`reliable` False with `tied` >= n, or a `no_skill` line: no
+    demonstrated skill ties every one), since their chances would rank noise. A partial tie
+    keeps them: they show how far behind the candidates ranked apart are."""
+    all_tied = reliable is False and max(tied, 2) >= n
+    return not (all_tied or no_skill)
+
+
+def chance_best_note(shown: bool, meaning: str = CHANCE_BEST) -> str:
+    """The line under the ranking: what chance best means, or why it is not shown."""
+    return meaning if shown else NO_CHANCE_BEST
+
+
+def chance_text(p: float, shown: bool) -> str:
+    """'55%' (a candidate's chance best), or '-' when none is shown."""
+    return f"{p:.0%}" if shown else "-"
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>thum
 <label><input name="no_lora" type="checkbox"> base model</label>
 <button type="submit">Generate</button></form>
 <p id="bot-status" role="status"></p><div id="bot-results"></div>
+<p id="bot-chance-note" class="hint chance-note"></p>
 <script src="/static/bot.js" defer></script></main></body></html>"""
 
 
