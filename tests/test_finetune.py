@@ -256,6 +256,28 @@ def test_cli_trains_and_prints_json(data, tmp_path):
     got = json.loads(res.stdout)
     assert got["epochs_run"] == 1 and got["holdout"]["n"] == got["n_holdout"] > 0
     assert LoadedPredictor.load(out).model.config.encoders == ("pixels",)
+    from thumbview.predict.card import ModelCard
+
+    skill = ModelCard.load(out).skill  # the verdict in card.json, as `evaluate --json` gives it
+    assert got["verdict"]["summary"] == skill.summary() and got["verdict"]["n_rows"] == skill.n_rows
+
+
+def test_cli_ends_with_the_held_out_verdict_as_train_does(data, tmp_path):
+    """The sentence of card.json's verdict, by `train`'s renderer, is the last thing said
+    (followed only by what to try when the model does not beat the median)."""
+    from thumbview.cli.finetune import NO_SKILL_NEXT
+    from thumbview.predict.card import ModelCard
+
+    out = tmp_path / "m"
+    args = ["finetune", str(data), "--out", str(out), "--backbone", "test-cnn", "--title", "none",
+            "--epochs", "1", "--workers", "0", "--batch-size", "64"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    skill = ModelCard.load(out).skill
+    assert skill.n_rows > 0 and skill.mae_model is not None  # a real held-out verdict
+    tail = f"verdict: this model {skill.summary()}"
+    tail += f" {NO_SKILL_NEXT}" if skill.beats_median is False else ""
+    assert " ".join(res.stdout.split()).endswith(tail)  # last, whatever the line wrapping
 
 
 # --- a fine-tuned model carries the pairwise calibration a frozen-feature one does ----------

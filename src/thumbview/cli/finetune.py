@@ -10,7 +10,7 @@ import typer
 
 from thumbview.cli._shared import console, err_console, print_json, progress_for, user_errors
 from thumbview.cli.data import CacheOpt, DataArg
-from thumbview.cli.predict import Target, TargetOpt, _eval_table, _metrics_table
+from thumbview.cli.predict import Target, TargetOpt, _eval_table, _metrics_table, _print_skill
 from thumbview.data.dataset import load_dataset
 from thumbview.finetune.config import (
     BACKBONES,
@@ -105,6 +105,14 @@ def finetune_command(
         console.print(_eval_table(result.holdout, "held-out channels"))
     for path in result.plots:
         console.print(f"plot: {path}")
+    _print_skill(result.skill, after=NO_SKILL_NEXT)  # the held-out verdict, last, as `train`
+
+
+# What follows from a verdict of no skill over the median, with finetune's own options.
+NO_SKILL_NEXT = (
+    "predict, compare, frames, the web page and the bot will say so beside every result; "
+    "more channels or epochs, another --backbone or --init, or --target may help"
+)
 
 
 def _print_epoch(r) -> None:
@@ -114,12 +122,15 @@ def _print_epoch(r) -> None:
 
 
 def _result_json(result) -> dict:
+    from thumbview.evaluate import skill_json
+
     return {
         "model_dir": str(result.model_dir), "n_train": result.n_train, "n_val": result.n_val,
         "n_holdout": result.n_holdout, "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
         "validation": result.validation.to_dict(),
         "holdout": None if result.holdout is None else result.holdout.to_json_dict(),
+        "verdict": skill_json(result.skill),  # as `evaluate --json`: fields and `summary`
     }  # fmt: skip
 
 

@@ -79,7 +79,8 @@ def fit_pairwise(out_dir: Path, dataset, rows, pred, y, seed: int = 0) -> bool |
 def finish(
     model: FinetunedPredictor, dataset, split, y, titles, test_pred, out_dir: Path, val_pred=None
 ):
-    """Save everything; score the hold-out when there is one. Returns (EvalResult | None, plots).
+    """Save everything; score the hold-out when there is one. Returns (EvalResult | None,
+    plots, the held-out verdict written to card.json: what `thumbview finetune` ends with).
 
     `val_pred`, `test_pred`: the network's predictions for the validation and hold-out rows,
     which calibrate P(A beats B) (`fit_pairwise`)."""
@@ -97,12 +98,12 @@ def finish(
     baseline = _title_baseline(cfg, titles, y, split, out_dir)
     pred = None if test_pred is None else np.asarray(test_pred)
     within = fit_pairwise(out_dir, dataset, *_heldout(split, val_pred, pred), y, cfg.seed)
-    write_card(out_dir, dataset, seen, split.test, y, pred, model.y_median_, within)
+    card = write_card(out_dir, dataset, seen, split.test, y, pred, model.y_median_, within)
     paths = []
     if model.history_:
         paths.append(plots.plot_training_curve(model.history_, out_dir / "learning_curve.png"))
     if test_pred is None:
-        return None, tuple(paths)
+        return None, tuple(paths), card.skill
     y_test = y[split.test]
     baselines = {"global-median": compute_metrics(y_test, np.full(len(y_test), model.y_median_))}
     if baseline is not None:
@@ -119,4 +120,4 @@ def finish(
     paths.append(plots.plot_residual_hist(y_test - test_pred, out_dir / "residuals.png",
                                           interval=(float(lo), float(hi))))  # fmt: skip
     write_json(out_dir / EVAL_FILE, {**result.to_json_dict(), "split": "holdout"})
-    return result, tuple(paths)
+    return result, tuple(paths), card.skill

@@ -29,6 +29,7 @@ from thumbview.finetune.encoders import TitleTokenEncoder
 from thumbview.finetune.model import FinetunedPredictor, network_state
 from thumbview.finetune.network import build_network
 from thumbview.layout import RUN_UNFINISHED
+from thumbview.predict.card import HeldOutSkill
 from thumbview.predict.crossval import EvalResult, Metrics, compute_metrics, group_train_test_split
 from thumbview.predict.target import make_target
 from thumbview.progress import SILENT, Progress
@@ -69,6 +70,7 @@ class FinetuneResult:
     validation: Metrics
     holdout: EvalResult | None
     plots: tuple[Path, ...]
+    skill: HeldOutSkill | None = None  # the held-out verdict also written to card.json
 
 
 @dataclass
@@ -477,10 +479,11 @@ def finetune(
         test_pred = (
             predict_rows(net, test, config, device, dtype) * y_std + y_mean if len(test) else None
         )
-        holdout, plots = finish(model, dataset, split, y, titles, test_pred, out_dir, val_pred)
+        holdout, plots, skill = finish(model, dataset, split, y, titles, test_pred, out_dir,
+                                       val_pred)  # fmt: skip
         return FinetuneResult(out_dir, len(split.train), len(split.val), len(split.test),
                               state["epoch"], state["best_epoch"], state["stopped"],
-                              Metrics(**model.val_metrics_), holdout, plots)  # fmt: skip
+                              Metrics(**model.val_metrics_), holdout, plots, skill)  # fmt: skip
 
 
 def _rows(paths, y, titles, idx, config, scale, *, augment: bool) -> ThumbnailRows:
