@@ -183,7 +183,8 @@ def _skewed(rng, n):
 
 def test_fresh_data_flags_at_most_1_percent_and_warns_in_at_most_1_of_20_evaluations():
     """Level, 20 runs with only 300 training rows and 47 skewed narrow columns beside a
-    96-d embedding: each scores 200 fresh rows as an evaluation. The novelty score flags
+    96-d embedding and a ridge's prediction (half of alpha, weighted): each scores 200
+    fresh rows as an evaluation. The novelty score flags
     about the stated 1% of rows (single predictions warn as often) and at most one
     evaluation warns; the per-feature ranges of issue 22 warned in most of them."""
     rng = np.random.default_rng(11)
@@ -192,9 +193,11 @@ def test_fresh_data_flags_at_most_1_percent_and_warns_in_at_most_1_of_20_evaluat
     for _ in range(20):
         blocks, y = _skewed(rng, 300)
         assert sum(v.shape[1] for k, v in blocks.items() if k != "title") == 47
-        limits = TrainingRange.fit(y, blocks, names=names)
+        model = ViewPredictor(PredictorConfig(encoders=tuple(blocks))).fit(blocks, y)
+        limits = TrainingRange.fit(y, blocks, names=names, predicted=model.oof_predictions_)
+        assert limits.novelty.prediction_share == drift.PREDICTION_SHARE
         fresh, y_new = _skewed(rng, 200)
-        report = limits.check(fresh, y_new)
+        report = limits.check(fresh, y_new, model.predict(fresh))
         rows.append(report.share)
         evaluations.append(report.features_warn)
         ranges = {k: drift.BlockRange.fit(v) for k, v in blocks.items()}
