@@ -426,12 +426,19 @@ BOT_TAMPERED = {
 
 
 def _tampered_copy(trained_bot, tmp_path, case):
+    """A copy of the trained bot with `name` tampered wherever it is: in the folder (what
+    `bot generate` reads) and in its checkpoint (what `--resume` reads)."""
     import shutil
+
+    from thumbview.bot.train import checkpoints
 
     tamper, name, read_by_generate = BOT_TAMPERED[case]
     bot = tmp_path / "bot"
     shutil.copytree(trained_bot, bot)
-    tamper(bot)
+    holders = [f for f in (bot, *checkpoints(bot)) if (f / name).is_file()]
+    assert len(holders) == (2 if read_by_generate else 1), holders
+    for folder in holders:
+        tamper(folder)
     return bot, name, read_by_generate
 
 
