@@ -89,9 +89,9 @@ def test_train_writes_every_artifact_and_resumes(trained_bot):
 
 def test_plain_diffusers_load_lora_weights_reads_the_trained_bot_folder(trained_bot, tiny_base):  # noqa: F811
     """What the README promises: a plain diffusers pipeline and `pipe.load_lora_weights(BOT)`
-    (no weight name, beside optimizer.safetensors) give the UNet `bot train` trained: its noise
-    predictions equal those of the trained adapter copied in by `--resume`'s own reader, and
-    differ from the base UNet's (the trained LoRA is not zero)."""
+    (no weight name; the resume state lies in checkpoint-NNN/) give the UNet `bot train`
+    trained: its noise predictions equal those of the trained adapter copied in by
+    `--resume`'s own reader, and differ from the base UNet's (the trained LoRA is not zero)."""
     import torch
     from diffusers import StableDiffusionPipeline
 

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from thumbview.data.dataset import LoadReport, ThumbnailDataset
 from thumbview.fileio import atomic_write, json_safe, while_running
-from thumbview.layout import RUN_UNFINISHED
+from thumbview.layout import STUDY_UNFINISHED
 from thumbview.progress import SILENT, Progress
 from thumbview.sae import report
 from thumbview.sae.arrays import StudyError
@@ -356,8 +356,9 @@ def run_analysis(
     t2 = time.perf_counter()
     reference = _reference(config, x.shape[1], sae_dir, reference_latents, cache_dir, progress)
     # A killed run leaves new tables beside an earlier run's examples, names and summary:
-    # `load_study` refuses the folder until a run writes it to the end.
-    with while_running(out / RUN_UNFINISHED, "thumbview sae analyze"):
+    # `load_study` refuses the folder until a run writes it to the end. Its own marker name,
+    # so a study written into an SAE folder never makes that SAE refused (layout).
+    with while_running(out / STUDY_UNFINISHED, "thumbview sae analyze"):
         paths = _write_outputs(ds, x, result, config, out, reference, progress, names)
         timings = {"prepare_s": t1 - t0, "study_s": t2 - t1, "write_s": time.perf_counter() - t2}
         summary = _summary(dataset, ds, result, config, views, timings, sae_dir)
