@@ -89,9 +89,9 @@ def test_train_writes_every_artifact_and_resumes(trained_bot):
 
 def test_plain_diffusers_load_lora_weights_reads_the_trained_bot_folder(trained_bot, tiny_base):  # noqa: F811
     """What the README promises: a plain diffusers pipeline and `pipe.load_lora_weights(BOT)`
-    (no weight name, beside optimizer.safetensors) give the UNet `bot train` trained: its noise
-    predictions equal those of the trained adapter copied in by `--resume`'s own reader, and
-    differ from the base UNet's (the trained LoRA is not zero)."""
+    (no weight name; the resume state lies in checkpoint-NNN/) give the UNet `bot train`
+    trained: its noise predictions equal those of the trained adapter copied in by
+    `--resume`'s own reader, and differ from the base UNet's (the trained LoRA is not zero)."""
     import torch
     from diffusers import StableDiffusionPipeline
 
@@ -470,12 +470,19 @@ BOT_TAMPERED = {
 
 
 def _tampered_copy(trained_bot, tmp_path, case):
+    """A copy of the trained bot with `name` tampered wherever it is: in the folder (what
+    `bot generate` reads) and in its checkpoint (what `--resume` reads)."""
     import shutil
+
+    from thumbview.bot.train import checkpoints
 
     tamper, name, read_by_generate = BOT_TAMPERED[case]
     bot = tmp_path / "bot"
     shutil.copytree(trained_bot, bot)
-    tamper(bot)
+    holders = [f for f in (bot, *checkpoints(bot)) if (f / name).is_file()]
+    assert len(holders) == (2 if read_by_generate else 1), holders
+    for folder in holders:
+        tamper(folder)
     return bot, name, read_by_generate
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from thumbview.fileio import atomic_write
+from thumbview.fileio import atomic_write, publish_dir
 
 
 def test_bytes_text_and_writer(tmp_path):
@@ -42,3 +42,21 @@ def test_json_safe_makes_strict_json():
     safe = json_safe(value)
     assert safe == {"1": [0.5, None, [3, None]], "n": 2.0}
     json.dumps(safe, allow_nan=False)  # raises if anything non-finite survived
+
+
+def test_publish_dir_renames_a_staged_folder_whole_and_never_over_another(tmp_path):
+    """The folder appears with every file at once, and an existing one is never replaced
+    (`bot train` publishes each epoch under a new name, so a kill keeps the last whole one)."""
+    staging = tmp_path / ".ckpt-1.tmp"
+    (staging / "sub").mkdir(parents=True)
+    (staging / "a.bin").write_bytes(b"a")
+    (staging / "sub" / "b.json").write_text("{}")
+    target = publish_dir(staging, tmp_path / "ckpt-1")
+    assert not staging.exists() and (target / "a.bin").read_bytes() == b"a"
+    assert (target / "sub" / "b.json").read_text() == "{}"
+    again = tmp_path / ".again.tmp"
+    again.mkdir()
+    (again / "a.bin").write_bytes(b"new")
+    with pytest.raises(FileExistsError):
+        publish_dir(again, target)
+    assert (target / "a.bin").read_bytes() == b"a" and again.is_dir()

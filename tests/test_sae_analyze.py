@@ -14,6 +14,7 @@ from PIL import Image
 
 from thumbview.data.dataset import load_dataset, write_metadata
 from thumbview.explain import explain_sae_image
+from thumbview.layout import STUDY_UNFINISHED
 from thumbview.sae import analyze as A
 from thumbview.sae.architectures import build_sae
 from thumbview.sae.arrays import StudyError
@@ -361,10 +362,8 @@ def test_a_study_rerun_that_dies_is_refused_until_a_run_finishes(data, latents, 
     """Before: a rerun into the same --out killed after its tables left the new tables beside
     the earlier run's summary.json (30 latents for a 20-latent study) and `explain`, `compare`
     and `serve` read that mix as a study. Now it is one line until a run writes it all."""
-    from thumbview.layout import RUN_UNFINISHED
-
     out = _run(data, latents, tmp_path).out_dir
-    assert not (out / RUN_UNFINISHED).exists() and load_study(out).n_latents == 30
+    assert not (out / STUDY_UNFINISHED).exists() and load_study(out).n_latents == 30
 
     def dies(*args, **kwargs):
         raise RuntimeError("killed while plotting")
@@ -373,13 +372,37 @@ def test_a_study_rerun_that_dies_is_refused_until_a_run_finishes(data, latents, 
         patch.setattr(A.report, "plot_histogram", dies)
         with pytest.raises(RuntimeError, match="killed"):
             _run(data, latents[:, :20], tmp_path)
-    assert (out / RUN_UNFINISHED).is_file() and (out / "all_features.csv").is_file()
+    assert (out / STUDY_UNFINISHED).is_file() and (out / "all_features.csv").is_file()
     for given in (out, out / "features.csv"):
         with pytest.raises(StudyError, match="did not finish") as info:
             load_study(given)
         assert "\n" not in str(info.value) and "sae analyze" in str(info.value)
     _run(data, latents[:, :20], tmp_path)  # the same command again, to the end
-    assert not (out / RUN_UNFINISHED).exists() and load_study(out).n_latents == 20
+    assert not (out / STUDY_UNFINISHED).exists() and load_study(out).n_latents == 20
+
+
+def test_a_table_write_that_dies_leaves_the_earlier_table_whole(data, latents, tmp_path, monkeypatch):  # fmt: skip
+    """Before: the tables were written in place (`to_csv(path)`), so a rerun killed while
+    writing all_features.csv left the earlier run's table cut to its first rows. Now every
+    file of a study is written to a temp file and renamed: the earlier table stays whole."""
+    out = _run(data, latents, tmp_path).out_dir
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    to_csv = pd.DataFrame.to_csv
+
+    def dies_halfway(frame, path=None, *args, **kwargs):
+        if "top_file_name" not in frame.columns:  # features.csv: written as usual
+            return to_csv(frame, path, *args, **kwargs)
+        to_csv(frame.head(1), path, *args, **kwargs)  # one row reached the disk, then:
+        raise RuntimeError("killed while writing all_features.csv")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pd.DataFrame, "to_csv", dies_halfway)
+        with pytest.raises(RuntimeError, match="killed while writing"):
+            _run(data, latents[:, :20], tmp_path)
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after["all_features.csv"] == before["all_features.csv"]  # the earlier run's, whole
+    assert after["summary.json"] == before["summary.json"]
+    assert set(after) == set(before) | {STUDY_UNFINISHED}  # no temp file left behind
 
 
 def test_precomputed_reference_latents(data, latents, tmp_path):

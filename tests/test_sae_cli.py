@@ -239,3 +239,37 @@ def test_all_token_activations_killed_while_rewritten_are_not_reused(tmp_path):
         _all_token_activations(dataset, source, _Tokens(2.0, dies_at=3), acts, SILENT)
     again = _all_token_activations(dataset, source, _Tokens(1.0), acts, SILENT)
     assert (np.asarray(again) == 1).all()
+
+
+def test_a_killed_analyze_into_the_sae_folder_leaves_the_sae_usable(synth_dir, tmp_path, monkeypatch):  # fmt: skip
+    """`sae analyze --out SAE` writes its study beside the SAE (`find_study_dir` finds it
+    there). Before: a killed run left `UNFINISHED` in the SAE folder, and the SAE was then
+    refused everywhere as a killed `sae train` ("resume it (... sae train)"). Now the study
+    has its own marker: the SAE still analyzes, the half-written study alone is refused (with
+    the analyze hint), and the same command run to the end finishes it."""
+    from thumbview.layout import RUN_UNFINISHED, STUDY_UNFINISHED
+    from thumbview.sae import report
+    from thumbview.sae.arrays import StudyError
+    from thumbview.sae.explain import load_study
+
+    out, cache = tmp_path / "SAE", tmp_path / "cache"
+    ok("sae", "train", synth_dir, "--out", out, "--features", "title", "--expansion", "4", "--k",
+       "4", "--batch-size", "32", "--epochs", "2", "--cache-dir", cache)  # fmt: skip
+    into_sae = ("sae", "analyze", synth_dir, "--sae", out, *STUDY, "--cache-dir", cache)
+
+    def ctrl_c(*args):
+        raise KeyboardInterrupt  # the run stopped after its tables, before its plots
+
+    for folder in (out / "sae", out):  # the SAE itself, and the `sae train --out` folder
+        with monkeypatch.context() as patch:
+            patch.setattr(report, "plot_histogram", ctrl_c)
+            killed = run(*into_sae, "--out", folder)
+        assert killed.exit_code != 0 and (folder / STUDY_UNFINISHED).is_file()
+        assert not (folder / RUN_UNFINISHED).exists()
+        elsewhere = run(*into_sae, "--out", tmp_path / "other")  # the SAE is not refused
+        assert elsewhere.exit_code == 0, elsewhere.output + repr(elsewhere.exception)
+        with pytest.raises(StudyError, match="did not finish") as info:
+            load_study(folder)
+        assert "sae analyze" in str(info.value) and "sae train" not in str(info.value)
+        ok(*into_sae, "--out", folder)  # the same command, to the end
+        assert not (folder / STUDY_UNFINISHED).exists() and load_study(folder).n_latents

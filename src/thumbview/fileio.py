@@ -50,6 +50,28 @@ def atomic_write(path: str | Path, content: bytes | str | Callable[[Path], None]
     return path
 
 
+def publish_dir(staging: str | Path, target: str | Path) -> Path:
+    """Publish a folder of files written together under a new name, all or nothing.
+
+    `staging` (a sibling of `target`, filled by any writer) has its files and itself flushed,
+    then becomes `target` in one rename: a crash before it leaves no `target`, after it the
+    whole folder. `target` must not exist yet (a rename cannot replace a full folder in one
+    step), so a writer publishes each version under a fresh name, e.g. numbered."""
+    staging, target = Path(staging), Path(target)
+    if target.exists():
+        raise FileExistsError(f"{target} already exists")
+    for path in staging.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    for folder in sorted((p for p in staging.rglob("*") if p.is_dir()), reverse=True):
+        fsync_dir(folder)
+    fsync_dir(staging)
+    os.rename(staging, target)
+    fsync_dir(target.parent)
+    return target
+
+
 def fsync_dir(folder: str | Path) -> None:
     """Flush a folder's entries (renames, new files) to disk; a no-op where unsupported."""
     try:

@@ -20,6 +20,10 @@ from pathlib import Path
 # written, or was left by a run that was killed, and no loader reads it as a model. Folders
 # written before the marker existed never hold it, so they load as they always did.
 RUN_UNFINISHED = "UNFINISHED"
+# `sae analyze`'s own marker: a study may be written into an SAE folder (`--out SAE`, found
+# there by `find_study_dir`), and a killed analyze must not make that SAE refused as a killed
+# `sae train` (nor a killed `sae train` make the study refused as a killed analyze).
+STUDY_UNFINISHED = "UNFINISHED-study"
 
 # ----- a model folder (`thumbview train --out`) ----------------------------------------------
 MODEL_WEIGHTS = "model.safetensors"  # every array of the fitted predictor
@@ -124,13 +128,16 @@ def find_study_dir(sae_dir: str | Path | None) -> Path | None:
 
 # ----- runs that did not finish ------------------------------------------------------------
 def check_finished(
-    folder: str | Path, error: type[Exception], resume: str = "finetune --resume, sae train"
+    folder: str | Path,
+    error: type[Exception],
+    resume: str = "finetune --resume, sae train",
+    marker: str = RUN_UNFINISHED,
 ) -> None:
     """Raise `error` when the run that writes `folder` did not finish (its marker is there;
-    runs write it with `fileio.while_running(folder / RUN_UNFINISHED, ...)`). `resume` says
-    how the command that writes this kind of folder goes on."""
-    if (Path(folder) / RUN_UNFINISHED).exists():
+    runs write it with `fileio.while_running(folder / marker, ...)`). `resume` says how the
+    command that writes this kind of folder goes on; `marker` is STUDY_UNFINISHED for a study."""
+    if (Path(folder) / marker).exists():
         raise error(
-            f"{folder}: the run that wrote this folder did not finish ({RUN_UNFINISHED} is "
+            f"{folder}: the run that wrote this folder did not finish ({marker} is "
             f"there); run it again, or resume it ({resume})"
         )

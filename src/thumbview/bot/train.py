@@ -8,12 +8,22 @@ JSON; nothing is pickled. The folder is rewritten after every epoch, so an inter
 run loses at most the epoch in progress; until the run ends the folder also holds
 `UNFINISHED` (`layout.RUN_UNFINISHED`), so every command that loads a bot (`read_bot`)
 refuses a killed or interrupted one, and `--resume` goes on from its last saved epoch.
+
+An epoch is saved all or nothing: its LoRA, optimizer state, `state.json` (history, tracker)
+and `bot.json` are written into a fresh hidden folder that one rename publishes as
+`checkpoint-NNN` (`fileio.publish_dir`); only then are the folder's own files (the LoRA,
+`bot.json`, the log, the plot) copied from it and older checkpoints removed. `--resume`
+reads only the newest checkpoint (a folder written before checkpoints: its own files), so a
+kill between two writes resumes from the last complete epoch, its LoRA, optimizer and history
+together, and the folder's files are rewritten from that checkpoint before training goes on.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -32,7 +42,7 @@ from thumbview.bot.folder import (
     save_grid,
 )
 from thumbview.bot.methods import EpochStats, ddpo_epoch, draft_epoch
-from thumbview.bot.policy import Policy, load_base, read_tensors, tensor_mismatch
+from thumbview.bot.policy import LORA_FILE, Policy, load_base, read_tensors, tensor_mismatch
 from thumbview.bot.reward import (
     HELD_FIXED,
     PredictorReward,
@@ -41,13 +51,15 @@ from thumbview.bot.reward import (
     to_pil,
 )
 from thumbview.bot.rl import BotError, PerPromptStatTracker
-from thumbview.fileio import atomic_write, json_safe, while_running
+from thumbview.fileio import atomic_write, json_safe, publish_dir, while_running
 from thumbview.layout import RUN_UNFINISHED
 from thumbview.schema import MapOf, Number, Optional, read_json
 
 log = logging.getLogger(__name__)
 
 LOG_FILE, STATE_FILE, OPTIM_FILE = "train_log.jsonl", "state.json", "optimizer.safetensors"
+CHECKPOINT = "checkpoint-{:03d}"  # an epoch's resume state, published whole (`_save`)
+_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 _ADAM_SLOTS = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
 # state.json as `_save` writes it (NaN is written as null); the extra row keys are not read.
 _ROW = {"epoch": int, **{k: Optional(Number) for k in ("reward_mean", "loss", "kl", "ood_mean", "eval_log10")}}  # fmt: skip
@@ -97,9 +109,10 @@ def train_bot(
     torch_reward = TorchReward(reward) if config.method == "draft" else None
     optimizer = torch.optim.AdamW(policy.lora_parameters(), lr=config.lr)
     tracker = PerPromptStatTracker()
-    if resume:
-        policy.load_lora(out_dir)
-        load_optimizer(optimizer, policy.lora_parameters(), out_dir / OPTIM_FILE)
+    source = state["source"]  # the newest checkpoint (None: a fresh run)
+    if source is not None:
+        policy.load_lora(source)
+        load_optimizer(optimizer, policy.lora_parameters(), source / OPTIM_FILE)
         tracker.load_state(state["tracker"])
     meta = _meta(base, model_dir, eval_model, config)
     history = list(state["history"])
@@ -108,6 +121,8 @@ def train_bot(
     # was); stays on a kill, a crash or Ctrl-C, so `read_bot` refuses that folder until
     # `--resume` goes on to the end.
     with while_running(out_dir / RUN_UNFINISHED, "thumbview bot train"):
+        if source is not None and source != out_dir:  # a kill may have left them mixed
+            _publish(out_dir, source, history)
         try:
             while epoch < config.epochs:
                 stats, row = _epoch(policy, rewards, prompts, config, optimizer, tracker, out_dir, epoch)  # fmt: skip
@@ -151,23 +166,40 @@ def _tune_epoch(policy, scorer, chosen, seeds, config: BotConfig, optimizer, tra
 
 
 def _start(out_dir: Path, config: BotConfig, resume: bool) -> dict:
-    """Fresh run: an empty/new folder. Resume: the saved config (epochs may be raised)."""
+    """Fresh run: an empty/new folder. Resume: the newest checkpoint's saved config (epochs
+    may be raised), history and tracker, and the checkpoint folder (`source`)."""
     if not resume:
-        if (out_dir / BOT_FILE).exists():
+        if (out_dir / BOT_FILE).exists() or checkpoints(out_dir):
             raise BotError(
                 f"{out_dir} already holds a bot; pass --resume to continue it or choose a new --out"
             )
         out_dir.mkdir(parents=True, exist_ok=True)
-        return {"config": config, "history": [], "tracker": {}}
-    if not (out_dir / STATE_FILE).exists():
+        return {"config": config, "history": [], "tracker": {}, "source": None}
+    found = checkpoints(out_dir)
+    source = found[-1] if found else out_dir  # a folder saved before checkpoints: its own files
+    if not (source / STATE_FILE).exists():
         raise BotError(f"nothing to resume in {out_dir} (no {STATE_FILE})")
-    saved = read_bot(out_dir, unfinished_ok=True)  # a killed run is what --resume is for
-    state = read_json(out_dir / STATE_FILE, STATE_SCHEMA, BotError)
+    saved = read_bot(source, unfinished_ok=True)  # a killed run is what --resume is for
+    state = read_json(source / STATE_FILE, STATE_SCHEMA, BotError)
     if [row["epoch"] for row in state["history"]] != list(range(1, len(state["history"]) + 1)):
-        raise BotError(f"{out_dir / STATE_FILE}: history must hold epochs 1, 2, ... in order")
+        raise BotError(f"{source / STATE_FILE}: history must hold epochs 1, 2, ... in order")
     cfg = BotConfig.from_dict(saved["config"])
     cfg = replace(cfg, epochs=max(config.epochs, len(state["history"])))
-    return {"config": cfg, "history": state["history"], "tracker": state["tracker"]}
+    return {
+        "config": cfg,
+        "history": state["history"],
+        "tracker": state["tracker"],
+        "source": source,
+    }
+
+
+def checkpoints(out_dir: Path) -> list[Path]:
+    """The published `checkpoint-NNN` folders in `out_dir`, oldest first (the last is the
+    one `--resume` reads; hidden staging folders are never listed)."""
+    if not out_dir.is_dir():
+        return []
+    found = [(int(m[1]), p) for p in out_dir.iterdir() if (m := _CHECKPOINT_NAME.fullmatch(p.name)) and p.is_dir()]  # fmt: skip
+    return [p for _, p in sorted(found)]
 
 
 def _epoch_batch(
@@ -230,18 +262,37 @@ def _meta(base, model_dir, eval_model, config: BotConfig) -> dict:
 
 def _save(
     out_dir: Path, policy: Policy, optimizer, tracker, meta: dict, history: list[dict]
-) -> None:
-    policy.save_lora(out_dir)
-    save_optimizer(optimizer, policy.lora_parameters(), out_dir / OPTIM_FILE)
-    atomic_write(out_dir / LOG_FILE, "".join(json.dumps(json_safe(r)) + "\n" for r in history))
+) -> Path:
+    """Epoch len(history), all or nothing (module docstring): the checkpoint is staged in a
+    hidden folder and published by one rename, then the folder's own files follow it."""
+    staging = out_dir / f".{CHECKPOINT.format(len(history))}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)  # left by a kill before its rename
+    staging.mkdir()
+    policy.save_lora(staging)
+    save_optimizer(optimizer, policy.lora_parameters(), staging / OPTIM_FILE)
     state = {"history": history, "tracker": tracker.state()}
-    atomic_write(out_dir / STATE_FILE, json.dumps(json_safe(state)))
+    (staging / STATE_FILE).write_text(json.dumps(json_safe(state)), encoding="utf-8")
     record = {
         **meta,
         "epochs_done": len(history),
         "reward_history": [r["reward_mean"] for r in history],
     }
-    atomic_write(out_dir / BOT_FILE, json.dumps(json_safe(record), indent=2) + "\n")
+    (staging / BOT_FILE).write_text(json.dumps(json_safe(record), indent=2) + "\n", "utf-8")
+    checkpoint = publish_dir(staging, out_dir / CHECKPOINT.format(len(history)))
+    for old in checkpoints(out_dir)[:-1]:
+        shutil.rmtree(old)
+    for name in (STATE_FILE, OPTIM_FILE):  # resume state of a folder saved before checkpoints
+        (out_dir / name).unlink(missing_ok=True)
+    _publish(out_dir, checkpoint, history)
+    return checkpoint
+
+
+def _publish(out_dir: Path, checkpoint: Path, history: list[dict]) -> None:
+    """The folder's own files (what `bot generate`, `serve --bot` and diffusers read), copied
+    from `checkpoint`, each atomically; the log and plot from its history."""
+    for name in (LORA_FILE, BOT_FILE):
+        atomic_write(out_dir / name, lambda tmp, src=checkpoint / name: shutil.copyfile(src, tmp))
+    atomic_write(out_dir / LOG_FILE, "".join(json.dumps(json_safe(r)) + "\n" for r in history))
     plot_history(history, out_dir / "reward.png")
 
 

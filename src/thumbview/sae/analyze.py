@@ -24,8 +24,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from thumbview.data.dataset import LoadReport, ThumbnailDataset
-from thumbview.fileio import json_safe, while_running
-from thumbview.layout import RUN_UNFINISHED
+from thumbview.fileio import atomic_write, json_safe, while_running
+from thumbview.layout import STUDY_UNFINISHED
 from thumbview.progress import SILENT, Progress
 from thumbview.sae import report
 from thumbview.sae.arrays import StudyError
@@ -355,15 +355,16 @@ def run_analysis(
     result = run_study(x, views, study)
     t2 = time.perf_counter()
     reference = _reference(config, x.shape[1], sae_dir, reference_latents, cache_dir, progress)
-    # A killed run leaves new tables beside an earlier run's examples, names and summary (or
-    # a table cut short): `load_study` refuses the folder until a run writes it to the end.
-    with while_running(out / RUN_UNFINISHED, "thumbview sae analyze"):
+    # A killed run leaves new tables beside an earlier run's examples, names and summary:
+    # `load_study` refuses the folder until a run writes it to the end. Its own marker name,
+    # so a study written into an SAE folder never makes that SAE refused (layout).
+    with while_running(out / STUDY_UNFINISHED, "thumbview sae analyze"):
         paths = _write_outputs(ds, x, result, config, out, reference, progress, names)
         timings = {"prepare_s": t1 - t0, "study_s": t2 - t1, "write_s": time.perf_counter() - t2}
         summary = _summary(dataset, ds, result, config, views, timings, sae_dir)
         summary["activations"] = activations
         summary.update(json_safe(_control_summary(fit)))
-        paths["summary_json"].write_text(json.dumps(summary, indent=2, allow_nan=False))
+        atomic_write(paths["summary_json"], json.dumps(summary, indent=2, allow_nan=False))
         paths["report_html"] = report.write_report(out / REPORT_HTML, summary, paths["cards"])
     logger.info("study written to %s", out)
     grids = tuple(out / c.grid for c in paths.pop("cards"))
@@ -428,10 +429,10 @@ def _write_outputs(
     `latent_name` column of both CSVs and a line on each grid's card.
     """
     paths: dict[str, Any] = {k: out / v for k, v in _FILES.items()}
-    _named(result.table(), latent_names).to_csv(paths["features_csv"], index=False)
+    _write_csv(_named(result.table(), latent_names), paths["features_csv"])
     names = ds.table["file_name"].to_numpy(dtype=object)
     all_features = result.features.assign(top_file_name=names[result.features["top_video"]])
-    _named(all_features, latent_names).to_csv(paths["all_features_csv"], index=False)
+    _write_csv(_named(all_features, latent_names), paths["all_features_csv"])
     examples = top_examples(x, result.features["latent_feature_index"].to_numpy(), config.grid_size)
     _write_examples(paths["examples_json"], ds, names, examples)
     report.plot_histogram(result, paths["histogram_png"])
@@ -440,13 +441,18 @@ def _write_outputs(
     if latent_names:
         paths["cards"] = [replace(c, name=latent_names.get(c.latent)) for c in paths["cards"]]
         names_json = {"names": {str(k): v for k, v in sorted(latent_names.items())}}
-        (out / LATENT_NAMES_JSON).write_text(json.dumps(names_json), encoding="utf-8")
+        atomic_write(out / LATENT_NAMES_JSON, json.dumps(names_json))
     else:
         (out / LATENT_NAMES_JSON).unlink(missing_ok=True)  # from an earlier run into out
     return paths
 
 
 LATENT_NAME = "latent_name"  # the CSV column `explain` reads names from
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> Path:
+    """A study table, written whole or not at all (a rerun killed mid-table keeps the old one)."""
+    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
 def _named(table: pd.DataFrame, names: dict[int, str] | None) -> pd.DataFrame:
@@ -505,7 +511,7 @@ def _write_examples(
         "dataset_root": str(ds.root),
         "examples": {str(c): names[rows].tolist() for c, rows in examples.items()},
     }
-    path.write_text(json.dumps(payload), encoding="utf-8")
+    atomic_write(path, json.dumps(payload))
 
 
 def _grids(

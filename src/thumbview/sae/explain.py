@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from thumbview.layout import check_finished
+from thumbview.layout import STUDY_UNFINISHED, check_finished
 from thumbview.sae.analyze import (
     ALL_FEATURES_CSV,
     EXAMPLES_JSON,
@@ -66,7 +66,7 @@ def load_study(path: str | Path) -> StudyIndex:
 
     The folder's all_features.csv (every qualifying latent) is preferred over features.csv
     (the top/bottom table only). A folder an `sae analyze` run did not finish is a
-    StudyError (`layout.check_finished`).
+    StudyError (`layout.check_finished`, its `STUDY_UNFINISHED` marker).
     """
     path = Path(path)
     if path.is_dir():
@@ -76,7 +76,9 @@ def load_study(path: str | Path) -> StudyIndex:
         )
     else:
         folder, csv = path.parent, path
-    check_finished(folder, StudyError, "`thumbview sae analyze` with the same --out")
+    check_finished(
+        folder, StudyError, "`thumbview sae analyze` with the same --out", STUDY_UNFINISHED
+    )
     if not csv.is_file():
         raise StudyError(
             f"no study results at {path} (expected {ALL_FEATURES_CSV} or {FEATURES_CSV})"

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from thumbview.data.images import ImageError, load_image
+from thumbview.fileio import atomic_write
 from thumbview.sae.study import StudyResult
 from thumbview.units import format_count
 
@@ -96,8 +97,7 @@ def plot_histogram(result: StudyResult, path: str | Path) -> Path:
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return Path(path)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 _RATIO_TICKS = (
@@ -185,8 +185,7 @@ def plot_magnitude(result: StudyResult, path: str | Path, alpha: float = SIGNIFI
         f"grey: q ≥ {alpha:g})"
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return Path(path)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 def _null_locator() -> Any:
@@ -247,9 +246,7 @@ def save_grid(
                 continue
             canvas.paste(_cell(cells[i][0]), (x, top + HEADER_H))
             draw.text((x + 2, top + HEADER_H + CELL_H + 2), cells[i][1], fill=_TEXT, font=_font())
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, optimize=True)
-    return Path(path)
+    return atomic_write(path, lambda tmp: canvas.save(tmp, "PNG", optimize=True))
 
 
 # ------------------------------------------------------------------------------ report
@@ -524,5 +521,4 @@ different questions: KS sees many features each a little off, max z sees a few s
 a large p from one of them does not mean the other kind of effect is absent.</p>
 </main></body></html>
 """
-    Path(path).write_text(doc, encoding="utf-8")
-    return Path(path)
+    return atomic_write(path, doc)
