@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from thumbview.sae.architectures import build_sae
 from thumbview.sae.config import sae_config
 from thumbview.sae.folder import SaeFileError, load_sae, save_sae
 from thumbview.sae.model import SaeError, SaeInputError, SparseAutoencoder
-from thumbview.sae.train import SaeTrainer, TrainConfig
+from thumbview.sae.train import SaeTrainer, TrainConfig, checkpoints, latest_checkpoint
 
 FAST = {"batch_size": 256, "lr": 4e-3, "warmup_steps": 10}
 
@@ -68,7 +69,8 @@ def test_topk_recovers_planted_dictionary(tmp_path):
     assert trainer.reported_metrics == trainer.heldout_metrics
     assert held["never_fired"] == round(held["dead_fraction"] * 128) and held["d_sae"] == 128
     assert int((trainer.eval_frequency == 0).sum()) == after.never_fired  # plot == line
-    assert (tmp_path / "checkpoint" / "state.safetensors").exists()
+    assert [p.name for p in checkpoints(tmp_path / "checkpoint")] == ["000001"]  # the final save
+    assert (latest_checkpoint(tmp_path / "checkpoint") / "state.safetensors").exists()
     reloaded = load_sae(tmp_path / "sae")
     torch.testing.assert_close(reloaded.W_dec, sae.W_dec, rtol=0, atol=0)
 
@@ -179,7 +181,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     reference.fit(x, tmp_path / "straight")
     with pytest.raises(_Crash):
         _resume_setup(_CrashingTrainer).fit(x, tmp_path / "resumed")
-    saved = json.loads((tmp_path / "resumed" / "checkpoint" / "trainer.json").read_text())
+    saved = json.loads((latest_checkpoint(tmp_path / "resumed" / "checkpoint") / "trainer.json").read_text())  # fmt: skip
     assert saved["steps_done"] == 7  # steps 8-10 were lost with the crash and are redone
     resumed = _resume_setup()
     resumed.fit(x, tmp_path / "resumed")
@@ -188,6 +190,111 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
         torch.testing.assert_close(dict(resumed.sae.named_parameters())[name], p, msg=name)
     torch.testing.assert_close(resumed.since_fired, reference.since_fired)
     assert resumed.samples_seen == reference.samples_seen
+
+
+@pytest.mark.parametrize("where", ["staging", "before the rename", "after the rename"])
+def test_a_save_killed_between_its_steps_resumes_from_the_last_complete_checkpoint(
+    where, tmp_path, monkeypatch
+):
+    """The second checkpoint's save (step 14) is killed: while its files are written, before
+    the rename that publishes it, or after it, before the older one is removed. Before, the
+    swap renamed `checkpoint/` away and then the new one in, with nothing flushed to disk.
+    Now `--resume` finds the last complete checkpoint (step 7, or 14 once published) and
+    ends with the weights of a run never interrupted."""
+    import thumbview.sae.train as sae_train
+
+    x = planted(n=2000)
+    reference = _resume_setup()
+    reference.fit(x, tmp_path / "straight")
+    real_save, real_publish, saves = sae_train.save_file, sae_train.publish_dir, []
+
+    def save_file(tensors, path):
+        saves.append(path)
+        if len(saves) == 2 and where == "staging":
+            Path(path).write_bytes(b"half a file")
+            raise _Crash
+        return real_save(tensors, path)
+
+    def publish_dir(staging, target):
+        if len(saves) == 2 and where == "before the rename":
+            raise _Crash
+        published = real_publish(staging, target)
+        if len(saves) == 2 and where == "after the rename":
+            raise _Crash
+        return published
+
+    out = tmp_path / "killed"
+    with monkeypatch.context() as patch:
+        patch.setattr(sae_train, "save_file", save_file)
+        patch.setattr(sae_train, "publish_dir", publish_dir)
+        with pytest.raises(_Crash):
+            _resume_setup().fit(x, out)
+    expected = 14 if where == "after the rename" else 7
+    assert _resume_setup().load_checkpoint(out / "checkpoint").steps_done == expected
+    resumed = _resume_setup()
+    resumed.fit(x, out)
+    assert resumed.steps_done == reference.steps_done
+    for name, p in reference.sae.named_parameters():
+        torch.testing.assert_close(dict(resumed.sae.named_parameters())[name], p, msg=name)
+    assert len(checkpoints(out / "checkpoint")) == 1  # older ones and staging cleared
+    assert not list((out / "checkpoint").glob(".*"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names fds through /proc")
+def test_a_checkpoint_is_on_disk_before_the_rename_that_publishes_it(tmp_path, monkeypatch):
+    """Before, nothing was flushed: after a power cut the swapped-in `checkpoint/` could hold
+    empty files with the previous one already deleted. Now both files are flushed before
+    the one rename that makes the checkpoint visible, and its folder's entry right after."""
+    import os
+
+    events, real_fsync, real_rename = [], os.fsync, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def rename(src, dst, *args, **kwargs):
+        events.append(("rename", str(src), str(dst)))
+        return real_rename(src, dst, *args, **kwargs)
+
+    trainer = _resume_setup()
+    trainer.step(torch.tensor(planted(n=2000)[:128]))
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    published = trainer.save_checkpoint(tmp_path / "checkpoint")
+    monkeypatch.undo()
+    (at,) = [i for i, e in enumerate(events) if e[0] == "rename" and e[2] == str(published)]
+    staging = Path(events[at][1])
+    flushed_before = {e[1] for e in events[:at] if e[0] == "fsync"}
+    assert {str(staging / "state.safetensors"), str(staging / "trainer.json")} <= flushed_before
+    assert ("fsync", str(tmp_path / "checkpoint")) in events[at:]
+    assert _resume_setup().load_checkpoint(tmp_path / "checkpoint").steps_done == 1
+
+
+@pytest.mark.parametrize("layout", ["checkpoint", "checkpoint.old"])
+def test_a_checkpoint_written_before_numbering_still_resumes(layout, tmp_path):
+    """Folders from before numbered checkpoints: the files in `checkpoint/` itself, or only
+    the `checkpoint.old` that a kill between the old swap's two renames left. Both resume
+    (to the weights of an uninterrupted run), and are cleared once a numbered one exists."""
+    x = planted(n=2000)
+    reference = _resume_setup()
+    reference.fit(x, tmp_path / "straight")
+    out = tmp_path / "old"
+    with pytest.raises(_Crash):
+        _resume_setup(_CrashingTrainer).fit(x, out)  # checkpointed at step 7
+    (numbered,) = checkpoints(out / "checkpoint")
+    numbered.rename(out / "checkpoint.old")
+    if layout == "checkpoint":  # the two files directly in the folder
+        (out / "checkpoint").rmdir()
+        (out / "checkpoint.old").rename(out / "checkpoint")
+    assert _resume_setup().load_checkpoint(out / "checkpoint").steps_done == 7
+    resumed = _resume_setup()
+    resumed.fit(x, out)
+    for name, p in reference.sae.named_parameters():
+        torch.testing.assert_close(dict(resumed.sae.named_parameters())[name], p, msg=name)
+    assert not (out / "checkpoint.old").exists()
+    assert not (out / "checkpoint" / "trainer.json").exists()
+    assert [p.name for p in checkpoints(out / "checkpoint")] == ["000004"]  # 14, 21, 28, end
 
 
 def test_checkpoint_round_trip_restores_optimizer_state(tmp_path):
@@ -270,6 +377,27 @@ def test_save_load_round_trip_is_exact_and_sae_lens_shaped(tmp_path, arch):
     assert cfg["hook_name"] == "vision_model.encoder.layers.10"
     assert cfg["activation_fn_kwargs"] == ({"k": 3} if arch == "topk" else {})
     assert load_file(tmp_path / "sae_weights.safetensors")["W_enc"].shape == (16, 64)
+
+
+def test_a_save_that_dies_mid_write_leaves_the_earlier_sae_whole(tmp_path, monkeypatch):
+    """Before, `save_sae` wrote over `sae_weights.safetensors` in place (and `metrics.json`,
+    `cfg.json`, shard manifests, cache sidecars likewise): a kill mid-write left half a
+    file where a whole one was. Now each goes to a temp file renamed over the old one."""
+    import thumbview.sae.folder as folder
+
+    first = build_sae(sae_config(d_in=32, expansion_factor=4, k=4), seed=0)
+    save_sae(first, tmp_path / "sae")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "sae").iterdir()}
+
+    def dies_mid_write(tensors, path):
+        Path(path).write_bytes(b"half a safetensors file")
+        raise _Crash
+
+    monkeypatch.setattr(folder, "save_file", dies_mid_write)
+    with pytest.raises(_Crash):
+        save_sae(build_sae(sae_config(d_in=32, expansion_factor=4, k=4), seed=1), tmp_path / "sae")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "sae").iterdir()} == before
+    torch.testing.assert_close(load_sae(tmp_path / "sae").W_dec, first.W_dec, rtol=0, atol=0)
 
 
 def test_load_reads_a_plain_sae_lens_config(tmp_path):

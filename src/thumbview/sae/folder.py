@@ -36,6 +36,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from thumbview.fileio import atomic_write
 from thumbview.layout import SAE_CONFIG as CFG_FILE
 from thumbview.layout import SAE_SUBDIR, SaeFolderError, check_finished, resolve_sae_dir
 from thumbview.layout import SAE_WEIGHTS as WEIGHTS_FILE
@@ -122,10 +123,10 @@ def save_sae(
     """Write ``sae_weights.safetensors`` + ``cfg.json`` (SAELens layout; see module docstring)."""
     directory = Path(directory)
     cfg_json = json.dumps(sae_lens_cfg(sae, extra_cfg), indent=2)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: getattr(sae, k).detach().float().cpu().contiguous() for k in _PARAM_KEYS}
-    save_file(tensors, directory / WEIGHTS_FILE)
-    (directory / CFG_FILE).write_text(cfg_json)
+    # Each file atomically (a kill mid-write keeps the earlier file whole); cfg.json last.
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
+    atomic_write(directory / CFG_FILE, cfg_json)
     return directory
 
 

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from thumbview.data.dataset import ThumbnailDataset
 from thumbview.data.images import load_image
 from thumbview.embed.cache import embed
-from thumbview.fileio import while_running
+from thumbview.fileio import atomic_write, while_running
 from thumbview.layout import RUN_UNFINISHED
 from thumbview.layout import SAE_CODES as CODES_FILE
 from thumbview.progress import SILENT, Progress
@@ -205,5 +205,5 @@ def _all_token_activations(
             out[start * n_tokens : (start + len(images)) * n_tokens] = block.reshape(-1, dim)
             advance(len(images))
     out.flush()
-    sidecar.write_text(json.dumps(key))
+    atomic_write(sidecar, json.dumps(key))  # the key last, whole: it vouches for the array
     return np.load(path, mmap_mode="r")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from thumbview.fileio import atomic_write
 from thumbview.sae.config import SaeError
 
 SHARD_GLOB = "activations-*.npy"
@@ -71,8 +72,9 @@ def write_shards(
 ) -> ShardedActivations:
     """Stream (n, d_in) blocks into shards of `shard_rows` rows; returns the opened folder.
 
-    Each shard is written to a temporary name and renamed, so an interrupted dump leaves
-    only whole shards; the manifest (rows, width, shards) is written last.
+    Each shard is written to a temporary name, flushed and renamed (`atomic_write`), so an
+    interrupted dump leaves only whole shards; the manifest (rows, width, shards) is written
+    last, the same way.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -90,12 +92,15 @@ def write_shards(
         index += 1
     opened = ShardedActivations(folder)
     manifest = {"rows": len(opened), "d_in": opened.shape[1], "shards": index}
-    (folder / MANIFEST).write_text(json.dumps(manifest))
+    atomic_write(folder / MANIFEST, json.dumps(manifest))
     return opened
 
 
 def _save(folder: Path, index: int, data: np.ndarray) -> None:
-    tmp = folder / f".activations-{index:05d}.npy.tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, data)
-    tmp.rename(folder / f"activations-{index:05d}.npy")
+    """One shard, whole or not at all (the temp name is hidden from `SHARD_GLOB`)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # np.save to a path would append ".npy" to the temp name
+            np.save(f, data)
+
+    atomic_write(folder / f"activations-{index:05d}.npy", write)

@@ -7,14 +7,21 @@ ending with the same weights as an uninterrupted run.
 
 The saved SAE folder (``save_sae``/``load_sae``, SAELens layout) is ``thumbview.sae.folder``.
 
-Checkpoints (``out_dir/checkpoint``) are ``state.safetensors`` (weights, Adam state tensors
-by name, firing counters) plus ``trainer.json`` (configs, counters, Adam hyper-parameters).
+Checkpoints (``out_dir/checkpoint/NNNNNN/``) are ``state.safetensors`` (weights, Adam state
+tensors by name, firing counters) plus ``trainer.json`` (configs, counters, Adam
+hyper-parameters). Each is written into a hidden staging folder and published under the next
+number by one rename (``fileio.publish_dir``); only then are the older ones removed. So a kill
+at any point leaves the last complete checkpoint, which is the one a resume reads (the
+newest number). Folders written before numbering (the files directly in ``checkpoint/``, or
+in the ``checkpoint.old`` a kill during the old swap left) are still read when no numbered
+checkpoint exists, and removed once one is published.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -25,6 +32,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from thumbview.fileio import atomic_write, fsync_dir, publish_dir, write_json
 from thumbview.layout import SAE_CHECKPOINT_DIR as CHECKPOINT_DIR
 from thumbview.layout import SAE_METRICS as METRICS_JSON
 from thumbview.layout import SAE_SUBDIR
@@ -48,6 +56,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "state.safetensors"
 TRAINER_FILE = "trainer.json"
+_NUMBERED = re.compile(r"\d{6,}")  # a published checkpoint in checkpoint/ (`save_checkpoint`)
 _WARMUP_MAX_FRACTION = 0.1  # warmup never exceeds this share of a known run length
 _EVAL_MAX_ROWS = 65_536  # rows of the training data re-scored for metrics.json
 _EVAL_LATENT_BUDGET = 2**24  # dense latents held at once by `evaluate` (64 MB of float32)
@@ -315,26 +324,34 @@ class SaeTrainer:
         }
 
     def save_checkpoint(self, directory: str | Path) -> Path:
-        """Write the full training state; the folder is swapped in whole, never half-written."""
+        """Write the full training state as `directory`/NNNNNN, the next number, staged and
+        published by one rename; the older checkpoints (and one written before numbering)
+        are removed only after it, so a kill at any point leaves a complete one to resume."""
         directory = Path(directory)
-        tmp, old = (
-            directory.with_name(directory.name + ".tmp"),
-            directory.with_name(directory.name + ".old"),
-        )
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file(self._state_tensors(), tmp / STATE_FILE)
-        (tmp / TRAINER_FILE).write_text(json.dumps(self._state_json(), indent=2))
-        if directory.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            directory.rename(old)
-        tmp.rename(directory)
-        shutil.rmtree(old, ignore_errors=True)
-        return directory
+        if not directory.is_dir():
+            directory.mkdir(parents=True)
+            fsync_dir(directory.parent)
+        older = checkpoints(directory)
+        number = f"{int(older[-1].name) + 1 if older else 1:06d}"
+        for left in directory.glob(".*.tmp"):  # staging left by a kill before its rename
+            shutil.rmtree(left)
+        staging = directory / f".{number}.tmp"
+        staging.mkdir()
+        save_file(self._state_tensors(), staging / STATE_FILE)
+        (staging / TRAINER_FILE).write_text(json.dumps(self._state_json(), indent=2))
+        published = publish_dir(staging, directory / number)
+        for old in older:
+            shutil.rmtree(old)
+        _remove_unnumbered(directory)
+        return published
 
     def load_checkpoint(self, directory: str | Path) -> SaeTrainer:
-        """Restore a checkpoint written by `save_checkpoint` for the same SAE and data order."""
-        directory = _existing_checkpoint(Path(directory))
+        """Restore the newest checkpoint in `directory` (`latest_checkpoint`), written by
+        `save_checkpoint` for the same SAE and data order."""
+        found = latest_checkpoint(directory)
+        if found is None:
+            raise SaeFileError(f"{directory}: no checkpoint here ({TRAINER_FILE} missing)")
+        directory = found
         meta = _read_json(directory / TRAINER_FILE)
         self._check_compatible(meta, directory)
         tensors = _read_safetensors(directory / STATE_FILE)
@@ -404,7 +421,7 @@ class SaeTrainer:
         """Train on an (N, d_in) array or `ShardedActivations` (shuffled per epoch, read batch
         by batch) or on an iterable of batches (one pass).
 
-        Resumes from ``out_dir/checkpoint`` when present. Writes ``out_dir/sae`` (see
+        Resumes from the newest checkpoint in ``out_dir/checkpoint`` when there is one. Writes ``out_dir/sae`` (see
         `save_sae`), ``metrics.json`` and ``feature_density.png``. An iterable must yield the
         same batches in the same order on a resume; the ones already trained on are skipped.
         """
@@ -421,7 +438,7 @@ class SaeTrainer:
             )
             if getattr(self.sae.cfg, "normalize_activations", False):
                 self.activation_scale = input_scale(data, train_rows, self.cfg.seed)
-        if _has_checkpoint(out_dir / CHECKPOINT_DIR):
+        if latest_checkpoint(out_dir / CHECKPOINT_DIR) is not None:
             self.load_checkpoint(out_dir / CHECKPOINT_DIR)
         start = self.steps_done
         batches = (
@@ -484,7 +501,7 @@ class SaeTrainer:
                     "too few activations to hold any out: explained variance is on training rows"
                 )
             frequency = self.eval_frequency  # the set the reported line counts
-        (out_dir / METRICS_JSON).write_text(json.dumps(metrics, indent=2))
+        write_json(out_dir / METRICS_JSON, metrics)
         save_density_histogram(frequency, out_dir / "feature_density.png", where)
 
 
@@ -493,18 +510,40 @@ def _fmt(metrics: dict[str, float]) -> str:
 
 
 # -- files -------------------------------------------------------------------------------
-def _has_checkpoint(directory: Path) -> bool:
-    return (directory / TRAINER_FILE).exists() or (
-        directory.with_name(directory.name + ".old") / TRAINER_FILE
-    ).exists()
+def checkpoints(directory: str | Path) -> list[Path]:
+    """The published numbered checkpoints in `directory`, oldest first (hidden staging
+    folders are never listed)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(p.name), p) for p in directory.iterdir() if _NUMBERED.fullmatch(p.name)]
+    return [p for _, p in sorted(found) if p.is_dir()]
 
 
-def _existing_checkpoint(directory: Path) -> Path:
-    """The checkpoint folder, or its ``.old`` twin left by a crash during the swap."""
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The checkpoint a resume reads: the newest numbered one in `directory`; else one written
+    before numbering, `directory` itself or the ``.old`` twin a kill during its swap left.
+
+    A numbered checkpoint is whole once it exists (published by one rename), so the newest
+    is read even if damaged: a loud error beats silently resuming from an older state.
+    """
+    directory = Path(directory)
+    numbered = checkpoints(directory)
+    if numbered:
+        return numbered[-1]
     for candidate in (directory, directory.with_name(directory.name + ".old")):
-        if (candidate / TRAINER_FILE).exists():
+        if (candidate / TRAINER_FILE).is_file():
             return candidate
-    raise SaeFileError(f"{directory}: no checkpoint here ({TRAINER_FILE} missing)")
+    return None
+
+
+def _remove_unnumbered(directory: Path) -> None:
+    """A checkpoint written before numbering, and what its swap left, once a numbered one
+    is published (until then it is the state a resume reads)."""
+    for name in (TRAINER_FILE, STATE_FILE):
+        (directory / name).unlink(missing_ok=True)
+    for twin in (".old", ".tmp"):
+        shutil.rmtree(directory.with_name(directory.name + twin), ignore_errors=True)
 
 
 def save_density_histogram(frequency: np.ndarray, path: str | Path, where: str = "") -> Path:
@@ -524,5 +563,4 @@ def save_density_histogram(frequency: np.ndarray, path: str | Path, where: str =
         f"{len(frequency) - len(alive)} of {len(frequency)} latents never fired {where}".strip()
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
