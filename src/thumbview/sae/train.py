@@ -421,9 +421,10 @@ class SaeTrainer:
         """Train on an (N, d_in) array or `ShardedActivations` (shuffled per epoch, read batch
         by batch) or on an iterable of batches (one pass).
 
-        Resumes from the newest checkpoint in ``out_dir/checkpoint`` when there is one. Writes ``out_dir/sae`` (see
-        `save_sae`), ``metrics.json`` and ``feature_density.png``. An iterable must yield the
-        same batches in the same order on a resume; the ones already trained on are skipped.
+        Resumes from the newest checkpoint in ``out_dir/checkpoint`` when there is one.
+        Writes ``out_dir/sae`` (see `save_sae`), ``metrics.json`` and ``feature_density.png``.
+        An iterable must yield the same batches in the same order on a resume; the ones
+        already trained on are skipped.
         """
         out_dir = Path(out_dir)
         is_array = isinstance(activations, np.ndarray | torch.Tensor | ShardedActivations)
