@@ -1,7 +1,7 @@
 """Every artifact a user can be handed survives every edit of every field (issue 30).
 
 For each kind of folder (predictor heads ridge, mlp, gbm, stacked, with a training range and
-a pairwise model; a fine-tuned network; SAEs of both architectures in thumbview's layout and
+a pairwise model; a fine-tuned network with its training range; SAEs of both architectures in thumbview's layout and
 in SAELens'; a bot), a freshly written tiny folder is damaged one field or tensor at a time
 and loaded the way the commands load it. The mutations are derived from the folder itself:
 every JSON file under it, every field in those files (lists: their first and last item),
@@ -268,13 +268,16 @@ def observe_predictor(folder: Path, blocks: dict):
 
 def build_finetuned(root: Path) -> Path:
     """An untrained test-vit network (image only), calibrated and saved as `finetune` saves,
-    with the pairwise calibration of its held-out predictions (pairwise.json, no folds)."""
+    with the pairwise calibration of its held-out predictions (pairwise.json, no folds) and
+    the training range of its embeddings (training_range.json + .safetensors)."""
     import torch
 
     from thumbview.finetune.config import FinetuneConfig
     from thumbview.finetune.model import FinetunedPredictor
     from thumbview.finetune.network import build_network
+    from thumbview.finetune.range import fit_range, save_range
     from thumbview.finetune.report import fit_pairwise
+    from thumbview.predict.drift import MIN_NOVELTY_ROWS
 
     torch.manual_seed(0)
     config = FinetuneConfig(backbone="test-vit", title="none", epochs=1, workers=0)
@@ -290,6 +293,12 @@ def build_finetuned(root: Path) -> Path:
     held = SimpleNamespace(channels=channels)  # held-out rows: all 60, predictions near y
     fit_pairwise(out, held, np.arange(60), y + rng.normal(0, 0.3, 60), y)
     assert (out / "pairwise" / "pairwise.json").is_file()
+    # the range of its embeddings on 200 held-out rows (`finetune.range`), as finetune saves it
+    n = MIN_NOVELTY_ROWS
+    pixels = rng.integers(0, 255, (n, 3 * arch["image_size"] ** 2)).astype(np.float32)
+    groups = np.array([f"c{i % 10}" for i in range(n)])
+    save_range(fit_range(model, [{"pixels": pixels}], 4 + rng.normal(0, 0.5, n), groups), out)
+    assert (out / "training_range.safetensors").is_file()
     return out
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import fields
+import weakref
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ from thumbview.finetune.config import FORMAT, FORMAT_VERSION, FinetuneConfig, Fi
 from thumbview.finetune.encoders import TITLE_MAX_TOKENS, build_encoder
 from thumbview.layout import MODEL_ENCODERS as ENCODERS_FILE
 from thumbview.layout import check_finished
-from thumbview.predict.folder import encoder_specs
+from thumbview.predict.drift import TrainingRange
+from thumbview.predict.folder import checked_range, encoder_specs
 from thumbview.predict.model import (
     CONFIG_FILE,
     QUANTILE_LEVELS,
@@ -83,19 +85,46 @@ class FinetunedPredictor(ViewPredictor):
     # ----- prediction ------------------------------------------------------------------------
     def predict(self, blocks: dict[str, np.ndarray]) -> np.ndarray:
         """Point predictions (N,) in target units, in batches of 64, without gradients."""
+        return self._run(blocks)[0]
+
+    def embeddings(self, blocks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """{"image": (N, D_img), "title": (N, 384) when the network reads titles}: what its
+        head reads for these rows, which its training range describes (`finetune.range`).
+        The embeddings of the last `predict` are reused when given the same pixels array
+        (the same object: a prediction and its range check cost one pass)."""
+        last = getattr(self, "_last_embedded", None)
+        key = blocks.get(self.config.encoders[0]) if isinstance(blocks, dict) else None
+        if last is not None and key is not None and last[0]() is key:
+            return last[1]
+        return self._run(blocks)[1]
+
+    def _run(self, blocks) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(predictions (N,) in target units, `embeddings` {part: (N, D)}), remembered for
+        the pixels array given (a weak reference: nothing is kept alive)."""
         import torch
 
         self._require("net_")
         n = _first_rows(blocks, self.config.encoders)
+        key = blocks[self.config.encoders[0]]
         blocks = self._check_blocks(blocks, n)
         device = next(self.net_.parameters()).device
-        out = []
+        out, parts = [], {name: [] for name in self.net_.embedding_dims}
         with torch.no_grad():
             for start in range(0, n, PREDICT_BATCH):
                 pix, title = self.tensors(blocks, slice(start, start + PREDICT_BATCH), device)
-                out.append(self.net_(pix, title).float().cpu().numpy())
+                embedded = self.net_.embed(pix, title)  # {part: (B, D)}
+                out.append(self.net_.head_of(embedded).float().cpu().numpy())
+                for name, value in embedded.items():
+                    parts[name].append(value.float().cpu().numpy())
+        dims = self.net_.embedding_dims
+        emb = {k: np.concatenate(v).astype(np.float64) if v else np.zeros((0, dims[k]))
+               for k, v in parts.items()}  # fmt: skip
         pred = np.concatenate(out) if out else np.zeros(0)
-        return pred.astype(np.float64) * self.y_std_ + self.y_mean_
+        try:
+            self._last_embedded = (weakref.ref(key), emb)
+        except TypeError:  # not weakly referable (a list): nothing remembered
+            self._last_embedded = None
+        return pred.astype(np.float64) * self.y_std_ + self.y_mean_, emb
 
     def tensors(self, blocks: dict[str, np.ndarray], rows, device):
         """(pixels (B, 3, S, S), title (B, D) or None) tensors for rows of the blocks."""
@@ -300,8 +329,11 @@ def _sizes(value: Any, where: str) -> dict[str, int]:
 KIND = FORMAT  # the `format` of config.json this module loads (entry point "thumbview.model_kinds")
 
 
-def load_folder(directory: str | Path) -> tuple[FinetunedPredictor, dict[str, Encoder], None]:
-    """The model and the encoders named in its `encoders.json` (no training range is kept).
+def load_folder(
+    directory: str | Path,
+) -> tuple[FinetunedPredictor, dict[str, Encoder], TrainingRange | None]:
+    """The model, the encoders named in its `encoders.json`, and the range of its held-out
+    rows' embeddings (`finetune.range`; None for folders written without one).
 
     This kind's entry in the inference layer's registry (`thumbview.inference.kinds`)."""
     directory = Path(directory)
@@ -317,7 +349,9 @@ def load_folder(directory: str | Path) -> tuple[FinetunedPredictor, dict[str, En
                 f"{directory / ENCODERS_FILE}: {name} gives {encoder.dim} values, the network "
                 f"reads {model.block_dims_[name]} ({CONFIG_FILE} architecture.image_size)"
             )
-    return model, encoders, None
+    # the range of the network's embeddings (`finetune.range`), at their widths
+    found = checked_range(directory, model.net_.embedding_dims)
+    return model, encoders, None if found is None else replace(found, inputs=model.embeddings)
 
 
 def check_folder(directory: str | Path) -> None:

@@ -137,12 +137,29 @@ class FusionNet(nn.Module):
         )
 
     def forward(self, pixels: torch.Tensor, title: torch.Tensor | None = None) -> torch.Tensor:
-        parts = [self.image(pixels)]  # (B, D_img)
+        return self.head_of(self.embed(pixels, title))  # (B,)
+
+    def embed(self, pixels: torch.Tensor, title: torch.Tensor | None = None) -> dict:
+        """{"image": (B, D_img), "title": (B, 384) unless title is "none"}: what the head reads
+        (the training range describes these, `finetune.range`)."""
+        parts = {"image": self.image(pixels)}
         if self.title_mode == "finetune":
-            parts.append(self.title(title))  # (B, 384)
+            parts["title"] = self.title(title)  # trained tower
         elif self.title_mode == "frozen":
-            parts.append(title.float())  # (B, 384) precomputed MiniLM
-        return self.head(torch.cat(parts, dim=1)).squeeze(1)  # (B,)
+            parts["title"] = title.float()  # precomputed MiniLM
+        return parts
+
+    def head_of(self, parts: dict) -> torch.Tensor:
+        """The standardised prediction (B,) from `embed`'s parts."""
+        return self.head(torch.cat(list(parts.values()), dim=1)).squeeze(1)
+
+    @property
+    def embedding_dims(self) -> dict[str, int]:
+        """{part: width} of `embed`'s output."""
+        return {
+            "image": self.image.dim,
+            **({} if self.title_mode == "none" else {"title": TITLE_DIM}),
+        }
 
 
 # ----- building ------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from thumbview.embed.title import TitleEncoder
 from thumbview.fileio import write_json
 from thumbview.finetune.encoders import PixelEncoder, TitleTokenEncoder
 from thumbview.finetune.model import FinetunedPredictor
+from thumbview.finetune.range import fit_range, heldout_chunks, save_range
 from thumbview.predict import plots
 from thumbview.predict.card import write_card
 from thumbview.predict.crossval import EvalResult, compute_metrics
@@ -76,6 +77,15 @@ def fit_pairwise(out_dir: Path, dataset, rows, pred, y, seed: int = 0) -> bool |
     return cal.skilful
 
 
+def _record_range(model: FinetunedPredictor, dataset, split, y, titles, out_dir: Path) -> None:
+    """training_range.json of the validation and hold-out rows, which the weights never
+    trained on (`finetune.range`); none when there are too few of them."""
+    rows = np.concatenate([split.val, split.test])
+    groups = None if dataset.channels is None else dataset.channels[rows]
+    chunks = heldout_chunks(model, [str(p) for p in dataset.paths], titles, rows)
+    save_range(fit_range(model, chunks, y[rows], groups), out_dir)
+
+
 def finish(
     model: FinetunedPredictor, dataset, split, y, titles, test_pred, out_dir: Path, val_pred=None
 ):
@@ -85,6 +95,7 @@ def finish(
     `val_pred`, `test_pred`: the network's predictions for the validation and hold-out rows,
     which calibrate P(A beats B) (`fit_pairwise`)."""
     model.save(out_dir)
+    _record_range(model, dataset, split, y, titles, out_dir)
     cfg = model.config
     size, frame = model.arch_["image_size"], model.arch_.get("frame", "squash")
     options = {"pixels": {"image_size": size, "frame": frame}, "title": {}, "title-tokens": {}}

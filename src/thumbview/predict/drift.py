@@ -58,7 +58,8 @@ from __future__ import annotations
 import functools
 import json
 import warnings
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -638,8 +639,8 @@ class Novelty:
             **{f"scores/{k}": v for k, v in self.scales.items()},
         }
         for b, bn in self.blocks.items():
-            for field in TENSOR_FIELDS:
-                out[f"{b}/{field}"] = getattr(bn, field)
+            for part in TENSOR_FIELDS:
+                out[f"{b}/{part}"] = getattr(bn, part)
         # the directions were rounded to float32 when fitted: stored so, they load unchanged
         return {k: np.ascontiguousarray(v, dtype=np.float32 if k.endswith("/basis") else np.float64)
                 for k, v in out.items()}  # fmt: skip
@@ -734,14 +735,17 @@ def _block_novelty(name: str, v: dict, tensors) -> BlockNovelty:
               "lead_tails": (TAIL_ROWS, 1)}  # fmt: skip
     arrays = {f: _tensor(tensors, f"{name}/{f}", shapes[f]) for f in TENSOR_FIELDS}
     rho = float(v["rho"])
-    if not (rho > 0 and np.isfinite(rho)) or np.any(arrays["scale"] <= 0):
-        raise ValueError(f"block {name}: scales must be positive")
+    scale = arrays["scale"]  # the directions' sds, largest first (`_whiten`)
+    if not (rho > 0 and np.isfinite(rho)) or np.any(scale <= 0) or np.any(np.diff(scale) > 0):
+        raise ValueError(f"block {name}: scales must be positive and largest first")
     return BlockNovelty(tuple(names), rho=rho, **arrays)
 
 
 def _tensor(tensors, key: str, shape: tuple) -> np.ndarray:
     if key not in tensors:
         raise ValueError(f"no tensor {key!r}")
+    if tensors[key].dtype not in (np.float32, np.float64):  # as `Novelty.tensors` writes them
+        raise ValueError(f"tensor {key!r} is {tensors[key].dtype}, not float32 or float64")
     a = np.asarray(tensors[key], dtype=np.float64)
     if a.shape != shape or not np.all(np.isfinite(a)):
         raise ValueError(f"tensor {key!r} has shape {a.shape} (want {shape}) or non-finite values")
@@ -885,6 +889,9 @@ class TrainingRange:
     target_quantiles: tuple[float, ...]
     blocks: dict[str, BlockRange]
     novelty: Novelty | None = None
+    # maps the blocks a predictor computes to those the range describes (a fine-tuned
+    # network's pixels to its embeddings, `finetune.range`); None: checked as given
+    inputs: Callable[[dict], dict] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def fit(cls, y, blocks: dict[str, np.ndarray], target: str = "log10", names=None,
@@ -962,6 +969,9 @@ class TrainingRange:
         """([(block, ColumnRange or None, kind)], values (N, C), outside (N, C)) over the
         blocks both have (kind: see `Shift`); with the novelty score, one column per named
         feature, True in the rows flagged on it."""
+        if self.inputs is not None:  # the model's prediction passes through as it is
+            own = {PREDICTED: blocks[PREDICTED]} if PREDICTED in blocks else {}
+            blocks = {**self.inputs({k: v for k, v in blocks.items() if k != PREDICTED}), **own}
         if self.novelty is not None:
             return _novelty_flags(self.novelty, blocks)
         columns, values, outside = [], [], []
@@ -1024,12 +1034,27 @@ class TrainingRange:
                 raise ValueError("a block or its per-column ranges are missing")
             novelty = None
             if "novelty" in d:
-                novelty = Novelty.from_json(d["novelty"], _read_tensors(Path(model_dir)))
+                novelty = _novelty(d["novelty"], Path(model_dir))
             return cls(d["target"], tuple(d["target_quantiles"]), blocks, novelty)
         except ArtifactError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise ArtifactError(f"{path}: damaged training range ({type(e).__name__}: {e})") from e
+
+
+def _novelty(d: dict, model_dir: Path) -> Novelty:
+    """The novelty score of RANGE_FILE's "novelty" and NOVELTY_FILE's arrays: a mismatch
+    between the two may be either file's damage, so the message names both."""
+    from thumbview.predict.model import ArtifactError
+
+    tensors = _read_tensors(model_dir)
+    try:
+        return Novelty.from_json(d, tensors)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise ArtifactError(
+            f"{model_dir / RANGE_FILE} and {NOVELTY_FILE} beside it: damaged training range "
+            f"({type(e).__name__}: {e})"
+        ) from e
 
 
 def with_prediction(

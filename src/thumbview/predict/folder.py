@@ -49,25 +49,27 @@ def load_folder(model_dir: Path) -> tuple[ViewPredictor, dict[str, Encoder], Tra
             raise ArtifactError(f"{model_dir / ENCODERS_FILE}: {name}: {e}") from e
         if json.loads(json.dumps(encoders[name].spec())) != saved[name].get("spec"):
             log.warning("encoder %s differs from the one the model was trained with", name)
-    return model, encoders, _checked_range(model_dir, model)
+    widths = {name: int(model.block_dims_[name]) for name in model.config.encoders}
+    return model, encoders, checked_range(model_dir, widths)
 
 
-def _checked_range(model_dir: Path, model: ViewPredictor) -> TrainingRange | None:
-    """The training range, which must describe exactly the model's blocks at their widths:
-    a range missing a block would silently never warn about it."""
+def checked_range(model_dir: Path, widths: dict[str, int]) -> TrainingRange | None:
+    """The training range, which must describe exactly the blocks `widths` ({block: width}:
+    the model's, or a fine-tuned network's embeddings) at their widths: a range missing a
+    block would silently never warn about it."""
     found = TrainingRange.load(model_dir)
     if found is None:
         return None
     if found.novelty is not None:  # the novelty score's blocks (per-feature ranges: none)
-        widths = {name: len(block.names) for name, block in found.novelty.blocks.items()}
-        if widths.pop(PREDICTED, 1) != 1:  # the model's own prediction: one column
+        held = {name: len(block.names) for name, block in found.novelty.blocks.items()}
+        if held.pop(PREDICTED, 1) != 1:  # the model's own prediction: one column
             raise ArtifactError(f"{model_dir / RANGE_FILE}: its {PREDICTED} block is not 1 wide")
     else:
-        widths = {name: len(block.mean) for name, block in found.blocks.items()}
-    if widths != {name: int(model.block_dims_[name]) for name in model.config.encoders}:
+        held = {name: len(block.mean) for name, block in found.blocks.items()}
+    if held != widths:
         raise ArtifactError(
-            f"{model_dir / RANGE_FILE}: its blocks {sorted(widths)} are not the model's "
-            f"{list(model.config.encoders)} at their widths"
+            f"{model_dir / RANGE_FILE}: its blocks {sorted(held)} are not the model's "
+            f"{list(widths)} at their widths"
         )
     return found
 

@@ -1,0 +1,125 @@
+"""A fine-tuned model's training range (`finetune.range`): written from the rows its weights
+never trained on, loaded with the folder, and warning through every consumer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from PIL import Image  # noqa: E402
+
+from thumbview.compare import compare  # noqa: E402
+from thumbview.data.dataset import load_dataset  # noqa: E402
+from thumbview.data.images import load_image  # noqa: E402
+from thumbview.data.synth import SynthConfig, make_synthetic  # noqa: E402
+from thumbview.finetune.config import FinetuneConfig  # noqa: E402
+from thumbview.finetune.train import finetune  # noqa: E402
+from thumbview.inference import LoadedPredictor  # noqa: E402
+from thumbview.predict.drift import MIN_NOVELTY_ROWS, NOVELTY_FILE, PREDICTED, RANGE_FILE  # noqa: E402
+from thumbview.predict.model import ArtifactError  # noqa: E402
+
+# a small ConvNeXt, the frozen title: 360 rows leave 0.4 x 360 + 0.3 x 216 ~ 209 held out
+FAST = {"backbone": "test-cnn", "batch_size": 32, "workers": 0, "patience": 50, "epochs": 2}
+SPLIT = {"holdout": 0.4, "val_frac": 0.3}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_synthetic(tmp_path_factory.mktemp("ftr") / "ds", SynthConfig(n=360, seed=0,
+                                                                             n_channels=36))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model_dir(data, tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("ftr-model") / "model"
+    result = finetune(load_dataset(data), FinetuneConfig(**FAST, **SPLIT), out)
+    assert result.n_val + result.n_holdout >= MIN_NOVELTY_ROWS
+    return out
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory) -> list[Image.Image]:
+    """Thumbnails from the same generator, another seed: like the held-out rows."""
+    root = make_synthetic(tmp_path_factory.mktemp("ftr-fresh") / "ds",
+                          SynthConfig(n=60, seed=7, n_channels=6))  # fmt: skip
+    return [load_image(p) for p in load_dataset(root).paths]
+
+
+def noise(k: int) -> list[Image.Image]:
+    """Per-pixel colour noise: nothing like the flat synthetic thumbnails."""
+    rng = np.random.default_rng(k)
+    return [Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)) for _ in range(k)]
+
+
+def test_range_is_written_over_the_network_embeddings_and_loads(model_dir):
+    for name in (RANGE_FILE, NOVELTY_FILE):
+        assert (model_dir / name).is_file(), name
+    loaded = LoadedPredictor.load(model_dir)
+    novelty = loaded.training_range.novelty
+    assert novelty is not None  # the novelty score, with the network's own prediction
+    widths = {b: len(bn.names) for b, bn in novelty.blocks.items()}
+    assert widths == {**loaded.model.net_.embedding_dims, PREDICTED: 1}
+    assert set(widths) == {"image", "title", PREDICTED}  # not the 3 x S x S raw pixels
+
+
+def test_noise_images_warn_and_held_out_like_images_mostly_do_not(model_dir, fresh):
+    loaded = LoadedPredictor.load(model_dir)
+    odd = loaded.predict_rows(noise(8), list("abcdefgh"), ["a title"] * 8)
+    warned = [p.warning for p in odd if p.warning]
+    assert len(warned) >= 6, [p.warning for p in odd]  # most: 1% of held-out-like rows are
+    assert all("outside the training range" in w and "image embedding" in w for w in warned)
+    usual = loaded.predict_rows(fresh, [str(i) for i in range(len(fresh))], ["a title"] * 60)
+    assert np.mean([bool(p.warning) for p in usual]) <= 0.1
+    # outside(): the same rows as the warnings, and predictions unchanged by the range check
+    blocks = loaded.blocks(noise(8), ["a title"] * 8)
+    assert loaded.outside(blocks).tolist() == [bool(p.warning) for p in odd]
+    assert np.allclose([p.log10 for p in odd], loaded.predict(blocks))
+
+
+def test_compare_warns_for_a_noise_candidate(model_dir, fresh):
+    loaded = LoadedPredictor.load(model_dir)
+    result = compare(loaded, [noise(1)[0], fresh[0]], ["noise", "usual"], ["a title"])
+    assert "outside the training range" in result.warning
+    calm = compare(loaded, fresh[1:3], ["x", "y"], ["a title"])
+    assert calm.warning == "" or "outside" in calm.warning  # a 1%-rate false alarm may happen
+
+
+def test_a_range_of_other_widths_is_refused(model_dir, tmp_path):
+    folder = Path(shutil.copytree(model_dir, tmp_path / "m"))
+    saved = json.loads((folder / RANGE_FILE).read_text())
+    saved["novelty"]["blocks"]["image"]["width"] += 1
+    (folder / RANGE_FILE).write_text(json.dumps(saved))
+    with pytest.raises(ArtifactError, match=RANGE_FILE):
+        LoadedPredictor.load(folder)
+    saved = json.loads((model_dir / RANGE_FILE).read_text())
+    del saved["novelty"]["blocks"]["title"]  # a range blind to the title
+    (folder / RANGE_FILE).write_text(json.dumps(saved))
+    with pytest.raises(ArtifactError, match=RANGE_FILE):
+        LoadedPredictor.load(folder)
+
+
+def test_too_few_held_out_rows_write_no_range_and_say_so(data, model_dir, tmp_path, caplog):
+    out = Path(shutil.copytree(model_dir, tmp_path / "m"))  # an older run's range is there
+    shutil.rmtree(out / "checkpoint")
+    config = FinetuneConfig(**{**FAST, "epochs": 1}, title="none", holdout=0.1, val_frac=0.1)
+    with caplog.at_level(logging.INFO, logger="thumbview.finetune.range"):
+        result = finetune(load_dataset(data), config, out)
+    assert result.n_val + result.n_holdout < MIN_NOVELTY_ROWS
+    assert "no training range recorded" in caplog.text
+    assert not (out / RANGE_FILE).exists() and not (out / NOVELTY_FILE).exists()
+    loaded = LoadedPredictor.load(out)
+    assert (
+        loaded.training_range is None and loaded.out_of_range(loaded.blocks(noise(1), [""])) is None
+    )
