@@ -2,7 +2,8 @@
 
 A model trained on 2006-2015 videos (synthetic, dates moved back ten years, views counted
 on 2016-01-01), asked without context, predicts for its own median video and says what it
-assumed; `--published` is used by predict and compare; `--subscribers` on a model whose data
+assumed; `--published` is used by predict, compare and explain (which shows predict's out-of-range
+line); `--subscribers` on a model whose data
 had no subscribers is said to be ignored. A model trained on shuffled views is flagged by
 `train`, `predict`, `explain`, `compare` and `frames` (the bot and the page: test_bot_cli.py,
 test_serve_api.py, test_serve_browser.py).
@@ -97,6 +98,21 @@ def test_compare_accepts_published_and_uses_it(old_model):
     assert got["2007"] != got["2014"]
     table = ok("compare", a, b, "-m", old_model["model"], "--published", "2010-01-01")
     assert "predicts views about" in " ".join(table.output.split())
+
+
+def test_explain_shows_the_out_of_range_line_predict_shows(old_model):
+    """`explain` of a 2020 upload to a 2006-2015 model: the same line as predict, in --json
+    (`warning`) and in the table's output; none for a date inside the training years."""
+    a, model = old_model["images"][0], old_model["model"]
+    late = ("--published", "2020-01-01")
+    said = json.loads(ok("predict", model, a, *late, "--json").stdout)[0]["warning"]
+    assert "publication year 2020 is outside the training years" in said
+    ex = json.loads(ok("explain", model, a, *late, "--json").stdout)
+    assert ex["warning"] == said
+    assert said in " ".join(ok("explain", model, a, *late).output.split())
+    inside = json.loads(ok("explain", model, a, "--published", "2010-06-01", "--json").stdout)
+    assert inside["warning"] == "" and inside["views"] != ex["views"]  # the date is used
+    assert "warning" not in ok("explain", model, a, "--published", "2010-06-01").output
 
 
 def test_an_input_the_model_cannot_use_is_said_to_be_ignored(old_model):

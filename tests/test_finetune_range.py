@@ -13,7 +13,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from PIL import Image  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
 
+from thumbview.cli import app  # noqa: E402
 from thumbview.compare import compare  # noqa: E402
 from thumbview.data.dataset import load_dataset  # noqa: E402
 from thumbview.data.images import load_image  # noqa: E402
@@ -123,3 +125,23 @@ def test_too_few_held_out_rows_write_no_range_and_say_so(data, model_dir, tmp_pa
     assert (
         loaded.training_range is None and loaded.out_of_range(loaded.blocks(noise(1), [""])) is None
     )
+
+
+def test_explain_says_the_line_for_a_noise_image(model_dir, fresh, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the heatmap PNG is written beside the command
+    loaded = LoadedPredictor.load(model_dir)
+    picked = [(name, im) for name, im in zip("abcdefgh", noise(8), strict=True)
+              if loaded.predict_rows([im], [name], ["a title"])[0].warning]  # fmt: skip
+    name, odd = picked[0]
+    odd.save(tmp_path / "noise.png")
+    fresh[0].save(tmp_path / "usual.png")
+    runner = CliRunner()
+    got = runner.invoke(app, ["explain", str(model_dir), "noise.png", "-t", "a title", "--json"])
+    assert got.exit_code == 0, got.output
+    expected = loaded.predict_rows([odd], [name], ["a title"])[0].warning
+    assert json.loads(got.stdout)["warning"] == expected
+    shown = runner.invoke(app, ["explain", str(model_dir), "noise.png", "-t", "a title"])
+    assert "outside the training range" in " ".join(shown.output.split())
+    calm = runner.invoke(app, ["explain", str(model_dir), "usual.png", "-t", "a title", "--json"])
+    usual = loaded.predict_rows([fresh[0]], ["u"], ["a title"])[0].warning
+    assert json.loads(calm.stdout)["warning"] == usual

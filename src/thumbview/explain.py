@@ -10,6 +10,7 @@ study's numbers for the active latents). `source_kind` tells the three folders a
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -76,22 +77,31 @@ def explain_prediction(
     image: Image.Image | str | Path,
     title: str = "",
     top: int = 8,
+    context: dict | None = None,
 ) -> PredictionExplanation:
     """Explain a trained predictor's prediction for one thumbnail (+ title).
 
     `predictor` is loaded once by the caller (`LoadedPredictor.load(dir)`), so a server
     explains many images with one copy. Exact for a ridge head; approximate (integrated
-    gradients) for an MLP head.
-    """
+    gradients) for an MLP head. `context`: the video's date and channel size, as predict
+    takes it (default `predictor.context`). The explanation carries the row's out-of-range
+    line (`warning`), the one predict shows for it."""
     if top < 1:
         raise ExplainError(f"top must be >= 1, got {top}")
     name = "" if isinstance(image, Image.Image) else str(image)
     picture = image.convert("RGB") if isinstance(image, Image.Image) else load_image(image)
     for message in predictor.missing_inputs([title]):
         log.warning(message)
-    blocks = predictor.blocks([picture], [title])
+    blocks = predictor.blocks([picture], [title], context)
     names = {n: interpretable_names(enc) for n, enc in predictor.encoders.items()}
-    return explain_row(predictor.model, blocks, names, top, image=name, title=title)
+    ex = explain_row(predictor.model, blocks, names, top, image=name, title=title)
+    return replace(ex, warning=range_warning(predictor, blocks))
+
+
+def range_warning(predictor: LoadedPredictor, blocks: dict) -> str:
+    """One row's out-of-range line (`LoadedPredictor.out_of_range`), "" when none."""
+    report = predictor.out_of_range(blocks)
+    return "" if report is None else report.message() or ""
 
 
 def explain_sae_image(

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from thumbview.cli._shared import console, err_console, print_json, progress_for, user_errors
+from thumbview.cli._shared import console, err_console, print_json, progress_for, user_errors, warn
 from thumbview.cli.data import CacheOpt, DataArg
 from thumbview.cli.predict import Target, TargetOpt, _eval_table, _metrics_table, _print_skill
 from thumbview.data.dataset import load_dataset
@@ -153,6 +153,8 @@ def explain_finetuned(model_dir: Path, image: Path, title: str, as_json: bool) -
     console.print(f"  strongest push up: cell {up} x{10 ** g.max():.2f}; down: cell {down} "
                   f"x{10 ** g.min():.2f}")  # fmt: skip
     console.print(f"heatmap: {s.heatmap}")
+    if s.warning:  # the image's out-of-range line, on stderr as predict says it
+        warn(s.warning)
 
 
 def register(app: typer.Typer) -> None:

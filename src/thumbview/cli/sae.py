@@ -12,6 +12,7 @@ from rich.table import Table
 
 from thumbview.cli._shared import console, print_json, progress_for, user_errors
 from thumbview.cli.data import CacheOpt, DataArg
+from thumbview.cli.predict import ChannelVideosOpt, PublishedOpt, SubscribersOpt
 from thumbview.layout import default_study_dir, resolve_sae_dir
 from thumbview.sae.config import (
     ARCHS,
@@ -334,30 +335,39 @@ def explain_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of tables.")
     ] = False,
+    published: PublishedOpt = None,
+    subscribers: SubscribersOpt = None,
+    channel_videos: ChannelVideosOpt = None,
 ) -> None:
-    """Why this thumbnail: the model's feature contributions, or the SAE features it activates."""
+    """Why this thumbnail: the model's feature contributions, or the SAE features it activates.
+    A model's explanation ends with the out-of-range line predict shows for the same row
+    (`warning` in --json)."""
     from thumbview.cli.finetune import explain_finetuned
+    from thumbview.embed.context import context_from_options
     from thumbview.explain import source_kind
 
+    context = context_from_options(published, subscribers, channel_videos=channel_videos)
     kind = source_kind(source)
     if kind == "finetuned":  # a network on pixels: an occlusion heatmap instead
         explain_finetuned(source, image, title, as_json)
     elif kind == "model":
-        _explain_model(source, image, title, top, as_json)
+        _explain_model(source, image, title, top, as_json, context)
     else:
         _explain_sae(source, image, study or default_study_dir(source), top, as_json)
 
 
-def _explain_model(model_dir: Path, image: Path, title: str, top: int, as_json: bool) -> None:
-    from thumbview.cli._shared import safe, say_notes
+def _explain_model(
+    model_dir: Path, image: Path, title: str, top: int, as_json: bool, context: dict
+) -> None:
+    from thumbview.cli._shared import safe, say_notes, warn
     from thumbview.explain import explain_prediction, feature_label, feature_value
     from thumbview.inference import LoadedPredictor
     from thumbview.predict.card import POOLED
     from thumbview.units import format_views
 
     predictor = LoadedPredictor.load(model_dir)
-    ex = explain_prediction(predictor, image, title, top=top)
-    notes = predictor.notes(POOLED)  # what the views are, what was assumed, skill
+    ex = explain_prediction(predictor, image, title, top=top, context=context)
+    notes = predictor.notes(POOLED, context)  # what the views are, what was assumed, skill
     if as_json:
         print_json({**ex.to_json_dict(), **notes.to_json_dict()})
         return
@@ -377,6 +387,8 @@ def _explain_model(model_dir: Path, image: Path, title: str, top: int, as_json: 
             f"x{f.factor:.2f}",
         )
     console.print(table)
+    if ex.warning:  # the row's out-of-range line, on stderr as predict says it
+        warn(ex.warning)
     say_notes(notes.lines(), notes.no_skill)
 
 

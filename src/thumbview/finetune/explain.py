@@ -24,7 +24,8 @@ class Saliency:
     """One explained prediction.
 
     grid: (G, G) prediction minus the prediction with that cell greyed out, in log10 units
-    (> 0: the cell pushes views up). heatmap: the PNG written, if any.
+    (> 0: the cell pushes views up). heatmap: the PNG written, if any. warning: the
+    image's out-of-range line (`LoadedPredictor.out_of_range`), "" inside or without a range.
     """
 
     image: str
@@ -34,11 +35,13 @@ class Saliency:
     views: float
     grid: np.ndarray
     heatmap: Path | None
+    warning: str = ""
 
     def to_json_dict(self) -> dict:
         return {"image": self.image, "title": self.title, "target": self.target,
                 "log10": self.log10, "views": self.views, "grid": self.grid.tolist(),
-                "heatmap": None if self.heatmap is None else str(self.heatmap)}  # fmt: skip
+                "heatmap": None if self.heatmap is None else str(self.heatmap),
+                "warning": self.warning}  # fmt: skip
 
 
 def occlusion_grid(
@@ -74,7 +77,9 @@ def explain_image(loaded, image: Image.Image, name: str, title: str = "", grid: 
         image = Image.fromarray(pixels.transpose(1, 2, 0).astype(np.uint8))  # (S, S, 3)
     path = save_heatmap(image, drops, heatmap) if heatmap is not None else None
     views = to_views(loaded.target)(point)
-    return Saliency(name, title, loaded.target, point, views, drops, path)
+    report = loaded.out_of_range(blocks)  # the image as given, not its occluded copies
+    warning = "" if report is None else report.message() or ""
+    return Saliency(name, title, loaded.target, point, views, drops, path, warning)
 
 
 def save_heatmap(image: Image.Image, drops: np.ndarray, path: Path) -> Path:

@@ -81,6 +81,8 @@ class PredictionExplanation:
     target they are multipliers of the channel's usual views. `residual_log10` is
     log10 - baseline - sum of block contributions: 0 for ridge (up to rounding), the
     integration error for an MLP. `features` are the top descriptors by |contribution|.
+    `warning`: the row's out-of-range line (`LoadedPredictor.out_of_range`, as predict
+    shows it), "" when it lies inside the training range or the model records none.
     """
 
     image: str
@@ -94,6 +96,7 @@ class PredictionExplanation:
     residual_log10: float
     blocks: tuple[BlockContribution, ...]
     features: tuple[FeatureContribution, ...]
+    warning: str = ""
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON types (tuples become lists of dicts)."""
