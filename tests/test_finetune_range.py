@@ -72,8 +72,9 @@ def test_range_is_written_over_the_network_embeddings_and_loads(model_dir):
     novelty = loaded.training_range.novelty
     assert novelty is not None  # the novelty score, with the network's own prediction
     widths = {b: len(bn.names) for b, bn in novelty.blocks.items()}
-    assert widths == {**loaded.model.net_.embedding_dims, PREDICTED: 1}
-    assert set(widths) == {"image", "title", PREDICTED}  # not the 3 x S x S raw pixels
+    assert widths == {**loaded.model.range_widths, PREDICTED: 1}
+    assert set(widths) == {"image", "title", "picture", PREDICTED}  # not the raw pixels
+    assert novelty.blocks["picture"].names[-1] == "sharpness (log Laplacian variance)"
 
 
 def test_noise_images_warn_and_held_out_like_images_mostly_do_not(model_dir, fresh):
@@ -81,7 +82,8 @@ def test_noise_images_warn_and_held_out_like_images_mostly_do_not(model_dir, fre
     odd = loaded.predict_rows(noise(8), list("abcdefgh"), ["a title"] * 8)
     warned = [p.warning for p in odd if p.warning]
     assert len(warned) >= 6, [p.warning for p in odd]  # most: 1% of held-out-like rows are
-    assert all("outside the training range" in w and "image embedding" in w for w in warned)
+    assert all("outside the training range" in w for w in warned)
+    assert not any("title" in w for w in warned)  # named: the picture, not the title
     usual = loaded.predict_rows(fresh, [str(i) for i in range(len(fresh))], ["a title"] * 60)
     assert np.mean([bool(p.warning) for p in usual]) <= 0.1
     # outside(): the same rows as the warnings, and predictions unchanged by the range check

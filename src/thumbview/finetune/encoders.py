@@ -80,6 +80,29 @@ def augmented_pixels(
     return pixels
 
 
+def picture_stats(pixels: np.ndarray, size: int) -> np.ndarray:
+    """(N, 20) the colour and edge descriptors of `embed.visual` (brightness ... sharpness,
+    `PICTURE_NAMES`) of a pixel block (N, 3*S*S), measured on the S x S square the network
+    reads. They see what a weakly trained network's embedding may not: colour noise has an
+    edge density and sharpness no thumbnail has (the training range, `finetune.range`)."""
+    from thumbview.embed.visual import colour_stats, edge_stats
+
+    rows = []
+    for row in np.asarray(pixels):
+        rgb = np.clip(np.rint(row), 0, 255).astype(np.uint8).reshape(3, size, size)
+        rgb = np.ascontiguousarray(rgb.transpose(1, 2, 0))  # (S, S, 3)
+        gray = np.asarray(Image.fromarray(rgb).convert("L"))  # (S, S) uint8
+        rows.append(np.concatenate([colour_stats(rgb, gray), edge_stats(gray)]))
+    return np.array(rows, dtype=np.float64).reshape(len(rows), len(picture_names()))
+
+
+def picture_names() -> list[str]:
+    """The names of `picture_stats`' columns: the visual descriptors before the aspect ratio."""
+    from thumbview.embed.visual import FEATURE_NAMES
+
+    return list(FEATURE_NAMES[: FEATURE_NAMES.index("sharpness (log Laplacian variance)") + 1])
+
+
 class PixelEncoder(Encoder):
     """Images -> float32 (B, 3*S*S) of the framed 0-255 pixels (normalisation is in the net)."""
 

@@ -22,7 +22,12 @@ from thumbview import __version__
 from thumbview.embed.base import Encoder
 from thumbview.fileio import atomic_write
 from thumbview.finetune.config import FORMAT, FORMAT_VERSION, FinetuneConfig, FinetuneError
-from thumbview.finetune.encoders import TITLE_MAX_TOKENS, build_encoder
+from thumbview.finetune.encoders import (
+    TITLE_MAX_TOKENS,
+    build_encoder,
+    picture_names,
+    picture_stats,
+)
 from thumbview.layout import MODEL_ENCODERS as ENCODERS_FILE
 from thumbview.layout import check_finished
 from thumbview.predict.drift import TrainingRange
@@ -97,6 +102,17 @@ class FinetunedPredictor(ViewPredictor):
         if last is not None and key is not None and last[0]() is key:
             return last[1]
         return self._run(blocks)[1]
+
+    def range_inputs(self, blocks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """What the training range describes (`finetune.range`): the `embeddings` and the
+        picture's colour and edge descriptors ("picture" (N, 20), `picture_stats`)."""
+        size = self.arch_["image_size"]
+        return {**self.embeddings(blocks), "picture": picture_stats(blocks["pixels"], size)}
+
+    @property
+    def range_widths(self) -> dict[str, int]:
+        """{block: width} of `range_inputs`."""
+        return {**self.net_.embedding_dims, "picture": len(picture_names())}
 
     def _run(self, blocks) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(predictions (N,) in target units, `embeddings` {part: (N, D)}), remembered for
@@ -350,8 +366,8 @@ def load_folder(
                 f"reads {model.block_dims_[name]} ({CONFIG_FILE} architecture.image_size)"
             )
     # the range of the network's embeddings (`finetune.range`), at their widths
-    found = checked_range(directory, model.net_.embedding_dims)
-    return model, encoders, None if found is None else replace(found, inputs=model.embeddings)
+    found = checked_range(directory, model.range_widths)
+    return model, encoders, None if found is None else replace(found, inputs=model.range_inputs)
 
 
 def check_folder(directory: str | Path) -> None:

@@ -4,13 +4,16 @@ as they do for a head on frozen features (`predict.drift`).
 
 A fine-tuned model's feature blocks are raw pixels (3 x S x S columns) and the title: no
 range of raw pixels says whether the network has seen such a picture. What its head reads
-does: the backbone's pooled image embedding and the title embedding (`FusionNet.embed`).
+does: the backbone's pooled image embedding and the title embedding (`FusionNet.embed`);
+beside them, the picture's colour and edge descriptors (`encoders.picture_stats`: what a
+weakly trained network's embedding may not separate, colour noise from a thumbnail, and
+what a creator can read: "edge density 0.6 is outside the training range 0.1-0.3").
 The range is `TrainingRange.fit` on those embeddings, with the network's own predictions as
 the `PREDICTED` column, fitted on the rows its weights never trained on (the validation and
 hold-out channels): those rows are exchangeable with new rows, so the novelty score's false
 alarm rate holds for them, whereas the training rows' embeddings and in-sample predictions
 are tighter than any new row's would be. At check time the range maps the blocks a
-`LoadedPredictor` computes (pixels, title) to the same embeddings (`TrainingRange.inputs`,
+`LoadedPredictor` computes (pixels, title) to the same inputs (`TrainingRange.inputs`,
 set by the folder's loader, `finetune.model.load_folder`).
 
 Below `drift.MIN_NOVELTY_ROWS` such rows no range is written (a note is logged): the
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from thumbview.finetune.encoders import picture_names
 from thumbview.finetune.model import FinetunedPredictor
 from thumbview.predict.drift import MIN_NOVELTY_ROWS, NOVELTY_FILE, RANGE_FILE, TrainingRange
 
@@ -47,7 +51,7 @@ def fit_range(
     predicted = []
     for blocks in chunks:
         predicted.append(model.predict(blocks))  # (B,)
-        for name, value in model.embeddings(blocks).items():  # the pass just made
+        for name, value in model.range_inputs(blocks).items():  # the pass just made
             parts.setdefault(name, []).append(value)
     embedded = {name: np.concatenate(v) for name, v in parts.items()}
     pred = np.concatenate(predicted)
@@ -56,6 +60,7 @@ def fit_range(
     # a narrow test backbone's columns read "image embedding dimension 3", not "column 3"
     names = {k: [f"{k} embedding dimension {j + 1}" for j in range(v.shape[1])]
              for k, v in embedded.items()}  # fmt: skip
+    names["picture"] = picture_names()
     fitted = TrainingRange.fit(y, embedded, model.config.target, names=names, groups=groups,
                                predicted=pred)  # fmt: skip
     return fitted
