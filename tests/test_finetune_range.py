@@ -147,3 +147,16 @@ def test_explain_says_the_line_for_a_noise_image(model_dir, fresh, tmp_path, mon
     calm = runner.invoke(app, ["explain", str(model_dir), "usual.png", "-t", "a title", "--json"])
     usual = loaded.predict_rows([fresh[0]], ["u"], ["a title"])[0].warning
     assert json.loads(calm.stdout)["warning"] == usual
+
+
+def test_the_range_checks_the_blocks_it_is_given_not_the_last_predicted(model_dir, fresh):
+    """`embeddings` reuses the last `predict` pass only for that very pixels array."""
+    loaded = LoadedPredictor.load(model_dir)
+    odd, usual = (loaded.blocks(ims, ["a title"] * 4) for ims in (noise(8)[:4], fresh[:4]))
+    alone = loaded.model.embeddings(usual)["image"]  # computed afresh
+    loaded.predict(odd)  # remembered: the noise rows' embeddings
+    assert np.array_equal(loaded.model.embeddings(usual)["image"], alone)
+    assert loaded.outside(usual).tolist() == [bool(p.warning) for p in loaded.predict_rows(
+        fresh[:4], list("abcd"), ["a title"] * 4)]  # fmt: skip
+    again = loaded.model.embeddings(odd)["image"]  # the remembered pass, same array
+    assert not np.allclose(again, alone) and loaded.outside(odd).sum() >= 3
