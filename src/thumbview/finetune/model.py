@@ -349,7 +349,8 @@ def load_folder(
     directory: str | Path,
 ) -> tuple[FinetunedPredictor, dict[str, Encoder], TrainingRange | None]:
     """The model, the encoders named in its `encoders.json`, and the range of its held-out
-    rows' embeddings (`finetune.range`; None for folders written without one).
+    rows (`finetune.range`: embeddings, picture descriptors, predictions), checking the
+    blocks it is given through `range_inputs` (None for folders written without one).
 
     This kind's entry in the inference layer's registry (`thumbview.inference.kinds`)."""
     directory = Path(directory)
@@ -365,7 +366,7 @@ def load_folder(
                 f"{directory / ENCODERS_FILE}: {name} gives {encoder.dim} values, the network "
                 f"reads {model.block_dims_[name]} ({CONFIG_FILE} architecture.image_size)"
             )
-    # the range of the network's embeddings (`finetune.range`), at their widths
+    # the range's blocks must be `range_inputs`' at their widths
     found = checked_range(directory, model.range_widths)
     return model, encoders, None if found is None else replace(found, inputs=model.range_inputs)
 
