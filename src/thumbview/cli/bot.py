@@ -12,7 +12,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from thumbview.cli._shared import console, err_console, print_json, safe, say_notes, user_errors
+from thumbview.cli._shared import (
+    console,
+    err_console,
+    print_json,
+    safe,
+    say_model_notes,
+    user_errors,
+)
 
 app = typer.Typer(
     help="thumbnailbot: tune a diffusion model with the view predictor (needs thumbview\\[bot]).",
@@ -210,8 +217,7 @@ def generate_command(
     console.print(f"[dim]{result.chance_best_note}[/]", soft_wrap=True)
     if result.note:
         console.print(f"note: {result.note}")
-    lines = [result.predicts, result.assumed, result.ignored, result.no_skill_note]
-    say_notes([line for line in lines if line], result.no_skill_note)
+    say_model_notes(result)
 
 
 @app.command("eval")
