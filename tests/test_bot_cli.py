@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("diffusers")
@@ -164,7 +167,8 @@ def _skilled_copy(model_dir, tmp_path):
 def test_generate_hides_chance_best_like_compare_under_a_no_skill_predictor(trained_bot, bot_model_dir, tmp_path):  # noqa: F811  # fmt: skip
     """The fixture's predictor never showed skill at choosing: every candidate "=1", chance
     best "-" with compare's NO_CHANCE_BEST line, flagged in --json (numbers kept); the same
-    generation judged by a predictor with shown skill keeps ranks and percentages."""
+    generation judged by a predictor with shown skill and candidates far apart next to its
+    noise keeps ranks and percentages."""
     from thumbview.compare import CHANCE_BEST, NO_CHANCE_BEST
 
     common = ("bot", "generate", trained_bot, "--title", "worst cake ever", "-n", "3")
@@ -178,7 +182,7 @@ def test_generate_hides_chance_best_like_compare_under_a_no_skill_predictor(trai
     assert all(line.split("│")[5].strip() == "-" for line in rows)  # the chance best cell
     assert NO_CHANCE_BEST in " ".join(out.split())
 
-    skilled = _skilled_copy(bot_model_dir, tmp_path)
+    skilled = _sharp_copy(bot_model_dir, tmp_path)
     shown = json.loads(invoke(*common, "--model", skilled, "--json").stdout)
     assert shown["rank_labels"] == ["1", "2", "3"] and shown["no_skill_note"] == ""
     assert shown["chance_best_shown"] is True and shown["chance_best_note"] == CHANCE_BEST
@@ -186,6 +190,60 @@ def test_generate_hides_chance_best_like_compare_under_a_no_skill_predictor(trai
     rows = [line for line in out.splitlines() if line.startswith(("│ 1 ", "│ 2 ", "│ 3 "))]
     assert [line.split("│")[5].strip().endswith("%") for line in rows] == [True] * 3
     assert CHANCE_BEST in " ".join(out.split()) and NO_CHANCE_BEST not in " ".join(out.split())
+
+
+def _sharp_copy(model_dir, tmp_path):
+    """A skilled copy whose out-of-fold errors are shrunk a million-fold: a visible gap
+    between two predictions is then far beyond the model's noise (known truth: no tie)."""
+    from thumbview.predict.model import ViewPredictor
+
+    model = _skilled_copy(model_dir, tmp_path / "sharp")
+    predictor = ViewPredictor.load(model)
+    predictor.residual_quantiles_ = predictor.residual_quantiles_ * 1e-6
+    predictor.save(model)
+    return model
+
+
+def test_generate_ranks_with_compares_verdict_under_a_skilled_predictor(trained_bot, bot_model_dir, tmp_path, monkeypatch):  # noqa: F811  # fmt: skip
+    """With skill shown, the bot's ranks come from compare's one verdict on the same
+    features: candidates within the model's noise are "=1" with compare's sentence (compare
+    on the saved PNGs says the same), and ones far apart next to the noise keep 1, 2, 3."""
+    from thumbview.compare import compare_files
+    from thumbview.predict.model import ViewPredictor
+
+    common = ("bot", "generate", trained_bot, "--title", "worst cake ever", "-n", "3")
+    skilled = _skilled_copy(bot_model_dir, tmp_path)
+    payload = json.loads(
+        invoke(*common, "--model", skilled, "--out", tmp_path / "o", "--json").stdout
+    )
+    files = [c["file"] for c in payload["candidates"]]
+    said, _ = compare_files(skilled, files, ["worst cake ever"])
+    assert [c.image for c in said.candidates] == [Path(f).name for f in files]  # same order
+    assert payload["rank_labels"] == said.rank_labels()
+    assert (payload["reliable"], payload["tied"]) == (said.reliable, said.tied)
+    assert payload["rank_labels"][:2] == ["=1", "=1"]  # the tiny model's images are close
+    assert payload["verdict"].startswith(f"no reliable difference between the top {said.tied}")
+    chance = re.compile(r"is (\d+)% \(50% would be a coin flip\)$")
+    assert chance.search(payload["verdict"])[1] == chance.search(said.verdict)[1]
+    from thumbview.inference import LoadedPredictor
+
+    calls, features = [], LoadedPredictor.blocks
+    monkeypatch.setattr(LoadedPredictor, "blocks", lambda *a, **k: calls.append(1) or features(*a, **k))  # fmt: skip
+    out = " ".join(invoke(*common, "--model", skilled).output.split())
+    assert "verdict: no reliable difference between the top" in out
+    assert len(calls) == 1  # the verdict reuses the features the scores came from
+
+    sharp_dir = _sharp_copy(bot_model_dir, tmp_path)
+    sharp = json.loads(invoke(*common, "--model", sharp_dir, "--json").stdout)
+    log10 = [c["log10"] for c in sharp["candidates"]]
+    noise = np.ptp(ViewPredictor.load(sharp_dir).residual_quantiles_)  # its errors' full range
+    gaps = [a - b for a, b in zip(log10, log10[1:], strict=False)]
+    assert min(gaps) > 10 * noise  # well apart next to the noise
+    assert sharp["rank_labels"] == ["1", "2", "3"] and sharp["reliable"] is True
+    assert sharp["verdict"].startswith(
+        f"the image of seed {sharp['candidates'][0]['seed']} is likely ahead"
+    )
+    assert sharp["chance_best_shown"] is True
 
 
 def test_eval_compares_base_and_bot(trained_bot, bot_model_dir, prompts, tmp_path):  # noqa: F811

@@ -394,6 +394,8 @@ def test_compare_table_shows_no_chance_best_for_a_model_without_skill(model_dir,
     assert len(rows) == 3 and all(line.rstrip(" │|").endswith("-") for line in rows)
     assert not any("%" in line for line in rows)
     assert NO_CHANCE_BEST in " ".join(out.split())
+    said = " ".join(out.split())  # the verdict carries the no-skill line: said once, not twice
+    assert said.count(" ".join(payload["no_skill_note"].split())) == 1
     assert (tmp_path / "t.png").stat().st_size > 1000
 
 

@@ -30,6 +30,7 @@ from thumbview.predict.drift import TrainingRange
 from thumbview.predict.model import PredictorConfig, ViewPredictor
 from thumbview.predict.target import log_views
 from thumbview.predict.workflow import train
+from thumbview.units import format_factor
 
 
 def test_narrow_training_warns_on_wide_views_and_far_features():
@@ -561,3 +562,18 @@ def test_a_range_whose_prediction_block_is_not_one_column_is_refused(tmp_path):
     finally:
         path.write_bytes(saved[0])
         (out / drift.RANGE_FILE).write_text(saved[1])
+
+
+def test_a_channel_relative_prediction_is_named_as_a_multiple_of_the_channels_views():
+    """With the channel-relative target the prediction column is read as a multiple of the
+    channel's usual views ('x12'), not as a view count."""
+    rng = np.random.default_rng(5)
+    blocks, y = _linear_world(rng, 600, 1.0)
+    model = ViewPredictor(PredictorConfig(encoders=("title",))).fit(blocks, y)
+    limits = TrainingRange.fit(y, blocks, "channel-relative", predicted=model.oof_predictions_)
+    assert limits.novelty.blocks[drift.PREDICTED].names == ("predicted channel multiple",)
+    row = {"title": np.zeros((1, 384))}
+    far = model.oof_predictions_.max() + 3 * np.ptp(model.oof_predictions_)  # log10 units
+    said = limits.check(row, predicted=np.array([far])).message()
+    assert said is not None and "the predicted multiple of the channel's usual views x" in said
+    assert f"views {format_factor(10**far)} lie beyond" in said, said

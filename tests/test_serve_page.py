@@ -253,3 +253,28 @@ def test_the_bot_panel_shows_no_chance_best_under_a_no_skill_predictor():
                          "#=1: 3,000 views (1,500 - 6,000), chance best -"]  # fmt: skip
     assert "best first" not in tied_status and "No demonstrated skill at choosing." in tied_status
     assert tied_note == NO_CHANCE_BEST[0].upper() + NO_CHANCE_BEST[1:] + "."
+
+
+def test_the_bot_panel_shows_compares_verdict_and_its_ties_under_a_skilled_predictor():
+    """With skill shown, the panel says the verdict's sentence once above the candidates and
+    captions the ones it cannot tell apart "#=1" (percentages kept: a partial tie), the
+    rest by their own rank; a clear leader is said too, without "=" anywhere."""
+    from thumbview.bot.generate import Candidate, Generation
+
+    cands = tuple(Candidate(s, None, v, 10**v, 10**v / 2, 10**v * 2, p) for s, v, p in
+                  ((3, 4.0, 0.45), (1, 3.99, 0.44), (2, 2.0, 0.11)))  # fmt: skip
+    said = "no reliable difference between the top 2: the chance that ... is 51% (50% would be a coin flip)"  # fmt: skip
+    tie = Generation("t", "t", cands, 0.9, "log10", True, reliable=False, verdict=said, tied=2)
+    lead = Generation("t", "t", cands, 0.9, "log10", True, reliable=True, verdict="the image of seed 3 is likely ahead", tied=1)  # fmt: skip
+    used = "".join(_function(f, BOT_JS) + "\n" for f in ("sentence", "botStatus", "botCaption"))
+    payloads = json.dumps([g.to_json_dict() for g in (tie, lead)])
+    script = used + (
+        f"console.log(JSON.stringify({payloads}.map((d) => [botStatus(d), "
+        "d.candidates.map((_, k) => botCaption(d, k))])))"
+    )
+    (status, caps), (lead_status, lead_caps) = _node(script)
+    assert "No reliable difference between the top 2: the chance" in status
+    assert [c.split(":")[0] for c in caps] == ["#=1", "#=1", "#3"]
+    assert caps[0].endswith("chance best 45%") and caps[2].endswith("chance best 11%")
+    assert "The image of seed 3 is likely ahead." in lead_status
+    assert [c.split(":")[0] for c in lead_caps] == ["#1", "#2", "#3"]

@@ -401,7 +401,7 @@ def _checked(images, names, titles: list[str], study, sae) -> list[str]:
 def best_chances(predictor: LoadedPredictor, pred: np.ndarray) -> tuple[np.ndarray, str]:
     """(P(best) (N,), the note to show): from the model's calibrated difference model when it
     has one, else independent residuals and `FALLBACK_NOTE`. For ranked candidates without
-    blocks kept (the bot), by the same rule `compare` uses."""
+    blocks kept, by the same rule `compare` uses."""
     odds = chances(predictor, np.asarray(pred, dtype=np.float64))
     return odds.best, odds.note
 

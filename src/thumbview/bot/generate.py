@@ -1,8 +1,10 @@
 """Use a trained bot: generate candidates for a title, rank them, compare bot with base.
 
-Ranking reuses the project's pieces: `LoadedPredictor.predict_images` (views and the
-interval at the model's coverage), compare's `best_chances` (chance each shown candidate is
-the best, from the model's pairwise calibration when it has one), and frames' `mmr_select` on colour histograms (so `--top` is not four near-copies).
+Ranking reuses the project's pieces: `LoadedPredictor.blocks` once, then its `predictions`
+(views and the interval at the model's coverage) and compare's one verdict on the shown
+candidates from those same features (`inference.verdict`: `chances` for the chance each is
+the best, `judge` for whether the leader is reliably ahead or the top ones tie as "=1"), and
+frames' `mmr_select` on colour histograms (so `--top` is not four near-copies).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -20,7 +23,6 @@ from PIL import Image
 from thumbview.bot.folder import BotConfig, Prompt, read_bot, save_grid
 from thumbview.bot.policy import Policy, load_base
 from thumbview.bot.reward import to_pil
-from thumbview.compare import best_chances
 from thumbview.fileio import atomic_write, json_safe
 from thumbview.frames.select import hsv_histogram, mmr_select
 from thumbview.inference import LoadedPredictor
@@ -29,9 +31,13 @@ from thumbview.inference.verdict import (
     chance_best_note,
     chance_best_shown,
     chance_text,
+    chances,
+    judge,
     rank_labels,
 )
 from thumbview.predict.card import WITHIN_CHANNEL
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,23 +71,24 @@ class Generation:
     ignored: str = ""
     no_skill_note: str = ""
     chance_best: str = CHANCE_BEST  # what "chance best" (`Candidate.p_best`) means, in words
-
-    @property
-    def tied(self) -> int:
-        """How many from the top share rank "=1": all of them when the predictor showed no
-        skill at choosing (compare's `as_tie` for the same reason); else none (1)."""
-        return len(self.candidates) if self.no_skill_note else 1
+    # compare's one verdict on the shown candidates (`inference.verdict.judge`); None/"" with
+    # one candidate. `tied`: how many from the top it cannot tell apart (1: a clear leader).
+    reliable: bool | None = None
+    verdict: str = ""
+    tied: int = 0
 
     def rank_labels(self) -> list[str]:
-        """'1', '2', ... best first; '=1' for every candidate under a no-skill predictor."""
-        return rank_labels(len(self.candidates), self.tied, [c.log10 for c in self.candidates])
+        """'1', '2', ... with a clear leader; '=1' for each candidate in a tie (as compare),
+        every one of them under a predictor without demonstrated skill (compare's `tie`)."""
+        n = len(self.candidates)
+        tied = n if self.no_skill_note else max(self.tied, 2) if self.reliable is False else 1
+        return rank_labels(n, tied, [c.log10 for c in self.candidates])
 
     @property
     def shows_chance_best(self) -> bool:
         """Compare's rule (`chance_best_shown`): no chance best when every candidate is "=1"."""
-        reliable = False if self.tied > 1 else None  # the bot makes no verdict of its own
         n = len(self.candidates)
-        return chance_best_shown(n, reliable, self.tied, self.no_skill_note)
+        return chance_best_shown(n, self.reliable, self.tied, self.no_skill_note)
 
     @property
     def chance_best_note(self) -> str:
@@ -145,16 +152,34 @@ def rank(
     seeds: Sequence[int],
     top: int | None,
     diversity: float = 0.3,
-) -> tuple[list[int], list]:
-    """(indices shown, best first; their Predictions). MMR picks `top` diverse ones first."""
-    preds = predictor.predict_images(images, [str(s) for s in seeds], [title])
+) -> tuple[list[int], list, dict[str, np.ndarray]]:
+    """(indices shown, best first; every image's Prediction; the shown ones' features
+    {encoder: (K, D)} best first, kept for the verdict). MMR picks `top` diverse ones first."""
+    for message in predictor.missing_inputs([title]):
+        log.warning(message)
+    blocks = predictor.blocks(images, [title] * len(images))  # {encoder: (N, D)}, once
+    preds = predictor.predictions(blocks, [str(s) for s in seeds], [title] * len(images))
     log10 = np.array([p.log10 for p in preds])  # (N,)
     chosen = list(range(len(images)))
     if top and top < len(images):
         hists = np.stack([hsv_histogram(np.asarray(img)) for img in images])  # (N, bins)
         chosen = mmr_select(log10, hists, top, diversity)
     chosen.sort(key=lambda i: -log10[i])
-    return chosen, preds
+    return chosen, preds, {name: np.asarray(X)[chosen] for name, X in blocks.items()}
+
+
+def verdict(predictor: LoadedPredictor, pred: np.ndarray, blocks, seeds, tie_reason: str):
+    """(P(best) (K,), compare's verdict fields) for the shown candidates, `pred` (K,) and
+    `blocks` {encoder: (K, D)} best first: the same `chances` and `judge` as compare and
+    frames, so close candidates tie as "=1" there and here. `tie_reason` (the no-skill
+    line) ties them all."""
+    odds = chances(predictor, pred)
+    out = {"note": odds.note}
+    if len(pred) < 2:
+        return odds.best, out
+    labels = [f"the image of seed {s}" for s in seeds]
+    said = judge(predictor, pred, blocks, labels, range(len(pred)), odds.beats, tie_reason)
+    return odds.best, {**out, "reliable": said.reliable, "verdict": said.text, "tied": said.tied}
 
 
 def generate(
@@ -177,8 +202,10 @@ def generate(
     predictor = LoadedPredictor.load(model_dir or bot.meta["predictor"])
     seeds = [seed + i for i in range(n)]
     images = bot.images([prompt or title] * n, seeds, lora, steps)
-    chosen, preds = rank(predictor, images, title, seeds, top)
-    pb, note = best_chances(predictor, np.array([preds[i].log10 for i in chosen]))  # (top,)
+    chosen, preds, shown = rank(predictor, images, title, seeds, top)
+    notes = predictor.notes(WITHIN_CHANNEL)
+    pred = np.array([preds[i].log10 for i in chosen])  # (K,) best first
+    pb, said = verdict(predictor, pred, shown, [seeds[i] for i in chosen], notes.no_skill)
     files = _write(images, chosen, seeds, out)
     if sink is not None:
         sink.update({str(seeds[i]): png_bytes(images[i]) for i in chosen})
@@ -194,10 +221,9 @@ def generate(
         )
         for k, i in enumerate(chosen)
     )
-    notes = predictor.notes(WITHIN_CHANNEL)
     result = Generation(
-        title, prompt or title, cands, predictor.coverage, predictor.target, lora, note,
-        **notes.context.to_json_dict(), no_skill_note=notes.no_skill,
+        title, prompt or title, cands, predictor.coverage, predictor.target, lora,
+        **notes.context.to_json_dict(), no_skill_note=notes.no_skill, **said,
     )  # fmt: skip
     if out is not None:
         atomic_write(

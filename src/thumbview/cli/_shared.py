@@ -98,6 +98,15 @@ def say_notes(lines: list[str], no_skill: str = "") -> None:
             console.print(safe(line), highlight=False, soft_wrap=True)
 
 
+def say_model_notes(result) -> None:
+    """A ranking's notes (compare, frames, the bot): what the numbers predict, what was
+    assumed or ignored, and the no-skill line, unless its verdict already said it."""
+    no_skill = result.no_skill_note
+    said = no_skill and no_skill in (getattr(result, "verdict", "") or "")
+    lines = [result.predicts, result.assumed, result.ignored, "" if said else no_skill]
+    say_notes([line for line in lines if line], no_skill)
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()

@@ -12,7 +12,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from thumbview.cli._shared import console, err_console, print_json, say_notes, user_errors
+from thumbview.cli._shared import (
+    console,
+    err_console,
+    print_json,
+    safe,
+    say_model_notes,
+    user_errors,
+)
 
 app = typer.Typer(
     help="thumbnailbot: tune a diffusion model with the view predictor (needs thumbview\\[bot]).",
@@ -196,19 +203,21 @@ def generate_command(
     )
     for rank, c in zip(result.rank_labels(), result.candidates, strict=True):
         table.add_row(
-            rank,  # "=1" for every candidate under a predictor without demonstrated skill
+            rank,  # "=1" for each candidate the verdict cannot tell apart (as compare)
             str(c.seed),
             f"{c.views:,.0f}",
             f"{c.low:,.0f} - {c.high:,.0f}",
             result.chance_text(c.p_best),  # "-" when every candidate is tied
             c.file or "-",
         )
+    if result.verdict:  # compare's verdict: "... is likely ahead" or "no reliable difference"
+        colour = "green" if result.reliable else "yellow"
+        console.print(f"[bold {colour}]verdict:[/] {safe(result.verdict)}", soft_wrap=True)
     console.print(table)
     console.print(f"[dim]{result.chance_best_note}[/]", soft_wrap=True)
     if result.note:
         console.print(f"note: {result.note}")
-    lines = [result.predicts, result.assumed, result.ignored, result.no_skill_note]
-    say_notes([line for line in lines if line], result.no_skill_note)
+    say_model_notes(result)
 
 
 @app.command("eval")

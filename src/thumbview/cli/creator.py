@@ -18,7 +18,7 @@ from thumbview.cli._shared import (
     print_json,
     progress_for,
     safe,
-    say_notes,
+    say_model_notes,
     user_errors,
     warn,
 )
@@ -65,13 +65,7 @@ def frames_command(
         print_json(result.to_json_dict())
         return
     _print_frames(result, top)
-    _say_model_notes(result)
-
-
-def _say_model_notes(result) -> None:
-    """What the numbers predict, what was assumed or ignored, and the no-skill line."""
-    lines = [result.predicts, result.assumed, result.ignored, result.no_skill_note]
-    say_notes([line for line in lines if line], result.no_skill_note)
+    say_model_notes(result)
 
 
 def _print_frames(result, top: int) -> None:
@@ -171,7 +165,7 @@ def _print_comparison(comparison) -> None:
     for what, rows in (("per thumbnail", comparison.by_image), ("per title", comparison.by_title)):
         if comparison.by_image and comparison.by_title:
             _print_summaries(what, rows, comparison)
-    _say_model_notes(comparison)
+    say_model_notes(comparison)
     if comparison.descriptors:
         names = [safe(n) for n in comparison.image_names]
         read = any(d.effect is not None for d in comparison.descriptors)

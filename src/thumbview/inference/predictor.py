@@ -276,7 +276,14 @@ class LoadedPredictor:
     ) -> list[Prediction]:
         """One prediction per (image, name, title) row given side by side (the web batcher);
         `context` is shared by every row (see `blocks`)."""
-        blocks = self.blocks(images, titles, context)  # {encoder: (N, D)}
+        return self.predictions(self.blocks(images, titles, context), names, titles)
+
+    def predictions(
+        self, blocks: dict[str, np.ndarray], names: Sequence[str], titles: Sequence[str]
+    ) -> list[Prediction]:
+        """One prediction per row of `blocks` ({encoder: (N, D)}, from `blocks`), for callers
+        that keep the features for more (the bot's verdict) instead of computing them twice;
+        logs the out-of-range line as `predict_rows` does."""
         point, (lo, hi) = self.predict(blocks), self.intervals(blocks)  # (N,) each
         report = self.out_of_range(blocks, predicted=point)
         if report is not None and (said := report.message()):

@@ -23,15 +23,18 @@ function sentence(text) {
   return text ? `${text.charAt(0).toUpperCase()}${text.slice(1)}.` : "";
 }
 
-// The line above the candidates: how many, in what order, and the server's notes.
+// The line above the candidates: how many, in what order, compare's verdict on them (whether
+// the first is reliably ahead, or which tie as "=1"; said once by the no-skill line when that
+// ties them all) and the server's notes.
 function botStatus(data) {
   const order = data.chance_best_shown === false ? "by predicted views" : "best first";
   return [`${data.candidates.length} candidates, ${order} (${Math.round(data.coverage * 100)}% intervals).`,
+    data.no_skill_note ? "" : sentence(data.verdict || ""),
     data.note ? `Note: ${data.note}.` : "", sentence(data.no_skill_note || ""),
     data.predicts ? `The model ${data.predicts}.` : ""].filter(Boolean).join(" ");
 }
 
-// One candidate's caption: its rank ("=1" when every one is tied), views, interval, and its
+// One candidate's caption: its rank ("=1" for each one the verdict cannot tell apart), views, interval, and its
 // chance best, or "-" when the server says every candidate is tied (`chance_best_shown` false).
 function botCaption(data, k) {
   const c = data.candidates[k], rank = (data.rank_labels || [])[k] || String(k + 1);
