@@ -206,3 +206,113 @@ def test_report_title_follows_the_feature_source():
     assert "CLIP" in report_title({"features": "clip"})
     assert "descriptors" in report_title({"features": "visual"})
     assert report_title(None) == "Which SAE features go with more views?"
+
+
+# ---------------------------------------------- `sae analyze --sae` reuses what training coded
+
+
+@pytest.fixture(scope="module")
+def positions_sae(synth_dir, tmp_path_factory) -> Path:
+    """An SAE of every position of block 5 (the slow path: analyze would stream images)."""
+    out = tmp_path_factory.mktemp("positions") / "SAE"
+    ok("sae", "train", synth_dir, "--out", out, "--features", "imagenet", "--layer", "5",
+       "--tokens", "all", "--expansion", "2", "--k", "8", "--batch-size", "256",
+       "--epochs", "1")  # fmt: skip
+    return out
+
+
+def _no_streaming(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("the images were run through the network again")
+
+    monkeypatch.setattr("thumbview.sae.sources.image_codes", refuse)
+
+
+def _latents(sae_dir, data, caplog):
+    from thumbview.data.dataset import load_dataset
+    from thumbview.sae.analyze import latents_for_dataset
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="thumbview"):
+        return latents_for_dataset(load_dataset(data), sae_dir).toarray()
+
+
+def test_analyze_reuses_the_training_codes_and_gets_the_streamed_tables(
+    positions_sae, synth_dir, tmp_path, monkeypatch
+):
+    """The reused codes are the streamed ones: the same features.csv and all_features.csv."""
+    import shutil
+
+    key = json.loads((positions_sae / "codes.json").read_text())
+    assert key["positions"] is True and key["rows"] == 40 and key["encoder"]["hook"] == "_blocks.5"
+    streamed = tmp_path / "streamed"
+    shutil.copytree(positions_sae, streamed)
+    (streamed / "codes.json").unlink()  # no key: the codes cannot be vouched for
+    ok("sae", "analyze", synth_dir, "--sae", streamed, *STUDY, "--out", tmp_path / "a")
+    with monkeypatch.context() as m:
+        _no_streaming(m)
+        ok("sae", "analyze", synth_dir, "--sae", positions_sae, *STUDY, "--out", tmp_path / "b")
+        ok("sae", "analyze", synth_dir, "--sae", positions_sae / "sae", *STUDY,
+           "--control", "age", "--out", tmp_path / "c")  # fmt: skip
+    for name in ("features.csv", "all_features.csv"):
+        pd.testing.assert_frame_equal(
+            pd.read_csv(tmp_path / "a" / name), pd.read_csv(tmp_path / "b" / name), check_exact=True
+        )
+
+
+def test_stale_codes_are_recomputed_and_the_log_says_why(
+    positions_sae, synth_dir, tmp_path, caplog
+):
+    """Weights trained on since, or another dataset: the codes on disk are not used."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    stored = sp.load_npz(positions_sae / "codes.npz").toarray()
+    moved = tmp_path / "SAE"
+    shutil.copytree(positions_sae, moved)
+    weights = moved / "sae" / "sae_weights.safetensors"
+    tensors = load_file(weights)
+    tensors["b_enc"] = tensors["b_enc"] + 0.5  # as if `sae train --resume` had trained on
+    save_file(tensors, weights)
+    z = _latents(moved, synth_dir, caplog)
+    assert "other SAE weights" in caplog.text and not np.allclose(z, stored)
+    assert any(r.levelname == "WARNING" for r in caplog.records)
+
+    from thumbview.data.synth import SynthConfig, make_synthetic
+
+    other = make_synthetic(tmp_path / "other", SynthConfig(n=40, seed=5))  # not the CLI: it
+    # resets logging's handlers, caplog's among them
+    z = _latents(positions_sae, other, caplog)
+    assert "other images or rows" in caplog.text and not np.allclose(z, stored)
+    z = _latents(positions_sae, synth_dir, caplog)  # the training data: reused
+    assert "reusing" in caplog.text and np.array_equal(z, stored)
+
+
+class _Planted:
+    """Unpickling this would record it: a damaged codes file must never be unpickled."""
+
+    calls: list = []
+
+    def __reduce__(self):
+        return (_Planted.calls.append, ("unpickled",))
+
+
+def test_damaged_codes_fall_back_without_unpickling(positions_sae, synth_dir, tmp_path, caplog):
+    import shutil
+
+    stored = sp.load_npz(positions_sae / "codes.npz").toarray()
+    moved = tmp_path / "SAE"
+    shutil.copytree(positions_sae, moved)
+    (moved / "codes.npz").write_bytes(b"not a zip file")
+    z = _latents(moved, synth_dir, caplog)
+    assert "is damaged" in caplog.text
+    assert np.array_equal(z, stored)  # streamed instead: the same batches, the same numbers
+    with open(moved / "codes.npz", "wb") as f:  # objects where scipy's arrays belong
+        np.savez(f, format=np.array([_Planted()], dtype=object), shape=np.array([40, 160]))
+    z = _latents(moved, synth_dir, caplog)
+    assert "is damaged" in caplog.text and _Planted.calls == []
+    assert np.array_equal(z, stored)
+    sp.save_npz(moved / "codes.npz", sp.csr_matrix(stored[:, :7]))  # wrong shape, same key
+    z = _latents(moved, synth_dir, caplog)
+    assert "expected (40, 160)" in caplog.text

@@ -46,7 +46,8 @@ SAE_TRAINER = "trainer.json"
 SAE_METRICS = "metrics.json"
 SAE_DENSITY_PLOT = "feature_density.png"
 SAE_CHECKPOINT_DIR = "checkpoint"  # trainer checkpoints, beside sae/
-SAE_CODES = "codes.npz"  # the training dataset's latents, rows = metadata rows
+SAE_CODES = "codes.npz"  # the training dataset's latents, rows = its usable rows
+SAE_CODES_KEY = "codes.json"  # what produced codes.npz; `sae analyze --sae` reuses it on a match
 
 # ----- a study folder (`thumbview sae analyze --out`) ----------------------------------------
 STUDY_SUBDIR = "study"

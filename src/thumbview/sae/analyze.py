@@ -134,12 +134,23 @@ def latents_for_dataset(
 ) -> sp.csr_matrix:
     """CSR (len(dataset), d_sae): each video's cached activations, through the SAE.
 
-    An SAE of every spatial position has no cacheable per-video vector: its images are
+    The codes `sae train` wrote are reused when their sidecar vouches for these weights,
+    activations and rows (`sae.codes.saved_codes`; the log says why not otherwise). An SAE
+    of every spatial position has no cacheable per-video vector: its images are then
     streamed and each latent's max over an image's positions kept (`image_codes`).
     """
     from thumbview.embed.cache import embed
+    from thumbview.layout import resolve_sae_dir
+    from thumbview.sae.codes import codes_path, saved_codes
 
     sae, encoder = load_sae_encoder(sae_dir, device, images_only=False)
+    folder = resolve_sae_dir(sae_dir)
+    codes, why = saved_codes(folder, encoder, dataset, sae.cfg.d_sae)
+    if codes is not None:
+        logger.info("SAE latents: reusing %s", why)
+        return codes
+    refused = codes_path(folder).is_file()  # there but unusable: say so, it costs minutes
+    logger.log(logging.WARNING if refused else logging.INFO, "SAE latents: recomputing (%s)", why)
     if getattr(encoder, "positions", False):
         return _streamed_codes(dataset, sae, encoder, progress)
     acts, stats = embed(dataset, encoder, Path(cache_dir) if cache_dir else None, progress=progress)

@@ -4,30 +4,32 @@ CLS activations and cached encoders' features (one vector per video) go through 
 cache, so training twice, or analysing afterwards, never recomputes them. All-token
 activations (T vectors per image) are too many to cache per image; they are streamed once
 into a memory-mapped array in the output folder, with a sidecar saying what produced it.
-After training, the dataset's own latents are written to `codes.npz` (rows = metadata rows),
-the file `sae analyze --latents` reads (rows = the dataset's usable rows).
+After training, the dataset's own latents are written to `codes.npz` (rows = the dataset's
+usable rows) with a sidecar key (`sae.codes`): `sae analyze --sae` on the same dataset reads
+them instead of recomputing, and `sae analyze --latents` reads the file as it is.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from thumbview.data.dataset import ThumbnailDataset
 from thumbview.data.images import load_image
 from thumbview.embed.cache import embed
 from thumbview.fileio import atomic_write, while_running
-from thumbview.layout import RUN_UNFINISHED
+from thumbview.layout import RUN_UNFINISHED, SAE_SUBDIR, SAE_WEIGHTS
 from thumbview.layout import SAE_CODES as CODES_FILE
 from thumbview.progress import SILENT, Progress
 from thumbview.sae.analyze import image_folder_dataset
 from thumbview.sae.architectures import build_sae
+from thumbview.sae.codes import codes_key, write_codes
 from thumbview.sae.config import ActivationSource, SaeError, TrainConfig, sae_config
 from thumbview.sae.folder import activation_encoder, encode_sparse
 from thumbview.sae.shards import ShardedActivations
@@ -83,8 +85,9 @@ def train_sae(
     code_rows = parts[0] if source.per_image or per_position else None
     n_tokens = len(parts[0]) // max(len(dataset), 1) if per_position else 1
     extra = source_cfg(source, encoder)
+    key = (lambda weights: codes_key(weights, encoder, dataset)) if code_rows is not None else None
     return _fit_and_encode(
-        acts, code_rows, out_dir, sae_options, train_cfg, extra, progress, n_tokens
+        acts, code_rows, out_dir, sae_options, train_cfg, extra, progress, n_tokens, key
     )
 
 
@@ -125,9 +128,12 @@ def _fit_and_encode(
     extra_cfg: dict,
     progress: Progress = SILENT,
     n_tokens: int = 1,
+    key_of: Callable[[Path], dict] | None = None,
 ) -> SaeTrainResult:
     """Fit (checkpointed in out_dir), measure, and write the codes of `code_rows` if any
     (`n_tokens` > 1: rows come in runs of one image's positions, folded by their max).
+    `key_of(weights)`: the codes' cache key (`sae.codes`), so `sae analyze --sae` on the
+    same dataset reuses them; None (shards: rows of unknown images) writes no key.
 
     The folder is marked unfinished until the codes are written: a killed run leaves an SAE
     no loader accepts, and running the same command again resumes from the checkpoint."""
@@ -139,10 +145,14 @@ def _fit_and_encode(
         metrics = trainer.reported_metrics or trainer.evaluate(acts[:65_536])
         log.info("SAE: %s", metrics)
         codes = out_dir / CODES_FILE
-        if code_rows is not None and n_tokens > 1:
-            sp.save_npz(codes, position_max_codes(sae, code_rows, n_tokens))
-        elif code_rows is not None:
-            sp.save_npz(codes, encode_sparse(sae, code_rows, progress=progress))
+        if code_rows is not None:
+            z = (
+                position_max_codes(sae, code_rows, n_tokens)
+                if n_tokens > 1
+                else encode_sparse(sae, code_rows, progress=progress)
+            )
+            key = key_of(out_dir / SAE_SUBDIR / SAE_WEIGHTS) if key_of else None
+            write_codes(out_dir, z, key)
     return SaeTrainResult(out_dir, len(acts), metrics, trainer.heldout_metrics is not None, codes)
 
 
