@@ -123,7 +123,8 @@ def train_command(
     """Train a sparse autoencoder on CLIP or ImageNet activations, or cached features (resumable).
 
     Writes OUT/sae (the SAE), OUT/metrics.json (explained variance on held-out
-    activations) and OUT/codes.npz (the dataset's latents, for `sae analyze --latents`).
+    activations) and OUT/codes.npz (the dataset's latents: `sae analyze --sae OUT` reuses
+    them on the same dataset, as `sae analyze --latents` reads them).
     """
     if old_model is not None:
         console.print("[yellow]note:[/] `sae train --model` is now `--clip-model`")
