@@ -55,8 +55,14 @@ def test_train_on_cached_features_writes_codes_that_analyze_reads(synth_dir, tmp
     assert "dead " not in said
     by_file = ok("sae", "analyze", synth_dir, "--latents", out / "codes.npz", *STUDY,
                  "--out", tmp_path / "s1", "--json")  # fmt: skip
+    key = (out / "codes.json").read_text()
+    (out / "codes.json").unlink()  # no key: --sae recomputes the codes from the cache
     by_sae = ok("sae", "analyze", synth_dir, "--sae", out, *STUDY, "--json",
                 "--cache-dir", tmp_path / "cache")  # fmt: skip
+    (out / "codes.json").write_text(key)
+    reused = ok("sae", "analyze", synth_dir, "--sae", out, *STUDY, "--json", "--out",
+                tmp_path / "s2", "--cache-dir", tmp_path / "nothing-cached")  # fmt: skip
+    assert not (tmp_path / "nothing-cached").exists()  # the codes on disk, no encoder run
     assert (out / "study" / "summary.json").is_file()  # default study: OUT/study
     for study in (out / "study", tmp_path / "s1"):  # a title SAE's report says "title"
         page = (study / "report.html").read_text(encoding="utf-8")
@@ -65,6 +71,7 @@ def test_train_on_cached_features_writes_codes_that_analyze_reads(synth_dir, tmp
         )
     first, second = json.loads(by_file.stdout), json.loads(by_sae.stdout)
     assert first["table"] == second["table"]  # --sae OUT recomputes the same codes
+    assert json.loads(reused.stdout)["table"] == first["table"]  # ... or reads them
     image = next((synth_dir / "images").glob("*.jpg"))
     res = run("explain", out, image)
     assert res.exit_code == 2 and "trained on 'title' features" in res.output
@@ -84,6 +91,7 @@ def test_train_from_activation_shards_equals_training_on_the_array(synth_dir, tm
     res = ok("sae", "train", synth_dir, "--activations", tmp_path / "acts", "--out",
              tmp_path / "SAE", *train)  # fmt: skip
     assert "SAE on 120 activations" in res.output
+    assert not (tmp_path / "SAE" / "codes.json").exists()  # rows of unknown images: no key
     codes = sp.load_npz(tmp_path / "SAE" / "codes.npz")
     options = {"arch": "topk", "expansion_factor": 4, "k": 4, "dead_after": None}
     cfg = TrainConfig(batch_size=32, epochs=2, seed=0)
