@@ -289,6 +289,22 @@ def test_stale_codes_are_recomputed_and_the_log_says_why(
     assert "reusing" in caplog.text and np.array_equal(z, stored)
 
 
+def test_codes_of_another_layer_or_pooling_are_not_reused(positions_sae, synth_dir):
+    from thumbview.data.dataset import load_dataset
+    from thumbview.sae.codes import saved_codes
+    from thumbview.sae.sources import ImagenetStage
+
+    ds, folder = load_dataset(synth_dir), positions_sae / "sae"
+    codes, why = saved_codes(folder, ImagenetStage(layer=5, positions=True), ds, 160)
+    assert codes is not None, why  # the encoder training used: the codes are vouched for
+    for encoder, said in (
+        (ImagenetStage(layer=5, positions=False), "pooled vs every position"),
+        (ImagenetStage(layer=6, positions=True), "network, layer or hook"),
+    ):
+        codes, why = saved_codes(folder, encoder, ds, 160)
+        assert codes is None and said in why
+
+
 class _Planted:
     """Unpickling this would record it: a damaged codes file must never be unpickled."""
 
