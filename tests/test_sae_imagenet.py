@@ -305,13 +305,18 @@ def test_codes_of_another_layer_or_pooling_are_not_reused(positions_sae, synth_d
         assert codes is None and said in why
 
 
-class _Planted:
-    """Unpickling this would record it: a damaged codes file must never be unpickled."""
+UNPICKLED: list = []
 
-    calls: list = []
+
+def _record(what: str) -> None:
+    UNPICKLED.append(what)
+
+
+class _Planted:
+    """Unpickling this calls `_record`: a damaged codes file must never be unpickled."""
 
     def __reduce__(self):
-        return (_Planted.calls.append, ("unpickled",))
+        return (_record, ("unpickled",))
 
 
 def test_damaged_codes_fall_back_without_unpickling(positions_sae, synth_dir, tmp_path, caplog):
@@ -326,8 +331,11 @@ def test_damaged_codes_fall_back_without_unpickling(positions_sae, synth_dir, tm
     assert np.array_equal(z, stored)  # streamed instead: the same batches, the same numbers
     with open(moved / "codes.npz", "wb") as f:  # objects where scipy's arrays belong
         np.savez(f, format=np.array([_Planted()], dtype=object), shape=np.array([40, 160]))
+    np.load(moved / "codes.npz", allow_pickle=True)["format"]  # the plant works when unpickled
+    assert UNPICKLED == ["unpickled"]
+    UNPICKLED.clear()
     z = _latents(moved, synth_dir, caplog)
-    assert "is damaged" in caplog.text and _Planted.calls == []
+    assert "is damaged" in caplog.text and UNPICKLED == []
     assert np.array_equal(z, stored)
     sp.save_npz(moved / "codes.npz", sp.csr_matrix(stored[:, :7]))  # wrong shape, same key
     z = _latents(moved, synth_dir, caplog)
