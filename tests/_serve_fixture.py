@@ -51,3 +51,31 @@ def build_context_model(root: Path) -> dict:
         train(ds, PredictorConfig(encoders=("visual", "context")), root / "ctx-model")
         _CACHE["context"] = {"model": root / "ctx-model", "paths": ds.paths}
     return _CACHE["context"]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (the OS picks it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def live_server(config, timeout: float = 30.0):
+    """Run uvicorn `config` in a daemon thread; yields once it has started, stops after."""
+    import threading
+    import time
+
+    import uvicorn
+
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    yield
+    srv.should_exit = True
+    thread.join(10)

@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +29,7 @@ uvicorn = pytest.importorskip("uvicorn")
 if not CHROMIUM.exists():
     pytest.skip("/usr/bin/chromium is not installed", allow_module_level=True)
 
-from _serve_fixture import build_serve_model  # noqa: E402
+from _serve_fixture import build_serve_model, free_port, live_server  # noqa: E402
 from thumbview.serve.app import create_app  # noqa: E402
 
 
@@ -45,22 +42,12 @@ def server(tmp_path_factory):
 
 def _live(model: dict):
     """Serve `model["model"]` on a free loopback port in a thread; yields (URL, 2 thumbnails)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     config = uvicorn.Config(
         create_app(model["model"]), host="127.0.0.1", port=port, log_level="warning"
     )
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", model["paths"][:2]
-    srv.should_exit = True
-    thread.join(10)
+    for _ in live_server(config, timeout=20):
+        yield f"http://127.0.0.1:{port}", model["paths"][:2]
 
 
 def _keep(shot: Path) -> None:

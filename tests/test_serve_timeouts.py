@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from _serve_fixture import build_serve_model
+from _serve_fixture import build_serve_model, free_port, live_server
 
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
@@ -54,28 +54,14 @@ def jpeg(serve_model) -> bytes:
     return buf.getvalue()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def port(serve_model):
     """A live uvicorn (thumbview's config) in a thread, with half-second deadlines."""
-    port = _free_port()
+    port = free_port()
     app = create_app(serve_model["model"], limits=FAST)
     config = uvicorn_config(app, "127.0.0.1", port, FAST.header_timeout_s, 1.0, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield port
-    srv.should_exit = True
-    thread.join(10)
+    for _ in live_server(config):
+        yield port
 
 
 def _until_closed(sock: socket.socket, limit: float, trickle: bytes = b"") -> tuple[bytes, float]:
@@ -240,7 +226,7 @@ run(sys.argv[1], port=int(sys.argv[2]), limits=limits, announce=lambda s: print(
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_stops_promptly_with_a_request_stuck_in_the_model(serve_model, jpeg, sig):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(STUCK_SERVER), str(serve_model["model"]), str(port)],
