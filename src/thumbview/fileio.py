@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -70,6 +71,17 @@ def publish_dir(staging: str | Path, target: str | Path) -> Path:
     os.rename(staging, target)
     fsync_dir(target.parent)
     return target
+
+
+def published(folder: str | Path, name: re.Pattern) -> list[Path]:
+    """The folders in `folder` that `publish_dir` published under numbered names: those
+    whose name fully matches `name` (its first group the number), oldest first. Hidden
+    staging folders never match, so a half-written version is never listed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m[1]), p) for p in folder.iterdir() if (m := name.fullmatch(p.name))]
+    return [p for _, p in sorted(found) if p.is_dir()]
 
 
 def fsync_dir(folder: str | Path) -> None:

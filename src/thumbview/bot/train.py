@@ -51,7 +51,7 @@ from thumbview.bot.reward import (
     to_pil,
 )
 from thumbview.bot.rl import BotError, PerPromptStatTracker
-from thumbview.fileio import atomic_write, json_safe, publish_dir, while_running
+from thumbview.fileio import atomic_write, json_safe, publish_dir, published, while_running
 from thumbview.layout import RUN_UNFINISHED
 from thumbview.schema import MapOf, Number, Optional, read_json
 
@@ -196,10 +196,7 @@ def _start(out_dir: Path, config: BotConfig, resume: bool) -> dict:
 def checkpoints(out_dir: Path) -> list[Path]:
     """The published `checkpoint-NNN` folders in `out_dir`, oldest first (the last is the
     one `--resume` reads; hidden staging folders are never listed)."""
-    if not out_dir.is_dir():
-        return []
-    found = [(int(m[1]), p) for p in out_dir.iterdir() if (m := _CHECKPOINT_NAME.fullmatch(p.name)) and p.is_dir()]  # fmt: skip
-    return [p for _, p in sorted(found)]
+    return published(out_dir, _CHECKPOINT_NAME)
 
 
 def _epoch_batch(

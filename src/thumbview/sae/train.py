@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from thumbview.fileio import atomic_write, fsync_dir, publish_dir, write_json
+from thumbview.fileio import atomic_write, fsync_dir, publish_dir, published, write_json
 from thumbview.layout import SAE_CHECKPOINT_DIR as CHECKPOINT_DIR
 from thumbview.layout import SAE_METRICS as METRICS_JSON
 from thumbview.layout import SAE_SUBDIR
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "state.safetensors"
 TRAINER_FILE = "trainer.json"
-_NUMBERED = re.compile(r"\d{6,}")  # a published checkpoint in checkpoint/ (`save_checkpoint`)
+_NUMBERED = re.compile(r"(\d{6,})")  # a published checkpoint in checkpoint/ (`save_checkpoint`)
 _WARMUP_MAX_FRACTION = 0.1  # warmup never exceeds this share of a known run length
 _EVAL_MAX_ROWS = 65_536  # rows of the training data re-scored for metrics.json
 _EVAL_LATENT_BUDGET = 2**24  # dense latents held at once by `evaluate` (64 MB of float32)
@@ -514,11 +514,7 @@ def _fmt(metrics: dict[str, float]) -> str:
 def checkpoints(directory: str | Path) -> list[Path]:
     """The published numbered checkpoints in `directory`, oldest first (hidden staging
     folders are never listed)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = [(int(p.name), p) for p in directory.iterdir() if _NUMBERED.fullmatch(p.name)]
-    return [p for _, p in sorted(found) if p.is_dir()]
+    return published(directory, _NUMBERED)
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
